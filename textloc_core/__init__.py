@@ -1,0 +1,1 @@
+"""textloc_core: Textual Localization training core (plain torch; no ComfyUI import)."""

@@ -1,0 +1,108 @@
+"""The two seams between the training core and whatever framework built the model.
+
+The core never imports ComfyUI or diffusers at module level. A backend adapts one
+framework's objects to these protocols:
+
+* ``TextBackend``   prompts (with identifier tokens in them) -> cross-attention context,
+                    differentiable with respect to the identifier tokens' embeddings.
+* ``DenoiserBackend`` the UNet (walked for ``attn2`` modules), the VAE, and one call that
+                    predicts the training target for noisy latents.
+
+``textloc_core.backends.diffusers_backend`` implements both for diffusers pipelines;
+``nodes/comfy_backend.py`` implements both for ComfyUI's MODEL / CLIP / VAE objects.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
+    from ..attention import AttentionRouter
+
+
+@dataclass
+class EncodedPrompts:
+    """What a text backend returns for a batch of prompts.
+
+    ``context``: (B, L, D) cross-attention context (the text encoder's last hidden state or
+    whatever the UNet consumes), differentiable w.r.t. the token embeddings passed in.
+    ``token_positions``: one dict per prompt mapping an identifier token to the indices in
+    ``context``'s L axis where that token's vector(s) sit. A token absent from a prompt is
+    absent from its dict.
+    """
+
+    context: torch.Tensor
+    token_positions: list[dict[str, list[int]]]
+
+
+@runtime_checkable
+class TextBackend(Protocol):
+    """Turns prompts into UNet context, with trainable identifier-token embeddings."""
+
+    embedding_dim: int
+
+    def initial_embedding(self, init_word: str) -> torch.Tensor:
+        """The embedding vector(s) (n_vectors, embedding_dim) a new token starts from.
+
+        ``init_word`` must tokenise to exactly one vocabulary piece; raise ValueError naming
+        the word and the fix otherwise.
+        """
+
+    def check_token(self, token: str) -> None:
+        """Raise ValueError if ``token`` cannot serve as a new identifier token (it already
+        exists in the vocabulary, or the framework cannot place it in a prompt)."""
+
+    def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
+        """Encode ``prompts``; every occurrence of a key of ``token_embeddings`` in a prompt
+        is replaced by that (n_vectors, D) tensor, keeping autograd to it."""
+
+
+@runtime_checkable
+class DenoiserBackend(Protocol):
+    """The UNet and VAE of a latent-diffusion model, seen the same way for every framework."""
+
+    unet: nn.Module
+    """The module whose ``attn2`` cross-attention layers are trained and captured."""
+
+    prediction_type: str
+    """``"epsilon"`` or ``"v_prediction"``: what ``predict`` returns and the loss targets."""
+
+    latent_channels: int
+    vae_scale_factor: int
+    """Pixels per latent cell along one side (8 for Stable Diffusion)."""
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1] -> (B, C, H/f, W/f) latents, already scaled for the UNet."""
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``encode_images``: scaled latents -> (B, 3, H, W) images in [0, 1]."""
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output for DDPM-noised latents at integer ``timesteps`` (0..999)."""
+
+    def route_attention(self, router: "AttentionRouter") -> AbstractContextManager:
+        """While the context is open, every ``attn2`` call whose layer the router selects goes
+        through ``router`` (explicit softmax + capture); all others keep the framework's own
+        fused attention. Must restore the model exactly on exit."""
+
+    def canonical_layer_name(self, module_name: str) -> str:
+        """Map this framework's module name of an ``attn2`` layer to the LDM / ComfyUI name
+        (``input_blocks.1.1.transformer_blocks.0.attn2``) that adapters are keyed by."""
+
+
+@dataclass
+class ModelBundle:
+    """Everything the trainer and sampler need from one base model."""
+
+    text: TextBackend
+    denoiser: DenoiserBackend
+    fingerprint: str
+    """Identifies the base weights (hash of the frozen K/V weights); adapters record it."""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    compute_dtype: torch.dtype = torch.float32
+    """dtype of the frozen weights' forward pass; trainable parameters stay float32."""

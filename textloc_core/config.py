@@ -1,0 +1,88 @@
+"""Training configuration: one dataclass, explicit defaults, the paper's values where it has them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+GUIDANCE_METHODS = ("hard", "soft", "none")
+"""hard: pull the token map onto the mask; soft: suppress it outside the mask;
+none: no attention loss (Custom Diffusion), the same code path."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that changes what a training run computes. Saved into every adapter."""
+
+    method: str = "hard"
+    steps: int = 400
+    learning_rate: float = 1e-5
+    scale_lr_by_batch: bool = True
+    """As the paper's code: effective lr = learning_rate x instance batch (4e-5 for batch 2...)."""
+    instance_batch: int = 2
+    prior_batch: int = 2
+    lambda_prior: float = 1.0
+    lambda_attn: float = 1.0
+    prior_images_per_class: int = 200
+    """Class-prior images generated once by the base model and cached (0 disables prior loss)."""
+    prior_sampling_steps: int = 50
+    prior_guidance_scale: float = 6.0
+    map_levels: tuple[int, ...] | str = "all_but_finest"
+    """Which attention resolutions form the token map, as downsampling factors relative to the
+    finest attn2 resolution (1 = finest, 2 = half, ...), or "all_but_finest" (paper) / "all"."""
+    map_size: int | None = None
+    """Side of the common grid the per-resolution maps are upsampled to (None: the largest chosen)."""
+    normalize_maps: bool = True
+    """Min-max normalise each sample's map per resolution before averaging (paper)."""
+    masked_denoise_loss: bool = False
+    """Break-A-Scene style: restrict the instance denoising loss to the union of the masks."""
+    instance_prompt: str = "photo of {concepts}"
+    concept_phrase: str = "a {token} {class_word}"
+    concept_joiner: str = " and "
+    class_prompt: str = "{class_word}"
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    resolution: int | None = None
+    """Training image side in pixels (None: the images' own size)."""
+    checkpoint_every: int = 50
+    mixed_precision: str = "auto"
+    """"auto" (bf16 on CUDA when supported, fp16 otherwise, fp32 on CPU), "fp32", "bf16", "fp16"."""
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in GUIDANCE_METHODS:
+            raise ValueError(f"method: {self.method!r} is not one of {GUIDANCE_METHODS}; pick hard, soft or none")
+        if self.steps < 1:
+            raise ValueError(f"steps: {self.steps} must be at least 1")
+        if not (self.learning_rate > 0):
+            raise ValueError(f"learning_rate: {self.learning_rate} must be a positive number (paper: 1e-5)")
+        if self.instance_batch < 1 or self.prior_batch < 0:
+            raise ValueError("instance_batch must be >= 1 and prior_batch >= 0")
+        if "{token}" not in self.concept_phrase:
+            raise ValueError(
+                f"concept_phrase: {self.concept_phrase!r} has no {{token}}: the identifier token must "
+                "appear in the training prompt, e.g. 'a {token} {class_word}'"
+            )
+        if "{concepts}" not in self.instance_prompt:
+            raise ValueError(f"instance_prompt: {self.instance_prompt!r} needs a {{concepts}} placeholder")
+        if isinstance(self.map_levels, list):
+            self.map_levels = tuple(self.map_levels)
+
+    @property
+    def effective_learning_rate(self) -> float:
+        return self.learning_rate * (self.instance_batch if self.scale_lr_by_batch else 1)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
