@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny, randomly initialised Stable-Diffusion-architecture models.
+
+Built in code with the real CLIP BPE vocabulary (textloc_core/tinyworld/weights/tokenizer),
+so tokenisation, token positions and layer discovery behave as with SD1.5, while a forward
+pass takes milliseconds on CPU. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_DIR = REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
+
+
+def build_tiny_pipeline_parts(seed: int = 0) -> dict:
+    """tokenizer, text_encoder, unet, vae: an SD-shaped model small enough for unit tests.
+
+    Two UNet levels with cross-attention at both (latent 8 -> attention grids 8x8 and 4x4),
+    a 2-layer 32-wide CLIP text encoder, and a VAE with scale factor 2.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae}
+
+
+@pytest.fixture
+def tiny_parts():
+    """Fresh tiny diffusers components (tests may train on them)."""
+    return build_tiny_pipeline_parts()
+
+
+@pytest.fixture
+def tiny_bundle(tiny_parts):
+    """A ModelBundle over fresh tiny diffusers components."""
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+    return bundle_from_diffusers(**tiny_parts)
+
+
+@pytest.fixture
+def paper_dataset() -> Path:
+    """The paper's dataset (read-only, outside the repo); skips loudly when absent."""
+    candidates = [os.environ.get("TEXTLOC_PAPER_DATASET"), REPO.parent / "shared" / "paper-dataset", "/work/shared/paper-dataset"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "multi_concept").is_dir():
+            return Path(candidate)
+    pytest.skip("PAPER DATASET NOT FOUND: set TEXTLOC_PAPER_DATASET to ../shared/paper-dataset to run this test")

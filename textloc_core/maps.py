@@ -1,0 +1,145 @@
+"""From captured attention probabilities to one token map per concept.
+
+The ``AttentionRouter`` keeps, per routed attn2 call, (B, N, T) probabilities of N query
+pixels to T tracked context slots. This module decides which slots to track
+(``slot_layout``: every position of every concept token in each prompt) and turns the
+captured probabilities into (B, K, h, w) maps, one per concept, the way the paper does:
+average the token's positions, average over the layers of one resolution, upsample each
+resolution to a common grid (bilinear), min-max normalise per sample, average resolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .attention import CapturedMap
+
+
+@dataclass
+class SlotLayout:
+    """Which context positions the router tracks and how they fold into concepts.
+
+    ``slots`` (B, T) long: context index per tracked slot (unused slots point at 0, SOT).
+    ``weights`` (B, T, K): slot -> concept averaging weights (1/count of the token's positions).
+    ``present`` (B, K) bool: the concept's token occurs in that row's prompt.
+    ``tokens``: the K identifier tokens, in concept order.
+    """
+
+    slots: torch.Tensor
+    weights: torch.Tensor
+    present: torch.Tensor
+    tokens: list[str]
+
+
+def slot_layout(token_positions: list[dict[str, list[int]]], tokens: list[str]) -> SlotLayout:
+    """Track every position of every token in ``tokens`` for each prompt's positions dict."""
+    rows = [[(k, p) for k, token in enumerate(tokens) for p in positions.get(token, [])] for positions in token_positions]
+    width = max([len(r) for r in rows] + [1])
+    batch, n_concepts = len(rows), len(tokens)
+    slots = torch.zeros(batch, width, dtype=torch.long)
+    weights = torch.zeros(batch, width, n_concepts)
+    present = torch.zeros(batch, n_concepts, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        counts = defaultdict(int)
+        for k, _ in row:
+            counts[k] += 1
+        for t, (k, position) in enumerate(row):
+            slots[b, t] = position
+            weights[b, t, k] = 1.0 / counts[k]
+            present[b, k] = True
+    return SlotLayout(slots, weights, present, list(tokens))
+
+
+def layer_factors(query_counts: dict[str, int]) -> dict[str, int]:
+    """Downsampling factor of each layer relative to the finest attn2 resolution (1, 2, 4...)."""
+    finest = max(query_counts.values())
+    return {layer: max(1, round(math.sqrt(finest / n))) for layer, n in query_counts.items()}
+
+
+def choose_layers(query_counts: dict[str, int], map_levels: tuple[int, ...] | str) -> set[str]:
+    """The layers whose maps form the token map, for ``TrainConfig.map_levels``.
+
+    ``"all_but_finest"`` (paper: SD1.5 at 512 px uses the 8, 16 and 32 grids, not 64) falls
+    back to every level when the model has a single attention resolution.
+    """
+    factors = layer_factors(query_counts)
+    available = sorted(set(factors.values()))
+    if map_levels == "all":
+        wanted = set(available)
+    elif map_levels == "all_but_finest":
+        wanted = set(available[1:]) or set(available)
+    elif isinstance(map_levels, str):
+        raise ValueError(f"map_levels: {map_levels!r} must be 'all', 'all_but_finest' or a tuple of factors like (2, 4, 8)")
+    else:
+        wanted = {int(f) for f in map_levels}
+        missing = wanted - set(available)
+        if missing:
+            raise ValueError(
+                f"map_levels: factors {sorted(missing)} have no attn2 layer in this model; available "
+                f"factors (relative to the finest attention resolution) are {available}"
+            )
+    return {layer for layer, factor in factors.items() if factor in wanted}
+
+
+def _grid(n_query: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of an attention layer with ``n_query`` pixels over a latent of ``latent_hw``."""
+    lh, lw = latent_hw
+    scale = math.sqrt(lh * lw / n_query)
+    h, w = max(1, round(lh / scale)), max(1, round(lw / scale))
+    if h * w != n_query:  # odd latent sizes round up inside the UNet's downsamplers
+        h, w = math.ceil(lh / scale), math.ceil(lw / scale)
+    if h * w != n_query:
+        raise ValueError(f"attention layer with {n_query} pixels does not tile a {lh}x{lw} latent")
+    return h, w
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max per (sample, concept) over pixels, as the paper's code does."""
+    low = maps.amin(dim=(-2, -1), keepdim=True)
+    high = maps.amax(dim=(-2, -1), keepdim=True)
+    return (maps - low) / (high - low).clamp_min(1e-8)
+
+
+def token_maps(
+    captured: list[CapturedMap],
+    layout: SlotLayout,
+    latent_hw: tuple[int, int],
+    *,
+    rows: slice | None = None,
+    map_size: int | None = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Fold captured probabilities into (B, K, h, w) per-concept token maps.
+
+    ``rows`` picks the batch rows to use (the trainer passes the instance rows, leaving out
+    prior rows; the sampler passes the conditional half). ``map_size`` is the side of the
+    common grid (None: the largest captured resolution); non-square latents keep their aspect.
+    """
+    if not captured:
+        raise ValueError("token maps: nothing was captured; route at least one attn2 layer")
+    rows = rows or slice(None)
+    weights = layout.weights[rows].to(captured[0].probs.device)
+    by_size: dict[int, list[torch.Tensor]] = defaultdict(list)
+    for item in captured:
+        by_size[item.probs.shape[1]].append(item.probs[rows])
+    grids = {n: _grid(n, latent_hw) for n in by_size}
+    if map_size is None:
+        target = grids[max(grids)]
+    else:
+        lh, lw = latent_hw
+        target = (max(1, round(map_size * lh / max(lh, lw))), max(1, round(map_size * lw / max(lh, lw))))
+    levels = []
+    for n, probs in by_size.items():
+        mean_layers = torch.stack(probs).float().mean(dim=0)  # (B, N, T)
+        per_concept = torch.einsum("bnt,btk->bkn", mean_layers, weights.float())
+        h, w = grids[n]
+        level = per_concept.reshape(*per_concept.shape[:2], h, w)
+        if (h, w) != target:
+            level = F.interpolate(level, size=target, mode="bilinear", align_corners=False)
+        levels.append(_normalise(level) if normalize else level)
+    return torch.stack(levels).mean(dim=0)
