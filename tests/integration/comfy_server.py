@@ -1,0 +1,90 @@
+"""What integration tests need on top of textloc_core.comfy_launcher: one object per session.
+
+The launcher starts ComfyUI and speaks HTTP (shared with the demo); this harness adds the
+test-side conveniences: run a workflow file end to end, list our node classes as ComfyUI
+registered them, and read the server log for import problems.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from textloc_core.comfy_launcher import (
+    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyServer, is_api_workflow, load_workflow,
+    output_files,
+)
+
+WORKFLOWS_DIR = PACK_ROOT / "workflows"
+
+# UI-only node types the frontend provides (no Python class behind them).
+FRONTEND_ONLY_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+@dataclass
+class RunResult:
+    """A finished prompt: its history entry and the files its nodes wrote, by node id."""
+
+    prompt_id: str
+    history: dict
+    files: dict[str, list[Path]]
+
+    def all_files(self) -> list[Path]:
+        return [p for paths in self.files.values() for p in paths]
+
+
+class ComfyHarness:
+    """A running ComfyUI with the pack installed, plus helpers for tests."""
+
+    def __init__(self, server: ComfyServer):
+        self.server = server
+        self.layout = server.layout
+        self.client: ComfyClient = server.client
+        self._object_info: dict | None = None
+
+    def object_info(self, refresh: bool = False) -> dict:
+        if self._object_info is None or refresh:
+            self._object_info = self.client.object_info()
+        return self._object_info
+
+    def pack_node_classes(self) -> set[str]:
+        """Node classes ComfyUI registered from our pack (python_module custom_nodes.textloc)."""
+        return {name for name, info in self.object_info().items()
+                if info.get("python_module") == PACK_PYTHON_MODULE}
+
+    def queue(self, workflow: dict | str | Path) -> str:
+        if not isinstance(workflow, dict):
+            workflow = load_workflow(workflow)
+        return self.client.queue_prompt(workflow)
+
+    def run(self, workflow: dict | str | Path, timeout: float = 600.0) -> RunResult:
+        """Queue an API workflow (dict or file), wait, and collect its output/temp files."""
+        prompt_id = self.queue(workflow)
+        history = self.client.wait_for_completion(prompt_id, timeout=timeout)
+        return RunResult(prompt_id, history, output_files(history, self.layout, kinds=("output", "temp")))
+
+    def interrupt(self) -> None:
+        self.client.interrupt()
+
+    def copy_to_input(self, path: str | Path, name: str | None = None) -> str:
+        """Put a file into ComfyUI's input folder; returns the name LoadImage expects."""
+        target = self.layout.input / (name or Path(path).name)
+        shutil.copy2(path, target)
+        return target.name
+
+    def log_text(self) -> str:
+        return self.server.log_text()
+
+
+def shipped_workflows(api: bool) -> list[Path]:
+    """workflows/*_api.json (api=True) or the UI-format workflows (api=False)."""
+    return sorted(p for p in WORKFLOWS_DIR.glob("*.json") if is_api_workflow(p) == api)
+
+
+def ui_workflow_node_types(workflow: dict) -> set[str]:
+    """Node types a UI-format workflow uses, subgraph definitions included."""
+    nodes = list(workflow.get("nodes", []))
+    for sub in (workflow.get("definitions") or {}).get("subgraphs", []):
+        nodes += sub.get("nodes", [])
+    subgraph_ids = {sub.get("id") for sub in (workflow.get("definitions") or {}).get("subgraphs", [])}
+    return {n["type"] for n in nodes if n.get("type") not in subgraph_ids}

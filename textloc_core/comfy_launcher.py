@@ -1,0 +1,362 @@
+"""Start a real ComfyUI headless with the textloc pack installed, and talk to it over HTTP.
+
+Used by the README's demo command (textloc_core.demo) and by the integration tests, so
+both exercise ComfyUI exactly the way a user's headless queue does. ComfyUI is never
+imported here: it runs as a subprocess (``main.py --cpu --listen 127.0.0.1``) in a
+private directory layout (models/input/output/temp/user/custom_nodes), so nothing is
+written into the user's ComfyUI tree, and the pack is installed by a symlink in that
+layout's custom_nodes folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+#: Where the textloc pack lives: the repository root (holds __init__.py, nodes/, textloc_core/).
+PACK_ROOT = Path(__file__).resolve().parent.parent
+#: The folder name the pack gets inside ComfyUI's custom_nodes (its module name there).
+PACK_NAME = "textloc"
+#: ComfyUI's python_module value for nodes of our pack in /object_info.
+PACK_PYTHON_MODULE = f"custom_nodes.{PACK_NAME}"
+
+
+class ComfyError(RuntimeError):
+    """ComfyUI refused or failed a request; the message is meant to be read by a person."""
+
+
+def comfyui_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The ComfyUI work tree to use: ``explicit``, else $COMFYUI_DIR, else ~/ComfyUI.
+
+    The path is returned whether or not it exists; see :func:`missing_comfyui_reason`.
+    """
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("COMFYUI_DIR")
+    return Path(env).expanduser().resolve() if env else Path.home() / "ComfyUI"
+
+
+def missing_comfyui_reason(comfy_dir: Path) -> str | None:
+    """None when ``comfy_dir`` holds a runnable ComfyUI, else a sentence saying what is wrong."""
+    if not (comfy_dir / "main.py").is_file():
+        return (f"no ComfyUI at {comfy_dir} (no main.py there); set COMFYUI_DIR or lay it out "
+                f"with scripts/install_comfyui.sh (see DEVELOPERS.md)")
+    return None
+
+
+@dataclass(frozen=True)
+class ComfyLayout:
+    """A private ComfyUI base directory: models, inputs, outputs, user settings, custom nodes."""
+
+    base: Path
+
+    @property
+    def custom_nodes(self) -> Path:
+        return self.base / "custom_nodes"
+
+    @property
+    def models(self) -> Path:
+        return self.base / "models"
+
+    @property
+    def input(self) -> Path:
+        return self.base / "input"
+
+    @property
+    def output(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def temp(self) -> Path:
+        return self.base / "temp"
+
+    @property
+    def user(self) -> Path:
+        return self.base / "user"
+
+    @property
+    def log_file(self) -> Path:
+        return self.base / "comfyui.log"
+
+    @classmethod
+    def create(cls, base: str | os.PathLike, pack_root: Path = PACK_ROOT) -> "ComfyLayout":
+        """Make the folders under ``base`` and install the pack by symlinking ``pack_root``."""
+        layout = cls(Path(base).resolve())
+        for d in (layout.custom_nodes, layout.models, layout.input, layout.output,
+                  layout.temp, layout.user / "default"):
+            d.mkdir(parents=True, exist_ok=True)
+        link = layout.custom_nodes / PACK_NAME
+        if link.is_symlink() or link.exists():
+            if not (link.is_symlink() and link.resolve() == pack_root.resolve()):
+                raise ValueError(f"{link} already exists and is not a link to {pack_root}: "
+                                 f"use an empty base directory")
+        else:
+            link.symlink_to(pack_root.resolve(), target_is_directory=True)
+        # A fresh user would get the template browser on first page load; the browser
+        # check and screenshots want the plain graph canvas instead.
+        settings = layout.user / "default" / "comfy.settings.json"
+        if not settings.exists():
+            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+        return layout
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """A ComfyUI subprocess serving one :class:`ComfyLayout`; use as a context manager.
+
+    ``start()`` returns once /object_info answers, or raises :class:`ComfyError` with the
+    tail of ComfyUI's log when the process dies or the timeout passes.
+    """
+
+    def __init__(self, comfy_dir: Path, layout: ComfyLayout, port: int | None = None,
+                 extra_args: Iterable[str] = (), python: str = sys.executable):
+        self.comfy_dir = Path(comfy_dir)
+        self.layout = layout
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.python = python
+        self.proc: subprocess.Popen | None = None
+        self.client = ComfyClient(f"http://127.0.0.1:{self.port}")
+
+    def command(self) -> list[str]:
+        lay = self.layout
+        return [
+            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            "--base-directory", str(lay.base), "--output-directory", str(lay.output),
+            "--input-directory", str(lay.input), "--temp-directory", str(lay.temp),
+            "--user-directory", str(lay.user),
+            # keep ComfyUI's own user/comfyui.db untouched
+            "--database-url", "sqlite:///:memory:",
+            "--disable-auto-launch", *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 180.0) -> "ComfyServer":
+        reason = missing_comfyui_reason(self.comfy_dir)
+        if reason:
+            raise ComfyError(reason)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(self.layout.log_file, "ab")
+        try:
+            self.proc = subprocess.Popen(self.command(), cwd=self.comfy_dir, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()  # the child holds its own descriptor
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ComfyError(f"ComfyUI exited with code {self.proc.returncode} while starting; "
+                                 f"log {self.layout.log_file}:\n{self.log_tail()}")
+            try:
+                self.client.get_json("/system_stats", timeout=2)
+                return self
+            except (OSError, ComfyError):
+                time.sleep(0.5)
+        self.stop()
+        raise ComfyError(f"ComfyUI did not answer on port {self.port} within {timeout:.0f} s; "
+                         f"log {self.layout.log_file}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL after ``timeout``)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.layout.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def pack_import_failure(self) -> str | None:
+        """The log lines saying our pack failed to import, or None when it imported."""
+        text = self.log_text()
+        bad = [ln for ln in text.splitlines()
+               if "IMPORT FAILED" in ln and f"custom_nodes{os.sep}{PACK_NAME}" in ln]
+        if not bad:
+            return None
+        # The traceback is printed before the summary line; show the part mentioning us.
+        return "\n".join(bad) + "\n--- log ---\n" + self.log_tail(120)
+
+    def __enter__(self) -> "ComfyServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _format_node_errors(body: dict) -> str:
+    """Turn a POST /prompt 400 answer into lines a person can act on."""
+    err = body.get("error", {})
+    lines = [f"{err.get('type', 'error')}: {err.get('message', '')} {err.get('details', '')}".strip()]
+    for node_id, ne in (body.get("node_errors") or {}).items():
+        for e in ne.get("errors", []):
+            lines.append(f"  node {node_id} ({ne.get('class_type', '?')}): {e.get('message', '')}"
+                         f" - {e.get('details', '')}")
+    return "\n".join(lines)
+
+
+def _format_execution_error(messages: list) -> str:
+    for event, data in messages:
+        if event == "execution_error":
+            return (f"node {data.get('node_id')} ({data.get('node_type')}) raised "
+                    f"{data.get('exception_type')}: {data.get('exception_message')}\n"
+                    + "".join(data.get("traceback") or []))
+        if event == "execution_interrupted":
+            return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
+    return "no execution_error message in the history"
+
+
+class ComfyClient:
+    """The handful of ComfyUI HTTP routes a headless user needs (stdlib only)."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+        self.client_id = uuid.uuid4().hex
+
+    def _request(self, path: str, data: dict | None = None, timeout: float = 30.0) -> Any:
+        body = None if data is None else json.dumps(data).encode()
+        req = urllib.request.Request(self.base_url + path, data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict) and "error" in parsed:
+                raise ComfyError(f"{path} answered {e.code}:\n{_format_node_errors(parsed)}") from None
+            raise ComfyError(f"{path} answered {e.code}: {raw[:2000]!r}") from None
+        return json.loads(raw) if raw else None
+
+    def get_json(self, path: str, timeout: float = 30.0) -> Any:
+        return self._request(path, timeout=timeout)
+
+    def object_info(self) -> dict:
+        """Every registered node class with its inputs and outputs (GET /object_info)."""
+        return self.get_json("/object_info", timeout=60)
+
+    def queue_prompt(self, api_workflow: dict) -> str:
+        """Queue an API-format workflow (POST /prompt); returns its prompt id.
+
+        Raises ComfyError listing each node's validation error when ComfyUI refuses it.
+        """
+        if not isinstance(api_workflow, dict) or not api_workflow:
+            raise ValueError("api_workflow must be a non-empty dict in ComfyUI's API format "
+                             "({node_id: {'class_type': ..., 'inputs': {...}}})")
+        if "nodes" in api_workflow and "links" in api_workflow:
+            raise ValueError("this is a UI-format workflow; queue its API-format twin "
+                             "(workflows/*_api.json, or 'Export (API)' in ComfyUI)")
+        answer = self._request("/prompt", {"prompt": api_workflow, "client_id": self.client_id})
+        if answer.get("node_errors"):
+            raise ComfyError("ComfyUI accepted the prompt with node errors:\n"
+                             + _format_node_errors({"node_errors": answer["node_errors"]}))
+        return answer["prompt_id"]
+
+    def history(self, prompt_id: str) -> dict | None:
+        """The finished history entry of ``prompt_id``, or None while it is queued or running."""
+        return self.get_json(f"/history/{prompt_id}").get(prompt_id)
+
+    def wait_for_completion(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.5) -> dict:
+        """Block until ``prompt_id`` finishes; return its history entry.
+
+        Raises ComfyError with the failing node, exception and traceback when execution
+        failed or was interrupted, and TimeoutError (after interrupting it) on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.history(prompt_id)
+            if entry is not None:
+                status = entry.get("status") or {}
+                if status.get("status_str") == "success" and status.get("completed", True):
+                    return entry
+                raise ComfyError(f"prompt {prompt_id} failed: "
+                                 + _format_execution_error(status.get("messages", [])))
+            time.sleep(poll)
+        self.interrupt()
+        raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s (interrupted)")
+
+    def run(self, api_workflow: dict, timeout: float = 600.0) -> dict:
+        """Queue ``api_workflow`` and wait for it; returns the history entry."""
+        return self.wait_for_completion(self.queue_prompt(api_workflow), timeout=timeout)
+
+    def interrupt(self) -> None:
+        """Ask ComfyUI to stop the running prompt (what the UI's Cancel button does)."""
+        self._request("/interrupt", {})
+
+    def queue_remaining(self) -> int:
+        return self.get_json("/prompt")["exec_info"]["queue_remaining"]
+
+
+def output_files(history_entry: dict, layout: ComfyLayout, kinds: Iterable[str] = ("output",)) -> dict[str, list[Path]]:
+    """Files the prompt's nodes reported (images etc.), by node id, as paths on disk.
+
+    ``kinds`` selects ComfyUI's folder types: "output" (SaveImage), "temp" (PreviewImage).
+    """
+    roots = {"output": layout.output, "temp": layout.temp, "input": layout.input}
+    found: dict[str, list[Path]] = {}
+    for node_id, node_out in (history_entry.get("outputs") or {}).items():
+        for items in node_out.values():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and "filename" in item and item.get("type", "output") in kinds:
+                    root = roots[item.get("type", "output")]
+                    found.setdefault(node_id, []).append(root / item.get("subfolder", "") / item["filename"])
+    return found
+
+
+def is_api_workflow(path: Path) -> bool:
+    """Shipped workflows follow one naming rule: ``*_api.json`` is API format, the rest UI."""
+    return path.name.endswith("_api.json")
+
+
+def load_workflow(path: str | os.PathLike) -> dict:
+    """Read a workflow JSON, naming the file in the error when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"workflow {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"workflow {path} is not valid JSON: {e}") from None
+
+
+def copy_outputs(files: dict[str, list[Path]], dest: Path) -> list[Path]:
+    """Copy reported output files into ``dest`` (flat; names prefixed by node id)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for node_id, paths in files.items():
+        for p in paths:
+            target = dest / f"node{node_id}_{p.name}"
+            shutil.copy2(p, target)
+            copied.append(target)
+    return copied
