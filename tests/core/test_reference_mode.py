@@ -1,0 +1,106 @@
+"""The store-everything reference mode computes the same thing as the efficient path.
+
+The performance benchmark compares our capture (explicit softmax only at the loss's layers,
+only the tracked tokens kept) with the paper's way (explicit attention everywhere, every map
+of every token stored). That comparison is fair only if both train the same function: same
+loss, same gradients. These tests check that on a tiny model, in float64 so that the only
+difference left (fused vs explicit self-attention) is far below the tolerance.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from textloc_core.attention import AttentionRouter, KVDeltaInjector, find_cross_attention
+from textloc_core.reference_mode import (
+    StoreEverythingDenoiser,
+    StoreEverythingRouter,
+    explicit_self_attention,
+    store_everything_bundle,
+)
+
+TOKEN = "<doll1>"
+
+
+def _loss_and_grads(bundle, seed: int = 0):
+    """One attention-guided training loss on the tiny model; returns (loss, grads by name, router)."""
+    from textloc_core import guidance, maps, schedule
+
+    bundle.denoiser.unet.double()
+    bundle.text.text_encoder.double()
+    torch.manual_seed(seed)
+    latents = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    noise = torch.randn_like(latents)
+    timesteps = torch.tensor([100, 700])
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.float64)
+    masks[0, 0, 2:6, 1:5] = 1
+    masks[1, 0, 0:4, 3:8] = 1
+
+    token = torch.nn.Parameter(bundle.text.initial_embedding("doll").double())
+    with KVDeltaInjector(bundle.denoiser.unet) as injector:
+        with torch.no_grad():  # non-zero deltas, so the K/V gradients depend on both paths alike
+            for delta in injector.parameters():
+                delta.normal_(0, 0.02)
+        for delta in injector.parameters():
+            delta.data = delta.data.double()
+        encoded = bundle.text.encode([f"photo of a {TOKEN} doll", f"a {TOKEN} doll on grass"], {TOKEN: token})
+        layout = maps.slot_layout(encoded.token_positions, [TOKEN])
+        router = AttentionRouter(layers=None, token_slots=layout.slots)
+        with bundle.denoiser.route_attention(router):
+            noisy = schedule.add_noise(latents, noise, timesteps)
+            pred = bundle.denoiser.predict(noisy, timesteps, encoded.context)
+        token_maps = maps.token_maps(router.captured, layout, (8, 8))
+        loss = torch.nn.functional.mse_loss(pred, noise) + guidance.attention_loss(
+            "hard", token_maps, masks, layout.present
+        )
+        params = {"token": token, **injector.deltas}
+        grads = torch.autograd.grad(loss, list(params.values()))
+    return loss.detach(), dict(zip(params, grads)), router
+
+
+def test_reference_mode_trains_the_same_function(tiny_bundle):
+    """Same loss and same gradients (token embedding and every K/V delta) as the efficient path."""
+    efficient_loss, efficient_grads, efficient_router = _loss_and_grads(tiny_bundle)
+    reference = store_everything_bundle(tiny_bundle)
+    reference_loss, reference_grads, reference_router = _loss_and_grads(reference)
+
+    assert torch.allclose(reference_loss, efficient_loss, rtol=1e-10, atol=0)
+    assert set(reference_grads) == set(efficient_grads)
+    for name, grad in efficient_grads.items():
+        assert grad.abs().sum() > 0, f"{name} got no gradient; the comparison would prove nothing"
+        torch.testing.assert_close(reference_grads[name], grad, rtol=1e-8, atol=1e-12, msg=f"gradient of {name}")
+    # the caller's router got exactly the maps it would have captured itself
+    assert [m.layer for m in reference_router.captured] == [m.layer for m in efficient_router.captured]
+
+
+def test_reference_mode_stores_every_map_and_explicit_self_attention(tiny_bundle):
+    """Every attn2 layer's full (B, heads, N, 77) maps are stored; attn1 runs explicitly."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = tiny_bundle.denoiser.unet
+    original = {name: m.processor for name, m in unet.named_modules() if name.endswith("attn1")}
+    reference = StoreEverythingDenoiser(tiny_bundle.denoiser)
+    target = AttentionRouter(layers={"input_blocks.1.1.transformer_blocks.0.attn2"}, token_slots=torch.tensor([[1], [1]]))
+    context = torch.randn(2, 77, 32)
+    with reference.route_attention(target):
+        assert all(isinstance(m.processor, AttnProcessor) for n, m in unet.named_modules() if n.endswith("attn1"))
+        with torch.no_grad():
+            reference.predict(torch.randn(2, 4, 8, 8), torch.tensor([10, 20]), context)
+    store = reference.last_router
+    assert isinstance(store, StoreEverythingRouter)
+    assert len(store.stored) == len(find_cross_attention(unet))
+    for probs in store.stored.values():
+        assert probs.shape[:2] == (2, 8) and probs.shape[-1] == 77
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    # only the layer the caller selected reaches the caller
+    assert [m.layer for m in target.captured] == ["input_blocks.1.1.transformer_blocks.0.attn2"]
+    # the model is restored exactly on exit
+    assert {n: m.processor for n, m in unet.named_modules() if n.endswith("attn1")} == original
+    assert all(type(m.processor).__name__ != "_RoutedProcessor" for m in find_cross_attention(unet).values())
+
+
+def test_explicit_self_attention_refuses_models_without_diffusers_attention():
+    with pytest.raises(ValueError, match="attn1"):
+        with explicit_self_attention(torch.nn.Linear(2, 2)):
+            pass
