@@ -1,0 +1,399 @@
+"""One training loop for every method (hard, soft, none): Textual Localization / Custom Diffusion.
+
+Trainable: an additive delta on W_K and W_V of every attn2 layer (``KVDeltaInjector``) and
+one new embedding per concept token. Each step, in one UNet forward over [instance; prior]:
+
+    loss = mse(instance) + lambda_prior * mse(prior) + lambda_attn * attention_loss(maps, masks)
+
+where the maps are the concept tokens' cross-attention probabilities captured from that same
+forward (instance rows only). With method "none" nothing is routed or captured, so the
+baseline costs exactly a Custom Diffusion step.
+
+Reproducibility: each step's batch choice, timesteps and noise come from a generator seeded
+by (seed, step), so a run resumed from a checkpoint continues bit-identically on CPU without
+replaying any RNG.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import schedule
+from .attention import AttentionRouter, KVDeltaInjector, find_cross_attention
+from .backends.base import ModelBundle
+from .concepts import ConceptSet
+from .config import TrainConfig
+from .guidance import attention_loss, resize_masks
+from .maps import choose_layers, slot_layout, token_maps
+
+
+@dataclass
+class StepReport:
+    """What ``on_step`` receives after every optimiser step."""
+
+    step: int
+    """1-based number of the step just done."""
+    total: int
+    losses: dict[str, float]
+    """"loss" (total), "instance", "prior", "attention"."""
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What training produced: enough to build an adapter."""
+
+    kv_deltas: dict[str, torch.Tensor]
+    """Canonical attn2 name + ".to_k"/".to_v" -> float32 delta (add to the base weight)."""
+    token_embeddings: dict[str, torch.Tensor]
+    """Identifier token -> (n_vectors, D) float32 embedding."""
+    history: list[dict[str, float]]
+    stopped_early: bool
+    steps_done: int
+    fingerprint: str = ""
+    config: TrainConfig | None = None
+    prompts: list[str] = field(default_factory=list)
+    """The instance prompts used, one per training image."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def build_prompt(config: TrainConfig, concept_set: ConceptSet, names: list[str]) -> str:
+    """The instance prompt naming ``names`` (in concept-set order), from the config templates."""
+    phrases = [
+        config.concept_phrase.format(token=c.token, class_word=c.class_word)
+        for c in concept_set.concepts
+        if c.name in names
+    ]
+    return config.instance_prompt.format(concepts=config.concept_joiner.join(phrases))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The RNG of one step, a pure function of (seed, step) so resume needs no replay."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 1) % (2**63))
+
+
+def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype on CUDA, None for plain fp32 (always on CPU)."""
+    mode = config.mixed_precision
+    if device.type != "cuda" or mode == "fp32":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def _prepare_images(concept_set: ConceptSet, config: TrainConfig, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) images and (N, K, H, W) masks in concept order, checked and sized."""
+    if not concept_set.concepts:
+        raise ValueError("concept set: no concepts to train; add at least one Concept")
+    if not concept_set.images:
+        raise ValueError("concept set: no images; give at least one photo with a mask")
+    names = [c.name for c in concept_set.concepts]
+    tokens = [c.token for c in concept_set.concepts]
+    for label, values in (("name", names), ("token", tokens)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"concept set: concept {label}s {values} repeat; every concept needs its own {label}")
+    images, masks = [], []
+    for index, item in enumerate(concept_set.images):
+        where = f"image {index}" + (f" ({item.source})" if item.source else "")
+        unknown = set(item.masks) - set(names)
+        if unknown:
+            raise ValueError(f"{where}: masks for {sorted(unknown)} but the concepts are {names}; drop them or add the concepts")
+        if not item.masks:
+            raise ValueError(f"{where} has no concept mask: every training image must show at least one concept; mask it or drop the image")
+        image, item_masks = item.image, item.masks
+        if config.resolution is not None and tuple(image.shape[-2:]) != (config.resolution,) * 2:
+            from .imaging import fit_pair
+
+            image, item_masks = fit_pair(image, item_masks, config.resolution)
+        for name, mask in item_masks.items():
+            if tuple(mask.shape) != tuple(image.shape[-2:]):
+                raise ValueError(f"{where}: mask of concept {name!r} is {tuple(mask.shape)}, the image {tuple(image.shape[-2:])}")
+            if float(mask.max()) <= 0:
+                raise ValueError(f"{where}: mask of concept {name!r} is empty; draw the {name} in the mask or drop the image")
+        images.append(image.float())
+        blank = torch.zeros(image.shape[-2:])
+        masks.append(torch.stack([item_masks.get(n, blank).float() for n in names]))
+    sizes = {tuple(i.shape[-2:]) for i in images}
+    if len(sizes) != 1:
+        raise ValueError(f"images have different sizes {sorted(sizes)}; set TrainConfig.resolution to train on one size")
+    (height, width), = sizes
+    if height % multiple or width % multiple:
+        raise ValueError(f"image size {height}x{width} must be a multiple of {multiple} pixels for this model; set resolution")
+    return torch.stack(images), torch.stack(masks)
+
+
+class _Run:
+    """State of one training run; ``step`` is the readable heart of the loop."""
+
+    def __init__(self, bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig, prior_cache_dir: Path | None):
+        self.bundle, self.config, self.concept_set = bundle, config, concept_set
+        self.device = bundle.device
+        self.text, self.denoiser = bundle.text, bundle.denoiser
+        self.amp = _amp_dtype(config, self.device)
+        self.concepts = concept_set.concepts
+        self.tokens = [c.token for c in self.concepts]
+        n_down = sum(1 for _ in _downsamplers(self.denoiser.unet))
+        images, self.masks = _prepare_images(concept_set, config, self.denoiser.vae_scale_factor * 2**n_down)
+        for token in self.tokens:
+            self.text.check_token(token)
+        self.embeddings = {
+            c.token: torch.nn.Parameter(self.text.initial_embedding(c.initializer).to(self.device, torch.float32))
+            for c in self.concepts
+        }
+        names = [[c.name for c in self.concepts if c.name in item.masks] for item in concept_set.images]
+        self.prompts = [build_prompt(config, concept_set, n) for n in names]
+        with torch.no_grad():
+            self.latents = torch.cat(
+                [self.denoiser.encode_images(images[i : i + 8].to(self.device)).float() for i in range(0, len(images), 8)]
+            )
+        self.latent_hw = tuple(self.latents.shape[-2:])
+        self._setup_prior(prior_cache_dir)
+        self.injector = KVDeltaInjector(self.denoiser.unet)
+        self.guided = config.method != "none" and config.lambda_attn > 0
+        self.layers = self._probe_layers() if self.guided else set()
+        params = self.injector.parameters() + list(self.embeddings.values())
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=config.effective_learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon,
+            weight_decay=config.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+
+    def _setup_prior(self, cache_dir: Path | None) -> None:
+        config = self.config
+        self.prior_latents = self.prior_context = None
+        if config.lambda_prior <= 0 or config.prior_images_per_class <= 0 or config.prior_batch <= 0:
+            return
+        from .prior import prior_latents
+
+        latents, prompts = [], []
+        for class_word in dict.fromkeys(c.class_word for c in self.concepts):
+            prompt = config.class_prompt.format(class_word=class_word)
+            latents.append(
+                prior_latents(self.bundle, prompt, config.prior_images_per_class, self.latent_hw, config, cache_dir=cache_dir)
+            )
+            prompts.append(prompt)
+        self.prior_latents = torch.cat(latents).to(self.device, torch.float32)
+        self.prior_prompt_index = torch.cat([torch.full((len(x),), i) for i, x in enumerate(latents)])
+        with torch.no_grad():  # prior prompts hold no trainable token: encode once
+            self.prior_context = self.text.encode(prompts, {}).context.detach()
+
+    def _probe_layers(self) -> set[str]:
+        """Route every attn2 once (no grad) to learn each layer's resolution, then keep the
+        layers ``map_levels`` asks for; all others stay on the fused attention path."""
+        router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
+        context = self.text.encode(self.prompts[:1], {t: e.detach() for t, e in self.embeddings.items()}).context
+        with torch.no_grad(), self.denoiser.route_attention(router):
+            t = torch.zeros(1, dtype=torch.long, device=self.device)
+            self.denoiser.predict(self.latents[:1].to(self.bundle.compute_dtype), t, context.to(self.bundle.compute_dtype))
+        counts = {m.layer: m.probs.shape[1] for m in router.captured}
+        return choose_layers(counts, self.config.map_levels)
+
+    def _draw(self, step: int):
+        """Everything random about one step, from (seed, step) alone."""
+        g = step_generator(self.config.seed, step)
+        n, batch = len(self.latents), self.config.instance_batch
+        inst = torch.randperm(n, generator=g)[:batch] if batch <= n else torch.randint(n, (batch,), generator=g)
+        prior = None
+        if self.prior_latents is not None:
+            prior = torch.randint(len(self.prior_latents), (self.config.prior_batch,), generator=g)
+        total = batch + (0 if prior is None else len(prior))
+        timesteps = torch.randint(0, schedule.TRAIN_TIMESTEPS, (total,), generator=g)
+        noise = torch.randn((total, *self.latents.shape[1:]), generator=g)
+        return inst, prior, timesteps, noise
+
+    def step(self, step: int) -> dict[str, float]:
+        config, dtype, dev = self.config, self.bundle.compute_dtype, self.device
+        inst, prior, timesteps, noise = self._draw(step)
+        n_inst = len(inst)
+        prompts = [self.prompts[i] for i in inst.tolist()]
+        unique = list(dict.fromkeys(prompts))
+        with torch.autocast(dev.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            encoded = self.text.encode(unique, self.embeddings)
+            context = encoded.context[torch.tensor([unique.index(p) for p in prompts], device=encoded.context.device)]
+            positions = [encoded.token_positions[unique.index(p)] for p in prompts]
+            latents = self.latents[inst.to(dev)]
+            if prior is not None:
+                latents = torch.cat([latents, self.prior_latents[prior.to(dev)]])
+                context = torch.cat([context, self.prior_context[self.prior_prompt_index[prior].to(dev)].to(context.dtype)])
+            noise, timesteps = noise.to(dev), timesteps.to(dev)
+            noisy = schedule.add_noise(latents, noise, timesteps)
+            router = None
+            if self.guided:
+                layout = slot_layout(positions + [{}] * (len(latents) - n_inst), self.tokens)
+                router = AttentionRouter(layers=self.layers, token_slots=layout.slots.to(dev), keep_grad=True)
+                with self.denoiser.route_attention(router):
+                    pred = self.denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype))
+            else:
+                pred = self.denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype))
+        pred = pred.float()
+        target = schedule.training_target(self.denoiser.prediction_type, latents, noise, timesteps)
+        masks = self.masks[inst].to(dev)
+        losses = {"instance": self._instance_loss(pred[:n_inst], target[:n_inst], masks)}
+        losses["prior"] = F.mse_loss(pred[n_inst:], target[n_inst:]) if prior is not None else pred.sum() * 0.0
+        if router is not None:
+            maps = token_maps(
+                router.captured, layout, self.latent_hw, rows=slice(0, n_inst),
+                map_size=config.map_size, normalize=config.normalize_maps,
+            )
+            present = layout.present[:n_inst].to(dev)
+            losses["attention"] = attention_loss(config.method, maps, resize_masks(masks, tuple(maps.shape[-2:])), present)
+        else:
+            losses["attention"] = pred.sum() * 0.0
+        total = losses["instance"] + config.lambda_prior * losses["prior"] + config.lambda_attn * losses["attention"]
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"step {step + 1}: loss is {float(total)} ({ {k: float(v) for k, v in losses.items()} }); "
+                "training stopped and the last good checkpoint is kept. Lower the learning rate or use mixed_precision='fp32'."
+            )
+        self._backward(total)
+        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+
+    def _instance_loss(self, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if not self.config.masked_denoise_loss:
+            return F.mse_loss(pred, target)
+        # Break-A-Scene: only the pixels of the named concepts count.
+        union = resize_masks(masks.amax(dim=1), tuple(pred.shape[-2:])).unsqueeze(1)
+        return ((pred - target) ** 2 * union).sum() / (union.sum() * pred.shape[1]).clamp_min(1e-8)
+
+    def _backward(self, total: torch.Tensor) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.config.max_grad_norm and self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def trainables(self) -> dict[str, torch.Tensor]:
+        """Canonical-name K/V deltas and token embeddings (the checkpointed state)."""
+        names = {f"{n}.{p}": f"{self.denoiser.canonical_layer_name(n)}.{p}" for n in self.injector.layers for p in ("to_k", "to_v")}
+        out = {f"kv:{names[k]}": v for k, v in self.injector.deltas.items()}
+        out.update({f"emb:{t}": e for t, e in self.embeddings.items()})
+        return out
+
+    def load_trainables(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for key, param in self.trainables().items():
+                if key not in tensors:
+                    raise ValueError(f"checkpoint: {key!r} is missing; it was made for another model or concept set")
+                param.copy_(tensors[key].to(param))
+
+
+def _downsamplers(unet: torch.nn.Module):
+    """Modules that halve the latent grid (diffusers Downsample2D / LDM Downsample)."""
+    return (m for m in unet.modules() if type(m).__name__ in ("Downsample2D", "Downsample"))
+
+
+def train(
+    bundle: ModelBundle,
+    concept_set: ConceptSet,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[StepReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    prior_cache_dir: Path | None = None,
+) -> TrainResult:
+    """Train ``concept_set``'s tokens and the attn2 K/V deltas of ``bundle``; see the module doc.
+
+    The base model is left bit-identical (hooks removed, requires_grad restored). Works
+    when called under ``torch.inference_mode`` (ComfyUI does). ``should_stop`` is polled
+    before every step; a stop returns the partial result with ``stopped_early=True``.
+    With ``checkpoint_dir`` a checkpoint is written every ``config.checkpoint_every`` steps
+    and at the end; ``resume=True`` continues from the latest one there.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        frozen = [(p, p.requires_grad) for m in _models(bundle) for p in m.parameters()]
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        try:
+            return _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_stop, prior_cache_dir)
+        finally:
+            for p, flag in frozen:
+                p.requires_grad_(flag)
+
+
+def _models(bundle: ModelBundle) -> list[torch.nn.Module]:
+    found = [bundle.denoiser.unet]
+    for owner, attr in ((bundle.text, "text_encoder"), (bundle.denoiser, "vae")):
+        module = getattr(owner, attr, None)
+        if isinstance(module, torch.nn.Module):
+            found.append(module)
+    return found
+
+
+def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_stop, prior_cache_dir) -> TrainResult:
+    ckpt = None
+    if checkpoint_dir is not None:
+        from . import checkpoint as ckpt  # the adapter engineer's atomic checkpoint files
+
+    run = _Run(bundle, concept_set, config, prior_cache_dir)
+    history: list[dict[str, float]] = []
+    start, stopped = 0, False
+    try:
+        if resume and checkpoint_dir is not None:
+            state = ckpt.load_latest_checkpoint(Path(checkpoint_dir))
+            if state is not None:
+                run.load_trainables(state.tensors)
+                run.optimizer.load_state_dict(state.optimizer_state)
+                start, history = state.step, list(state.extra.get("history", []))
+        for step in range(start, config.steps):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            began = time.perf_counter()
+            losses = run.step(step)
+            history.append(losses)
+            done = step + 1
+            if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
+                _save(ckpt, checkpoint_dir, done, run, config, history)
+            if on_step is not None:
+                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began))
+        steps_done = len(history)
+        if stopped and checkpoint_dir is not None and steps_done > 0:
+            _save(ckpt, checkpoint_dir, steps_done, run, config, history)
+        trainables = run.trainables()
+        return TrainResult(
+            kv_deltas={k[3:]: v.detach().float().cpu().clone() for k, v in trainables.items() if k.startswith("kv:")},
+            token_embeddings={k[4:]: v.detach().float().cpu().clone() for k, v in trainables.items() if k.startswith("emb:")},
+            history=history,
+            stopped_early=stopped,
+            steps_done=steps_done,
+            fingerprint=bundle.fingerprint,
+            config=config,
+            prompts=list(run.prompts),
+        )
+    finally:
+        run.injector.remove()
+
+
+def _save(ckpt, checkpoint_dir, step, run: _Run, config: TrainConfig, history) -> None:
+    ckpt.save_checkpoint(
+        Path(checkpoint_dir),
+        step,
+        {k: v.detach() for k, v in run.trainables().items()},
+        run.optimizer.state_dict(),
+        config=config,
+        extra={"history": history},
+    )
