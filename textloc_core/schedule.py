@@ -113,7 +113,8 @@ def ddim_sample(
                 router.clear()
             eps, x0 = _to_eps_x0(denoiser.prediction_type, out, x, t)
             prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            a_prev = _ALPHAS[prev].item() if prev >= 0 else 1.0
+            # Last step lands on alpha_0, not 1 (set_alpha_to_one=False in SD's scheduler config).
+            a_prev = _ALPHAS[max(prev, 0)].item()
             x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
     finally:
         if routing is not None:
