@@ -1,0 +1,87 @@
+"""The CLIP feature adapter loads local checkpoints (both layouts) and computes what the
+transformers model computes; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer,
+                          CLIPVisionConfig, CLIPVisionModelWithProjection)
+
+from textloc_core import metrics
+
+TOKENIZER = Path(__file__).resolve().parents[2] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
+
+TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407)
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+              image_size=32, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    torch.manual_seed(0)
+    return CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=16)).eval()
+
+
+def test_saved_clipmodel_directory(tmp_path, tiny_clip):
+    tiny_clip.save_pretrained(tmp_path)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER / name, tmp_path / name)
+    model = metrics.ClipFeatureModel.from_directory(tmp_path)
+    assert isinstance(model, metrics.FeatureModel)
+
+    images = torch.rand(3, 3, 48, 40)
+    features = model.encode_image(images)
+    pixels = metrics.clip_preprocess(images, 32)
+    with torch.no_grad():
+        pooled = tiny_clip.vision_model(pixel_values=pixels).pooler_output
+        expected = tiny_clip.visual_projection(pooled)
+    assert features.shape == (3, 16)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+
+    text = model.encode_text(["a red star", "a blue ring on grass"])
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    batch = tokenizer(["a red star"], padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        direct = tiny_clip.text_projection(tiny_clip.text_model(**batch).pooler_output)
+    assert text.shape == (2, 16)
+    torch.testing.assert_close(text[:1], direct, rtol=1e-4, atol=1e-5)
+    # a different prompt gives a different feature: the pooled EOS position is really found
+    assert not torch.allclose(text[0], text[1])
+
+
+def test_separate_towers_and_preprocessor_config(tmp_path, tiny_clip):
+    torch.manual_seed(1)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**{**VISION, "image_size": 24}, projection_dim=16))
+    text = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT, projection_dim=16))
+    vision.save_pretrained(tmp_path / "vision")
+    text.save_pretrained(tmp_path / "text")
+    shutil.copytree(TOKENIZER, tmp_path / "tokenizer")
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"crop_size": {"height": 24, "width": 24}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+    model = metrics.ClipFeatureModel.from_directory(tmp_path)
+    assert model.image_size == 24 and model.mean == (0.5, 0.5, 0.5)
+    assert model.encode_image(torch.rand(2, 3, 50, 50)).shape == (2, 16)
+    # CLIP-I of a batch against itself through the real adapter
+    images = torch.rand(2, 3, 24, 24)
+    assert metrics.clip_i(model, images[:1], images[:1]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_missing_directory_and_unknown_layout(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        metrics.ClipFeatureModel.from_directory(tmp_path / "nope")
+    with pytest.raises(ValueError, match="expected a saved CLIPModel"):
+        metrics.ClipFeatureModel.from_directory(tmp_path)
+
+
+def test_clip_preprocess_crops_centre_square():
+    images = torch.zeros(1, 3, 20, 40)
+    images[..., 10:30] = 1.0  # the centre 20x20 square is white, the sides black
+    out = metrics.clip_preprocess(images, 10, mean=(0, 0, 0), std=(1, 1, 1))
+    assert out.shape == (1, 3, 10, 10)
+    assert out.min().item() > 0.9  # only bicubic ringing at the crop edge; the black sides are cut
