@@ -337,8 +337,6 @@ def read_manifest(
     _check_keys(data, _TOP_KEYS, {"concepts", "images"}, f"manifest {path.name}")
     if not isinstance(data["concepts"], list) or not data["concepts"]:
         raise ValueError(f"manifest {path.name}: 'concepts' must be a non-empty list of {{name, token, class_word}}")
-    if not isinstance(data["images"], list) or not data["images"]:
-        raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
     invert = data.get("invert_masks", False)
     if not isinstance(invert, bool):
         raise ValueError(f"manifest {path.name}: invert_masks must be true or false, got {invert!r}")
@@ -346,6 +344,8 @@ def read_manifest(
     if channel not in MASK_CHANNELS:
         raise ValueError(f"manifest {path.name}: mask_channel {channel!r} is not one of {MASK_CHANNELS}")
     concepts = [_parse_concept(entry, index) for index, entry in enumerate(data["concepts"])]
+    if not isinstance(data["images"], list) or not data["images"]:
+        raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
     known = {c.name for c in concepts}
     items = []
     for index, entry in enumerate(data["images"]):
@@ -461,7 +461,7 @@ def read_paper_folder(
             detail = (
                 f"{_shown(masks[extra[0]], base)} has no photo in resized/"
                 if extra
-                else f"resized/{photos[missing[0]].name} has no mask in {mask_dirs[name].name}/"
+                else f"{_shown(photos[missing[0]], base)} has no mask in {mask_dirs[name].name}/"
             )
             raise ValueError(
                 f"{root.name}: {len(photos)} photos but {len(masks)} masks of {name!r}: {detail}; "

@@ -1,0 +1,182 @@
+"""Check a ConceptSet before any GPU work: every problem a user can fix, found at once.
+
+``validate_concept_set`` collects all problems and raises one ``ConceptSetError`` (a
+ValueError) listing them, each naming the input (concept, image index, file) and the fix.
+It never changes the set. Token checks that need the text encoder's vocabulary ("already
+a word", "splits into several pieces") are passed in as ``vocabulary_check`` by whoever
+holds the tokenizer, so this module stays free of models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+
+from .concepts import ConceptSet
+from .masks import mask_coverage
+from .safe_io import check_name
+
+FULL_MASK_COVERAGE = 0.99
+"""A mask covering at least this fraction of its photo cannot localise anything."""
+
+LATENT_FACTOR = 8
+"""Stable Diffusion's VAE divides the picture side by 8; training sides must be multiples."""
+
+_SEPARATORS = ("/", "\\")
+_PLAIN_WORD = re.compile(r"[A-Za-z]+")
+
+
+class ConceptSetError(ValueError):
+    """A concept set that cannot be trained on; ``problems`` lists every reason, one a line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        count = len(self.problems)
+        header = "the concept set has a problem" if count == 1 else f"the concept set has {count} problems"
+        super().__init__(header + ":\n- " + "\n- ".join(self.problems))
+
+
+def validate_concept_set(
+    cs: ConceptSet,
+    *,
+    vocabulary_check: Callable[[str], None] | None = None,
+    resolution: int | None = None,
+) -> None:
+    """Raise ``ConceptSetError`` when ``cs`` cannot be trained on as given.
+
+    ``vocabulary_check(token)`` should raise ValueError when the text encoder already knows
+    ``token`` or cannot make it one new token; its message is reported with the concept.
+    ``resolution`` is the training side in pixels (None: the photos' own size, which must
+    then agree across photos).
+    """
+    problems: list[str] = []
+    problems += _concept_problems(cs, vocabulary_check)
+    problems += _image_problems(cs, resolution)
+    if problems:
+        raise ConceptSetError(problems)
+
+
+def _token_problem(token: str, owner: str) -> str | None:
+    """Why ``token`` cannot be an identifier token (it is written in prompts and file names), or None."""
+    if not isinstance(token, str) or not token.strip():
+        return f"{owner} has an empty token: give it a new word such as '<doll>'"
+    if any(sep in token for sep in _SEPARATORS) or ".." in token:
+        return f"token {token!r} of {owner} contains a path separator or '..': use letters, digits, '_', '<', '>'"
+    if any(ch.isspace() for ch in token):
+        return f"token {token!r} of {owner} contains whitespace: a token must be one word, e.g. '<{token.split()[0]}>'"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in token):
+        return f"token {token!r} of {owner} contains control characters"
+    return None
+
+
+def _concept_problems(cs: ConceptSet, vocabulary_check) -> list[str]:
+    problems: list[str] = []
+    if not cs.concepts:
+        return ["no concepts are defined: add at least one concept (name, token, class word)"]
+    seen_names: dict[str, str] = {}
+    seen_tokens: dict[str, str] = {}
+    for concept in cs.concepts:
+        owner = f"concept {concept.name!r}"
+        try:
+            check_name(concept.name, "concept name")  # names become file and folder names
+        except ValueError as error:
+            problems.append(str(error))
+        token_issue = _token_problem(concept.token, owner)
+        if token_issue:
+            problems.append(token_issue)
+        # Names become file names and tokens are lower-cased by CLIP: compare without case.
+        key = (concept.name or "").casefold()
+        if key in seen_names:
+            problems.append(f"two concepts are named {concept.name!r}: give each concept its own name")
+        seen_names.setdefault(key, concept.name)
+        token_key = (concept.token or "").casefold()
+        if token_key in seen_tokens:
+            problems.append(
+                f"concepts {seen_tokens[token_key]!r} and {concept.name!r} share the token {concept.token!r}: "
+                "each concept needs its own new token"
+            )
+        seen_tokens.setdefault(token_key, concept.name)
+        if not token_issue and _PLAIN_WORD.fullmatch(concept.token or ""):
+            problems.append(
+                f"token {concept.token!r} of {owner} is a plain word: the identifier must be new to the "
+                f"model, e.g. '<{concept.token.lower()}>'"
+            )
+        elif not token_issue and vocabulary_check is not None:
+            try:
+                vocabulary_check(concept.token)
+            except ValueError as error:
+                problems.append(f"token {concept.token!r} of {owner}: {error}")
+        if not isinstance(concept.class_word, str) or not concept.class_word.strip():
+            problems.append(f"{owner} has no class word: say what it is ('doll', 'bucket'); prior images use it")
+    return problems
+
+
+def _image_problems(cs: ConceptSet, resolution: int | None) -> list[str]:
+    problems: list[str] = []
+    if resolution is not None and (
+        not isinstance(resolution, int) or resolution < LATENT_FACTOR or resolution % LATENT_FACTOR
+    ):
+        problems.append(
+            f"resolution {resolution!r} must be a positive multiple of {LATENT_FACTOR} pixels (e.g. 512)"
+        )
+    if not cs.images:
+        return problems + ["the concept set has no images: add photos with masks"]
+    known = {c.name for c in cs.concepts}
+    sizes: dict[tuple[int, int], int] = {}
+    for index, item in enumerate(cs.images):
+        where = f"image {index}" + (f" ({item.source})" if item.source else "")
+        image = item.image
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            problems.append(f"{where} has shape {shape}, expected (3, H, W): convert it to RGB")
+            continue
+        height, width = image.shape[1:]
+        sizes.setdefault((int(height), int(width)), index)
+        if not image.is_floating_point() or not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+            problems.append(f"{where} must be float values in [0, 1] (NaN, infinite or 0-255 values found)")
+        if not item.masks:
+            problems.append(f"{where} has no mask: give it a mask of at least one concept or drop it")
+        for name, mask in item.masks.items():
+            problems += _mask_problems(index, name, mask, item, (int(height), int(width)), known)
+    if len(sizes) > 1 and resolution is None:
+        described = ", ".join(f"{w}x{h} (image {i})" for (h, w), i in list(sizes.items())[:3])
+        problems.append(
+            f"the images have different sizes ({described}): choose a training resolution so they are "
+            "resized to one square size"
+        )
+    for concept in cs.concepts:
+        if not any(concept.name in item.masks for item in cs.images):
+            problems.append(
+                f"concept {concept.name!r} has no images: give at least one photo with a mask of the {concept.class_word}"
+            )
+    return problems
+
+
+def _mask_problems(index: int, name: str, mask, item, size: tuple[int, int], known: set[str]) -> list[str]:
+    source = item.mask_sources.get(name)
+    label = f"mask {index} of concept {name!r}" + (f" ({source})" if source else "")
+    if name not in known:
+        return [f"{label} belongs to no defined concept (defined: {sorted(known)}): define {name!r} or remove the mask"]
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        return [f"{label} has shape {shape}, expected (H, W): give one single-channel mask per image"]
+    if tuple(mask.shape) != size:
+        return [
+            f"{label} is {mask.shape[1]}x{mask.shape[0]} but image {index} is {size[1]}x{size[0]}: "
+            "resize the mask to the photo (or paint it on the photo itself)"
+        ]
+    if not torch.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        return [f"{label} has values outside [0, 1]: give a binary mask (0 background, 1 concept)"]
+    coverage = mask_coverage(mask)
+    if coverage == 0.0:
+        return [f"{label} is empty: paint the {name} in the mask editor or drop image {index}"]
+    if coverage >= FULL_MASK_COVERAGE:
+        return [
+            f"{label} covers {coverage:.1%} of the photo: a mask of the whole picture tells the token nothing "
+            f"about where the {name} is, so localization is meaningless. Paint only the {name} "
+            "(if the mask is inverted, flip it with invert)"
+        ]
+    return []
+
