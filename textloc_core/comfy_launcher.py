@@ -103,11 +103,12 @@ class ComfyLayout:
                                  f"use an empty base directory")
         else:
             link.symlink_to(pack_root.resolve(), target_is_directory=True)
-        # A fresh user would get the template browser on first page load; the browser
-        # check and screenshots want the plain graph canvas instead.
+        # A fresh user would get the template browser on first page load (and a minimap
+        # over the canvas); the browser check and screenshots want the plain graph.
         settings = layout.user / "default" / "comfy.settings.json"
         if not settings.exists():
-            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True,
+                                            "Comfy.Minimap.Visible": False}))
         return layout
 
 
