@@ -211,20 +211,62 @@ def differentiable_text_encoder(clip_model: nn.Module) -> Iterator[None]:
             layer.__dict__.pop("forward", None)
 
 
-def kv_fingerprint(unet: nn.Module) -> str:
-    """Hash of the attn2 K/V weights, identifying the base model an adapter was trained on.
-
-    Rounded to float16 so the same checkpoint loaded as fp16, bf16 or fp32 gives one value.
-    """
+def fingerprint_of(kv_weights: dict[str, torch.Tensor]) -> str:
+    """Short sha256 of K/V weights keyed ``<canonical layer>.to_k``; the same bytes and order as
+    the diffusers backend's ``kv_fingerprint``, so one checkpoint has one fingerprint everywhere."""
     digest = hashlib.sha256()
-    layers = find_cross_attention(unet)
-    for name, attn in sorted(layers.items(), key=lambda kv: canonical_layer_name(kv[0])):
-        for proj in ("to_k", "to_v"):
-            weight = getattr(attn, proj).weight.detach()
-            digest.update(canonical_layer_name(name).encode())
-            digest.update(str(tuple(weight.shape)).encode())
-            digest.update(weight.to("cpu", torch.float16).numpy().tobytes())
+    for key in sorted(kv_weights):
+        weight = kv_weights[key].detach().float().cpu().contiguous()
+        digest.update(f"{key}{tuple(weight.shape)}".encode())
+        digest.update(weight.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def base_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
+    """Fingerprint and K/V weights of a ModelPatcher's *base* weights.
+
+    While a patched clone is loaded, ComfyUI has written patched weights into the shared
+    modules and keeps the originals in ``backup``; those originals are what identifies the
+    base model, whichever LoRAs or adapters happen to be applied at the moment.
+    """
+    backup = getattr(model, "backup", {}) or {}
+    weights = {}
+    for name, attn in find_cross_attention(model.model.diffusion_model).items():
+        layer = canonical_layer_name(name)
+        for proj in ("to_k", "to_v"):
+            key = f"diffusion_model.{layer}.{proj}.weight"
+            saved = backup.get(key)
+            weights[f"{layer}.{proj}"] = saved.weight if saved is not None else getattr(attn, proj).weight
+    return fingerprint_of(weights), weights
+
+
+def find_positions(
+    tokens: dict, embeddings: dict[str, torch.Tensor], words: dict[str, list[int]] | None = None
+) -> dict[str, list[int]]:
+    """Context positions of identifier tokens (and plain words) in a ComfyUI token dict.
+
+    An identifier token's vectors sit in the token list as views of its embedding tensor, so
+    an entry belongs to a token when its data pointer falls inside that tensor's memory.
+    ``words`` maps a plain word to its vocabulary ids; every run of those ids counts.
+    Positions index the encoder output, whose 77-token chunks are concatenated.
+    """
+    ranges = {}
+    for name, vec in embeddings.items():
+        start = vec.data_ptr()
+        ranges[name] = (start, start + vec.numel() * vec.element_size())
+    entries = [entry[0] for chunk in next(iter(tokens.values())) for entry in chunk]  # all encoders: same layout
+    positions: dict[str, list[int]] = {}
+    for index, value in enumerate(entries):
+        if torch.is_tensor(value):
+            for name, (lo, hi) in ranges.items():
+                if lo <= value.data_ptr() < hi:
+                    positions.setdefault(name, []).append(index)
+    for word, ids in (words or {}).items():
+        for index in range(len(entries) - len(ids) + 1):
+            window = entries[index:index + len(ids)]
+            if all(not torch.is_tensor(v) and int(v) == i for v, i in zip(window, ids)):
+                positions.setdefault(word, []).extend(range(index, index + len(ids)))
+    return positions
 
 
 # ----------------------------------------------------------------------------- text
@@ -270,23 +312,7 @@ class ComfyTextBackend:
         names = list(token_embeddings)
         tokenizer = tokenizer_with_embeddings(self.clip, token_embeddings.get, names)
         tokens = tokenizer.tokenize_with_weights(prompt, False, **({"tokenizer_options": self.clip.tokenizer_options} if self.clip.tokenizer_options else {}))
-        ranges = {}
-        for name, vec in token_embeddings.items():
-            start = vec.data_ptr()
-            ranges[name] = (start, start + vec.numel() * vec.element_size())
-        first = next(iter(tokens.values()))  # every encoder's token list has the same layout
-        positions: dict[str, list[int]] = {}
-        index = 0
-        for chunk in first:
-            for entry in chunk:
-                value = entry[0]
-                if torch.is_tensor(value):
-                    ptr = value.data_ptr()
-                    for name, (lo, hi) in ranges.items():
-                        if lo <= ptr < hi:
-                            positions.setdefault(name, []).append(index)
-                index += 1
-        return tokens, positions
+        return tokens, find_positions(tokens, token_embeddings)
 
     def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
         contexts, positions = [], []
@@ -398,8 +424,12 @@ def _routed_patch(router: AttentionRouter, layer: str, existing):
     the router then only captures (explicit softmax on the same q/k/v), so both packs work.
     """
 
+    before = getattr(router, "before_call", None)
+
     def patch(q, k, v, extra_options):
         heads = extra_options["n_heads"]
+        if before is not None:  # e.g. the preview learns which rows are conditional
+            before(extra_options)
         if existing is None:
             return router(layer, q, k, v, heads)
         router(layer, q, k, v, heads)
@@ -428,7 +458,7 @@ def training_session(model, clip, vae) -> Iterator[ModelBundle]:
             bundle = ModelBundle(
                 text=text,
                 denoiser=denoiser,
-                fingerprint=kv_fingerprint(denoiser.unet),
+                fingerprint=base_fingerprint_and_weights(denoiser.patcher)[0],
                 device=torch.device(denoiser.device),
                 compute_dtype=denoiser.dtype,
             )
@@ -444,7 +474,7 @@ def inference_bundle(model, clip, vae) -> ModelBundle:
     return ModelBundle(
         text=ComfyTextBackend(clip),
         denoiser=denoiser,
-        fingerprint=kv_fingerprint(denoiser.unet),
+        fingerprint=base_fingerprint_and_weights(denoiser.patcher)[0],
         device=torch.device(denoiser.device),
         compute_dtype=denoiser.dtype,
     )

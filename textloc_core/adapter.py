@@ -46,9 +46,10 @@ def textloc_version() -> str:
     try:
         return metadata.version("textloc")
     except metadata.PackageNotFoundError:
-        import textloc_core
+        import sys
 
-        return getattr(textloc_core, "__version__", "unknown")
+        # relative to this package: inside ComfyUI it is custom_nodes.textloc.textloc_core
+        return getattr(sys.modules[__package__], "__version__", "unknown")
 
 
 def architecture_signature(kv_weights: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:

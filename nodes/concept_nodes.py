@@ -1,0 +1,156 @@
+"""Concept-set nodes: ComfyUI IMAGE + MASK, a folder on disk, or TinyWorld -> TEXTLOC_CONCEPTS.
+
+A TEXTLOC_CONCEPTS value is a ``textloc_core.concepts.ConceptSet``. Every node validates
+what it builds (counts, sizes, empty or full masks, names, duplicate tokens) before any
+model is touched, with errors naming the input and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..textloc_core.concepts import Concept, ConceptSet
+from ..textloc_core.validation import validate_concept_set
+from .comfy_backend import check_token_text
+
+CONCEPTS = "TEXTLOC_CONCEPTS"
+CATEGORY = "textloc"
+
+
+def _same_photos(concepts: ConceptSet, other: ConceptSet) -> bool:
+    return len(concepts.images) == len(other.images) and all(
+        a.image.shape == b.image.shape and torch.equal(a.image, b.image) for a, b in zip(concepts.images, other.images)
+    )
+
+
+def concepts_from_mask(images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> ConceptSet:
+    """One concept from an IMAGE batch (B,H,W,3) and a MASK batch (B,H,W), optionally added to
+    ``concepts``: on the same photos its masks merge into them, on other photos the photos are
+    appended (a multi-concept set may mix both)."""
+    name, token, class_word, init_word = name.strip(), token.strip(), class_word.strip(), init_word.strip()
+    check_token_text(token)
+    if not class_word:
+        raise ValueError(f"class_word of concept {name!r} is empty: give the class the base model knows, e.g. 'doll'")
+    concept = Concept(name=name, token=token, class_word=class_word, init_word=init_word or None)
+    single = ConceptSet.from_tensors(images, masks, concept, invert=invert_mask)
+    if concepts is None:
+        result = single
+    elif _same_photos(concepts, single):
+        result = ConceptSet.merge(concepts, single)
+    else:
+        result = ConceptSet(list(concepts.concepts) + [concept], list(concepts.images) + list(single.images))
+    validate_concept_set(result)
+    return result
+
+
+class ConceptFromMask:
+    """IMAGE + MASK (from LoadImage's alpha or the mask editor) -> one concept."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CONCEPTS,)
+    RETURN_NAMES = ("concepts",)
+    FUNCTION = "build"
+    DESCRIPTION = "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Photos showing the concept (a batch; all the same size)."}),
+                "masks": ("MASK", {"tooltip": "One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node)."}),
+                "name": ("STRING", {"default": "doll", "tooltip": "Short name of the concept, used in file names (letters, digits, _ -)."}),
+                "token": ("STRING", {"default": "<doll1>", "tooltip": "New identifier word written in prompts for this concept; must not be an existing word."}),
+                "class_word": ("STRING", {"default": "doll", "tooltip": "The class the base model already knows (prompts say 'a <token> <class_word>')."}),
+            },
+            "optional": {
+                "init_word": ("STRING", {"default": "", "tooltip": "Word whose embedding the token starts from (empty: the class word). Must be one vocabulary piece."}),
+                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Flip the masks (use when the concept is black and the background white)."}),
+                "concepts": (CONCEPTS, {"tooltip": "Concepts defined so far; this concept is added (masks merge when the photos are the same)."}),
+            },
+        }
+
+    def build(self, images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None):
+        return (concepts_from_mask(images, masks, name, token, class_word, init_word, invert_mask, concepts),)
+
+
+def _parse_pairs(text: str, what: str) -> dict[str, str]:
+    """'doll=<doll1>, bucket=<bucket1>' -> {'doll': '<doll1>', 'bucket': '<bucket1>'}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.replace("\n", ",").split(","))):
+        if "=" not in part:
+            raise ValueError(f"{what}: {part!r} should look like name=value, e.g. 'doll=<doll1>'")
+        key, value = (s.strip() for s in part.split("=", 1))
+        out[key] = value
+    return out
+
+
+def resolve_folder(folder: str) -> Path:
+    """A concept folder: 'paper:<pair or concept>' (the paper dataset), an absolute path, or a
+    path relative to ComfyUI's input folder."""
+    from ..textloc_core import readers
+
+    folder = folder.strip()
+    if folder.startswith("paper:"):
+        root = readers.find_paper_dataset()
+        if root is None:
+            raise ValueError(
+                f"folder: {folder!r} needs the paper dataset; set ${readers.PAPER_DATASET_ENV} to its folder "
+                "(it is not shipped with the pack)"
+            )
+        return readers.paper_concept_folder(root, folder[len("paper:"):])
+    path = Path(folder).expanduser()
+    if not path.is_absolute():
+        import folder_paths
+
+        path = Path(folder_paths.get_input_directory()) / path
+    return path
+
+
+class ConceptFolder:
+    """A folder of photos and masks (images/ + masks/<concept>/, a manifest, or the paper's layout)."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CONCEPTS, "IMAGE")
+    RETURN_NAMES = ("concepts", "images")
+    FUNCTION = "load"
+    DESCRIPTION = "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": ("STRING", {"default": "paper:bucket+doll", "tooltip": "Folder path (absolute, or relative to ComfyUI's input folder), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."}),
+                "resolution": ("INT", {"default": 512, "min": 0, "max": 2048, "step": 8, "tooltip": "Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size."}),
+            },
+            "optional": {
+                "tokens": ("STRING", {"default": "", "tooltip": "Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>')."}),
+                "class_words": ("STRING", {"default": "", "tooltip": "Class words per concept, e.g. 'cat_figurine=figurine' (default: the name)."}),
+            },
+        }
+
+    def load(self, folder, resolution, tokens="", class_words=""):
+        from ..textloc_core import readers
+
+        path = resolve_folder(folder)
+        options = {"resolution": resolution or None}
+        if tokens.strip():
+            options["tokens"] = _parse_pairs(tokens, "tokens")
+        if class_words.strip():
+            options["class_words"] = _parse_pairs(class_words, "class_words")
+        concept_set = readers.read_concepts(path, **options)
+        validate_concept_set(concept_set, resolution=resolution or None)
+        return (concept_set, preview_batch(concept_set))
+
+
+def preview_batch(concept_set: ConceptSet) -> torch.Tensor:
+    """The set's photos as an IMAGE batch (photos of other sizes are resized to the first's)."""
+    first = concept_set.images[0].image
+    pictures = []
+    for item in concept_set.images:
+        image = item.image
+        if image.shape != first.shape:
+            image = torch.nn.functional.interpolate(image[None], size=tuple(first.shape[-2:]), mode="bilinear", align_corners=False)[0]
+        pictures.append(image)
+    return torch.stack(pictures).movedim(1, -1).clamp(0, 1)

@@ -1,0 +1,191 @@
+"""TextLoc Train: MODEL + CLIP + VAE + concepts -> an adapter (and its files).
+
+The node is glue: it builds a ``TrainConfig`` from the widgets, a ``ModelBundle`` from
+ComfyUI's objects (``comfy_backend.training_session``), and calls ``textloc_core.trainer.train``.
+Around that it does what a ComfyUI user relies on:
+
+* progress: a ComfyUI progress bar whose preview is the loss curve so far, plus the
+  current losses as the node's progress text;
+* Cancel: ``should_stop`` polls ComfyUI's interrupt flag before every step, so a Cancel
+  (UI button or POST /interrupt) stops after the step in flight; the trainer then writes a
+  checkpoint of the steps done, the node says where it is, and the prompt ends as
+  interrupted. Queue it again with the same settings and it resumes from there;
+* memory: the adapter output holds only the K/V deltas and token embeddings; the
+  optimizer and activations die with the trainer, and the allocator cache is emptied.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import torch
+
+from ..textloc_core import trainer
+from ..textloc_core.adapter import Adapter, AdapterMetadata, architecture_signature, kv_weights_of, save_adapter
+from ..textloc_core.attention import find_cross_attention
+from ..textloc_core.config import GUIDANCE_METHODS, TrainConfig
+from ..textloc_core.safe_io import check_name
+from ..textloc_core.validation import validate_concept_set
+from . import paths
+from .comfy_backend import canonical_layer_name, training_session
+from .concept_nodes import CONCEPTS
+from .stock_files import write_stock_files
+
+ADAPTER = "TEXTLOC_ADAPTER"
+log = logging.getLogger("textloc")
+
+
+def loss_curve(history: list[dict[str, float]], size: tuple[int, int] = (256, 128)):
+    """A small PIL picture of the loss so far (white = total, orange = attention loss)."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    picture = Image.new("RGB", size, (24, 24, 24))
+    draw = ImageDraw.Draw(picture)
+    for key, colour in (("loss", (240, 240, 240)), ("attention", (255, 150, 40))):
+        values = [h[key] for h in history if key in h]
+        if len(values) < 2:
+            continue
+        top, bottom = max(values), min(values)
+        span = (top - bottom) or 1.0
+        points = [
+            (int(i * (width - 1) / (len(values) - 1)), int((height - 8) - (v - bottom) / span * (height - 16)))
+            for i, v in enumerate(values)
+        ]
+        draw.line(points, fill=colour, width=1)
+    return picture
+
+
+def _progress_text(node_id, text: str) -> None:
+    try:
+        from server import PromptServer
+
+        if node_id is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(text, node_id)
+    except Exception:  # progress text is a courtesy; never fail training over it
+        log.debug("textloc: progress text not sent", exc_info=True)
+
+
+def _interrupted() -> bool:
+    import comfy.model_management as mm
+
+    return mm.processing_interrupted()
+
+
+def build_adapter(result, concept_set, unet) -> Adapter:
+    layers = {canonical_layer_name(n): m for n, m in find_cross_attention(unet).items()}
+    metadata = AdapterMetadata(
+        base_fingerprint=result.fingerprint,
+        architecture=architecture_signature(kv_weights_of(layers)),
+        concepts=[
+            {"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
+            for c in concept_set.concepts
+        ],
+        method=result.config.method,
+        train_config=result.config.to_json(),
+        steps=result.steps_done,
+        data_hashes={"concept_set": concept_set.data_hash()},
+    )
+    return Adapter(dict(result.kv_deltas), dict(result.token_embeddings), metadata)
+
+
+class TextLocTrain:
+    """Teach new tokens (and the attention K/V weights) from a concept set."""
+
+    CATEGORY = "textloc"
+    RETURN_TYPES = (ADAPTER, "STRING")
+    RETURN_NAMES = ("adapter", "report")
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    DESCRIPTION = (
+        "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
+        "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
+        "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The base diffusion model (SD1.x/SD2.x family) from any loader."}),
+                "clip": ("CLIP", {"tooltip": "Its text encoder."}),
+                "vae": ("VAE", {"tooltip": "Its VAE (encodes the training photos)."}),
+                "concepts": (CONCEPTS, {"tooltip": "Photos with masks, from TextLoc Concept From Mask / Concept Folder."}),
+                "guidance": (list(GUIDANCE_METHODS), {"default": "hard", "tooltip": "hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion."}),
+                "steps": ("INT", {"default": 400, "min": 1, "max": 100000, "tooltip": "Optimiser steps (paper: 400 for one concept, 800 for two)."}),
+                "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-7, "max": 1e-2, "step": 1e-6, "round": False, "tooltip": "Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5)."}),
+                "batch": ("INT", {"default": 2, "min": 1, "max": 16, "tooltip": "Training photos per step (and as many prior images)."}),
+                "prior_images": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of batches, timesteps and noise (the same seed gives the same adapter)."}),
+                "checkpoint_every": ("INT", {"default": 50, "min": 1, "max": 100000, "tooltip": "Write a resumable checkpoint every N steps (and when cancelled)."}),
+                "adapter_name": ("STRING", {"default": "textloc_adapter", "tooltip": "File name of the adapter (letters, digits, - _ .); also names the checkpoint folder."}),
+            },
+            "optional": {
+                "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Training side in pixels; 0 keeps the photos' size."}),
+                "attention_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Weight of the attention loss (paper: 1)."}),
+                "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from this adapter name's latest checkpoint when one exists (same settings)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
+              checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True, unique_id=None):
+        import comfy.model_management as mm
+        import comfy.utils
+
+        name = check_name(adapter_name.strip(), "adapter_name")
+        config = TrainConfig(
+            method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,
+            prior_batch=batch if prior_images > 0 else 0, prior_images_per_class=prior_images,
+            lambda_prior=1.0 if prior_images > 0 else 0.0, lambda_attn=attention_weight, seed=seed,
+            checkpoint_every=checkpoint_every, resolution=resolution or None,
+        )
+        validate_concept_set(concepts, resolution=config.resolution)
+        checkpoints = paths.checkpoint_dir(name)
+        if not resume and checkpoints.exists() and any(checkpoints.iterdir()):
+            raise ValueError(
+                f"adapter_name: {name!r} already has checkpoints in {checkpoints}; turn resume on to continue "
+                "them, or pick another adapter_name"
+            )
+        pbar = comfy.utils.ProgressBar(steps, node_id=unique_id)
+        history: list[dict[str, float]] = []
+
+        def on_step(report) -> None:
+            history.append(report.losses)
+            text = f"step {report.step}/{report.total}: " + ", ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
+            _progress_text(unique_id, text)
+            if _interrupted():
+                return  # the progress hook would raise mid-trainer; let should_stop end it cleanly
+            pbar.update_absolute(report.step, report.total, ("JPEG", loss_curve(history), 256))
+
+        try:
+            with training_session(model, clip, vae) as bundle:
+                validate_concept_set(concepts, vocabulary_check=bundle.text.check_token, resolution=config.resolution)
+                result = trainer.train(
+                    bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
+                    on_step=on_step, should_stop=_interrupted, prior_cache_dir=paths.prior_cache_dir(),
+                )
+                adapter = build_adapter(result, concepts, bundle.denoiser.unet)
+                encoder_sizes = [(n, int(tok.embedding_size)) for n, tok, _ in bundle.text.encoders]
+        except trainer.TrainingDiverged as exc:
+            raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
+        finally:
+            gc.collect()
+            mm.soft_empty_cache()
+        if result.stopped_early:
+            where = f"{checkpoints} (step {result.steps_done} of {steps})" if result.steps_done else "nowhere (no step finished)"
+            message = f"textloc: training '{name}' cancelled; last checkpoint kept in {where}. Queue again with resume on to continue."
+            log.warning(message)
+            _progress_text(unique_id, message)
+            mm.throw_exception_if_processing_interrupted()
+        adapter_file = save_adapter(adapter, paths.adapter_path(name))
+        stock = write_stock_files(adapter, name, encoder_sizes)
+        losses = history[-1] if history else (result.history[-1] if result.history else {})
+        report = "\n".join(
+            [f"adapter: {adapter_file}", f"lora (LoraLoaderModelOnly): {stock['lora']}"]
+            + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
+            + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
+        )
+        log.info("textloc: %s", report.replace("\n", "; "))
+        return {"ui": {"text": [report]}, "result": (adapter, report)}
