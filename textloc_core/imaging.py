@@ -52,7 +52,7 @@ def picture_to_image(picture: Image.Image) -> torch.Tensor:
         # Exactly ComfyUI's LoadImage step for 32-bit integer images, so both paths agree.
         picture = picture.point(lambda value: value * (1 / 255))
     array = np.asarray(picture.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(torch.float32).div_(255.0)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -47,55 +47,53 @@ def to_binary_mask(mask, *, invert: bool = False, channel: str = "auto", what: s
     if channel not in MASK_CHANNELS:
         raise ValueError(f"{what}: channel={channel!r} is not one of {MASK_CHANNELS}")
     if isinstance(mask, Image.Image):
-        values = _pil_to_unit_array(mask, what)
+        values = _pil_to_hwc(mask)
     elif isinstance(mask, torch.Tensor):
         values = _tensor_to_hwc(mask, what)
     elif isinstance(mask, np.ndarray):
-        values = _array_to_unit(mask, what)
-        if values.ndim == 2:
-            values = values[:, :, None]
+        values = mask if mask.ndim == 3 else mask.reshape(*mask.shape, 1) if mask.ndim == 2 else mask
+        if values.ndim != 3 or values.shape[2] not in (1, 2, 3, 4):
+            raise ValueError(f"{what}: array of shape {mask.shape} is not one mask; expected (H, W) or (H, W, C)")
     else:
         raise ValueError(f"{what}: expected a PIL image, numpy array or torch tensor, got {type(mask).__name__}")
-    plane = _select_plane(values, channel, what)
-    binary = plane >= MASK_THRESHOLD
+    # Work in the data's own dtype and compare against half of its full scale: no float copy
+    # of a large photo-sized mask is needed.
+    full = _full_scale(values, what)
+    plane = _select_plane(values, full, channel, what)
+    binary = plane >= MASK_THRESHOLD * full
     if invert:
         binary = ~binary
     return torch.from_numpy(np.ascontiguousarray(binary)).to(torch.float32)
 
 
-def _pil_to_unit_array(image: Image.Image, what: str) -> np.ndarray:
-    """A PIL image as an (H, W, C) float array in [0, 1], C in {1, 2, 3, 4}."""
+def _pil_to_hwc(image: Image.Image) -> np.ndarray:
+    """A PIL image as an (H, W, C) array in its own dtype, C in {1, 2, 3, 4}."""
     if image.mode == "P":
         # Palette images: expand the palette, keeping transparency when the file has it.
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif image.mode not in ("1", "L", "LA", "RGB", "RGBA", "F") and not image.mode.startswith("I"):
         image = image.convert("RGBA")  # CMYK, YCbCr, LAB...: compare in RGB(A)
-    array = _array_to_unit(np.asarray(image), what)
+    array = np.asarray(image)
     return array if array.ndim == 3 else array[:, :, None]
 
 
-def _array_to_unit(array: np.ndarray, what: str) -> np.ndarray:
-    """Scale an array's values to [0, 1] by dtype: bool as is, integers by their range, floats checked.
+def _full_scale(array: np.ndarray, what: str) -> float:
+    """The value that means "fully in the mask" for this array's dtype and contents.
 
-    Integer data holding only 0 and 1 is read as labels (segmentation tools often save
-    masks that way); 8-bit data is divided by 255; wider integers by 255 or 65535,
-    whichever range the values fit.
+    bool and float data: 1 (floats must lie in [0, 1]). Integer data holding only 0 and 1
+    is read as labels (segmentation tools often save masks that way): 1. 8-bit data: 255.
+    Wider integers: 255 or 65535, whichever range the values fit.
     """
     if array.dtype == bool:
-        return array.astype(np.float32)
+        return 1.0
     if np.issubdtype(array.dtype, np.integer):
-        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
-        if low < 0:
+        high = int(array.max()) if array.size else 0
+        if np.issubdtype(array.dtype, np.signedinteger) and array.size and int(array.min()) < 0:
             raise ValueError(f"{what}: integer mask has negative values; expected 0..255 (or 0..65535)")
         if high <= 1:
-            scale = 1.0
-        elif array.dtype == np.uint8 or high <= 255:
-            scale = 255.0
-        else:
-            scale = 65535.0
-        return (array.astype(np.float64) / scale).astype(np.float32)
+            return 1.0
+        return 255.0 if array.dtype == np.uint8 or high <= 255 else 65535.0
     if np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float32)
         if array.size and not np.isfinite(array).all():
             raise ValueError(f"{what}: mask has NaN or infinite values")
         if array.size and (array.min() < 0.0 or array.max() > 1.0):
@@ -103,14 +101,17 @@ def _array_to_unit(array: np.ndarray, what: str) -> np.ndarray:
                 f"{what}: float mask values span [{array.min():g}, {array.max():g}], expected [0, 1]; "
                 "divide 8-bit values by 255 first"
             )
-        return array
+        return 1.0
     raise ValueError(f"{what}: unsupported mask dtype {array.dtype}")
 
 
 def _tensor_to_hwc(tensor: torch.Tensor, what: str) -> np.ndarray:
     """A torch mask as (H, W, C). Accepts ComfyUI MASK (H, W) / (1, H, W), and (H, W, C) /
     (1, H, W, C) images with C in {1, 3, 4} (an IMAGE used as a mask)."""
-    array = _array_to_unit(tensor.detach().cpu().numpy(), what)
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.to(torch.float32)  # numpy has no bfloat16
+    array = tensor.numpy()
     shape = tuple(array.shape)
     if array.ndim == 4 and shape[0] == 1 and shape[-1] in (1, 3, 4):
         return array[0]
@@ -126,19 +127,19 @@ def _tensor_to_hwc(tensor: torch.Tensor, what: str) -> np.ndarray:
     )
 
 
-def _select_plane(values: np.ndarray, channel: str, what: str) -> np.ndarray:
-    """Reduce (H, W, C) values in [0, 1] to the (H, W) plane that carries the mask."""
+def _select_plane(values: np.ndarray, full: float, channel: str, what: str) -> np.ndarray:
+    """Reduce (H, W, C) values to the (H, W) plane that carries the mask."""
     count = values.shape[2]
     has_alpha = count in (2, 4)
-    colour = values[:, :, : count - 1] if has_alpha else values
     if channel == "alpha":
         if not has_alpha:
             raise ValueError(f"{what}: channel='alpha' but the mask has no alpha channel; use channel='auto'")
         return values[:, :, -1]
-    if channel == "auto" and has_alpha and values[:, :, -1].min(initial=1.0) < 1.0:
+    if channel == "auto" and has_alpha and values[:, :, -1].min(initial=full) < full:
         return values[:, :, -1]
+    colour = values[:, :, : count - 1] if has_alpha else values
     # "Any bright channel": max over colour channels, so grey, white and coloured paint all count.
-    return colour.max(axis=2)
+    return colour[:, :, 0] if colour.shape[2] == 1 else colour.max(axis=2)
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -32,6 +32,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .concepts import Concept, ConceptImage, ConceptSet
@@ -111,42 +112,43 @@ def _shown(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _load_item(
-    image_path: Path,
-    mask_paths: Mapping[str, Path],
-    root: Path,
-    *,
-    index: int,
-    invert_masks: bool,
-    mask_channel: str,
-    resolution: int | None,
-    center_crop: bool,
-) -> ConceptImage:
-    """Read one photo and its masks; resize them together when ``resolution`` is given."""
-    image = picture_to_image(open_picture(image_path, _shown(image_path, root)))
-    masks = {}
-    for name, mask_path in mask_paths.items():
-        shown = _shown(mask_path, root)
-        masks[name] = to_binary_mask(
-            open_picture(mask_path, shown),
-            invert=invert_masks,
-            channel=mask_channel,
-            what=f"mask {index} of concept {name!r} ({shown})",
-        )
-        if tuple(masks[name].shape) != tuple(image.shape[1:]):
-            raise ValueError(
-                f"mask {index} of concept {name!r} ({shown}) is {masks[name].shape[1]}x{masks[name].shape[0]} "
-                f"but its image {_shown(image_path, root)} is {image.shape[2]}x{image.shape[1]}: "
-                "save the mask at the photo's size"
+@dataclass(frozen=True)
+class _Reading:
+    """How one dataset is read: its folder (for error messages) and the mask/resize options."""
+
+    root: Path
+    invert_masks: bool = False
+    mask_channel: str = "auto"
+    resolution: int | None = None
+    center_crop: bool = True
+
+    def load(self, index: int, image_path: Path, mask_paths: Mapping[str, Path]) -> ConceptImage:
+        """Read one photo and its masks; resize them together when ``resolution`` is given."""
+        image = picture_to_image(open_picture(image_path, _shown(image_path, self.root)))
+        masks = {}
+        for name, mask_path in mask_paths.items():
+            shown = _shown(mask_path, self.root)
+            masks[name] = to_binary_mask(
+                open_picture(mask_path, shown),
+                invert=self.invert_masks,
+                channel=self.mask_channel,
+                what=f"mask {index} of concept {name!r} ({shown})",
             )
-    if resolution is not None:
-        image, masks = fit_pair(image, masks, resolution, center_crop)
-    return ConceptImage(
-        image=image,
-        masks=masks,
-        source=_shown(image_path, root),
-        mask_sources={name: _shown(path, root) for name, path in mask_paths.items()},
-    )
+            if tuple(masks[name].shape) != tuple(image.shape[1:]):
+                raise ValueError(
+                    f"mask {index} of concept {name!r} ({shown}) is {masks[name].shape[1]}x{masks[name].shape[0]} "
+                    f"but its image {_shown(image_path, self.root)} is {image.shape[2]}x{image.shape[1]}: "
+                    "save the mask at the photo's size"
+                )
+        if self.resolution is not None:
+            image, masks = fit_pair(image, masks, self.resolution, self.center_crop)
+        return ConceptImage(
+            image=image,
+            masks=masks,
+            source=_shown(image_path, self.root),
+            mask_sources={name: _shown(path, self.root) for name, path in mask_paths.items()},
+        )
+
 
 
 def _make_concepts(
@@ -207,6 +209,7 @@ def read_folder(
         ordered = list(concepts)
     else:
         ordered = _make_concepts(names, tokens, class_words, str(root))
+    reading = _Reading(root, invert_masks, mask_channel, resolution, center_crop)
     masks_of: dict[str, dict[str, Path]] = {stem: {} for stem in images}
     for name in names:
         for stem, path in _listing(masks_dir / name, root).items():
@@ -222,18 +225,7 @@ def read_folder(
                 f"image {index} ({_shown(image_path, root)}) has no mask in any of masks/{{{','.join(names)}}}/: "
                 f"add masks/<concept>/{stem}.png or remove the photo"
             )
-        items.append(
-            _load_item(
-                image_path,
-                masks_of[stem],
-                root,
-                index=index,
-                invert_masks=invert_masks,
-                mask_channel=mask_channel,
-                resolution=resolution,
-                center_crop=center_crop,
-            )
-        )
+        items.append(reading.load(index, image_path, masks_of[stem]))
     return ConceptSet(concepts=ordered, images=items)
 
 
@@ -347,6 +339,7 @@ def read_manifest(
     if not isinstance(data["images"], list) or not data["images"]:
         raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
     known = {c.name for c in concepts}
+    reading = _Reading(root, invert, channel, resolution, center_crop)
     items = []
     for index, entry in enumerate(data["images"]):
         what = f"manifest images[{index}]"
@@ -363,18 +356,7 @@ def read_manifest(
                     "add it to concepts or fix the name"
                 )
             mask_paths[name] = safe_relative_path(root, mask_file, f"{what}.masks.{name}")
-        items.append(
-            _load_item(
-                image_path,
-                mask_paths,
-                root,
-                index=index,
-                invert_masks=invert,
-                mask_channel=channel,
-                resolution=resolution,
-                center_crop=center_crop,
-            )
-        )
+        items.append(reading.load(index, image_path, mask_paths))
     return ConceptSet(concepts=concepts, images=items)
 
 
@@ -467,17 +449,9 @@ def read_paper_folder(
                 f"{root.name}: {len(photos)} photos but {len(masks)} masks of {name!r}: {detail}; "
                 "every photo needs one mask per concept with the same file name"
             )
+    reading = _Reading(base, resolution=resolution, center_crop=center_crop)
     items = [
-        _load_item(
-            path,
-            {name: listings[name][stem] for name in names},
-            base,
-            index=index,
-            invert_masks=False,
-            mask_channel="auto",
-            resolution=resolution,
-            center_crop=center_crop,
-        )
+        reading.load(index, path, {name: listings[name][stem] for name in names})
         for index, (stem, path) in enumerate(photos.items())
     ]
     return ConceptSet(concepts=concepts, images=items)
