@@ -22,7 +22,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 #: Where the textloc pack lives: the repository root (holds __init__.py, nodes/, textloc_core/).
 PACK_ROOT = Path(__file__).resolve().parent.parent
@@ -140,9 +140,9 @@ class ComfyServer:
         lay = self.layout
         return [
             self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(lay.base), "--output-directory", str(lay.output),
-            "--input-directory", str(lay.input), "--temp-directory", str(lay.temp),
-            "--user-directory", str(lay.user),
+            # models/, input/, output/, temp/, user/ and custom_nodes/ all live under it
+            # (--temp-directory would add a second "temp" level, so it is not passed)
+            "--base-directory", str(lay.base),
             # keep ComfyUI's own user/comfyui.db untouched
             "--database-url", "sqlite:///:memory:",
             "--disable-auto-launch", *self.extra_args,
@@ -286,14 +286,19 @@ class ComfyClient:
         """The finished history entry of ``prompt_id``, or None while it is queued or running."""
         return self.get_json(f"/history/{prompt_id}").get(prompt_id)
 
-    def wait_for_completion(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.5) -> dict:
+    def wait_for_completion(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.5,
+                            on_poll: Callable[[float], None] | None = None) -> dict:
         """Block until ``prompt_id`` finishes; return its history entry.
 
+        ``on_poll(elapsed_seconds)`` is called on every poll (progress reports).
         Raises ComfyError with the failing node, exception and traceback when execution
         failed or was interrupted, and TimeoutError (after interrupting it) on timeout.
         """
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while time.monotonic() < deadline:
+            if on_poll is not None:
+                on_poll(time.monotonic() - start)
             entry = self.history(prompt_id)
             if entry is not None:
                 status = entry.get("status") or {}

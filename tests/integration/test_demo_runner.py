@@ -1,0 +1,50 @@
+"""The demo runner (README's main command) collects a graph's pictures and writes summary.md.
+
+The full TinyWorld demo takes minutes, so here the runner drives a small stock graph on the
+session's ComfyUI; the command-line checks need no ComfyUI at all.
+"""
+import json
+
+from PIL import Image
+
+from textloc_core import demo
+
+STOCK_GRAPH = {
+    "1": {"class_type": "EmptyImage", "_meta": {"title": "Blue square"},
+          "inputs": {"width": 32, "height": 32, "batch_size": 2, "color": 0x0000FF}},
+    "2": {"class_type": "SaveImage", "_meta": {"title": "Saved scene"},
+          "inputs": {"images": ["1", 0], "filename_prefix": "demo_test"}},
+    "3": {"class_type": "PreviewImage", "_meta": {"title": "Heat map overlay"},
+          "inputs": {"images": ["1", 0]}},
+}
+
+
+def test_run_on_server_copies_outputs_and_writes_summary(comfy, tmp_path):
+    wf_path = tmp_path / "stock_api.json"
+    wf_path.write_text(json.dumps(STOCK_GRAPH))
+    out = tmp_path / "out"
+    summary = demo.run_on_server(comfy.client, comfy.layout, wf_path, out, timeout=120, log=lambda *_: None)
+    saved = sorted(out.glob("saved_scene_n2_*.png"))
+    previews = sorted(out.glob("heat_map_overlay_n3_*.png"))
+    assert len(saved) == 2 and len(previews) == 2  # batch of 2, saved and previewed
+    with Image.open(saved[0]) as im:
+        assert im.size == (32, 32) and im.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+    text = summary.read_text()
+    assert "stock_api.json" in text and "ComfyUI 0." in text
+    for p in saved + previews:
+        assert f"]({p.name})" in text  # every picture is shown in the summary
+
+
+def test_missing_workflow_fails_clearly(tmp_path, capsys):
+    rc = demo.main(["--workflow", str(tmp_path / "nope_api.json"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "nope_api.json does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_comfyui_fails_clearly(tmp_path, capsys):
+    wf = tmp_path / "wf_api.json"
+    wf.write_text(json.dumps(STOCK_GRAPH))
+    rc = demo.main(["--workflow", str(wf), "--comfyui", str(tmp_path / "no-comfy"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "no ComfyUI at" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""The README's main command: run the TinyWorld demo in a real, headless ComfyUI.
+
+    python -m textloc_core.demo --out textloc-output
+
+Starts ComfyUI (``--cpu``) with this pack installed in a private temporary layout, queues
+workflows/tinyworld_demo_api.json (personalise a held-out TinyWorld concept from
+multi-concept images with hard guidance, then generate it alone and in a new scene with
+attention-map previews), waits, and writes the images and overlays the graph produced plus
+a summary.md into --out. Nothing is downloaded; ComfyUI comes from --comfyui, else
+$COMFYUI_DIR, else ~/ComfyUI.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .comfy_launcher import (
+    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyError, ComfyLayout, ComfyServer, comfyui_dir,
+    load_workflow, missing_comfyui_reason, output_files,
+)
+
+DEFAULT_WORKFLOW = PACK_ROOT / "workflows" / "tinyworld_demo_api.json"
+
+
+@dataclass
+class NodeResult:
+    """What one node of the finished graph produced: copied files and any text it reported."""
+
+    node_id: str
+    class_type: str
+    title: str
+    files: list[Path] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "node"
+
+
+def _title(workflow: dict, node_id: str) -> str:
+    node = workflow.get(node_id, {})
+    return (node.get("_meta") or {}).get("title") or node.get("class_type", f"node {node_id}")
+
+
+def collect_results(history: dict, workflow: dict, layout: ComfyLayout, out_dir: Path) -> list[NodeResult]:
+    """Copy every file the graph reported (saved and previewed) into ``out_dir``.
+
+    Files are named after the node's title, so "Heat map overlay" becomes
+    heat_map_overlay_00.png; text outputs (e.g. losses a node reports) are kept as text.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = output_files(history, layout, kinds=("output", "temp"))
+    results = []
+    for node_id, node_out in sorted((history.get("outputs") or {}).items(), key=lambda kv: kv[0]):
+        title = _title(workflow, node_id)
+        res = NodeResult(node_id, workflow.get(node_id, {}).get("class_type", "?"), title)
+        stem = f"{_slug(title)}_n{node_id}"
+        for i, src in enumerate(files.get(node_id, [])):
+            dst = out_dir / f"{stem}_{i:02d}{src.suffix}"
+            shutil.copy2(src, dst)
+            res.files.append(dst)
+        for key, items in node_out.items():
+            if isinstance(items, list) and items and all(isinstance(t, str) for t in items):
+                res.text += [f"{key}: {t}" for t in items]
+        results.append(res)
+    return results
+
+
+def pack_settings(workflow: dict, pack_classes: set[str]) -> list[str]:
+    """The literal inputs of this pack's nodes (steps, guidance, ...), one line per node."""
+    lines = []
+    for node_id, node in workflow.items():
+        if node.get("class_type") in pack_classes:
+            values = {k: v for k, v in node.get("inputs", {}).items() if not isinstance(v, list)}
+            lines.append(f"- **{_title(workflow, node_id)}** (`{node['class_type']}`): "
+                         + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    return lines
+
+
+def write_summary(out_dir: Path, workflow_path: Path, results: list[NodeResult], settings: list[str],
+                  seconds: float, comfy_version: str) -> Path:
+    """summary.md: what ran, with which settings, how long, and every picture it made."""
+    lines = [
+        "# textloc demo run",
+        "",
+        f"- workflow: `{workflow_path.name}`",
+        f"- ComfyUI {comfy_version}, CPU; wall time {seconds:.0f} s",
+        "",
+    ]
+    if settings:
+        lines += ["## Settings", "", *settings, ""]
+    lines += ["## Outputs", ""]
+    for r in results:
+        if not (r.files or r.text):
+            continue
+        lines.append(f"### {r.title} (`{r.class_type}`, node {r.node_id})")
+        lines.append("")
+        lines += [f"![{r.title}]({f.name})" for f in r.files]
+        lines += [f"    {t}" for t in r.text]
+        lines.append("")
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_on_server(client: ComfyClient, layout: ComfyLayout, workflow_path: Path, out_dir: Path,
+                  timeout: float, log=print) -> Path:
+    """Queue ``workflow_path`` on a running server, wait, collect outputs; returns summary.md."""
+    workflow = load_workflow(workflow_path)
+    started = time.monotonic()
+    last_report = [started]
+
+    def progress(elapsed: float) -> None:
+        if time.monotonic() - last_report[0] >= 30:
+            last_report[0] = time.monotonic()
+            log(f"  ... {elapsed:.0f} s")
+
+    prompt_id = client.queue_prompt(workflow)
+    log(f"queued {workflow_path.name} (prompt {prompt_id}); waiting up to {timeout:.0f} s")
+    history = client.wait_for_completion(prompt_id, timeout=timeout, on_poll=progress)
+    seconds = time.monotonic() - started
+    info = client.object_info()
+    pack_classes = {n for n, i in info.items() if i.get("python_module") == PACK_PYTHON_MODULE}
+    results = collect_results(history, workflow, layout, out_dir)
+    version = client.get_json("/system_stats").get("system", {}).get("comfyui_version", "?")
+    return write_summary(out_dir, workflow_path, results, pack_settings(workflow, pack_classes),
+                         seconds, version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m textloc_core.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("textloc-output"),
+                        help="folder for images, overlays and summary.md (created)")
+    parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW,
+                        help="API-format workflow to queue (default: the shipped TinyWorld demo)")
+    parser.add_argument("--comfyui", type=Path, default=None,
+                        help="ComfyUI work tree (default: $COMFYUI_DIR, else ~/ComfyUI)")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the graph")
+    parser.add_argument("--keep-work-dir", action="store_true",
+                        help="keep ComfyUI's temporary base directory (models, outputs, log)")
+    args = parser.parse_args(argv)
+
+    if not args.workflow.is_file():
+        print(f"textloc demo: workflow {args.workflow} does not exist. The shipped TinyWorld demo "
+              f"workflow (workflows/tinyworld_demo_api.json) is not in this checkout yet; pass "
+              f"--workflow PATH to queue another API-format workflow.", file=sys.stderr)
+        return 2
+    comfy_dir = comfyui_dir(args.comfyui)
+    reason = missing_comfyui_reason(comfy_dir)
+    if reason:
+        print(f"textloc demo: {reason}", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="textloc-demo-"))
+    out_dir = args.out.resolve()
+    server = ComfyServer(comfy_dir, ComfyLayout.create(work))
+    print(f"starting ComfyUI from {comfy_dir} on port {server.port} (log: {server.layout.log_file})")
+    try:
+        with server:
+            failure = server.pack_import_failure()
+            if failure:
+                print(f"textloc demo: ComfyUI could not import the pack:\n{failure}", file=sys.stderr)
+                return 1
+            summary = run_on_server(server.client, server.layout, args.workflow.resolve(), out_dir,
+                                    args.timeout)
+        shutil.copy2(server.layout.log_file, out_dir / "comfyui.log")
+        print(f"done: {summary}")
+        return 0
+    except (ComfyError, TimeoutError, ValueError) as e:
+        print(f"textloc demo failed: {e}\n--- last lines of {server.layout.log_file} ---\n"
+              f"{server.log_tail(40)}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep_work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
