@@ -1,0 +1,249 @@
+"""Adapters in the formats other tools load with their stock loaders.
+
+ComfyUI (read from comfy/lora.py and comfy/sd1_clip.py, ComfyUI 0.3.x):
+
+* **UNet patch file** for the stock ``LoraLoaderModelOnly``: ``model_lora_keys_unet`` maps the
+  key ``"diffusion_model.<ldm module>"`` (the state-dict key minus ``.weight``) to that weight,
+  and ``load_lora`` turns ``"<that key>.diff"`` into a ``("diff", (tensor,))`` patch, applied
+  as ``W + strength * diff``. So the file holds
+  ``diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.diff`` -> delta, and
+  nothing else (any other key is logged as "lora key not loaded").
+* **Embedding file** for ``embedding:NAME`` in the stock ``CLIPTextEncode``: ``load_embed``
+  reads ``<embeddings dir>/NAME.safetensors``; a file with one tensor is used as is (its key
+  does not matter; we write ``emb_params``); SDXL-style models look up their encoder's key
+  (``clip_l``, ``clip_g``), so a multi-encoder embedding is written with one key per encoder.
+
+diffusers Custom Diffusion (read from diffusers 0.42 loaders/unet.py, train_custom_diffusion.py):
+
+* ``pytorch_custom_diffusion_weights.safetensors`` with
+  ``"<attn processor name>.to_k_custom_diffusion.weight"`` / ``to_v`` holding the **full**
+  fine-tuned weights (``W0 + delta``), e.g.
+  ``down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight``.
+  ``UNet2DConditionModel.load_attn_procs`` needs one entry per attention processor; the
+  untrained ones (attn1) are stored, as diffusers' own ``.bin`` stores empty dicts, as
+  zero-length tensors, which its loader treats the same way.
+* one ``<token file name>.safetensors`` per token holding ``{token: embedding}``, loadable
+  with ``pipeline.load_textual_inversion(folder, weight_name=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import safe_io
+from .adapter import Adapter, AdapterMetadata, architecture_signature
+from .unet_names import ldm_to_diffusers_attn2, diffusers_to_ldm_attn2
+
+COMFY_UNET_PREFIX = "diffusion_model."
+CUSTOM_DIFFUSION_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
+CUSTOM_DIFFUSION_WEIGHTS_BIN = "pytorch_custom_diffusion_weights.bin"
+_CD_SUFFIX = "_custom_diffusion.weight"
+
+
+# --- ComfyUI ---------------------------------------------------------------------------
+
+
+def comfy_unet_patch(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The tensors of a ComfyUI UNet patch file: ``diffusion_model.<key>.diff`` -> delta."""
+    return {f"{COMFY_UNET_PREFIX}{key}.diff": delta.to(dtype) for key, delta in adapter.kv_deltas.items()}
+
+
+def write_comfy_unet_patch(adapter: Adapter, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
+    """Write the K/V deltas for stock ``LoraLoaderModelOnly`` (put it in models/loras).
+
+    The header also carries the adapter's metadata (``format`` says what the file is), so
+    textloc can show where a patch file came from.
+    """
+    header = adapter.metadata.to_header()
+    header["format"] = "textloc.comfy_unet_patch"
+    return safe_io.save_tensors(path, comfy_unet_patch(adapter, dtype), header)
+
+
+def comfy_embedding_name(token: str) -> str:
+    """The NAME of ``embedding:NAME`` for ``token`` (``<doll1>`` -> ``doll1``)."""
+    return safe_io.safe_filename(token, "token")
+
+
+def write_comfy_embedding(
+    embedding: torch.Tensor, path: str | os.PathLike, encoder_dims: Mapping[str, int] | None = None
+) -> Path:
+    """Write one token's ``(n_vectors, D)`` embedding for ComfyUI's ``embedding:NAME``.
+
+    ``encoder_dims``: for models with several text encoders whose contexts are concatenated
+    (SDXL: ``{"clip_l": 768, "clip_g": 1280}``), split ``D`` into one tensor per encoder key
+    in that order. None: one tensor under ``emb_params`` (SD1.x, SD2.x).
+    """
+    embedding = embedding.detach().float()
+    if embedding.dim() == 1:
+        embedding = embedding.unsqueeze(0)
+    if encoder_dims is None:
+        tensors = {"emb_params": embedding}
+    else:
+        if sum(encoder_dims.values()) != embedding.shape[-1]:
+            raise ValueError(
+                f"embedding of width {embedding.shape[-1]} cannot be split into encoders {dict(encoder_dims)} "
+                f"(total {sum(encoder_dims.values())}): pass the text encoders' widths in context order"
+            )
+        tensors, start = {}, 0
+        for key, width in encoder_dims.items():
+            tensors[key] = embedding[:, start : start + width]
+            start += width
+    return safe_io.save_tensors(path, tensors, {"format": "textloc.comfy_embedding"})
+
+
+def write_comfy_files(
+    adapter: Adapter,
+    loras_dir: str | os.PathLike,
+    embeddings_dir: str | os.PathLike,
+    name: str,
+    encoder_dims: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Write ``<loras_dir>/<name>.safetensors`` and one ``<embeddings_dir>/<token name>.safetensors``
+    per token. ``name`` is user input and may not leave ``loras_dir``.
+
+    Returns ``{"unet_patch": path, "embeddings": {token: path}, "prompt_words": {token: "embedding:NAME"}}``.
+    """
+    unet_path = safe_io.safe_join(loras_dir, f"{safe_io.check_name(name, 'adapter name')}.safetensors", what="adapter name")
+    write_comfy_unet_patch(adapter, unet_path)
+    paths, words = {}, {}
+    for token, embedding in adapter.token_embeddings.items():
+        emb_name = comfy_embedding_name(token)
+        paths[token] = write_comfy_embedding(embedding, safe_io.safe_join(embeddings_dir, f"{emb_name}.safetensors"), encoder_dims)
+        words[token] = f"embedding:{emb_name}"
+    return {"unet_patch": unet_path, "embeddings": paths, "prompt_words": words}
+
+
+# --- diffusers Custom Diffusion ------------------------------------------------------------
+
+
+def write_custom_diffusion(
+    adapter: Adapter,
+    directory: str | os.PathLike,
+    base_kv: Mapping[str, torch.Tensor],
+    unet_config: Any,
+    attention_layers: list[str] | None = None,
+) -> dict[str, Any]:
+    """Write ``adapter`` in diffusers' Custom Diffusion layout into ``directory``.
+
+    ``base_kv``: canonical K/V key -> W0 of the base model (Custom Diffusion stores full
+    weights). ``unet_config``: the diffusers UNet config (for layer names). ``attention_layers``:
+    diffusers names of every attention module of the UNet (``unet.attn_processors`` keys minus
+    ``.processor``); None assumes Stable Diffusion's layout, where each attn2 has an attn1 sibling.
+    Returns ``{"weights": path, "embeddings": {token: path}}``.
+    """
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    trained = set()
+    for key, delta in adapter.kv_deltas.items():
+        layer, proj = key.rsplit(".", 1)
+        if key not in base_kv:
+            raise ValueError(f"base weights: missing {key!r}, needed to store full Custom Diffusion weights")
+        name = ldm_to_diffusers_attn2(layer, unet_config)
+        trained.add(name)
+        full = base_kv[key].detach().float().cpu() + delta.float().cpu()
+        tensors[f"{name}.processor.{proj}{_CD_SUFFIX}"] = full
+    if attention_layers is None:
+        attention_layers = sorted(trained | {n[: -len("attn2")] + "attn1" for n in trained})
+    for name in attention_layers:
+        if name not in trained:
+            tensors[f"{name}.processor"] = torch.empty(0)  # diffusers: "no weights for this processor"
+    header = adapter.metadata.to_header()
+    header["format"] = "pt"  # what diffusers itself writes; ours is "textloc_format"
+    header["textloc_format"] = "textloc.custom_diffusion"
+    weights = safe_io.save_tensors(directory / CUSTOM_DIFFUSION_WEIGHTS, tensors, header)
+    embeddings = {}
+    for token, embedding in adapter.token_embeddings.items():
+        value = embedding[0] if embedding.shape[0] == 1 else embedding  # the train script stores (D,)
+        path = directory / f"{safe_io.safe_filename(token, 'token')}.safetensors"
+        embeddings[token] = safe_io.save_tensors(path, {token: value.detach().float()}, {"format": "pt"})
+    return {"weights": weights, "embeddings": embeddings}
+
+
+def _load_any(path: Path, what: str) -> dict:
+    if path.suffix == ".safetensors":
+        tensors, _ = safe_io.load_tensors(path, what, "re-export it")
+        return tensors
+    loaded = safe_io.load_legacy_tensor_file(path, what)
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{what} {path}: expected a dict of tensors, got {type(loaded).__name__}")
+    return loaded
+
+
+def read_custom_diffusion(
+    directory: str | os.PathLike,
+    base_kv: Mapping[str, torch.Tensor],
+    unet_config: Any,
+    base_fingerprint: str = "",
+    class_words: Mapping[str, str] | None = None,
+) -> Adapter:
+    """Read a Custom Diffusion folder (ours or diffusers' own) back into an ``Adapter``.
+
+    Deltas are ``W - W0`` against ``base_kv`` (canonical key -> base weight). Token
+    embeddings come from every other ``*.safetensors`` / ``*.bin`` file holding exactly one
+    tensor keyed by its token. Files written by textloc keep their full metadata; foreign
+    ones get ``method="none"`` (Custom Diffusion) and ``base_fingerprint``.
+    """
+    directory = Path(directory)
+    weights_path = directory / CUSTOM_DIFFUSION_WEIGHTS
+    header: dict[str, str] = {}
+    if weights_path.is_file():
+        state, header = safe_io.load_tensors(weights_path, "Custom Diffusion weights", "re-export it")
+    elif (directory / CUSTOM_DIFFUSION_WEIGHTS_BIN).is_file():
+        weights_path = directory / CUSTOM_DIFFUSION_WEIGHTS_BIN
+        state = _load_any(weights_path, "Custom Diffusion weights")
+    else:
+        raise FileNotFoundError(f"{directory}: no {CUSTOM_DIFFUSION_WEIGHTS} (or .bin) in this folder")
+
+    deltas: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor) or value.numel() == 0:
+            continue  # an untrained processor
+        head, _, sub = key.partition(".processor.")
+        if sub not in (f"to_k{_CD_SUFFIX}", f"to_v{_CD_SUFFIX}"):
+            raise ValueError(
+                f"Custom Diffusion weights {weights_path}: {key!r} is not a K/V weight "
+                "(trained with --train_q_out?); textloc adapters hold cross-attention K/V only"
+            )
+        canonical = f"{diffusers_to_ldm_attn2(head, unet_config)}.{sub[: -len(_CD_SUFFIX)]}"
+        if canonical not in base_kv:
+            raise ValueError(f"Custom Diffusion weights {weights_path}: layer {canonical!r} is not in the base model")
+        if tuple(value.shape) != tuple(base_kv[canonical].shape):
+            raise ValueError(
+                f"Custom Diffusion weights {weights_path}: {key!r} is {list(value.shape)}, the base model's "
+                f"{list(base_kv[canonical].shape)}: it was trained for another architecture"
+            )
+        deltas[canonical] = value.float() - base_kv[canonical].detach().float().cpu()
+
+    embeddings: dict[str, torch.Tensor] = {}
+    for path in sorted(directory.iterdir()):
+        if path.name in (CUSTOM_DIFFUSION_WEIGHTS, CUSTOM_DIFFUSION_WEIGHTS_BIN) or path.suffix not in (".safetensors", ".bin"):
+            continue
+        content = _load_any(path, "embedding file")
+        if len(content) != 1:
+            continue
+        ((token, value),) = content.items()
+        if isinstance(value, torch.Tensor):
+            embeddings[token] = value.float().reshape(-1, value.shape[-1])
+
+    if header.get("textloc_format") == "textloc.custom_diffusion":
+        header = dict(header, format="textloc.adapter")
+        metadata = AdapterMetadata.from_header(header, weights_path)
+    else:
+        words = class_words or {}
+        metadata = AdapterMetadata(
+            base_fingerprint=base_fingerprint,
+            architecture=architecture_signature(base_kv),
+            concepts=[
+                {"name": safe_io.safe_filename(t, "token"), "token": t, "class_word": words.get(t, ""), "init_word": None}
+                for t in embeddings
+            ],
+            method="none",
+            extra={"source": f"diffusers Custom Diffusion: {json.dumps(str(directory))}"},
+        )
+    return Adapter(deltas, embeddings, metadata)
