@@ -152,6 +152,28 @@ class ConceptSet:
                 mine.mask_sources.update(theirs.mask_sources)
         return cls(concepts=concepts, images=images)
 
+    def same_photos(self, other: ConceptSet) -> bool:
+        """True when both sets hold identical photos in the same order (so ``merge`` applies)."""
+        return len(self.images) == len(other.images) and all(
+            a.image.shape == b.image.shape and torch.equal(a.image, b.image) for a, b in zip(self.images, other.images)
+        )
+
+    @classmethod
+    def concat(cls, *sets: ConceptSet) -> ConceptSet:
+        """The photos of all ``sets`` one after another (e.g. photos of the doll alone plus
+        photos of the doll with the bucket). A concept in several sets must be defined the same."""
+        concepts: dict[str, Concept] = {}
+        images: list[ConceptImage] = []
+        for part in sets:
+            for concept in part.concepts:
+                if concepts.setdefault(concept.name, concept) != concept:
+                    raise ValueError(
+                        f"concat: concept {concept.name!r} is defined twice differently "
+                        f"({concepts[concept.name]} vs {concept}): use one token and class word"
+                    )
+            images.extend(part.images)
+        return cls(concepts=list(concepts.values()), images=images)
+
     def resized(self, resolution: int, *, center_crop: bool = True) -> ConceptSet:
         """A copy at ``resolution x resolution``: shorter side scaled then centre-cropped
         (``center_crop``), or stretched. Masks follow the same geometry and stay binary."""

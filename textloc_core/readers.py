@@ -152,18 +152,26 @@ class _Reading:
 
 
 def _make_concepts(
-    names: list[str], tokens: Mapping[str, str] | None, class_words: Mapping[str, str] | None, where: str
+    names: list[str],
+    tokens: Mapping[str, str] | None,
+    class_words: Mapping[str, str] | None,
+    where: str,
+    base: Mapping[str, Concept] | None = None,
 ) -> list[Concept]:
-    """Concepts for ``names`` with default or overridden tokens and class words."""
-    tokens, class_words = dict(tokens or {}), dict(class_words or {})
+    """Concepts for ``names``: ``tokens`` / ``class_words`` overrides, else the ``base`` concept's
+    values (from a manifest), else the defaults. Overrides naming no concept are an error."""
+    tokens, class_words, base = dict(tokens or {}), dict(class_words or {}), dict(base or {})
     for label, overrides in (("tokens", tokens), ("class_words", class_words)):
         unknown = sorted(set(overrides) - set(names))
         if unknown:
             raise ValueError(f"{label}: {unknown} are not concepts of {where} (its concepts: {names})")
-    return [
-        Concept(name, tokens.get(name, default_token(name)), class_words.get(name, default_class_word(name)))
-        for name in names
-    ]
+    concepts = []
+    for name in names:
+        given = base.get(name) or Concept(name, default_token(name), default_class_word(name))
+        concepts.append(
+            Concept(name, tokens.get(name, given.token), class_words.get(name, given.class_word), given.init_word)
+        )
+    return concepts
 
 
 # ----------------------------------------------------------------------------- folder layout
@@ -204,11 +212,8 @@ def read_folder(
                 f"concepts {defined} do not match the mask folders {names} under masks/: "
                 "define exactly one concept per masks/ subfolder"
             )
-        if tokens or class_words:
-            raise ValueError("give either concepts= or tokens=/class_words=, not both")
-        ordered = list(concepts)
-    else:
-        ordered = _make_concepts(names, tokens, class_words, str(root))
+        names = defined  # keep the caller's order
+    ordered = _make_concepts(names, tokens, class_words, str(root), {c.name: c for c in concepts or []})
     reading = _Reading(root, invert_masks, mask_channel, resolution, center_crop)
     masks_of: dict[str, dict[str, Path]] = {stem: {} for stem in images}
     for name in names:
@@ -319,10 +324,13 @@ def _parse_concept(entry, index: int) -> Concept:
 def read_manifest(
     manifest: str | os.PathLike,
     *,
+    tokens: Mapping[str, str] | None = None,
+    class_words: Mapping[str, str] | None = None,
     resolution: int | None = None,
     center_crop: bool = True,
 ) -> ConceptSet:
-    """Read a JSON/YAML manifest (schema in the module doc); paths are relative to its folder."""
+    """Read a JSON/YAML manifest (schema in the module doc); paths are relative to its folder.
+    ``tokens`` / ``class_words`` (concept name -> value) override what the manifest says."""
     path = Path(manifest)
     root = path.parent
     data = _load_manifest_data(path)
@@ -336,6 +344,9 @@ def read_manifest(
     if channel not in MASK_CHANNELS:
         raise ValueError(f"manifest {path.name}: mask_channel {channel!r} is not one of {MASK_CHANNELS}")
     concepts = [_parse_concept(entry, index) for index, entry in enumerate(data["concepts"])]
+    concepts = _make_concepts(
+        [c.name for c in concepts], tokens, class_words, f"manifest {path.name}", {c.name: c for c in concepts}
+    )
     if not isinstance(data["images"], list) or not data["images"]:
         raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
     known = {c.name for c in concepts}

@@ -83,6 +83,19 @@ def test_merge_refuses_different_photos_and_duplicate_concepts():
     assert set(doll.images[0].masks) == {"doll"}
 
 
+def test_same_photos_and_concat():
+    images, left, right = comfy_batch(count=2)
+    doll = ConceptSet.from_tensors(images, left, DOLL)
+    bucket = ConceptSet.from_tensors(images, right, BUCKET)
+    other = ConceptSet.from_tensors(comfy_batch(count=2, seed=3)[0], left, DOLL)
+    assert doll.same_photos(bucket) and not doll.same_photos(other)
+    both = ConceptSet.concat(doll, other, bucket)
+    assert [c.name for c in both.concepts] == ["doll", "bucket"] and len(both.images) == 6
+    assert both.indices_with("bucket") == [4, 5]
+    with pytest.raises(ValueError, match="concept 'doll' is defined twice differently"):
+        ConceptSet.concat(doll, ConceptSet.from_tensors(images, left, Concept("doll", "<doll2>", "doll")))
+
+
 def test_resized_center_crops_image_and_masks_together():
     image = torch.zeros(3, 20, 40)
     image[0, :, 10:30] = 1.0  # the centre 20x20 square is red

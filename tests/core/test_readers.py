@@ -141,6 +141,8 @@ def test_manifest_round_trip(tmp_path, name):
     )
     cs = read_concepts(tmp_path)
     assert cs.concepts == [Concept("doll", "<d1>", "doll", "toy"), Concept("cat_figurine", "<cat_figurine>", "cat figurine")]
+    overridden = read_concepts(tmp_path, tokens={"doll": "<d2>"}, class_words={"cat_figurine": "figurine"}).concepts
+    assert overridden == [Concept("doll", "<d2>", "doll", "toy"), Concept("cat_figurine", "<cat_figurine>", "figurine")]
     assert torch.equal(cs.images[0].image, expected)  # RGBA photo -> its RGB
     assert cs.images[0].source == "photos/a.png" and cs.images[0].mask_sources == {"doll": "m/a_doll.png"}
 
