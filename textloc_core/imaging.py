@@ -88,10 +88,18 @@ def fit_pair(
     """Bring a (3, H, W) image and its (H, W) masks to ``resolution x resolution`` with the same
     geometry (see ``fit_size``); masks are resized with nearest sampling and stay binary."""
     size, box = fit_size(image.shape[-2], image.shape[-1], resolution, center_crop)
-    image = resize_image(image, size)
-    masks = {name: resize_mask(mask, size) for name, mask in masks.items()}
-    if box is not None:
-        top, left, h, w = box
-        image = image[:, top : top + h, left : left + w].contiguous()
-        masks = {name: mask[top : top + h, left : left + w].contiguous() for name, mask in masks.items()}
-    return image, masks
+    image = _crop(resize_image(image, size), box)
+    return image, {name: fit_mask(mask, resolution, center_crop) for name, mask in masks.items()}
+
+
+def fit_mask(mask: torch.Tensor, resolution: int, center_crop: bool = True) -> torch.Tensor:
+    """A (H, W) mask as ``fit_pair`` would make it, without needing its photo."""
+    size, box = fit_size(mask.shape[-2], mask.shape[-1], resolution, center_crop)
+    return _crop(resize_mask(mask, size), box)
+
+
+def _crop(picture: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+    if box is None:
+        return picture
+    top, left, h, w = box
+    return picture[..., top : top + h, left : left + w].contiguous()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from .concepts import ConceptSet
+from .imaging import fit_mask
 from .masks import mask_coverage
 from .safe_io import check_name
 
@@ -43,17 +44,20 @@ def validate_concept_set(
     *,
     vocabulary_check: Callable[[str], None] | None = None,
     resolution: int | None = None,
+    center_crop: bool = True,
 ) -> None:
     """Raise ``ConceptSetError`` when ``cs`` cannot be trained on as given.
 
     ``vocabulary_check(token)`` should raise ValueError when the text encoder already knows
     ``token`` or cannot make it one new token; its message is reported with the concept.
     ``resolution`` is the training side in pixels (None: the photos' own size, which must
-    then agree across photos).
+    then agree across photos). With a ``resolution``, masks are also checked as training will
+    see them after resizing (and centre-cropping, ``center_crop``): an object outside the
+    centre square leaves an empty mask.
     """
     problems: list[str] = []
     problems += _concept_problems(cs, vocabulary_check)
-    problems += _image_problems(cs, resolution)
+    problems += _image_problems(cs, resolution, center_crop)
     if problems:
         raise ConceptSetError(problems)
 
@@ -113,14 +117,16 @@ def _concept_problems(cs: ConceptSet, vocabulary_check) -> list[str]:
     return problems
 
 
-def _image_problems(cs: ConceptSet, resolution: int | None) -> list[str]:
+def _image_problems(cs: ConceptSet, resolution: int | None, center_crop: bool) -> list[str]:
     problems: list[str] = []
-    if resolution is not None and (
-        not isinstance(resolution, int) or resolution < LATENT_FACTOR or resolution % LATENT_FACTOR
-    ):
-        problems.append(
-            f"resolution {resolution!r} must be a positive multiple of {LATENT_FACTOR} pixels (e.g. 512)"
-        )
+    fit = None
+    if resolution is not None:
+        if not isinstance(resolution, int) or resolution < LATENT_FACTOR or resolution % LATENT_FACTOR:
+            problems.append(
+                f"resolution {resolution!r} must be a positive multiple of {LATENT_FACTOR} pixels (e.g. 512)"
+            )
+        else:
+            fit = (resolution, center_crop)
     if not cs.images:
         return problems + ["the concept set has no images: add photos with masks"]
     known = {c.name for c in cs.concepts}
@@ -139,7 +145,7 @@ def _image_problems(cs: ConceptSet, resolution: int | None) -> list[str]:
         if not item.masks:
             problems.append(f"{where} has no mask: give it a mask of at least one concept or drop it")
         for name, mask in item.masks.items():
-            problems += _mask_problems(index, name, mask, item, (int(height), int(width)), known)
+            problems += _mask_problems(index, name, mask, item, (int(height), int(width)), known, fit)
     if len(sizes) > 1 and resolution is None:
         described = ", ".join(f"{w}x{h} (image {i})" for (h, w), i in list(sizes.items())[:3])
         problems.append(
@@ -154,7 +160,8 @@ def _image_problems(cs: ConceptSet, resolution: int | None) -> list[str]:
     return problems
 
 
-def _mask_problems(index: int, name: str, mask, item, size: tuple[int, int], known: set[str]) -> list[str]:
+def _mask_problems(index: int, name: str, mask, item, size: tuple[int, int], known: set[str], fit) -> list[str]:
+    """Problems of one mask: as given, then (``fit = (resolution, center_crop)``) as trained on."""
     source = item.mask_sources.get(name)
     label = f"mask {index} of concept {name!r}" + (f" ({source})" if source else "")
     if name not in known:
@@ -173,10 +180,23 @@ def _mask_problems(index: int, name: str, mask, item, size: tuple[int, int], kno
     if coverage == 0.0:
         return [f"{label} is empty: paint the {name} in the mask editor or drop image {index}"]
     if coverage >= FULL_MASK_COVERAGE:
-        return [
-            f"{label} covers {coverage:.1%} of the photo: a mask of the whole picture tells the token nothing "
-            f"about where the {name} is, so localization is meaningless. Paint only the {name} "
-            "(if the mask is inverted, flip it with invert)"
-        ]
+        return [_full_mask_problem(label, name, coverage, "")]
+    if fit is not None and size != (fit[0], fit[0]):
+        fitted = mask_coverage(fit_mask(mask, *fit))
+        how = f"after {'centre-cropping' if fit[1] else 'resizing'} to {fit[0]}x{fit[0]}"
+        if fitted == 0.0:
+            return [
+                f"{label} is empty {how}: the {name} lies outside the part of the photo that is trained on; "
+                f"crop the photo around the {name}" + (" or turn off centre cropping" if fit[1] else "")
+            ]
+        if fitted >= FULL_MASK_COVERAGE:
+            return [_full_mask_problem(label, name, fitted, f" {how}")]
     return []
 
+
+def _full_mask_problem(label: str, name: str, coverage: float, how: str) -> str:
+    return (
+        f"{label} covers {coverage:.1%} of the photo{how}: a mask of the whole picture tells the token nothing "
+        f"about where the {name} is, so localization is meaningless. Paint only the {name} "
+        "(if the mask is inverted, flip it with invert)"
+    )

@@ -137,6 +137,21 @@ def test_images_of_different_sizes_need_a_resolution():
     assert any("multiple of 8" in p for p in problems_of(cs, resolution=100))
 
 
+def test_masks_are_checked_as_training_sees_them_after_the_crop():
+    # A wide photo whose doll sits at the far left: the centre square does not contain it.
+    cs = good_set(1)
+    cs.images[0] = ConceptImage(torch.rand(3, 8, 32), {"doll": mask(8, 32, slice(2, 6), slice(0, 4))}, "images/0.png")
+    cs.concepts = [DOLL]
+    validate_concept_set(cs)  # as given, the mask is fine
+    (problem,) = problems_of(cs, resolution=8)
+    assert problem.startswith("mask 0 of concept 'doll' is empty after centre-cropping to 8x8")
+    assert "turn off centre cropping" in problem
+    validate_concept_set(cs, resolution=8, center_crop=False)  # stretched, the doll stays
+    # A mask that fills the centre square is meaningless there too.
+    cs.images[0].masks["doll"] = mask(8, 32, slice(0, 8), slice(12, 20))
+    assert "covers 100.0% of the photo after centre-cropping to 8x8" in problems_of(cs, resolution=8)[0]
+
+
 def test_bad_pixel_values_and_shapes():
     cs = good_set()
     cs.images[0].image = cs.images[0].image * 255
