@@ -17,7 +17,7 @@ replaying any RNG.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -214,12 +214,13 @@ class _Run:
         noise = torch.randn((total, *self.latents.shape[1:]), generator=g)
         return inst, prior, timesteps, noise
 
-    def step(self, step: int) -> dict[str, float]:
+    def losses(self, inst, prior, timesteps, noise) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The loss terms of one forward over [instance rows ``inst``; prior rows ``prior``],
+        and the instance rows' (B, K, h, w) token maps (None when not guided)."""
         config, dtype, dev = self.config, self.bundle.compute_dtype, self.device
-        inst, prior, timesteps, noise = self._draw(step)
         n_inst = len(inst)
         prompts = [self.prompts[i] for i in inst.tolist()]
-        unique = list(dict.fromkeys(prompts))
+        unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once per step
         with torch.autocast(dev.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             encoded = self.text.encode(unique, self.embeddings)
             context = encoded.context[torch.tensor([unique.index(p) for p in prompts], device=encoded.context.device)]
@@ -232,6 +233,7 @@ class _Run:
             noisy = schedule.add_noise(latents, noise, timesteps)
             router = None
             if self.guided:
+                # Prior rows get empty slots; only instance rows feed the attention loss.
                 layout = slot_layout(positions + [{}] * (len(latents) - n_inst), self.tokens)
                 router = AttentionRouter(layers=self.layers, token_slots=layout.slots.to(dev), keep_grad=True)
                 with self.denoiser.route_attention(router):
@@ -243,6 +245,7 @@ class _Run:
         masks = self.masks[inst].to(dev)
         losses = {"instance": self._instance_loss(pred[:n_inst], target[:n_inst], masks)}
         losses["prior"] = F.mse_loss(pred[n_inst:], target[n_inst:]) if prior is not None else pred.sum() * 0.0
+        maps = None
         if router is not None:
             maps = token_maps(
                 router.captured, layout, self.latent_hw, rows=slice(0, n_inst),
@@ -252,14 +255,21 @@ class _Run:
             losses["attention"] = attention_loss(config.method, maps, resize_masks(masks, tuple(maps.shape[-2:])), present)
         else:
             losses["attention"] = pred.sum() * 0.0
-        total = losses["instance"] + config.lambda_prior * losses["prior"] + config.lambda_attn * losses["attention"]
+        losses["loss"] = losses["instance"] + config.lambda_prior * losses["prior"] + config.lambda_attn * losses["attention"]
+        return losses, maps
+
+    def step(self, step: int) -> dict[str, float]:
+        """One optimiser step (0-based ``step``); returns the losses as floats."""
+        losses, _ = self.losses(*self._draw(step))
+        total = losses["loss"]
         if not torch.isfinite(total):
             raise TrainingDiverged(
-                f"step {step + 1}: loss is {float(total)} ({ {k: float(v) for k, v in losses.items()} }); "
-                "training stopped and the last good checkpoint is kept. Lower the learning rate or use mixed_precision='fp32'."
+                f"step {step + 1}: loss is {float(total.detach())} ({ {k: float(v.detach()) for k, v in losses.items()} }); "
+                "training stopped and the last good checkpoint is kept. Check the images for NaN, lower the "
+                "learning rate, or use mixed_precision='fp32'."
             )
         self._backward(total)
-        return {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
     def _instance_loss(self, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if not self.config.masked_denoise_loss:
@@ -353,7 +363,7 @@ def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_
     start, stopped = 0, False
     try:
         if resume and checkpoint_dir is not None:
-            state = ckpt.load_latest_checkpoint(Path(checkpoint_dir))
+            state = ckpt.load_latest_checkpoint(Path(checkpoint_dir), config_json=config.to_json())
             if state is not None:
                 run.load_trainables(state.tensors)
                 run.optimizer.load_state_dict(state.optimizer_state)
@@ -389,11 +399,45 @@ def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_
 
 
 def _save(ckpt, checkpoint_dir, step, run: _Run, config: TrainConfig, history) -> None:
+    # No RNG state: every step's randomness is derived from (seed, step).
     ckpt.save_checkpoint(
         Path(checkpoint_dir),
         step,
         {k: v.detach() for k, v in run.trainables().items()},
         run.optimizer.state_dict(),
-        config=config,
+        None,
+        config.to_json(),
         extra={"history": history},
     )
+
+
+def map_mask_error(
+    bundle: ModelBundle,
+    concept_set: ConceptSet,
+    config: TrainConfig,
+    result: TrainResult | None = None,
+    *,
+    timesteps: tuple[int, ...] = (200, 500, 800),
+    seed: int = 1234,
+) -> float:
+    """Mean hard-guidance error (map - mask)^2 over every image and present concept, with
+    ``result``'s deltas and tokens applied (None: the untrained initial tokens), at fixed
+    timesteps and noise, so two results can be compared: how well each token's map sits
+    on its mask."""
+    probe = replace(config, method="hard", lambda_attn=1.0, lambda_prior=0.0)
+    with torch.inference_mode(False), torch.no_grad():
+        run = _Run(bundle, concept_set, probe, None)
+        try:
+            if result is not None:
+                tensors = {f"kv:{k}": v for k, v in result.kv_deltas.items()}
+                tensors.update({f"emb:{k}": v for k, v in result.token_embeddings.items()})
+                run.load_trainables(tensors)
+            inst = torch.arange(len(run.latents))
+            errors = []
+            for t in timesteps:
+                noise = torch.randn(run.latents.shape, generator=torch.Generator().manual_seed(seed + t))
+                losses, _ = run.losses(inst, None, torch.full((len(inst),), t), noise)
+                errors.append(float(losses["attention"]))
+        finally:
+            run.injector.remove()
+    return sum(errors) / len(errors)

@@ -1,0 +1,150 @@
+"""The trainer end to end on a tiny random SD-shaped model: what changes, what gets gradient,
+that guidance moves the maps, cancel, divergence, and bit-identical resume."""
+
+import shutil
+
+import pytest
+import torch
+
+from textloc_core.attention import KVDeltaInjector, find_cross_attention
+from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.config import TrainConfig
+from textloc_core.trainer import TrainingDiverged, map_mask_error, train
+
+
+def _square(top, left, size=6, side=16):
+    mask = torch.zeros(side, side)
+    mask[top : top + size, left : left + size] = 1
+    return mask
+
+
+@pytest.fixture
+def two_concepts():
+    torch.manual_seed(3)
+    concepts = [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")]
+    images = [
+        ConceptImage(torch.rand(3, 16, 16), {"doll": _square(1, 1), "bucket": _square(9, 8)}),
+        ConceptImage(torch.rand(3, 16, 16), {"bucket": _square(2, 9)}),  # the doll is not named here
+        ConceptImage(torch.rand(3, 16, 16), {"doll": _square(8, 2), "bucket": _square(1, 8)}),
+    ]
+    return ConceptSet(concepts, images)
+
+
+def _config(**kw):
+    base = dict(steps=3, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2, map_levels="all")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _state(bundle):
+    models = (bundle.denoiser.unet, bundle.denoiser.vae, bundle.text.text_encoder)
+    return [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+
+
+@pytest.mark.parametrize("method", ["hard", "soft", "none"])
+def test_every_method_trains_and_only_kv_and_tokens_change(tiny_bundle, two_concepts, method):
+    before = _state(tiny_bundle)
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        out_before = tiny_bundle.denoiser.predict(x, t, ctx)
+    reports = []
+    result = train(tiny_bundle, two_concepts, _config(method=method), on_step=reports.append)
+
+    assert result.steps_done == 3 and not result.stopped_early and [r.step for r in reports] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(list(r.losses.values()))).all() for r in reports)
+    assert (reports[0].losses["attention"] > 0) == (method != "none")
+    # base weights bit-identical, hooks gone
+    for old, new in zip(before, _state(tiny_bundle)):
+        assert all(torch.equal(old[k], new[k]) for k in old)
+    with torch.no_grad():
+        assert torch.equal(tiny_bundle.denoiser.predict(x, t, ctx), out_before)
+    # what was trained: every attn2 K and V (canonical names) and both tokens
+    layers = find_cross_attention(tiny_bundle.denoiser.unet)
+    expected = {f"{tiny_bundle.denoiser.canonical_layer_name(n)}.{p}" for n in layers for p in ("to_k", "to_v")}
+    assert set(result.kv_deltas) == expected
+    assert all(d.abs().sum() > 0 for d in result.kv_deltas.values())
+    for token, word in (("<doll1>", "doll"), ("<bucket1>", "bucket")):
+        assert not torch.equal(result.token_embeddings[token], tiny_bundle.text.initial_embedding(word))
+    assert result.prompts[1] == "photo of a <bucket1> bucket"
+
+
+def test_attention_loss_reaches_every_concept_token(tiny_bundle, two_concepts):
+    """Same seed, same draws: hard and none differ only by the attention loss, so a token whose
+    embedding ends equal in both got no gradient from it (the paper code's second-token bug)."""
+    cfg = dict(steps=1, lambda_prior=0.0, max_grad_norm=0.0)
+    hard = train(tiny_bundle, two_concepts, _config(method="hard", **cfg))
+    none = train(tiny_bundle, two_concepts, _config(method="none", **cfg))
+    for token in ("<doll1>", "<bucket1>"):
+        assert not torch.equal(hard.token_embeddings[token], none.token_embeddings[token]), token
+
+
+def test_start_token_key_value_get_no_gradient(tiny_unet_injector):
+    unet, injector = tiny_unet_injector
+    context = torch.zeros(1, 77, 32)
+    context[0, 0] = torch.randn(32)  # only the SOT row carries signal
+    out = unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=context).sample
+    out.square().sum().backward()
+    assert all(d.grad is None or d.grad.abs().sum() == 0 for d in injector.deltas.values())
+    context[0, 5] = torch.randn(32)  # a real token row: now the deltas learn
+    unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), encoder_hidden_states=context).sample.square().sum().backward()
+    assert all(d.grad.abs().sum() > 0 for d in injector.deltas.values())
+
+
+@pytest.fixture
+def tiny_unet_injector(tiny_parts):
+    unet = tiny_parts["unet"].requires_grad_(False)
+    with KVDeltaInjector(unet) as injector:
+        yield unet, injector
+
+
+def test_hard_guidance_moves_maps_onto_masks(tiny_bundle, two_concepts):
+    config = _config(method="hard", steps=25, learning_rate=3e-3, lambda_prior=0.0, lambda_attn=10.0)
+    before = map_mask_error(tiny_bundle, two_concepts, config)
+    result = train(tiny_bundle, two_concepts, config)
+    after = map_mask_error(tiny_bundle, two_concepts, config, result)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_should_stop_cancels_within_a_step(tiny_bundle, two_concepts):
+    calls = []
+    result = train(tiny_bundle, two_concepts, _config(steps=10), should_stop=lambda: len(calls) >= 2, on_step=calls.append)
+    assert result.stopped_early and result.steps_done == 2 and len(result.history) == 2
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_bundle, two_concepts):
+    two_concepts.images[0].image[:, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="step 1: loss is nan"):
+        train(tiny_bundle, two_concepts, _config(lambda_prior=0.0, instance_batch=3))
+
+
+def test_runs_under_inference_mode_like_comfyui(tiny_bundle, two_concepts):
+    with torch.inference_mode():
+        result = train(tiny_bundle, two_concepts, _config(steps=1, prior_images_per_class=0))
+    assert result.steps_done == 1 and not result.kv_deltas[next(iter(result.kv_deltas))].is_inference()
+
+
+def test_bad_concept_sets_are_explained(tiny_bundle, two_concepts):
+    two_concepts.images[2].masks["doll"] = torch.zeros(16, 16)
+    with pytest.raises(ValueError, match="image 2: mask of concept 'doll' is empty"):
+        train(tiny_bundle, two_concepts, _config())
+    two_concepts.images[2].masks = {"cat": _square(0, 0)}
+    with pytest.raises(ValueError, match="masks for \\['cat'\\]"):
+        train(tiny_bundle, two_concepts, _config())
+
+
+def test_resume_after_interruption_is_bit_identical(tiny_bundle, two_concepts, tmp_path):
+    config = _config(steps=4, checkpoint_every=2)
+    full = train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path / "a")
+
+    done = []
+    train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path / "b", should_stop=lambda: len(done) >= 3, on_step=done.append)
+    # As if killed after step 3 before its checkpoint landed: only step 2 survives.
+    shutil.rmtree(tmp_path / "b" / "step-000000003")
+    resumed = train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path / "b", resume=True)
+
+    assert resumed.steps_done == 4 and len(resumed.history) == 4
+    assert resumed.history == full.history
+    for key in full.kv_deltas:
+        assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
+    for token in full.token_embeddings:
+        assert torch.equal(full.token_embeddings[token], resumed.token_embeddings[token]), token
