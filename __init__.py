@@ -4,14 +4,11 @@ ComfyUI imports this file as the package ``custom_nodes.textloc``; the nodes the
 live in nodes/ (thin ComfyUI wrappers) and the work in textloc_core/ (plain torch).
 """
 import importlib.util as _util
-import os as _os
-
-_HAS_NODES = _os.path.isfile(_os.path.join(_os.path.dirname(__file__), "nodes", "__init__.py"))
 
 # pytest collects the repository root as a package and imports this file outside ComfyUI,
 # where nodes/ cannot import (no folder_paths, no comfy): register nothing there. Inside
 # ComfyUI folder_paths is always importable, so a broken node still fails loudly.
-if _HAS_NODES and _util.find_spec("folder_paths") is not None:
+if _util.find_spec("folder_paths") is not None:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 else:
     NODE_CLASS_MAPPINGS: dict = {}

@@ -3,6 +3,7 @@
 These also test the harness itself (queue, wait, errors, output files), since every other
 integration test leans on it.
 """
+import ast
 import os
 from pathlib import Path
 
@@ -11,6 +12,17 @@ from PIL import Image
 
 from comfy_server import FRONTEND_ONLY_NODE_TYPES, shipped_workflows, ui_workflow_node_types
 from textloc_core.comfy_launcher import PACK_NAME, PACK_ROOT, ComfyError, load_workflow
+
+
+def _declared_node_names() -> set[str]:
+    """The keys of the NODE_CLASS_MAPPINGS dict literal in nodes/__init__.py, read without
+    importing it (importing needs ComfyUI's modules)."""
+    tree = ast.parse((PACK_ROOT / "nodes" / "__init__.py").read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                and any(getattr(t, "id", None) == "NODE_CLASS_MAPPINGS" for t in node.targets)):
+            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+    return set()
 
 
 def test_pack_imports_without_failure(comfy):
@@ -29,8 +41,10 @@ def test_object_info_lists_every_pack_node(comfy):
     assert "KSampler" in info  # the stock nodes are there
     assert "An error occurred while retrieving information" not in comfy.log_text(), comfy.server.log_tail(80)
     ours = comfy.pack_node_classes()
-    if (PACK_ROOT / "nodes" / "__init__.py").is_file():
-        assert ours, "nodes/ exists but ComfyUI registered no node from the pack"
+    declared = _declared_node_names()
+    assert declared, "nodes/__init__.py declares no NODE_CLASS_MAPPINGS entries"
+    assert ours == declared, (f"declared but not served: {sorted(declared - ours)}; "
+                              f"served but not declared: {sorted(ours - declared)}")
     for name in ours:
         assert info[name]["input"], f"node {name} declares no inputs"
 
