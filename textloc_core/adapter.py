@@ -133,7 +133,7 @@ class AdapterMetadata:
                 f"understands ({FORMAT_VERSION}): update the textloc node pack"
             )
         try:
-            return cls(
+            meta = cls(
                 base_fingerprint=header["base_fingerprint"],
                 architecture=json.loads(header["architecture"]),
                 concepts=json.loads(header["concepts"]),
@@ -145,8 +145,27 @@ class AdapterMetadata:
                 format_version=version,
                 extra={k[len("extra."):]: v for k, v in header.items() if k.startswith("extra.")},
             )
+            meta.check_types()
         except (json.JSONDecodeError, ValueError, TypeError) as exc:
             raise ValueError(f"adapter file {path}: header is unreadable ({exc}); {_FIX_CORRUPT}") from exc
+        return meta
+
+    def check_types(self) -> None:
+        """Raise TypeError unless the JSON-decoded fields have the shapes the code relies on."""
+        arch_ok = isinstance(self.architecture, dict) and all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(n, int) for n in v)
+            for k, v in self.architecture.items()
+        )
+        if not arch_ok:
+            raise TypeError("architecture must map layer names to lists of ints")
+        concepts_ok = isinstance(self.concepts, list) and all(
+            isinstance(c, dict) and isinstance(c.get("token"), str) and isinstance(c.get("name"), str)
+            for c in self.concepts
+        )
+        if not concepts_ok:
+            raise TypeError("concepts must be a list of objects with 'name' and 'token' strings")
+        if not (isinstance(self.data_hashes, dict) and all(isinstance(v, str) for v in self.data_hashes.values())):
+            raise TypeError("data_hashes must map names to sha256 strings")
 
 
 @dataclass

@@ -66,7 +66,9 @@ def encode_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "s") ->
     if isinstance(obj, int):
         return obj
     if isinstance(obj, float):
-        return {"__float__": repr(obj)}  # repr round-trips exactly, inf and nan included
+        if obj != obj or obj in (float("inf"), float("-inf")):
+            return {"__float__": repr(obj)}  # strict JSON has no nan/inf
+        return obj  # json writes repr(), which reads back bit-exactly
     if isinstance(obj, torch.Tensor):
         tensors[path] = obj.detach().cpu()
         return {"__tensor__": path}

@@ -161,3 +161,35 @@ def test_header_values_are_strings_for_listing_tools(tmp_path):
         header = handle.metadata()
     assert json.loads(header["tokens"]) == ["<doll1>"]
     assert header["format"] == "textloc.adapter"
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.sampled_from(["architecture", "concepts", "data_hashes", "steps", "format_version"]),
+    json_values.map(json.dumps) | st.text(max_size=20),
+)
+def test_a_damaged_header_field_is_a_value_error_never_a_crash(tmp_path, field_name, value):
+    from textloc_core import safe_io
+
+    adapter = make_adapter()
+    header = adapter.metadata.to_header()
+    if header[field_name] == value:
+        return
+    header[field_name] = value
+    tensors = {f"kv.{k}": v for k, v in adapter.kv_deltas.items()}
+    tensors.update({f"emb.{t}": e for t, e in adapter.token_embeddings.items()})
+    path = safe_io.save_tensors(tmp_path / "fuzz.safetensors", tensors, header)
+    try:
+        ad.load_adapter(path)
+    except ValueError:
+        pass
