@@ -47,8 +47,10 @@ IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 
 
 def default_token(name: str) -> str:
-    """The identifier token a concept gets unless one is given: ``"<name>"``."""
-    return f"<{name}>"
+    """The identifier token a concept gets unless one is given: ``"<name>"``, lower-cased (CLIP
+    lower-cases prompts) with anything but letters, digits, ``_`` and ``-`` made ``_``
+    ("My Doll" -> ``<my_doll>``), so it is one word that can sit in a prompt and a file name."""
+    return "<" + re.sub(r"[^a-z0-9_-]", "_", name.strip().lower()) + ">"
 
 
 def default_class_word(name: str) -> str:

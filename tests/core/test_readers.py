@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from textloc_core.concepts import Concept
-from textloc_core.readers import read_concepts, read_folder, read_manifest, read_paper_folder
+from textloc_core.readers import default_class_word, default_token, read_concepts, read_folder, read_manifest, read_paper_folder
 
 
 def save_photo(path, size=(8, 12), seed=0, mode="RGB"):
@@ -65,6 +65,12 @@ def test_folder_overrides_and_resolution(folder):
         read_folder(folder, tokens={"cat": "<cat>"})
     with pytest.raises(ValueError, match="do not match the mask folders"):
         read_folder(folder, concepts=[Concept("doll", "<doll>", "doll")])
+
+
+def test_default_tokens_are_one_lower_case_word():
+    assert default_token("doll") == "<doll>"
+    assert default_token("My Doll.v2") == "<my_doll_v2>"
+    assert default_class_word("cat_figurine") == "cat figurine"
 
 
 def test_hidden_and_os_files_are_skipped(folder):
