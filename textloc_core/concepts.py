@@ -76,7 +76,8 @@ class ConceptSet:
         source: str = "comfy:IMAGE",
     ) -> ConceptSet:
         """One concept from ComfyUI tensors: ``images`` an IMAGE ``(B, H, W, 3)`` (or 4 channels,
-        alpha dropped), ``masks`` a MASK ``(B, H, W)`` with 1 = the concept, one per image.
+        alpha dropped), ``masks`` a MASK ``(B, H, W)`` with 1 = the concept, one per image (mask
+        pictures loaded as an IMAGE ``(B, H, W, 3)`` work too: white or any bright colour = concept).
 
         ``invert`` flips the masks (for masks that mark the background). Masks are binarised at
         0.5. Several concepts over the same photos: build one set per concept and ``merge`` them.
@@ -85,12 +86,13 @@ class ConceptSet:
         images = _as_image_batch(images)
         if masks.dim() == 2:
             masks = masks[None]
-        if masks.dim() != 3:
+        # A MASK (B, H, W), or black-and-white mask pictures loaded as an IMAGE (B, H, W, C).
+        if not (masks.dim() == 3 or (masks.dim() == 4 and masks.shape[-1] in (1, 3, 4))):
             raise ValueError(
                 f"MASK for concept {concept.name!r}: expected (B, H, W), got shape {tuple(masks.shape)}"
             )
         height, width = images.shape[1:3]
-        if tuple(masks.shape[1:]) != (height, width) and _is_empty_placeholder(masks):
+        if tuple(masks.shape[1:3]) != (height, width) and _is_empty_placeholder(masks):
             raise ValueError(
                 f"MASK for concept {concept.name!r} is ComfyUI's empty 64x64 placeholder (the photo had "
                 f"no alpha channel, so LoadImage made no mask): open the image in the mask editor, "
@@ -215,4 +217,4 @@ def _as_image_batch(images: torch.Tensor) -> torch.Tensor:
 
 def _is_empty_placeholder(masks: torch.Tensor) -> bool:
     """ComfyUI's LoadImage returns an all-zero 64x64 MASK for photos without alpha."""
-    return tuple(masks.shape[-2:]) == (64, 64) and not bool(masks.any())
+    return masks.dim() == 3 and tuple(masks.shape[-2:]) == (64, 64) and not bool(masks.any())

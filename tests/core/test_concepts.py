@@ -42,6 +42,13 @@ def test_from_tensors_drops_alpha_and_accepts_a_single_image():
     assert cs.images[0].image.shape == (3, 16, 24)
 
 
+def test_from_tensors_accepts_mask_pictures_loaded_as_an_image():
+    images, left, _ = comfy_batch()
+    as_image = left[..., None].expand(-1, -1, -1, 3).contiguous()
+    cs = ConceptSet.from_tensors(images, as_image, DOLL)
+    assert torch.equal(cs.images[2].masks["doll"], left[2])
+
+
 def test_from_tensors_count_mismatch_names_both_counts():
     images, left, _ = comfy_batch(count=3)
     with pytest.raises(ValueError, match=r"IMAGE has 3 image\(s\) but the MASK for concept 'doll' has 2"):
