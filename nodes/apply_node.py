@@ -13,9 +13,7 @@ several Apply nodes stacks both; the original CLIP and MODEL are never changed.
 
 from __future__ import annotations
 
-import torch
-
-from ..textloc_core.adapter import Adapter, check_compatible, load_adapter
+from ..textloc_core.adapter import Adapter, check_compatible, composed_embeddings, load_adapter
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights, tokenizer_with_embeddings
 from .train_node import ADAPTER
@@ -34,17 +32,13 @@ def apply_adapter(model, clip, adapter: Adapter, strength: float, allow_base_mis
         raise ValueError(f"{name}: only {len(applied)} of {len(patches)} K/V patches matched this model's weights")
     new_clip = None
     if clip is not None:
-        known = dict(getattr(clip, "textloc_embeddings", {}))
-        for token, vector in adapter.token_embeddings.items():
-            if token in known and not torch.equal(known[token], vector):
-                raise ValueError(
-                    f"{name}: token {token!r} is already defined on this CLIP by another adapter with a different "
-                    "embedding; retrain one of them with another token"
-                )
-            known[token] = vector
+        # kept on the tokenizer: CLIP.clone() (any stock node downstream) shares the tokenizer
+        stacked = list(getattr(clip.tokenizer, "textloc_adapters", [])) + [adapter]
+        known = composed_embeddings(stacked)  # raises when two adapters define one token differently
         new_clip = clip.clone()
         new_clip.tokenizer = tokenizer_with_embeddings(clip, adapter.token_embeddings.get, list(adapter.token_embeddings))
-        new_clip.textloc_embeddings = known
+        new_clip.tokenizer.textloc_adapters = stacked
+        new_clip.tokenizer.textloc_embeddings = known
     return new_model, new_clip
 
 

@@ -62,7 +62,7 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
     import comfy.sample
 
     text = ComfyTextBackend(clip)
-    embeddings = dict(getattr(clip, "textloc_embeddings", {}))
+    embeddings = dict(getattr(clip.tokenizer, "textloc_embeddings", {}))  # set by TextLoc Apply Adapter
     token_dict = clip.tokenize(prompt)
     wanted = [t.strip() for t in tokens.split(",") if t.strip()]
     words = {w: _word_ids(text, w) for w in wanted if w not in embeddings}

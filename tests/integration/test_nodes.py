@@ -1,0 +1,107 @@
+"""The pack's nodes in a real ComfyUI: stock-node compatibility, Cancel, and input errors.
+
+Graphs are built here in API format around the TinyWorld model (CPU-fast).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from textloc_core import checkpoint as ckpt
+from textloc_core.comfy_launcher import ComfyError
+
+SAMPLER = {"seed": 3, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+
+
+def _train_graph(name: str, steps: int, checkpoint_every: int) -> dict:
+    return {
+        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
+        "2": {"class_type": "TextLocTinyWorldConceptSet",
+              "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False}},
+        "3": {"class_type": "TextLocTrain", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concepts": ["2", 0], "guidance": "hard",
+            # a large learning rate so two steps visibly change the images
+            "steps": steps, "learning_rate": 5e-3, "batch": 2, "prior_images": 0, "seed": 0,
+            "checkpoint_every": checkpoint_every, "adapter_name": name}},
+    }
+
+
+def _sample_graph(model_ref, clip_ref, text: str, prefix: str, extra: dict) -> dict:
+    graph = {
+        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
+        "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": text}},
+        "11": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": ""}},
+        "12": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "13": {"class_type": "KSampler", "inputs": {"model": model_ref, "positive": ["10", 0], "negative": ["11", 0],
+                                                    "latent_image": ["12", 0], **SAMPLER}},
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["1", 2]}},
+        "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": prefix}},
+    }
+    graph.update(extra)
+    return graph
+
+
+def _image(result) -> np.ndarray:
+    (path,) = result.all_files()
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def adapter_name(comfy):
+    name = f"stock_{uuid.uuid4().hex[:6]}"
+    comfy.run(_train_graph(name, steps=2, checkpoint_every=2), timeout=900)
+    return name
+
+
+def test_stock_nodes_reproduce_our_loader_exactly(comfy, adapter_name):
+    """LoraLoaderModelOnly + 'embedding:NAME' (stock) == TextLoc Apply Adapter + '<tw1>'."""
+    ours = _sample_graph(["2", 0], ["2", 1], "a <tw1> star on grass", "textloc_test/ours", {
+        "2": {"class_type": "TextLocApplyAdapter", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{adapter_name}.safetensors", "strength": 1.0}},
+    })
+    stock = _sample_graph(["2", 0], ["1", 1], f"a embedding:{adapter_name}_dotstar star on grass", "textloc_test/stock", {
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["1", 0], "lora_name": f"textloc/{adapter_name}.safetensors", "strength_model": 1.0}},
+    })
+    base = _sample_graph(["1", 0], ["1", 1], "a star on grass", "textloc_test/base", {})
+    ours_img, stock_img, base_img = (_image(comfy.run(g, timeout=600)) for g in (ours, stock, base))
+    assert np.array_equal(ours_img, stock_img), f"max pixel difference {np.abs(ours_img - stock_img).max()}"
+    assert not np.array_equal(ours_img, base_img), "the adapter changed nothing"
+
+
+def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(comfy):
+    name = f"cancel_{uuid.uuid4().hex[:6]}"
+    folder = comfy.layout.models / "textloc" / "checkpoints" / name
+    prompt_id = comfy.queue(_train_graph(name, steps=1000, checkpoint_every=1))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and len(ckpt.list_checkpoints(folder) if folder.is_dir() else []) < 2:
+        time.sleep(0.2)
+    seen = max(ckpt.list_checkpoints(folder))
+    comfy.interrupt()
+    with pytest.raises(ComfyError, match="interrupted"):
+        comfy.client.wait_for_completion(prompt_id, timeout=300)
+    kept = ckpt.load_latest_checkpoint(folder)
+    assert kept is not None, "no readable checkpoint after Cancel"
+    # the step in flight when Cancel arrived may finish (and one more can slip past the poll)
+    assert seen <= kept.step <= seen + 2, (seen, kept.step)
+    assert f"last checkpoint kept in {folder}" in comfy.log_text()
+    assert not (comfy.layout.models / "textloc" / f"{name}.safetensors").exists(), "a cancelled run wrote an adapter"
+
+
+def test_bad_masks_fail_before_training_with_a_clear_error(comfy):
+    graph = {
+        "1": {"class_type": "TextLocTinyWorldConceptSet",
+              "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False}},
+        "2": {"class_type": "TextLocTinyWorldConceptSet",
+              "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False}},
+        # three photos, two masks
+        "3": {"class_type": "TextLocConceptFromMask", "inputs": {
+            "images": ["1", 1], "masks": ["2", 2], "name": "dotstar", "token": "<tw2>", "class_word": "star"}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+    }
+    with pytest.raises(ComfyError, match=r"3 image\(s\) but the MASK for concept 'dotstar' has 2"):
+        comfy.run(graph, timeout=120)

@@ -1,0 +1,266 @@
+"""Write the shipped workflows, each as a UI-format graph and its API-format twin.
+
+One graph definition per workflow (below) produces both files, so they never drift: the
+UI file (drag into ComfyUI, or pick it in the template browser, which serves this folder)
+and ``*_api.json`` (POST /prompt; used by the integration tests). Widget order, optional
+widgets and the extra "control after generate" value of seed widgets are read from the
+node classes themselves, so a changed INPUT_TYPES shows up here on the next run.
+
+Run from anywhere with ComfyUI importable:  python workflows/build_workflows.py [--comfyui DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PACK_ROOT = HERE.parent
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+DISPLAY: dict[str, str] = {}
+
+
+def _load_classes(comfy_dir: Path) -> dict:
+    """Stock node classes we use plus the pack's, imported the way ComfyUI imports them."""
+    sys.path.insert(0, str(comfy_dir))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy_extras.nodes_mask
+    import nodes as comfy_nodes
+
+    classes = dict(comfy_nodes.NODE_CLASS_MAPPINGS)
+    classes.update(comfy_extras.nodes_mask.NODE_CLASS_MAPPINGS)
+    spec = importlib.util.spec_from_file_location("textloc", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["textloc"] = pack
+    spec.loader.exec_module(pack)
+    classes.update(pack.NODE_CLASS_MAPPINGS)
+    DISPLAY.update(comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    DISPLAY.update(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    return classes
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    widgets: dict
+    inputs: dict  # input name -> (Node, output slot)
+    pos: tuple[int, int]
+    title: str | None = None
+    size: tuple[int, int] = (320, 200)
+
+
+@dataclass
+class Graph:
+    name: str
+    nodes: list[Node] = field(default_factory=list)
+
+    def add(self, type_, pos, widgets=None, inputs=None, title=None, size=(320, 200)) -> Node:
+        node = Node(len(self.nodes) + 1, type_, widgets or {}, inputs or {}, pos, title, size)
+        self.nodes.append(node)
+        return node
+
+
+def _input_specs(cls) -> list[tuple[str, object, dict]]:
+    spec = cls.INPUT_TYPES()
+    out = []
+    for group in ("required", "optional"):
+        for name, value in (spec.get(group) or {}).items():
+            type_ = value[0]
+            opts = value[1] if len(value) > 1 else {}
+            out.append((name, type_, opts))
+    return out
+
+
+def _is_widget(type_, opts) -> bool:
+    return (isinstance(type_, list) or type_ in WIDGET_TYPES) and not opts.get("forceInput")
+
+
+def _slots(cls) -> list[str]:
+    """Input slot names of a node in the UI: its non-widget inputs, in declaration order."""
+    return [n for n, t, o in _input_specs(cls) if not _is_widget(t, o)]
+
+
+def _has_control(name, type_, opts) -> bool:
+    # the frontend adds a "control after generate" widget to INT seeds (and to inputs asking for it)
+    return bool(opts.get("control_after_generate")) or (type_ == "INT" and name in ("seed", "noise_seed"))
+
+
+def _default(type_, opts):
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(type_, list):
+        return type_[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[type_]
+
+
+def to_api(graph: Graph, classes: dict) -> dict:
+    prompt = {}
+    for node in graph.nodes:
+        if node.type == "Note":
+            continue
+        inputs = {}
+        for name, type_, opts in _input_specs(classes[node.type]):
+            if name in node.inputs:
+                src, slot = node.inputs[name]
+                inputs[name] = [str(src.id), slot]
+            elif _is_widget(type_, opts):
+                inputs[name] = node.widgets.get(name, _default(type_, opts))
+        unknown = set(node.widgets) - {n for n, _, _ in _input_specs(classes[node.type])}
+        if unknown:
+            raise ValueError(f"{graph.name}: node {node.id} ({node.type}) has no inputs {sorted(unknown)}")
+        prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or DISPLAY.get(node.type, node.type)}}
+    return prompt
+
+
+def to_ui(graph: Graph, classes: dict) -> dict:
+    links, ui_nodes = [], []
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for node in graph.nodes:
+        for name, (src, slot) in node.inputs.items():
+            link_id = len(links) + 1
+            type_ = classes[src.type].RETURN_TYPES[slot]
+            target_slot = _slots(classes[node.type]).index(name)
+            links.append([link_id, src.id, slot, node.id, target_slot, type_])
+            out_links.setdefault((src.id, slot), []).append(link_id)
+    link_of = {(l[3], l[4]): l[0] for l in links}
+    for order, node in enumerate(graph.nodes):
+        entry = {
+            "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+            "order": order, "mode": 0, "properties": {"Node name for S&R": node.type},
+        }
+        if node.type == "Note":
+            entry["widgets_values"] = [node.widgets["text"]]
+            entry["inputs"], entry["outputs"] = [], []
+        else:
+            cls = classes[node.type]
+            specs = _input_specs(cls)
+            types = {n: t for n, t, _ in specs}
+            entry["inputs"] = [
+                {"name": n, "type": types[n], "link": link_of.get((node.id, i))} for i, n in enumerate(_slots(cls))
+            ]
+            names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+            entry["outputs"] = [
+                {"name": names[i], "type": t, "links": out_links.get((node.id, i), []), "slot_index": i}
+                for i, t in enumerate(cls.RETURN_TYPES)
+            ]
+            values = []
+            for name, type_, opts in specs:
+                if _is_widget(type_, opts) and name not in node.inputs:
+                    values.append(node.widgets.get(name, _default(type_, opts)))
+                    if _has_control(name, type_, opts):
+                        values.append("fixed")
+            entry["widgets_values"] = values
+        if node.title:
+            entry["title"] = node.title
+        ui_nodes.append(entry)
+    return {
+        "last_node_id": len(graph.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+        "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+    }
+
+
+# ----------------------------------------------------------------------------- the workflows
+SAMPLE = {"seed": 0, "steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
+
+
+def train_multi_concept() -> Graph:
+    g = Graph("train_multi_concept")
+    g.add("Note", (20, 20), {"text": (
+        "Train one adapter on two concepts that appear together, each with its own mask.\n"
+        "The photos and masks here come from TinyWorld so the graph runs anywhere; for your own photos use "
+        "LoadImage (paint each object in the mask editor, one LoadImage per mask) or TextLoc Concept Folder "
+        "(e.g. paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
+        "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, "
+        "and embeddings tinyworld_pair_dotstar / tinyworld_pair_bluecircle.")}, size=(420, 220))
+    loader = g.add("TextLocTinyWorldLoader", (20, 280), {"seed": 0, "use_shipped_weights": True})
+    photos = g.add("TextLocTinyWorldConceptSet", (20, 440), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0})
+    star = g.add("TextLocConceptFromMask", (400, 300), {"name": "dotstar", "token": "<dotstar1>", "class_word": "star"},
+                 {"images": (photos, 1), "masks": (photos, 2)})
+    circle = g.add("TextLocConceptFromMask", (400, 560), {"name": "bluecircle", "token": "<circle1>", "class_word": "circle"},
+                   {"images": (photos, 1), "masks": (photos, 3), "concepts": (star, 0)})
+    g.add("TextLocTrain", (780, 280), {
+        "guidance": "hard", "steps": 200, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
+        "checkpoint_every": 50, "adapter_name": "tinyworld_pair",
+    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (circle, 0)}, size=(340, 420))
+    return g
+
+
+def generate_with_adapter() -> Graph:
+    g = Graph("generate_with_adapter")
+    g.add("Note", (20, 20), {"text": (
+        "Load a trained adapter (run train_multi_concept first, or pick your own in adapter_file), generate "
+        "with its tokens, and preview where each token attends.\nTokens work straight in prompts: "
+        "'a <dotstar1> star'. Stock nodes can use the same adapter too: LoraLoaderModelOnly "
+        "(textloc/<name>.safetensors) + 'embedding:<name>_<concept>' in CLIPTextEncode.")}, size=(420, 200))
+    loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
+    apply = g.add("TextLocApplyAdapter", (380, 260), {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
+                  {"model": (loader, 0), "clip": (loader, 1)})
+    prompt = "a <dotstar1> star and a <circle1> circle on sand"
+    pos = g.add("CLIPTextEncode", (740, 200), {"text": prompt}, {"clip": (apply, 1)})
+    neg = g.add("CLIPTextEncode", (740, 420), {"text": ""}, {"clip": (apply, 1)})
+    # EmptyLatentImage assumes a VAE factor of 8; TinyWorld's is 4, so 128 here decodes to 64 px
+    latent = g.add("EmptyLatentImage", (740, 620), {"width": 128, "height": 128, "batch_size": 2},
+                   title="Empty Latent (128 = 64 px for TinyWorld)")
+    sampler = g.add("KSampler", (1100, 200), dict(SAMPLE), {"model": (apply, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (latent, 0)})
+    decode = g.add("VAEDecode", (1460, 200), {}, {"samples": (sampler, 0), "vae": (loader, 2)})
+    g.add("SaveImage", (1700, 200), {"filename_prefix": "textloc/generated"}, {"images": (decode, 0)})
+    preview = g.add("TextLocAttentionPreview", (1100, 560), {
+        "prompt": prompt, "negative": "", "tokens": "", **SAMPLE, "width": 64, "height": 64, "batch_size": 1,
+    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(340, 520))
+    g.add("SaveImage", (1460, 560), {"filename_prefix": "textloc/attention_overlay"}, {"images": (preview, 1)})
+    maps = g.add("MaskToImage", (1460, 860), {}, {"mask": (preview, 2)})
+    g.add("SaveImage", (1700, 860), {"filename_prefix": "textloc/attention_maps"}, {"images": (maps, 0)})
+    return g
+
+
+def tinyworld_demo() -> Graph:
+    g = Graph("tinyworld_demo")
+    g.add("Note", (20, 20), {"text": (
+        "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
+        "stands next to a blue circle; its mask guides the token's attention (hard guidance). Then the token is "
+        "used alone, in the training context, and in a new scene; each preview shows where <tw1> attends.")}, size=(420, 200))
+    loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
+    photos = g.add("TextLocTinyWorldConceptSet", (20, 420), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
+    train = g.add("TextLocTrain", (400, 260), {
+        "guidance": "hard", "steps": 200, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
+        "checkpoint_every": 50, "adapter_name": "tinyworld_dotstar",
+    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)}, size=(340, 420))
+    apply = g.add("TextLocApplyAdapter", (780, 260), {"adapter_file": "(none)", "strength": 1.0},
+                  {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)})
+    scenes = [("alone", "a <tw1> star on grass"), ("context", "a <tw1> star and a blue circle on sand"),
+              ("new_scene", "a <tw1> star and a red triangle on night")]
+    for row, (label, prompt) in enumerate(scenes):
+        y = 200 + row * 420
+        preview = g.add("TextLocAttentionPreview", (1140, y), {
+            "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 2,
+        }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, title=f"Preview: {label}", size=(340, 400))
+        g.add("SaveImage", (1500, y), {"filename_prefix": f"textloc/tinyworld_{label}"}, {"images": (preview, 0)})
+        g.add("SaveImage", (1760, y), {"filename_prefix": f"textloc/tinyworld_{label}_attention"}, {"images": (preview, 1)})
+    return g
+
+
+WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR", str(Path.home() / "ComfyUI")))
+    options = parser.parse_args()
+    classes = _load_classes(Path(options.comfyui))
+    for build in WORKFLOWS:
+        graph = build()
+        (HERE / f"{graph.name}.json").write_text(json.dumps(to_ui(graph, classes), indent=1) + "\n")
+        (HERE / f"{graph.name}_api.json").write_text(json.dumps(to_api(graph, classes), indent=1) + "\n")
+        print("wrote", graph.name)
+
+
+if __name__ == "__main__":
+    main()
