@@ -223,14 +223,16 @@ def verify_checkpoint(step_dir: str | os.PathLike) -> None:
         raise ValueError("no manifest (the write was interrupted)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"manifest unreadable ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("manifest is not a textloc checkpoint manifest")
     if manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"not a textloc checkpoint (format {manifest.get('format')!r})")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(manifest.get("format_version"), int) or manifest["format_version"] > FORMAT_VERSION:
         raise ValueError(f"format version {manifest.get('format_version')} is newer than this textloc; update it")
     for name in _FILES:
-        entry = manifest.get("files", {}).get(name)
+        entry = manifest["files"].get(name)
         path = step_dir / name
-        if entry is None or not path.is_file():
+        if not isinstance(entry, dict) or not path.is_file():
             raise ValueError(f"{name} is missing")
         if path.stat().st_size != entry["bytes"]:
             raise ValueError(f"{name} has {path.stat().st_size} bytes, expected {entry['bytes']} (truncated)")
@@ -284,7 +286,8 @@ def load_latest_checkpoint(
         step_dir = Path(directory) / step_dir_name(step)
         try:
             checkpoint = load_checkpoint(step_dir)
-        except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+            # any damage, however odd, means "not this one": fall back to the previous step
             skipped.append(f"{step_dir.name}: {exc}")
             continue
         if config_json is not None:

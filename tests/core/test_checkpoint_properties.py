@@ -55,7 +55,7 @@ def test_any_supported_state_comes_back_identical(optimizer_state, extra):
         shutil.rmtree(directory)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     st.sampled_from(["manifest.json", "state.json", "tensors.safetensors", "state.safetensors"]),
     st.binary(max_size=300),
