@@ -345,12 +345,14 @@ def train(
 
 
 def _models(bundle: ModelBundle) -> list[torch.nn.Module]:
-    found = [bundle.denoiser.unet]
-    for owner, attr in ((bundle.text, "text_encoder"), (bundle.denoiser, "vae")):
-        module = getattr(owner, attr, None)
-        if isinstance(module, torch.nn.Module):
-            found.append(module)
-    return found
+    """Every torch module a backend holds (UNet, VAE, text encoder...), whatever its attribute
+    names, so training can freeze them all and restore their flags afterwards."""
+    found: dict[int, torch.nn.Module] = {id(bundle.denoiser.unet): bundle.denoiser.unet}
+    for owner in (bundle.text, bundle.denoiser):
+        for value in vars(owner).values():
+            if isinstance(value, torch.nn.Module):
+                found.setdefault(id(value), value)
+    return list(found.values())
 
 
 def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_stop, prior_cache_dir) -> TrainResult:
