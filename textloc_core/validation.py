@@ -25,6 +25,9 @@ FULL_MASK_COVERAGE = 0.99
 LATENT_FACTOR = 8
 """Stable Diffusion's VAE divides the picture side by 8; training sides must be multiples."""
 
+MAX_LISTED = 20
+"""Problems spelled out in the message (all of them stay in ``ConceptSetError.problems``)."""
+
 _SEPARATORS = ("/", "\\")
 _PLAIN_WORD = re.compile(r"[A-Za-z]+")
 
@@ -36,7 +39,9 @@ class ConceptSetError(ValueError):
         self.problems = list(problems)
         count = len(self.problems)
         header = "the concept set has a problem" if count == 1 else f"the concept set has {count} problems"
-        super().__init__(header + ":\n- " + "\n- ".join(self.problems))
+        shown = self.problems[:MAX_LISTED]
+        more = f"\n- ... and {count - len(shown)} more of the same kinds" if count > len(shown) else ""
+        super().__init__(header + ":\n- " + "\n- ".join(shown) + more)
 
 
 def validate_concept_set(

@@ -174,6 +174,16 @@ def test_every_problem_is_listed_in_the_message():
     assert "mask 0 of concept 'doll'" in text and "token 'bucket' of concept 'bucket' is a plain word" in text
 
 
+def test_a_long_list_of_problems_is_cut_in_the_message_but_kept_whole():
+    cs = good_set(30)
+    for item in cs.images:
+        item.masks["doll"] = torch.zeros(8, 8)
+    with pytest.raises(ConceptSetError) as info:
+        validate_concept_set(cs)
+    assert len(info.value.problems) == 30
+    assert str(info.value).count("\n- ") == 21 and str(info.value).endswith("and 10 more of the same kinds")
+
+
 def test_validation_does_not_change_the_set():
     cs = good_set()
     before = cs.data_hash()
