@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -195,14 +193,17 @@ class ComfyServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def pack_import_failure(self) -> str | None:
-        """The log lines saying our pack failed to import, or None when it imported."""
-        text = self.log_text()
-        bad = [ln for ln in text.splitlines()
-               if "IMPORT FAILED" in ln and f"custom_nodes{os.sep}{PACK_NAME}" in ln]
-        if not bad:
+        """ComfyUI's traceback for our pack when it failed to import it, else None."""
+        lines = self.log_text().splitlines()
+        ours = f"custom_nodes{os.sep}{PACK_NAME}"
+        if not any("IMPORT FAILED" in ln and ours in ln for ln in lines):
             return None
-        # The traceback is printed before the summary line; show the part mentioning us.
-        return "\n".join(bad) + "\n--- log ---\n" + self.log_tail(120)
+        # ComfyUI prints "Traceback ..." then "Cannot import <path> module for custom nodes: <error>"
+        for i, ln in enumerate(lines):
+            if ln.startswith("Cannot import") and ours in ln:
+                start = max((j for j in range(i) if lines[j].startswith("Traceback")), default=max(0, i - 40))
+                return "\n".join(lines[start:i + 1])
+        return self.log_tail(80)
 
     def __enter__(self) -> "ComfyServer":
         return self.start()
@@ -355,14 +356,3 @@ def load_workflow(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"workflow {path} is not valid JSON: {e}") from None
 
-
-def copy_outputs(files: dict[str, list[Path]], dest: Path) -> list[Path]:
-    """Copy reported output files into ``dest`` (flat; names prefixed by node id)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for node_id, paths in files.items():
-        for p in paths:
-            target = dest / f"node{node_id}_{p.name}"
-            shutil.copy2(p, target)
-            copied.append(target)
-    return copied

@@ -26,11 +26,10 @@ def _declared_node_names() -> set[str]:
 
 
 def test_pack_imports_without_failure(comfy):
-    log = comfy.log_text()
-    bad = [ln for ln in log.splitlines()
-           if "IMPORT FAILED" in ln and f"custom_nodes{os.sep}{PACK_NAME}" in ln]
-    assert not bad, "ComfyUI could not import the textloc pack:\n" + comfy.server.log_tail(120)
+    failure = comfy.server.pack_import_failure()
+    assert failure is None, "ComfyUI could not import the textloc pack:\n" + failure
     # ComfyUI prints one timing line per custom node folder it loaded
+    log = comfy.log_text()
     assert any(f"custom_nodes{os.sep}{PACK_NAME}" in ln and "seconds" in ln for ln in log.splitlines())
 
 
@@ -95,11 +94,6 @@ def test_execution_errors_surface_node_and_exception(comfy):
           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "../../escape"}}}
     with pytest.raises(ComfyError, match=r"node 2 \(SaveImage\) raised"):
         comfy.run(wf, timeout=120)
-
-
-def test_ui_format_workflow_is_refused_with_a_hint(comfy):
-    with pytest.raises(ValueError, match="UI-format"):
-        comfy.queue({"nodes": [], "links": []})
 
 
 def test_interrupt_on_idle_server_is_harmless(comfy):
