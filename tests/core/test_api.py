@@ -1,0 +1,47 @@
+"""The researcher API end to end on a tiny model: train, adapter out and back in, generate
+with token maps, and the base model untouched afterwards."""
+
+import torch
+
+from textloc_core import api
+from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+
+
+def _concepts():
+    torch.manual_seed(0)
+    mask = torch.zeros(16, 16)
+    mask[4:12, 2:10] = 1
+    return ConceptSet([Concept("doll", "<doll1>", "doll")], [ConceptImage(torch.rand(3, 16, 16), {"doll": mask})])
+
+
+def test_train_save_load_generate_with_maps(tiny_bundle, tmp_path):
+    concepts = _concepts()
+    config = api.TrainConfig(steps=2, learning_rate=1e-2, prior_images_per_class=0, instance_batch=1)
+    result = api.train(tiny_bundle, concepts, config)
+    adapter = api.make_adapter(result, concepts, tiny_bundle)
+    path = api.save_adapter(adapter, tmp_path / "doll.safetensors")
+    loaded = api.load_adapter(path)
+    assert loaded.metadata.base_fingerprint == tiny_bundle.fingerprint and loaded.tokens == ["<doll1>"]
+
+    kwargs = dict(steps=3, guidance_scale=5.0, seed=7, size=(16, 16), num_images=2, maps_for=["<doll1>"])
+    base = api.generate(tiny_bundle, "photo of a doll", steps=3, seed=7, size=(16, 16), num_images=2)
+    from_result = api.generate(tiny_bundle, "photo of a <doll1> doll", adapters=[result], **kwargs)
+    from_file = api.generate(tiny_bundle, "photo of a <doll1> doll", adapters=[loaded], **kwargs)
+
+    assert from_result.images.shape == (2, 3, 16, 16)
+    assert torch.equal(from_result.latents, from_file.latents)  # the file restores the model exactly
+    doll_map = from_file.token_maps["<doll1>"]
+    assert doll_map.shape == (2, 4, 4) and doll_map.min() >= 0 and doll_map.max() <= 1
+    # the adapter is gone once generate returns: the plain prompt samples as before
+    again = api.generate(tiny_bundle, "photo of a doll", steps=3, seed=7, size=(16, 16), num_images=2)
+    assert torch.equal(base.latents, again.latents)
+    # strength 0 is the base model
+    zero = api.generate(tiny_bundle, "photo of a doll", adapters=[loaded], strengths=[0.0], steps=3, seed=7, size=(16, 16), num_images=2)
+    assert torch.allclose(zero.latents, base.latents, atol=1e-6)
+
+
+def test_maps_for_unknown_token_is_explained(tiny_bundle):
+    import pytest
+
+    with pytest.raises(ValueError, match="not identifier tokens"):
+        api.generate(tiny_bundle, "photo of a doll", maps_for=["<cat9>"], steps=1, size=(16, 16))
