@@ -101,12 +101,14 @@ class ComfyLayout:
                                  f"use an empty base directory")
         else:
             link.symlink_to(pack_root.resolve(), target_is_directory=True)
-        # A fresh user would get the template browser on first page load (and a minimap
-        # over the canvas); the browser check and screenshots want the plain graph.
+        # A fresh user would get the template browser on first page load, a minimap over
+        # the canvas, and text-less nodes when a whole graph is zoomed to fit; the browser
+        # check and screenshots want the plain, readable graph.
         settings = layout.user / "default" / "comfy.settings.json"
         if not settings.exists():
             settings.write_text(json.dumps({"Comfy.TutorialCompleted": True,
-                                            "Comfy.Minimap.Visible": False}))
+                                            "Comfy.Minimap.Visible": False,
+                                            "LiteGraph.Canvas.MinFontSizeForLOD": 0}))
         return layout
 
 

@@ -21,7 +21,7 @@ const browser = await chromium.launch({
 });
 const pageErrors = [];
 try {
-  const page = await browser.newPage({ viewport: { width: 1600, height: 900 } });
+  const page = await browser.newPage({ viewport: { width: 2400, height: 1350 } });
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 60000 });
   await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types,
