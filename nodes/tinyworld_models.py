@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -64,15 +65,12 @@ def _safetensors(folder: Path) -> dict[str, torch.Tensor] | None:
 def _unet_state_from_diffusers(diffusers_sd: dict[str, torch.Tensor], unet_config: dict) -> dict[str, torch.Tensor]:
     import comfy.utils
 
-    mapping = comfy.utils.unet_to_diffusers(unet_config)  # diffusers key -> ldm key
-    out = {}
-    for diffusers_key, ldm_key in mapping.items():
-        if diffusers_key in diffusers_sd:
-            out[ldm_key] = diffusers_sd[diffusers_key]
-    missing = [k for k in mapping if k not in diffusers_sd]
-    if missing:
-        raise ValueError(f"TinyWorld unet weights: {len(missing)} tensors missing (e.g. {missing[:3]}); re-export the weights")
-    return out
+    mapping = comfy.utils.unet_to_diffusers(unet_config)  # diffusers key -> ldm key (a superset)
+    unmapped = sorted(set(diffusers_sd) - set(mapping))
+    if unmapped:
+        raise ValueError(f"TinyWorld unet weights: {len(unmapped)} tensors have no ComfyUI name (e.g. {unmapped[:3]}); re-export the weights")
+    # load_state_dict(strict=True) then names any tensor the ComfyUI model still lacks
+    return {ldm_key: diffusers_sd[key] for key, ldm_key in mapping.items() if key in diffusers_sd}
 
 
 def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
@@ -124,6 +122,23 @@ def build_clip(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, embedding_
     return clip
 
 
+def _vae_state_from_diffusers(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
+    """diffusers AutoencoderKL names -> LDM names for a VAE with ``levels`` resolution levels.
+
+    ComfyUI's converter assumes SD's four levels (diffusers up_blocks.i -> LDM up.{3-i});
+    with fewer levels the decoder's LDM index must drop by the difference.
+    """
+    import comfy.diffusers_convert
+
+    converted = comfy.diffusers_convert.convert_vae_state_dict(state)
+    shift = 4 - levels
+    out = {}
+    for key, value in converted.items():
+        match = re.match(r"^decoder\.up\.(\d+)\.(.*)$", key)
+        out[f"decoder.up.{int(match.group(1)) - shift}.{match.group(2)}" if match else key] = value
+    return out
+
+
 def build_vae(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
     """TinyWorld KL autoencoder as a ComfyUI VAE (64 px <-> 4x16x16)."""
     import comfy.sd
@@ -139,6 +154,8 @@ def build_vae(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
             fresh = AutoencoderKL(**config["params"])
         _init_explicitly(fresh, seed + 2)
         state = fresh.state_dict()
+    elif "decoder.up_blocks.0.resnets.0.norm1.weight" in state:
+        state = _vae_state_from_diffusers(state, len(config["params"]["ddconfig"]["ch_mult"]))
     vae = comfy.sd.VAE(sd=state, config=config)
     vae.downscale_ratio = cfg.VAE_SCALE_FACTOR
     vae.upscale_ratio = cfg.VAE_SCALE_FACTOR

@@ -1,0 +1,133 @@
+"""nodes/comfy_backend.py and nodes/tinyworld_models.py inside ComfyUI's own modules (in-process).
+
+ComfyUI is imported from $COMFYUI_DIR / ~/ComfyUI (CPU), and the pack is imported as a
+package the way ComfyUI imports it, so its relative imports resolve as they do in a server.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from textloc_core.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
+
+
+@pytest.fixture(scope="module")
+def pack(not_run):
+    """The pack as package ``textloc_pack`` with ComfyUI importable."""
+    comfy_dir = comfyui_dir()
+    reason = missing_comfyui_reason(comfy_dir)
+    if reason:
+        not_run("COMFYUI BACKEND TESTS", reason, required_env="TEXTLOC_REQUIRE_COMFYUI")
+    if str(comfy_dir) not in sys.path:
+        sys.path.insert(0, str(comfy_dir))
+    import comfy.cli_args
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+    if "textloc_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("textloc_pack", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["textloc_pack"] = module
+        spec.loader.exec_module(module)
+    from textloc_pack.nodes import comfy_backend, tinyworld_models
+
+    return comfy_backend, tinyworld_models
+
+
+@pytest.fixture(scope="module")
+def tiny(pack):
+    _, tinyworld_models = pack
+    with torch.inference_mode():  # as every ComfyUI node runs
+        return tinyworld_models.build_all(seed=0, use_weights=False)
+
+
+def test_training_reaches_tokens_and_kv_through_comfy_modules_under_inference_mode(pack, tiny):
+    comfy_backend, _ = pack
+    from textloc_pack.textloc_core.attention import AttentionRouter, KVDeltaInjector
+
+    model, clip, vae = tiny
+    with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
+        token = torch.nn.Parameter(bundle.text.initial_embedding("star"))
+        encoded = bundle.text.encode(["a <tw1> star on grass", "<tw1>, and a <tw1>"], {"<tw1>": token})
+        assert encoded.token_positions == [{"<tw1>": [2]}, {"<tw1>": [1, 5]}]  # SOT, <tw1>, ",", and, a, <tw1>
+        latents = bundle.denoiser.encode_images(torch.rand(2, 3, 64, 64))
+        router = AttentionRouter(layers=None, token_slots=torch.tensor([[2], [1]]))
+        with KVDeltaInjector(bundle.denoiser.unet) as deltas, bundle.denoiser.route_attention(router):
+            out = bundle.denoiser.predict(latents, torch.tensor([10, 600]), encoded.context)
+            loss = out.square().mean() + sum(m.probs.mean() for m in router.captured)
+            loss.backward()
+        assert len(router.captured) == 7  # every attn2 layer of the TinyWorld UNet was routed
+        assert token.grad is not None and token.grad.abs().sum() > 0
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in deltas.parameters())
+    assert bundle.denoiser.patcher.model_options["transformer_options"] == {}
+
+
+def test_route_attention_keeps_another_packs_patch_and_restores_exactly(pack, tiny):
+    comfy_backend, _ = pack
+    from textloc_pack.textloc_core.attention import AttentionRouter
+
+    model, clip, vae = tiny
+    calls = []
+
+    def other_pack(q, k, v, extra_options):  # e.g. an attention-scaling pack: output x 0
+        calls.append(q.shape)
+        return torch.zeros_like(q)
+
+    patched = model.clone()
+    patched.set_model_attn2_replace(other_pack, "input", 1, 0)
+    denoiser = comfy_backend.ComfyDenoiserBackend(patched, vae)
+    before = denoiser.patcher.model_options["transformer_options"]
+    router = AttentionRouter(layers={"input_blocks.1.1.transformer_blocks.0.attn2", "middle_block.1.transformer_blocks.0.attn2"},
+                             token_slots=torch.tensor([[1]]), keep_grad=False)
+    x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 64)
+    with torch.no_grad(), denoiser.route_attention(router):
+        denoiser.predict(x, t, ctx)
+    assert calls, "the other pack's replacement no longer ran"
+    assert sorted(m.layer for m in router.captured) == sorted(router.layers)  # ours still captured both
+    assert denoiser.patcher.model_options["transformer_options"] is before
+    assert before["patches_replace"]["attn2"] == {("input", 1, 0): other_pack}
+
+
+def test_token_rewrite_and_layer_keys(pack):
+    comfy_backend, _ = pack
+    rewrite = comfy_backend.rewrite_tokens
+    assert rewrite("a <a10> and <a1>", ["<a1>", "<a10>"]) == "a  embedding:<a10>  and  embedding:<a1> "
+    assert rewrite("embedding:<a1> x", ["<a1>"]) == " embedding:<a1>  x"
+    assert comfy_backend.attn2_patch_key("output_blocks.3.1.transformer_blocks.0.attn2") == ("output", 3, 0)
+    assert comfy_backend.attn2_patch_key("diffusion_model.middle_block.1.transformer_blocks.1.attn2") == ("middle", 0, 1)
+    with pytest.raises(ValueError, match="path separators"):
+        comfy_backend.check_token_text("../x")
+
+
+def test_tinyworld_loader_reads_diffusers_weights_like_diffusers(pack, tmp_path):
+    """Weights saved by diffusers/transformers (the shipped layout) load into ComfyUI's
+    MODEL/CLIP/VAE with the same outputs."""
+    _, tinyworld_models = pack
+    from textloc_core.tinyworld import model_configs as mc
+
+    torch.manual_seed(0)
+    unet, vae, text = mc.build_unet().eval(), mc.build_vae().eval(), mc.build_text_encoder().eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # zero-initialised output convs would hide a bad mapping
+    unet.save_pretrained(tmp_path / "unet")
+    vae.save_pretrained(tmp_path / "vae")
+    text.save_pretrained(tmp_path / "text_encoder")
+    with torch.inference_mode():
+        model = tinyworld_models.build_model(0, tmp_path)
+        clip = tinyworld_models.build_clip(0, tmp_path)
+        comfy_vae = tinyworld_models.build_vae(0, tmp_path)
+        x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([300.0]), torch.randn(1, 77, 64)
+        torch.testing.assert_close(model.model.diffusion_model(x, timesteps=t, context=ctx),
+                                   unet(x, t, encoder_hidden_states=ctx).sample, atol=1e-4, rtol=1e-4)
+        ids = clip.tokenizer.clip_l.tokenizer("a red star")["input_ids"]
+        ids = torch.tensor([ids + [49407] * (77 - len(ids))])
+        ours = clip.encode_from_tokens(clip.tokenize("a red star"))
+        torch.testing.assert_close(ours, text(ids).last_hidden_state, atol=1e-4, rtol=1e-4)
+        z = torch.randn(1, 4, 16, 16)
+        decoded = comfy_vae.decode(z).movedim(-1, 1)
+        expected = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
+        torch.testing.assert_close(decoded, expected, atol=1e-3, rtol=1e-3)
