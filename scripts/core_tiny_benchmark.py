@@ -1,0 +1,55 @@
+"""Step time and peak memory of a tiny CPU training run (the numbers in the core's report).
+
+    python scripts/core_tiny_benchmark.py hard 20     # method, steps; run once per method
+
+Uses the tests' tiny random SD-shaped model, two concepts, 3 images of 16 px, instance
+batch 2 + prior batch 2, one CPU thread. Peak memory is the process's peak RSS
+(``resource.getrusage``) before and after training, so the difference is what training adds.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from conftest import build_tiny_pipeline_parts  # noqa: E402
+
+from textloc_core.backends.diffusers_backend import bundle_from_diffusers  # noqa: E402
+from textloc_core.concepts import Concept, ConceptImage, ConceptSet  # noqa: E402
+from textloc_core.config import TrainConfig  # noqa: E402
+from textloc_core.trainer import train  # noqa: E402
+
+
+def main(method: str = "hard", steps: int = 20) -> None:
+    torch.set_num_threads(1)
+    bundle = bundle_from_diffusers(**build_tiny_pipeline_parts())
+    masks = [torch.zeros(16, 16) for _ in range(2)]
+    masks[0][1:7, 1:7] = 1
+    masks[1][8:15, 8:15] = 1
+    concepts = ConceptSet(
+        [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")],
+        [ConceptImage(torch.rand(3, 16, 16), {"doll": masks[0], "bucket": masks[1]}) for _ in range(3)],
+    )
+    config = TrainConfig(method=method, steps=steps, prior_images_per_class=4, prior_sampling_steps=2, map_levels="all")
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    seconds: list[float] = []
+    began = time.perf_counter()
+    train(bundle, concepts, config, on_step=lambda r: seconds.append(r.seconds))
+    total = time.perf_counter() - began
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"method={method} steps={steps} median_step_ms={statistics.median(seconds) * 1000:.1f} "
+        f"total_s={total:.2f} peak_rss_mib={rss_after:.0f} added_by_training_mib={rss_after - rss_before:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "hard", int(sys.argv[2]) if len(sys.argv) > 2 else 20)
