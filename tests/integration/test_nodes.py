@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from textloc_core import checkpoint as ckpt
+from textloc_core.adapter import load_adapter
 from textloc_core.comfy_launcher import ComfyError
 
 SAMPLER = {"seed": 3, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
@@ -90,6 +91,16 @@ def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(comfy):
     assert seen <= kept.step <= seen + 2, (seen, kept.step)
     assert f"last checkpoint kept in {folder}" in comfy.log_text()
     assert not (comfy.layout.models / "textloc" / f"{name}.safetensors").exists(), "a cancelled run wrote an adapter"
+    # queued again with resume on (the default) it continues from the kept step
+    comfy.run(_train_graph(name, steps=kept.step + 1, checkpoint_every=1), timeout=600)
+    adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
+    assert adapter.metadata.steps == kept.step + 1
+
+
+def test_adapter_name_cannot_write_outside_the_models_folder(comfy):
+    with pytest.raises(ComfyError, match="adapter_name"):
+        comfy.run(_train_graph("../../escaped", steps=1, checkpoint_every=1), timeout=120)
+    assert not any(comfy.layout.base.parent.glob("escaped*"))
 
 
 def test_bad_masks_fail_before_training_with_a_clear_error(comfy):
@@ -104,4 +115,25 @@ def test_bad_masks_fail_before_training_with_a_clear_error(comfy):
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
     with pytest.raises(ComfyError, match=r"3 image\(s\) but the MASK for concept 'dotstar' has 2"):
+        comfy.run(graph, timeout=120)
+
+
+def test_concept_folder_trains_on_the_paper_layout(comfy, paper_dataset):
+    """TextLoc Concept Folder reads the published layout (two concepts, two mask folders)."""
+    name = f"paper_{uuid.uuid4().hex[:6]}"
+    graph = _train_graph(name, steps=1, checkpoint_every=1)
+    graph["2"] = {"class_type": "TextLocConceptFolder", "inputs": {
+        "folder": "paper:bucket+doll", "resolution": 64, "tokens": "bucket=<bucket1>, doll=<doll1>", "class_words": ""}}
+    comfy.run(graph, timeout=600)
+    adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
+    assert sorted(adapter.tokens) == ["<bucket1>", "<doll1>"]
+    assert [c["class_word"] for c in adapter.metadata.concepts] == ["bucket", "doll"]
+
+
+def test_concept_folder_names_a_missing_folder(comfy):
+    graph = {
+        "1": {"class_type": "TextLocConceptFolder", "inputs": {"folder": "no_such_folder_here", "resolution": 64}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+    }
+    with pytest.raises(ComfyError, match="no_such_folder_here"):
         comfy.run(graph, timeout=120)
