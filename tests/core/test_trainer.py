@@ -2,6 +2,7 @@
 that guidance moves the maps, cancel, divergence, and bit-identical resume."""
 
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -98,11 +99,13 @@ def tiny_unet_injector(tiny_parts):
 
 
 def test_hard_guidance_moves_maps_onto_masks(tiny_bundle, two_concepts):
+    """Measured: error 0.23 -> 0.11 with hard guidance, 0.23 -> 0.22 with none (same steps)."""
     config = _config(method="hard", steps=25, learning_rate=3e-3, lambda_prior=0.0, lambda_attn=10.0)
     before = map_mask_error(tiny_bundle, two_concepts, config)
-    result = train(tiny_bundle, two_concepts, config)
-    after = map_mask_error(tiny_bundle, two_concepts, config, result)
-    assert after < 0.8 * before, (before, after)
+    hard = map_mask_error(tiny_bundle, two_concepts, config, train(tiny_bundle, two_concepts, config))
+    baseline = replace(config, method="none")
+    none = map_mask_error(tiny_bundle, two_concepts, config, train(tiny_bundle, two_concepts, baseline))
+    assert hard < 0.7 * before and hard < 0.7 * none, (before, hard, none)
 
 
 def test_should_stop_cancels_within_a_step(tiny_bundle, two_concepts):
