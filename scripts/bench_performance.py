@@ -1,0 +1,559 @@
+"""Performance benchmark: what attention guidance costs, against Custom Diffusion and the paper's way.
+
+For each model configuration it trains, through the real trainer (``textloc_core.trainer``):
+
+* ``none``   Custom Diffusion (no capture, no attention loss),
+* ``hard`` / ``soft``  Textual Localization with our capture (explicit softmax only at the
+  loss's attn2 layers, only the concept tokens' head-averaged columns kept),
+* ``store``  the store-everything reference (``textloc_core.reference_mode``): method hard,
+  but every attention layer, self-attention included, explicit, and every attn2 map of all
+  heads and all 77 tokens stored, as the paper's code does,
+
+and records the median time of the warm steps and the peak memory of the steady state
+(after the first step, when the optimizer state exists): on CPU the process's resident-set
+high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``; one fresh subprocess per
+mode), on CUDA ``torch.cuda.max_memory_allocated``. It also times DDIM sampling with and
+without token-map capture on the same graph, and on CUDA counts a step's FLOPs
+(``FlopCounterMode``) and estimates a full 400-step concept including prior generation.
+
+Configurations (``--configs``):
+
+    tinyworld-cpu   TinyWorld architecture (random init), 64 px, batch 2 + 2 prior, CPU
+    sd15-256-cpu    SD1.5 architecture (random init), 256 px, batch 2 + 2 prior, CPU
+    sd15-512-gpu    SD1.5 architecture (random init), 512 px, batch 2 + 2 prior, CUDA, bf16
+
+Timing does not depend on weight values, so random weights measure what real ones would.
+Results merge into ``docs/performance.json`` (keyed by configuration, with date and machine)
+and ``docs/performance.md`` is regenerated from it:
+
+    python scripts/bench_performance.py --configs tinyworld-cpu sd15-256-cpu
+    python scripts/bench_performance.py --configs sd15-512-gpu --json $OUT/performance.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+MODES = ("none", "hard", "soft", "store")
+TOKEN = "<doll1>"
+
+
+@dataclass(frozen=True)
+class World:
+    """One benchmark configuration."""
+
+    name: str
+    model: str  # "tinyworld" or "sd15"
+    device: str
+    resolution: int
+    instance_batch: int = 2
+    prior_batch: int = 2
+    warmup: int = 2
+    steps: int = 10
+    sampling_steps: int = 10
+    sampling_batch: int = 2
+    text_layers: int | None = None  # SD1.5 text tower depth (None: the full 12)
+
+
+WORLDS = {
+    "tinyworld-cpu": World("tinyworld-cpu", "tinyworld", "cpu", 64, warmup=3, steps=15, sampling_steps=25, sampling_batch=4),
+    "sd15-256-cpu": World("sd15-256-cpu", "sd15", "cpu", 256, warmup=1, steps=3, sampling_steps=3, sampling_batch=1),
+    "sd15-512-gpu": World("sd15-512-gpu", "sd15", "cuda", 512, warmup=3, steps=10, sampling_steps=25, sampling_batch=4),
+}
+TINY_TEST_WORLD = World("tiny-smoke", "tiny", "cpu", 16, warmup=1, steps=2, sampling_steps=2, sampling_batch=1)
+"""The test-suite-sized model; ``--configs tiny-smoke`` checks the harness end to end in seconds."""
+
+
+# ----------------------------------------------------------------------------- model + data
+def build_bundle(world: World):
+    """A ``ModelBundle`` of random-init diffusers/transformers models for ``world``."""
+    from transformers import CLIPTokenizer
+
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"))
+    cuda = world.device == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    torch.manual_seed(0)
+    if world.model == "sd15":
+        from textloc_core import sd15_config as sd
+
+        with torch.device(world.device):  # initialise on the device: 860M parameters
+            unet = sd.build_sd15_unet(sample_size=world.resolution // 8, dtype=dtype, device=world.device)
+            vae = sd.build_sd15_vae(dtype=dtype, device=world.device)
+            text = sd.build_sd15_text_encoder(num_layers=world.text_layers, dtype=dtype, device=world.device)
+    elif world.model == "tinyworld":
+        from textloc_core.tinyworld import model_configs as tw
+        from transformers import CLIPTextModel
+
+        unet, vae = tw.build_unet(), tw.build_vae()
+        text = CLIPTextModel(tw.clip_text_config())
+        unet, vae, text = (m.to(world.device, dtype) for m in (unet, vae, text))
+    elif world.model == "tiny":
+        sys.path.insert(0, str(REPO / "tests"))
+        from conftest import build_tiny_pipeline_parts
+
+        parts = build_tiny_pipeline_parts()
+        unet, vae, text, tokenizer = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
+    else:
+        raise ValueError(f"world {world.name}: unknown model {world.model!r}")
+    return bundle_from_diffusers(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer)
+
+
+def synthetic_concept_set(resolution: int, n_images: int = 5):
+    """Five random photos of one concept with rectangular masks (timing ignores content)."""
+    from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+
+    g = torch.Generator().manual_seed(0)
+    images = []
+    for i in range(n_images):
+        mask = torch.zeros(resolution, resolution)
+        lo, hi = resolution // 8 + i, resolution // 2 + i
+        mask[lo:hi, lo + resolution // 8 : hi + resolution // 4] = 1
+        images.append(ConceptImage(image=torch.rand(3, resolution, resolution, generator=g), masks={"doll": mask}))
+    return ConceptSet(concepts=[Concept("doll", TOKEN, "doll")], images=images)
+
+
+def train_config(world: World, mode: str, steps: int, **overrides):
+    from textloc_core.config import TrainConfig
+
+    return TrainConfig(
+        method="hard" if mode == "store" else mode,
+        steps=steps,
+        instance_batch=world.instance_batch,
+        prior_batch=world.prior_batch,
+        # a handful of cheap prior latents: prior generation is timed separately (concept_time)
+        prior_images_per_class=max(4, world.prior_batch),
+        prior_sampling_steps=2,
+        mixed_precision="bf16" if world.device == "cuda" else "fp32",
+        checkpoint_every=10**9,
+        **overrides,
+    )
+
+
+def train_short(world: World, bundle, concept_set):
+    """A one-step ``TrainResult`` (an adapter to sample with)."""
+    from textloc_core.trainer import train
+
+    return train(bundle, concept_set, train_config(world, "hard", 1))
+
+
+def model_bundle_for(bundle, mode: str):
+    from textloc_core.reference_mode import store_everything_bundle
+
+    return store_everything_bundle(bundle) if mode == "store" else bundle
+
+
+# ----------------------------------------------------------------------------- memory probes
+def _vm_kib(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+class MemoryProbe:
+    """Peak memory since ``reset()``: CUDA allocator peak, or the process's RSS high-water."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.baseline = 0
+
+    def current(self) -> int:
+        if self.device == "cuda":
+            return torch.cuda.memory_allocated()
+        return _vm_kib("VmRSS") * 1024
+
+    def reset(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            # Linux: writing 5 resets VmHWM (and ru_maxrss) to the current RSS
+            Path("/proc/self/clear_refs").write_text("5")
+        self.baseline = self.current()
+
+    def peak(self) -> int:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return _vm_kib("VmHWM") * 1024
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------- measurements
+def measure_training(world: World, bundle, concept_set, mode: str, *, gradient_checkpointing: bool = False):
+    """Warm-step median time and steady-state peak memory of one mode through ``train``;
+    returns (measurements, the ``TrainResult``)."""
+    from textloc_core.trainer import train
+
+    probe = MemoryProbe(world.device)
+    times: list[float] = []
+    cpu_times: list[float] = []
+    marks: dict[str, float] = {}
+
+    def on_step(report) -> None:
+        _sync(world.device)
+        now, cpu = time.perf_counter(), time.process_time()
+        if report.step > 1:
+            times.append(now - marks["last"])
+            cpu_times.append(cpu - marks["last_cpu"])
+        if report.step == 1:  # optimizer state now exists: measure the steady state from here
+            probe.reset()
+            marks["baseline"] = probe.baseline
+        marks["last"], marks["last_cpu"] = time.perf_counter(), time.process_time()
+
+    config = train_config(world, mode, world.warmup + world.steps, gradient_checkpointing=gradient_checkpointing)
+    unet = bundle.denoiser.unet
+    if gradient_checkpointing:  # diffusers' own (non-reentrant) activation checkpointing
+        unet.enable_gradient_checkpointing()
+    gc.collect()
+    started = time.perf_counter()
+    try:
+        result = train(model_bundle_for(bundle, mode), concept_set, config, on_step=on_step)
+    finally:
+        if gradient_checkpointing:
+            unet.disable_gradient_checkpointing()
+    total = time.perf_counter() - started
+    warm = times[world.warmup - 1 :]
+    median = statistics.median(warm)
+    return {
+        "mode": mode,
+        "gradient_checkpointing": gradient_checkpointing,
+        "step_s_median": median,
+        "steps_per_s": 1.0 / median,
+        "step_s_all": times,
+        # CPU seconds of this process per step: on a shared CPU, what the step itself cost
+        "step_cpu_s_median": statistics.median(cpu_times[world.warmup - 1 :]),
+        "step_cpu_s_all": cpu_times,
+        "warm_steps": len(warm),
+        "peak_bytes": probe.peak(),
+        "resident_between_steps_bytes": int(marks["baseline"]),
+        "step_extra_bytes": probe.peak() - int(marks["baseline"]),
+        "train_call_s": total,
+    }, result
+
+
+def count_step_flops(world: World, bundle, concept_set, mode: str) -> float:
+    """FLOPs of one training step (forward + backward + optimizer), by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from textloc_core.trainer import train
+
+    counter = FlopCounterMode(display=False)
+    counted: dict[str, float] = {}
+
+    def on_step(report) -> None:
+        if report.step == 1:
+            counter.__enter__()
+        elif report.step == 2:
+            counter.__exit__(None, None, None)
+            counted["flops"] = float(counter.get_total_flops())
+
+    train(model_bundle_for(bundle, mode), concept_set, train_config(world, mode, 2), on_step=on_step)
+    return counted["flops"]
+
+
+def measure_sampling(world: World, bundle, adapter, repeats: int = 2) -> dict:
+    """``api.generate`` (DDIM + CFG + VAE decode) of the same prompt, seed and adapter, with
+    and without the token-map capture the attention-map preview uses (``maps_for``)."""
+    from textloc_core.api import generate
+
+    def run(capture: bool) -> float:
+        _sync(world.device)
+        began = time.perf_counter()
+        generate(bundle, f"photo of a {TOKEN} doll", adapters=[adapter], num_images=world.sampling_batch,
+                 steps=world.sampling_steps, size=(world.resolution, world.resolution),
+                 maps_for=[TOKEN] if capture else ())
+        _sync(world.device)
+        return time.perf_counter() - began
+
+    run(True)  # warm-up (kernel selection, allocator)
+    plain, captured = [], []
+    for _ in range(repeats):  # alternate, so drifting machine load hits both alike
+        plain.append(run(False))
+        captured.append(run(True))
+    p, c = statistics.median(plain), statistics.median(captured)
+    return {
+        "batch": world.sampling_batch,
+        "steps": world.sampling_steps,
+        "cfg": True,
+        "plain_s": p,
+        "capture_s": c,
+        "capture_over_plain": c / p,
+        "plain_s_all": plain,
+        "capture_s_all": captured,
+    }
+
+
+def measure_concept_time(world: World, bundle, step_s: float, *, images: int = 200, sampling_steps: int = 50,
+                         generate: int = 16) -> dict:
+    """Time of a full 400-step concept including prior generation, on the trainer's prior path.
+
+    Generates ``generate`` of the ``images`` prior latents with ``prior.prior_latents``
+    (DDIM, CFG, the trainer's own batch size), and extrapolates linearly to ``images``.
+    """
+    from textloc_core import prior
+    from textloc_core.config import TrainConfig
+
+    side = world.resolution // bundle.denoiser.vae_scale_factor
+    config = TrainConfig(prior_sampling_steps=sampling_steps, seed=1)
+    # warm-up call with a different seed, so the timed call is not served from the cache
+    prior.prior_latents(bundle, "doll", prior.GENERATION_BATCH, (side, side), TrainConfig(prior_sampling_steps=2, seed=2))
+    _sync(world.device)
+    began = time.perf_counter()
+    prior.prior_latents(bundle, "doll", generate, (side, side), config)  # the trainer's own call
+    _sync(world.device)
+    measured = time.perf_counter() - began
+    prior_total = measured * images / generate
+    train_total = 400 * step_s
+    return {
+        "prior_images": images,
+        "prior_sampling_steps": sampling_steps,
+        "prior_generation_batch": prior.GENERATION_BATCH,
+        "prior_images_measured": generate,
+        "prior_measured_s": measured,
+        "prior_extrapolated_s": prior_total,
+        "train_400_steps_s": train_total,
+        "concept_total_s": prior_total + train_total,
+        "note": f"prior time measured for {generate} of {images} images and scaled linearly; "
+        "400 steps at the measured hard-mode median step time",
+    }
+
+
+# ----------------------------------------------------------------------------- orchestration
+def machine() -> dict:
+    info = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "loadavg": list(os.getloadavg()),
+    }
+    try:
+        import diffusers
+        import transformers
+
+        info["diffusers"], info["transformers"] = diffusers.__version__, transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = props.name
+        info["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+    return info
+
+
+def run_worker(world: World, modes: list[str], extras: list[str]) -> dict:
+    """Everything for ``world`` that runs in this one process."""
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    bundle = build_bundle(world)
+    concept_set = synthetic_concept_set(world.resolution)
+    out: dict = {"build_s": time.perf_counter() - t0, "threads": torch.get_num_threads(), "modes": {}}
+    trained = None
+    for mode in modes:
+        out["modes"][mode], trained = measure_training(world, bundle, concept_set, mode)
+        print(f"[{world.name}] {mode}: {out['modes'][mode]['step_s_median']:.4f} s/step, "
+              f"peak {out['modes'][mode]['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+        gc.collect()
+        if world.device == "cuda":
+            torch.cuda.empty_cache()
+    if "checkpointing" in extras:  # optional activation checkpointing (diffusers' own)
+        for mode in ("none", "hard"):
+            try:
+                out["modes"][f"{mode}+ckpt"], _ = measure_training(world, bundle, concept_set, mode, gradient_checkpointing=True)
+            except Exception as error:  # recorded, not hidden: the report quotes it
+                out[f"{mode}+ckpt_error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            gc.collect()
+    if "flops" in extras:
+        out["flops_per_step"] = {m: count_step_flops(world, bundle, concept_set, m) for m in ("none", "hard", "store")}
+    if "sampling" in extras:
+        if trained is None:  # a short run gives the adapter (timing does not depend on its values)
+            trained = train_short(world, bundle, concept_set)
+        out["sampling"] = measure_sampling(world, bundle, trained)
+        print(f"[{world.name}] sampling: capture/plain {out['sampling']['capture_over_plain']:.3f}", flush=True)
+    if "concept" in extras:
+        hard = out["modes"].get("hard") or measure_training(world, bundle, concept_set, "hard")[0]
+        out["concept_400"] = measure_concept_time(world, bundle, hard["step_s_median"])
+    return out
+
+
+def _ratios(modes: dict) -> dict:
+    ratios = {}
+    for a, b in (("hard", "none"), ("soft", "none"), ("store", "hard")):
+        if a in modes and b in modes:
+            ratios[f"{a}/{b}"] = {
+                "step_time": modes[a]["step_s_median"] / modes[b]["step_s_median"],
+                "peak_memory": modes[a]["peak_bytes"] / modes[b]["peak_bytes"],
+                "step_extra_memory": modes[a]["step_extra_bytes"] / max(1, modes[b]["step_extra_bytes"]),
+            }
+    return ratios
+
+
+def run_world(world: World, modes: list[str], extras: list[str], rounds: int) -> dict:
+    """CPU: one fresh subprocess per (mode, round) so each RSS peak is that mode's alone;
+    CUDA: one process (the allocator's peak resets per mode), saving model builds."""
+    result: dict = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {k: v for k, v in world.__dict__.items()},
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+    }
+    if world.device == "cuda":
+        result.update(run_worker(world, modes, extras))
+    else:
+        per_mode: dict[str, list[dict]] = {m: [] for m in modes}
+        for r in range(rounds):
+            for mode in modes:
+                per_mode[mode].append(_subprocess(world, [mode], []))
+        result["modes"] = {m: _merge_rounds(runs) for m, runs in per_mode.items()}
+        if extras:
+            extra = _subprocess(world, [], extras)
+            result["modes"].update(extra.pop("modes"))  # e.g. the +ckpt variants
+            result.update({k: v for k, v in extra.items() if k not in ("build_s", "threads")})
+    for mode, flops in result.get("flops_per_step", {}).items():
+        if mode in result["modes"]:
+            result["modes"][mode]["tflops_achieved"] = flops / result["modes"][mode]["step_s_median"] / 1e12
+    result["ratios"] = _ratios(result["modes"])
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    return result
+
+
+def _subprocess(world: World, modes: list[str], extras: list[str]) -> dict:
+    cmd = [sys.executable, __file__, "--worker", world.name, "--modes", ",".join(modes) or "-", "--extras",
+           ",".join(extras) or "-", "--threads", str(torch.get_num_threads())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    sys.stderr.write(proc.stderr[-2000:] if proc.returncode else "")
+    if proc.returncode:
+        raise RuntimeError(f"worker {world.name} {modes} {extras} failed ({proc.returncode})")
+    print(proc.stdout.strip().rsplit("\n", 1)[0], flush=True)
+    return json.loads(proc.stdout.strip().rsplit("\n", 1)[-1])
+
+
+def _merge_rounds(runs: list[dict]) -> dict:
+    """Several rounds (subprocesses) of one mode: the round with the median step time, its
+    peak replaced by the median peak, and every round's step time for the record."""
+    results = sorted((next(iter(r["modes"].values())) for r in runs), key=lambda r: r["step_s_median"])
+    chosen = dict(results[len(results) // 2])
+    chosen["rounds_step_s_median"] = [r["step_s_median"] for r in results]
+    chosen["peak_bytes"] = int(statistics.median(r["peak_bytes"] for r in results))
+    chosen["step_extra_bytes"] = int(statistics.median(r["step_extra_bytes"] for r in results))
+    chosen["resident_between_steps_bytes"] = int(statistics.median(r["resident_between_steps_bytes"] for r in results))
+    return chosen
+
+
+# ----------------------------------------------------------------------------- report
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, res in results.items():
+        m = res["machine"]
+        where = m.get("gpu") or f"{m['platform']}, {m['cpu_threads']} torch threads"
+        lines += [f"## {name}", "", f"{res['date']} on {m['host']} ({where}); torch {m['torch']}, "
+                  f"diffusers {m.get('diffusers', '?')}; load average {m['loadavg'][0]:.1f} at start.", ""]
+        s = res["settings"]
+        lines += [f"Model {s['model']}, {s['resolution']} px, batch {s['instance_batch']} instance + {s['prior_batch']} prior, "
+                  f"median of {s['steps']} warm steps after {s['warmup']}.", ""]
+        lines += ["| mode | step s (median) | steps/s | peak GiB | resident GiB | step extra GiB | TFLOP/s |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for mode, r in res["modes"].items():
+            tf = f"{r['tflops_achieved']:.1f}" if "tflops_achieved" in r else ""
+            lines.append(f"| {mode} | {r['step_s_median']:.4f} | {r['steps_per_s']:.2f} | {_gib(r['peak_bytes'])} | "
+                         f"{_gib(r['resident_between_steps_bytes'])} | {_gib(r['step_extra_bytes'])} | {tf} |")
+        lines += ["", "| ratio | step time | peak memory | step extra memory |", "| --- | ---: | ---: | ---: |"]
+        for key, r in res["ratios"].items():
+            lines.append(f"| {key} | {r['step_time']:.3f} | {r['peak_memory']:.3f} | {r['step_extra_memory']:.3f} |")
+        for key in sorted(k for k in res if k.endswith("_error")):
+            lines += ["", f"{key[: -len('_error')]} failed: `{res[key]}`"]
+        if "flops_per_step" in res:
+            lines += ["", "FLOPs per step: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP" for k, v in res["flops_per_step"].items())]
+        if "sampling" in res:
+            sm = res["sampling"]
+            lines += ["", f"Sampling ({sm['steps']} DDIM steps, CFG, batch {sm['batch']}): plain {sm['plain_s']:.3f} s, "
+                      f"with token-map capture {sm['capture_s']:.3f} s "
+                      f"(x{sm['capture_over_plain']:.3f})."]
+        if "concept_400" in res:
+            c = res["concept_400"]
+            lines += ["", f"Full concept: {c['prior_images']} prior images x {c['prior_sampling_steps']} DDIM steps "
+                      f"{c['prior_extrapolated_s']:.0f} s ({c['note']}) + 400 steps {c['train_400_steps_s']:.0f} s "
+                      f"= **{c['concept_total_s']:.0f} s**."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+START, END = "<!-- bench:start (generated by scripts/bench_performance.py) -->", "<!-- bench:end -->"
+
+
+def write_markdown(path: Path, results: dict) -> None:
+    """Regenerate the tables between the markers of ``path``, keeping the prose around them."""
+    tables = f"{START}\n\n{markdown(results)}\n{END}"
+    text = path.read_text() if path.is_file() else ""
+    if START in text and END in text:
+        text = text[: text.index(START)] + tables + text[text.index(END) + len(END) :]
+    else:
+        text = "# Performance measurements\n\n" + tables + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["tinyworld-cpu", "sd15-256-cpu"],
+                        choices=sorted(WORLDS) + [TINY_TEST_WORLD.name])
+    parser.add_argument("--modes", default=",".join(MODES), help="comma list of none,hard,soft,store")
+    parser.add_argument("--extras", default=None, help="comma list of sampling,flops,concept,checkpointing (default per config)")
+    parser.add_argument("--rounds", type=int, default=None, help="CPU: repeat each mode's subprocess this often")
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "performance.json")
+    parser.add_argument("--markdown", type=Path, default=None, help="default: the --json path with .md")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU: torch threads (default 1: on a shared CPU, spinning OpenMP threads make "
+                        "multi-threaded timings meaningless; the tests run single-threaded for the same reason)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    worlds = {**WORLDS, TINY_TEST_WORLD.name: TINY_TEST_WORLD}
+    if args.worker:
+        modes = [m for m in args.modes.split(",") if m and m != "-"]
+        extras = [e for e in (args.extras or "").split(",") if e and e != "-"]
+        print(json.dumps(run_worker(worlds[args.worker], modes, extras)))
+        return
+    modes = [m for m in args.modes.split(",") if m]
+    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    for name in args.configs:
+        world = worlds[name]
+        extras = args.extras.split(",") if args.extras else (
+            ["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"])
+        rounds = args.rounds or (3 if world.model != "sd15" else 1)
+        results[name] = run_world(world, modes, [e for e in extras if e and e != "-"], rounds)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+        write_markdown(args.markdown or args.json.with_suffix(".md"), results)
+        print(markdown({name: results[name]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
