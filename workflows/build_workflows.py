@@ -180,13 +180,13 @@ def train_multi_concept() -> Graph:
         "(e.g. paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
         "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, "
         "and embeddings tinyworld_pair_dotstar / tinyworld_pair_bluecircle.")}, size=(420, 220))
-    loader = g.add("TextLocTinyWorldLoader", (20, 280), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add("TextLocTinyWorldConceptSet", (20, 440), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0})
-    star = g.add("TextLocConceptFromMask", (400, 300), {"name": "dotstar", "token": "<dotstar1>", "class_word": "star"},
+    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
+    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0})
+    star = g.add("TextLocConceptFromMask", (440, 300), {"name": "dotstar", "token": "<dotstar1>", "class_word": "star"},
                  {"images": (photos, 1), "masks": (photos, 2)})
-    circle = g.add("TextLocConceptFromMask", (400, 560), {"name": "bluecircle", "token": "<circle1>", "class_word": "circle"},
+    circle = g.add("TextLocConceptFromMask", (440, 640), {"name": "bluecircle", "token": "<circle1>", "class_word": "circle"},
                    {"images": (photos, 1), "masks": (photos, 3), "concepts": (star, 0)})
-    g.add("TextLocTrain", (780, 280), {
+    g.add("TextLocTrain", (860, 300), {
         "guidance": "hard", "steps": 200, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
         "checkpoint_every": 50, "adapter_name": "tinyworld_pair",
     }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (circle, 0)}, size=(340, 420))
@@ -201,23 +201,23 @@ def generate_with_adapter() -> Graph:
         "'a <dotstar1> star'. Stock nodes can use the same adapter too: LoraLoaderModelOnly "
         "(textloc/<name>.safetensors) + 'embedding:<name>_<concept>' in CLIPTextEncode.")}, size=(420, 200))
     loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
-    apply = g.add("TextLocApplyAdapter", (380, 260), {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
+    apply = g.add("TextLocApplyAdapter", (440, 300), {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
                   {"model": (loader, 0), "clip": (loader, 1)})
     prompt = "a <dotstar1> star and a <circle1> circle on sand"
-    pos = g.add("CLIPTextEncode", (740, 200), {"text": prompt}, {"clip": (apply, 1)})
-    neg = g.add("CLIPTextEncode", (740, 420), {"text": ""}, {"clip": (apply, 1)})
+    pos = g.add("CLIPTextEncode", (860, 40), {"text": prompt}, {"clip": (apply, 1)}, size=(400, 240))
+    neg = g.add("CLIPTextEncode", (860, 330), {"text": ""}, {"clip": (apply, 1)}, size=(400, 240))
     # EmptyLatentImage assumes a VAE factor of 8; TinyWorld's is 4, so 128 here decodes to 64 px
-    latent = g.add("EmptyLatentImage", (740, 620), {"width": 128, "height": 128, "batch_size": 2},
+    latent = g.add("EmptyLatentImage", (860, 620), {"width": 128, "height": 128, "batch_size": 2},
                    title="Empty Latent (128 = 64 px for TinyWorld)")
-    sampler = g.add("KSampler", (1100, 200), dict(SAMPLE), {"model": (apply, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (latent, 0)})
-    decode = g.add("VAEDecode", (1460, 200), {}, {"samples": (sampler, 0), "vae": (loader, 2)})
-    g.add("SaveImage", (1700, 200), {"filename_prefix": "textloc/generated"}, {"images": (decode, 0)})
-    preview = g.add("TextLocAttentionPreview", (1100, 560), {
+    sampler = g.add("KSampler", (1300, 40), dict(SAMPLE), {"model": (apply, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (latent, 0)})
+    decode = g.add("VAEDecode", (1700, 40), {}, {"samples": (sampler, 0), "vae": (loader, 2)})
+    g.add("SaveImage", (1960, 40), {"filename_prefix": "textloc/generated"}, {"images": (decode, 0)})
+    preview = g.add("TextLocAttentionPreview", (1300, 560), {
         "prompt": prompt, "negative": "", "tokens": "", **SAMPLE, "width": 64, "height": 64, "batch_size": 1,
-    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(340, 520))
-    g.add("SaveImage", (1460, 560), {"filename_prefix": "textloc/attention_overlay"}, {"images": (preview, 1)})
-    maps = g.add("MaskToImage", (1460, 860), {}, {"mask": (preview, 2)})
-    g.add("SaveImage", (1700, 860), {"filename_prefix": "textloc/attention_maps"}, {"images": (maps, 0)})
+    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(360, 600))
+    g.add("SaveImage", (1700, 560), {"filename_prefix": "textloc/attention_overlay"}, {"images": (preview, 1)})
+    maps = g.add("MaskToImage", (1700, 940), {}, {"mask": (preview, 2)})
+    g.add("SaveImage", (1960, 940), {"filename_prefix": "textloc/attention_maps"}, {"images": (maps, 0)})
     return g
 
 
@@ -227,23 +227,23 @@ def tinyworld_demo() -> Graph:
         "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
         "stands next to a blue circle; its mask guides the token's attention (hard guidance). Then the token is "
         "used alone, in the training context, and in a new scene; each preview shows where <tw1> attends.")}, size=(420, 200))
-    loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add("TextLocTinyWorldConceptSet", (20, 420), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
-    train = g.add("TextLocTrain", (400, 260), {
+    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
+    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
+    train = g.add("TextLocTrain", (440, 300), {
         "guidance": "hard", "steps": 200, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
         "checkpoint_every": 50, "adapter_name": "tinyworld_dotstar",
     }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)}, size=(340, 420))
-    apply = g.add("TextLocApplyAdapter", (780, 260), {"adapter_file": "(none)", "strength": 1.0},
+    apply = g.add("TextLocApplyAdapter", (860, 300), {"adapter_file": "(none)", "strength": 1.0},
                   {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)})
     scenes = [("alone", "a <tw1> star on grass"), ("context", "a <tw1> star and a blue circle on sand"),
               ("new_scene", "a <tw1> star and a red triangle on night")]
     for row, (label, prompt) in enumerate(scenes):
-        y = 200 + row * 420
-        preview = g.add("TextLocAttentionPreview", (1140, y), {
+        y = 40 + row * 860
+        preview = g.add("TextLocAttentionPreview", (1280, y), {
             "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 2,
-        }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, title=f"Preview: {label}", size=(340, 400))
-        g.add("SaveImage", (1500, y), {"filename_prefix": f"textloc/tinyworld_{label}"}, {"images": (preview, 0)})
-        g.add("SaveImage", (1760, y), {"filename_prefix": f"textloc/tinyworld_{label}_attention"}, {"images": (preview, 1)})
+        }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, title=f"Preview: {label}", size=(360, 600))
+        g.add("SaveImage", (1700, y), {"filename_prefix": f"textloc/tinyworld_{label}"}, {"images": (preview, 0)})
+        g.add("SaveImage", (2080, y), {"filename_prefix": f"textloc/tinyworld_{label}_attention"}, {"images": (preview, 1)})
     return g
 
 
