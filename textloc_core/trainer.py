@@ -16,6 +16,7 @@ replaying any RNG.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -158,9 +159,12 @@ class _Run:
             )
         self.latent_hw = tuple(self.latents.shape[-2:])
         self._setup_prior(prior_cache_dir)
-        self.injector = KVDeltaInjector(self.denoiser.unet)
         self.guided = config.method != "none" and config.lambda_attn > 0
         self.layers = self._probe_layers() if self.guided else set()
+        self.injector = KVDeltaInjector(self.denoiser.unet)  # last: nothing below can fail and leak its hooks
+        # One router for the whole run, installed by ``hooks()``: it must stay in place through
+        # backward, where gradient checkpointing re-runs the attn2 calls.
+        self.router = AttentionRouter(layers=self.layers, keep_grad=True) if self.guided else None
         params = self.injector.parameters() + list(self.embeddings.values())
         self.optimizer = torch.optim.AdamW(
             params,
@@ -201,6 +205,20 @@ class _Run:
         counts = {m.layer: m.probs.shape[1] for m in router.captured}
         return choose_layers(counts, self.config.map_levels)
 
+    def hooks(self) -> contextlib.ExitStack:
+        """Context keeping the K/V deltas (and, when guided, the attention routing) installed;
+        on exit the model is exactly the base model again."""
+        stack = contextlib.ExitStack()
+        stack.callback(self.injector.remove)
+        if self.router is not None:
+            stack.enter_context(self.denoiser.route_attention(self.router))
+        if self.config.gradient_checkpointing:
+            if not hasattr(self.denoiser, "gradient_checkpointing"):
+                stack.close()
+                raise ValueError("gradient_checkpointing: this model backend cannot recompute activations; turn it off")
+            stack.enter_context(self.denoiser.gradient_checkpointing())
+        return stack
+
     def _draw(self, step: int):
         """Everything random about one step, from (seed, step) alone."""
         g = step_generator(self.config.seed, step)
@@ -231,15 +249,13 @@ class _Run:
                 context = torch.cat([context, self.prior_context[self.prior_prompt_index[prior].to(dev)].to(context.dtype)])
             noise, timesteps = noise.to(dev), timesteps.to(dev)
             noisy = schedule.add_noise(latents, noise, timesteps)
-            router = None
-            if self.guided:
+            router = self.router
+            if router is not None:
                 # Prior rows get empty slots; only instance rows feed the attention loss.
                 layout = slot_layout(positions + [{}] * (len(latents) - n_inst), self.tokens)
-                router = AttentionRouter(layers=self.layers, token_slots=layout.slots.to(dev), keep_grad=True)
-                with self.denoiser.route_attention(router):
-                    pred = self.denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype))
-            else:
-                pred = self.denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype))
+                router.clear()
+                router.token_slots = layout.slots.to(dev)
+            pred = self.denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype))
         pred = pred.float()
         target = schedule.training_target(self.denoiser.prediction_type, latents, noise, timesteps)
         masks = self.masks[inst].to(dev)
@@ -269,6 +285,8 @@ class _Run:
                 "learning rate, or use mixed_precision='fp32'."
             )
         self._backward(total)
+        if self.router is not None:
+            self.router.clear()  # drop this step's maps (and any recomputed during backward)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def _instance_loss(self, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -363,7 +381,7 @@ def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_
     run = _Run(bundle, concept_set, config, prior_cache_dir)
     history: list[dict[str, float]] = []
     start, stopped = 0, False
-    try:
+    with run.hooks():
         if resume and checkpoint_dir is not None:
             state = ckpt.load_latest_checkpoint(Path(checkpoint_dir), config_json=config.to_json())
             if state is not None:
@@ -396,8 +414,6 @@ def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_
             config=config,
             prompts=list(run.prompts),
         )
-    finally:
-        run.injector.remove()
 
 
 def _save(ckpt, checkpoint_dir, step, run: _Run, config: TrainConfig, history) -> None:
@@ -429,7 +445,7 @@ def map_mask_error(
     probe = replace(config, method="hard", lambda_attn=1.0, lambda_prior=0.0)
     with torch.inference_mode(False), torch.no_grad():
         run = _Run(bundle, concept_set, probe, None)
-        try:
+        with run.hooks():
             if result is not None:
                 tensors = {f"kv:{k}": v for k, v in result.kv_deltas.items()}
                 tensors.update({f"emb:{k}": v for k, v in result.token_embeddings.items()})
@@ -440,6 +456,4 @@ def map_mask_error(
                 noise = torch.randn(run.latents.shape, generator=torch.Generator().manual_seed(seed + t))
                 losses, _ = run.losses(inst, None, torch.full((len(inst),), t), noise)
                 errors.append(float(losses["attention"]))
-        finally:
-            run.injector.remove()
     return sum(errors) / len(errors)

@@ -151,3 +151,13 @@ def test_resume_after_interruption_is_bit_identical(tiny_bundle, two_concepts, t
         assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
     for token in full.token_embeddings:
         assert torch.equal(full.token_embeddings[token], resumed.token_embeddings[token]), token
+
+
+def test_gradient_checkpointing_trains_the_same(tiny_bundle, two_concepts):
+    plain = train(tiny_bundle, two_concepts, _config(steps=2))
+    saved = train(tiny_bundle, two_concepts, _config(steps=2, gradient_checkpointing=True))
+    assert not tiny_bundle.denoiser.unet.is_gradient_checkpointing  # switched off again
+    for key in plain.kv_deltas:
+        torch.testing.assert_close(plain.kv_deltas[key], saved.kv_deltas[key], rtol=1e-4, atol=1e-6)
+    for token in plain.token_embeddings:
+        torch.testing.assert_close(plain.token_embeddings[token], saved.token_embeddings[token], rtol=1e-4, atol=1e-6)
