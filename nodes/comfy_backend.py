@@ -132,33 +132,36 @@ def tokenizer_with_embeddings(clip, lookup: Callable[[str], torch.Tensor | None]
     for name, inner, _encoder in _text_encoders(clip):
         size = int(getattr(inner, "embedding_size"))
         inner_copy = copy.copy(inner)
-        if inner_copy.embedding_directory is None:
-            # ComfyUI only looks embeddings up when a directory list exists; an empty one
-            # makes it call our lookup without searching any folder.
+        # ComfyUI only looks embeddings up when a directory list exists; an empty one makes
+        # it call our lookup without searching any folder.
+        searches_files = inner_copy.embedding_directory is not None
+        if not searches_files:
             inner_copy.embedding_directory = []
-        previous = inner_copy._try_get_embedding  # bound to the original (or an earlier copy)
+        previous = inner_copy._try_get_embedding  # the original's, or an earlier adapter's
 
-        def resolve(embedding_name: str, _prev=previous, _start=offset, _size=size):
+        def resolve(embedding_name: str, _prev=previous, _start=offset, _size=size, _files=searches_files):
             parts = embedding_name.split()
             if parts:
-                vec = lookup(parts[0]) if parts[0] in tokens else None
-                if vec is None and parts[0].strip(",") in tokens:
-                    stripped = parts[0].strip(",")
+                stripped = parts[0].strip(",")
+                if stripped in tokens:
                     vec = lookup(stripped)
                     if vec is not None:
-                        rest = parts[0][len(stripped):] + " " + " ".join(parts[1:])
-                        return vec[:, _start:_start + _size], rest.strip()
-                if vec is not None:
-                    return vec[:, _start:_start + _size], " ".join(parts[1:])
+                        rest = (parts[0][len(stripped):] + " " + " ".join(parts[1:])).strip()
+                        return vec[:, _start:_start + _size], rest
+            if not _files and getattr(_prev, "__self__", None) is not None:
+                return None, " ".join(parts[1:])  # the original has no folder to search
             return _prev(embedding_name)
 
         inner_copy._try_get_embedding = resolve
         setattr(outer, name, inner_copy)
         offset += size
-    previous_tokenize = outer.tokenize_with_weights
+    # one rewrite over every token stacked so far, then the tokenizer's own method on *this*
+    # copy (whose text encoders resolve all of them)
+    known = list(getattr(outer, "textloc_tokens", []))
+    outer.textloc_tokens = known + [t for t in tokens if t not in known]
 
     def tokenize_with_weights(text: str, return_word_ids: bool = False, **kwargs):
-        return previous_tokenize(rewrite_tokens(text, tokens), return_word_ids, **kwargs)
+        return type(outer).tokenize_with_weights(outer, rewrite_tokens(text, outer.textloc_tokens), return_word_ids, **kwargs)
 
     outer.tokenize_with_weights = tokenize_with_weights
     return outer

@@ -131,3 +131,45 @@ def test_tinyworld_loader_reads_diffusers_weights_like_diffusers(pack, tmp_path)
         decoded = comfy_vae.decode(z).movedim(-1, 1)
         expected = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
         torch.testing.assert_close(decoded, expected, atol=1e-3, rtol=1e-3)
+
+
+def _adapter(model, token: str, fingerprint: str | None = None, scale: float = 0.05, seed: int = 0):
+    """A hand-made adapter for ``model``: random K/V deltas and one token embedding."""
+    from textloc_pack.nodes.comfy_backend import base_fingerprint_and_weights
+    from textloc_pack.textloc_core.adapter import Adapter, AdapterMetadata, architecture_signature
+
+    base, kv = base_fingerprint_and_weights(model)
+    g = torch.Generator().manual_seed(seed)
+    deltas = {k: torch.randn(w.shape, generator=g) * scale for k, w in kv.items()}
+    meta = AdapterMetadata(base_fingerprint=fingerprint or base, architecture=architecture_signature(kv),
+                           concepts=[{"name": token.strip("<>"), "token": token, "class_word": "star", "init_word": ""}],
+                           method="hard")
+    return Adapter(deltas, {token: torch.randn(1, 64, generator=g)}, meta)
+
+
+def test_apply_adapter_stacks_tokens_and_checks_the_base(pack, tiny):
+    from textloc_pack.nodes.apply_node import apply_adapter
+    from textloc_pack.nodes.comfy_backend import ComfyTextBackend, find_positions
+
+    model, clip, _ = tiny
+    with torch.inference_mode():
+        first, second = _adapter(model, "<a1>"), _adapter(model, "<b1>", seed=1)
+        m1, c1 = apply_adapter(model, clip, first, 1.0)
+        m2, c2 = apply_adapter(m1, c1, second, 0.5)
+        tokens = c2.tokenize("a <a1> star and a <b1> star")
+        positions = find_positions(tokens, c2.tokenizer.textloc_embeddings)
+        assert positions == {"<a1>": [2], "<b1>": [6]}
+        base = clip.encode_from_tokens(clip.tokenize("a star and a star"))
+        assert not torch.equal(c2.encode_from_tokens(tokens), base)
+        assert len(m2.patches) == 2 * 7  # K and V of 7 attn2 layers, both adapters on each
+        assert clip.tokenizer.tokenize_with_weights is not c2.tokenizer.tokenize_with_weights  # input CLIP untouched
+        # an adapter trained on other base weights is refused unless asked for
+        foreign = _adapter(model, "<c1>", fingerprint="0123456789abcdef")
+        with pytest.raises(ValueError, match="ignore base mismatch"):
+            apply_adapter(model, clip, foreign, 1.0)
+        apply_adapter(model, clip, foreign, 1.0, allow_base_mismatch=True)
+        # one token, two different embeddings: refused
+        clash = _adapter(model, "<a1>", seed=2)
+        with pytest.raises(ValueError, match="<a1>"):
+            apply_adapter(m1, c1, clash, 1.0)
+    assert ComfyTextBackend(c2).embedding_dim == 64
