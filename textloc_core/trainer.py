@@ -92,6 +92,17 @@ def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
+def _adamw(config: TrainConfig):
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW when ``use_8bit_adam`` (CUDA only)."""
+    if not config.use_8bit_adam:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ValueError("use_8bit_adam: bitsandbytes is not installed; pip install bitsandbytes or turn it off") from None
+    return bitsandbytes.optim.AdamW8bit
+
+
 def _prepare_images(concept_set: ConceptSet, config: TrainConfig, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) images and (N, K, H, W) masks in concept order, checked and sized."""
     if not concept_set.concepts:
@@ -161,12 +172,13 @@ class _Run:
         self._setup_prior(prior_cache_dir)
         self.guided = config.method != "none" and config.lambda_attn > 0
         self.layers = self._probe_layers() if self.guided else set()
+        optimizer_class = _adamw(config)
         self.injector = KVDeltaInjector(self.denoiser.unet)  # last: nothing below can fail and leak its hooks
         # One router for the whole run, installed by ``hooks()``: it must stay in place through
         # backward, where gradient checkpointing re-runs the attn2 calls.
         self.router = AttentionRouter(layers=self.layers, keep_grad=True) if self.guided else None
         params = self.injector.parameters() + list(self.embeddings.values())
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = optimizer_class(
             params,
             lr=config.effective_learning_rate,
             betas=(config.adam_beta1, config.adam_beta2),

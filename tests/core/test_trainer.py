@@ -161,3 +161,33 @@ def test_gradient_checkpointing_trains_the_same(tiny_bundle, two_concepts):
         torch.testing.assert_close(plain.kv_deltas[key], saved.kv_deltas[key], rtol=1e-4, atol=1e-6)
     for token in plain.token_embeddings:
         torch.testing.assert_close(plain.token_embeddings[token], saved.token_embeddings[token], rtol=1e-4, atol=1e-6)
+
+
+def test_masked_denoise_loss_ignores_pixels_outside_the_masks(tiny_bundle, two_concepts):
+    from textloc_core.trainer import _Run
+
+    run = _Run(tiny_bundle, two_concepts, _config(masked_denoise_loss=True, prior_images_per_class=0), None)
+    run.injector.remove()
+    masks = torch.zeros(1, 2, 16, 16)
+    masks[0, 0, :8, :8] = 1  # concept 0 covers the top-left latent quarter
+    target = torch.zeros(1, 4, 8, 8)
+    pred = torch.zeros(1, 4, 8, 8)
+    pred[..., 4:, :] = 5.0  # wrong only outside the masks
+    assert run._instance_loss(pred, target, masks).item() == 0.0
+    pred[..., :4, :4] = 1.0  # wrong inside by 1 everywhere
+    assert run._instance_loss(pred, target, masks).item() == pytest.approx(1.0)
+    run.config.masked_denoise_loss = False
+    assert run._instance_loss(pred, target, masks).item() == pytest.approx((25 * 32 + 16) / 64)
+
+
+def test_missing_8bit_adam_is_explained_and_leaves_no_hooks(tiny_bundle, two_concepts):
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ValueError, match="bitsandbytes"):
+        train(tiny_bundle, two_concepts, _config(use_8bit_adam=True))
+    layers = find_cross_attention(tiny_bundle.denoiser.unet)
+    assert all(not attn.to_k._forward_hooks for attn in layers.values())
