@@ -18,7 +18,8 @@ class TrainConfig:
     steps: int = 400
     learning_rate: float = 1e-5
     scale_lr_by_batch: bool = True
-    """As the paper's code: effective lr = learning_rate x instance batch (4e-5 for batch 2...)."""
+    """As the paper's (Custom Diffusion's) code: effective lr = learning_rate x the images per step,
+    instance + prior (1e-5 x (2 + 2) = 4e-5 for one target, 1e-5 x (3 + 3) = 6e-5 for two)."""
     instance_batch: int = 2
     prior_batch: int = 2
     lambda_prior: float = 1.0
@@ -75,8 +76,15 @@ class TrainConfig:
             self.map_levels = tuple(self.map_levels)
 
     @property
+    def uses_prior(self) -> bool:
+        """Prior preservation is on: prior images are generated and each step trains on some."""
+        return self.lambda_prior > 0 and self.prior_images_per_class > 0 and self.prior_batch > 0
+
+    @property
     def effective_learning_rate(self) -> float:
-        return self.learning_rate * (self.instance_batch if self.scale_lr_by_batch else 1)
+        if not self.scale_lr_by_batch:
+            return self.learning_rate
+        return self.learning_rate * (self.instance_batch + (self.prior_batch if self.uses_prior else 0))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

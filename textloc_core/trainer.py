@@ -190,7 +190,7 @@ class _Run:
     def _setup_prior(self, cache_dir: Path | None) -> None:
         config = self.config
         self.prior_latents = self.prior_context = None
-        if config.lambda_prior <= 0 or config.prior_images_per_class <= 0 or config.prior_batch <= 0:
+        if not config.uses_prior:
             return
         from .prior import prior_latents
 
