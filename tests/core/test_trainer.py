@@ -122,6 +122,10 @@ def test_nan_loss_stops_with_a_clear_error(tiny_bundle, two_concepts):
 
 def test_runs_under_inference_mode_like_comfyui(tiny_bundle, two_concepts):
     with torch.inference_mode():
+        for item in two_concepts.images:  # ComfyUI's IMAGE/MASK tensors are inference tensors
+            item.image = item.image.clone()
+            item.masks = {k: v.clone() for k, v in item.masks.items()}
+        assert two_concepts.images[0].image.is_inference()
         result = train(tiny_bundle, two_concepts, _config(steps=1, prior_images_per_class=0))
     assert result.steps_done == 1 and not result.kv_deltas[next(iter(result.kv_deltas))].is_inference()
 
