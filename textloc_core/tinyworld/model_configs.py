@@ -212,7 +212,7 @@ def build_scheduler():
     """SD1's DDPM training schedule (scaled-linear betas, 1000 steps, epsilon)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(**_cfg(SCHEDULER_CONFIG))
+    return DDPMScheduler.from_config(_cfg(SCHEDULER_CONFIG))
 
 
 def comfy_unet_config() -> dict:

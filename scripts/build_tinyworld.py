@@ -1,0 +1,47 @@
+"""Rebuild TinyWorld's weights from scratch (seeded, reproducible).
+
+    python scripts/build_tinyworld.py --device cuda                 # shipped recipe, minutes on a GPU
+    python scripts/build_tinyworld.py --device cpu --preset cpu     # about an hour on 2 CPU cores
+    python scripts/build_tinyworld.py --preset quick --out /tmp/tw  # seconds: checks the path runs
+
+Writes a diffusers StableDiffusionPipeline folder (model_index.json, unet/, vae/,
+text_encoder/, tokenizer/, scheduler/) plus clip_vision/ and judge/, by default into
+textloc_core/tinyworld/weights/ (the shipped location).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from textloc_core.tinyworld.train_world import PRESETS, build_all  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="sizes and step counts (default: gpu on cuda, cpu on cpu)")
+    parser.add_argument("--out", type=Path, default=ROOT / "textloc_core" / "tinyworld" / "weights")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None, help="processes that render scenes")
+    parser.add_argument("--budget", action="append", default=[], metavar="PHASE=SECONDS",
+                        help="stop a phase (vae, clip, judge) early after SECONDS, or the UNet once the "
+                             "whole build reaches total=SECONDS (guards a lent GPU's time limit)")
+    args = parser.parse_args()
+    preset = args.preset or ("gpu" if args.device.startswith("cuda") else "cpu")
+    budgets = {}
+    for item in args.budget:
+        name, _, seconds = item.partition("=")
+        if name not in {"vae", "clip", "judge", "total"} or not seconds:
+            parser.error(f"--budget {item!r}: write PHASE=SECONDS with PHASE one of vae, clip, judge, total")
+        budgets[name] = float(seconds)
+    build_all(args.out, preset, args.device, seed=args.seed, workers=args.workers, budgets=budgets)
+
+
+if __name__ == "__main__":
+    main()
