@@ -223,16 +223,9 @@ def measure_training(world: World, bundle, concept_set, mode: str, *, gradient_c
         marks["last"], marks["last_cpu"] = time.perf_counter(), time.process_time()
 
     config = train_config(world, mode, world.warmup + world.steps, gradient_checkpointing=gradient_checkpointing)
-    unet = bundle.denoiser.unet
-    if gradient_checkpointing:  # diffusers' own (non-reentrant) activation checkpointing
-        unet.enable_gradient_checkpointing()
     gc.collect()
     started = time.perf_counter()
-    try:
-        result = train(model_bundle_for(bundle, mode), concept_set, config, on_step=on_step)
-    finally:
-        if gradient_checkpointing:
-            unet.disable_gradient_checkpointing()
+    result = train(model_bundle_for(bundle, mode), concept_set, config, on_step=on_step)
     total = time.perf_counter() - started
     warm = times[world.warmup - 1 :]
     median = statistics.median(warm)
@@ -365,38 +358,63 @@ def machine() -> dict:
     return info
 
 
-def run_worker(world: World, modes: list[str], extras: list[str]) -> dict:
-    """Everything for ``world`` that runs in this one process."""
+def run_worker(world: World, modes: list[str], extras: list[str], partial: Path | None = None) -> dict:
+    """Everything for ``world`` that runs in this one process.
+
+    Each measurement is guarded: a failure is recorded as ``<name>_error`` and the rest still
+    runs; with ``partial`` the results so far are written there after every measurement, so
+    a run cut off by a time limit still leaves its numbers.
+    """
     torch.manual_seed(0)
     t0 = time.perf_counter()
     bundle = build_bundle(world)
     concept_set = synthetic_concept_set(world.resolution)
     out: dict = {"build_s": time.perf_counter() - t0, "threads": torch.get_num_threads(), "modes": {}}
-    trained = None
-    for mode in modes:
-        out["modes"][mode], trained = measure_training(world, bundle, concept_set, mode)
-        print(f"[{world.name}] {mode}: {out['modes'][mode]['step_s_median']:.4f} s/step, "
-              f"peak {out['modes'][mode]['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+    state: dict = {"trained": None}
+
+    def guarded(name: str, work) -> None:
+        try:
+            work()
+        except Exception as error:  # recorded, not hidden: the report quotes it
+            out[f"{name}_error"] = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            print(f"[{world.name}] {name} failed: {out[f'{name}_error']}", flush=True)
         gc.collect()
         if world.device == "cuda":
             torch.cuda.empty_cache()
-    if "checkpointing" in extras:  # optional activation checkpointing (diffusers' own)
-        for mode in ("none", "hard"):
-            try:
-                out["modes"][f"{mode}+ckpt"], _ = measure_training(world, bundle, concept_set, mode, gradient_checkpointing=True)
-            except Exception as error:  # recorded, not hidden: the report quotes it
-                out[f"{mode}+ckpt_error"] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
-            gc.collect()
-    if "flops" in extras:
-        out["flops_per_step"] = {m: count_step_flops(world, bundle, concept_set, m) for m in ("none", "hard", "store")}
-    if "sampling" in extras:
-        if trained is None:  # a short run gives the adapter (timing does not depend on its values)
-            trained = train_short(world, bundle, concept_set)
-        out["sampling"] = measure_sampling(world, bundle, trained)
+        if partial is not None:
+            partial.write_text(json.dumps(out, indent=1))
+
+    def train_mode(mode: str, checkpointing: bool = False) -> None:
+        key = f"{mode}+ckpt" if checkpointing else mode
+        out["modes"][key], trained = measure_training(world, bundle, concept_set, mode, gradient_checkpointing=checkpointing)
+        state["trained"] = state["trained"] or trained
+        r = out["modes"][key]
+        print(f"[{world.name}] {key}: {r['step_s_median']:.4f} s/step, peak {r['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+
+    def sampling() -> None:
+        # any TrainResult is an adapter to sample with (timing does not depend on its values)
+        out["sampling"] = measure_sampling(world, bundle, state["trained"] or train_short(world, bundle, concept_set))
         print(f"[{world.name}] sampling: capture/plain {out['sampling']['capture_over_plain']:.3f}", flush=True)
-    if "concept" in extras:
+
+    def concept() -> None:
         hard = out["modes"].get("hard") or measure_training(world, bundle, concept_set, "hard")[0]
         out["concept_400"] = measure_concept_time(world, bundle, hard["step_s_median"])
+        print(f"[{world.name}] 400-step concept: {out['concept_400']['concept_total_s']:.0f} s", flush=True)
+
+    def flops() -> None:
+        out["flops_per_step"] = {m: count_step_flops(world, bundle, concept_set, m) for m in ("none", "hard", "store")}
+
+    for mode in modes:
+        guarded(mode, lambda: train_mode(mode))
+    if "sampling" in extras:
+        guarded("sampling", sampling)
+    if "concept" in extras:
+        guarded("concept_400", concept)
+    if "flops" in extras:
+        guarded("flops", flops)
+    if "checkpointing" in extras:  # optional activation checkpointing (diffusers' own)
+        for mode in ("none", "hard"):
+            guarded(f"{mode}+ckpt", lambda: train_mode(mode, checkpointing=True))
     return out
 
 
@@ -406,13 +424,14 @@ def _ratios(modes: dict) -> dict:
         if a in modes and b in modes:
             ratios[f"{a}/{b}"] = {
                 "step_time": modes[a]["step_s_median"] / modes[b]["step_s_median"],
+                "step_cpu_time": modes[a]["step_cpu_s_median"] / modes[b]["step_cpu_s_median"],
                 "peak_memory": modes[a]["peak_bytes"] / modes[b]["peak_bytes"],
                 "step_extra_memory": modes[a]["step_extra_bytes"] / max(1, modes[b]["step_extra_bytes"]),
             }
     return ratios
 
 
-def run_world(world: World, modes: list[str], extras: list[str], rounds: int) -> dict:
+def run_world(world: World, modes: list[str], extras: list[str], rounds: int, partial: Path | None = None) -> dict:
     """CPU: one fresh subprocess per (mode, round) so each RSS peak is that mode's alone;
     CUDA: one process (the allocator's peak resets per mode), saving model builds."""
     result: dict = {
@@ -422,13 +441,17 @@ def run_world(world: World, modes: list[str], extras: list[str], rounds: int) ->
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
     if world.device == "cuda":
-        result.update(run_worker(world, modes, extras))
+        result.update(run_worker(world, modes, extras, partial=partial))
     else:
         per_mode: dict[str, list[dict]] = {m: [] for m in modes}
-        for r in range(rounds):
+        for r in range(rounds):  # rounds interleave the modes, so drifting load hits all alike
             for mode in modes:
-                per_mode[mode].append(_subprocess(world, [mode], []))
-        result["modes"] = {m: _merge_rounds(runs) for m, runs in per_mode.items()}
+                run = _subprocess(world, [mode], [])
+                if mode in run["modes"]:
+                    per_mode[mode].append(run)
+                else:
+                    result[f"{mode}_error"] = run.get(f"{mode}_error", "no result")
+        result["modes"] = {m: _merge_rounds(runs) for m, runs in per_mode.items() if runs}
         if extras:
             extra = _subprocess(world, [], extras)
             result["modes"].update(extra.pop("modes"))  # e.g. the +ckpt variants
@@ -479,15 +502,15 @@ def markdown(results: dict) -> str:
         s = res["settings"]
         lines += [f"Model {s['model']}, {s['resolution']} px, batch {s['instance_batch']} instance + {s['prior_batch']} prior, "
                   f"median of {s['steps']} warm steps after {s['warmup']}.", ""]
-        lines += ["| mode | step s (median) | steps/s | peak GiB | resident GiB | step extra GiB | TFLOP/s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["| mode | step s (median) | steps/s | CPU s/step | peak GiB | resident GiB | step extra GiB | TFLOP/s |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for mode, r in res["modes"].items():
             tf = f"{r['tflops_achieved']:.1f}" if "tflops_achieved" in r else ""
-            lines.append(f"| {mode} | {r['step_s_median']:.4f} | {r['steps_per_s']:.2f} | {_gib(r['peak_bytes'])} | "
+            lines.append(f"| {mode} | {r['step_s_median']:.4f} | {r['steps_per_s']:.2f} | {r['step_cpu_s_median']:.4f} | {_gib(r['peak_bytes'])} | "
                          f"{_gib(r['resident_between_steps_bytes'])} | {_gib(r['step_extra_bytes'])} | {tf} |")
-        lines += ["", "| ratio | step time | peak memory | step extra memory |", "| --- | ---: | ---: | ---: |"]
+        lines += ["", "| ratio | step time | step CPU time | peak memory | step extra memory |", "| --- | ---: | ---: | ---: | ---: |"]
         for key, r in res["ratios"].items():
-            lines.append(f"| {key} | {r['step_time']:.3f} | {r['peak_memory']:.3f} | {r['step_extra_memory']:.3f} |")
+            lines.append(f"| {key} | {r['step_time']:.3f} | {r['step_cpu_time']:.3f} | {r['peak_memory']:.3f} | {r['step_extra_memory']:.3f} |")
         for key in sorted(k for k in res if k.endswith("_error")):
             lines += ["", f"{key[: -len('_error')]} failed: `{res[key]}`"]
         if "flops_per_step" in res:
@@ -548,7 +571,8 @@ def main(argv: list[str] | None = None) -> None:
         extras = args.extras.split(",") if args.extras else (
             ["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"])
         rounds = args.rounds or (3 if world.model != "sd15" else 1)
-        results[name] = run_world(world, modes, [e for e in extras if e and e != "-"], rounds)
+        results[name] = run_world(world, modes, [e for e in extras if e and e != "-"], rounds,
+                                  partial=args.json.with_suffix(f".{name}.partial.json"))
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
         write_markdown(args.markdown or args.json.with_suffix(".md"), results)

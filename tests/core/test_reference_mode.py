@@ -104,3 +104,43 @@ def test_explicit_self_attention_refuses_models_without_diffusers_attention():
     with pytest.raises(ValueError, match="attn1"):
         with explicit_self_attention(torch.nn.Linear(2, 2)):
             pass
+
+
+def test_the_trainer_trains_the_reference_like_the_efficient_path(tiny_parts):
+    """``train`` on ``store_everything_bundle`` (no trainer change) gives the same losses and
+    the same learned K/V deltas and token as on the plain bundle: the benchmark times one
+    function two ways. Two concepts, one of them absent from an image, prior loss on."""
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+    from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+    from textloc_core.config import TrainConfig
+    from textloc_core.trainer import train
+
+    def square(top, left):
+        mask = torch.zeros(16, 16)
+        mask[top : top + 6, left : left + 6] = 1
+        return mask
+
+    torch.manual_seed(5)
+    concepts = [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")]
+    images = [
+        ConceptImage(torch.rand(3, 16, 16), {"doll": square(1, 1), "bucket": square(9, 8)}),
+        ConceptImage(torch.rand(3, 16, 16), {"bucket": square(2, 9)}),
+    ]
+    config = TrainConfig(method="hard", steps=2, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2)
+    bundle = bundle_from_diffusers(**tiny_parts)
+    efficient = train(bundle, ConceptSet(concepts, images), config)
+    reference_bundle = store_everything_bundle(bundle)
+    reference = train(reference_bundle, ConceptSet(concepts, images), config)
+
+    assert reference_bundle.denoiser.last_router.stored, "the reference mode stored no maps"
+    for mine, theirs in zip(efficient.history, reference.history):
+        assert theirs["attention"] > 0
+        assert theirs == pytest.approx(mine, rel=1e-4)
+    # Adam's update is ~ lr x sign(grad), so where a gradient is ~0 the last-bit difference of
+    # fused vs explicit self-attention can flip it: allow 2% of one step (lr 1e-3), far below
+    # what a different loss would move (a whole lr per step)
+    for key, delta in efficient.kv_deltas.items():
+        assert delta.abs().sum() > 0
+        torch.testing.assert_close(reference.kv_deltas[key], delta, rtol=1e-3, atol=2e-5)
+    for token, vector in efficient.token_embeddings.items():
+        torch.testing.assert_close(reference.token_embeddings[token], vector, rtol=1e-4, atol=1e-6)
