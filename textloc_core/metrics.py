@@ -82,6 +82,10 @@ def clip_preprocess(
     return (images - mean_t) / std_t
 
 
+def _has_tokenizer(directory: Path) -> bool:
+    return (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
+
+
 class ClipFeatureModel:
     """A ``FeatureModel`` over transformers CLIP towers.
 
@@ -127,7 +131,7 @@ class ClipFeatureModel:
         if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "clip":
             model = CLIPModel.from_pretrained(root, **kwargs).to(device)
             vision = text = model
-            tokenizer_dir = root if (root / "vocab.json").is_file() else root / "tokenizer"
+            tokenizer_dir = root if _has_tokenizer(root) else root / "tokenizer"
         elif (root / "vision").is_dir() and (root / "text").is_dir():
             vision = CLIPVisionModelWithProjection.from_pretrained(root / "vision", **kwargs).to(device)
             text = CLIPTextModelWithProjection.from_pretrained(root / "text", **kwargs).to(device)
@@ -137,8 +141,11 @@ class ClipFeatureModel:
                 f"CLIP directory {str(root)!r}: expected a saved CLIPModel (config.json with "
                 "model_type 'clip') or vision/ + text/ + tokenizer/ sub-folders"
             )
-        if not (tokenizer_dir / "vocab.json").is_file():
-            raise ValueError(f"CLIP directory {str(root)!r}: no tokenizer files (vocab.json) in {str(tokenizer_dir)!r}")
+        if not _has_tokenizer(tokenizer_dir):
+            raise ValueError(
+                f"CLIP directory {str(root)!r}: no tokenizer files (vocab.json + merges.txt, or tokenizer.json) "
+                f"in {str(tokenizer_dir)!r}; copy the checkpoint's tokenizer files there"
+            )
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         extra = {}
         for candidate in (root / "preprocessor_config.json", root / "vision" / "preprocessor_config.json"):

@@ -1,0 +1,500 @@
+"""The TinyWorld results table: hard vs soft vs none (Custom Diffusion), measured.
+
+    python scripts/bench_methods.py                      # the committed table (docs/results.md)
+    python scripts/bench_methods.py --quick --random-weights --out /tmp/bench   # smoke run
+
+For each held-out TinyWorld concept (its multi-concept set: 5 photos of the concept next to
+the same companion object, masks for both), each seed and each method, on the same data,
+steps and seeds:
+
+* single-concept: learn only the new concept (the companion stays in the photos, unnamed,
+  as in the paper's "one target in a multi-concept image"), then generate it alone on every
+  background and in new scenes with other objects;
+* multi-concept: learn both (two tokens), then generate both together on every background.
+
+Scored with ``textloc_core.metrics``: CLIP-I (generated vs renders of the concept alone;
+multi: mean over both concepts), CLIP-T (prompt without identifier tokens), KID (subset 5,
+TinyWorld CLIP image features), attention IoU (the token's map on fresh renders with exact
+masks, noised at t = 200/500/800, Otsu-free fixed threshold 0.5 after min-max) and the share
+of the token's attention mass that falls on the companion; and by the TinyWorld judge:
+target fidelity, leakage (single: the companion appears unprompted; multi: attribute
+bleed, the target's texture on the companion's shape or the companion's colour on the
+target's shape), prompt alignment (prompted background and other objects present).
+Context rows: the base model prompted with the class word (no training), and fresh renders.
+
+Runs are spread over ``--workers`` processes with one torch thread each (on a shared
+2-core machine this is several times faster than one process with two threads).
+The table goes between the markers of ``docs/results.md`` (text outside them is kept); the
+figure (generations + attention overlays per method) to ``docs/results_examples.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from textloc_core import api, evaluation, heatmap, metrics  # noqa: E402
+from textloc_core.concepts import ConceptSet  # noqa: E402
+from textloc_core.config import TrainConfig  # noqa: E402
+
+METHODS = ("hard", "soft", "none")
+SETTINGS = ("single", "multi")
+BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
+COLUMNS = (
+    ("clip_i", "CLIP-I ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
+    ("attn_other", "attn on other ↓"), ("fidelity", "target fidelity ↑"), ("leakage", "leakage ↓"),
+    ("alignment", "prompt align ↑"),
+)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything that decides the numbers (written into results.md)."""
+
+    pairs: tuple[str, ...] = ("dotstar", "checkring", "stripebox")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    steps: int = 150
+    learning_rate: float = 2.5e-4
+    prior_images: int = 16
+    prior_steps: int = 20
+    images_per_prompt: int = 2
+    sample_steps: int = 25
+    guidance_scale: float = 5.0
+    n_references: int = 16
+    n_iou_scenes: int = 8
+    map_levels_eval: str = "all"
+    random_weights: bool = False
+
+
+# ----------------------------------------------------------------------------- the world
+
+_WORLD: dict = {}
+
+
+def _random_world() -> dict:
+    """TinyWorld's architecture with random weights: the whole path runs, numbers mean nothing."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from textloc_core.tinyworld import model_configs as mc
+    from textloc_core.tinyworld.judge import Judge, JudgeNet
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core/tinyworld/weights/tokenizer"))
+    text = mc.build_text_encoder().eval()
+    pipe = StableDiffusionPipeline(vae=mc.build_vae(), text_encoder=text, tokenizer=tokenizer, unet=mc.build_unet(),
+                                   scheduler=mc.build_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    vision = mc.build_vision_encoder().eval()
+    return {"pipe": pipe, "clip": metrics.ClipFeatureModel(vision, text, tokenizer), "judge": Judge(JudgeNet(8))}
+
+
+def world(random_weights: bool) -> dict:
+    """The TinyWorld bundle, CLIP feature model and judge, loaded once per process."""
+    if not _WORLD:
+        if random_weights:
+            parts = _random_world()
+        else:
+            from textloc_core import tinyworld
+
+            text, vision, tokenizer = tinyworld.load_clip()
+            parts = {"pipe": tinyworld.load_pipeline(), "judge": tinyworld.load_judge(),
+                     "clip": metrics.ClipFeatureModel(vision, text, tokenizer)}
+        from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+        parts["bundle"] = bundle_from_diffusers(parts["pipe"])
+        _WORLD.update(parts)
+    return _WORLD
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- one run
+
+def _kind_spec(kind, with_texture: bool = True) -> dict[str, str]:
+    spec = {"shape": kind.shape, "colour": kind.colour}
+    if with_texture:
+        spec["texture"] = kind.texture
+    return spec
+
+
+def _judgement(verdict) -> metrics.Judgement:
+    """The TinyWorld judge's pairwise verdict as partial detections (see metrics.object_present)."""
+    objects = [{"colour": c, "shape": s} for c, s in sorted(verdict.objects)]
+    objects += [{"texture": t, "shape": s} for t, s in sorted(verdict.textures)]
+    return metrics.Judgement(objects, verdict.background)
+
+
+def _others(concept) -> list:
+    """Two plain pretraining objects that share neither shape nor colour with the pair."""
+    from textloc_core.tinyworld import ObjectKind
+
+    taken_shapes = {concept.kind.shape, concept.companion.shape}
+    taken_colours = {concept.kind.colour, concept.companion.colour}
+    pool = [("triangle", "red"), ("cross", "white"), ("diamond", "pink"), ("square", "green"), ("circle", "yellow")]
+    return [ObjectKind(s, c) for s, c in pool if s not in taken_shapes and c not in taken_colours][:2]
+
+
+def _renders(kinds, n: int, seed: int):
+    """``n`` fresh renders of exactly ``kinds`` on cycling backgrounds: (images, masks per kind)."""
+    from textloc_core import tinyworld
+
+    images, masks = [], []
+    for i in range(n):
+        scene = tinyworld.render_scene(objects=list(kinds), background=tinyworld.BACKGROUNDS[i % 4], seed=10_000 + 97 * seed + i)
+        images.append(torch.from_numpy(scene.image).permute(2, 0, 1).float())
+        masks.append(torch.from_numpy(scene.masks.astype("float32")))
+    return torch.stack(images), torch.stack(masks)
+
+
+def _phrase(kind) -> str:
+    return kind.phrase()
+
+
+def generation_plan(concept, setting: str, tokens: bool = True):
+    """(prompt, expected scene) pairs for one setting. ``tokens=False``: the class-word prompt
+    the base model gets (context row)."""
+    from textloc_core.tinyworld import BACKGROUNDS
+
+    target, companion = concept.kind, concept.companion
+    t_word = f"<{concept.name}> {concept.class_word}" if tokens else concept.class_word
+    c_word = f"<{concept.companion_name}> {companion.shape}" if tokens else companion.shape
+    plan = []
+    if setting == "single":
+        leak = [_kind_spec(companion, with_texture=False)]
+        for bg in BACKGROUNDS:
+            plan.append((f"a {t_word} on {bg}", metrics.ExpectedScene([_kind_spec(target)], [], bg, leak)))
+        for i, other in enumerate(_others(concept)):
+            for bg in BACKGROUNDS[i::2][:2]:
+                plan.append((f"a {t_word} and {'an' if _phrase(other)[0] in 'aeiou' else 'a'} {_phrase(other)} on {bg}",
+                             metrics.ExpectedScene([_kind_spec(target)], [_kind_spec(other)], bg, leak)))
+    else:
+        bleed = []
+        if target.texture != companion.texture:
+            bleed.append({"shape": companion.shape, "texture": target.texture})
+        if target.colour != companion.colour:
+            bleed.append({"shape": target.shape, "colour": companion.colour})
+        for bg in BACKGROUNDS:
+            plan.append((f"a {t_word} and a {c_word} on {bg}",
+                         metrics.ExpectedScene([_kind_spec(target), _kind_spec(companion)], [], bg, bleed)))
+    return plan
+
+
+def concept_set_for(name: str, seed: int, setting: str) -> ConceptSet:
+    from textloc_core import tinyworld
+
+    full = tinyworld.personalization_set(name, seed)
+    return full if setting == "multi" else evaluation.only_concepts(full, [name])
+
+
+def train_config(p: Protocol, method: str, seed: int) -> TrainConfig:
+    return TrainConfig(
+        method=method, steps=p.steps, learning_rate=p.learning_rate, scale_lr_by_batch=False, instance_batch=2,
+        prior_batch=2, prior_images_per_class=p.prior_images, prior_sampling_steps=p.prior_steps,
+        instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
+    )
+
+
+def _prior_cache(out: Path) -> Path:
+    return out / "cache" / "priors"
+
+
+def warm_prior(p: Protocol, out: str, class_word: str, seed: int) -> str:
+    """Generate (and cache) one class's prior latents before the runs need them."""
+    from textloc_core.prior import prior_latents
+
+    w = world(p.random_weights)
+    latent = w["bundle"].denoiser
+    side = int(w["pipe"].unet.config.sample_size)
+    prior_latents(w["bundle"], class_word, p.prior_images, (side, side), train_config(p, "none", seed),
+                  cache_dir=_prior_cache(Path(out)))
+    return f"{class_word}/{seed}"
+
+
+def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: str) -> dict:
+    """Train one (concept, seed, method, setting), generate, score; returns a flat row."""
+    from textloc_core.tinyworld.world import held_out_concept
+
+    began = time.perf_counter()
+    w = world(p.random_weights)
+    bundle, clip, judge = w["bundle"], w["clip"], w["judge"]
+    concept = held_out_concept(name)
+    concept_set = concept_set_for(name, seed, setting)
+    tokens = [c.token for c in concept_set.concepts]
+    result = api.train(bundle, concept_set, train_config(p, method, seed), prior_cache_dir=_prior_cache(Path(out)))
+    trained = time.perf_counter()
+
+    plan = generation_plan(concept, setting)
+    images, prompts, expected, maps = [], [], [], []
+    for k, (prompt, scene) in enumerate(plan):
+        gen = api.generate(bundle, prompt, adapters=[result], num_images=p.images_per_prompt, steps=p.sample_steps,
+                           guidance_scale=p.guidance_scale, seed=1000 * seed + k, maps_for=tokens)
+        images.append(gen.images)
+        maps.append(torch.stack([gen.token_maps[t] for t in tokens], 1))
+        prompts += [prompt] * p.images_per_prompt
+        expected += [scene] * p.images_per_prompt
+    images, maps = torch.cat(images), torch.cat(maps)
+    row = _score(p, clip, judge, concept, setting, images, prompts, expected, tokens, seed)
+
+    # localization on fresh renders with exact masks: training-style prompt, no background
+    scenes, masks = _renders([concept.companion, concept.kind], p.n_iou_scenes, seed)
+    attn_prompt = result.prompts[0]
+    attn = evaluation.attention_on_images(bundle, [result], scenes, [attn_prompt] * len(scenes), tokens,
+                                          map_levels=p.map_levels_eval, seed=seed)
+    own = {concept.name: 1, concept.companion_name: 0}  # mask index of each concept in the render
+    ious, other_share = [], []
+    for k, c in enumerate(concept_set.concepts):
+        ious.append(metrics.attention_iou(attn[:, k], masks[:, own[c.name]]).mean().item())
+        other_share.append(_mass_share(attn[:, k], masks[:, 1 - own[c.name]]))
+    row.update(iou=sum(ious) / len(ious), attn_other=sum(other_share) / len(other_share))
+    row.update(pair=name, seed=seed, method=method, setting=setting, train_s=trained - began,
+               total_s=time.perf_counter() - began, final_loss=result.history[-1]["loss"])
+    if seed == p.seeds[0]:
+        keep = slice(0, None, max(1, p.images_per_prompt))  # one image per prompt
+        torch.save({"images": images[keep][:4].half(), "maps": maps[keep][:4].half(), "tokens": tokens,
+                    "prompts": prompts[::p.images_per_prompt][:4], "render": scenes[:2].half(), "render_maps": attn[:2].half()},
+                   Path(out) / "cache" / f"examples-{name}-{setting}-{method}.pt")
+    return row
+
+
+def _mass_share(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean share of each (min-max normalised) map's mass that lies inside ``masks``."""
+    from textloc_core.masks import mask_to_grid
+
+    grid = mask_to_grid(masks, tuple(maps.shape[-2:]))
+    values = heatmap.normalize_maps(maps.float())
+    return ((values * grid).flatten(1).sum(1) / values.flatten(1).sum(1).clamp_min(1e-8)).mean().item()
+
+
+def _references(concept, setting: str, n: int, seed: int):
+    """Single-concept references of each learned concept (renders of it alone), and the KID
+    reference set (the target alone; multi: the pair together)."""
+    per_concept = [_renders([concept.kind], n, seed + 500)[0]]
+    if setting == "multi":
+        per_concept.append(_renders([concept.companion], n, seed + 500)[0])
+        kid_refs = _renders([concept.companion, concept.kind], n, seed + 700)[0]
+    else:
+        kid_refs = per_concept[0]
+    return per_concept, kid_refs
+
+
+def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected, tokens, seed) -> dict:
+    refs, kid_refs = _references(concept, setting, p.n_references, seed)
+    clip_is = [evaluation.image_scores(clip, images, prompts, r, tokens=tokens, kid_feature=clip)["clip_i"] for r in refs]
+    scores = evaluation.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
+    judged = metrics.judge_scores([_judgement(v) for v in judge(images)], expected)
+    return {"clip_i": sum(clip_is) / len(clip_is), "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
+            "fidelity": judged.target_fidelity, "leakage": judged.leakage, "alignment": judged.prompt_alignment}
+
+
+def context_job(p: Protocol, out: str, name: str, seed: int, setting: str, what: str) -> dict:
+    """Context rows: ``base`` (the untrained model, class-word prompts) or ``renders``."""
+    from textloc_core.tinyworld.world import held_out_concept
+
+    w = world(p.random_weights)
+    concept = held_out_concept(name)
+    plan = generation_plan(concept, setting, tokens=False)
+    if what == "base":
+        images = torch.cat([api.generate(w["bundle"], prompt, num_images=p.images_per_prompt, steps=p.sample_steps,
+                                         guidance_scale=p.guidance_scale, seed=1000 * seed + k).images
+                            for k, (prompt, _) in enumerate(plan)])
+    else:
+        kinds = [concept.kind] if setting == "single" else [concept.companion, concept.kind]
+        images = _renders(kinds, len(plan) * p.images_per_prompt, seed + 900)[0]
+    prompts = [pr for pr, _ in plan for _ in range(p.images_per_prompt)]
+    expected = [sc for _, sc in plan for _ in range(p.images_per_prompt)]
+    row = _score(p, w["clip"], w["judge"], concept, setting, images, prompts, expected, None, seed)
+    if what == "renders":  # renders only show the pair; text/judge columns keep their meaning
+        row["alignment"] = float("nan")
+    row.update(pair=name, seed=seed, method=what, setting=setting, iou=float("nan"), attn_other=float("nan"))
+    return row
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def _fmt(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def table(rows: list[dict], methods: tuple[str, ...]) -> str:
+    lines = ["| setting | method | n | " + " | ".join(title for _, title in COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(COLUMNS)]
+    for setting in SETTINGS:
+        for method in (*methods, "base", "renders"):
+            sel = [r for r in rows if r["setting"] == setting and r["method"] == method]
+            if not sel:
+                continue
+            label = {"none": "none (Custom Diffusion)", "base": "base model, class word (context)",
+                     "renders": "real renders (context)"}.get(method, method)
+            lines.append(f"| {setting} | {label} | {len(sel)} | " + " | ".join(_fmt([r[k] for r in sel]) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def per_pair_table(rows: list[dict], methods: tuple[str, ...]) -> str:
+    pairs = sorted({r["pair"] for r in rows})
+    lines = ["| setting | pair | " + " | ".join(f"{m} IoU / fidelity / leakage" for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for setting in SETTINGS:
+        for pair in pairs:
+            cells = []
+            for m in methods:
+                sel = [r for r in rows if r["setting"] == setting and r["pair"] == pair and r["method"] == m]
+                if not sel:
+                    cells.append("–")
+                    continue
+                cells.append(" / ".join(f"{statistics.fmean([r[k] for r in sel]):.2f}" for k in ("iou", "fidelity", "leakage")))
+            lines.append(f"| {setting} | {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(out: Path, p: Protocol, path: Path) -> None:
+    """Per setting, one block of rows per method: generations with their token overlays."""
+    from PIL import Image
+
+    blocks = []
+    pair = p.pairs[0]
+    for setting in SETTINGS:
+        grids = []
+        for method in p.methods:
+            file = out / "cache" / f"examples-{pair}-{setting}-{method}.pt"
+            if not file.is_file():
+                continue
+            ex = torch.load(file)
+            n = min(3, len(ex["images"]))
+            grids.append(heatmap.to_pil(heatmap.token_grid(
+                ex["images"][:n].float(), ex["maps"][:n].float(), ex["tokens"], row_labels=[f"{setting} {method}"] * n,
+                cell=96)))
+        if grids:
+            width = max(g.width for g in grids)
+            block = Image.new("RGB", (width, sum(g.height for g in grids)), (255, 255, 255))
+            y = 0
+            for g in grids:
+                block.paste(g, (0, y))
+                y += g.height
+            blocks.append(block)
+    if not blocks:
+        return
+    canvas = Image.new("RGB", (sum(b.width for b in blocks) + 10 * (len(blocks) - 1), max(b.height for b in blocks)), (255, 255, 255))
+    x = 0
+    for b in blocks:
+        canvas.paste(b, (x, 0))
+        x += b.width + 10
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def write_markdown(path: Path, body: str) -> None:
+    """Put ``body`` between the markers of ``path``, keeping any text around them."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else f"# TinyWorld results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}", encoding="utf-8")
+
+
+def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers: int, figure_name: str) -> str:
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, {workers} worker process(es) x 1 thread"
+    runs = [r for r in rows if r["method"] in p.methods]
+    mean_train = statistics.fmean([r["train_s"] for r in runs]) if runs else float("nan")
+    return "\n".join([
+        f"Command: `{command}`  ",
+        f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
+        f"Machine: {machine}  ",
+        f"Wall time: {seconds / 60:.1f} min for {len(runs)} training runs (mean {mean_train:.0f} s training each) "
+        f"+ {len(rows) - len(runs)} context rows" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
+        "",
+        f"Protocol: `{json.dumps(asdict(p))}`",
+        "",
+        "Mean ± standard deviation over concept pairs x seeds (n per row).",
+        "",
+        table(rows, p.methods),
+        "",
+        "Per pair (mean over seeds): attention IoU / judge target fidelity / judge leakage.",
+        "",
+        per_pair_table(rows, p.methods),
+        "",
+        f"![generations and token attention per method]({figure_name})",
+    ])
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", default=",".join(Protocol.pairs))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--steps", type=int, default=Protocol.steps)
+    parser.add_argument("--lr", type=float, default=Protocol.learning_rate)
+    parser.add_argument("--images-per-prompt", type=int, default=Protocol.images_per_prompt)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
+    parser.add_argument("--markdown", default="results.md")
+    parser.add_argument("--figure", default="results_examples.png")
+    parser.add_argument("--random-weights", action="store_true", help="TinyWorld architecture, random weights (smoke)")
+    parser.add_argument("--quick", action="store_true", help="tiny everything: checks the path, not the method")
+    args = parser.parse_args(argv)
+
+    p = Protocol(pairs=tuple(args.pairs.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
+                 methods=tuple(args.methods.split(",")), steps=args.steps, learning_rate=args.lr,
+                 images_per_prompt=args.images_per_prompt, random_weights=args.random_weights)
+    if args.quick:
+        p = replace(p, steps=min(p.steps, 2), prior_images=2, prior_steps=2, images_per_prompt=1, sample_steps=2,
+                    n_references=5, n_iou_scenes=2)
+    out = args.out
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+    command = "python scripts/bench_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    began = time.perf_counter()
+    torch.set_num_threads(1)
+
+    from textloc_core.tinyworld.world import held_out_concept
+
+    class_words = sorted({w for name in p.pairs for w in (held_out_concept(name).class_word, held_out_concept(name).companion.shape)})
+    jobs = [(name, seed, method, setting) for setting in SETTINGS for name in p.pairs for seed in p.seeds for method in p.methods]
+    context = [(name, seed, setting, what) for setting in SETTINGS for name in p.pairs for seed in p.seeds for what in ("base", "renders")]
+    rows: list[dict] = []
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("fork"), initializer=_init_worker) as pool:
+        for done in pool.map(warm_prior, *zip(*[(p, str(out), w, s) for w in class_words for s in p.seeds])):
+            print("prior", done, flush=True)
+        futures = [pool.submit(run_job, p, str(out), *job) for job in jobs]
+        futures += [pool.submit(context_job, p, str(out), *job) for job in context]
+        for future in futures:
+            row = future.result()
+            rows.append(row)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    seconds = time.perf_counter() - began
+    (out / "cache" / "rows.json").write_text(json.dumps(rows, indent=1))
+    figure(out, p, out / args.figure)
+    write_markdown(out / args.markdown, report(rows, p, command, seconds, args.workers, args.figure))
+    print(f"wrote {out / args.markdown} and {out / args.figure} in {seconds / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The paper-protocol harness end to end on the paper's real photos, with a TinyWorld-sized
+random model and CLIP saved to local folders (numbers meaningless, pipeline real)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from textloc_core import readers
+
+REPO = Path(__file__).resolve().parents[2]
+DATASET = readers.find_paper_dataset(REPO)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(DATASET is None, reason="the paper dataset (../shared/paper-dataset) is not on this machine"),
+]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("paper_protocol", REPO / "scripts" / "paper_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def local_models(tmp_path_factory):
+    """A TinyWorld-architecture StableDiffusionPipeline folder and a CLIP folder (random weights)."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from textloc_core.tinyworld import model_configs as mc
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core/tinyworld/weights/tokenizer"))
+    text = mc.build_text_encoder()
+    pipe = StableDiffusionPipeline(vae=mc.build_vae(), text_encoder=text, tokenizer=tokenizer, unet=mc.build_unet(),
+                                   scheduler=mc.build_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(root / "sd")
+    text.save_pretrained(root / "clip" / "text")
+    mc.build_vision_encoder().save_pretrained(root / "clip" / "vision")
+    tokenizer.save_pretrained(root / "clip" / "tokenizer")
+    return root
+
+
+def test_paper_protocol_end_to_end(local_models, tmp_path, capsys):
+    script = _load_script()
+    out = tmp_path / "out"
+    code = script.main([
+        "--model", str(local_models / "sd"), "--clip", str(local_models / "clip"), "--dataset", str(DATASET),
+        "--pairs", "bucket+doll", "--single", "first", "--methods", "hard,none", "--device", "cpu",
+        "--out", str(out), "--resolution", "64", "--steps-single", "2", "--steps-multi", "2",
+        "--prior-images", "2", "--prior-steps", "2", "--images-per-prompt", "3", "--n-prompts", "2",
+        "--sample-steps", "2",
+    ])
+    assert code == 0
+    rows = json.loads((out / "rows.json").read_text())
+    # bucket alone (single) and bucket+doll (multi), each with hard and none
+    assert sorted((r["setting"], r["method"]) for r in rows) == [
+        ("multi", "hard"), ("multi", "none"), ("single", "hard"), ("single", "none")]
+    for row in rows:
+        assert row["n_images"] == 6 and row["steps"] == 2
+        assert -1 <= row["clip_i"] <= 1 and -1 <= row["clip_t"] <= 1
+        assert 0 <= row["iou"] <= 1
+        assert row["kid"] == row["kid"]  # 6 generated and 5 references: KID is defined (not nan)
+    table = (out / "results.md").read_text()
+    assert "| hard guidance |" in table and "| Custom Diffusion (none) |" in table
+    assert "%" in table.split("| hard guidance |")[1]  # change against Custom Diffusion is reported
+    assert "single CLIP-I" in capsys.readouterr().out
