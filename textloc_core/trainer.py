@@ -82,6 +82,18 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 1) % (2**63))
 
 
+def epoch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
+    """Instance images of ``step``, as a shuffling data loader would give them: each epoch a
+    fresh permutation of the ``n`` images (seeded by (seed, epoch)), consumed ``batch`` at a
+    time, so every image is seen equally often and resume needs no replay."""
+    picks = []
+    for position in range(step * batch, (step + 1) * batch):
+        epoch, offset = divmod(position, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch * 104_729 + 7) % (2**63)))
+        picks.append(int(order[offset]))
+    return torch.tensor(picks, dtype=torch.long)
+
+
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype on CUDA, None for plain fp32 (always on CPU)."""
     mode = config.mixed_precision
@@ -210,8 +222,8 @@ class _Run:
         """Route every attn2 once (no grad) to learn each layer's resolution, then keep the
         layers ``map_levels`` asks for; all others stay on the fused attention path."""
         router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
-        context = self.text.encode(self.prompts[:1], {t: e.detach() for t, e in self.embeddings.items()}).context
         with torch.no_grad(), self.denoiser.route_attention(router):
+            context = self.text.encode(self.prompts[:1], {t: e.detach() for t, e in self.embeddings.items()}).context
             t = torch.zeros(1, dtype=torch.long, device=self.device)
             self.denoiser.predict(self.latents[:1].to(self.bundle.compute_dtype), t, context.to(self.bundle.compute_dtype))
         counts = {m.layer: m.probs.shape[1] for m in router.captured}
@@ -234,8 +246,8 @@ class _Run:
     def _draw(self, step: int):
         """Everything random about one step, from (seed, step) alone."""
         g = step_generator(self.config.seed, step)
-        n, batch = len(self.latents), self.config.instance_batch
-        inst = torch.randperm(n, generator=g)[:batch] if batch <= n else torch.randint(n, (batch,), generator=g)
+        inst = epoch_indices(self.config.seed, step, len(self.latents), self.config.instance_batch)
+        batch = len(inst)
         prior = None
         if self.prior_latents is not None:
             prior = torch.randint(len(self.prior_latents), (self.config.prior_batch,), generator=g)

@@ -195,3 +195,12 @@ def test_missing_8bit_adam_is_explained_and_leaves_no_hooks(tiny_bundle, two_con
         train(tiny_bundle, two_concepts, _config(use_8bit_adam=True))
     layers = find_cross_attention(tiny_bundle.denoiser.unet)
     assert all(not attn.to_k._forward_hooks for attn in layers.values())
+
+
+def test_every_image_is_seen_equally_often():
+    from textloc_core.trainer import epoch_indices
+
+    picks = torch.cat([epoch_indices(seed=3, step=s, n=5, batch=2) for s in range(10)])  # 20 picks = 4 epochs
+    assert torch.bincount(picks, minlength=5).tolist() == [4] * 5
+    assert not torch.equal(picks[:5], picks[5:10])  # reshuffled per epoch
+    assert torch.equal(epoch_indices(3, 7, 5, 2), epoch_indices(3, 7, 5, 2))
