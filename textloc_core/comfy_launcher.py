@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -323,6 +324,79 @@ class ComfyClient:
 
     def queue_remaining(self) -> int:
         return self.get_json("/prompt")["exec_info"]["queue_remaining"]
+
+
+class ProgressWatcher:
+    """Follows ComfyUI's websocket (/ws) in a thread and remembers the running node and step.
+
+    The HTTP routes say only "queued" or "done"; the websocket carries the per-node progress
+    bars (training steps, sampling steps) a person waiting on a long graph wants to see.
+    Needs aiohttp, which ComfyUI itself requires; without it ``describe()`` stays None.
+    """
+
+    def __init__(self, client: ComfyClient, workflow: dict | None = None):
+        self.client = client
+        self.workflow = workflow or {}
+        self.node: str | None = None
+        self.step: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ProgressWatcher":
+        self._thread.start()
+        # queue only once connected, or the first node's messages are missed
+        self._connected.wait(timeout=5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def describe(self) -> str | None:
+        """e.g. "node 4 (TextLocTrain) step 120/200", or None before anything ran."""
+        if self.node is None:
+            return None
+        cls = self.workflow.get(self.node, {}).get("class_type", "?")
+        text = f"node {self.node} ({cls})"
+        return text + (f" step {self.step[0]}/{self.step[1]}" if self.step else "")
+
+    def _handle(self, msg: dict) -> None:
+        kind, data = msg.get("type"), msg.get("data") or {}
+        if kind == "executing" and data.get("node") is not None:
+            self.node, self.step = str(data["node"]), None
+        elif kind == "progress":
+            self.node = str(data.get("node", self.node))
+            self.step = (int(data.get("value", 0)), int(data.get("max", 0)))
+
+    def _run(self) -> None:
+        try:
+            import asyncio
+
+            import aiohttp
+        except ImportError:
+            self._connected.set()
+            return
+
+        async def follow() -> None:
+            url = self.client.base_url.replace("http", "ws", 1) + f"/ws?clientId={self.client.client_id}"
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url, heartbeat=30) as ws:
+                    self._connected.set()
+                    while not self._stop.is_set():
+                        try:
+                            msg = await ws.receive(timeout=0.5)
+                        except asyncio.TimeoutError:
+                            continue
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            self._handle(json.loads(msg.data))
+                        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            return
+
+        try:
+            asyncio.run(follow())
+        except Exception:  # progress display is best effort; the HTTP wait decides success
+            self._connected.set()
 
 
 def output_files(history_entry: dict, layout: ComfyLayout, kinds: Iterable[str] = ("output",)) -> dict[str, list[Path]]:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .comfy_launcher import (
-    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyError, ComfyLayout, ComfyServer, comfyui_dir,
-    load_workflow, missing_comfyui_reason, output_files,
+    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyError, ComfyLayout, ComfyServer, ProgressWatcher,
+    comfyui_dir, load_workflow, missing_comfyui_reason, output_files,
 )
 
 DEFAULT_WORKFLOW = PACK_ROOT / "workflows" / "tinyworld_demo_api.json"
@@ -51,18 +51,20 @@ def _title(workflow: dict, node_id: str) -> str:
 def collect_results(history: dict, workflow: dict, layout: ComfyLayout, out_dir: Path) -> list[NodeResult]:
     """Copy every file the graph reported (saved and previewed) into ``out_dir``.
 
-    Files are named after the node's title, so "Heat map overlay" becomes
-    heat_map_overlay_00.png; text outputs (e.g. losses a node reports) are kept as text.
+    Files are named after the node's title, its id and ComfyUI's file name, so node 7
+    "Heat map overlay" saving tinyworld_alone_00001_.png gives
+    heat_map_overlay_n7_tinyworld_alone_00001_.png; text outputs (e.g. the losses a node
+    reports) are kept as text. Nodes come in graph order (numeric ids).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     files = output_files(history, layout, kinds=("output", "temp"))
     results = []
-    for node_id, node_out in sorted((history.get("outputs") or {}).items(), key=lambda kv: kv[0]):
+    outputs = (history.get("outputs") or {}).items()
+    for node_id, node_out in sorted(outputs, key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0])):
         title = _title(workflow, node_id)
         res = NodeResult(node_id, workflow.get(node_id, {}).get("class_type", "?"), title)
-        stem = f"{_slug(title)}_n{node_id}"
-        for i, src in enumerate(files.get(node_id, [])):
-            dst = out_dir / f"{stem}_{i:02d}{src.suffix}"
+        for src in files.get(node_id, []):
+            dst = out_dir / f"{_slug(title)}_n{node_id}_{src.name}"
             shutil.copy2(src, dst)
             res.files.append(dst)
         for key, items in node_out.items():
@@ -102,7 +104,8 @@ def write_summary(out_dir: Path, workflow_path: Path, results: list[NodeResult],
         lines.append(f"### {r.title} (`{r.class_type}`, node {r.node_id})")
         lines.append("")
         lines += [f"![{r.title}]({f.name})" for f in r.files]
-        lines += [f"    {t}" for t in r.text]
+        if r.text:
+            lines += ["```", *r.text, "```"]
         lines.append("")
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines))
@@ -115,15 +118,16 @@ def run_on_server(client: ComfyClient, layout: ComfyLayout, workflow_path: Path,
     workflow = load_workflow(workflow_path)
     started = time.monotonic()
     last_report = [started]
+    with ProgressWatcher(client, workflow) as watcher:
 
-    def progress(elapsed: float) -> None:
-        if time.monotonic() - last_report[0] >= 30:
-            last_report[0] = time.monotonic()
-            log(f"  ... {elapsed:.0f} s")
+        def progress(elapsed: float) -> None:
+            if time.monotonic() - last_report[0] >= 20:
+                last_report[0] = time.monotonic()
+                log(f"  ... {elapsed:.0f} s  {watcher.describe() or ''}")
 
-    prompt_id = client.queue_prompt(workflow)
-    log(f"queued {workflow_path.name} (prompt {prompt_id}); waiting up to {timeout:.0f} s")
-    history = client.wait_for_completion(prompt_id, timeout=timeout, on_poll=progress)
+        prompt_id = client.queue_prompt(workflow)
+        log(f"queued {workflow_path.name} (prompt {prompt_id}); waiting up to {timeout:.0f} s")
+        history = client.wait_for_completion(prompt_id, timeout=timeout, on_poll=progress)
     seconds = time.monotonic() - started
     info = client.object_info()
     pack_classes = {n for n, i in info.items() if i.get("python_module") == PACK_PYTHON_MODULE}

@@ -4,10 +4,12 @@ The full TinyWorld demo takes minutes, so here the runner drives a small stock g
 session's ComfyUI; the command-line checks need no ComfyUI at all.
 """
 import json
+import time
 
 from PIL import Image
 
 from textloc_core import demo
+from textloc_core.comfy_launcher import ProgressWatcher
 
 STOCK_GRAPH = {
     "1": {"class_type": "EmptyImage", "_meta": {"title": "Blue square"},
@@ -33,6 +35,19 @@ def test_run_on_server_copies_outputs_and_writes_summary(comfy, tmp_path):
     assert "stock_api.json" in text and "ComfyUI 0." in text
     for p in saved + previews:
         assert f"]({p.name})" in text  # every picture is shown in the summary
+
+
+def test_progress_watcher_follows_the_running_graph(comfy):
+    graph = json.loads(json.dumps(STOCK_GRAPH))
+    del graph["2"]
+    graph["1"]["inputs"]["color"] = 0x123456  # inputs no other test uses: ComfyUI's cache would skip it
+    with ProgressWatcher(comfy.client, graph) as watcher:
+        comfy.client.run(graph, timeout=120)
+        deadline = time.monotonic() + 10
+        while watcher.node is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert watcher.node in {"1", "3"}
+    assert watcher.describe().startswith(f"node {watcher.node} (")
 
 
 def test_missing_workflow_fails_clearly(tmp_path, capsys):
