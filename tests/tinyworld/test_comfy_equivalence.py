@@ -95,3 +95,23 @@ def test_attn2_names_follow_ldm_convention(comfy_modules):
     assert "middle_block.1.transformer_blocks.0.attn2" in names
     assert "output_blocks.3.1.transformer_blocks.0.attn2" in names
     assert len(names) == 2 + 1 + 4
+
+
+def test_comfy_vae_config_decodes_like_diffusers(comfy_modules):
+    """COMFY_VAE_CONFIG + ComfyUI's diffusers->LDM VAE key conversion (after the level shift
+    TinyWorld's three-level decoder needs) rebuild the same VAE."""
+    comfy, _ = comfy_modules
+    import comfy.diffusers_convert
+    from comfy.ldm.models.autoencoder import AutoencoderKL as ComfyAutoencoderKL
+
+    torch.manual_seed(0)
+    vae = mc.build_vae().eval()
+    sd = comfy.diffusers_convert.convert_vae_state_dict(mc.shift_vae_up_blocks_for_comfy(vae.state_dict()))
+    theirs = ComfyAutoencoderKL(**mc.COMFY_VAE_CONFIG["params"]).eval()
+    missing, unexpected = theirs.load_state_dict(sd, strict=False)
+    assert not missing and not unexpected, (missing[:5], unexpected[:5])
+    z = torch.randn(1, mc.LATENT_CHANNELS, mc.LATENT_SIZE, mc.LATENT_SIZE)
+    x = torch.rand(1, 3, mc.IMAGE_SIZE, mc.IMAGE_SIZE) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.decode(z), vae.decode(z).sample, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(theirs.encode(x), vae.encode(x).latent_dist.mode(), atol=1e-4, rtol=1e-4)

@@ -64,7 +64,7 @@ def load_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch
 
     root = _require_weights("model_index.json", path).parent
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(root), torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+        str(root), dtype=dtype, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, local_files_only=True,
     )
     pipe.set_progress_bar_config(disable=True)

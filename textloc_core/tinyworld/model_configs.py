@@ -117,8 +117,10 @@ COMFY_VAE_CONFIG: dict = {
         },
     },
 }
-"""For ``comfy.sd.VAE(sd=..., config=COMFY_VAE_CONFIG)``; afterwards set the VAE's
-``downscale_ratio`` and ``upscale_ratio`` to VAE_SCALE_FACTOR (ComfyUI assumes 8 with a config)."""
+"""For ``comfy.sd.VAE(sd=ldm_sd, config=COMFY_VAE_CONFIG)`` where ``ldm_sd`` is
+``comfy.diffusers_convert.convert_vae_state_dict(shift_vae_up_blocks_for_comfy(diffusers_sd))``;
+afterwards set the VAE's ``downscale_ratio`` and ``upscale_ratio`` to VAE_SCALE_FACTOR
+(ComfyUI assumes 8 when given a config)."""
 
 # ---------------------------------------------------------------- CLIP (text + vision)
 CLIP_TEXT_CONFIG: dict = {
@@ -218,3 +220,23 @@ def build_scheduler():
 def comfy_unet_config() -> dict:
     """A fresh copy of the ComfyUI unet_config (pass to comfy.supported_models.SD15)."""
     return _cfg(COMFY_UNET_CONFIG)
+
+
+def shift_vae_up_blocks_for_comfy(diffusers_vae_state_dict: dict) -> dict:
+    """Rename diffusers VAE decoder keys so ComfyUI's ``diffusers_convert.convert_vae_state_dict``
+    converts them right.
+
+    That converter assumes SD's four decoder levels (diffusers ``up_blocks.i`` -> LDM
+    ``up.{3-i}``); TinyWorld has three, so ``up_blocks.i`` is renamed ``up_blocks.{i+1}`` first
+    (landing on LDM ``up.{2-i}``). Pure key renaming; tensors are shared, not copied.
+    """
+    levels = len(VAE_CONFIG["block_out_channels"])
+    shift = 4 - levels
+    out = {}
+    for key, value in diffusers_vae_state_dict.items():
+        if key.startswith("decoder.up_blocks."):
+            rest = key[len("decoder.up_blocks."):]
+            index, _, tail = rest.partition(".")
+            key = f"decoder.up_blocks.{int(index) + shift}.{tail}"
+        out[key] = value
+    return out
