@@ -204,3 +204,23 @@ def test_every_image_is_seen_equally_often():
     assert torch.bincount(picks, minlength=5).tolist() == [4] * 5
     assert not torch.equal(picks[:5], picks[5:10])  # reshuffled per epoch
     assert torch.equal(epoch_indices(3, 7, 5, 2), epoch_indices(3, 7, 5, 2))
+
+
+def test_sd2_style_model_with_v_prediction_trains(tiny_parts, two_concepts):
+    """SD2.x differs in linear projections in the transformers, per-level head counts and the
+    v-prediction target; layer discovery, naming and capture must not care."""
+    from diffusers import UNet2DConditionModel
+
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+    torch.manual_seed(1)
+    tiny_parts["unet"] = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=(4, 8), use_linear_projection=True, norm_num_groups=8,
+    )
+    bundle = bundle_from_diffusers(**tiny_parts, prediction_type="v_prediction")
+    result = train(bundle, two_concepts, _config(steps=2, map_levels="all_but_finest"))
+    assert result.steps_done == 2 and result.history[0]["attention"] > 0
+    assert "middle_block.1.transformer_blocks.0.attn2.to_k" in result.kv_deltas
