@@ -51,9 +51,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
 
     path = Path(path)
     if path.is_dir():
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True, safety_checker=None)
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, safety_checker=None)
     elif path.is_file():
-        pipe = StableDiffusionPipeline.from_single_file(str(path), torch_dtype=dtype, local_files_only=True)
+        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, local_files_only=True)
     else:
         raise ValueError(f"model path {path} does not exist: give a diffusers folder or a .safetensors checkpoint")
     pipe.to(device)

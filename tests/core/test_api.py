@@ -1,6 +1,7 @@
 """The researcher API end to end on a tiny model: train, adapter out and back in, generate
 with token maps, and the base model untouched afterwards."""
 
+import pytest
 import torch
 
 from textloc_core import api
@@ -41,7 +42,22 @@ def test_train_save_load_generate_with_maps(tiny_bundle, tmp_path):
 
 
 def test_maps_for_unknown_token_is_explained(tiny_bundle):
-    import pytest
-
     with pytest.raises(ValueError, match="not identifier tokens"):
         api.generate(tiny_bundle, "photo of a doll", maps_for=["<cat9>"], steps=1, size=(16, 16))
+
+
+def test_load_model_reads_a_local_diffusers_folder(tiny_parts, tmp_path):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        **tiny_parts, scheduler=DDIMScheduler(prediction_type="v_prediction", clip_sample=False, beta_schedule="scaled_linear", steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp_path / "tiny-sd")
+    bundle = api.load_model(tmp_path / "tiny-sd")
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+    assert bundle.fingerprint == bundle_from_diffusers(**tiny_parts).fingerprint
+    assert bundle.denoiser.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="does not exist"):
+        api.load_model(tmp_path / "missing")
