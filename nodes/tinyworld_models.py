@@ -114,7 +114,8 @@ def build_clip(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, embedding_
     transformer = clip.cond_stage_model.clip_l.transformer
     if state is not None:
         missing, _unexpected = transformer.load_state_dict(state, strict=False)
-        missing = [k for k in missing if "position_ids" not in k]
+        # the UNet reads the hidden states only: the pooled projection may be absent
+        missing = [k for k in missing if "position_ids" not in k and not k.startswith("text_projection")]
         if missing:
             raise ValueError(f"TinyWorld text encoder weights: missing {missing[:3]}; re-export the weights")
     else:
