@@ -30,6 +30,7 @@ class DiffusersText:
         self.text_encoder = text_encoder
         self.max_length = max_length
         self.embedding_dim = int(text_encoder.config.hidden_size)
+        self._token_ids: dict[str, int] = {}
 
     @property
     def _embedding(self) -> nn.Embedding:
@@ -62,8 +63,10 @@ class DiffusersText:
     def _added_ids(self, tokens: list[str]) -> dict[int, str]:
         ids = {}
         for token in tokens:
-            self.check_token(token)
-            ids[self.tokenizer.convert_tokens_to_ids(token)] = token
+            if token not in self._token_ids:  # checked once: get_vocab() copies 49k entries
+                self.check_token(token)
+                self._token_ids[token] = self.tokenizer.convert_tokens_to_ids(token)
+            ids[self._token_ids[token]] = token
         return ids
 
     def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
