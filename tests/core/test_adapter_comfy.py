@@ -51,6 +51,9 @@ def comfy(not_run):
 def comfy_model(comfy):
     torch.manual_seed(0)
     model = comfy.supported_models.SD15(mc.comfy_unet_config()).get_model({})
+    with torch.no_grad():  # ComfyUI skips weight init: the tensors hold leftover memory, sometimes NaN
+        for param in model.parameters():
+            param.normal_(0.0, 0.02)
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
