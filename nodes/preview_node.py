@@ -40,7 +40,7 @@ class PreviewRouter(AttentionRouter):
         chunk = probs.shape[0] // max(1, len(self._cond))
         rows = [r for i, c in enumerate(self._cond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
         if rows:
-            picked = probs[rows].float().cpu()
+            picked = probs[rows].float()  # stays on the device: no sync per attn2 call
             if layer in self.sums and self.sums[layer].shape == picked.shape:
                 self.sums[layer] += picked
                 self.calls[layer] += 1
@@ -95,7 +95,7 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
     images = vae.decode(samples)  # (B, H, W, 3)
     captured = router.averaged()
     chosen = choose_layers({m.layer: m.probs.shape[1] for m in captured}, levels)
-    maps = token_maps([m for m in captured if m.layer in chosen], layout, tuple(latent.shape[-2:]))  # (B, K, h, w)
+    maps = token_maps([m for m in captured if m.layer in chosen], layout, tuple(latent.shape[-2:])).float().cpu()  # (B, K, h, w)
     pictures = images.movedim(-1, 1).float()
     size = tuple(pictures.shape[-2:])
     overlays = torch.cat([heatmap.overlay(pictures[b:b + 1].expand(maps.shape[1], -1, -1, -1), maps[b], alpha) for b in range(maps.shape[0])])
