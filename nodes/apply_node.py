@@ -65,6 +65,17 @@ class ApplyAdapter:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, adapter_file=NONE, **_inputs):
+        """Re-run when the chosen file is rewritten (retraining under the same name)."""
+        if adapter_file == NONE:
+            return ""
+        try:
+            stat = paths.resolve_adapter(adapter_file).stat()
+        except (ValueError, OSError):
+            return ""
+        return f"{stat.st_mtime_ns}:{stat.st_size}"
+
     def apply(self, model, clip, adapter_file, strength, adapter=None, ignore_base_mismatch=False):
         name = "adapter"
         if adapter is None:

@@ -173,3 +173,18 @@ def test_apply_adapter_stacks_tokens_and_checks_the_base(pack, tiny):
         with pytest.raises(ValueError, match="<a1>"):
             apply_adapter(m1, c1, clash, 1.0)
     assert ComfyTextBackend(c2).embedding_dim == 64
+
+
+def test_apply_node_reruns_when_its_adapter_file_is_rewritten(pack, tiny, tmp_path, monkeypatch):
+    import folder_paths
+    from textloc_pack.nodes.apply_node import ApplyAdapter
+    from textloc_pack.textloc_core.adapter import save_adapter
+
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "textloc", ([str(tmp_path)], {".safetensors"}))
+    model = tiny[0]
+    with torch.inference_mode():
+        save_adapter(_adapter(model, "<a1>"), tmp_path / "x.safetensors")
+        first = ApplyAdapter.IS_CHANGED(adapter_file="x.safetensors", strength=1.0)
+        save_adapter(_adapter(model, "<a1>", scale=0.2), tmp_path / "x.safetensors")
+        assert ApplyAdapter.IS_CHANGED(adapter_file="x.safetensors", strength=1.0) != first
+        assert "x.safetensors" in ApplyAdapter.INPUT_TYPES()["required"]["adapter_file"][0]
