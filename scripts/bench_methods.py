@@ -17,9 +17,11 @@ multi: mean over both concepts), CLIP-T (prompt without identifier tokens), KID 
 TinyWorld CLIP image features), attention IoU (the token's map on fresh renders with exact
 masks, noised at t = 200/500/800, Otsu-free fixed threshold 0.5 after min-max) and the share
 of the token's attention mass that falls on the companion; and by the TinyWorld judge:
-target fidelity, leakage (single: the companion appears unprompted; multi: attribute
-bleed, the target's texture on the companion's shape or the companion's colour on the
-target's shape), prompt alignment (prompted background and other objects present).
+target fidelity (exact: colour, shape and texture; and colour+shape only), leakage (single:
+the companion's colour or shape appears on anything, although only the target and objects of
+other colours and shapes are prompted; multi: attribute bleed, the target's texture on the
+companion's shape or the companion's colour on the target's shape), prompt alignment
+(prompted background and other objects present).
 Context rows: the base model prompted with the class word (no training), and fresh renders.
 
 Runs are spread over ``--workers`` processes with one torch thread each (on a shared
@@ -40,7 +42,7 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -58,7 +60,8 @@ SETTINGS = ("single", "multi")
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 COLUMNS = (
     ("clip_i", "CLIP-I ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
-    ("attn_other", "attn on other ↓"), ("fidelity", "target fidelity ↑"), ("leakage", "leakage ↓"),
+    ("attn_other", "attn on other ↓"), ("fidelity", "target exact ↑"), ("fidelity_cs", "target colour+shape ↑"),
+    ("leakage", "leakage ↓"),
     ("alignment", "prompt align ↑"),
 )
 
@@ -70,12 +73,12 @@ class Protocol:
     pairs: tuple[str, ...] = ("dotstar", "checkring", "stripebox")
     seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = METHODS
-    steps: int = 150
+    steps: int = 100
     learning_rate: float = 2.5e-4
     prior_images: int = 16
     prior_steps: int = 20
     images_per_prompt: int = 2
-    sample_steps: int = 25
+    sample_steps: int = 20
     guidance_scale: float = 5.0
     n_references: int = 16
     n_iou_scenes: int = 8
@@ -180,7 +183,8 @@ def generation_plan(concept, setting: str, tokens: bool = True):
     c_word = f"<{concept.companion_name}> {companion.shape}" if tokens else companion.shape
     plan = []
     if setting == "single":
-        leak = [_kind_spec(companion, with_texture=False)]
+        # the companion, or its colour or shape on anything: nothing else prompted has either
+        leak = [{"colour": companion.colour}, {"shape": companion.shape}]
         for bg in BACKGROUNDS:
             plan.append((f"a {t_word} on {bg}", metrics.ExpectedScene([_kind_spec(target)], [], bg, leak)))
         for i, other in enumerate(_others(concept)):
@@ -301,9 +305,13 @@ def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected
     refs, kid_refs = _references(concept, setting, p.n_references, seed)
     clip_is = [evaluation.image_scores(clip, images, prompts, r, tokens=tokens, kid_feature=clip)["clip_i"] for r in refs]
     scores = evaluation.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
-    judged = metrics.judge_scores([_judgement(v) for v in judge(images)], expected)
+    judgements = [_judgement(v) for v in judge(images)]
+    judged = metrics.judge_scores(judgements, expected)
+    # the same targets without texture: did the concept's colour and shape come through?
+    loose = [replace(e, targets=[{k: v for k, v in t.items() if k != "texture"} for t in e.targets]) for e in expected]
     return {"clip_i": sum(clip_is) / len(clip_is), "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
-            "fidelity": judged.target_fidelity, "leakage": judged.leakage, "alignment": judged.prompt_alignment}
+            "fidelity": judged.target_fidelity, "fidelity_cs": metrics.judge_scores(judgements, loose).target_fidelity,
+            "leakage": judged.leakage, "alignment": judged.prompt_alignment}
 
 
 def context_job(p: Protocol, out: str, name: str, seed: int, setting: str, what: str) -> dict:
@@ -384,10 +392,13 @@ def figure(out: Path, p: Protocol, path: Path) -> None:
             if not file.is_file():
                 continue
             ex = torch.load(file)
-            n = min(3, len(ex["images"]))
-            grids.append(heatmap.to_pil(heatmap.token_grid(
-                ex["images"][:n].float(), ex["maps"][:n].float(), ex["tokens"], row_labels=[f"{setting} {method}"] * n,
-                cell=96)))
+            # two generations (maps captured while sampling) and one fresh render (maps at t=200..800)
+            side = ex["render_maps"].shape[-1]
+            gen_maps = torch.nn.functional.interpolate(ex["maps"][:2].float(), size=(side, side), mode="bilinear")
+            images = torch.cat([ex["images"][:2].float(), ex["render"][:1].float()])
+            maps = torch.cat([gen_maps, ex["render_maps"][:1].float()])
+            labels = [f"{method}: generated"] * len(gen_maps) + [f"{method}: render"]
+            grids.append(heatmap.to_pil(heatmap.token_grid(images, maps, ex["tokens"], row_labels=labels, cell=96)))
         if grids:
             width = max(g.width for g in grids)
             block = Image.new("RGB", (width, sum(g.height for g in grids)), (255, 255, 255))
@@ -422,12 +433,13 @@ def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, {workers} worker process(es) x 1 thread"
     runs = [r for r in rows if r["method"] in p.methods]
     mean_train = statistics.fmean([r["train_s"] for r in runs]) if runs else float("nan")
+    mean_total = statistics.fmean([r["total_s"] for r in runs]) if runs else float("nan")
     return "\n".join([
         f"Command: `{command}`  ",
         f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Machine: {machine}  ",
-        f"Wall time: {seconds / 60:.1f} min for {len(runs)} training runs (mean {mean_train:.0f} s training each) "
-        f"+ {len(rows) - len(runs)} context rows" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
+        f"Time: {len(runs)} training runs (mean {mean_train:.0f} s training, {mean_total:.0f} s with evaluation, "
+        f"one thread each) + {len(rows) - len(runs)} context rows; {seconds / 60:.1f} min wall for the last invocation" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
         "",
         f"Protocol: `{json.dumps(asdict(p))}`",
         "",
@@ -455,10 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images-per-prompt", type=int, default=Protocol.images_per_prompt)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
+    parser.add_argument("--work", type=Path, default=REPO / "build" / "bench_methods",
+                        help="prior cache, per-run rows and example tensors (not committed)")
     parser.add_argument("--markdown", default="results.md")
     parser.add_argument("--figure", default="results_examples.png")
     parser.add_argument("--random-weights", action="store_true", help="TinyWorld architecture, random weights (smoke)")
     parser.add_argument("--quick", action="store_true", help="tiny everything: checks the path, not the method")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of finished runs in --out/cache/rows")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the rows that exist")
     args = parser.parse_args(argv)
 
     p = Protocol(pairs=tuple(args.pairs.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
@@ -467,30 +483,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         p = replace(p, steps=min(p.steps, 2), prior_images=2, prior_steps=2, images_per_prompt=1, sample_steps=2,
                     n_references=5, n_iou_scenes=2)
-    out = args.out
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-    command = "python scripts/bench_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out, work = args.out, args.work
+    (work / "cache").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/bench_methods.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
+                                                            if a not in ("--resume", "--report-only"))
     began = time.perf_counter()
     torch.set_num_threads(1)
 
     from textloc_core.tinyworld.world import held_out_concept
 
     class_words = sorted({w for name in p.pairs for w in (held_out_concept(name).class_word, held_out_concept(name).companion.shape)})
-    jobs = [(name, seed, method, setting) for setting in SETTINGS for name in p.pairs for seed in p.seeds for method in p.methods]
-    context = [(name, seed, setting, what) for setting in SETTINGS for name in p.pairs for seed in p.seeds for what in ("base", "renders")]
-    rows: list[dict] = []
-    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("fork"), initializer=_init_worker) as pool:
-        for done in pool.map(warm_prior, *zip(*[(p, str(out), w, s) for w in class_words for s in p.seeds])):
-            print("prior", done, flush=True)
-        futures = [pool.submit(run_job, p, str(out), *job) for job in jobs]
-        futures += [pool.submit(context_job, p, str(out), *job) for job in context]
-        for future in futures:
-            row = future.result()
-            rows.append(row)
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    # seed-major order: a run cut short still covers every pair, method and setting evenly
+    jobs = [(name, seed, method, setting) for seed in p.seeds for setting in SETTINGS for name in p.pairs for method in p.methods]
+    # context rows need no training: the base model once per pair (first seed), renders per seed
+    context = [(name, seed, setting, what) for seed in p.seeds for setting in SETTINGS for name in p.pairs
+               for what in ("base", "renders") if what == "renders" or seed == p.seeds[0]]
+    row_dir = work / "cache" / "rows"
+    row_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        for old in row_dir.glob("*.json"):
+            old.unlink()
+
+    def row_file(kind: str, job: tuple) -> Path:
+        return row_dir / (kind + "-" + "-".join(str(x) for x in job) + ".json")
+
+    todo = [] if args.report_only else [("context", j) for j in context] + [("run", j) for j in jobs]
+    todo = [(kind, job) for kind, job in todo if not row_file(kind, job).is_file()]
+    if todo:
+        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("fork"), initializer=_init_worker) as pool:
+            for done in pool.map(warm_prior, *zip(*[(p, str(work), w, s) for w in class_words for s in p.seeds])):
+                print("prior", done, flush=True)
+            futures = {pool.submit(run_job if kind == "run" else context_job, p, str(work), *job): (kind, job)
+                       for kind, job in todo}
+            for future in as_completed(futures):
+                row = future.result()
+                row_file(*futures[future]).write_text(json.dumps(row))
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    rows = [json.loads(f.read_text()) for f in sorted(row_dir.glob("*.json"))]
+    expected = len(jobs) + len(context)
+    if len(rows) < expected:
+        print(f"note: {len(rows)} of {expected} rows exist; the report covers those", flush=True)
     seconds = time.perf_counter() - began
-    (out / "cache" / "rows.json").write_text(json.dumps(rows, indent=1))
-    figure(out, p, out / args.figure)
+    (work / "rows.json").write_text(json.dumps(rows, indent=1))
+    figure(work, p, out / args.figure)
     write_markdown(out / args.markdown, report(rows, p, command, seconds, args.workers, args.figure))
     print(f"wrote {out / args.markdown} and {out / args.figure} in {seconds / 60:.1f} min")
     return 0
