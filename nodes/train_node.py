@@ -142,7 +142,8 @@ class TextLocTrain:
             checkpoint_every=checkpoint_every, resolution=resolution or None,
         )
         validate_concept_set(concepts, resolution=config.resolution)
-        checkpoints = paths.checkpoint_dir(name)
+        # one folder per training data: resuming never mixes two different photo/mask sets
+        checkpoints = paths.checkpoint_dir(name) / concepts.data_hash()[:12]
         if not resume and checkpoints.exists() and any(checkpoints.iterdir()):
             raise ValueError(
                 f"adapter_name: {name!r} already has checkpoints in {checkpoints}; turn resume on to continue "

@@ -76,10 +76,11 @@ def test_stock_nodes_reproduce_our_loader_exactly(comfy, adapter_name):
 
 def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(comfy):
     name = f"cancel_{uuid.uuid4().hex[:6]}"
-    folder = comfy.layout.models / "textloc" / "checkpoints" / name
+    runs = comfy.layout.models / "textloc" / "checkpoints" / name  # then one folder per data hash
     prompt_id = comfy.queue(_train_graph(name, steps=1000, checkpoint_every=1))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and len(ckpt.list_checkpoints(folder) if folder.is_dir() else []) < 2:
+    deadline, folder = time.monotonic() + 600, None
+    while time.monotonic() < deadline and (folder is None or len(ckpt.list_checkpoints(folder)) < 2):
+        folder = next(iter(runs.glob("*")), None) if runs.is_dir() else None
         time.sleep(0.2)
     seen = max(ckpt.list_checkpoints(folder))
     comfy.interrupt()
