@@ -96,7 +96,8 @@ def rewrite_tokens(text: str, tokens: list[str]) -> str:
     if not tokens:
         return text
     ordered = sorted(tokens, key=len, reverse=True)
-    pattern = re.compile(r"(embedding:)?(" + "|".join(re.escape(t) for t in ordered) + r")")
+    # whole words only: a plain-word token like "sks" must not fire inside "asks"
+    pattern = re.compile(r"(embedding:)?(?<![\w<>-])(" + "|".join(re.escape(t) for t in ordered) + r")(?![\w<>-])")
 
     def swap(match: re.Match) -> str:
         return f" {_EMBED_PREFIX}{match.group(2)} "

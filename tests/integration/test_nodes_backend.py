@@ -96,6 +96,7 @@ def test_token_rewrite_and_layer_keys(pack):
     rewrite = comfy_backend.rewrite_tokens
     assert rewrite("a <a10> and <a1>", ["<a1>", "<a10>"]) == "a  embedding:<a10>  and  embedding:<a1> "
     assert rewrite("embedding:<a1> x", ["<a1>"]) == " embedding:<a1>  x"
+    assert rewrite("sks asks sks2 (sks:1.2)", ["sks"]) == " embedding:sks  asks sks2 ( embedding:sks :1.2)"
     assert comfy_backend.attn2_patch_key("output_blocks.3.1.transformer_blocks.0.attn2") == ("output", 3, 0)
     assert comfy_backend.attn2_patch_key("diffusion_model.middle_block.1.transformer_blocks.1.attn2") == ("middle", 0, 1)
     with pytest.raises(ValueError, match="path separators"):
