@@ -90,6 +90,9 @@ def applied(
     """While open, the UNet computes with ``W0 + sum strength_i * delta_i`` on every attn2 K/V
     (through forward hooks; the weights themselves are never written), and yields the token
     embeddings to pass to ``bundle.text.encode``. A token defined twice is an error."""
+    if not adapters:  # the base model: nothing to hook
+        yield {}
+        return
     strengths = list(strengths) if strengths is not None else [1.0] * len(adapters)
     if len(strengths) != len(adapters):
         raise ValueError(f"strengths: {len(strengths)} values for {len(adapters)} adapters")
