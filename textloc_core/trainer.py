@@ -95,12 +95,17 @@ def epoch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype on CUDA, None for plain fp32 (always on CPU)."""
+    """Autocast dtype, or None for plain fp32. "auto": bf16 (else fp16) on CUDA, fp32 elsewhere;
+    "bf16" also works on CPU (slow, but it is how the autocast path is tested without a GPU)."""
     mode = config.mixed_precision
-    if device.type != "cuda" or mode == "fp32":
+    if mode not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision: {mode!r} is not one of auto, fp32, bf16, fp16")
+    if mode == "fp32" or (mode == "auto" and device.type != "cuda"):
         return None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mode == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 

@@ -224,3 +224,15 @@ def test_sd2_style_model_with_v_prediction_trains(tiny_parts, two_concepts):
     result = train(bundle, two_concepts, _config(steps=2, map_levels="all_but_finest"))
     assert result.steps_done == 2 and result.history[0]["attention"] > 0
     assert "middle_block.1.transformer_blocks.0.attn2.to_k" in result.kv_deltas
+
+
+def test_bf16_autocast_path_trains_with_fp32_trainables(tiny_bundle, two_concepts):
+    """The mixed-precision path (autocast around text encoder and UNet, float32 deltas and
+    tokens, float32 losses), exercised on CPU with bf16."""
+    result = train(tiny_bundle, two_concepts, _config(steps=2, mixed_precision="bf16"))
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history)
+    assert result.history[0]["attention"] > 0
+    assert all(d.dtype == torch.float32 and d.abs().sum() > 0 for d in result.kv_deltas.values())
+    assert all(e.dtype == torch.float32 for e in result.token_embeddings.values())
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        train(tiny_bundle, two_concepts, _config(steps=1, mixed_precision="fp16"))
