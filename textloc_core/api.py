@@ -168,6 +168,9 @@ def generate(
         if maps_for:
             use_cfg = guidance_scale != 1.0
             layout = slot_layout([{}] * num_images * use_cfg + [encoded.token_positions[0]] * num_images, list(maps_for))
+            # on the device once: token_maps would otherwise copy the weights host-to-device every
+            # step, and that copy synchronises the GPU, stalling the sampling loop (perf, issue 7)
+            layout.weights = layout.weights.to(bundle.device)
             router = AttentionRouter(layers=None, token_slots=layout.slots.to(bundle.device), keep_grad=False)
             rows = slice(num_images if use_cfg else 0, None)
 
