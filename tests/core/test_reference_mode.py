@@ -137,10 +137,11 @@ def test_the_trainer_trains_the_reference_like_the_efficient_path(tiny_parts):
         assert theirs["attention"] > 0
         assert theirs == pytest.approx(mine, rel=1e-4)
     # Adam's update is ~ lr x sign(grad), so where a gradient is ~0 the last-bit difference of
-    # fused vs explicit self-attention can flip it: allow 2% of one step (lr 1e-3), far below
-    # what a different loss would move (a whole lr per step)
+    # fused vs explicit self-attention can flip it: allow 10% of one step, far below what a
+    # different loss would move (a whole step each time); one step is the effective lr
+    # (learning_rate x images per step, 4e-3 here)
     for key, delta in efficient.kv_deltas.items():
         assert delta.abs().sum() > 0
-        torch.testing.assert_close(reference.kv_deltas[key], delta, rtol=1e-3, atol=2e-5)
+        torch.testing.assert_close(reference.kv_deltas[key], delta, rtol=1e-3, atol=0.1 * config.effective_learning_rate)
     for token, vector in efficient.token_embeddings.items():
         torch.testing.assert_close(reference.token_embeddings[token], vector, rtol=1e-4, atol=1e-6)
