@@ -46,12 +46,16 @@ def config():
 
 
 def bundle():
-    sys.path.insert(0, str(TESTS))
-    from conftest import build_tiny_pipeline_parts
+    import importlib.util
 
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
-    return bundle_from_diffusers(**build_tiny_pipeline_parts())
+    # Loaded by path: inside the pytest process ``import conftest`` may return another
+    # folder's conftest (pytest keeps the last one it imported under that name).
+    spec = importlib.util.spec_from_file_location("textloc_tests_conftest", TESTS / "conftest.py")
+    shared = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shared)
+    return bundle_from_diffusers(**shared.build_tiny_pipeline_parts())
 
 
 def _kill_during_write_of(step: int) -> None:
