@@ -123,8 +123,9 @@ def free_port() -> int:
 class ComfyServer:
     """A ComfyUI subprocess serving one :class:`ComfyLayout`; use as a context manager.
 
-    ``start()`` returns once /object_info answers, or raises :class:`ComfyError` with the
-    tail of ComfyUI's log when the process dies or the timeout passes.
+    ``start()`` returns once the HTTP server answers (ComfyUI loads every custom node before
+    it listens), or raises :class:`ComfyError` with the tail of ComfyUI's log when the
+    process dies or the timeout passes.
     """
 
     def __init__(self, comfy_dir: Path, layout: ComfyLayout, port: int | None = None,
