@@ -43,6 +43,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "node"
 
 
+def _node_order(node_id: str) -> list[tuple]:
+    """Sort key for API node ids: "2" < "10", subgraph ids like "12:3" after their parent."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in node_id.split(":")]
+
+
 def _title(workflow: dict, node_id: str) -> str:
     node = workflow.get(node_id, {})
     return (node.get("_meta") or {}).get("title") or node.get("class_type", f"node {node_id}")
@@ -59,8 +64,9 @@ def collect_results(history: dict, workflow: dict, layout: ComfyLayout, out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = output_files(history, layout, kinds=("output", "temp"))
     results = []
-    outputs = (history.get("outputs") or {}).items()
-    for node_id, node_out in sorted(outputs, key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0])):
+    outputs = history.get("outputs") or {}
+    for node_id in sorted(outputs, key=_node_order):
+        node_out = outputs[node_id]
         title = _title(workflow, node_id)
         res = NodeResult(node_id, workflow.get(node_id, {}).get("class_type", "?"), title)
         for src in files.get(node_id, []):
@@ -152,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.workflow.is_file():
         print(f"textloc demo: workflow {args.workflow} does not exist. The shipped TinyWorld demo "
-              f"workflow (workflows/tinyworld_demo_api.json) is not in this checkout yet; pass "
-              f"--workflow PATH to queue another API-format workflow.", file=sys.stderr)
+              f"is {DEFAULT_WORKFLOW}; pass --workflow PATH to queue another API-format workflow.",
+              file=sys.stderr)
         return 2
     comfy_dir = comfyui_dir(args.comfyui)
     reason = missing_comfyui_reason(comfy_dir)
@@ -173,14 +179,17 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             summary = run_on_server(server.client, server.layout, args.workflow.resolve(), out_dir,
                                     args.timeout)
-        shutil.copy2(server.layout.log_file, out_dir / "comfyui.log")
         print(f"done: {summary}")
         return 0
     except (ComfyError, TimeoutError, ValueError) as e:
-        print(f"textloc demo failed: {e}\n--- last lines of {server.layout.log_file} ---\n"
-              f"{server.log_tail(40)}", file=sys.stderr)
+        print(f"textloc demo failed: {e}\n--- last lines of ComfyUI's log ---\n{server.log_tail(40)}",
+              file=sys.stderr)
         return 1
     finally:
+        if server.layout.log_file.is_file():  # kept next to the results, run failed or not
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(server.layout.log_file, out_dir / "comfyui.log")
+            print(f"ComfyUI's log: {out_dir / 'comfyui.log'}")
         if not args.keep_work_dir:
             shutil.rmtree(work, ignore_errors=True)
 
