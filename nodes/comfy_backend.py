@@ -338,7 +338,10 @@ class ComfyTextBackend:
 class ComfyDenoiserBackend:
     """``DenoiserBackend`` over a ComfyUI ModelPatcher (SD1.x / SD2.x UNets) and VAE."""
 
-    def __init__(self, model, vae, device: torch.device | None = None):
+    def __init__(self, model, vae, device: torch.device | None = None, *, training: bool = True):
+        """``training=False`` (the preview: ComfyUI's sampler conditions the model itself)
+        accepts any UNet with attn2 layers, SDXL included; training needs ``predict`` to be
+        complete from (x_t, t, context) alone."""
         import comfy.model_base
 
         self.patcher = model.clone()  # our routing patches never reach the caller's MODEL
@@ -346,19 +349,17 @@ class ComfyDenoiserBackend:
         self.unet = self.base_model.diffusion_model
         self.vae = vae
         model_type = self.base_model.model_type
-        if model_type == comfy.model_base.ModelType.EPS:
-            self.prediction_type = "epsilon"
-        elif model_type == comfy.model_base.ModelType.V_PREDICTION:
-            self.prediction_type = "v_prediction"
-        else:
+        types = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v_prediction"}
+        self.prediction_type = types.get(model_type, model_type.name.lower())
+        if training and model_type not in types:
             raise ValueError(
                 f"model: prediction type {model_type.name} is not supported; Textual Localization trains "
                 "epsilon- or v-prediction UNets (SD1.x, SD2.x)"
             )
-        if getattr(self.unet, "num_classes", None) is not None:
+        if training and getattr(self.unet, "num_classes", None) is not None:
             raise ValueError(
-                "model: this UNet needs pooled/size conditioning (SDXL-style adm); the ComfyUI training "
-                "backend supports SD1.x/SD2.x-style UNets"
+                "model: this UNet needs pooled/size conditioning (SDXL-style adm); TextLoc Train supports "
+                "SD1.x/SD2.x-style UNets (the Apply and Preview nodes work with SDXL too)"
             )
         find_cross_attention(self.unet)  # raises a clear error for models without attn2
         self.latent_format = self.base_model.latent_format
@@ -470,15 +471,3 @@ def training_session(model, clip, vae) -> Iterator[ModelBundle]:
                 yield bundle
             finally:
                 mm.soft_empty_cache()
-
-
-def inference_bundle(model, clip, vae) -> ModelBundle:
-    """A ModelBundle for sampling/preview (no grads, weights left as they are)."""
-    denoiser = ComfyDenoiserBackend(model, vae)
-    return ModelBundle(
-        text=ComfyTextBackend(clip),
-        denoiser=denoiser,
-        fingerprint=base_fingerprint_and_weights(denoiser.patcher)[0],
-        device=torch.device(denoiser.device),
-        compute_dtype=denoiser.dtype,
-    )

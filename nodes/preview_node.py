@@ -86,7 +86,7 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
     latent = torch.zeros([batch_size, channels, height // factor, width // factor])
     noise = comfy.sample.prepare_noise(latent, seed)
 
-    denoiser = ComfyDenoiserBackend(model, vae)
+    denoiser = ComfyDenoiserBackend(model, vae, training=False)
     router = PreviewRouter(layout.slots[:1])
     with denoiser.route_attention(router):
         samples = comfy.sample.sample(
