@@ -70,11 +70,16 @@ class World:
     sampling_steps: int = 10
     sampling_batch: int = 2
     text_layers: int | None = None  # SD1.5 text tower depth (None: the full 12)
+    n_images: int = 5  # training photos (only the VAE encoding at setup depends on it)
+    one_process: bool = False  # CPU: all modes in one process (VmHWM is reset per mode anyway)
 
 
 WORLDS = {
     "tinyworld-cpu": World("tinyworld-cpu", "tinyworld", "cpu", 64, warmup=3, steps=15, sampling_steps=25, sampling_batch=4),
-    "sd15-256-cpu": World("sd15-256-cpu", "sd15", "cpu", 256, warmup=1, steps=3, sampling_steps=3, sampling_batch=1),
+    # batch 1 + 1 and 2 timed steps: on the 2 shared cores of our CI-class machine one SD1.5
+    # step at 256 px takes minutes; the ratios, not the absolute times, are the point here
+    "sd15-256-cpu": World("sd15-256-cpu", "sd15", "cpu", 256, instance_batch=1, prior_batch=1, warmup=1, steps=2,
+                          sampling_steps=2, sampling_batch=1, n_images=2, one_process=True),
     "sd15-512-gpu": World("sd15-512-gpu", "sd15", "cuda", 512, warmup=3, steps=10, sampling_steps=25, sampling_batch=4),
 }
 TINY_TEST_WORLD = World("tiny-smoke", "tiny", "cpu", 16, warmup=1, steps=2, sampling_steps=2, sampling_batch=1)
@@ -140,8 +145,8 @@ def train_config(world: World, mode: str, steps: int, **overrides):
         instance_batch=world.instance_batch,
         prior_batch=world.prior_batch,
         # a handful of cheap prior latents: prior generation is timed separately (concept_time)
-        prior_images_per_class=max(4, world.prior_batch),
-        prior_sampling_steps=2,
+        prior_images_per_class=max(4, world.prior_batch) if world.device == "cuda" else world.prior_batch,
+        prior_sampling_steps=2 if world.device == "cuda" else 1,
         mixed_precision="bf16" if world.device == "cuda" else "fp32",
         checkpoint_every=10**9,
         **overrides,
@@ -271,21 +276,22 @@ def measure_sampling(world: World, bundle, adapter, repeats: int = 2) -> dict:
     and without the token-map capture the attention-map preview uses (``maps_for``)."""
     from textloc_core.api import generate
 
-    def run(capture: bool) -> float:
+    def run(capture: bool) -> tuple[float, float]:
         _sync(world.device)
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         generate(bundle, f"photo of a {TOKEN} doll", adapters=[adapter], num_images=world.sampling_batch,
                  steps=world.sampling_steps, size=(world.resolution, world.resolution),
                  maps_for=[TOKEN] if capture else ())
         _sync(world.device)
-        return time.perf_counter() - began
+        return time.perf_counter() - began, time.process_time() - cpu
 
     run(True)  # warm-up (kernel selection, allocator)
     plain, captured = [], []
     for _ in range(repeats):  # alternate, so drifting machine load hits both alike
         plain.append(run(False))
         captured.append(run(True))
-    p, c = statistics.median(plain), statistics.median(captured)
+    p, c = statistics.median(w for w, _ in plain), statistics.median(w for w, _ in captured)
+    p_cpu, c_cpu = statistics.median(u for _, u in plain), statistics.median(u for _, u in captured)
     return {
         "batch": world.sampling_batch,
         "steps": world.sampling_steps,
@@ -293,8 +299,11 @@ def measure_sampling(world: World, bundle, adapter, repeats: int = 2) -> dict:
         "plain_s": p,
         "capture_s": c,
         "capture_over_plain": c / p,
-        "plain_s_all": plain,
-        "capture_s_all": captured,
+        "plain_cpu_s": p_cpu,
+        "capture_cpu_s": c_cpu,
+        "capture_over_plain_cpu": c_cpu / p_cpu,
+        "plain_s_all": [w for w, _ in plain],
+        "capture_s_all": [w for w, _ in captured],
     }
 
 
@@ -368,7 +377,7 @@ def run_worker(world: World, modes: list[str], extras: list[str], partial: Path 
     torch.manual_seed(0)
     t0 = time.perf_counter()
     bundle = build_bundle(world)
-    concept_set = synthetic_concept_set(world.resolution)
+    concept_set = synthetic_concept_set(world.resolution, world.n_images)
     out: dict = {"build_s": time.perf_counter() - t0, "threads": torch.get_num_threads(), "modes": {}}
     state: dict = {"trained": None}
 
@@ -440,7 +449,7 @@ def run_world(world: World, modes: list[str], extras: list[str], rounds: int, pa
         "settings": {k: v for k, v in world.__dict__.items()},
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
-    if world.device == "cuda":
+    if world.device == "cuda" or world.one_process:
         result.update(run_worker(world, modes, extras, partial=partial))
     else:
         per_mode: dict[str, list[dict]] = {m: [] for m in modes}
@@ -519,7 +528,9 @@ def markdown(results: dict) -> str:
             sm = res["sampling"]
             lines += ["", f"Sampling ({sm['steps']} DDIM steps, CFG, batch {sm['batch']}): plain {sm['plain_s']:.3f} s, "
                       f"with token-map capture {sm['capture_s']:.3f} s "
-                      f"(x{sm['capture_over_plain']:.3f})."]
+                      f"(x{sm['capture_over_plain']:.3f})"
+                      + (f"; CPU time {sm['plain_cpu_s']:.3f} s vs {sm['capture_cpu_s']:.3f} s (x{sm['capture_over_plain_cpu']:.3f})"
+                         if "plain_cpu_s" in sm else "") + "."]
         if "concept_400" in res:
             c = res["concept_400"]
             lines += ["", f"Full concept: {c['prior_images']} prior images x {c['prior_sampling_steps']} DDIM steps "
@@ -571,8 +582,9 @@ def main(argv: list[str] | None = None) -> None:
         extras = args.extras.split(",") if args.extras else (
             ["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"])
         rounds = args.rounds or (3 if world.model != "sd15" else 1)
-        results[name] = run_world(world, modes, [e for e in extras if e and e != "-"], rounds,
-                                  partial=args.json.with_suffix(f".{name}.partial.json"))
+        partial = args.json.with_suffix(f".{name}.partial.json")  # survives a crash or a time limit
+        results[name] = run_world(world, modes, [e for e in extras if e and e != "-"], rounds, partial=partial)
+        partial.unlink(missing_ok=True)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
         write_markdown(args.markdown or args.json.with_suffix(".md"), results)
