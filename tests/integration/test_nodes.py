@@ -138,3 +138,10 @@ def test_concept_folder_names_a_missing_folder(comfy):
     }
     with pytest.raises(ComfyError, match="no_such_folder_here"):
         comfy.run(graph, timeout=120)
+
+
+def test_train_refuses_a_token_the_vocabulary_already_has(comfy):
+    graph = _train_graph(f"vocab_{uuid.uuid4().hex[:6]}", steps=1, checkpoint_every=1)
+    graph["2"]["inputs"]["token"] = "star"
+    with pytest.raises(ComfyError, match="token .star. of concept .dotstar. is a plain word"):
+        comfy.run(graph, timeout=300)
