@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,6 +27,10 @@ _MEMORY: dict[str, torch.Tensor] = {}
 GENERATION_BATCH = 4
 
 
+class PriorCancelled(Exception):
+    """``should_stop`` said stop while prior images were being generated (nothing is cached)."""
+
+
 def prior_key(fingerprint: str, prompt: str, count: int, latent_hw: tuple[int, int], config: TrainConfig) -> str:
     """Short hash naming one set of prior latents."""
     text = "|".join(
@@ -35,13 +40,17 @@ def prior_key(fingerprint: str, prompt: str, count: int, latent_hw: tuple[int, i
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _generate(bundle: ModelBundle, prompt: str, count: int, latent_hw: tuple[int, int], config: TrainConfig) -> torch.Tensor:
+def _generate(
+    bundle: ModelBundle, prompt: str, count: int, latent_hw: tuple[int, int], config: TrainConfig, should_stop
+) -> torch.Tensor:
     denoiser, dtype = bundle.denoiser, bundle.compute_dtype
     with torch.no_grad():
         encoded = bundle.text.encode([prompt, ""], {}).context
     cond, uncond = encoded[:1], encoded[1:]
     out = []
     for start in range(0, count, GENERATION_BATCH):
+        if should_stop is not None and should_stop():
+            raise PriorCancelled(f"cancelled after {start} of {count} prior images of {prompt!r}")
         n = min(GENERATION_BATCH, count - start)
         # One generator per image index: the k-th prior image does not depend on the batch size.
         noise = torch.stack(
@@ -70,10 +79,13 @@ def prior_latents(
     config: TrainConfig,
     *,
     cache_dir: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(count, C, h, w) float32 CPU latents of ``prompt`` from the base model, cached.
 
     Must be called with no adapter applied: the cache is keyed by the base fingerprint.
+    Generating 200 SD images takes minutes, so ``should_stop`` is polled between batches
+    (raising ``PriorCancelled``).
     """
     if count < 1:
         raise ValueError(f"prior_images_per_class: {count} must be at least 1 (or set lambda_prior to 0)")
@@ -88,7 +100,7 @@ def prior_latents(
             return latents
         except ValueError:
             path.unlink(missing_ok=True)  # corrupt cache: regenerate below
-    latents = _generate(bundle, prompt, count, latent_hw, config)
+    latents = _generate(bundle, prompt, count, latent_hw, config, should_stop)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(path, {"latents": latents}, {"prompt": prompt, "fingerprint": bundle.fingerprint, "count": str(count)})

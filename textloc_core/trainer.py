@@ -164,7 +164,7 @@ def _prepare_images(concept_set: ConceptSet, config: TrainConfig, multiple: int)
 class _Run:
     """State of one training run; ``step`` is the readable heart of the loop."""
 
-    def __init__(self, bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig, prior_cache_dir: Path | None):
+    def __init__(self, bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig):
         self.bundle, self.config, self.concept_set = bundle, config, concept_set
         self.device = bundle.device
         self.text, self.denoiser = bundle.text, bundle.denoiser
@@ -186,7 +186,7 @@ class _Run:
                 [self.denoiser.encode_images(images[i : i + 8].to(self.device)).float() for i in range(0, len(images), 8)]
             )
         self.latent_hw = tuple(self.latents.shape[-2:])
-        self._setup_prior(prior_cache_dir)
+        self.prior_latents = self.prior_context = None  # set by setup_prior
         self.guided = config.method != "none" and config.lambda_attn > 0
         self.layers = self._probe_layers() if self.guided else set()
         optimizer_class = _adamw(config)
@@ -204,24 +204,33 @@ class _Run:
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
 
-    def _setup_prior(self, cache_dir: Path | None) -> None:
+    def setup_prior(self, cache_dir: Path | None, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Generate (or read from the cache) the class-prior latents; False when cancelled.
+
+        Runs while the K/V deltas are still zero, so the base model draws them."""
         config = self.config
-        self.prior_latents = self.prior_context = None
         if not config.uses_prior:
-            return
-        from .prior import prior_latents
+            return True
+        from .prior import PriorCancelled, prior_latents
 
         latents, prompts = [], []
         for class_word in dict.fromkeys(c.class_word for c in self.concepts):
             prompt = config.class_prompt.format(class_word=class_word)
-            latents.append(
-                prior_latents(self.bundle, prompt, config.prior_images_per_class, self.latent_hw, config, cache_dir=cache_dir)
-            )
+            try:
+                latents.append(
+                    prior_latents(
+                        self.bundle, prompt, config.prior_images_per_class, self.latent_hw, config,
+                        cache_dir=cache_dir, should_stop=should_stop,
+                    )
+                )
+            except PriorCancelled:
+                return False
             prompts.append(prompt)
         self.prior_latents = torch.cat(latents).to(self.device, torch.float32)
         self.prior_prompt_index = torch.cat([torch.full((len(x),), i) for i, x in enumerate(latents)])
         with torch.no_grad():  # prior prompts hold no trainable token: encode once
             self.prior_context = self.text.encode(prompts, {}).context.detach()
+        return True
 
     def _probe_layers(self) -> set[str]:
         """Route every attn2 once (no grad) to learn each layer's resolution, then keep the
@@ -407,17 +416,23 @@ def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_
     if checkpoint_dir is not None:
         from . import checkpoint as ckpt  # the adapter engineer's atomic checkpoint files
 
-    run = _Run(bundle, concept_set, config, prior_cache_dir)
+    run = _Run(bundle, concept_set, config)
+    try:
+        prior_ready = run.setup_prior(prior_cache_dir, should_stop)
+    except BaseException:
+        run.injector.remove()
+        raise
     history: list[dict[str, float]] = []
-    start, stopped = 0, False
+    stopped = not prior_ready
     with run.hooks():
-        if resume and checkpoint_dir is not None:
+        start = 0
+        if resume and checkpoint_dir is not None and prior_ready:
             state = ckpt.load_latest_checkpoint(Path(checkpoint_dir), config_json=config.to_json())
             if state is not None:
                 run.load_trainables(state.tensors)
                 run.optimizer.load_state_dict(state.optimizer_state)
                 start, history = state.step, list(state.extra.get("history", []))
-        for step in range(start, config.steps):
+        for step in range(start, config.steps) if prior_ready else ():
             if should_stop is not None and should_stop():
                 stopped = True
                 break
@@ -429,16 +444,15 @@ def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_
                 _save(ckpt, checkpoint_dir, done, run, config, history)
             if on_step is not None:
                 on_step(StepReport(done, config.steps, losses, time.perf_counter() - began))
-        steps_done = len(history)
-        if stopped and checkpoint_dir is not None and steps_done > 0:
-            _save(ckpt, checkpoint_dir, steps_done, run, config, history)
+        if stopped and checkpoint_dir is not None and len(history) > start:
+            _save(ckpt, checkpoint_dir, len(history), run, config, history)
         trainables = run.trainables()
         return TrainResult(
             kv_deltas={k[3:]: v.detach().float().cpu().clone() for k, v in trainables.items() if k.startswith("kv:")},
             token_embeddings={k[4:]: v.detach().float().cpu().clone() for k, v in trainables.items() if k.startswith("emb:")},
             history=history,
             stopped_early=stopped,
-            steps_done=steps_done,
+            steps_done=len(history),
             fingerprint=bundle.fingerprint,
             config=config,
             prompts=list(run.prompts),
@@ -473,7 +487,7 @@ def map_mask_error(
     on its mask."""
     probe = replace(config, method="hard", lambda_attn=1.0, lambda_prior=0.0)
     with torch.inference_mode(False), torch.no_grad():
-        run = _Run(bundle, concept_set, probe, None)
+        run = _Run(bundle, concept_set, probe)
         with run.hooks():
             if result is not None:
                 tensors = {f"kv:{k}": v for k, v in result.kv_deltas.items()}

@@ -170,7 +170,7 @@ def test_gradient_checkpointing_trains_the_same(tiny_bundle, two_concepts):
 def test_masked_denoise_loss_ignores_pixels_outside_the_masks(tiny_bundle, two_concepts):
     from textloc_core.trainer import _Run
 
-    run = _Run(tiny_bundle, two_concepts, _config(masked_denoise_loss=True, prior_images_per_class=0), None)
+    run = _Run(tiny_bundle, two_concepts, _config(masked_denoise_loss=True, prior_images_per_class=0))
     run.injector.remove()
     masks = torch.zeros(1, 2, 16, 16)
     masks[0, 0, :8, :8] = 1  # concept 0 covers the top-left latent quarter
@@ -236,3 +236,19 @@ def test_bf16_autocast_path_trains_with_fp32_trainables(tiny_bundle, two_concept
     assert all(e.dtype == torch.float32 for e in result.token_embeddings.values())
     with pytest.raises(ValueError, match="fp16 needs a CUDA"):
         train(tiny_bundle, two_concepts, _config(steps=1, mixed_precision="fp16"))
+
+
+def test_cancel_during_prior_generation_returns_promptly(tiny_bundle, two_concepts):
+    """Generating the class-prior images takes minutes on a real model: Cancel must not wait."""
+    from textloc_core import prior
+
+    prior._MEMORY.clear()
+    polls = []
+    result = train(
+        tiny_bundle, two_concepts, _config(prior_images_per_class=9, steps=5),
+        should_stop=lambda: polls.append(1) or len(polls) > 1,  # stop at the second poll: mid-generation
+    )
+    assert result.stopped_early and result.steps_done == 0 and len(polls) == 2
+    assert set(result.token_embeddings) == {"<doll1>", "<bucket1>"} and result.kv_deltas
+    assert all(not a.to_k._forward_hooks for a in find_cross_attention(tiny_bundle.denoiser.unet).values())
+    assert not prior._MEMORY  # a partial prior set is never cached
