@@ -189,3 +189,26 @@ def test_apply_node_reruns_when_its_adapter_file_is_rewritten(pack, tiny, tmp_pa
         save_adapter(_adapter(model, "<a1>", scale=0.2), tmp_path / "x.safetensors")
         assert ApplyAdapter.IS_CHANGED(adapter_file="x.safetensors", strength=1.0) != first
         assert "x.safetensors" in ApplyAdapter.INPUT_TYPES()["required"]["adapter_file"][0]
+
+
+def test_training_leaves_the_input_model_and_clip_exactly_as_they_were(pack, tiny, tmp_path):
+    comfy_backend, _ = pack
+    from textloc_pack.nodes.tinyworld_nodes import TinyWorldConceptSet
+    from textloc_pack.textloc_core import trainer
+    from textloc_pack.textloc_core.config import TrainConfig
+
+    model, clip, vae = tiny
+    x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([400.0]), torch.randn(1, 77, 64)
+    with torch.inference_mode():
+        concepts = TinyWorldConceptSet().build("dotstar", "<tw9>", 2, 0)[0]
+        before_eps = model.model.diffusion_model(x, timesteps=t, context=ctx)
+        before_ctx = clip.encode_from_tokens(clip.tokenize("a <tw9> star"))
+        with comfy_backend.training_session(model, clip, vae) as bundle:
+            config = TrainConfig(steps=2, learning_rate=1e-2, prior_images_per_class=0, lambda_prior=0.0, checkpoint_every=100)
+            result = trainer.train(bundle, concepts, config, checkpoint_dir=tmp_path)
+        assert result.steps_done == 2
+        assert torch.equal(model.model.diffusion_model(x, timesteps=t, context=ctx), before_eps)
+        assert torch.equal(clip.encode_from_tokens(clip.tokenize("a <tw9> star")), before_ctx)
+        assert model.model_options == {"transformer_options": {}}
+        assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())
+        assert not any("forward" in m.__dict__ for m in clip.cond_stage_model.modules())
