@@ -358,7 +358,10 @@ def table(rows: list[dict], methods: tuple[str, ...]) -> str:
                 continue
             label = {"none": "none (Custom Diffusion)", "base": "base model, class word (context)",
                      "renders": "real renders (context)"}.get(method, method)
-            lines.append(f"| {setting} | {label} | {len(sel)} | " + " | ".join(_fmt([r[k] for r in sel]) for k, _ in COLUMNS) + " |")
+            # renders are not made from the prompts: text and prompt-alignment columns do not apply
+            skip = {"clip_t", "alignment"} if method == "renders" else set()
+            lines.append(f"| {setting} | {label} | {len(sel)} | "
+                         + " | ".join("–" if k in skip else _fmt([r[k] for r in sel]) for k, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 
