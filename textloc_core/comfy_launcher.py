@@ -280,7 +280,7 @@ class ComfyClient:
                              "({node_id: {'class_type': ..., 'inputs': {...}}})")
         if "nodes" in api_workflow and "links" in api_workflow:
             raise ValueError("this is a UI-format workflow; queue its API-format twin "
-                             "(workflows/*_api.json, or 'Export (API)' in ComfyUI)")
+                             "(workflows/api/*_api.json, or 'Export (API)' in ComfyUI)")
         answer = self._request("/prompt", {"prompt": api_workflow, "client_id": self.client_id})
         if answer.get("node_errors"):
             raise ComfyError("ComfyUI accepted the prompt with node errors:\n"

@@ -3,7 +3,7 @@
     python -m textloc_core.demo --out textloc-output
 
 Starts ComfyUI (``--cpu``) with this pack installed in a private temporary layout, queues
-workflows/tinyworld_demo_api.json (personalise a held-out TinyWorld concept from
+workflows/api/tinyworld_demo_api.json (personalise a held-out TinyWorld concept from
 multi-concept images with hard guidance, then generate it alone and in a new scene with
 attention-map previews), waits, and writes the images and overlays the graph produced plus
 a summary.md into --out. Nothing is downloaded; ComfyUI comes from --comfyui, else
@@ -25,7 +25,7 @@ from .comfy_launcher import (
     comfyui_dir, load_workflow, missing_comfyui_reason, output_files,
 )
 
-DEFAULT_WORKFLOW = PACK_ROOT / "workflows" / "tinyworld_demo_api.json"
+DEFAULT_WORKFLOW = PACK_ROOT / "workflows" / "api" / "tinyworld_demo_api.json"
 
 
 @dataclass

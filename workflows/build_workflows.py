@@ -258,7 +258,7 @@ def main() -> None:
     for build in WORKFLOWS:
         graph = build()
         (HERE / f"{graph.name}.json").write_text(json.dumps(to_ui(graph, classes), indent=1) + "\n")
-        (HERE / f"{graph.name}_api.json").write_text(json.dumps(to_api(graph, classes), indent=1) + "\n")
+        (HERE / "api" / f"{graph.name}_api.json").write_text(json.dumps(to_api(graph, classes), indent=1) + "\n")
         print("wrote", graph.name)
 
 

@@ -77,8 +77,9 @@ class ComfyHarness:
 
 
 def shipped_workflows(api: bool) -> list[Path]:
-    """workflows/*_api.json (api=True) or the UI-format workflows (api=False)."""
-    return sorted(p for p in WORKFLOWS_DIR.glob("*.json") if is_api_workflow(p) == api)
+    """workflows/api/*_api.json (api=True) or the UI-format workflows (api=False)."""
+    folder = WORKFLOWS_DIR / "api" if api else WORKFLOWS_DIR
+    return sorted(p for p in folder.glob("*.json") if is_api_workflow(p) == api)
 
 
 def ui_workflow_node_types(workflow: dict) -> set[str]:

@@ -31,7 +31,7 @@ def _images(paths) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def trained(comfy):
     """train_multi_concept_api.json run once (2 steps); the adapter name and its files."""
-    workflow = load_workflow(WORKFLOWS_DIR / "train_multi_concept_api.json")
+    workflow = load_workflow(WORKFLOWS_DIR / "api" / "train_multi_concept_api.json")
     name = f"pair_{uuid.uuid4().hex[:6]}"
     (train,) = _of_type(workflow, "TextLocTrain")
     train["inputs"].update(FAST_TRAIN, adapter_name=name)
@@ -60,7 +60,7 @@ def test_train_workflow_writes_adapter_lora_embeddings_and_checkpoints(trained):
 
 
 def test_generate_workflow_samples_and_previews_attention(comfy, trained):
-    workflow = load_workflow(WORKFLOWS_DIR / "generate_with_adapter_api.json")
+    workflow = load_workflow(WORKFLOWS_DIR / "api" / "generate_with_adapter_api.json")
     (apply,) = _of_type(workflow, "TextLocApplyAdapter")
     apply["inputs"]["adapter_file"] = f"{trained['name']}.safetensors"
     for node in _of_type(workflow, "KSampler") + _of_type(workflow, "TextLocAttentionPreview"):
@@ -79,7 +79,7 @@ def test_generate_workflow_samples_and_previews_attention(comfy, trained):
 
 
 def test_tinyworld_demo_trains_applies_and_previews(comfy):
-    workflow = load_workflow(WORKFLOWS_DIR / "tinyworld_demo_api.json")
+    workflow = load_workflow(WORKFLOWS_DIR / "api" / "tinyworld_demo_api.json")
     (train,) = _of_type(workflow, "TextLocTrain")
     train["inputs"].update(FAST_TRAIN, adapter_name=f"demo_{uuid.uuid4().hex[:6]}")
     for node in _of_type(workflow, "TextLocAttentionPreview"):
