@@ -32,7 +32,7 @@ from .config import TrainConfig
 from .maps import choose_layers, slot_layout, token_maps
 from .readers import read_concepts
 from .schedule import ddim_sample
-from .trainer import StepReport, TrainResult, map_mask_error, train
+from .trainer import StepReport, TrainResult, attn2_query_counts, map_mask_error, train
 
 __all__ = [
     "Generation", "TrainConfig", "StepReport", "TrainResult", "applied", "generate", "load_adapter", "load_model",
@@ -171,14 +171,13 @@ def generate(
             # on the device once: token_maps would otherwise copy the weights host-to-device every
             # step, and that copy synchronises the GPU, stalling the sampling loop (perf, issue 7)
             layout.weights = layout.weights.to(bundle.device)
-            router = AttentionRouter(layers=None, token_slots=layout.slots.to(bundle.device), keep_grad=False)
+            # Only the layers of the chosen levels are routed; the rest keep fused attention.
+            layers = choose_layers(attn2_query_counts(denoiser, noise, cond, bundle.compute_dtype), map_levels)
+            router = AttentionRouter(layers=layers, token_slots=layout.slots.to(bundle.device), keep_grad=False)
             rows = slice(num_images if use_cfg else 0, None)
 
             def on_maps(_step, captured):
-                if "layers" not in summed:
-                    summed["layers"] = choose_layers({m.layer: m.probs.shape[1] for m in captured}, map_levels)
-                chosen = [m for m in captured if m.layer in summed["layers"]]
-                maps = token_maps(chosen, layout, latent_hw, rows=rows)
+                maps = token_maps(captured, layout, latent_hw, rows=rows)
                 summed["maps"] = summed.get("maps", 0) + maps
                 summed["count"] = summed.get("count", 0) + 1
 

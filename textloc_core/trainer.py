@@ -82,6 +82,16 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 1) % (2**63))
 
 
+def attn2_query_counts(denoiser, latents: torch.Tensor, context: torch.Tensor, dtype: torch.dtype) -> dict[str, int]:
+    """Query pixels of every attn2 layer (canonical name) for latents of this size: one
+    routed forward without gradient, so levels are found by walking, never hard-coded."""
+    router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
+    with torch.no_grad(), denoiser.route_attention(router):
+        t = torch.zeros(1, dtype=torch.long, device=latents.device)
+        denoiser.predict(latents[:1].to(dtype), t, context[:1].to(dtype))
+    return {m.layer: m.probs.shape[1] for m in router.captured}
+
+
 def epoch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     """Instance images of ``step``, as a shuffling data loader would give them: each epoch a
     fresh permutation of the ``n`` images (seeded by (seed, epoch)), consumed ``batch`` at a
@@ -233,14 +243,10 @@ class _Run:
         return True
 
     def _probe_layers(self) -> set[str]:
-        """Route every attn2 once (no grad) to learn each layer's resolution, then keep the
-        layers ``map_levels`` asks for; all others stay on the fused attention path."""
-        router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
-        with torch.no_grad(), self.denoiser.route_attention(router):
+        """The layers ``map_levels`` asks for; all others stay on the fused attention path."""
+        with torch.no_grad():
             context = self.text.encode(self.prompts[:1], {t: e.detach() for t, e in self.embeddings.items()}).context
-            t = torch.zeros(1, dtype=torch.long, device=self.device)
-            self.denoiser.predict(self.latents[:1].to(self.bundle.compute_dtype), t, context.to(self.bundle.compute_dtype))
-        counts = {m.layer: m.probs.shape[1] for m in router.captured}
+        counts = attn2_query_counts(self.denoiser, self.latents[:1], context, self.bundle.compute_dtype)
         return choose_layers(counts, self.config.map_levels)
 
     def hooks(self) -> contextlib.ExitStack:
