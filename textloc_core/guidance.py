@@ -15,21 +15,8 @@ the batch loss is the mean over images that name at least one concept.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .config import GUIDANCE_METHODS
-
-
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(..., H, W) masks -> (..., h, w): area averaging when shrinking (keeps coverage
-    fractions at the edges), bilinear when growing."""
-    lead = masks.shape[:-2]
-    flat = masks.reshape(-1, 1, *masks.shape[-2:]).float()
-    if flat.shape[-2] >= size[0] and flat.shape[-1] >= size[1]:
-        out = F.interpolate(flat, size=size, mode="area")
-    else:
-        out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *size)
 
 
 def _per_concept_hard(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

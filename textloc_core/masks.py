@@ -149,14 +149,18 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def mask_to_grid(mask: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Area-average a mask onto an attention-map grid (``(..., H, W)`` -> ``(..., h, w)``).
+    """Resample a mask onto an attention-map grid (``(..., H, W)`` -> ``(..., h, w)``).
 
-    Each cell holds the fraction of its pixels inside the mask, the target the attention
-    losses compare a token map with. ``size`` is a side or ``(h, w)``.
+    Shrinking (the usual case: a photo-sized mask onto a 64x64..8x8 map) area-averages, so
+    each cell holds the fraction of its pixels inside the mask, the target the attention
+    losses compare a token map with. When the grid is larger than the mask in either side,
+    bilinear interpolation is used instead (area mode would just repeat pixels in blocks).
+    ``size`` is a side or ``(h, w)``.
     """
     if isinstance(size, int):
         size = (size, size)
-    return _interpolate(mask, size, mode="area")
+    shrinking = mask.dim() >= 2 and mask.shape[-2] >= size[0] and mask.shape[-1] >= size[1]
+    return _interpolate(mask, size, mode="area" if shrinking else "bilinear")
 
 
 def _interpolate(mask: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -164,7 +168,8 @@ def _interpolate(mask: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
         raise ValueError(f"mask: expected (..., H, W), got shape {tuple(mask.shape)}")
     lead = mask.shape[:-2]
     flat = mask.reshape(-1, 1, *mask.shape[-2:]).to(torch.float32)
-    out = F.interpolate(flat, size=tuple(int(s) for s in size), mode=mode)
+    extra = {"align_corners": False} if mode == "bilinear" else {}
+    out = F.interpolate(flat, size=tuple(int(s) for s in size), mode=mode, **extra)
     return out.reshape(*lead, *out.shape[-2:])
 
 

@@ -30,8 +30,9 @@ from .attention import AttentionRouter, KVDeltaInjector, find_cross_attention
 from .backends.base import ModelBundle
 from .concepts import ConceptSet
 from .config import TrainConfig
-from .guidance import attention_loss, resize_masks
+from .guidance import attention_loss
 from .maps import choose_layers, slot_layout, token_maps
+from .masks import mask_to_grid
 
 
 @dataclass
@@ -312,7 +313,7 @@ class _Run:
                 map_size=config.map_size, normalize=config.normalize_maps,
             )
             present = layout.present[:n_inst].to(dev)
-            losses["attention"] = attention_loss(config.method, maps, resize_masks(masks, tuple(maps.shape[-2:])), present)
+            losses["attention"] = attention_loss(config.method, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
         else:
             losses["attention"] = pred.sum() * 0.0
         losses["loss"] = losses["instance"] + config.lambda_prior * losses["prior"] + config.lambda_attn * losses["attention"]
@@ -337,7 +338,7 @@ class _Run:
         if not self.config.masked_denoise_loss:
             return F.mse_loss(pred, target)
         # Break-A-Scene: only the pixels of the named concepts count.
-        union = resize_masks(masks.amax(dim=1), tuple(pred.shape[-2:])).unsqueeze(1)
+        union = mask_to_grid(masks.amax(dim=1), tuple(pred.shape[-2:])).unsqueeze(1)
         return ((pred - target) ** 2 * union).sum() / (union.sum() * pred.shape[1]).clamp_min(1e-8)
 
     def _backward(self, total: torch.Tensor) -> None:

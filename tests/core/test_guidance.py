@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from textloc_core.guidance import attention_loss, hard_loss, resize_masks, soft_loss
+from textloc_core.guidance import attention_loss, hard_loss, soft_loss
 
 
 def _one(map_values, mask_values):
@@ -49,12 +49,3 @@ def test_bad_shapes_and_methods_are_named():
         attention_loss("hard", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 4, 4), torch.ones(1, 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="method"):
         attention_loss("medium", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, dtype=torch.bool))
-
-
-def test_resize_masks_area_averages_when_shrinking():
-    mask = torch.zeros(4, 4)
-    mask[:2, :2] = 1
-    mask[2, 2] = 1
-    small = resize_masks(mask, (2, 2))
-    assert torch.allclose(small, torch.tensor([[1.0, 0.0], [0.0, 0.25]]))
-    assert resize_masks(mask[None, None], (8, 8)).shape == (1, 1, 8, 8)

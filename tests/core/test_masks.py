@@ -140,6 +140,18 @@ def test_mask_to_grid_is_the_covered_fraction_of_each_cell():
     assert mask_to_grid(mask[None], (2, 2)).shape == (1, 2, 2)
 
 
+def test_mask_to_grid_interpolates_when_the_grid_is_larger():
+    # a grid finer than the mask: bilinear (a smooth ramp at the edge), not area's pixel blocks
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    grid = mask_to_grid(mask[None, None], (4, 4))
+    assert grid.shape == (1, 1, 4, 4)
+    assert torch.allclose(grid[0, 0, 0], torch.tensor([1.0, 0.75, 0.25, 0.0]))
+    # larger in one side only counts as growing too
+    assert torch.allclose(mask_to_grid(mask, (1, 4))[0], torch.tensor([1.0, 0.75, 0.25, 0.0]))
+    with pytest.raises(ValueError, match="expected"):
+        mask_to_grid(torch.ones(4), 2)
+
+
 def test_feather_softens_edges_only():
     mask = torch.zeros(32, 32)
     mask[8:24, 8:24] = 1
