@@ -19,12 +19,6 @@ CONCEPTS = "TEXTLOC_CONCEPTS"
 CATEGORY = "textloc"
 
 
-def _same_photos(concepts: ConceptSet, other: ConceptSet) -> bool:
-    return len(concepts.images) == len(other.images) and all(
-        a.image.shape == b.image.shape and torch.equal(a.image, b.image) for a, b in zip(concepts.images, other.images)
-    )
-
-
 def concepts_from_mask(images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> ConceptSet:
     """One concept from an IMAGE batch (B,H,W,3) and a MASK batch (B,H,W), optionally added to
     ``concepts``: on the same photos its masks merge into them, on other photos the photos are
@@ -37,7 +31,7 @@ def concepts_from_mask(images, masks, name, token, class_word, init_word="", inv
     single = ConceptSet.from_tensors(images, masks, concept, invert=invert_mask)
     if concepts is None:
         result = single
-    elif _same_photos(concepts, single):
+    elif concepts.same_photos(single):
         result = ConceptSet.merge(concepts, single)
     else:
         result = ConceptSet(list(concepts.concepts) + [concept], list(concepts.images) + list(single.images))
