@@ -87,10 +87,11 @@ def tiny_bundle(tiny_parts):
 @pytest.fixture
 def paper_dataset() -> Path:
     """The paper's dataset (read-only, outside the repo); skips loudly when absent."""
-    candidates = [os.environ.get("TEXTLOC_PAPER_DATASET"), REPO.parent / "shared" / "paper-dataset", "/work/shared/paper-dataset"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "multi_concept").is_dir():
-            return Path(candidate)
+    from textloc_core.readers import find_paper_dataset
+
+    root = find_paper_dataset(REPO)
+    if root is not None and (root / "multi_concept").is_dir():
+        return root
     pytest.skip("PAPER DATASET NOT FOUND: set TEXTLOC_PAPER_DATASET to ../shared/paper-dataset to run this test")
 
 
