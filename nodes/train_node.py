@@ -19,16 +19,15 @@ from __future__ import annotations
 import gc
 import logging
 
-import torch
 
 from ..textloc_core import trainer
-from ..textloc_core.adapter import Adapter, AdapterMetadata, architecture_signature, kv_weights_of, save_adapter
-from ..textloc_core.attention import find_cross_attention
+from ..textloc_core.adapter import save_adapter
+from ..textloc_core.api import make_adapter
 from ..textloc_core.config import GUIDANCE_METHODS, TrainConfig
 from ..textloc_core.safe_io import check_name
 from ..textloc_core.validation import validate_concept_set
 from . import paths
-from .comfy_backend import canonical_layer_name, training_session
+from .comfy_backend import training_session
 from .concept_nodes import CONCEPTS
 from .stock_files import write_stock_files
 
@@ -71,23 +70,6 @@ def _interrupted() -> bool:
     import comfy.model_management as mm
 
     return mm.processing_interrupted()
-
-
-def build_adapter(result, concept_set, unet) -> Adapter:
-    layers = {canonical_layer_name(n): m for n, m in find_cross_attention(unet).items()}
-    metadata = AdapterMetadata(
-        base_fingerprint=result.fingerprint,
-        architecture=architecture_signature(kv_weights_of(layers)),
-        concepts=[
-            {"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
-            for c in concept_set.concepts
-        ],
-        method=result.config.method,
-        train_config=result.config.to_json(),
-        steps=result.steps_done,
-        data_hashes={"concept_set": concept_set.data_hash()},
-    )
-    return Adapter(dict(result.kv_deltas), dict(result.token_embeddings), metadata)
 
 
 class TextLocTrain:
@@ -167,7 +149,7 @@ class TextLocTrain:
                     bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
                     on_step=on_step, should_stop=_interrupted, prior_cache_dir=paths.prior_cache_dir(),
                 )
-                adapter = build_adapter(result, concepts, bundle.denoiser.unet)
+                adapter = make_adapter(result, concepts, bundle)
                 encoder_sizes = [(n, int(tok.embedding_size)) for n, tok, _ in bundle.text.encoders]
         except trainer.TrainingDiverged as exc:
             raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
