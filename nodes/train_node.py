@@ -19,7 +19,6 @@ from __future__ import annotations
 import gc
 import logging
 
-
 from ..textloc_core import trainer
 from ..textloc_core.adapter import save_adapter
 from ..textloc_core.api import make_adapter
