@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import re
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -38,6 +37,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..textloc_core.adapter import base_model_fingerprint
 from ..textloc_core.attention import AttentionRouter, find_cross_attention
 from ..textloc_core.backends.base import EncodedPrompts, ModelBundle
 
@@ -215,17 +215,6 @@ def differentiable_text_encoder(clip_model: nn.Module) -> Iterator[None]:
             layer.__dict__.pop("forward", None)
 
 
-def fingerprint_of(kv_weights: dict[str, torch.Tensor]) -> str:
-    """Short sha256 of K/V weights keyed ``<canonical layer>.to_k``; the same bytes and order as
-    the diffusers backend's ``kv_fingerprint``, so one checkpoint has one fingerprint everywhere."""
-    digest = hashlib.sha256()
-    for key in sorted(kv_weights):
-        weight = kv_weights[key].detach().float().cpu().contiguous()
-        digest.update(f"{key}{tuple(weight.shape)}".encode())
-        digest.update(weight.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def base_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
     """Fingerprint and K/V weights of a ModelPatcher's *base* weights.
 
@@ -241,7 +230,7 @@ def base_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
             key = f"diffusion_model.{layer}.{proj}.weight"
             saved = backup.get(key)
             weights[f"{layer}.{proj}"] = saved.weight if saved is not None else getattr(attn, proj).weight
-    return fingerprint_of(weights), weights
+    return base_model_fingerprint(weights), weights
 
 
 def find_positions(

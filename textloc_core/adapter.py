@@ -19,6 +19,7 @@ Writers for ComfyUI's and diffusers' own formats live in ``adapter_formats``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -330,6 +331,36 @@ def apply_adapters(
 def kv_weights_of(layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """``{"<canonical>.to_k": weight, ...}`` from canonical layer name -> attn2 module."""
     return {f"{name}.{proj}": getattr(attn, proj).weight for name, attn in layers.items() for proj in _PROJECTIONS}
+
+
+FINGERPRINT_DTYPE = torch.float16
+"""The dtype K/V weights are hashed in (see ``base_model_fingerprint``)."""
+
+
+def base_model_fingerprint(kv_weights: Mapping[str, torch.Tensor]) -> str:
+    """The base-model fingerprint: a short sha256 of the attn2 K/V weights keyed
+    ``"<canonical layer>.to_k"`` / ``".to_v"``, in sorted key order.
+
+    Every backend (diffusers, ComfyUI) computes it here, so one checkpoint has one
+    fingerprint everywhere. The weights are hashed as float16, whatever dtype the model was
+    loaded in: an fp16 checkpoint loaded in fp32 (or fp16) hashes its exact stored values, and
+    an fp32 checkpoint loaded in fp16 hashes the same values as when it is loaded in fp32
+    (fp32 -> fp16 rounds to nearest either way), so the dtype a user picks in a loader never
+    reads as "another base model".
+
+    Residual edge case: bf16 (and fp8) keep fewer mantissa bits than fp16, so an fp32 or fp16
+    checkpoint *loaded in* bf16 has already lost bits and hashes differently from the same
+    checkpoint loaded in fp16/fp32. A bf16-stored checkpoint is consistent in any dtype
+    (bf16 -> fp32 is exact, and bf16 -> fp16 rounds as bf16 -> fp32 -> fp16 does). Where a
+    user hits the edge case, ``allow_base_mismatch`` overrides the check.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(kv_weights):
+        # cast on the weight's own device first: half the bytes to copy off a GPU
+        weight = kv_weights[key].detach().to(FINGERPRINT_DTYPE).cpu().contiguous()
+        digest.update(f"{key}{tuple(weight.shape)}".encode())
+        digest.update(weight.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class PatchedModules:

@@ -4,6 +4,7 @@ attn2-only routing that leaves outputs unchanged, canonical names and the finger
 import pytest
 import torch
 
+from textloc_core.adapter import base_model_fingerprint, kv_weights_of
 from textloc_core.attention import AttentionRouter, find_cross_attention
 from textloc_core.backends.base import DenoiserBackend, TextBackend
 from textloc_core.backends.diffusers_backend import kv_fingerprint
@@ -90,6 +91,39 @@ def test_fingerprint_tracks_kv_weights_only(tiny_bundle):
         assert kv_fingerprint(denoiser) == tiny_bundle.fingerprint
         attn.to_k.weight[0, 0] += 1.0
     assert kv_fingerprint(denoiser) != tiny_bundle.fingerprint
+
+
+def test_fingerprint_does_not_depend_on_the_load_dtype(tiny_parts):
+    """The same checkpoint loaded in fp32 or fp16 is the same base model; one changed K weight
+    is another. (A user picking fp16 in a loader must not get "trained on another base model".)"""
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+    bundle = bundle_from_diffusers(**tiny_parts)
+    fp32, denoiser, unet = bundle.fingerprint, bundle.denoiser, tiny_parts["unet"]
+    unet.half()  # the fp32 checkpoint, loaded in fp16
+    assert kv_fingerprint(denoiser) == fp32
+    unet.float()  # an fp16 checkpoint (the weights now hold fp16 values), loaded in fp32
+    assert kv_fingerprint(denoiser) == fp32
+    # the ComfyUI backend hashes a {"<canonical layer>.to_k": weight} dict the same way
+    canonical = {denoiser.canonical_layer_name(n): m for n, m in find_cross_attention(unet).items()}
+    assert base_model_fingerprint(kv_weights_of(canonical)) == fp32
+    attn = next(iter(find_cross_attention(unet).values()))
+    with torch.no_grad():
+        attn.to_k.weight[0, 0] += 0.01
+    assert kv_fingerprint(denoiser) != fp32
+    unet.half()
+    assert kv_fingerprint(denoiser) != fp32
+
+
+def test_fingerprint_of_a_bf16_checkpoint_is_the_same_in_every_load_dtype():
+    # bf16-stored weights convert exactly to fp32 and round alike to fp16 (the documented
+    # residual case is the other way round: fp32/fp16 weights *loaded in* bf16)
+    torch.manual_seed(0)
+    stored = {"a.attn2.to_k": torch.randn(8, 4).bfloat16(), "a.attn2.to_v": (torch.randn(8, 4) * 1e-6).bfloat16()}
+    as_bf16 = base_model_fingerprint(stored)
+    assert base_model_fingerprint({k: v.float() for k, v in stored.items()}) == as_bf16
+    assert base_model_fingerprint({k: v.half() for k, v in stored.items()}) == as_bf16
+    assert base_model_fingerprint({k: v.float().half().float() for k, v in stored.items()}) == as_bf16
 
 
 def test_vae_round_trip_shapes(tiny_bundle):

@@ -10,13 +10,13 @@ every other attention keeps diffusers' own (SDPA) processor.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from ..adapter import base_model_fingerprint, kv_weights_of
 from ..attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
 from ..unet_names import diffusers_to_ldm_attn2
 from .base import EncodedPrompts, ModelBundle
@@ -208,15 +208,10 @@ class DiffusersDenoiser:
 
 
 def kv_fingerprint(denoiser: DiffusersDenoiser | Any) -> str:
-    """Short sha256 of the frozen attn2 K/V weights, in canonical-name order."""
-    digest = hashlib.sha256()
+    """The base-model fingerprint of a diffusers UNet: ``adapter.base_model_fingerprint`` of
+    its attn2 K/V weights under their canonical names (as the ComfyUI backend hashes them)."""
     layers = find_cross_attention(denoiser.unet)
-    for name in sorted(layers, key=denoiser.canonical_layer_name):
-        for proj in ("to_k", "to_v"):
-            weight = getattr(layers[name], proj).weight.detach().float().cpu().contiguous()
-            digest.update(f"{denoiser.canonical_layer_name(name)}.{proj}{tuple(weight.shape)}".encode())
-            digest.update(weight.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return base_model_fingerprint(kv_weights_of({denoiser.canonical_layer_name(n): m for n, m in layers.items()}))
 
 
 def bundle_from_diffusers(
