@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import copy
 
+from ..sd15_config import SD15_SCHEDULER_CONFIG
+
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
 LATENT_CHANNELS = 4
@@ -152,16 +154,8 @@ CLIP_VISION_CONFIG: dict = {
 }
 
 # ---------------------------------------------------------------- scheduler (SD1's)
-SCHEDULER_CONFIG: dict = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-}
+SCHEDULER_CONFIG: dict = dict(SD15_SCHEDULER_CONFIG)
+"""TinyWorld is trained and sampled on SD1.5's noise schedule, so code tuned on it transfers."""
 
 
 def _cfg(config: dict) -> dict:
