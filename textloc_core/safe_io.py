@@ -223,11 +223,17 @@ def _corrupt(what: str, path: Path, detail: str, fix: str) -> ValueError:
     return ValueError(f"{what} {path} is truncated or corrupt ({detail}): {fix}")
 
 
-def read_metadata(path: str | os.PathLike, what: str = "file", fix: str = "re-save it") -> dict[str, str]:
-    """The safetensors header metadata of ``path`` without reading any tensor (cheap)."""
+def _existing_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path; FileNotFoundError naming ``what`` when there is no such file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
+    return path
+
+
+def read_metadata(path: str | os.PathLike, what: str = "file", fix: str = "re-save it") -> dict[str, str]:
+    """The safetensors header metadata of ``path`` without reading any tensor (cheap)."""
+    path = _existing_file(path, what)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return dict(handle.metadata() or {})
@@ -244,9 +250,7 @@ def load_tensors(
     or whose tensors no longer match the digest stored at save time raises
     ``ValueError("<what> <path> is truncated or corrupt (...): <fix>")``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+    path = _existing_file(path, what)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})
@@ -265,9 +269,7 @@ def load_legacy_tensor_file(path: str | os.PathLike, what: str = "embedding file
     Only tensors and plain containers load; a file that needs arbitrary classes (a pickle
     that could run code) is refused with ValueError.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+    path = _existing_file(path, what)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
