@@ -442,7 +442,7 @@ def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers:
         f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Machine: {machine}  ",
         f"Time: {len(runs)} training runs (mean {mean_train:.0f} s training, {mean_total:.0f} s with evaluation, "
-        f"one thread each) + {len(rows) - len(runs)} context rows; {seconds / 60:.1f} min wall for the last invocation" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
+        f"one thread each) + {len(rows) - len(runs)} context rows; {seconds / 60:.1f} min wall in all, class priors included" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
         "",
         f"Protocol: `{json.dumps(asdict(p))}`",
         "",
@@ -489,8 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     out, work = args.out, args.work
     (work / "cache").mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python scripts/bench_methods.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
-                                                            if a not in ("--resume", "--report-only"))
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--resume", "--report-only")]
+    command = " ".join(["python scripts/bench_methods.py", *shown])
     began = time.perf_counter()
     torch.set_num_threads(1)
 
@@ -527,7 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     expected = len(jobs) + len(context)
     if len(rows) < expected:
         print(f"note: {len(rows)} of {expected} rows exist; the report covers those", flush=True)
-    seconds = time.perf_counter() - began
+    # wall time of the invocations that ran jobs, summed (a --report-only run adds nothing)
+    wall_file = work / "wall.json"
+    seconds = json.loads(wall_file.read_text())["seconds"] if wall_file.is_file() and args.resume else 0.0
+    if todo:
+        seconds += time.perf_counter() - began
+    wall_file.write_text(json.dumps({"seconds": seconds}))
     (work / "rows.json").write_text(json.dumps(rows, indent=1))
     figure(work, p, out / args.figure)
     write_markdown(out / args.markdown, report(rows, p, command, seconds, args.workers, args.figure))
