@@ -5,9 +5,9 @@
 Starts ComfyUI (``--cpu``) with this pack installed in a private temporary layout, queues
 workflows/api/tinyworld_demo_api.json (personalise a held-out TinyWorld concept from
 multi-concept images with hard guidance, then generate it alone and in a new scene with
-attention-map previews), waits, and writes the images and overlays the graph produced plus
-a summary.md into --out. Nothing is downloaded; ComfyUI comes from --comfyui, else
-$COMFYUI_DIR, else ~/ComfyUI.
+attention-map previews), waits, and writes the images and overlays the graph produced, the
+trained adapter files (under models/) and a summary.md into --out. Nothing is downloaded;
+ComfyUI comes from --comfyui, else $COMFYUI_DIR, else ~/ComfyUI.
 """
 from __future__ import annotations
 
@@ -80,6 +80,25 @@ def collect_results(history: dict, workflow: dict, layout: ComfyLayout, out_dir:
     return results
 
 
+def collect_model_files(layout: ComfyLayout, out_dir: Path) -> list[Path]:
+    """Copy the model files the graph wrote (adapter, stock LoRA, embeddings) to out_dir/models/.
+
+    The demo's ComfyUI layout is temporary; these keep their relative paths, so copying
+    ``models/`` over a ComfyUI's models folder installs them. Training checkpoints and
+    cached prior latents stay behind (they are only for resuming).
+    """
+    copied = []
+    for src in sorted(layout.models.rglob("*.safetensors")):
+        rel = src.relative_to(layout.models)
+        if {"checkpoints", "prior_cache"} & set(rel.parts):
+            continue
+        dst = out_dir / "models" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        copied.append(dst)
+    return copied
+
+
 def pack_settings(workflow: dict, pack_classes: set[str]) -> list[str]:
     """The literal inputs of this pack's nodes (steps, guidance, ...), one line per node."""
     lines = []
@@ -92,7 +111,7 @@ def pack_settings(workflow: dict, pack_classes: set[str]) -> list[str]:
 
 
 def write_summary(out_dir: Path, workflow_path: Path, results: list[NodeResult], settings: list[str],
-                  seconds: float, comfy_version: str) -> Path:
+                  seconds: float, comfy_version: str, model_files: list[Path] = ()) -> Path:
     """summary.md: what ran, with which settings, how long, and every picture it made."""
     lines = [
         "# textloc demo run",
@@ -103,6 +122,9 @@ def write_summary(out_dir: Path, workflow_path: Path, results: list[NodeResult],
     ]
     if settings:
         lines += ["## Settings", "", *settings, ""]
+    if model_files:
+        lines += ["## Trained files (copy models/ into ComfyUI's models folder to use them)", ""]
+        lines += [f"- `{f.relative_to(out_dir)}`" for f in model_files] + [""]
     lines += ["## Outputs", ""]
     for r in results:
         if not (r.files or r.text):
@@ -140,7 +162,7 @@ def run_on_server(client: ComfyClient, layout: ComfyLayout, workflow_path: Path,
     results = collect_results(history, workflow, layout, out_dir)
     version = client.get_json("/system_stats").get("system", {}).get("comfyui_version", "?")
     return write_summary(out_dir, workflow_path, results, pack_settings(workflow, pack_classes),
-                         seconds, version)
+                         seconds, version, collect_model_files(layout, out_dir))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import time
 from PIL import Image
 
 from textloc_core import demo
-from textloc_core.comfy_launcher import ProgressWatcher
+from textloc_core.comfy_launcher import ComfyLayout, ProgressWatcher
 
 STOCK_GRAPH = {
     "1": {"class_type": "EmptyImage", "_meta": {"title": "Blue square"},
@@ -48,6 +48,18 @@ def test_progress_watcher_follows_the_running_graph(comfy):
             time.sleep(0.1)
     assert watcher.node in {"1", "3"}
     assert watcher.describe().startswith(f"node {watcher.node} (")
+
+
+def test_trained_files_are_kept_but_not_checkpoints(tmp_path):
+    layout = ComfyLayout.create(tmp_path / "base")
+    for rel in ("textloc/a.safetensors", "loras/textloc/a.safetensors",
+                "textloc/checkpoints/a/step-000000001/tensors.safetensors", "textloc/prior_cache/p.safetensors"):
+        (layout.models / rel).parent.mkdir(parents=True, exist_ok=True)
+        (layout.models / rel).write_bytes(b"x")
+    out = tmp_path / "out"
+    copied = demo.collect_model_files(layout, out)
+    assert sorted(p.relative_to(out).as_posix() for p in copied) == [
+        "models/loras/textloc/a.safetensors", "models/textloc/a.safetensors"]
 
 
 def test_missing_workflow_fails_clearly(tmp_path, capsys):
