@@ -83,6 +83,8 @@ class Protocol:
     n_references: int = 16
     n_iou_scenes: int = 8
     map_levels_eval: str = "all"
+    train_map_levels: str = "all_but_finest"
+    """Attention resolutions the guidance uses (TrainConfig.map_levels; the paper: all but the finest)."""
     random_weights: bool = False
 
 
@@ -215,6 +217,8 @@ def train_config(p: Protocol, method: str, seed: int) -> TrainConfig:
         method=method, steps=p.steps, learning_rate=p.learning_rate, scale_lr_by_batch=False, instance_batch=2,
         prior_batch=2, prior_images_per_class=p.prior_images, prior_sampling_steps=p.prior_steps,
         instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
+        map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
+        else tuple(int(f) for f in p.train_map_levels.split(",")),
     )
 
 
@@ -468,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=Protocol.steps)
     parser.add_argument("--lr", type=float, default=Protocol.learning_rate)
     parser.add_argument("--images-per-prompt", type=int, default=Protocol.images_per_prompt)
+    parser.add_argument("--train-map-levels", default=Protocol.train_map_levels,
+                        help='"all_but_finest" (paper), "all", or factors like 1,2')
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "bench_methods",
@@ -482,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = Protocol(pairs=tuple(args.pairs.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
                  methods=tuple(args.methods.split(",")), steps=args.steps, learning_rate=args.lr,
-                 images_per_prompt=args.images_per_prompt, random_weights=args.random_weights)
+                 images_per_prompt=args.images_per_prompt, random_weights=args.random_weights,
+                 train_map_levels=args.train_map_levels)
     if args.quick:
         p = replace(p, steps=min(p.steps, 2), prior_images=2, prior_steps=2, images_per_prompt=1, sample_steps=2,
                     n_references=5, n_iou_scenes=2)
