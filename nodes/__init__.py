@@ -4,8 +4,10 @@ collects their classes and registers the ``models/textloc`` folder."""
 from . import paths
 from .apply_node import ApplyAdapter
 from .concept_nodes import ConceptFolder, ConceptFromMask
+from .metrics_node import ScoreImages
 from .preview_node import AttentionPreview
 from .tinyworld_nodes import TinyWorldConceptSet, TinyWorldLoader
+from .tinyworld_reference_node import TinyWorldReferences
 from .train_node import TextLocTrain
 
 paths.register()
@@ -18,6 +20,8 @@ NODE_CLASS_MAPPINGS = {
     "TextLocAttentionPreview": AttentionPreview,
     "TextLocTinyWorldLoader": TinyWorldLoader,
     "TextLocTinyWorldConceptSet": TinyWorldConceptSet,
+    "TextLocTinyWorldReferences": TinyWorldReferences,
+    "TextLocScoreImages": ScoreImages,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -28,4 +32,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TextLocAttentionPreview": "TextLoc Attention Preview",
     "TextLocTinyWorldLoader": "TextLoc TinyWorld Loader",
     "TextLocTinyWorldConceptSet": "TextLoc TinyWorld Concept Set",
+    "TextLocTinyWorldReferences": "TextLoc TinyWorld References",
+    "TextLocScoreImages": "TextLoc Score Images",
 }

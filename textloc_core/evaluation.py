@@ -118,3 +118,63 @@ def attention_on_images(
                 summed = summed + maps * layout.present[..., None, None].to(maps)
             out.append((summed / len(timesteps)).cpu())
     return torch.cat(out)
+
+
+def load_feature_model(choice: str) -> metrics.FeatureModel:
+    """The feature model for image scores: ``"tinyworld"`` (TinyWorld's shipped CLIP) or the path
+    of a local CLIP folder (``metrics.ClipFeatureModel.from_directory``; nothing downloads)."""
+    choice = (choice or "").strip()
+    if not choice:
+        raise ValueError("feature_model: empty; write 'tinyworld' or the path of a local CLIP folder")
+    if choice.lower() == "tinyworld":
+        from . import tinyworld
+
+        text, vision, tokenizer = tinyworld.load_clip()
+        return metrics.ClipFeatureModel(vision, text, tokenizer)
+    return metrics.ClipFeatureModel.from_directory(choice)
+
+
+def score_images(
+    feature_model: metrics.FeatureModel,
+    images: torch.Tensor,
+    references: torch.Tensor,
+    prompt: str,
+    *,
+    kid_subset_size: int = 5,
+    attention_maps: torch.Tensor | None = None,
+    target_masks: torch.Tensor | None = None,
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """CLIP-I, CLIP-T, KID and attention IoU of generated ``images`` (N, 3, H, W) in [0, 1].
+
+    One ``prompt`` for every image (identifier tokens ``<...>`` are stripped for CLIP-T). KID is
+    ``nan`` when either set has fewer than ``kid_subset_size`` images. IoU is the mean of
+    ``metrics.attention_iou`` over the maps (M, h, w) against ``target_masks`` (one per map or
+    one for all), or -1 when no maps are given.
+    """
+    if (attention_maps is None) != (target_masks is None):
+        raise ValueError("attention_maps/target_masks: give both to score IoU, or neither")
+    scores = image_scores(feature_model, images, [prompt] * len(images), references,
+                          kid_subset_size=kid_subset_size, seed=seed)
+    scores["iou"] = -1.0
+    if attention_maps is not None:
+        scores["iou"] = metrics.attention_iou(attention_maps, target_masks, threshold).mean().item()
+    return scores
+
+
+def score_report(scores: dict[str, float], *, n_images: int, n_references: int, prompt: str,
+                 kid_subset_size: int) -> str:
+    """The scores as a markdown table, saying why a score is missing instead of printing nan."""
+    def show(name: str, value: float) -> str:
+        if name == "kid" and value != value:
+            return f"n/a (needs >= {kid_subset_size} generated and reference images)"
+        if name == "iou" and value < 0:
+            return "n/a (no attention maps given)"
+        return f"{value:.4f}"
+
+    rows = [("CLIP-I", "clip_i"), ("CLIP-T", "clip_t"), ("KID", "kid"), ("Attention IoU", "iou")]
+    lines = [f"Scores of {n_images} generated images against {n_references} references; "
+             f"CLIP-T prompt: {metrics.strip_identifier(prompt)!r}", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {label} | {show(key, scores[key])} |" for label, key in rows]
+    return "\n".join(lines) + "\n"
