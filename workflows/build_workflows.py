@@ -247,7 +247,34 @@ def tinyworld_demo() -> Graph:
     return g
 
 
-WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo)
+def tinyworld_evaluate() -> Graph:
+    g = Graph("tinyworld_evaluate")
+    g.add("Note", (20, 20), {"text": (
+        "TinyWorld with numbers: teach the dotted star (hard guidance, 60 steps), generate it alone, and score the "
+        "images against fresh renders of the star alone: CLIP-I, CLIP-T (token removed from the prompt) and KID with "
+        "TinyWorld's own CLIP. The report is written to output/textloc/tinyworld_scores_*.md and shown on the node. "
+        "For SD1.5, set feature_model to a local CLIP folder (the paper uses CLIP ViT-L/14).")}, size=(420, 220))
+    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
+    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
+    train = g.add("TextLocTrain", (440, 300), {
+        "guidance": "hard", "steps": 60, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
+        "checkpoint_every": 30, "adapter_name": "tinyworld_dotstar_eval",
+    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)}, size=(340, 420))
+    apply = g.add("TextLocApplyAdapter", (860, 300), {"adapter_file": "(none)", "strength": 1.0},
+                  {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)})
+    prompt = "a <tw1> star on grass"
+    preview = g.add("TextLocAttentionPreview", (1280, 40), {
+        "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 5,
+    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(360, 600))
+    g.add("SaveImage", (1700, 40), {"filename_prefix": "textloc/tinyworld_eval_attention"}, {"images": (preview, 1)})
+    references = g.add("TextLocTinyWorldReferences", (860, 760), {"concept": "dotstar", "images": 8, "seed": 0})
+    g.add("TextLocScoreImages", (1700, 480), {
+        "prompt": prompt, "feature_model": "tinyworld", "kid_subset_size": 5, "filename_prefix": "textloc/tinyworld_scores",
+    }, {"images": (preview, 0), "references": (references, 0)}, size=(400, 420))
+    return g
+
+
+WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo, tinyworld_evaluate)
 
 
 def main() -> None:
