@@ -221,20 +221,26 @@ def generate_with_adapter() -> Graph:
     return g
 
 
+def _tinyworld_dotstar_adapter(g: Graph, *, steps: int, checkpoint_every: int, adapter_name: str):
+    """TinyWorld loader -> dotstar photos (token <tw1>) -> Train (hard) -> Apply: (loader, apply) nodes."""
+    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
+    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
+    train = g.add("TextLocTrain", (440, 300), {
+        "guidance": "hard", "steps": steps, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
+        "checkpoint_every": checkpoint_every, "adapter_name": adapter_name,
+    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)}, size=(340, 420))
+    apply = g.add("TextLocApplyAdapter", (860, 300), {"adapter_file": "(none)", "strength": 1.0},
+                  {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)})
+    return loader, apply
+
+
 def tinyworld_demo() -> Graph:
     g = Graph("tinyworld_demo")
     g.add("Note", (20, 20), {"text": (
         "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
         "stands next to a blue circle; its mask guides the token's attention (hard guidance). Then the token is "
         "used alone, in the training context, and in a new scene; each preview shows where <tw1> attends.")}, size=(420, 200))
-    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
-    train = g.add("TextLocTrain", (440, 300), {
-        "guidance": "hard", "steps": 200, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
-        "checkpoint_every": 50, "adapter_name": "tinyworld_dotstar",
-    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)}, size=(340, 420))
-    apply = g.add("TextLocApplyAdapter", (860, 300), {"adapter_file": "(none)", "strength": 1.0},
-                  {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)})
+    loader, apply = _tinyworld_dotstar_adapter(g, steps=200, checkpoint_every=50, adapter_name="tinyworld_dotstar")
     scenes = [("alone", "a <tw1> star on grass"), ("context", "a <tw1> star and a blue circle on sand"),
               ("new_scene", "a <tw1> star and a red triangle on night")]
     for row, (label, prompt) in enumerate(scenes):
@@ -254,14 +260,7 @@ def tinyworld_evaluate() -> Graph:
         "images against fresh renders of the star alone: CLIP-I, CLIP-T (token removed from the prompt) and KID with "
         "TinyWorld's own CLIP. The report is written to output/textloc/tinyworld_scores_*.md and shown on the node. "
         "For SD1.5, set feature_model to a local CLIP folder (the paper uses CLIP ViT-L/14).")}, size=(420, 220))
-    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
-    train = g.add("TextLocTrain", (440, 300), {
-        "guidance": "hard", "steps": 60, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
-        "checkpoint_every": 30, "adapter_name": "tinyworld_dotstar_eval",
-    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)}, size=(340, 420))
-    apply = g.add("TextLocApplyAdapter", (860, 300), {"adapter_file": "(none)", "strength": 1.0},
-                  {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)})
+    loader, apply = _tinyworld_dotstar_adapter(g, steps=60, checkpoint_every=30, adapter_name="tinyworld_dotstar_eval")
     prompt = "a <tw1> star on grass"
     preview = g.add("TextLocAttentionPreview", (1280, 40), {
         "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 5,
