@@ -1,0 +1,60 @@
+"""Two promises users rely on: nothing ever reaches the network, and a model the method
+cannot train (no text cross-attention) is refused up front with a readable error."""
+
+import socket
+
+import pytest
+import torch
+
+from textloc_core import api
+from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.config import TrainConfig
+from textloc_core.trainer import train
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test loudly."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("textloc tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_a_hub_model_id_is_refused_not_downloaded(no_network):
+    with pytest.raises(ValueError, match="does not exist: give a diffusers folder"):
+        api.load_model("runwayml/stable-diffusion-v1-5")
+
+
+def test_training_and_generation_never_touch_the_network(no_network, tiny_bundle):
+    mask = torch.zeros(16, 16)
+    mask[4:12, 4:12] = 1
+    images = [ConceptImage(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)), {"doll": mask}) for i in range(2)]
+    concepts = ConceptSet([Concept("doll", "<doll1>", "doll")], images)
+    config = TrainConfig(steps=2, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2)
+    result = train(tiny_bundle, concepts, config)
+    adapter = api.make_adapter(result, concepts, tiny_bundle)
+    out = api.generate(tiny_bundle, "a <doll1> doll", adapters=[adapter], steps=2, maps_for=["<doll1>"])
+    assert torch.isfinite(out.images).all() and "<doll1>" in out.token_maps
+
+
+def test_a_unet_without_cross_attention_is_refused(tiny_parts):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        mid_block_type=None,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+    )
+    with pytest.raises(ValueError, match=r"no cross-attention \(attn2\) layers found.*Stable-Diffusion-family"):
+        bundle_from_diffusers(**{**tiny_parts, "unet": unet})
