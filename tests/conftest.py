@@ -21,13 +21,34 @@ TOKENIZER_DIR = REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
 torch.set_num_threads(int(os.environ.get("TEXTLOC_TEST_THREADS", "1")))
 
 
+def build_tiny_unet(cross_attention: bool = True):
+    """The tiny test UNet: two levels, latent 8, context 32. Without ``cross_attention`` it has
+    the same shape but plain down/up blocks and no mid block: a UNet the method cannot train."""
+    from diffusers import UNet2DConditionModel
+
+    kinds = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "UNetMidBlock2DCrossAttn") if cross_attention else ("DownBlock2D", "UpBlock2D", None)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=(kinds[0], kinds[0]),
+        up_block_types=(kinds[1], kinds[1]),
+        mid_block_type=kinds[2],
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
 def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     """tokenizer, text_encoder, unet, vae: an SD-shaped model small enough for unit tests.
 
     Two UNet levels with cross-attention at both (latent 8 -> attention grids 8x8 and 4x4),
     a 2-layer 32-wide CLIP text encoder, and a VAE with scale factor 2.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -45,18 +66,7 @@ def build_tiny_pipeline_parts(seed: int = 0) -> dict:
             pad_token_id=49407,
         )
     )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
+    unet = build_tiny_unet()
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -68,6 +78,28 @@ def build_tiny_pipeline_parts(seed: int = 0) -> dict:
         sample_size=16,
     )
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae}
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_builder():
+    """``build_tiny_unet`` for tests (``import conftest`` can resolve to another folder's conftest)."""
+    return build_tiny_unet
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """Import ``scripts/NAME.py`` as a module (scripts/ is not a package)."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture

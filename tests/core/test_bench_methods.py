@@ -3,23 +3,14 @@ run on random TinyWorld-architecture weights (numbers meaningless, path real).""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_methods", REPO / "scripts" / "bench_methods.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("bench_methods")
 
 
 def test_markdown_keeps_the_hand_written_analysis(bench, tmp_path):

@@ -41,20 +41,7 @@ def test_training_and_generation_never_touch_the_network(no_network, tiny_bundle
     assert torch.isfinite(out.images).all() and "<doll1>" in out.token_maps
 
 
-def test_a_unet_without_cross_attention_is_refused(tiny_parts):
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        mid_block_type=None,
-        cross_attention_dim=32,
-        norm_num_groups=8,
-    )
+def test_a_unet_without_cross_attention_is_refused(tiny_parts, tiny_unet_builder):
+    unet = tiny_unet_builder(cross_attention=False)
     with pytest.raises(ValueError, match=r"no cross-attention \(attn2\) layers found.*Stable-Diffusion-family"):
         bundle_from_diffusers(**{**tiny_parts, "unet": unet})

@@ -3,9 +3,7 @@ random model and CLIP saved to local folders (numbers meaningless, pipeline real
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(DATASET is None, reason="the paper dataset (../shared/paper-dataset) is not on this machine"),
 ]
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("paper_protocol", REPO / "scripts" / "paper_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +42,8 @@ def local_models(tmp_path_factory):
     return root
 
 
-def test_paper_protocol_end_to_end(local_models, tmp_path, capsys):
-    script = _load_script()
+def test_paper_protocol_end_to_end(local_models, tmp_path, capsys, load_script):
+    script = load_script("paper_protocol")
     out = tmp_path / "out"
     code = script.main([
         "--model", str(local_models / "sd"), "--clip", str(local_models / "clip"), "--dataset", str(DATASET),
