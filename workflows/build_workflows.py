@@ -211,13 +211,15 @@ def generate_with_adapter() -> Graph:
                    title="Empty Latent (128 = 64 px for TinyWorld)")
     sampler = g.add("KSampler", (1300, 40), dict(SAMPLE), {"model": (apply, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (latent, 0)})
     decode = g.add("VAEDecode", (1700, 40), {}, {"samples": (sampler, 0), "vae": (loader, 2)})
-    g.add("SaveImage", (1960, 40), {"filename_prefix": "textloc/generated"}, {"images": (decode, 0)})
+    g.add("SaveImage", (1960, 40), {"filename_prefix": "textloc/generated"}, {"images": (decode, 0)}, title="Save: generated images")
     preview = g.add("TextLocAttentionPreview", (1300, 560), {
         "prompt": prompt, "negative": "", "tokens": "", **SAMPLE, "width": 64, "height": 64, "batch_size": 1,
     }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(360, 600))
-    g.add("SaveImage", (1700, 560), {"filename_prefix": "textloc/attention_overlay"}, {"images": (preview, 1)})
+    g.add("SaveImage", (1700, 560), {"filename_prefix": "textloc/attention_overlay"}, {"images": (preview, 1)},
+          title="Save: attention overlays")
     maps = g.add("MaskToImage", (1700, 940), {}, {"mask": (preview, 2)})
-    g.add("SaveImage", (1960, 940), {"filename_prefix": "textloc/attention_maps"}, {"images": (maps, 0)})
+    g.add("SaveImage", (1960, 940), {"filename_prefix": "textloc/attention_maps"}, {"images": (maps, 0)},
+          title="Save: attention maps")
     return g
 
 
@@ -248,8 +250,10 @@ def tinyworld_demo() -> Graph:
         preview = g.add("TextLocAttentionPreview", (1280, y), {
             "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 2,
         }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, title=f"Preview: {label}", size=(360, 600))
-        g.add("SaveImage", (1700, y), {"filename_prefix": f"textloc/tinyworld_{label}"}, {"images": (preview, 0)})
-        g.add("SaveImage", (2080, y), {"filename_prefix": f"textloc/tinyworld_{label}_attention"}, {"images": (preview, 1)})
+        g.add("SaveImage", (1700, y), {"filename_prefix": f"textloc/tinyworld_{label}"}, {"images": (preview, 0)},
+              title=f"Save: {label} images")
+        g.add("SaveImage", (2080, y), {"filename_prefix": f"textloc/tinyworld_{label}_attention"}, {"images": (preview, 1)},
+              title=f"Save: {label} attention")
     return g
 
 
@@ -265,7 +269,8 @@ def tinyworld_evaluate() -> Graph:
     preview = g.add("TextLocAttentionPreview", (1280, 40), {
         "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 5,
     }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(360, 600))
-    g.add("SaveImage", (1700, 40), {"filename_prefix": "textloc/tinyworld_eval_attention"}, {"images": (preview, 1)})
+    g.add("SaveImage", (1700, 40), {"filename_prefix": "textloc/tinyworld_eval_attention"}, {"images": (preview, 1)},
+          title="Save: attention overlays")
     references = g.add("TextLocTinyWorldReferences", (860, 760), {"concept": "dotstar", "images": 8, "seed": 0})
     g.add("TextLocScoreImages", (1700, 480), {
         "prompt": prompt, "feature_model": "tinyworld", "kid_subset_size": 5, "filename_prefix": "textloc/tinyworld_scores",
