@@ -1,7 +1,7 @@
 """The TinyWorld results table: hard vs soft vs none (Custom Diffusion), measured.
 
     python scripts/bench_methods.py                      # the committed table (docs/results.md)
-    python scripts/bench_methods.py --quick --random-weights --out /tmp/bench   # smoke run
+    python scripts/bench_methods.py --quick --random-weights --out /tmp/bench --work /tmp/bench/work   # smoke run
 
 For each held-out TinyWorld concept (its multi-concept set: 5 photos of the concept next to
 the same companion object, masks for both), each seed and each method, on the same data,
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figure", default="results_examples.png")
     parser.add_argument("--random-weights", action="store_true", help="TinyWorld architecture, random weights (smoke)")
     parser.add_argument("--quick", action="store_true", help="tiny everything: checks the path, not the method")
-    parser.add_argument("--resume", action="store_true", help="keep the rows of finished runs in --out/cache/rows")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of finished runs in --work/cache/rows")
     parser.add_argument("--report-only", action="store_true", help="write the report from the rows that exist")
     args = parser.parse_args(argv)
 
