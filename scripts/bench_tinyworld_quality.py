@@ -124,6 +124,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--weights", type=Path, default=None, help="pipeline folder (default: shipped weights)")
+    parser.add_argument("--judge-from", type=Path, default=None, metavar="FOLDER",
+                        help="weights folder whose judge/ scores the samples (default: --weights; give "
+                             "textloc_core/tinyworld/weights to score a build whose own judge is weaker, e.g. the cpu preset's)")
     parser.add_argument("--n", type=int, default=200, help="prompts per set")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, nargs="+", default=[5.0, 7.5])
@@ -135,10 +138,11 @@ def main() -> None:
     args = parser.parse_args()
 
     pipe = tinyworld.load_pipeline(args.device, path=args.weights)
-    judge = tinyworld.load_judge(args.device, path=args.weights)
+    judge = tinyworld.load_judge(args.device, path=args.judge_from or args.weights)
     single, double = make_prompts(args.n, 1, args.seed), make_prompts(args.n, 2, args.seed)
     results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "steps": args.steps,
                "scheduler": type(pipe.scheduler).__name__, "n": args.n, "seed": args.seed, "judge_threshold": judge.threshold,
+               "weights": str(args.weights or "shipped"), "judge_from": str(args.judge_from or args.weights or "shipped"),
                "by_guidance": {}}
     for g in args.guidance:
         t = time.time()

@@ -1,7 +1,7 @@
 """Rebuild TinyWorld's weights from scratch (seeded, reproducible).
 
     python scripts/build_tinyworld.py --device cuda                 # shipped recipe, minutes on a GPU
-    python scripts/build_tinyworld.py --device cpu --preset cpu     # about an hour on 2 CPU cores
+    python scripts/build_tinyworld.py --device cpu --preset cpu     # 40 min on 2 CPU cores, low quality
     python scripts/build_tinyworld.py --preset quick --out /tmp/tw  # seconds: checks the path runs
 
 Writes a diffusers StableDiffusionPipeline folder (model_index.json, unet/, vae/,
