@@ -110,7 +110,7 @@ def write_doc(doc: Path, results: dict) -> None:
     if "judge_ceiling" in results:
         lines += ["", "Ceiling (judge on renders of pretraining kinds, and on their VAE round trips): "
                   f"{results['judge_ceiling']}"]
-    lines += ["", f"Targets: single colour+shape >= 70%, background >= 80%, two objects >= 50%.", "", END]
+    lines += ["", "Targets: single colour+shape >= 70%, background >= 80%, two objects >= 50%.", "", END]
     block = "\n".join(lines)
     text = doc.read_text() if doc.exists() else "# TinyWorld\n\n## Base model quality\n\n" + START + "\n" + END + "\n"
     if START in text and END in text:

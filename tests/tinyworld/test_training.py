@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from textloc_core.tinyworld import model_configs as mc
@@ -50,3 +51,40 @@ def test_deadline_stops_a_phase_and_records_where():
     deadline = tw.Deadline(0.0)
     tw.train_judge(images, specs, tw.PRESETS["quick"], torch.device("cpu"), 0, deadline)
     assert deadline.stopped_at == 0
+
+
+def _saved_tensors(folder) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors", "judge/judge.safetensors"):
+        tensors.update({f"{part}:{k}": v for k, v in load_file(str(folder / part)).items()})
+    return tensors
+
+
+def test_a_stopped_build_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    whole = tw.build_all(tmp_path / "whole", "quick", "cpu", workers=1, state_dir=tmp_path / "state_whole")
+    assert whole["steps_run"]["unet"] == 3
+
+    first = tw.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
+                         unet_stop_step=2)
+    assert first["steps_run"]["unet"] == 2
+    assert (tmp_path / "split" / "unet").is_dir(), "a stopped build still saves usable weights"
+    second = tw.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
+                          resume=True)
+    assert second["steps_run"]["unet"] == 3
+    # finished phases were taken from the state, with the first run's log entries
+    assert second["timings_s"]["vae"] == first["timings_s"]["vae"]
+    assert second["judge_accuracy_fresh"] == first["judge_accuracy_fresh"]
+
+    a, b = _saved_tensors(tmp_path / "whole"), _saved_tensors(tmp_path / "split")
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed build differs in {different[:5]}"
+
+
+def test_resume_refuses_another_builds_state(tmp_path):
+    tw.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", unet_stop_step=1)
+    with pytest.raises(ValueError, match=r"--resume: .*seed 0.*seed 1"):
+        tw.build_all(tmp_path / "out", "quick", "cpu", seed=1, workers=1, state_dir=tmp_path / "state", resume=True)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from . import model_configs as mc
 from .judge import Judge, JudgeNet, scene_targets
+from .build_state import BuildState
 from .render import render_scene
 from .world import sample_any_scene, sample_pretraining_scene
 
@@ -92,21 +93,26 @@ def warmup_cosine(opt, total: int, warmup_frac: float = 0.05, floor: float = 0.0
 
 
 class Deadline:
-    """Stops a training loop early once a wall-clock time passes (None: never).
+    """Stops a training loop early once a wall-clock time passes (None: never), or once a loop
+    reaches step ``at_step`` (a deterministic stop: split a long UNet phase over several runs).
 
     The rebuild is defined by step counts; a deadline only guards a lent GPU's time limit, and
     the steps actually run are recorded in tinyworld_build.json so they can be reproduced.
     """
 
-    def __init__(self, seconds: float | None):
+    def __init__(self, seconds: float | None, at_step: int | None = None):
         self.at = None if seconds is None else time.time() + seconds
+        self.at_step = at_step
         self.stopped_at: int | None = None
 
-    def passed(self) -> bool:
-        return self.at is not None and time.time() > self.at
+    def passed(self, step: int = 0) -> bool:
+        return (self.at is not None and time.time() > self.at) or (self.at_step is not None and step >= self.at_step)
 
 
 NO_DEADLINE = Deadline(None)
+
+# 0.3 rather than 0.5: occluded objects get lower scores; chosen on renders the tests never see
+JUDGE_THRESHOLD = 0.3
 
 
 def log(msg: str) -> None:
@@ -273,11 +279,13 @@ def encode_text(text_encoder, tokens: torch.Tensor, batch: int = 2048) -> torch.
 
 
 def train_unet(latent_mean, latent_std, text_states, empty_state, preset: Preset, device, seed: int,
-               deadline: Deadline = NO_DEADLINE):
+               deadline: Deadline = NO_DEADLINE, state: BuildState | None = None, checkpoint_every: int = 500):
     """Latent diffusion, epsilon prediction, SD's scaled-linear 1000-step schedule, 10% caption dropout.
 
     ``text_states``: (N, 2, 77, D) precomputed frozen text encoder states (two caption orders);
     ``empty_state``: (77, D) the state of the empty prompt (the unconditional branch of CFG).
+    ``state``: where the training checkpoint is kept (every ``checkpoint_every`` steps and when
+    the deadline stops the loop); training continues from it when one is there.
     Returns the EMA UNet.
     """
     import copy
@@ -292,12 +300,32 @@ def train_unet(latent_mean, latent_std, text_states, empty_state, preset: Preset
     sched = warmup_cosine(opt, preset.schedule_length("unet"), 0.03, floor=0.1)
     gen = torch.Generator(device=device).manual_seed(seed + 2)
     n = len(latent_mean)
+    first = 0
+    saved = state.load_unet_checkpoint() if state is not None else None
+    if saved is not None:
+        unet.load_state_dict(saved["unet"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["lr_schedule"])
+        gen.set_state(saved["generator"])
+        first = int(saved["step"])
+        log(f"unet: continuing from the checkpoint at step {first}")
+
+    def keep(step: int) -> None:
+        if state is not None:
+            state.save_unet_checkpoint({"step": step, "unet": unet.state_dict(), "ema": ema.state_dict(),
+                                        "optimizer": opt.state_dict(), "lr_schedule": sched.state_dict(),
+                                        "generator": gen.get_state()})
+
     t0 = time.time()
-    for step in range(preset.unet_steps):
-        if deadline.passed():
+    for step in range(first, preset.unet_steps):
+        if deadline.passed(step):
             log(f"deadline: stopping unet after {step} steps")
             deadline.stopped_at = step
+            keep(step)
             break
+        if step > first and step % checkpoint_every == 0:
+            keep(step)
         idx = torch.randint(n, (preset.unet_batch,), generator=gen, device=device)
         which = torch.randint(2, (preset.unet_batch,), generator=gen, device=device)
         z0 = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen, device=device)
@@ -320,7 +348,9 @@ def train_unet(latent_mean, latent_std, text_states, empty_state, preset: Preset
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, unet_params, 1 - decay)
         if step % 1000 == 0 or step == preset.unet_steps - 1:
-            log(f"unet step {step} loss {loss.item():.4f} ({(time.time() - t0) / (step + 1) * 1000:.1f} ms/step)")
+            log(f"unet step {step} loss {loss.item():.4f} ({(time.time() - t0) / (step + 1 - first) * 1000:.1f} ms/step)")
+    else:
+        keep(preset.unet_steps)
     return ema
 
 
@@ -357,8 +387,7 @@ def train_judge(images_u8: np.ndarray, specs, preset: Preset, device, seed: int,
         sched.step()
         if step % 500 == 0 or step == preset.judge_steps - 1:
             log(f"judge step {step} loss {loss.item():.4f}")
-    # 0.3 rather than 0.5: occluded objects get lower scores; chosen on renders the tests never see
-    return Judge(net.eval(), threshold=0.3)
+    return Judge(net.eval(), threshold=JUDGE_THRESHOLD)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -450,11 +479,15 @@ def save_all(out: Path, vae, text, vision, unet, judge: Judge | None, meta: dict
 
 
 def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: int | None = None,
-              skip_judge: bool = False, budgets: dict[str, float] | None = None) -> dict:
+              skip_judge: bool = False, budgets: dict[str, float] | None = None,
+              state_dir: Path | None = None, resume: bool = False, unet_stop_step: int | None = None) -> dict:
     """Render data, train all networks in order, save them under ``out``; returns the build log.
 
     ``budgets``: optional wall-clock seconds per phase ("vae", "clip", "judge") and "total"
     (the UNet, trained last, stops when the whole build has run that long).
+    ``state_dir``: keep finished phases and the UNet checkpoint there (see build_state); with
+    ``resume`` a build continues from what it finds. ``unet_stop_step``: stop the UNet at this
+    step (weights are still saved; resume later to go on).
     """
     from transformers import CLIPTokenizer
 
@@ -465,18 +498,33 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     tokenizer = CLIPTokenizer.from_pretrained(Path(__file__).parent / "weights" / "tokenizer")
+    state = None
+    if state_dir is not None:
+        state = BuildState(state_dir, {"preset": preset_name, "preset_values": asdict(preset), "seed": seed,
+                                       "skip_judge": skip_judge}, resume)
     meta: dict = {"preset": preset_name, "preset_values": asdict(preset), "seed": seed, "device": device,
                   "torch": torch.__version__, "timings_s": {}, "steps_run": {}}
 
     def phase(name: str) -> Deadline:
         if name == "unet" and "total" in budgets:
-            return Deadline(budgets["total"] - (time.time() - start))
-        return Deadline(budgets.get(name))
+            return Deadline(budgets["total"] - (time.time() - start), at_step=unet_stop_step)
+        return Deadline(budgets.get(name), at_step=unet_stop_step if name == "unet" else None)
 
-    def done(name: str, t: float, deadline: Deadline) -> None:
+    def done(name: str, t: float, deadline: Deadline, extra: dict | None = None) -> dict:
         meta["timings_s"][name] = round(time.time() - t, 1)
         meta["steps_run"][name] = deadline.stopped_at if deadline.stopped_at is not None else getattr(
             preset, f"{name}_steps")
+        return {"seconds": meta["timings_s"][name], "steps": meta["steps_run"][name], **(extra or {})}
+
+    def restored(name: str) -> dict[str, dict[str, torch.Tensor]] | None:
+        """A finished phase's weights from the build state (and its log entries into meta)."""
+        if state is None or not state.done(name):
+            return None
+        info = state.phase_meta(name)
+        meta["timings_s"][name], meta["steps_run"][name] = info["seconds"], info["steps"]
+        meta.update({k: v for k, v in info.items() if k not in ("seconds", "steps")})
+        log(f"{name}: finished in an earlier run, loaded from {state.dir}")
+        return state.load_phase(name)
 
     t = time.time()
     images, specs, orders = render_dataset(preset.n_pretrain, seed, any_kind=False, workers=workers)
@@ -484,25 +532,47 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
     meta["timings_s"]["render"] = round(time.time() - t, 1)
     log(f"rendered {len(images)} pretraining scenes")
 
-    t, dl = time.time(), phase("vae")
-    vae = train_vae(images, preset, dev, seed, dl)
-    meta["vae_rescale"] = rescale_vae_latents(vae, images, dev)
-    done("vae", t, dl)
+    if (kept := restored("vae")) is not None:
+        vae = mc.build_vae().to(dev)
+        vae.load_state_dict(kept["vae"])
+        vae.eval()
+    else:
+        t, dl = time.time(), phase("vae")
+        vae = train_vae(images, preset, dev, seed, dl)
+        meta["vae_rescale"] = rescale_vae_latents(vae, images, dev)
+        info = done("vae", t, dl, {"vae_rescale": meta["vae_rescale"]})
+        if state is not None:
+            state.save_phase("vae", {"vae": vae.state_dict()}, info)
 
-    t, dl = time.time(), phase("clip")
-    text, vision = train_clip(images, captions, tokenizer, preset, dev, seed, dl)
-    done("clip", t, dl)
+    if (kept := restored("clip")) is not None:
+        text, vision = mc.build_text_encoder().to(dev), mc.build_vision_encoder().to(dev)
+        text.load_state_dict(kept["text"])
+        vision.load_state_dict(kept["vision"])
+        text.eval(), vision.eval()
+    else:
+        t, dl = time.time(), phase("clip")
+        text, vision = train_clip(images, captions, tokenizer, preset, dev, seed, dl)
+        info = done("clip", t, dl)
+        if state is not None:
+            state.save_phase("clip", {"text": text.state_dict(), "vision": vision.state_dict()}, info)
 
     judge = None
     if not skip_judge:
-        t, dl = time.time(), phase("judge")
-        j_images, j_specs, _ = render_dataset(preset.n_judge, seed + 1000, any_kind=True, workers=workers)
-        judge = train_judge(j_images, j_specs, preset, dev, seed, dl)
-        fresh_images, fresh_specs, _ = render_dataset(2000 if preset_name != "quick" else 64, seed + 2000,
-                                                      any_kind=True, workers=workers)
-        meta["judge_accuracy_fresh"] = judge_accuracy(judge, fresh_images, fresh_specs, dev)
-        log(f"judge on fresh renders: {meta['judge_accuracy_fresh']}")
-        done("judge", t, dl)
+        if (kept := restored("judge")) is not None:
+            net = JudgeNet().to(dev)
+            net.load_state_dict(kept["judge"])
+            judge = Judge(net.eval(), threshold=JUDGE_THRESHOLD)
+        else:
+            t, dl = time.time(), phase("judge")
+            j_images, j_specs, _ = render_dataset(preset.n_judge, seed + 1000, any_kind=True, workers=workers)
+            judge = train_judge(j_images, j_specs, preset, dev, seed, dl)
+            fresh_images, fresh_specs, _ = render_dataset(2000 if preset_name != "quick" else 64, seed + 2000,
+                                                          any_kind=True, workers=workers)
+            meta["judge_accuracy_fresh"] = judge_accuracy(judge, fresh_images, fresh_specs, dev)
+            log(f"judge on fresh renders: {meta['judge_accuracy_fresh']}")
+            info = done("judge", t, dl, {"judge_accuracy_fresh": meta["judge_accuracy_fresh"]})
+            if state is not None:
+                state.save_phase("judge", {"judge": judge.net.state_dict()}, info)
 
     t = time.time()
     mean, std = encode_all(vae, images, dev)
@@ -510,8 +580,11 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
     states = encode_text(text, tokens.flatten(0, 1)).view(len(images), 2, mc.MAX_TOKENS, -1)
     empty = encode_text(text, tokenize(tokenizer, [""]).to(dev))[0]
     dl = phase("unet")
-    unet = train_unet(mean, std, states, empty, preset, dev, seed, dl)
+    unet = train_unet(mean, std, states, empty, preset, dev, seed, dl, state=state)
     done("unet", t, dl)
+    if dl.stopped_at is not None and state is not None:
+        log(f"unet stopped at step {dl.stopped_at} of {preset.unet_steps}: weights are saved as they are; "
+            f"continue with --resume (state in {state.dir})")
 
     save_all(out, vae, text, vision, unet, judge, meta)
     log(f"saved to {out}: {meta['timings_s']} steps {meta['steps_run']}")
