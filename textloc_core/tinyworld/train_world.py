@@ -506,9 +506,10 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
                   "torch": torch.__version__, "timings_s": {}, "steps_run": {}}
 
     def phase(name: str) -> Deadline:
-        if name == "unet" and "total" in budgets:
-            return Deadline(budgets["total"] - (time.time() - start), at_step=unet_stop_step)
-        return Deadline(budgets.get(name), at_step=unet_stop_step if name == "unet" else None)
+        if name != "unet":
+            return Deadline(budgets.get(name))
+        seconds = budgets["total"] - (time.time() - start) if "total" in budgets else None
+        return Deadline(seconds, at_step=unet_stop_step)
 
     def done(name: str, t: float, deadline: Deadline, extra: dict | None = None) -> dict:
         meta["timings_s"][name] = round(time.time() - t, 1)
