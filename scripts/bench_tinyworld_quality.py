@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -69,6 +70,21 @@ def score(judge, images, prompts) -> dict[str, float]:
     return {"all_objects": found_all / n, "first_object": found_first / n, "background": bg_ok / n, "n": n}
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate measured on ``n`` prompts: how far sampling
+    noise alone could move it (200 prompts: about +-7 points at 50%)."""
+    if n == 0:
+        return 0.0, 1.0
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def with_interval(rate: float, n: int) -> str:
+    low, high = wilson_interval(rate, n)
+    return f"{rate:.1%} ({low:.0%}-{high:.0%})"
+
+
 def save_grid(images: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
@@ -101,12 +117,15 @@ def machine() -> str:
 def write_doc(doc: Path, results: dict) -> None:
     lines = [START, "", f"Measured {results['date']} on {results['machine']} "
              f"({results['steps']} sampling steps, {results['scheduler']}, n={results['n']} prompts per set, "
-             f"sampling seed {results['seed']}, judge threshold {results.get('judge_threshold')}).", "",
+             f"sampling seed {results['seed']}, judge threshold {results.get('judge_threshold')}; "
+             "95% Wilson intervals in brackets).", "",
              "| guidance | single: colour+shape found | single: background right | two objects: both found | two objects: first found |",
              "| --- | --- | --- | --- | --- |"]
     for g, r in results["by_guidance"].items():
-        lines.append(f"| {g} | {r['single']['all_objects']:.1%} | {r['single']['background']:.1%} | "
-                     f"{r['double']['all_objects']:.1%} | {r['double']['first_object']:.1%} |")
+        single, double = r["single"], r["double"]
+        cells = [with_interval(single["all_objects"], single["n"]), with_interval(single["background"], single["n"]),
+                 with_interval(double["all_objects"], double["n"]), with_interval(double["first_object"], double["n"])]
+        lines.append(f"| {g} | " + " | ".join(cells) + " |")
     if "judge_ceiling" in results:
         lines += ["", "Ceiling (judge on renders of pretraining kinds, and on their VAE round trips): "
                   f"{results['judge_ceiling']}"]
