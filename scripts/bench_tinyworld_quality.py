@@ -127,8 +127,12 @@ def write_doc(doc: Path, results: dict) -> None:
                  with_interval(double["all_objects"], double["n"]), with_interval(double["first_object"], double["n"])]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     if "judge_ceiling" in results:
-        lines += ["", "Ceiling (judge on renders of pretraining kinds, and on their VAE round trips): "
-                  f"{results['judge_ceiling']}"]
+        parts = [f"{label}: objects exact {r['objects_exact']:.1%}, object recall {r['object_recall']:.1%}, "
+                 f"textures exact {r['textures_exact']:.1%}, background {r['background']:.1%}"
+                 for label, r in (("renders", results["judge_ceiling"]["renders"]),
+                                  ("VAE round trips", results["judge_ceiling"]["vae_round_trips"]))]
+        lines += ["", f"Ceiling, the judge on {results['n']} renders of pretraining kinds and on their VAE round trips "
+                  "(what a perfect UNet could score): " + "; ".join(parts) + "."]
     lines += ["", "Targets: single colour+shape >= 70%, background >= 80%, two objects >= 50%.", "", END]
     block = "\n".join(lines)
     text = doc.read_text() if doc.exists() else "# TinyWorld\n\n## Base model quality\n\n" + START + "\n" + END + "\n"
