@@ -88,3 +88,23 @@ def test_resume_refuses_another_builds_state(tmp_path):
     tw.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", unet_stop_step=1)
     with pytest.raises(ValueError, match=r"--resume: .*seed 0.*seed 1"):
         tw.build_all(tmp_path / "out", "quick", "cpu", seed=1, workers=1, state_dir=tmp_path / "state", resume=True)
+
+
+def test_resume_from_a_damaged_checkpoint_says_how_to_start_over(tmp_path):
+    tw.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", unet_stop_step=1)
+    checkpoint = tmp_path / "state" / "unet_training.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # as a full disk would leave it
+    with pytest.raises(ValueError, match=r"unet_training\.pt cannot be read.*leave out --resume"):
+        tw.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", resume=True)
+
+
+def test_resume_from_a_damaged_state_record_says_how_to_start_over(tmp_path):
+    from textloc_core.tinyworld.build_state import BuildState
+
+    identity = {"preset": "quick", "seed": 0}
+    BuildState(tmp_path / "state", identity, resume=False)
+    (tmp_path / "state" / "state.json").write_text('{"identity": {"pre')
+    with pytest.raises(ValueError, match=r"state\.json is damaged.*leave out --resume"):
+        BuildState(tmp_path / "state", identity, resume=True)
+    # without --resume the same folder simply starts over
+    assert not BuildState(tmp_path / "state", identity, resume=False).done("vae")

@@ -23,6 +23,17 @@ import torch
 IDENTITY_FILE = "state.json"
 
 
+def _load(path: Path):
+    """torch.load of a state file, with an error that says what to do when it is damaged."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated or foreign file: any unpickling error means the same
+        raise ValueError(
+            f"--resume: the build state file {path} cannot be read ({type(error).__name__}: {error}); "
+            "leave out --resume to start the build over"
+        ) from error
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -38,7 +49,13 @@ class BuildState:
         folder is emptied: the build starts over."""
         self.dir = Path(directory)
         if resume and (self.dir / IDENTITY_FILE).is_file():
-            saved = json.loads((self.dir / IDENTITY_FILE).read_text())
+            try:
+                saved = json.loads((self.dir / IDENTITY_FILE).read_text())
+            except ValueError as error:
+                raise ValueError(
+                    f"--resume: {self.dir / IDENTITY_FILE} is damaged ({error}); leave out --resume to start the "
+                    "build over"
+                ) from error
             if saved.get("identity") != identity:
                 raise ValueError(
                     f"--resume: the build state in {self.dir} belongs to another build "
@@ -68,7 +85,7 @@ class BuildState:
         self._write_record()
 
     def load_phase(self, phase: str) -> dict[str, dict[str, torch.Tensor]]:
-        return torch.load(self.dir / f"{phase}.pt", map_location="cpu", weights_only=True)
+        return _load(self.dir / f"{phase}.pt")
 
     # -- the UNet's training checkpoint
     @property
@@ -81,7 +98,7 @@ class BuildState:
     def load_unet_checkpoint(self) -> dict | None:
         if not self.unet_checkpoint_path.is_file():
             return None
-        return torch.load(self.unet_checkpoint_path, map_location="cpu", weights_only=True)
+        return _load(self.unet_checkpoint_path)
 
     def _write_record(self) -> None:
         tmp = self.dir / (IDENTITY_FILE + ".tmp")
