@@ -14,11 +14,12 @@ checkpoint intact.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
+
+from ..safe_io import atomic_write, atomic_write_text
 
 IDENTITY_FILE = "state.json"
 
@@ -32,12 +33,6 @@ def _load(path: Path):
             f"--resume: the build state file {path} cannot be read ({type(error).__name__}: {error}); "
             "leave out --resume to start the build over"
         ) from error
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 class BuildState:
@@ -80,7 +75,7 @@ class BuildState:
     def save_phase(self, phase: str, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> None:
         """Keep a finished phase: named state dicts (fp32 copies) and its log entries."""
         state = {name: {k: v.detach().cpu().clone() for k, v in sd.items()} for name, sd in tensors.items()}
-        _atomic_torch_save(state, self.dir / f"{phase}.pt")
+        atomic_write(self.dir / f"{phase}.pt", lambda handle: torch.save(state, handle))
         self.record["phases"][phase] = meta
         self._write_record()
 
@@ -93,7 +88,7 @@ class BuildState:
         return self.dir / "unet_training.pt"
 
     def save_unet_checkpoint(self, checkpoint: dict) -> None:
-        _atomic_torch_save(checkpoint, self.unet_checkpoint_path)
+        atomic_write(self.unet_checkpoint_path, lambda handle: torch.save(checkpoint, handle))
 
     def load_unet_checkpoint(self) -> dict | None:
         if not self.unet_checkpoint_path.is_file():
@@ -101,9 +96,7 @@ class BuildState:
         return _load(self.unet_checkpoint_path)
 
     def _write_record(self) -> None:
-        tmp = self.dir / (IDENTITY_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.record, indent=2))
-        os.replace(tmp, self.dir / IDENTITY_FILE)
+        atomic_write_text(self.dir / IDENTITY_FILE, json.dumps(self.record, indent=2))
 
 
 def _describe(identity: dict | None) -> str:

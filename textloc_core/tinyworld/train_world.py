@@ -108,6 +108,14 @@ class Deadline:
     def passed(self, step: int = 0) -> bool:
         return (self.at is not None and time.time() > self.at) or (self.at_step is not None and step >= self.at_step)
 
+    def stops(self, step: int, phase: str) -> bool:
+        """Whether ``phase``'s loop must stop before ``step``; if so, logs it and records the step."""
+        if not self.passed(step):
+            return False
+        log(f"deadline: stopping {phase} after {step} steps")
+        self.stopped_at = step
+        return True
+
 
 NO_DEADLINE = Deadline(None)
 
@@ -169,9 +177,7 @@ def train_vae(images_u8: np.ndarray, preset: Preset, device, seed: int, deadline
     data = torch.as_tensor(images_u8).to(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for step in range(preset.vae_steps):
-        if deadline.passed():
-            log(f"deadline: stopping vae after {step} steps")
-            deadline.stopped_at = step
+        if deadline.stops(step, "vae"):
             break
         idx = torch.randint(len(data), (preset.vae_batch,), generator=gen)
         x = to_float(data[idx.to(device)], device) * 2 - 1
@@ -226,9 +232,7 @@ def train_clip(images_u8: np.ndarray, captions: list[list[str]], tokenizer, pres
     tokens = torch.stack([tokenize(tokenizer, [c[k] for c in captions]) for k in range(2)], 1).to(device)
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     for step in range(preset.clip_steps):
-        if deadline.passed():
-            log(f"deadline: stopping clip after {step} steps")
-            deadline.stopped_at = step
+        if deadline.stops(step, "clip"):
             break
         idx = torch.randint(len(data), (preset.clip_batch,), generator=gen).to(device)
         which = torch.randint(2, (preset.clip_batch,), generator=gen).to(device)
@@ -319,9 +323,7 @@ def train_unet(latent_mean, latent_std, text_states, empty_state, preset: Preset
 
     t0 = time.time()
     for step in range(first, preset.unet_steps):
-        if deadline.passed(step):
-            log(f"deadline: stopping unet after {step} steps")
-            deadline.stopped_at = step
+        if deadline.stops(step, "unet"):
             keep(step)
             break
         if step > first and step % checkpoint_every == 0:
@@ -370,9 +372,7 @@ def train_judge(images_u8: np.ndarray, specs, preset: Preset, device, seed: int,
     sched = warmup_cosine(opt, preset.schedule_length("judge"), 0.1)
     gen = torch.Generator(device="cpu").manual_seed(seed + 3)
     for step in range(preset.judge_steps):
-        if deadline.passed():
-            log(f"deadline: stopping judge after {step} steps")
-            deadline.stopped_at = step
+        if deadline.stops(step, "judge"):
             break
         idx = torch.randint(len(data), (preset.judge_batch,), generator=gen).to(device)
         x = augment(to_float(data[idx], device), gen)
