@@ -1,5 +1,6 @@
-"""The textloc ComfyUI nodes (V1 node API). Each module is one node family; this file only
-collects their classes and registers the ``models/textloc`` folder."""
+"""The textloc ComfyUI nodes (V3 node API, ``comfy_api.latest``). Each module is one node family;
+this file only collects their classes and registers the ``models/textloc`` folder. Node ids and
+display names are in each class's ``define_schema``."""
 
 from . import paths
 from .apply_node import ApplyAdapter
@@ -12,26 +13,15 @@ from .train_node import TextLocTrain
 
 paths.register()
 
-NODE_CLASS_MAPPINGS = {
-    "TextLocConceptFromMask": ConceptFromMask,
-    "TextLocConceptFolder": ConceptFolder,
-    "TextLocTrain": TextLocTrain,
-    "TextLocApplyAdapter": ApplyAdapter,
-    "TextLocAttentionPreview": AttentionPreview,
-    "TextLocTinyWorldLoader": TinyWorldLoader,
-    "TextLocTinyWorldConceptSet": TinyWorldConceptSet,
-    "TextLocTinyWorldReferences": TinyWorldReferences,
-    "TextLocScoreImages": ScoreImages,
-}
-
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "TextLocConceptFromMask": "TextLoc Concept From Mask",
-    "TextLocConceptFolder": "TextLoc Concept Folder",
-    "TextLocTrain": "TextLoc Train",
-    "TextLocApplyAdapter": "TextLoc Apply Adapter",
-    "TextLocAttentionPreview": "TextLoc Attention Preview",
-    "TextLocTinyWorldLoader": "TextLoc TinyWorld Loader",
-    "TextLocTinyWorldConceptSet": "TextLoc TinyWorld Concept Set",
-    "TextLocTinyWorldReferences": "TextLoc TinyWorld References",
-    "TextLocScoreImages": "TextLoc Score Images",
-}
+#: every node of the pack, in menu order; the top-level comfy_entrypoint hands ComfyUI this list
+NODE_LIST = [
+    ConceptFromMask,
+    ConceptFolder,
+    TextLocTrain,
+    ApplyAdapter,
+    AttentionPreview,
+    TinyWorldLoader,
+    TinyWorldConceptSet,
+    TinyWorldReferences,
+    ScoreImages,
+]

@@ -5,17 +5,22 @@ names ``diffusion_model.<layer>.to_k.weight`` (the pattern of comfy_extras'
 nodes_attention_multiply.py), so ComfyUI patches and unpatches the weights itself, at any
 strength, composing with LoRAs and other adapters.
 
-CLIP: ``clip.clone()`` with a tokenizer copy that knows the adapter's identifier tokens: a
-prompt may say ``<doll1>`` or ``embedding:<doll1>``, and the token becomes the learned
-vector, through the same tensor-injection path ``embedding:NAME`` files take. Chaining
-several Apply nodes stacks both; the original CLIP and MODEL are never changed.
+CLIP: ``clip.clone()`` whose tokenizer also knows the adapter's identifier tokens
+(``comfy_tokens.with_identifiers``): a prompt may say ``<doll1>`` or ``embedding:<doll1>``,
+and the token becomes the learned vector, in the token list a stock ``embedding:NAME`` file
+would give. Chaining several Apply nodes stacks both; the original CLIP and MODEL are never
+changed.
 """
 
 from __future__ import annotations
 
+from comfy_api.latest import io
+
 from ..textloc_core.adapter import Adapter, check_compatible, composed_embeddings, load_adapter
 from . import paths
-from .comfy_backend import base_fingerprint_and_weights, tokenizer_with_embeddings
+from .comfy_backend import base_fingerprint_and_weights
+from .comfy_tokens import applied_identifiers, with_identifiers
+from .schema import CATEGORY
 from .train_node import ADAPTER
 
 NONE = "(none)"
@@ -32,41 +37,36 @@ def apply_adapter(model, clip, adapter: Adapter, strength: float, allow_base_mis
         raise ValueError(f"{name}: only {len(applied)} of {len(patches)} K/V patches matched this model's weights")
     new_clip = None
     if clip is not None:
-        # kept on the tokenizer: CLIP.clone() (any stock node downstream) shares the tokenizer
-        stacked = list(getattr(clip.tokenizer, "textloc_adapters", [])) + [adapter]
-        known = composed_embeddings(stacked)  # raises when two adapters define one token differently
-        new_clip = clip.clone()
-        new_clip.tokenizer = tokenizer_with_embeddings(clip, adapter.token_embeddings.get, list(adapter.token_embeddings))
-        new_clip.tokenizer.textloc_adapters = stacked
-        new_clip.tokenizer.textloc_embeddings = known
+        _known, stacked = applied_identifiers(clip)
+        composed_embeddings(stacked + [adapter])  # raises when two adapters define one token differently
+        new_clip = with_identifiers(clip, adapter.token_embeddings, adapter)
     return new_model, new_clip
 
 
-class ApplyAdapter:
+class ApplyAdapter(io.ComfyNode):
     """Apply a TextLoc adapter (from TextLoc Train or from a file) to MODEL and CLIP."""
 
-    CATEGORY = "textloc"
-    RETURN_TYPES = ("MODEL", "CLIP")
-    FUNCTION = "apply"
-    DESCRIPTION = "Load a TextLoc adapter onto MODEL and CLIP; prompts can then use its tokens (e.g. 'a <doll1> doll'). Chain nodes to use several adapters."
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocApplyAdapter",
+            display_name="TextLoc Apply Adapter",
+            category=CATEGORY,
+            description="Load a TextLoc adapter onto MODEL and CLIP; prompts can then use its tokens (e.g. 'a <doll1> doll'). Chain nodes to use several adapters.",
+            inputs=[
+                io.Model.Input("model", tooltip="The base model the adapter was trained on."),
+                io.Clip.Input("clip", tooltip="Its text encoder; the adapter's tokens are added to it."),
+                # listed when the server lists the nodes, so a newly trained adapter shows after a refresh
+                io.Combo.Input("adapter_file", options=[NONE] + paths.list_adapters(), tooltip="An adapter from models/textloc (ignored when the adapter input is connected)."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Scale of the K/V weight change (1 = as trained). Tokens are always added."),
+                ADAPTER.Input("adapter", optional=True, tooltip="An adapter straight from TextLoc Train (takes precedence over adapter_file)."),
+                io.Boolean.Input("ignore_base_mismatch", default=False, optional=True, tooltip="Apply even if the adapter was trained on other base weights of the same architecture."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The base model the adapter was trained on."}),
-                "clip": ("CLIP", {"tooltip": "Its text encoder; the adapter's tokens are added to it."}),
-                "adapter_file": ([NONE] + paths.list_adapters(), {"tooltip": "An adapter from models/textloc (ignored when the adapter input is connected)."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "Scale of the K/V weight change (1 = as trained). Tokens are always added."}),
-            },
-            "optional": {
-                "adapter": (ADAPTER, {"tooltip": "An adapter straight from TextLoc Train (takes precedence over adapter_file)."}),
-                "ignore_base_mismatch": ("BOOLEAN", {"default": False, "tooltip": "Apply even if the adapter was trained on other base weights of the same architecture."}),
-            },
-        }
-
-    @classmethod
-    def IS_CHANGED(cls, adapter_file=NONE, **_inputs):
+    def fingerprint_inputs(cls, adapter_file=NONE, **_inputs):
         """Re-run when the chosen file is rewritten (retraining under the same name)."""
         if adapter_file == NONE:
             return ""
@@ -76,11 +76,12 @@ class ApplyAdapter:
             return ""
         return f"{stat.st_mtime_ns}:{stat.st_size}"
 
-    def apply(self, model, clip, adapter_file, strength, adapter=None, ignore_base_mismatch=False):
+    @classmethod
+    def execute(cls, model, clip, adapter_file, strength, adapter=None, ignore_base_mismatch=False) -> io.NodeOutput:
         name = "adapter"
         if adapter is None:
             if adapter_file == NONE:
                 raise ValueError("adapter_file: choose an adapter file, or connect the adapter output of TextLoc Train")
             adapter = load_adapter(paths.resolve_adapter(adapter_file))
             name = f"adapter {adapter_file!r}"
-        return apply_adapter(model, clip, adapter, strength, ignore_base_mismatch, name)
+        return io.NodeOutput(*apply_adapter(model, clip, adapter, strength, ignore_base_mismatch, name))

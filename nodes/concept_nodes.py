@@ -10,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from comfy_api.latest import io
 
 from ..textloc_core.concepts import Concept, ConceptSet
 from ..textloc_core.validation import validate_concept_set
 from .comfy_backend import check_token_text
+from .schema import CATEGORY, named
 
-CONCEPTS = "TEXTLOC_CONCEPTS"
-CATEGORY = "textloc"
+#: the socket type of a ConceptSet
+CONCEPTS = io.Custom("TEXTLOC_CONCEPTS")
 
 
 def concepts_from_mask(images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> ConceptSet:
@@ -39,34 +41,32 @@ def concepts_from_mask(images, masks, name, token, class_word, init_word="", inv
     return result
 
 
-class ConceptFromMask:
+class ConceptFromMask(io.ComfyNode):
     """IMAGE + MASK (from LoadImage's alpha or the mask editor) -> one concept."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (CONCEPTS,)
-    RETURN_NAMES = ("concepts",)
-    FUNCTION = "build"
-    DESCRIPTION = "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocConceptFromMask",
+            display_name="TextLoc Concept From Mask",
+            category=CATEGORY,
+            description="Define a concept to learn from photos and masks; chain several to learn concepts that appear together.",
+            inputs=[
+                io.Image.Input("images", tooltip="Photos showing the concept (a batch; all the same size)."),
+                io.Mask.Input("masks", tooltip="One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node)."),
+                io.String.Input("name", default="doll", tooltip="Short name of the concept, used in file names (letters, digits, _ -)."),
+                io.String.Input("token", default="<doll1>", tooltip="New identifier word written in prompts for this concept; must not be an existing word."),
+                io.String.Input("class_word", default="doll", tooltip="The class the base model already knows (prompts say 'a <token> <class_word>')."),
+                io.String.Input("init_word", default="", optional=True, tooltip="Word whose embedding the token starts from (empty: the class word). Must be one vocabulary piece."),
+                io.Boolean.Input("invert_mask", default=False, optional=True, tooltip="Flip the masks (use when the concept is black and the background white)."),
+                CONCEPTS.Input("concepts", optional=True, tooltip="Concepts defined so far; this concept is added (masks merge when the photos are the same)."),
+            ],
+            outputs=[named(CONCEPTS, "concepts")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "images": ("IMAGE", {"tooltip": "Photos showing the concept (a batch; all the same size)."}),
-                "masks": ("MASK", {"tooltip": "One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node)."}),
-                "name": ("STRING", {"default": "doll", "tooltip": "Short name of the concept, used in file names (letters, digits, _ -)."}),
-                "token": ("STRING", {"default": "<doll1>", "tooltip": "New identifier word written in prompts for this concept; must not be an existing word."}),
-                "class_word": ("STRING", {"default": "doll", "tooltip": "The class the base model already knows (prompts say 'a <token> <class_word>')."}),
-            },
-            "optional": {
-                "init_word": ("STRING", {"default": "", "tooltip": "Word whose embedding the token starts from (empty: the class word). Must be one vocabulary piece."}),
-                "invert_mask": ("BOOLEAN", {"default": False, "tooltip": "Flip the masks (use when the concept is black and the background white)."}),
-                "concepts": (CONCEPTS, {"tooltip": "Concepts defined so far; this concept is added (masks merge when the photos are the same)."}),
-            },
-        }
-
-    def build(self, images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None):
-        return (concepts_from_mask(images, masks, name, token, class_word, init_word, invert_mask, concepts),)
+    def execute(cls, images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> io.NodeOutput:
+        return io.NodeOutput(concepts_from_mask(images, masks, name, token, class_word, init_word, invert_mask, concepts))
 
 
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -102,29 +102,27 @@ def resolve_folder(folder: str) -> Path:
     return path
 
 
-class ConceptFolder:
+class ConceptFolder(io.ComfyNode):
     """A folder of photos and masks (images/ + masks/<concept>/, a manifest, or the paper's layout)."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (CONCEPTS, "IMAGE")
-    RETURN_NAMES = ("concepts", "images")
-    FUNCTION = "load"
-    DESCRIPTION = "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocConceptFolder",
+            display_name="TextLoc Concept Folder",
+            category=CATEGORY,
+            description="Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout.",
+            inputs=[
+                io.String.Input("folder", default="paper:bucket+doll", tooltip="Folder path (absolute, or relative to ComfyUI's input folder), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."),
+                io.Int.Input("resolution", default=512, min=0, max=2048, step=8, tooltip="Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size."),
+                io.String.Input("tokens", default="", optional=True, tooltip="Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>')."),
+                io.String.Input("class_words", default="", optional=True, tooltip="Class words per concept, e.g. 'cat_figurine=figurine' (default: the name)."),
+            ],
+            outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "folder": ("STRING", {"default": "paper:bucket+doll", "tooltip": "Folder path (absolute, or relative to ComfyUI's input folder), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."}),
-                "resolution": ("INT", {"default": 512, "min": 0, "max": 2048, "step": 8, "tooltip": "Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size."}),
-            },
-            "optional": {
-                "tokens": ("STRING", {"default": "", "tooltip": "Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>')."}),
-                "class_words": ("STRING", {"default": "", "tooltip": "Class words per concept, e.g. 'cat_figurine=figurine' (default: the name)."}),
-            },
-        }
-
-    def load(self, folder, resolution, tokens="", class_words=""):
+    def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:
         from ..textloc_core import readers
 
         path = resolve_folder(folder)
@@ -135,7 +133,7 @@ class ConceptFolder:
             options["class_words"] = _parse_pairs(class_words, "class_words")
         concept_set = readers.read_concepts(path, **options)
         validate_concept_set(concept_set, resolution=resolution or None)
-        return (concept_set, preview_batch(concept_set))
+        return io.NodeOutput(concept_set, preview_batch(concept_set))
 
 
 def preview_batch(concept_set: ConceptSet) -> torch.Tensor:

@@ -7,9 +7,10 @@ written to ComfyUI's output folder and shown in the UI, and the numbers are outp
 
 from __future__ import annotations
 
-from ..textloc_core import evaluation
+from comfy_api.latest import io
 
-CATEGORY = "textloc"
+from ..textloc_core import evaluation
+from .schema import CATEGORY, named
 
 
 def _write_report(report: str, filename_prefix: str) -> dict:
@@ -24,37 +25,36 @@ def _write_report(report: str, filename_prefix: str) -> dict:
     return {"filename": name, "subfolder": subfolder, "type": "output"}
 
 
-class ScoreImages:
+class ScoreImages(io.ComfyNode):
     """Score generated images against reference images of the concept."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("STRING", "FLOAT", "FLOAT", "FLOAT", "FLOAT")
-    RETURN_NAMES = ("report", "clip_i", "clip_t", "kid", "iou")
-    FUNCTION = "score"
-    OUTPUT_NODE = True
-    DESCRIPTION = ("CLIP-I, CLIP-T (identifier tokens removed from the prompt), KID and, given attention maps and "
-                   "a target mask, attention IoU. Writes a markdown report to the output folder.")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocScoreImages",
+            display_name="TextLoc Score Images",
+            category=CATEGORY,
+            description=("CLIP-I, CLIP-T (identifier tokens removed from the prompt), KID and, given attention maps and "
+                         "a target mask, attention IoU. Writes a markdown report to the output folder."),
+            inputs=[
+                io.Image.Input("images", tooltip="Generated images to score."),
+                io.Image.Input("references", tooltip="Reference images of the concept (CLIP-I and KID compare against these)."),
+                io.String.Input("prompt", default="a <tw1> star on grass", multiline=True, tooltip="The prompt the images were generated from; <...> identifier tokens are removed for CLIP-T."),
+                io.String.Input("feature_model", default="tinyworld", tooltip="'tinyworld' (TinyWorld's own CLIP) or the path of a local CLIP folder (e.g. clip-vit-large-patch14 as the paper); nothing is downloaded."),
+                io.Int.Input("kid_subset_size", default=5, min=2, max=1000, tooltip="KID subset size (paper: 5); KID is reported n/a when either set has fewer images."),
+                io.String.Input("filename_prefix", default="textloc/scores", tooltip="Where the markdown report goes, under ComfyUI's output folder."),
+                io.Mask.Input("attention_maps", optional=True, tooltip="Attention maps of the concept token (e.g. TextLoc Attention Preview 'maps'); with target_masks gives IoU."),
+                io.Mask.Input("target_masks", optional=True, tooltip="Where the concept really is: one mask per map, or one for all."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Cut on the min-max normalised map for IoU."),
+            ],
+            outputs=[named(io.String, "report"), named(io.Float, "clip_i"), named(io.Float, "clip_t"),
+                     named(io.Float, "kid"), named(io.Float, "iou")],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "images": ("IMAGE", {"tooltip": "Generated images to score."}),
-                "references": ("IMAGE", {"tooltip": "Reference images of the concept (CLIP-I and KID compare against these)."}),
-                "prompt": ("STRING", {"default": "a <tw1> star on grass", "multiline": True, "tooltip": "The prompt the images were generated from; <...> identifier tokens are removed for CLIP-T."}),
-                "feature_model": ("STRING", {"default": "tinyworld", "tooltip": "'tinyworld' (TinyWorld's own CLIP) or the path of a local CLIP folder (e.g. clip-vit-large-patch14 as the paper); nothing is downloaded."}),
-                "kid_subset_size": ("INT", {"default": 5, "min": 2, "max": 1000, "tooltip": "KID subset size (paper: 5); KID is reported n/a when either set has fewer images."}),
-                "filename_prefix": ("STRING", {"default": "textloc/scores", "tooltip": "Where the markdown report goes, under ComfyUI's output folder."}),
-            },
-            "optional": {
-                "attention_maps": ("MASK", {"tooltip": "Attention maps of the concept token (e.g. TextLoc Attention Preview 'maps'); with target_masks gives IoU."}),
-                "target_masks": ("MASK", {"tooltip": "Where the concept really is: one mask per map, or one for all."}),
-                "threshold": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Cut on the min-max normalised map for IoU."}),
-            },
-        }
-
-    def score(self, images, references, prompt, feature_model, kid_subset_size, filename_prefix,
-              attention_maps=None, target_masks=None, threshold=0.5):
+    def execute(cls, images, references, prompt, feature_model, kid_subset_size, filename_prefix,
+                attention_maps=None, target_masks=None, threshold=0.5) -> io.NodeOutput:
         model = evaluation.load_feature_model(feature_model)
         scores = evaluation.score_images(
             model, images.movedim(-1, 1).float(), references.movedim(-1, 1).float(), prompt,
@@ -64,4 +64,5 @@ class ScoreImages:
                                          prompt=prompt, kid_subset_size=kid_subset_size)
         record = _write_report(report, filename_prefix)
         numbers = tuple(float(scores[k]) for k in ("clip_i", "clip_t", "kid", "iou"))
-        return {"ui": {"text": [report], "reports": [record]}, "result": (report, *numbers)}
+        # a dict ui: the report file record rides along under a key of its own
+        return io.NodeOutput(report, *numbers, ui={"text": [report], "reports": [record]})

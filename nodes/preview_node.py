@@ -12,13 +12,15 @@ maps as MASK for downstream nodes.
 from __future__ import annotations
 
 import torch
+from comfy_api.latest import io
 
 from ..textloc_core import heatmap
 from ..textloc_core.attention import AttentionRouter, CapturedMap
 from ..textloc_core.maps import choose_layers, slot_layout, token_maps
-from .comfy_backend import ComfyDenoiserBackend, ComfyTextBackend, find_positions
+from .comfy_backend import ComfyDenoiserBackend
+from .comfy_tokens import IdentifierPlacer, applied_identifiers
+from .schema import CATEGORY, named, seed_input
 
-CATEGORY = "textloc"
 LEVELS = ("all_but_finest", "all")
 
 
@@ -52,21 +54,19 @@ class PreviewRouter(AttentionRouter):
         return [CapturedMap(layer, total / self.calls[layer]) for layer, total in self.sums.items()]
 
 
-def _word_ids(text: ComfyTextBackend, word: str) -> list[int]:
-    _name, tokenizer, _encoder = text.encoders[0]
-    return text._pieces(tokenizer, word)
-
-
 def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
                       width, height, batch_size, levels="all_but_finest", alpha=0.5):
     import comfy.sample
 
-    text = ComfyTextBackend(clip)
-    embeddings = dict(getattr(clip.tokenizer, "textloc_embeddings", {}))  # set by TextLoc Apply Adapter
-    token_dict = clip.tokenize(prompt)
+    embeddings, _adapters = applied_identifiers(clip)  # put there by TextLoc Apply Adapter
+    placer = IdentifierPlacer.for_clip(clip)
+    token_dict, positions = placer.tokenize(prompt, embeddings)
     wanted = [t.strip() for t in tokens.split(",") if t.strip()]
-    words = {w: _word_ids(text, w) for w in wanted if w not in embeddings}
-    positions = find_positions(token_dict, embeddings, words)
+    for word in wanted:
+        if word not in embeddings:
+            found = placer.word_positions(token_dict, word)
+            if found:
+                positions[word] = found
     if not wanted:
         wanted = [t for t in embeddings if t in positions]
         if not wanted:
@@ -103,43 +103,42 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
     return images, overlays.movedim(1, -1), masks, ", ".join(wanted)
 
 
-class AttentionPreview:
+class AttentionPreview(io.ComfyNode):
     """Sample a prompt and output images, per-token attention overlays and the raw maps."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE", "IMAGE", "MASK", "STRING")
-    RETURN_NAMES = ("images", "overlays", "maps", "tokens")
-    FUNCTION = "preview"
-    DESCRIPTION = "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
-
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls) -> io.Schema:
         import comfy.samplers
 
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The model (with TextLoc adapters applied, or any model)."}),
-                "clip": ("CLIP", {"tooltip": "The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."}),
-                "vae": ("VAE", {"tooltip": "Decodes the samples."}),
-                "prompt": ("STRING", {"default": "photo of a <doll1> doll", "multiline": True, "tooltip": "Prompt to sample; may use adapter tokens."}),
-                "negative": ("STRING", {"default": "", "multiline": True, "tooltip": "Negative prompt."}),
-                "tokens": ("STRING", {"default": "", "tooltip": "Comma-separated tokens or words to map (empty: every adapter token in the prompt)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed."}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
-                "cfg": ("FLOAT", {"default": 6.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01, "tooltip": "Classifier-free guidance scale."}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler", "tooltip": "Sampler."}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal", "tooltip": "Noise schedule."}),
-                "width": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8, "tooltip": "Image width in pixels."}),
-                "height": ("INT", {"default": 512, "min": 16, "max": 4096, "step": 8, "tooltip": "Image height in pixels."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per run."}),
-            },
-            "optional": {
-                "levels": (list(LEVELS), {"default": "all_but_finest", "tooltip": "Attention resolutions averaged into the map (paper: all but the finest)."}),
-                "overlay_alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Opacity of the heat map over the image."}),
-            },
-        }
+        return io.Schema(
+            node_id="TextLocAttentionPreview",
+            display_name="TextLoc Attention Preview",
+            category=CATEGORY,
+            description="Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model (with TextLoc adapters applied, or any model)."),
+                io.Clip.Input("clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."),
+                io.Vae.Input("vae", tooltip="Decodes the samples."),
+                io.String.Input("prompt", default="photo of a <doll1> doll", multiline=True, tooltip="Prompt to sample; may use adapter tokens."),
+                io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt."),
+                io.String.Input("tokens", default="", tooltip="Comma-separated tokens or words to map (empty: every adapter token in the prompt)."),
+                seed_input("Noise seed.", maximum=0xFFFFFFFFFFFFFFFF),
+                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
+                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
+                # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Noise schedule."),
+                io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
+                io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
+                io.Combo.Input("levels", options=list(LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
+                io.Float.Input("overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Opacity of the heat map over the image."),
+            ],
+            outputs=[named(io.Image, "images"), named(io.Image, "overlays"), named(io.Mask, "maps"), named(io.String, "tokens")],
+        )
 
-    def preview(self, model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
-                width, height, batch_size, levels="all_but_finest", overlay_alpha=0.5):
-        return attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name,
-                                 scheduler, width, height, batch_size, levels, overlay_alpha)
+    @classmethod
+    def execute(cls, model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
+                width, height, batch_size, levels="all_but_finest", overlay_alpha=0.5) -> io.NodeOutput:
+        return io.NodeOutput(*attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name,
+                                                scheduler, width, height, batch_size, levels, overlay_alpha))

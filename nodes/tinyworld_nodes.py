@@ -9,61 +9,68 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..textloc_core.concepts import Concept, ConceptImage, ConceptSet
 from ..textloc_core.tinyworld import world
 from .concept_nodes import CONCEPTS
+from .schema import TINYWORLD_CATEGORY, named, seed_input
 from . import tinyworld_models
 
-CATEGORY = "textloc/tinyworld"
+
+def held_out_input(tooltip: str) -> io.Combo.Input:
+    """The ``concept`` combo: TinyWorld's held-out concepts."""
+    return io.Combo.Input("concept", options=[c.name for c in world.HELD_OUT], tooltip=tooltip)
 
 
-class TinyWorldLoader:
+class TinyWorldLoader(io.ComfyNode):
     """The TinyWorld model (shipped weights, or seeded random weights when none are installed)."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    FUNCTION = "load"
-    DESCRIPTION = "Load the tiny TinyWorld diffusion model (64x64 px, SD1 architecture in miniature)."
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocTinyWorldLoader",
+            display_name="TextLoc TinyWorld Loader",
+            category=TINYWORLD_CATEGORY,
+            description="Load the tiny TinyWorld diffusion model (64x64 px, SD1 architecture in miniature).",
+            inputs=[
+                seed_input("Seed of the random weights used only when the TinyWorld weights are not installed."),
+                io.Boolean.Input("use_shipped_weights", default=True, tooltip="Use textloc_core/tinyworld/weights when present; off: always random weights (tests)."),
+            ],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the random weights used only when the TinyWorld weights are not installed."}),
-                "use_shipped_weights": ("BOOLEAN", {"default": True, "tooltip": "Use textloc_core/tinyworld/weights when present; off: always random weights (tests)."}),
-            }
-        }
-
-    def load(self, seed, use_shipped_weights=True):
+    def execute(cls, seed, use_shipped_weights=True) -> io.NodeOutput:
         import folder_paths
 
         embeddings = folder_paths.get_folder_paths("embeddings")
-        return tinyworld_models.build_all(seed, use_shipped_weights, embedding_directory=embeddings)
+        return io.NodeOutput(*tinyworld_models.build_all(seed, use_shipped_weights, embedding_directory=embeddings))
 
 
-class TinyWorldConceptSet:
+class TinyWorldConceptSet(io.ComfyNode):
     """Personalisation photos of a held-out TinyWorld concept next to its companion object."""
 
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (CONCEPTS, "IMAGE", "MASK", "MASK", "STRING")
-    RETURN_NAMES = ("concepts", "images", "concept_masks", "companion_masks", "class_word")
-    FUNCTION = "build"
-    DESCRIPTION = "Render the personalisation set of a TinyWorld concept the base model never saw, with exact masks."
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocTinyWorldConceptSet",
+            display_name="TextLoc TinyWorld Concept Set",
+            category=TINYWORLD_CATEGORY,
+            description="Render the personalisation set of a TinyWorld concept the base model never saw, with exact masks.",
+            inputs=[
+                held_out_input("Held-out concept to teach (never shown in pretraining)."),
+                io.String.Input("token", default="<tw1>", tooltip="New identifier word for the concept in prompts."),
+                io.Int.Input("images", default=5, min=1, max=64, tooltip="How many photos to render (the paper uses 5)."),
+                seed_input("Seed of the scene layout."),
+                io.Boolean.Input("include_companion", default=False, tooltip="Also learn the companion object as a second concept (token <name>)."),
+            ],
+            outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images"), named(io.Mask, "concept_masks"),
+                     named(io.Mask, "companion_masks"), named(io.String, "class_word")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "concept": ([c.name for c in world.HELD_OUT], {"tooltip": "Held-out concept to teach (never shown in pretraining)."}),
-                "token": ("STRING", {"default": "<tw1>", "tooltip": "New identifier word for the concept in prompts."}),
-                "images": ("INT", {"default": 5, "min": 1, "max": 64, "tooltip": "How many photos to render (the paper uses 5)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the scene layout."}),
-                "include_companion": ("BOOLEAN", {"default": False, "tooltip": "Also learn the companion object as a second concept (token <name>)."}),
-            }
-        }
-
-    def build(self, concept, token, images, seed, include_companion=False):
+    def execute(cls, concept, token, images, seed, include_companion=False) -> io.NodeOutput:
         from ..textloc_core.tinyworld.render import render_scene
 
         held = world.held_out_concept(concept)
@@ -81,4 +88,4 @@ class TinyWorldConceptSet:
             if include_companion:
                 masks[held.companion_name] = companion_masks[i]
             items.append(ConceptImage(pictures[i].movedim(-1, 0).clone(), masks, f"tinyworld:{concept}[{i}]"))
-        return (ConceptSet(concepts, items), pictures, concept_masks, companion_masks, held.class_word)
+        return io.NodeOutput(ConceptSet(concepts, items), pictures, concept_masks, companion_masks, held.class_word)

@@ -8,33 +8,36 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..textloc_core.tinyworld import BACKGROUNDS, render_scene, world
+from .schema import TINYWORLD_CATEGORY, named, seed_input
+from .tinyworld_nodes import held_out_input
 
 
-class TinyWorldReferences:
+class TinyWorldReferences(io.ComfyNode):
     """Renders of a TinyWorld concept alone, one background after another."""
 
-    CATEGORY = "textloc/tinyworld"
-    RETURN_TYPES = ("IMAGE", "MASK")
-    RETURN_NAMES = ("images", "masks")
-    FUNCTION = "render"
-    DESCRIPTION = "Render a held-out TinyWorld concept alone (reference images for TextLoc Score Images)."
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocTinyWorldReferences",
+            display_name="TextLoc TinyWorld References",
+            category=TINYWORLD_CATEGORY,
+            description="Render a held-out TinyWorld concept alone (reference images for TextLoc Score Images).",
+            inputs=[
+                held_out_input("Held-out concept to render."),
+                io.Int.Input("images", default=8, min=1, max=256, tooltip="How many renders."),
+                seed_input("Seed of the object placement."),
+            ],
+            outputs=[named(io.Image, "images"), named(io.Mask, "masks")],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "concept": ([c.name for c in world.HELD_OUT], {"tooltip": "Held-out concept to render."}),
-                "images": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "How many renders."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the object placement."}),
-            }
-        }
-
-    def render(self, concept, images, seed):
+    def execute(cls, concept, images, seed) -> io.NodeOutput:
         kind = world.held_out_concept(concept).kind
         scenes = [render_scene(objects=[kind], background=BACKGROUNDS[i % len(BACKGROUNDS)], seed=10_000 + 97 * seed + i)
                   for i in range(images)]
         pictures = torch.from_numpy(np.stack([s.image for s in scenes])).float()  # (B, H, W, 3)
         masks = torch.from_numpy(np.stack([s.masks[0] for s in scenes])).float()
-        return pictures, masks
+        return io.NodeOutput(pictures, masks)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import gc
 import logging
 
+from comfy_api.latest import io, ui
+
 from ..textloc_core import trainer
 from ..textloc_core.adapter import save_adapter
 from ..textloc_core.api import make_adapter
@@ -28,9 +30,11 @@ from ..textloc_core.validation import validate_concept_set
 from . import paths
 from .comfy_backend import training_session
 from .concept_nodes import CONCEPTS
+from .schema import CATEGORY, named, seed_input
 from .stock_files import write_stock_files
 
-ADAPTER = "TEXTLOC_ADAPTER"
+#: the socket type of an ``Adapter``
+ADAPTER = io.Custom("TEXTLOC_ADAPTER")
 log = logging.getLogger("textloc")
 
 
@@ -71,50 +75,49 @@ def _interrupted() -> bool:
     return mm.processing_interrupted()
 
 
-class TextLocTrain:
+class TextLocTrain(io.ComfyNode):
     """Teach new tokens (and the attention K/V weights) from a concept set."""
 
-    CATEGORY = "textloc"
-    RETURN_TYPES = (ADAPTER, "STRING")
-    RETURN_NAMES = ("adapter", "report")
-    FUNCTION = "train"
-    OUTPUT_NODE = True
-    DESCRIPTION = (
-        "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
-        "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
-        "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
-    )
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TextLocTrain",
+            display_name="TextLoc Train",
+            category=CATEGORY,
+            description=(
+                "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
+                "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
+                "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The base diffusion model (SD1.x/SD2.x family) from any loader."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
+                CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
+                io.Combo.Input("guidance", options=list(GUIDANCE_METHODS), default="hard", tooltip="hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion."),
+                io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimiser steps (paper: 400 for one concept, 800 for two)."),
+                io.Float.Input("learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False, tooltip="Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5)."),
+                io.Int.Input("batch", default=2, min=1, max=16, tooltip="Training photos per step (and as many prior images)."),
+                io.Int.Input("prior_images", default=0, min=0, max=1000, tooltip="Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off."),
+                seed_input("Seed of batches, timesteps and noise (the same seed gives the same adapter)."),
+                io.Int.Input("checkpoint_every", default=50, min=1, max=100000, tooltip="Write a resumable checkpoint every N steps (and when cancelled)."),
+                io.String.Input("adapter_name", default="textloc_adapter", tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder."),
+                io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training side in pixels; 0 keeps the photos' size."),
+                io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss (paper: 1)."),
+                io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
+            ],
+            outputs=[named(ADAPTER, "adapter"), named(io.String, "report")],
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The base diffusion model (SD1.x/SD2.x family) from any loader."}),
-                "clip": ("CLIP", {"tooltip": "Its text encoder."}),
-                "vae": ("VAE", {"tooltip": "Its VAE (encodes the training photos)."}),
-                "concepts": (CONCEPTS, {"tooltip": "Photos with masks, from TextLoc Concept From Mask / Concept Folder."}),
-                "guidance": (list(GUIDANCE_METHODS), {"default": "hard", "tooltip": "hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion."}),
-                "steps": ("INT", {"default": 400, "min": 1, "max": 100000, "tooltip": "Optimiser steps (paper: 400 for one concept, 800 for two)."}),
-                "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-7, "max": 1e-2, "step": 1e-6, "round": False, "tooltip": "Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5)."}),
-                "batch": ("INT", {"default": 2, "min": 1, "max": 16, "tooltip": "Training photos per step (and as many prior images)."}),
-                "prior_images": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of batches, timesteps and noise (the same seed gives the same adapter)."}),
-                "checkpoint_every": ("INT", {"default": 50, "min": 1, "max": 100000, "tooltip": "Write a resumable checkpoint every N steps (and when cancelled)."}),
-                "adapter_name": ("STRING", {"default": "textloc_adapter", "tooltip": "File name of the adapter (letters, digits, - _ .); also names the checkpoint folder."}),
-            },
-            "optional": {
-                "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 8, "tooltip": "Training side in pixels; 0 keeps the photos' size."}),
-                "attention_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": "Weight of the attention loss (paper: 1)."}),
-                "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from this adapter name's latest checkpoint when one exists (same settings)."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
-
-    def train(self, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
-              checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True, unique_id=None):
+    def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
+                checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
+        unique_id = cls.hidden.unique_id
         name = check_name(adapter_name.strip(), "adapter_name")
         config = TrainConfig(
             method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,
@@ -149,7 +152,7 @@ class TextLocTrain:
                     on_step=on_step, should_stop=_interrupted, prior_cache_dir=paths.prior_cache_dir(),
                 )
                 adapter = make_adapter(result, concepts, bundle)
-                encoder_sizes = [(n, int(tok.embedding_size)) for n, tok, _ in bundle.text.encoders]
+                encoder_sizes = bundle.text.encoder_sizes
         except trainer.TrainingDiverged as exc:
             raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
         finally:
@@ -170,4 +173,4 @@ class TextLocTrain:
             + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
         )
         log.info("textloc: %s", report.replace("\n", "; "))
-        return {"ui": {"text": [report]}, "result": (adapter, report)}
+        return io.NodeOutput(adapter, report, ui=ui.PreviewText(report))

@@ -62,6 +62,16 @@ def test_pack_import_failure_returns_our_traceback_only(tmp_path):
     assert server.pack_import_failure() is None
 
 
+def test_pack_import_failure_names_a_failing_comfy_entrypoint(tmp_path):
+    """The V3 entry point imports fine but raises while listing nodes: ComfyUI logs one line."""
+    layout = ComfyLayout.create(tmp_path)
+    server = ComfyServer(tmp_path / "no-comfy", layout)
+    line = f"Error while calling comfy_entrypoint in {layout.base}/custom_nodes/textloc: Input ids must be unique"
+    layout.log_file.write_text(f"{line}\n\nImport times for custom nodes:\n"
+                               f"   0.2 seconds (IMPORT FAILED): {layout.base}/custom_nodes/textloc\n")
+    assert server.pack_import_failure() == line
+
+
 def test_missing_comfyui_is_explained(tmp_path):
     assert "no ComfyUI at" in missing_comfyui_reason(tmp_path)
     (tmp_path / "main.py").write_text("")

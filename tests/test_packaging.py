@@ -29,9 +29,35 @@ def test_dev_requirements_cover_runtime_and_test_tools():
     dev = (ROOT / "requirements-dev.txt").read_text()
     assert "-r requirements.txt" in dev
     names = {_name(r) for r in _requirement_lines(ROOT / "requirements-dev.txt")}
-    assert {"pytest", "torch"} <= names
-    # torchaudio from PyPI breaks transformers' imports next to torch 2.14 (see DEVELOPERS.md)
-    assert "torchaudio" not in names
+    assert "pytest" in names
+    # the torch build is chosen per ComfyUI version (requirements/comfyui-<version>.txt)
+    assert not names & {"torch", "torchvision", "torchaudio"}
+
+
+def _pins(path: Path) -> dict[str, str]:
+    return {_name(r): r.split("==", 1)[1] for r in _requirement_lines(path) if "==" in r}
+
+
+def test_every_supported_comfyui_has_torch_pins_and_a_matching_lock():
+    quickstart = _quickstart()
+    for version in quickstart.SUPPORTED:
+        pins = _pins(ROOT / "requirements" / f"comfyui-{version}.txt")
+        assert {"torch", "torchvision"} <= pins.keys(), f"comfyui-{version}.txt must pin torch and torchvision"
+        lock = _pins(ROOT / "requirements" / f"comfyui-{version}.lock")
+        for name, pinned in pins.items():
+            assert lock.get(name, "").split("+")[0] == pinned, (
+                f"comfyui-{version}.lock holds {name}=={lock.get(name)} but the pin file says {pinned}: regenerate the lock")
+    # 0.33.0 imports torchaudio at start-up; 0.3.64 runs without it
+    assert "torchaudio" in _pins(ROOT / "requirements" / "comfyui-0.33.0.txt")
+
+
+def _quickstart():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "scripts" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_comfy_registry_metadata():
@@ -42,4 +68,5 @@ def test_comfy_registry_metadata():
     # semantic X.Y.Z version, as the registry requires
     assert re.fullmatch(r"\d+\.\d+\.\d+", data["project"]["version"])
     assert re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", data["project"]["name"])
-    assert comfy["requires-comfyui"].startswith(">=")
+    # the declared minimum is the oldest version CI tests
+    assert comfy["requires-comfyui"] == f">={_quickstart().SUPPORTED[0]}"

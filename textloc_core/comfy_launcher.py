@@ -35,22 +35,35 @@ class ComfyError(RuntimeError):
     """ComfyUI refused or failed a request; the message is meant to be read by a person."""
 
 
+#: Where scripts/quickstart.py lays out ComfyUI trees and their virtual environments.
+SETUP_DIR = PACK_ROOT / ".textloc"
+
+
 def comfyui_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The ComfyUI work tree to use: ``explicit``, else $COMFYUI_DIR, else ~/ComfyUI.
+    """The ComfyUI work tree to use: ``explicit``, else $COMFYUI_DIR, else the tree
+    scripts/quickstart.py laid out for the running environment (``.textloc/venv-V`` ->
+    ``.textloc/ComfyUI-V``), else ~/ComfyUI.
 
     The path is returned whether or not it exists; see :func:`missing_comfyui_reason`.
     """
     if explicit:
         return Path(explicit).expanduser().resolve()
     env = os.environ.get("COMFYUI_DIR")
-    return Path(env).expanduser().resolve() if env else Path.home() / "ComfyUI"
+    if env:
+        return Path(env).expanduser().resolve()
+    venv = Path(sys.prefix)
+    if venv.parent == SETUP_DIR and venv.name.startswith("venv-"):
+        laid_out = SETUP_DIR / f"ComfyUI-{venv.name[len('venv-'):]}"
+        if (laid_out / "main.py").is_file():
+            return laid_out
+    return Path.home() / "ComfyUI"
 
 
 def missing_comfyui_reason(comfy_dir: Path) -> str | None:
     """None when ``comfy_dir`` holds a runnable ComfyUI, else a sentence saying what is wrong."""
     if not (comfy_dir / "main.py").is_file():
-        return (f"no ComfyUI at {comfy_dir} (no main.py there); set COMFYUI_DIR or lay it out "
-                f"with scripts/install_comfyui.sh (see DEVELOPERS.md)")
+        return (f"no ComfyUI at {comfy_dir} (no main.py there); run `python3 scripts/quickstart.py test` "
+                f"(sets up ComfyUI and its environment), or set COMFYUI_DIR to a ComfyUI work tree")
     return None
 
 
@@ -203,10 +216,13 @@ class ComfyServer:
         if not any("IMPORT FAILED" in ln and ours in ln for ln in lines):
             return None
         # ComfyUI prints "Traceback ..." then "Cannot import <path> module for custom nodes: <error>"
+        # when the import raised, or one line when the pack's comfy_entrypoint (V3) raised
         for i, ln in enumerate(lines):
             if ln.startswith("Cannot import") and ours in ln:
                 start = max((j for j in range(i) if lines[j].startswith("Traceback")), default=max(0, i - 40))
                 return "\n".join(lines[start:i + 1])
+            if ln.startswith("Error while calling comfy_entrypoint in") and ours in ln:
+                return ln
         return self.log_tail(80)
 
     def __enter__(self) -> "ComfyServer":

@@ -444,7 +444,16 @@ def _train(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_
                 stopped = True
                 break
             began = time.perf_counter()
-            losses = run.step(step)
+            try:
+                losses = run.step(step)
+            except Exception:
+                # A host may abort a step from inside the model once asked to stop (ComfyUI
+                # 0.33 checks its interrupt flag in every layer). The step had not updated
+                # anything yet, so the steps before it are kept like any other stop.
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                raise
             history.append(losses)
             done = step + 1
             if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):

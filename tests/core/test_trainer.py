@@ -114,6 +114,34 @@ def test_should_stop_cancels_within_a_step(tiny_bundle, two_concepts):
     assert result.stopped_early and result.steps_done == 2 and len(result.history) == 2
 
 
+def test_a_stop_raised_from_inside_a_step_keeps_the_steps_before_it(tiny_bundle, two_concepts, tmp_path, monkeypatch):
+    """ComfyUI 0.33 raises its interrupt from inside the model's layers, mid-step."""
+    done, stop = [], []
+    predict = tiny_bundle.denoiser.predict
+
+    def interrupted_predict(*args, **kwargs):
+        if len(done) == 3 and stop:
+            raise RuntimeError("interrupted by the host")
+        return predict(*args, **kwargs)
+
+    def on_step(report):
+        done.append(report)
+        if len(done) == 3:
+            stop.append(True)  # the user presses Cancel during step 4
+
+    monkeypatch.setattr(tiny_bundle.denoiser, "predict", interrupted_predict)
+    config = _config(steps=6, checkpoint_every=100, prior_images_per_class=0, lambda_prior=0.0)
+    polls = iter([False] * 4 + [True] * 10)  # still False when step 4 begins: the raise ends it
+    result = train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path, on_step=on_step,
+                   should_stop=lambda: next(polls))
+    assert result.stopped_early and result.steps_done == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000003"]  # the cancel wrote the 3 steps done
+    # without a stop request the same error is the user's to see
+    done.clear()
+    with pytest.raises(RuntimeError, match="interrupted by the host"):
+        train(tiny_bundle, two_concepts, config, on_step=on_step, should_stop=lambda: False)
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_bundle, two_concepts):
     two_concepts.images[0].image[:, 0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="step 1: loss is nan"):

@@ -91,12 +91,25 @@ def test_route_attention_keeps_another_packs_patch_and_restores_exactly(pack, ti
     assert before["patches_replace"]["attn2"] == {("input", 1, 0): other_pack}
 
 
-def test_token_rewrite_and_layer_keys(pack):
+def test_identifier_tokens_are_placed_through_the_public_tokenizer(pack, tiny):
     comfy_backend, _ = pack
-    rewrite = comfy_backend.rewrite_tokens
-    assert rewrite("a <a10> and <a1>", ["<a1>", "<a10>"]) == "a  embedding:<a10>  and  embedding:<a1> "
-    assert rewrite("embedding:<a1> x", ["<a1>"]) == " embedding:<a1>  x"
-    assert rewrite("sks asks sks2 (sks:1.2)", ["sks"]) == " embedding:sks  asks sks2 ( embedding:sks :1.2)"
+    from textloc_pack.nodes.comfy_tokens import IdentifierPlacer, identifier_pattern
+
+    _, clip, _ = tiny
+    with torch.inference_mode():
+        placer = IdentifierPlacer.for_clip(clip)
+        plain = clip.tokenize("a red star")["l"][0]
+        assert placer.pieces("a red star")["l"] == [int(e[0]) for e in plain[1:4]]
+        assert len(placer.pieces("<a10>")["l"]) > 1  # not in the vocabulary: the reason for placeholders
+        a1, a10 = torch.full((1, 64), 1.0), torch.full((1, 64), 10.0)
+        # "sks" is the first placeholder; a prompt holding it literally must still come out right
+        tokens, where = placer.tokenize("sks a <a10> and (<a1>:1.2) embedding:<a1>", {"<a1>": a1, "<a10>": a10})
+        entries = tokens["l"][0]
+        assert where == {"<a10>": [3], "<a1>": [5, 6]}
+        assert [float(entries[i][0][0]) for i in (3, 5, 6)] == [10.0, 1.0, 1.0]
+        assert entries[5][1] == pytest.approx(1.2) and entries[6][1] == 1.0  # ComfyUI's own weight parsing
+        assert not torch.is_tensor(entries[1][0])  # the literal "sks" stays a word
+        assert [m.group(1) for m in identifier_pattern(["sks"]).finditer("sks asks sks2 (sks:1.2)")] == ["sks", "sks"]
     assert comfy_backend.attn2_patch_key("output_blocks.3.1.transformer_blocks.0.attn2") == ("output", 3, 0)
     assert comfy_backend.attn2_patch_key("diffusion_model.middle_block.1.transformer_blocks.1.attn2") == ("middle", 0, 1)
     with pytest.raises(ValueError, match="path separators"):
@@ -150,20 +163,24 @@ def _adapter(model, token: str, fingerprint: str | None = None, scale: float = 0
 
 def test_apply_adapter_stacks_tokens_and_checks_the_base(pack, tiny):
     from textloc_pack.nodes.apply_node import apply_adapter
-    from textloc_pack.nodes.comfy_backend import ComfyTextBackend, find_positions
+    from textloc_pack.nodes.comfy_backend import ComfyTextBackend
+    from textloc_pack.nodes.comfy_tokens import IdentifierPlacer, IdentifierTokenizer, applied_identifiers
 
     model, clip, _ = tiny
     with torch.inference_mode():
         first, second = _adapter(model, "<a1>"), _adapter(model, "<b1>", seed=1)
         m1, c1 = apply_adapter(model, clip, first, 1.0)
         m2, c2 = apply_adapter(m1, c1, second, 0.5)
-        tokens = c2.tokenize("a <a1> star and a <b1> star")
-        positions = find_positions(tokens, c2.tokenizer.textloc_embeddings)
-        assert positions == {"<a1>": [2], "<b1>": [6]}
+        tokens = c2.tokenize("a <a1> star and a <b1> star")  # stock CLIPTextEncode's call
+        assert [i for i, e in enumerate(tokens["l"][0]) if torch.is_tensor(e[0])] == [2, 6]
+        embeddings, adapters = applied_identifiers(c2)
+        assert sorted(embeddings) == ["<a1>", "<b1>"] and adapters == [first, second]
+        assert IdentifierPlacer.for_clip(c2).tokenize("a <a1> star and a <b1> star", embeddings)[1] == {"<a1>": [2], "<b1>": [6]}
+        assert isinstance(c2.tokenizer, IdentifierTokenizer) and not isinstance(c2.tokenizer.inner, IdentifierTokenizer)
         base = clip.encode_from_tokens(clip.tokenize("a star and a star"))
         assert not torch.equal(c2.encode_from_tokens(tokens), base)
         assert len(m2.patches) == 2 * 7  # K and V of 7 attn2 layers, both adapters on each
-        assert clip.tokenizer.tokenize_with_weights is not c2.tokenizer.tokenize_with_weights  # input CLIP untouched
+        assert not isinstance(clip.tokenizer, IdentifierTokenizer) and applied_identifiers(c1)[0].keys() == {"<a1>"}  # inputs untouched
         # an adapter trained on other base weights is refused unless asked for
         foreign = _adapter(model, "<c1>", fingerprint="0123456789abcdef")
         with pytest.raises(ValueError, match="ignore base mismatch"):
@@ -185,10 +202,11 @@ def test_apply_node_reruns_when_its_adapter_file_is_rewritten(pack, tiny, tmp_pa
     model = tiny[0]
     with torch.inference_mode():
         save_adapter(_adapter(model, "<a1>"), tmp_path / "x.safetensors")
-        first = ApplyAdapter.IS_CHANGED(adapter_file="x.safetensors", strength=1.0)
+        first = ApplyAdapter.fingerprint_inputs(adapter_file="x.safetensors", strength=1.0)
         save_adapter(_adapter(model, "<a1>", scale=0.2), tmp_path / "x.safetensors")
-        assert ApplyAdapter.IS_CHANGED(adapter_file="x.safetensors", strength=1.0) != first
-        assert "x.safetensors" in ApplyAdapter.INPUT_TYPES()["required"]["adapter_file"][0]
+        assert ApplyAdapter.fingerprint_inputs(adapter_file="x.safetensors", strength=1.0) != first
+        widget = next(i for i in ApplyAdapter.define_schema().inputs if i.id == "adapter_file")
+        assert "x.safetensors" in widget.options
 
 
 def test_training_leaves_the_input_model_and_clip_exactly_as_they_were(pack, tiny, tmp_path):
@@ -200,7 +218,7 @@ def test_training_leaves_the_input_model_and_clip_exactly_as_they_were(pack, tin
     model, clip, vae = tiny
     x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([400.0]), torch.randn(1, 77, 64)
     with torch.inference_mode():
-        concepts = TinyWorldConceptSet().build("dotstar", "<tw9>", 2, 0)[0]
+        concepts = TinyWorldConceptSet.execute("dotstar", "<tw9>", 2, 0)[0]
         before_eps = model.model.diffusion_model(x, timesteps=t, context=ctx)
         before_ctx = clip.encode_from_tokens(clip.tokenize("a <tw9> star"))
         with comfy_backend.training_session(model, clip, vae) as bundle:

@@ -15,14 +15,16 @@ from textloc_core.comfy_launcher import PACK_NAME, PACK_ROOT, ComfyError, load_w
 
 
 def _declared_node_names() -> set[str]:
-    """The keys of the NODE_CLASS_MAPPINGS dict literal in nodes/__init__.py, read without
-    importing it (importing needs ComfyUI's modules)."""
-    tree = ast.parse((PACK_ROOT / "nodes" / "__init__.py").read_text())
-    for node in ast.walk(tree):
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
-                and any(getattr(t, "id", None) == "NODE_CLASS_MAPPINGS" for t in node.targets)):
-            return {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
-    return set()
+    """The node_id of every ``io.Schema(...)`` in nodes/*.py (V3 nodes), read without importing
+    them (importing needs ComfyUI's modules). A node class left out of nodes.NODE_LIST, the
+    list comfy_entrypoint hands ComfyUI, is declared here but not served."""
+    names = set()
+    for path in sorted((PACK_ROOT / "nodes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "Schema":
+                names.update(k.value.value for k in node.keywords
+                             if k.arg == "node_id" and isinstance(k.value, ast.Constant))
+    return names
 
 
 def test_pack_imports_without_failure(comfy):
@@ -34,14 +36,15 @@ def test_pack_imports_without_failure(comfy):
 
 
 def test_object_info_lists_every_pack_node(comfy):
-    """/object_info walks NODE_CLASS_MAPPINGS and drops (and logs) a class whose
-    INPUT_TYPES raises; so 'no such log line' + 'our classes listed' = every class usable."""
+    """/object_info walks ComfyUI's NODE_CLASS_MAPPINGS (which comfy_entrypoint filled) and drops
+    (and logs) a class whose schema raises; so 'no such log line' + 'our classes listed' = every
+    class usable."""
     info = comfy.object_info()
     assert "KSampler" in info  # the stock nodes are there
     assert "An error occurred while retrieving information" not in comfy.log_text(), comfy.server.log_tail(80)
     ours = comfy.pack_node_classes()
     declared = _declared_node_names()
-    assert declared, "nodes/__init__.py declares no NODE_CLASS_MAPPINGS entries"
+    assert declared, "nodes/*.py declare no io.Schema(node_id=...)"
     assert ours == declared, (f"declared but not served: {sorted(declared - ours)}; "
                               f"served but not declared: {sorted(ours - declared)}")
     for name in ours:

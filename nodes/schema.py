@@ -1,0 +1,28 @@
+"""What the pack's V3 node schemas share (``comfy_api.latest``, as in ComfyUI 0.3.64 and 0.33.0).
+
+The pack uses only what both versions' ``comfy_api.latest`` define: ``ComfyExtension`` (the
+top-level __init__.py), ``io.ComfyNode``, ``io.Schema``, ``io.<Type>.Input/Output`` (Boolean,
+Int, Float, String, Combo, Image, Mask, Model, Clip, Vae), ``io.Custom``, ``io.Hidden.unique_id``,
+``io.NodeOutput`` and ``ui.PreviewText`` (tests/integration/test_comfy_surface.py checks them).
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+CATEGORY = "textloc"
+TINYWORLD_CATEGORY = "textloc/tinyworld"
+#: the largest seed of the pack's seed widgets (they seed torch generators and numpy)
+SEED_MAX = 2**31 - 1
+
+
+def named(kind: type[io.ComfyTypeIO], name: str) -> io.Output:
+    """An output called ``name`` in the UI (its RETURN_NAMES entry). Both versions name an output
+    by its display_name (0.3.64 falls back to the type, not the id). The id is ComfyUI-internal
+    and suffixed, because 0.3.64 refuses an output id equal to an input's (``images``, ``tokens``)."""
+    return kind.Output(f"{name}_out", display_name=name)
+
+
+def seed_input(tooltip: str, maximum: int = SEED_MAX) -> io.Int.Input:
+    """The ``seed`` widget (the frontend adds its "control after generate" by the name)."""
+    return io.Int.Input("seed", default=0, min=0, max=maximum, tooltip=tooltip)
