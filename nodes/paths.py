@@ -1,6 +1,7 @@
 """Where the pack reads and writes inside ComfyUI's folders, and nowhere else.
 
 * ``models/textloc/``                  adapters (``<name>.safetensors``), listed by the Apply node;
+  the adapters the pack ships (``textloc_core/tinyworld/adapters/``) are listed after them;
 * ``models/textloc/checkpoints/<name>/`` training checkpoints (resume, cancel);
 * ``models/textloc/prior_cache/``       generated class-prior latents, reused across runs;
 * ``models/loras/textloc/<name>.safetensors``   the K/V deltas as a stock ComfyUI ``diff`` LoRA;
@@ -18,20 +19,23 @@ from pathlib import Path
 import folder_paths
 
 from ..textloc_core.safe_io import check_name, safe_filename, safe_join
+from ..textloc_core.tinyworld import shipped_adapters_dir
 
 FOLDER = "textloc"
 EXTENSIONS = {".safetensors"}
 
 
 def register() -> None:
-    """Make ``models/textloc`` a ComfyUI model folder (idempotent; keeps extra_model_paths)."""
+    """Make ``models/textloc`` a ComfyUI model folder (idempotent; keeps extra_model_paths), with
+    the pack's shipped adapters searched last: a user's file of the same name wins, and files are
+    written to the first folder only (``textloc_root``)."""
     default = os.path.join(folder_paths.models_dir, FOLDER)
-    if FOLDER in folder_paths.folder_names_and_paths:
-        paths, _exts = folder_paths.folder_names_and_paths[FOLDER]
-        if default not in paths:
-            paths.append(default)
-    else:
-        folder_paths.folder_names_and_paths[FOLDER] = ([default], set(EXTENSIONS))
+    if FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[FOLDER] = ([], set(EXTENSIONS))
+    paths, _exts = folder_paths.folder_names_and_paths[FOLDER]
+    for folder in (default, str(shipped_adapters_dir())):
+        if folder not in paths:
+            paths.append(folder)
 
 
 def textloc_root() -> Path:

@@ -158,7 +158,7 @@ def ensure_environment(pins: str, comfy: Path, tested_tree: bool) -> Path:
     if venv_python(venv).is_file() and stamp.is_file() and stamp.read_text().strip() == digest.hexdigest():
         return venv
     if not venv_python(venv).is_file():
-        say(f"creating the virtual environment {venv.relative_to(REPO)}")
+        say(f"creating the virtual environment {venv}")
         if subprocess.run([sys.executable, "-m", "venv", str(venv)]).returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
             raise SetupError(f"{sys.executable} could not create a virtual environment; install its venv "

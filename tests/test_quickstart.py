@@ -88,6 +88,7 @@ def test_comfyui_torch_lines_are_left_to_the_pin_file(quickstart, tmp_path):
     assert out.read_text().split() == ["torchsde", "numpy>=1.25.0"]
 
 
-def test_an_unsupported_version_is_refused_before_any_work(quickstart, capsys):
+def test_an_unsupported_version_is_refused_before_any_work(quickstart, capsys, monkeypatch):
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
     assert quickstart.main(["setup", "--comfyui-version", "0.1.0"]) == 2
     assert "choose one of 0.3.64, 0.33.0" in capsys.readouterr().out

@@ -4,7 +4,8 @@ One graph definition per workflow (below) produces both files, so they never dri
 UI file (drag into ComfyUI, or pick it in the template browser, which serves this folder)
 and ``*_api.json`` (POST /prompt; used by the integration tests). Widget order, optional
 widgets and the extra "control after generate" value of seed widgets are read from the
-node classes themselves, so a changed INPUT_TYPES shows up here on the next run.
+node classes themselves (V1 INPUT_TYPES, or the V1 view ComfyUI gives of a V3 schema), so a
+changed input shows up here on the next run.
 
 Run from anywhere with ComfyUI importable:  python workflows/build_workflows.py [--comfyui DIR]
 """
@@ -12,6 +13,7 @@ Run from anywhere with ComfyUI importable:  python workflows/build_workflows.py 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import json
 import os
@@ -22,7 +24,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PACK_ROOT = HERE.parent
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+COMBO = "COMBO"  # a V3 combo: ("COMBO", {"options": [...]}) where V1 has ([...], {...})
 DISPLAY: dict[str, str] = {}
+
+
+def _module_nodes(module) -> tuple[dict, dict]:
+    """(classes, display names) a node module gives ComfyUI, as ComfyUI's load_custom_node
+    takes them: its V1 NODE_CLASS_MAPPINGS, else its V3 comfy_entrypoint's node list."""
+    if getattr(module, "NODE_CLASS_MAPPINGS", None) is not None:
+        return dict(module.NODE_CLASS_MAPPINGS), dict(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {})
+
+    async def node_list():
+        return await (await module.comfy_entrypoint()).get_node_list()
+
+    classes, display = {}, {}
+    for cls in asyncio.run(node_list()):
+        schema = cls.GET_SCHEMA()
+        classes[schema.node_id] = cls
+        if schema.display_name is not None:
+            display[schema.node_id] = schema.display_name
+    return classes, display
 
 
 def _load_classes(comfy_dir: Path) -> dict:
@@ -34,15 +55,16 @@ def _load_classes(comfy_dir: Path) -> dict:
     import comfy_extras.nodes_mask
     import nodes as comfy_nodes
 
-    classes = dict(comfy_nodes.NODE_CLASS_MAPPINGS)
-    classes.update(comfy_extras.nodes_mask.NODE_CLASS_MAPPINGS)
     spec = importlib.util.spec_from_file_location("textloc", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
     pack = importlib.util.module_from_spec(spec)
     sys.modules["textloc"] = pack
     spec.loader.exec_module(pack)
-    classes.update(pack.NODE_CLASS_MAPPINGS)
-    DISPLAY.update(comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS)
-    DISPLAY.update(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    classes = {}
+    for module, titles in ((comfy_nodes, True), (comfy_extras.nodes_mask, False), (pack, True)):
+        module_classes, module_display = _module_nodes(module)
+        classes.update(module_classes)
+        if titles:  # stock mask nodes keep their class name as title, as shipped
+            DISPLAY.update(module_display)
     return classes
 
 
@@ -80,7 +102,7 @@ def _input_specs(cls) -> list[tuple[str, object, dict]]:
 
 
 def _is_widget(type_, opts) -> bool:
-    return (isinstance(type_, list) or type_ in WIDGET_TYPES) and not opts.get("forceInput")
+    return (isinstance(type_, list) or type_ == COMBO or type_ in WIDGET_TYPES) and not opts.get("forceInput")
 
 
 def _slots(cls) -> list[str]:
@@ -98,6 +120,8 @@ def _default(type_, opts):
         return opts["default"]
     if isinstance(type_, list):
         return type_[0]
+    if type_ == COMBO:
+        return opts["options"][0]
     return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[type_]
 
 
@@ -179,7 +203,8 @@ def train_multi_concept() -> Graph:
         "LoadImage (paint each object in the mask editor, one LoadImage per mask) or TextLoc Concept Folder "
         "(e.g. paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
         "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, "
-        "and embeddings tinyworld_pair_dotstar / tinyworld_pair_bluecircle.")}, size=(420, 220))
+        "and embeddings tinyworld_pair_dotstar / tinyworld_pair_bluecircle (the pack ships an adapter trained "
+        "exactly so: scripts/build_shipped_adapter.py).")}, size=(420, 240))
     loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
     photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0})
     star = g.add("TextLocConceptFromMask", (440, 300), {"name": "dotstar", "token": "<dotstar1>", "class_word": "star"},
@@ -196,10 +221,12 @@ def train_multi_concept() -> Graph:
 def generate_with_adapter() -> Graph:
     g = Graph("generate_with_adapter")
     g.add("Note", (20, 20), {"text": (
-        "Load a trained adapter (run train_multi_concept first, or pick your own in adapter_file), generate "
-        "with its tokens, and preview where each token attends.\nTokens work straight in prompts: "
+        "Load a trained adapter, generate with its tokens, and preview where each token attends.\n"
+        "adapter_file: tinyworld_pair.safetensors ships with the pack (textloc_core/tinyworld/adapters, trained "
+        "by train_multi_concept as shipped); running train_multi_concept writes your own into models/textloc, "
+        "which then takes its place. Pick any other adapter in the list.\nTokens work straight in prompts: "
         "'a <dotstar1> star'. Stock nodes can use the same adapter too: LoraLoaderModelOnly "
-        "(textloc/<name>.safetensors) + 'embedding:<name>_<concept>' in CLIPTextEncode.")}, size=(420, 200))
+        "(textloc/<name>.safetensors) + 'embedding:<name>_<concept>' in CLIPTextEncode.")}, size=(420, 260))
     loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
     apply = g.add("TextLocApplyAdapter", (440, 300), {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
                   {"model": (loader, 0), "clip": (loader, 1)})

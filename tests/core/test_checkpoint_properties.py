@@ -34,7 +34,9 @@ def same(a, b) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
     if isinstance(a, float):
-        return isinstance(b, float) and (a == b or (math.isnan(a) and math.isnan(b))) and math.copysign(1, a) == math.copysign(1, b)
+        if math.isnan(a):  # a NaN's sign bit carries no value (JSON writes every NaN as NaN)
+            return isinstance(b, float) and math.isnan(b)
+        return isinstance(b, float) and a == b and math.copysign(1, a) == math.copysign(1, b)
     if isinstance(a, (list, tuple)):
         return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):

@@ -1,5 +1,7 @@
 """The real ComfyUI page (headless Chromium via Playwright) loads every shipped UI workflow
-with all its node types registered and no missing-node dialog; screenshots are kept.
+with all its node types registered, every model file it names installed, valid widget values
+and nothing flagged by the frontend; two probe workflows prove the check catches a missing
+node and missing models in each frontend. Screenshots are kept.
 
 Needs node, tests/browser/node_modules (``npm ci`` there) and Chromium (Debian package
 ``chromium``); without them the check skips and the session ends with
@@ -22,18 +24,57 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BROWSER_DIR = PACK_ROOT / "tests" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
+PROBE_NODE_TYPE = "TextlocNoSuchNodeProbe"
 # A stock node beside a node type nobody registers: the check must flag exactly the latter.
-PROBE_WORKFLOW = {
+MISSING_NODE_PROBE = {
     "last_node_id": 2, "last_link_id": 0, "links": [], "groups": [], "config": {}, "extra": {},
     "version": 0.4,
     "nodes": [
         {"id": 1, "type": "EmptyImage", "pos": [80, 80], "size": [300, 150], "flags": {}, "order": 0,
          "mode": 0, "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": None}],
          "properties": {}, "widgets_values": [64, 64, 1, 0]},
-        {"id": 2, "type": "TextlocNoSuchNodeProbe", "pos": [450, 80], "size": [200, 80], "flags": {},
+        {"id": 2, "type": PROBE_NODE_TYPE, "pos": [450, 80], "size": [200, 80], "flags": {},
          "order": 1, "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": []},
     ],
 }
+
+# Registered nodes naming model files nobody installed: a stock checkpoint and LoRA loader and
+# the pack's own Apply node (the case of a shipped workflow naming an adapter a fresh install
+# lacks). The checkpoint is also listed in the workflow's "models", the one way frontend 1.27
+# itself reports a missing model (a dialog); 1.49 reports all three on its own.
+PROBE_CHECKPOINT = "textloc_missing_model_probe.safetensors"
+PROBE_MODEL_FILES = (PROBE_CHECKPOINT, "textloc/textloc_missing_lora_probe.safetensors",
+                     "textloc_missing_adapter_probe.safetensors")
+MISSING_MODEL_PROBE = {
+    "last_node_id": 3, "last_link_id": 1, "links": [[1, 1, 0, 2, 0, "MODEL"]], "groups": [], "config": {},
+    "extra": {}, "version": 0.4,
+    "nodes": [
+        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [80, 80], "size": [320, 100], "flags": {}, "order": 0,
+         "mode": 0, "inputs": [],
+         "outputs": [{"name": "MODEL", "type": "MODEL", "links": [1]}, {"name": "CLIP", "type": "CLIP", "links": None},
+                     {"name": "VAE", "type": "VAE", "links": None}],
+         "properties": {}, "widgets_values": [PROBE_MODEL_FILES[0]]},
+        {"id": 2, "type": "LoraLoaderModelOnly", "pos": [450, 80], "size": [320, 100], "flags": {}, "order": 1,
+         "mode": 0, "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
+         "outputs": [{"name": "MODEL", "type": "MODEL", "links": None}],
+         "properties": {}, "widgets_values": [PROBE_MODEL_FILES[1], 1.0]},
+        {"id": 3, "type": "TextLocApplyAdapter", "pos": [820, 80], "size": [320, 130], "flags": {}, "order": 2,
+         "mode": 0, "inputs": [{"name": "model", "type": "MODEL", "link": None}, {"name": "clip", "type": "CLIP", "link": None}],
+         "outputs": [{"name": "MODEL", "type": "MODEL", "links": None}, {"name": "CLIP", "type": "CLIP", "links": None}],
+         "properties": {}, "widgets_values": [PROBE_MODEL_FILES[2], 1.0, False]},
+    ],
+    # nothing listens on port 9: a frontend that looks the file up fails at once, offline
+    "models": [{"name": PROBE_CHECKPOINT, "url": f"http://127.0.0.1:9/{PROBE_CHECKPOINT}", "directory": "checkpoints"}],
+}
+PROBES = {"textloc_probe_missing_node.json": MISSING_NODE_PROBE, "textloc_probe_missing_model.json": MISSING_MODEL_PROBE}
+
+
+def problems(result: dict) -> dict[str, list]:
+    """Everything check_workflows.mjs found wrong with one loaded workflow (empty: it is clean)."""
+    found = {key: result[key] for key in ("unknownTypes", "missingModels", "widgetErrors", "nodesWithErrors", "dialogs")}
+    frontend = result["frontend"]
+    found.update({f"frontend {key}": frontend[key] for key in ("missingNodeTypes", "missingModels", "toasts", "errorOverlay")})
+    return {key: value for key, value in found.items() if value}
 
 
 def _missing_tools() -> str | None:
@@ -53,11 +94,13 @@ def browser_report(comfy, not_run, tmp_path_factory):
     if reason:
         not_run("BROWSER CHECK", reason, required_env="TEXTLOC_REQUIRE_BROWSER")
     work = tmp_path_factory.mktemp("browser")
-    probe = work / "textloc_probe.json"
-    probe.write_text(json.dumps(PROBE_WORKFLOW))
+    probes = []
+    for name, workflow in PROBES.items():
+        probes.append(work / name)
+        probes[-1].write_text(json.dumps(workflow))
     shots = PACK_ROOT / "artifacts" / "browser"
     shots.mkdir(parents=True, exist_ok=True)
-    workflows = [probe, *shipped_workflows(api=False)]
+    workflows = [*probes, *shipped_workflows(api=False)]
     proc = subprocess.run(
         ["node", str(BROWSER_DIR / "check_workflows.mjs"), comfy.client.base_url + "/", str(shots),
          *map(str, workflows)],
@@ -70,17 +113,29 @@ def browser_report(comfy, not_run, tmp_path_factory):
         docs = PACK_ROOT / "docs" / "screenshots"
         docs.mkdir(parents=True, exist_ok=True)
         for name, r in by_name.items():
-            if name != probe.name:
+            if name not in PROBES:
                 shutil.copy2(r["screenshot"], docs / Path(r["screenshot"]).name)
     return by_name, report["page_errors"]
 
 
 def test_browser_check_flags_a_missing_node(browser_report):
     results, _ = browser_report
-    probe = results["textloc_probe.json"]
-    assert probe["unknownTypes"] == ["TextlocNoSuchNodeProbe"]
-    assert any("TextlocNoSuchNodeProbe" in d for d in probe["dialogs"]), probe["dialogs"]
+    probe = results["textloc_probe_missing_node.json"]
+    assert probe["unknownTypes"] == [PROBE_NODE_TYPE]  # against the server's /object_info
+    # and the frontend itself said so (1.27: its dialog; 1.49: its missing-nodes store)
+    assert probe["frontend"]["missingNodeTypes"] == [PROBE_NODE_TYPE], probe["frontend"]
+    assert f"2:{PROBE_NODE_TYPE}" in probe["nodesWithErrors"]
     assert Path(probe["screenshot"]).is_file()
+
+
+def test_browser_check_flags_missing_models(browser_report):
+    results, _ = browser_report
+    probe = results["textloc_probe_missing_model.json"]
+    assert not probe["unknownTypes"]
+    assert set(PROBE_MODEL_FILES) <= set(probe["missingModels"]), probe["missingModels"]
+    assert len(probe["widgetErrors"]) == len(PROBE_MODEL_FILES), probe["widgetErrors"]
+    # the frontend's own report (1.27: its missing-models dialog; 1.49: its missing-model store)
+    assert PROBE_CHECKPOINT in probe["frontend"]["missingModels"], probe["frontend"]
 
 
 def test_shipped_ui_workflows_load_in_browser(browser_report):
@@ -91,7 +146,5 @@ def test_shipped_ui_workflows_load_in_browser(browser_report):
     for name in shipped:
         r = results[name]
         assert r["nodeCount"] > 0, f"{name}: the page loaded an empty graph"
-        assert not r["unknownTypes"], f"{name}: node types unknown to the page: {r['unknownTypes']}"
-        assert not r["nodesWithErrors"], f"{name}: nodes flagged with errors: {r['nodesWithErrors']}"
-        assert not r["dialogs"], f"{name}: a dialog opened on load: {r['dialogs']} (page errors: {page_errors})"
+        assert not problems(r), f"{name}: {problems(r)} (page errors: {page_errors})"
         assert Path(r["screenshot"]).stat().st_size > 10_000

@@ -9,12 +9,12 @@ Methods called on objects ComfyUI hands to nodes (a MODEL is a ModelPatcher, a C
 from __future__ import annotations
 
 import ast
-import importlib
-import inspect
+import json
+import os
+import subprocess
 import sys
 
 import pytest
-import torch
 
 from textloc_core.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
 
@@ -65,48 +65,61 @@ SIGNATURES = {
 COMFY_ROOTS = ("comfy", "comfy_api", "folder_paths", "server", "comfy_extras", "nodes", "execution")
 
 
-def _resolve(dotted: str):
+# Runs in a fresh interpreter started in the ComfyUI tree, as ComfyUI itself starts, so what
+# the test session imported before (the pack's own ``nodes`` package, say) cannot mask a name.
+_CHECK = r"""
+import importlib, inspect, json, sys
+import utils.install_util  # ComfyUI's top-level utils package, imported first as main.py does
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+surface, signatures = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+
+def resolve(dotted):
     parts = dotted.split(".")
     for cut in range(len(parts), 0, -1):
         try:
             obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
+        except ModuleNotFoundError as exc:
+            if not (exc.name and dotted.startswith(exc.name)):  # a dependency missing, not our name
+                raise
             continue
         for name in parts[cut:]:
             obj = getattr(obj, name)
         return obj
     raise ImportError(dotted)
 
+missing, wrong = [], []
+for dotted in surface:
+    try:
+        resolve(dotted)
+    except Exception as exc:
+        missing.append(f"{dotted} ({type(exc).__name__}: {exc})")
+for dotted, params in signatures.items():
+    found = list(inspect.signature(resolve(dotted)).parameters)
+    if found[:len(params)] != params:
+        wrong.append(f"{dotted}{tuple(found)} != {params}")
+print(json.dumps({"missing": missing, "wrong": wrong}))
+"""
+
 
 @pytest.fixture(scope="module")
-def comfy_importable(not_run):
+def comfy_tree(not_run):
     comfy_dir = comfyui_dir()
     reason = missing_comfyui_reason(comfy_dir)
     if reason:
         not_run("COMFYUI SURFACE CHECK", reason, required_env="TEXTLOC_REQUIRE_COMFYUI")
-    if str(comfy_dir) not in sys.path:
-        sys.path.insert(0, str(comfy_dir))
-    # ComfyUI's top-level utils package first, as main.py imports it: a module imported later
-    # puts comfy/ on sys.path, where comfy/utils.py would shadow it for server.py
-    importlib.import_module("utils.install_util")
-    import comfy.cli_args
-
-    if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
-    return (comfy_dir / "comfyui_version.py").read_text().split('"')[1]
+    return comfy_dir
 
 
-def test_every_comfyui_symbol_the_pack_relies_on_exists(comfy_importable):
-    missing = []
-    for dotted in sorted(SURFACE):
-        try:
-            _resolve(dotted)
-        except (ImportError, AttributeError) as exc:
-            missing.append(f"{dotted} ({type(exc).__name__}: {exc})")
-    assert not missing, f"ComfyUI {comfy_importable} lacks: " + "; ".join(missing)
-    for dotted, params in SIGNATURES.items():
-        found = list(inspect.signature(_resolve(dotted)).parameters)
-        assert found[:len(params)] == params, f"ComfyUI {comfy_importable}: {dotted}{tuple(found)} != {params}"
+def test_every_comfyui_symbol_the_pack_relies_on_exists(comfy_tree):
+    version = (comfy_tree / "comfyui_version.py").read_text().split('"')[1]
+    proc = subprocess.run([sys.executable, "-c", _CHECK, json.dumps(sorted(SURFACE)), json.dumps(SIGNATURES)],
+                          cwd=comfy_tree, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not report["missing"], f"ComfyUI {version} lacks: " + "; ".join(report["missing"])
+    assert not report["wrong"], f"ComfyUI {version} changed signatures: " + "; ".join(report["wrong"])
 
 
 def _comfy_references(path) -> set[str]:

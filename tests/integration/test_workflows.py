@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_server import WORKFLOWS_DIR
+from comfy_server import WORKFLOWS_DIR, shipped_workflows
 from textloc_core.adapter import load_adapter
 from textloc_core.comfy_launcher import load_workflow
 
@@ -91,3 +91,42 @@ def test_tinyworld_demo_trains_applies_and_previews(comfy):
         overlays = saved[f"textloc/tinyworld_{label}_attention"]
         assert len(images) == 2 and len(overlays) == 2  # batch of 2, one token
         assert not np.array_equal(images[0], overlays[0])  # the heat map is drawn over the image
+
+
+def _combo_options(spec) -> list | None:
+    """The options of an /object_info input spec when it is a combo (V1 list or V3 "COMBO")."""
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+    if isinstance(kind, list):
+        return kind
+    return opts.get("options") if kind == "COMBO" else None
+
+
+def test_shipped_workflows_name_only_values_a_fresh_install_offers(comfy):
+    """No shipped graph names a model file (or any combo value) a fresh install lacks: the page
+    would flag it as missing and the queue would refuse it. The pack's own adapter counts."""
+    info = comfy.object_info()
+    problems = []
+    for path in shipped_workflows(api=True):
+        for node_id, node in load_workflow(path).items():
+            specs = {**info[node["class_type"]]["input"].get("required", {}),
+                     **info[node["class_type"]]["input"].get("optional", {})}
+            for name, value in node["inputs"].items():
+                options = _combo_options(specs[name]) if name in specs else None
+                if options is not None and not isinstance(value, list) and value not in options:
+                    problems.append(f"{path.name} node {node_id} ({node['class_type']}) {name}={value!r}")
+    assert not problems, f"values not offered by a fresh install: {problems}"
+
+
+def test_generate_workflow_runs_as_shipped_with_the_shipped_adapter(comfy):
+    """generate_with_adapter names tinyworld_pair.safetensors, which the pack ships
+    (textloc_core/tinyworld/adapters): it runs without training anything first."""
+    workflow = load_workflow(WORKFLOWS_DIR / "api" / "generate_with_adapter_api.json")
+    (apply,) = _of_type(workflow, "TextLocApplyAdapter")
+    assert apply["inputs"]["adapter_file"] == "tinyworld_pair.safetensors"
+    for node in _of_type(workflow, "KSampler") + _of_type(workflow, "TextLocAttentionPreview"):
+        node["inputs"].update(FAST_SAMPLE, seed=11)  # its own seed: never a cached result
+    result = comfy.run(workflow, timeout=600)
+    saved = {workflow[n]["inputs"]["filename_prefix"]: _images(p) for n, p in result.files.items()}
+    assert len(saved["textloc/generated"]) == 2
+    maps = saved["textloc/attention_maps"]
+    assert len(maps) == 2 and all(m.max() > m.min() for m in maps), "attention maps are blank"

@@ -37,7 +37,7 @@ from .world import (
 
 __all__ = [
     "BACKGROUNDS", "COLOURS", "HELD_OUT", "SHAPES", "TEXTURES", "ObjectKind", "SceneSpec", "RenderedScene",
-    "weights_dir", "load_pipeline", "load_judge", "load_clip", "render_scene", "make_scene",
+    "weights_dir", "shipped_adapters_dir", "load_pipeline", "load_judge", "load_clip", "render_scene", "make_scene",
     "personalization_set", "personalization_prompts", "concept_names",
 ]
 
@@ -45,6 +45,12 @@ __all__ = [
 def weights_dir() -> Path:
     """The shipped TinyWorld weights (a diffusers StableDiffusionPipeline folder)."""
     return Path(__file__).resolve().parent / "weights"
+
+
+def shipped_adapters_dir() -> Path:
+    """Adapters trained on the shipped weights and shipped with the pack (adapters/README.md);
+    nodes/paths.py lists them in ComfyUI's ``textloc`` model folder."""
+    return Path(__file__).resolve().parent / "adapters"
 
 
 def _require_weights(sub: str, root: str | Path | None = None) -> Path:
