@@ -1,5 +1,6 @@
 """The README's main command: run the TinyWorld demo in a real, headless ComfyUI.
 
+    python3 scripts/quickstart.py demo            # sets up, then runs this module
     python -m textloc_core.demo --out textloc-output
 
 Starts ComfyUI (``--cpu``) with this pack installed in a private temporary layout, queues
@@ -7,7 +8,8 @@ workflows/api/tinyworld_demo_api.json (personalise a held-out TinyWorld concept 
 multi-concept images with hard guidance, then generate it alone and in a new scene with
 attention-map previews), waits, and writes the images and overlays the graph produced, the
 trained adapter files (under models/) and a summary.md into --out. Nothing is downloaded;
-ComfyUI comes from --comfyui, else $COMFYUI_DIR, else ~/ComfyUI.
+ComfyUI comes from --comfyui, else $COMFYUI_DIR, else the tree scripts/quickstart.py laid out
+for the running environment, else ~/ComfyUI.
 """
 from __future__ import annotations
 
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW,
                         help="API-format workflow to queue (default: the shipped TinyWorld demo)")
     parser.add_argument("--comfyui", type=Path, default=None,
-                        help="ComfyUI work tree (default: $COMFYUI_DIR, else ~/ComfyUI)")
+                        help="ComfyUI work tree (default: $COMFYUI_DIR, else the one quickstart.py laid out, else ~/ComfyUI)")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the graph")
     parser.add_argument("--keep-work-dir", action="store_true",
                         help="keep ComfyUI's temporary base directory (models, outputs, log)")
