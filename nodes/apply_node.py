@@ -19,8 +19,8 @@ from comfy_api.latest import io
 from ..textloc_core.adapter import Adapter, check_compatible, composed_embeddings, load_adapter
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights
-from .comfy_tokens import applied_identifiers, with_identifiers
-from .schema import CATEGORY
+from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
+from .schema import CATEGORY, require_finite
 from .train_node import ADAPTER
 
 NONE = "(none)"
@@ -37,7 +37,11 @@ def apply_adapter(model, clip, adapter: Adapter, strength: float, allow_base_mis
         raise ValueError(f"{name}: only {len(applied)} of {len(patches)} K/V patches matched this model's weights")
     new_clip = None
     if clip is not None:
-        _known, stacked = applied_identifiers(clip)
+        known, stacked = applied_identifiers(clip)
+        placer = IdentifierPlacer.for_clip(clip)
+        for token in adapter.token_embeddings:  # a file may come from anywhere: 'a' would hijack every "a"
+            if token not in known:  # an applied token was checked then; a clash is refused below
+                placer.check_new_token(token, f"{name}: token")
         composed_embeddings(stacked + [adapter])  # raises when two adapters define one token differently
         new_clip = with_identifiers(clip, adapter.token_embeddings, adapter)
     return new_model, new_clip
@@ -78,6 +82,7 @@ class ApplyAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, adapter_file, strength, adapter=None, ignore_base_mismatch=False) -> io.NodeOutput:
+        require_finite(strength=strength)
         name = "adapter"
         if adapter is None:
             if adapter_file == NONE:

@@ -35,7 +35,7 @@ from ..textloc_core.adapter import base_model_fingerprint
 from ..textloc_core.attention import AttentionRouter, find_cross_attention
 from ..textloc_core.backends.base import EncodedPrompts, ModelBundle
 from .comfy_internals import differentiable_text_encoder, ordinary_weights, text_encoder_tables, unet_forward
-from .comfy_tokens import IdentifierPlacer, check_token_text
+from .comfy_tokens import IdentifierPlacer
 
 _LAYER_RE = re.compile(
     r"^(?:diffusion_model\.)?(?:(input_blocks|output_blocks)\.(\d+)\.\d+|(middle_block)\.\d+)\.transformer_blocks\.(\d+)\.attn2$"
@@ -112,13 +112,7 @@ class ComfyTextBackend:
             return torch.cat(parts).unsqueeze(0).clone()
 
     def check_token(self, token: str) -> None:
-        check_token_text(token)
-        for key, pieces in self.placer.pieces(token).items():
-            if len(pieces) == 1:
-                raise ValueError(
-                    f"token: {token!r} already exists in the clip_{key} vocabulary; use a new made-up token "
-                    "such as '<doll1>' so the concept gets its own embedding"
-                )
+        self.placer.check_new_token(token)
 
     # -- encoding
     def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:

@@ -52,6 +52,12 @@ def identifier_pattern(tokens: Iterable[str]) -> re.Pattern:
     return re.compile(r"(?:embedding:)?(?<![\w<>-])(" + "|".join(re.escape(t) for t in ordered) + r")(?![\w<>-])")
 
 
+def _comparable(token):
+    """A token id as an int; a tensor entry (an identifier an applied adapter already placed)
+    as a marker that equals only itself."""
+    return ("tensor", id(token)) if torch.is_tensor(token) else int(token)
+
+
 def _first_chunk_ids(tokens: Tokens, key: str) -> list:
     return [entry[0] for entry in tokens[key][0]]
 
@@ -88,13 +94,26 @@ class IdentifierPlacer:
         out = {}
         for key in self.dims:
             a, b = _first_chunk_ids(full, key), _first_chunk_ids(self._empty, key)
+            a, b = [_comparable(t) for t in a], [_comparable(t) for t in b]
             start = 0
             while start < min(len(a), len(b)) and a[start] == b[start]:
                 start += 1
             tail_a, tail_b = a[start:], b[start:]
             count = next(k for k in range(len(tail_a) + 1) if tail_a[k:] == tail_b[:len(tail_a) - k])
-            out[key] = [int(t) for t in tail_a[:count]]
+            out[key] = tail_a[:count]
         return out
+
+    def check_new_token(self, token: str, what: str = "token") -> None:
+        """Refuse ``token`` as an identifier when it is unsafe text or already one vocabulary
+        piece of an encoder: every prompt's ordinary use of that word would turn into the
+        learned concept."""
+        check_token_text(token, what)
+        for key, pieces in self.pieces(token).items():
+            if len(pieces) == 1:
+                raise ValueError(
+                    f"{what}: {token!r} already exists in the clip_{key} vocabulary; use a new made-up token "
+                    "such as '<doll1>' so the concept gets its own embedding"
+                )
 
     def _placeholders(self) -> dict[str, dict[str, int]]:
         if self._placeholder_ids is None:

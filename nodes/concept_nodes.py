@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..textloc_core.concepts import Concept, ConceptSet
 from ..textloc_core.validation import validate_concept_set
-from .comfy_backend import check_token_text
+from .comfy_tokens import check_token_text
 from .schema import CATEGORY, named
 
 #: the socket type of a ConceptSet

@@ -19,7 +19,7 @@ from ..textloc_core.attention import AttentionRouter, CapturedMap
 from ..textloc_core.maps import choose_layers, slot_layout, token_maps
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
-from .schema import CATEGORY, named, seed_input
+from .schema import CATEGORY, named, require_finite, seed_input
 
 LEVELS = ("all_but_finest", "all")
 
@@ -140,5 +140,6 @@ class AttentionPreview(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
                 width, height, batch_size, levels="all_but_finest", overlay_alpha=0.5) -> io.NodeOutput:
+        require_finite(cfg=cfg, overlay_alpha=overlay_alpha)
         return io.NodeOutput(*attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name,
                                                 scheduler, width, height, batch_size, levels, overlay_alpha))

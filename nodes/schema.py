@@ -8,6 +8,8 @@ Int, Float, String, Combo, Image, Mask, Model, Clip, Vae), ``io.Custom``, ``io.H
 
 from __future__ import annotations
 
+import math
+
 from comfy_api.latest import io
 
 CATEGORY = "textloc"
@@ -26,3 +28,11 @@ def named(kind: type[io.ComfyTypeIO], name: str) -> io.Output:
 def seed_input(tooltip: str, maximum: int = SEED_MAX) -> io.Int.Input:
     """The ``seed`` widget (the frontend adds its "control after generate" by the name)."""
     return io.Int.Input("seed", default=0, min=0, max=maximum, tooltip=tooltip)
+
+
+def require_finite(**values: float) -> None:
+    """Refuse NaN or infinite widget values (typed into a FLOAT widget or sent over the API):
+    range checks let NaN through, and it would end as a black image or a diverged training."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: {value} is not a finite number; enter a number such as the widget's default")

@@ -30,7 +30,7 @@ from ..textloc_core.validation import validate_concept_set
 from . import paths
 from .comfy_backend import training_session
 from .concept_nodes import CONCEPTS
-from .schema import CATEGORY, named, seed_input
+from .schema import CATEGORY, named, require_finite, seed_input
 from .stock_files import write_stock_files
 
 #: the socket type of an ``Adapter``
@@ -118,6 +118,7 @@ class TextLocTrain(io.ComfyNode):
         import comfy.utils
 
         unique_id = cls.hidden.unique_id
+        require_finite(learning_rate=learning_rate, attention_weight=attention_weight)
         name = check_name(adapter_name.strip(), "adapter_name")
         config = TrainConfig(
             method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,

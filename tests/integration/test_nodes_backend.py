@@ -113,7 +113,9 @@ def test_identifier_tokens_are_placed_through_the_public_tokenizer(pack, tiny):
     assert comfy_backend.attn2_patch_key("output_blocks.3.1.transformer_blocks.0.attn2") == ("output", 3, 0)
     assert comfy_backend.attn2_patch_key("diffusion_model.middle_block.1.transformer_blocks.1.attn2") == ("middle", 0, 1)
     with pytest.raises(ValueError, match="path separators"):
-        comfy_backend.check_token_text("../x")
+        placer.check_new_token("../x")
+    with pytest.raises(ValueError, match="already exists in the clip_l vocabulary"):
+        placer.check_new_token("a")
 
 
 def test_tinyworld_loader_reads_diffusers_weights_like_diffusers(pack, tmp_path):
@@ -186,6 +188,9 @@ def test_apply_adapter_stacks_tokens_and_checks_the_base(pack, tiny):
         with pytest.raises(ValueError, match="ignore base mismatch"):
             apply_adapter(model, clip, foreign, 1.0)
         apply_adapter(model, clip, foreign, 1.0, allow_base_mismatch=True)
+        # a file whose token is an ordinary word would hijack it in every prompt: refused on load
+        with pytest.raises(ValueError, match="adapter: token: 'a' already exists"):
+            apply_adapter(model, clip, _adapter(model, "a"), 1.0)
         # one token, two different embeddings: refused
         clash = _adapter(model, "<a1>", seed=2)
         with pytest.raises(ValueError, match="<a1>"):
@@ -230,3 +235,14 @@ def test_training_leaves_the_input_model_and_clip_exactly_as_they_were(pack, tin
         assert model.model_options == {"transformer_options": {}}
         assert not any(m._forward_hooks for m in model.model.diffusion_model.modules())
         assert not any("forward" in m.__dict__ for m in clip.cond_stage_model.modules())
+
+
+def test_non_finite_widget_values_are_refused_naming_the_input(pack, tiny):
+    from textloc_pack.nodes.apply_node import ApplyAdapter
+    from textloc_pack.nodes.preview_node import AttentionPreview
+
+    model, clip, vae = tiny
+    with pytest.raises(ValueError, match="strength: nan is not a finite number"):
+        ApplyAdapter.execute(model, clip, "tinyworld_pair.safetensors", float("nan"))
+    with pytest.raises(ValueError, match="cfg: inf is not a finite number"):
+        AttentionPreview.execute(model, clip, vae, "a star", "", "star", 0, 1, float("inf"), "euler", "normal", 64, 64, 1)
