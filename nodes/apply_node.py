@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..textloc_core.adapter import Adapter, check_compatible, composed_embeddings, load_adapter
+from ..textloc_core.adapters.adapter import Adapter, load_adapter
+from ..textloc_core.adapters.composition import check_compatible, composed_embeddings
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers

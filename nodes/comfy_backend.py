@@ -31,8 +31,8 @@ from typing import Iterator
 
 import torch
 
-from ..textloc_core.adapter import base_model_fingerprint
-from ..textloc_core.attention import AttentionRouter, find_cross_attention
+from ..textloc_core.backends.fingerprint import base_model_fingerprint
+from ..textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
 from ..textloc_core.backends.base import EncodedPrompts, ModelBundle
 from .comfy_internals import differentiable_text_encoder, ordinary_weights, text_encoder_tables, unet_forward
 from .comfy_tokens import IdentifierPlacer
@@ -43,6 +43,17 @@ _LAYER_RE = re.compile(
 
 
 # ----------------------------------------------------------------------------- helpers
+def stop_if_cancelled() -> None:
+    """Raise ComfyUI's InterruptProcessingException when Cancel was pressed, inside the core's
+    loops (VAE encoding, prior generation, training steps: they call the backend), which poll
+    no ComfyUI flag themselves. The flag stays set: the trainer's ``should_stop`` reads it to
+    end a run as cancelled and keep its checkpoint; the node clears it (``TextLocTrain``)."""
+    import comfy.model_management as mm
+
+    if mm.processing_interrupted():
+        raise mm.InterruptProcessingException()
+
+
 def canonical_layer_name(module_name: str) -> str:
     """ComfyUI module names already are the canonical LDM names; drop a model prefix."""
     for prefix in ("model.diffusion_model.", "diffusion_model."):
@@ -174,6 +185,7 @@ class ComfyDenoiserBackend:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             raise ValueError("vae: a VAE is needed to encode the training images")
+        stop_if_cancelled()
         with torch.no_grad():
             latents = self.vae.encode(images.movedim(1, -1).float().cpu())
             return self.latent_format.process_in(latents.float()).to(self.device)
@@ -189,6 +201,7 @@ class ComfyDenoiserBackend:
         return self.patcher.model_options.get("transformer_options", {})
 
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        stop_if_cancelled()  # every UNet call: prior generation and training steps stop on Cancel
         out = unet_forward(
             self.unet,
             noisy_latents.to(self.device, self.dtype),

@@ -18,28 +18,16 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..textloc_core.data.tokens import check_token_text
 from .comfy_internals import CLIP_KEYS, text_encoder_tables
 
 Tokens = dict  # {key: [[(token, weight[, word_id]), ...] per 77-token chunk]}
 Tokenize = Callable[[str], Tokens]
 
-_EMBED_PREFIX = "embedding:"
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_<>\-]+$")
 # Rare words that are a single piece of CLIP's BPE vocabulary. A placeholder is only used
 # when it is one piece in every encoder and the tokenised prompt holds it exactly as often
 # as it was written, so a prompt that happens to contain one just takes the next.
 PLACEHOLDERS = ("sks", "ohwx", "zwx", "tok", "qwe", "xyz", "zzz", "jjj", "qqq", "vvv", "kkk", "www")
-
-
-def check_token_text(token: str, what: str = "token") -> None:
-    """Reject identifier tokens that cannot sit in a prompt or a file name safely."""
-    if not token or not _TOKEN_RE.match(token) or ".." in token:
-        raise ValueError(
-            f"{what}: {token!r} may only contain letters, digits, _ - < > (no spaces, path separators "
-            "or '..'); e.g. '<doll1>'"
-        )
-    if token.lower().startswith(_EMBED_PREFIX):
-        raise ValueError(f"{what}: {token!r} must not start with 'embedding:'")
 
 
 def identifier_pattern(tokens: Iterable[str]) -> re.Pattern:

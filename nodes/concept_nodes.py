@@ -7,14 +7,17 @@ model is touched, with errors naming the input and the fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
 from comfy_api.latest import io
 
-from ..textloc_core.concepts import Concept, ConceptSet
-from ..textloc_core.validation import validate_concept_set
-from .comfy_tokens import check_token_text
+from ..textloc_core.data.concepts import Concept, ConceptSet
+from ..textloc_core.data.validation import validate_concept_set
+from ..textloc_core.data.tokens import check_token_text
+from .paths import check_length
+from .read_access import READ_ROOTS_ENV, check_readable, readable_path
 from .schema import CATEGORY, named
 
 #: the socket type of a ConceptSet
@@ -27,6 +30,7 @@ def concepts_from_mask(images, masks, name, token, class_word, init_word="", inv
     appended (a multi-concept set may mix both)."""
     name, token, class_word, init_word = name.strip(), token.strip(), class_word.strip(), init_word.strip()
     check_token_text(token)
+    check_length(name, "name")  # file names are made from it: refused now, not after training
     if not class_word:
         raise ValueError(f"class_word of concept {name!r} is empty: give the class the base model knows, e.g. 'doll'")
     concept = Concept(name=name, token=token, class_word=class_word, init_word=init_word or None)
@@ -81,25 +85,54 @@ def _parse_pairs(text: str, what: str) -> dict[str, str]:
 
 
 def resolve_folder(folder: str) -> Path:
-    """A concept folder: 'paper:<pair or concept>' (the paper dataset), an absolute path, or a
-    path relative to ComfyUI's input folder."""
-    from ..textloc_core import readers
+    """A concept folder: 'paper:<pair or concept>' (the paper dataset), or a path relative to
+    ComfyUI's input folder (or absolute, inside a folder the server owner lists in
+    $TEXTLOC_READ_ROOTS), resolved and checked by ``read_access`` (symlinks inside included).
+    A file must be a manifest by name (``readers.MANIFEST_NAMES``): no other file is parsed."""
+    from ..textloc_core.data import readers
 
     folder = folder.strip()
     if folder.startswith("paper:"):
         root = readers.find_paper_dataset()
-        if root is None:
+        try:
+            root = check_readable(root, "folder", folder) if root is not None else None
+        except ValueError:
+            root = None
+        if root is None:  # one message whether the dataset is missing or not readable
             raise ValueError(
-                f"folder: {folder!r} needs the paper dataset; set ${readers.PAPER_DATASET_ENV} to its folder "
+                f"folder: {folder!r} needs the paper dataset, which this server does not offer: the server owner "
+                f"sets ${readers.PAPER_DATASET_ENV} to its folder and lists that folder in ${READ_ROOTS_ENV} "
                 "(it is not shipped with the pack)"
             )
-        return readers.paper_concept_folder(root, folder[len("paper:"):])
-    path = Path(folder).expanduser()
-    if not path.is_absolute():
-        import folder_paths
-
-        path = Path(folder_paths.get_input_directory()) / path
+        return check_readable(readers.paper_concept_folder(root, folder[len("paper:"):]), "folder", folder)
+    path = readable_path(folder, "folder")
+    if path.is_file() and path.name.lower() not in readers.MANIFEST_NAMES:
+        raise ValueError(
+            f"folder: {folder!r} is a file but not a manifest; give the concept folder, or a manifest named "
+            f"{', '.join(readers.MANIFEST_NAMES)}"
+        )
     return path
+
+
+def read_concept_folder(path: Path, shown: str, **options) -> ConceptSet:
+    """``readers.read_concepts`` with a manifest's syntax errors told by line and column only:
+    the YAML parser's own message quotes the offending line, and file contents never go into
+    an error (the server's files are not the user's)."""
+    from ..textloc_core.data import readers
+
+    try:
+        return readers.read_concepts(path, **options)
+    except ValueError as error:
+        message = str(error)
+        if not message.startswith("manifest ") or not re.search(r" is not valid | cannot be read as UTF-8", message):
+            raise
+        marks = re.findall(r"line (\d+), column (\d+)", message)  # the last is where the parser failed
+        at = f" at line {marks[-1][0]}, column {marks[-1][1]}" if marks else ""
+        manifest = message.split(" ", 2)[1]
+        raise ValueError(
+            f"folder: {shown!r}: manifest {manifest} is not valid UTF-8 JSON or YAML{at}; fix its syntax "
+            "(docs/concept-data.md shows the layout)"
+        ) from None
 
 
 class ConceptFolder(io.ComfyNode):
@@ -113,7 +146,7 @@ class ConceptFolder(io.ComfyNode):
             category=CATEGORY,
             description="Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout.",
             inputs=[
-                io.String.Input("folder", default="paper:bucket+doll", tooltip="Folder path (absolute, or relative to ComfyUI's input folder), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."),
+                io.String.Input("folder", default="paper:bucket+doll", tooltip="Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."),
                 io.Int.Input("resolution", default=512, min=0, max=2048, step=8, tooltip="Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size."),
                 io.String.Input("tokens", default="", optional=True, tooltip="Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>')."),
                 io.String.Input("class_words", default="", optional=True, tooltip="Class words per concept, e.g. 'cat_figurine=figurine' (default: the name)."),
@@ -123,15 +156,13 @@ class ConceptFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:
-        from ..textloc_core import readers
-
         path = resolve_folder(folder)
         options = {"resolution": resolution or None}
         if tokens.strip():
             options["tokens"] = _parse_pairs(tokens, "tokens")
         if class_words.strip():
             options["class_words"] = _parse_pairs(class_words, "class_words")
-        concept_set = readers.read_concepts(path, **options)
+        concept_set = read_concept_folder(path, folder.strip(), **options)
         validate_concept_set(concept_set, resolution=resolution or None)
         return io.NodeOutput(concept_set, preview_batch(concept_set))
 

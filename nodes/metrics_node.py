@@ -9,8 +9,46 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..textloc_core import evaluation
+from ..textloc_core.evaluation import scoring as evaluation
+from .read_access import readable_path
 from .schema import CATEGORY, named
+
+#: weight files that need unpickling (transformers would torch.load them)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def stop_if_interrupted() -> None:
+    """End the prompt here when Cancel was pressed (between the node's phases)."""
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+
+
+def load_feature_model(choice: str):
+    """``evaluation.load_feature_model`` for 'tinyworld' or a CLIP folder nodes may read
+    (``read_access``): symlinks leading out are refused, pickle-only weights too (never
+    unpickled), and loading errors other than the core's own messages name no file content."""
+    text = (choice or "").strip()
+    if text.lower() == "tinyworld" or not text:
+        return evaluation.load_feature_model(text)
+    folder = readable_path(text, "feature_model")
+    if not folder.is_dir():
+        raise ValueError(f"feature_model: {text!r} is a file; give the folder of a local CLIP checkpoint")
+    pickled = {p.parent for p in folder.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file()}
+    if any(not any(directory.glob("*.safetensors")) for directory in pickled):
+        raise ValueError(
+            f"feature_model: {text!r} holds weights only as pickle files ({', '.join(PICKLE_SUFFIXES)}), which are "
+            "never loaded; save the checkpoint with safetensors (save_pretrained(..., safe_serialization=True))"
+        )
+    try:
+        return evaluation.load_feature_model(str(folder))
+    except Exception as error:
+        if isinstance(error, ValueError) and str(error).startswith(("CLIP directory", "feature_model")):
+            raise  # the core's own messages: the folder and the fix, no file content
+        raise ValueError(
+            f"feature_model: {text!r} could not be loaded as a local CLIP folder ({type(error).__name__}); keep "
+            "the files as transformers saved them (config.json, model weights, tokenizer files)"
+        ) from None
 
 
 def _write_report(report: str, filename_prefix: str) -> dict:
@@ -40,7 +78,7 @@ class ScoreImages(io.ComfyNode):
                 io.Image.Input("images", tooltip="Generated images to score."),
                 io.Image.Input("references", tooltip="Reference images of the concept (CLIP-I and KID compare against these)."),
                 io.String.Input("prompt", default="a <tw1> star on grass", multiline=True, tooltip="The prompt the images were generated from; <...> identifier tokens are removed for CLIP-T."),
-                io.String.Input("feature_model", default="tinyworld", tooltip="'tinyworld' (TinyWorld's own CLIP) or the path of a local CLIP folder (e.g. clip-vit-large-patch14 as the paper); nothing is downloaded."),
+                io.String.Input("feature_model", default="tinyworld", tooltip="'tinyworld' (TinyWorld's own CLIP) or a local CLIP folder (e.g. clip-vit-large-patch14 as the paper): relative to ComfyUI's input folder, or inside a folder the server owner lists in TEXTLOC_READ_ROOTS; safetensors weights only; nothing is downloaded."),
                 io.Int.Input("kid_subset_size", default=5, min=2, max=1000, tooltip="KID subset size (paper: 5); KID is reported n/a when either set has fewer images."),
                 io.String.Input("filename_prefix", default="textloc/scores", tooltip="Where the markdown report goes, under ComfyUI's output folder."),
                 io.Mask.Input("attention_maps", optional=True, tooltip="Attention maps of the concept token (e.g. TextLoc Attention Preview 'maps'); with target_masks gives IoU."),
@@ -55,13 +93,16 @@ class ScoreImages(io.ComfyNode):
     @classmethod
     def execute(cls, images, references, prompt, feature_model, kid_subset_size, filename_prefix,
                 attention_maps=None, target_masks=None, threshold=0.5) -> io.NodeOutput:
-        model = evaluation.load_feature_model(feature_model)
+        stop_if_interrupted()
+        model = load_feature_model(feature_model)
+        stop_if_interrupted()
         scores = evaluation.score_images(
             model, images.movedim(-1, 1).float(), references.movedim(-1, 1).float(), prompt,
             kid_subset_size=kid_subset_size, attention_maps=attention_maps, target_masks=target_masks,
             threshold=threshold)
         report = evaluation.score_report(scores, n_images=len(images), n_references=len(references),
                                          prompt=prompt, kid_subset_size=kid_subset_size)
+        stop_if_interrupted()
         record = _write_report(report, filename_prefix)
         numbers = tuple(float(scores[k]) for k in ("clip_i", "clip_t", "kid", "iou"))
         # a dict ui: the report file record rides along under a key of its own

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..textloc_core import heatmap
-from ..textloc_core.attention import AttentionRouter, CapturedMap
-from ..textloc_core.maps import choose_layers, slot_layout, token_maps
+from ..textloc_core.evaluation import heatmap
+from ..textloc_core.attention.cross_attention import AveragingRouter
+from ..textloc_core.attention.maps import choose_layers, slot_layout, token_maps
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
 from .schema import CATEGORY, named, require_finite, seed_input
@@ -24,39 +24,31 @@ from .schema import CATEGORY, named, require_finite, seed_input
 LEVELS = ("all_but_finest", "all")
 
 
-class PreviewRouter(AttentionRouter):
-    """An AttentionRouter that sums the conditional rows' maps over sampling steps."""
+class PreviewRouter(AveragingRouter):
+    """The core's step-averaging router over the conditional rows of ComfyUI's batches."""
 
     def __init__(self, slots: torch.Tensor):
-        super().__init__(layers=None, token_slots=slots, keep_grad=False)
-        self.sums: dict[str, torch.Tensor] = {}
-        self.calls: dict[str, int] = {}
+        super().__init__(layers=None, token_slots=slots)
         self._cond = [0]
 
     def before_call(self, extra_options: dict) -> None:
+        import comfy.model_management as mm
+
+        # every attn2 call: a Cancel ends even one long sampling step (large images) early
+        mm.throw_exception_if_processing_interrupted()
         self._cond = list(extra_options.get("cond_or_uncond") or [0])
 
-    def __call__(self, layer, q, k, v, heads):
-        out = super().__call__(layer, q, k, v, heads)
-        probs = self.captured.pop().probs
-        chunk = probs.shape[0] // max(1, len(self._cond))
-        rows = [r for i, c in enumerate(self._cond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
-        if rows:
-            picked = probs[rows].float()  # stays on the device: no sync per attn2 call
-            if layer in self.sums and self.sums[layer].shape == picked.shape:
-                self.sums[layer] += picked
-                self.calls[layer] += 1
-            elif layer not in self.sums:
-                self.sums[layer], self.calls[layer] = picked, 1
-        return out
-
-    def averaged(self) -> list[CapturedMap]:
-        return [CapturedMap(layer, total / self.calls[layer]) for layer, total in self.sums.items()]
+    def rows(self, batch: int) -> list[int]:
+        """The rows of this call that are conditional (ComfyUI's cond_or_uncond, one chunk each)."""
+        chunk = batch // max(1, len(self._cond))
+        return [r for i, c in enumerate(self._cond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
 
 
 def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
                       width, height, batch_size, levels="all_but_finest", alpha=0.5):
+    import comfy.model_management as mm
     import comfy.sample
+    import comfy.utils
 
     embeddings, _adapters = applied_identifiers(clip)  # put there by TextLoc Apply Adapter
     placer = IdentifierPlacer.for_clip(clip)
@@ -88,10 +80,21 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
 
     denoiser = ComfyDenoiserBackend(model, vae, training=False)
     router = PreviewRouter(layout.slots[:1])
+    mm.throw_exception_if_processing_interrupted()
+    progress = comfy.utils.ProgressBar(steps)
+
+    def on_step(step, _denoised, _x, total):
+        # Cancel ends the sampling after the step in flight (the progress hook checks it on
+        # ComfyUI's server; checked here too, so it holds whatever hook is installed)
+        mm.throw_exception_if_processing_interrupted()
+        progress.update_absolute(step + 1, total)
+
     with denoiser.route_attention(router):
         samples = comfy.sample.sample(
-            denoiser.patcher, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed
+            denoiser.patcher, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed,
+            callback=on_step,
         )
+    mm.throw_exception_if_processing_interrupted()
     images = vae.decode(samples)  # (B, H, W, 3)
     captured = router.averaged()
     chosen = choose_layers({m.layer: m.probs.shape[1] for m in captured}, levels)

@@ -1,29 +1,215 @@
-"""The adapter in ComfyUI's own formats, so stock nodes can use it without this pack.
+"""One adapter's files: the adapter, and the same in ComfyUI's own formats for stock nodes.
 
-The writers are ``textloc_core.adapter_formats``'s; this module only decides where the
-files go inside ComfyUI's folders (``nodes/paths.py``):
+The writers are ``textloc_core.adapters``'; this module decides where the files go inside
+ComfyUI's folders (``nodes/paths.py``) and that they arrive together:
 
+* the adapter -> ``models/textloc/<name>.safetensors`` (TextLoc Apply Adapter lists it);
 * K/V deltas -> ``models/loras/textloc/<name>.safetensors`` (``diffusion_model.<layer>.to_k.diff``),
   which ``LoraLoaderModelOnly`` at strength s applies as W + s * delta: the same arithmetic
   as our Apply node;
-* each token -> ``models/embeddings/textloc/<name>_<concept>.safetensors`` (one tensor per text
-  encoder), used by ``CLIPTextEncode`` as ``embedding:<name>_<concept>``. Names carry the
-  adapter name, so two adapters with the same token never overwrite each other's file.
+* each token -> ``models/embeddings/textloc/<name>/<concept>.safetensors`` (one tensor per text
+  encoder), used by ``CLIPTextEncode`` as ``embedding:textloc/<name>/<concept>``. One folder per
+  adapter, so no two adapters' files can share a name.
+
+``plan_files`` checks every name and folder before training (length, clashes, a test file of
+the longest name written); ``check_replace`` refuses to replace another adapter's files unless
+asked; ``write_files`` writes all to temporaries and then renames them into place, the adapter
+last, putting the previous files back if a rename fails, so the set appears whole or not at all.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..textloc_core.adapter import Adapter
-from ..textloc_core.adapter_formats import write_comfy_embedding, write_comfy_unet_patch
+from ..textloc_core.adapters.adapter import Adapter, read_adapter_metadata, save_adapter
+from ..textloc_core.adapters.formats import write_comfy_embedding, write_comfy_unet_patch
+from ..textloc_core.data import safe_io
 from . import paths
 
 
-def write_stock_files(adapter: Adapter, name: str, encoder_sizes: list[tuple[str, int]]) -> dict[str, Path]:
-    """Write the LoRA and one embedding per concept; returns {"lora": path, "<concept>": path}."""
-    written = {"lora": write_comfy_unet_patch(adapter, paths.lora_path(name))}
-    for concept in adapter.metadata.concepts:
-        vector = adapter.token_embeddings[concept["token"]]
-        written[concept["name"]] = write_comfy_embedding(vector, paths.embedding_path(name, concept["name"]), dict(encoder_sizes))
-    return written
+EMBEDDING_FORMAT = "textloc.comfy_embedding"
+#: settings that may differ when a run is continued (the checkpoints' own rule)
+CONTINUED_KEYS = ("steps", "checkpoint_every")
+
+
+@dataclass
+class AdapterFiles:
+    """Where one adapter's files go."""
+
+    name: str
+    adapter: Path
+    lora: Path
+    embeddings: dict[str, Path]  # concept name -> file
+
+    def all(self) -> list[Path]:
+        """Every file, in writing order: the adapter (what Apply lists) last."""
+        return [*self.embeddings.values(), self.lora, self.adapter]
+
+
+def _temporary(path: Path, tag: str | None = None) -> Path:
+    """A temporary name beside ``path`` that readers skip (``safe_io.is_temp_name``)."""
+    return path.with_name(f".{path.name}.{tag or uuid.uuid4().hex[:8]}{safe_io.TEMP_MARKER}")
+
+
+def _probe(path: Path) -> None:
+    """Create and remove, in ``path``'s folder, a file named as long as the longest name writing
+    ``path`` creates (the writer's temporary of our temporary): a name too long for this file
+    system, or a folder that cannot be written, fails now instead of after training."""
+    longest = _temporary(_temporary(path, "x" * 8), "x" * 8)
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(longest, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(longest)
+    except OSError as error:
+        raise ValueError(
+            f"adapter_name: cannot write {path} ({error.strerror or error}); use a shorter adapter_name or concept "
+            "name, or make the folder writable"
+        ) from None
+    finally:
+        for folder in created:  # the folders come back when the files are written
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def plan_files(name: str, concept_names: list[str]) -> AdapterFiles:
+    """Every file of adapter ``name``, checked before training: names (``paths``), no two concepts
+    sharing an embedding file (names are compared as file names: 'a+b' and 'ab', 'A' and 'a'),
+    and each folder writable with the longest name used."""
+    paths.check_adapter_name(name)
+    stems: dict[str, str] = {}
+    for concept in concept_names:
+        stem = paths.embedding_stem(concept)
+        if stem.lower() in stems:
+            raise ValueError(
+                f"concept names {stems[stem.lower()]!r} and {concept!r} would share the embedding file "
+                f"{stem}.safetensors (file names keep letters, digits, - _ . and ignore case): rename one"
+            )
+        stems[stem.lower()] = concept
+    files = AdapterFiles(name, paths.adapter_path(name), paths.lora_path(name),
+                         {concept: paths.embedding_path(name, concept) for concept in concept_names})
+    for path in files.all():
+        _probe(path)
+    return files
+
+
+def _other_embeddings(files: AdapterFiles) -> list[Path]:
+    """Embedding files in the adapter's folder that this adapter does not write (stale ones)."""
+    folder = paths.embedding_dir(files.name)
+    mine = set(files.embeddings.values())
+    return sorted(p for p in folder.glob("*.safetensors") if p not in mine) if folder.is_dir() else []
+
+
+def check_replace(files: AdapterFiles, concepts, config_json: str, fingerprint, overwrite: bool) -> None:
+    """Refuse, before training, to replace files of adapter ``files.name`` that another training
+    made, unless ``overwrite``. The same training continued may replace them: its adapter file
+    says the same photos and masks (data hash), concepts, base model and settings apart from
+    ``CONTINUED_KEYS`` (what resuming from its checkpoints allows too). ``fingerprint()``
+    gives the base model's fingerprint (only called when an adapter file exists)."""
+    existing = [p for p in files.all() if p.exists()] + _other_embeddings(files)
+    if overwrite or not existing:
+        return
+    fix = "pick another adapter_name, or turn overwrite on to replace that adapter and its LoRA and embeddings"
+    if not files.adapter.exists():
+        shown = ", ".join(str(p) for p in existing[:3])
+        raise ValueError(f"adapter_name: {files.name!r} already has files ({shown}) but no adapter file; {fix}")
+    try:
+        meta = read_adapter_metadata(files.adapter)
+    except (ValueError, OSError):
+        raise ValueError(f"adapter_name: {files.name!r} names an unreadable adapter file {files.adapter}; {fix}") from None
+    ours = [{"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
+            for c in concepts.concepts]
+
+    def settings(text: str) -> dict:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return {}
+        return {k: v for k, v in data.items() if k not in CONTINUED_KEYS} if isinstance(data, dict) else {}
+
+    differences = [
+        what for what, same in (
+            ("photos or masks", meta.data_hashes.get("concept_set") == concepts.data_hash()),
+            ("concepts or tokens", meta.concepts == ours),
+            ("settings", settings(meta.train_config) == settings(config_json)),
+            ("base model", meta.base_fingerprint == fingerprint()),
+        ) if not same
+    ]
+    if differences:
+        raise ValueError(
+            f"adapter_name: {files.name!r} already names an adapter ({files.adapter}) trained with other "
+            f"{', '.join(differences)}; {fix}"
+        )
+    if _other_embeddings(files):
+        raise ValueError(f"adapter_name: {files.name!r} has embedding files of other concepts in {paths.embedding_dir(files.name)}; {fix}")
+
+
+def _commit_all(staged: dict[Path, Path]) -> None:
+    """Rename every temporary over its file; if one rename fails, put every file back as it was."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for final, temporary in staged.items():
+            backup = None
+            if final.exists():  # a hard link keeps the previous file until all are in place
+                backup = _temporary(final)
+                try:
+                    os.link(final, backup)
+                except OSError:
+                    shutil.copy2(final, backup)
+            done.append((final, backup))
+            safe_io.commit_temp(temporary, final)
+    except BaseException:
+        for final, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, final)
+            else:
+                final.unlink(missing_ok=True)
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    for _final, backup in done:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (an earlier version's files), or absent
+        pass
+
+
+def write_files(files: AdapterFiles, adapter: Adapter, encoder_sizes: list[tuple[str, int]]) -> None:
+    """Write the embeddings, the LoRA and the adapter to temporaries, then rename them all into
+    place (the adapter last); on any failure no new file remains. Embedding files of concepts
+    the adapter no longer has (an overwritten adapter) are removed after."""
+    tokens = {c["name"]: c["token"] for c in adapter.metadata.concepts}
+    staged = {path: _temporary(path) for path in files.all()}
+    try:
+        for concept, path in files.embeddings.items():
+            write_comfy_embedding(adapter.token_embeddings[tokens[concept]], staged[path], dict(encoder_sizes))
+        write_comfy_unet_patch(adapter, staged[files.lora])
+        save_adapter(adapter, staged[files.adapter])
+    except BaseException:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+        _remove_if_empty(paths.embedding_dir(files.name))
+        raise
+    try:
+        _commit_all(staged)
+    except BaseException:
+        _remove_if_empty(paths.embedding_dir(files.name))
+        raise
+    for stale in _other_embeddings(files):
+        try:
+            if safe_io.read_metadata(stale, "embedding file").get("format") == EMBEDDING_FORMAT:
+                stale.unlink()
+        except (ValueError, OSError):
+            pass  # not ours, or gone: leave it

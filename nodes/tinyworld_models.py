@@ -31,6 +31,9 @@ from ..textloc_core.tinyworld import model_configs as cfg
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "textloc_core" / "tinyworld" / "weights"
 TOKENIZER_DIR = WEIGHTS_DIR / "tokenizer"
+#: attribute of a MODEL's BaseModel giving the side in pixels it was trained at (TextLoc Train
+#: caps its resolution by it); ComfyUI's model classes carry no such number
+NATIVE_RESOLUTION_ATTR = "textloc_native_resolution"
 
 
 def _init_explicitly(module: nn.Module, seed: int) -> None:
@@ -84,6 +87,7 @@ def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
     model_config.set_inference_dtype(torch.float32, None)
     load_device = mm.get_torch_device()
     model = model_config.get_model({}, "", device=torch.device("cpu"))
+    setattr(model, NATIVE_RESOLUTION_ATTR, cfg.IMAGE_SIZE)
     state = _safetensors(weights_dir / "unet") if weights_dir is not None else None
     if state is not None:
         full_config = dict(unet_config)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..textloc_core.concepts import Concept, ConceptImage, ConceptSet
+from ..textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from ..textloc_core.tinyworld import world
 from .concept_nodes import CONCEPTS
 from .schema import TINYWORLD_CATEGORY, named, seed_input

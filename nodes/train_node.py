@@ -21,21 +21,50 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..textloc_core import trainer
-from ..textloc_core.adapter import save_adapter
-from ..textloc_core.api import make_adapter
-from ..textloc_core.config import GUIDANCE_METHODS, TrainConfig
-from ..textloc_core.safe_io import check_name
-from ..textloc_core.validation import validate_concept_set
+from ..textloc_core.training import loop as trainer
+from ..textloc_core.training.result import make_adapter
+from ..textloc_core.training.config import GUIDANCE_METHODS, TrainConfig
+from ..textloc_core.data.validation import validate_concept_set
 from . import paths
-from .comfy_backend import training_session
+from .comfy_backend import base_fingerprint_and_weights, training_session
 from .concept_nodes import CONCEPTS
 from .schema import CATEGORY, named, require_finite, seed_input
-from .stock_files import write_stock_files
+from .stock_files import check_replace, plan_files, write_files
+from .tinyworld_models import NATIVE_RESOLUTION_ATTR
 
 #: the socket type of an ``Adapter``
 ADAPTER = io.Custom("TEXTLOC_ADAPTER")
 log = logging.getLogger("textloc")
+#: training sides above this many times the model's native size need allow_large_resolution
+LARGE_RESOLUTION_FACTOR = 2
+
+
+def native_resolution(model) -> int:
+    """The side in pixels the model was trained at: set by the TinyWorld loader (64), else the
+    SD1.x/SD2.x convention (768 for v-prediction, as SD2's 768-v, otherwise 512)."""
+    import comfy.model_base
+
+    tagged = getattr(model.model, NATIVE_RESOLUTION_ATTR, None)
+    if tagged:
+        return int(tagged)
+    return 768 if model.model.model_type == comfy.model_base.ModelType.V_PREDICTION else 512
+
+
+def check_resolution(model, concepts, resolution: int, allow_large: bool) -> None:
+    """Refuse, before any work, a training side the model cannot finish in reasonable time (the
+    cost of a step grows with the square of the side, attention with its fourth power)."""
+    if allow_large:
+        return
+    native = native_resolution(model)
+    limit = LARGE_RESOLUTION_FACTOR * native
+    side = resolution or max(max(item.image.shape[-2:]) for item in concepts.images)
+    if side > limit:
+        given = f"{side}" if resolution else f"0 keeps the photos' size, {side} px, which"
+        raise ValueError(
+            f"resolution: {given} is more than {LARGE_RESOLUTION_FACTOR}x this model's native {native} px; a step "
+            f"would take very long and a lot of memory. Set resolution to at most {limit} (here or in the concept "
+            "node), or turn allow_large_resolution on to train that large anyway"
+        )
 
 
 def loss_curve(history: list[dict[str, float]], size: tuple[int, int] = (256, 128)):
@@ -105,6 +134,8 @@ class TextLocTrain(io.ComfyNode):
                 io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training side in pixels; 0 keeps the photos' size."),
                 io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss (paper: 1)."),
                 io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
+                io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px); off: such a resolution is refused before training."),
+                io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
             ],
             outputs=[named(ADAPTER, "adapter"), named(io.String, "report")],
             is_output_node=True,
@@ -113,20 +144,23 @@ class TextLocTrain(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
-                checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True) -> io.NodeOutput:
+                checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
+                allow_large_resolution=False, overwrite=False) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
         unique_id = cls.hidden.unique_id
         require_finite(learning_rate=learning_rate, attention_weight=attention_weight)
-        name = check_name(adapter_name.strip(), "adapter_name")
-        config = TrainConfig(
-            method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,
-            prior_batch=batch if prior_images > 0 else 0, prior_images_per_class=prior_images,
-            lambda_prior=1.0 if prior_images > 0 else 0.0, lambda_attn=attention_weight, seed=seed,
-            checkpoint_every=checkpoint_every, resolution=resolution or None,
+        name = paths.check_adapter_name(adapter_name.strip())
+        config = TrainConfig.from_widgets(
+            guidance=guidance, steps=steps, learning_rate=learning_rate, batch=batch, prior_images=prior_images,
+            seed=seed, checkpoint_every=checkpoint_every, resolution=resolution, attention_weight=attention_weight,
         )
         validate_concept_set(concepts, resolution=config.resolution)
+        check_resolution(model, concepts, resolution, allow_large_resolution)
+        # every file name and folder, and what may be replaced, before any work
+        files = plan_files(name, [c.name for c in concepts.concepts])
+        check_replace(files, concepts, config.to_json(), lambda: base_fingerprint_and_weights(model)[0], overwrite)
         # one folder per training data: resuming never mixes two different photo/mask sets
         checkpoints = paths.checkpoint_dir(name) / concepts.data_hash()[:12]
         if not resume and checkpoints.exists() and any(checkpoints.iterdir()):
@@ -156,6 +190,9 @@ class TextLocTrain(io.ComfyNode):
                 encoder_sizes = bundle.text.encoder_sizes
         except trainer.TrainingDiverged as exc:
             raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
+        except mm.InterruptProcessingException:
+            mm.interrupt_current_processing(False)  # raised by the backend with the flag left set
+            raise
         finally:
             gc.collect()
             mm.soft_empty_cache()
@@ -164,12 +201,12 @@ class TextLocTrain(io.ComfyNode):
             message = f"textloc: training '{name}' cancelled; last checkpoint kept in {where}. Queue again with resume on to continue."
             log.warning(message)
             _progress_text(unique_id, message)
-            mm.throw_exception_if_processing_interrupted()
-        adapter_file = save_adapter(adapter, paths.adapter_path(name))
-        stock = write_stock_files(adapter, name, encoder_sizes)
+            mm.interrupt_current_processing(False)
+            raise mm.InterruptProcessingException()
+        write_files(files, adapter, encoder_sizes)
         losses = history[-1] if history else (result.history[-1] if result.history else {})
         report = "\n".join(
-            [f"adapter: {adapter_file}", f"lora (LoraLoaderModelOnly): {stock['lora']}"]
+            [f"adapter: {files.adapter}", f"lora (LoraLoaderModelOnly): {files.lora}"]
             + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
             + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
         )

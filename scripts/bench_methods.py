@@ -12,7 +12,7 @@ steps and seeds:
   background and in new scenes with other objects;
 * multi-concept: learn both (two tokens), then generate both together on every background.
 
-Scored with ``textloc_core.metrics``: CLIP-I (generated vs renders of the concept alone;
+Scored with ``textloc_core.evaluation``: CLIP-I (generated vs renders of the concept alone;
 multi: mean over both concepts), CLIP-T (prompt without identifier tokens), KID (subset 5,
 TinyWorld CLIP image features), attention IoU (the token's map on fresh renders with exact
 masks, noised at t = 200/500/800, Otsu-free fixed threshold 0.5 after min-max) and the share
@@ -51,9 +51,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from textloc_core import api, evaluation, heatmap, metrics  # noqa: E402
-from textloc_core.concepts import ConceptSet  # noqa: E402
-from textloc_core.config import TrainConfig  # noqa: E402
+from textloc_core import api  # noqa: E402
+from textloc_core.evaluation import features, heatmap, judge_scores, localization, metrics, scoring  # noqa: E402
+from textloc_core.data.concepts import ConceptSet  # noqa: E402
+from textloc_core.training.config import TrainConfig  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
 SETTINGS = ("single", "multi")
@@ -108,7 +109,7 @@ def _random_world() -> dict:
                                    scheduler=mc.build_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     vision = mc.build_vision_encoder().eval()
-    return {"pipe": pipe, "clip": metrics.ClipFeatureModel(vision, text, tokenizer), "judge": Judge(JudgeNet(8))}
+    return {"pipe": pipe, "clip": features.ClipFeatureModel(vision, text, tokenizer), "judge": Judge(JudgeNet(8))}
 
 
 def world(random_weights: bool) -> dict:
@@ -121,7 +122,7 @@ def world(random_weights: bool) -> dict:
 
             text, vision, tokenizer = tinyworld.load_clip()
             parts = {"pipe": tinyworld.load_pipeline(), "judge": tinyworld.load_judge(),
-                     "clip": metrics.ClipFeatureModel(vision, text, tokenizer)}
+                     "clip": features.ClipFeatureModel(vision, text, tokenizer)}
         from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
         parts["bundle"] = bundle_from_diffusers(parts["pipe"])
@@ -142,11 +143,11 @@ def _kind_spec(kind, with_texture: bool = True) -> dict[str, str]:
     return spec
 
 
-def _judgement(verdict) -> metrics.Judgement:
-    """The TinyWorld judge's pairwise verdict as partial detections (see metrics.object_present)."""
+def _judgement(verdict) -> judge_scores.Judgement:
+    """The TinyWorld judge's pairwise verdict as partial detections (see judge_scores.object_present)."""
     objects = [{"colour": c, "shape": s} for c, s in sorted(verdict.objects)]
     objects += [{"texture": t, "shape": s} for t, s in sorted(verdict.textures)]
-    return metrics.Judgement(objects, verdict.background)
+    return judge_scores.Judgement(objects, verdict.background)
 
 
 def _others(concept) -> list:
@@ -188,11 +189,11 @@ def generation_plan(concept, setting: str, tokens: bool = True):
         # the companion, or its colour or shape on anything: nothing else prompted has either
         leak = [{"colour": companion.colour}, {"shape": companion.shape}]
         for bg in BACKGROUNDS:
-            plan.append((f"a {t_word} on {bg}", metrics.ExpectedScene([_kind_spec(target)], [], bg, leak)))
+            plan.append((f"a {t_word} on {bg}", judge_scores.ExpectedScene([_kind_spec(target)], [], bg, leak)))
         for i, other in enumerate(_others(concept)):
             for bg in BACKGROUNDS[i::2][:2]:
                 plan.append((f"a {t_word} and {'an' if _phrase(other)[0] in 'aeiou' else 'a'} {_phrase(other)} on {bg}",
-                             metrics.ExpectedScene([_kind_spec(target)], [_kind_spec(other)], bg, leak)))
+                             judge_scores.ExpectedScene([_kind_spec(target)], [_kind_spec(other)], bg, leak)))
     else:
         bleed = []
         if target.texture != companion.texture:
@@ -201,7 +202,7 @@ def generation_plan(concept, setting: str, tokens: bool = True):
             bleed.append({"shape": target.shape, "colour": companion.colour})
         for bg in BACKGROUNDS:
             plan.append((f"a {t_word} and a {c_word} on {bg}",
-                         metrics.ExpectedScene([_kind_spec(target), _kind_spec(companion)], [], bg, bleed)))
+                         judge_scores.ExpectedScene([_kind_spec(target), _kind_spec(companion)], [], bg, bleed)))
     return plan
 
 
@@ -209,7 +210,7 @@ def concept_set_for(name: str, seed: int, setting: str) -> ConceptSet:
     from textloc_core import tinyworld
 
     full = tinyworld.personalization_set(name, seed)
-    return full if setting == "multi" else evaluation.only_concepts(full, [name])
+    return full if setting == "multi" else scoring.only_concepts(full, [name])
 
 
 def train_config(p: Protocol, method: str, seed: int) -> TrainConfig:
@@ -228,7 +229,7 @@ def _prior_cache(out: Path) -> Path:
 
 def warm_prior(p: Protocol, out: str, class_word: str, seed: int) -> str:
     """Generate (and cache) one class's prior latents before the runs need them."""
-    from textloc_core.prior import prior_latents
+    from textloc_core.training.prior import prior_latents
 
     w = world(p.random_weights)
     latent = w["bundle"].denoiser
@@ -266,7 +267,7 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
     # localization on fresh renders with exact masks: training-style prompt, no background
     scenes, masks = _renders([concept.companion, concept.kind], p.n_iou_scenes, seed)
     attn_prompt = result.prompts[0]
-    attn = evaluation.attention_on_images(bundle, [result], scenes, [attn_prompt] * len(scenes), tokens,
+    attn = localization.attention_on_images(bundle, [result], scenes, [attn_prompt] * len(scenes), tokens,
                                           map_levels=p.map_levels_eval, seed=seed)
     own = {concept.name: 1, concept.companion_name: 0}  # mask index of each concept in the render
     ious, other_share = [], []
@@ -286,7 +287,7 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
 
 def _mass_share(maps: torch.Tensor, masks: torch.Tensor) -> float:
     """Mean share of each (min-max normalised) map's mass that lies inside ``masks``."""
-    from textloc_core.masks import mask_to_grid
+    from textloc_core.data.masks import mask_to_grid
 
     grid = mask_to_grid(masks, tuple(maps.shape[-2:]))
     values = heatmap.normalize_maps(maps.float())
@@ -307,14 +308,14 @@ def _references(concept, setting: str, n: int, seed: int):
 
 def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected, tokens, seed) -> dict:
     refs, kid_refs = _references(concept, setting, p.n_references, seed)
-    clip_is = [evaluation.image_scores(clip, images, prompts, r, tokens=tokens, kid_feature=clip)["clip_i"] for r in refs]
-    scores = evaluation.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
+    clip_is = [scoring.image_scores(clip, images, prompts, r, tokens=tokens, kid_feature=clip)["clip_i"] for r in refs]
+    scores = scoring.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
     judgements = [_judgement(v) for v in judge(images)]
-    judged = metrics.judge_scores(judgements, expected)
+    judged = judge_scores.judge_scores(judgements, expected)
     # the same targets without texture: did the concept's colour and shape come through?
     loose = [replace(e, targets=[{k: v for k, v in t.items() if k != "texture"} for t in e.targets]) for e in expected]
     return {"clip_i": sum(clip_is) / len(clip_is), "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
-            "fidelity": judged.target_fidelity, "fidelity_cs": metrics.judge_scores(judgements, loose).target_fidelity,
+            "fidelity": judged.target_fidelity, "fidelity_cs": judge_scores.judge_scores(judgements, loose).target_fidelity,
             "leakage": judged.leakage, "alignment": judged.prompt_alignment}
 
 

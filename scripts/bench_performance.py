@@ -1,11 +1,11 @@
 """Performance benchmark: what attention guidance costs, against Custom Diffusion and the paper's way.
 
-For each model configuration it trains, through the real trainer (``textloc_core.trainer``):
+For each model configuration it trains, through the real trainer (``textloc_core.training``):
 
 * ``none``   Custom Diffusion (no capture, no attention loss),
 * ``hard`` / ``soft``  Textual Localization with our capture (explicit softmax only at the
   loss's attn2 layers, only the concept tokens' head-averaged columns kept),
-* ``store``  the store-everything reference (``textloc_core.reference_mode``): method hard,
+* ``store``  the store-everything reference (``benchmarks.reference_mode``): method hard,
   but every attention layer, self-attention included, explicit, and every attn2 map of all
   heads and all 77 tokens stored, as the paper's code does,
 
@@ -98,7 +98,7 @@ def build_bundle(world: World):
     dtype = torch.bfloat16 if cuda else torch.float32
     torch.manual_seed(0)
     if world.model == "sd15":
-        from textloc_core import sd15_config as sd
+        from benchmarks import sd15_models as sd
 
         with torch.device(world.device):  # initialise on the device: 860M parameters
             unet = sd.build_sd15_unet(sample_size=world.resolution // 8, dtype=dtype, device=world.device)
@@ -124,7 +124,7 @@ def build_bundle(world: World):
 
 def synthetic_concept_set(resolution: int, n_images: int = 5):
     """Five random photos of one concept with rectangular masks (timing ignores content)."""
-    from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+    from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 
     g = torch.Generator().manual_seed(0)
     images = []
@@ -137,7 +137,7 @@ def synthetic_concept_set(resolution: int, n_images: int = 5):
 
 
 def train_config(world: World, mode: str, steps: int, **overrides):
-    from textloc_core.config import TrainConfig
+    from textloc_core.training.config import TrainConfig
 
     return TrainConfig(
         method="hard" if mode == "store" else mode,
@@ -155,13 +155,13 @@ def train_config(world: World, mode: str, steps: int, **overrides):
 
 def train_short(world: World, bundle, concept_set):
     """A one-step ``TrainResult`` (an adapter to sample with)."""
-    from textloc_core.trainer import train
+    from textloc_core.training.loop import train
 
     return train(bundle, concept_set, train_config(world, "hard", 1))
 
 
 def model_bundle_for(bundle, mode: str):
-    from textloc_core.reference_mode import store_everything_bundle
+    from benchmarks.reference_mode import store_everything_bundle
 
     return store_everything_bundle(bundle) if mode == "store" else bundle
 
@@ -209,7 +209,7 @@ def _sync(device: str) -> None:
 def measure_training(world: World, bundle, concept_set, mode: str, *, gradient_checkpointing: bool = False):
     """Warm-step median time and steady-state peak memory of one mode through ``train``;
     returns (measurements, the ``TrainResult``)."""
-    from textloc_core.trainer import train
+    from textloc_core.training.loop import train
 
     probe = MemoryProbe(world.device)
     times: list[float] = []
@@ -255,7 +255,7 @@ def count_step_flops(world: World, bundle, concept_set, mode: str) -> float:
     """FLOPs of one training step (forward + backward + optimizer), by FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from textloc_core.trainer import train
+    from textloc_core.training.loop import train
 
     counter = FlopCounterMode(display=False)
     counted: dict[str, float] = {}
@@ -314,8 +314,8 @@ def measure_concept_time(world: World, bundle, step_s: float, *, images: int = 2
     Generates ``generate`` of the ``images`` prior latents with ``prior.prior_latents``
     (DDIM, CFG, the trainer's own batch size), and extrapolates linearly to ``images``.
     """
-    from textloc_core import prior
-    from textloc_core.config import TrainConfig
+    from textloc_core.training import prior
+    from textloc_core.training.config import TrainConfig
 
     side = world.resolution // bundle.denoiser.vae_scale_factor
     config = TrainConfig(prior_sampling_steps=sampling_steps, seed=1)

@@ -3,7 +3,7 @@
     python scripts/build_shipped_adapter.py                     # ComfyUI from $COMFYUI_DIR, else ~/ComfyUI
     python scripts/build_shipped_adapter.py --comfyui ~/ComfyUI --out /tmp/check
 
-Run it with the Python environment ComfyUI runs in. Through the demo runner (textloc_core.demo)
+Run it with the Python environment ComfyUI runs in. Through the demo runner (textloc_harness.demo)
 it starts that ComfyUI headless (CPU, a private temporary base directory, the pack symlinked
 in, as the tests do), queues workflows/api/train_multi_concept_api.json exactly as shipped
 (TinyWorld loader with the shipped weights, dotted star + blue circle from 5 TinyWorld photos
@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from textloc_core import demo  # noqa: E402
-from textloc_core.adapter import load_adapter  # noqa: E402
-from textloc_core.comfy_launcher import load_workflow  # noqa: E402
+from textloc_harness import demo  # noqa: E402
+from textloc_core.adapters.adapter import load_adapter  # noqa: E402
+from textloc_harness.comfy_launcher import load_workflow  # noqa: E402
 from textloc_core.tinyworld import shipped_adapters_dir  # noqa: E402
 
 WORKFLOW = ROOT / "workflows" / "api" / "train_multi_concept_api.json"

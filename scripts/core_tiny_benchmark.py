@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_tiny_pipeline_parts  # noqa: E402
 
 from textloc_core.backends.diffusers_backend import bundle_from_diffusers  # noqa: E402
-from textloc_core.concepts import Concept, ConceptImage, ConceptSet  # noqa: E402
-from textloc_core.config import TrainConfig  # noqa: E402
-from textloc_core.trainer import train  # noqa: E402
+from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet  # noqa: E402
+from textloc_core.training.config import TrainConfig  # noqa: E402
+from textloc_core.training.loop import train  # noqa: E402
 
 
 def main(method: str = "hard", steps: int = 20) -> None:

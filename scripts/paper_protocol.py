@@ -39,8 +39,10 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from textloc_core import api, evaluation, metrics, readers  # noqa: E402
-from textloc_core.config import TrainConfig  # noqa: E402
+from textloc_core import api  # noqa: E402
+from textloc_core.evaluation import features, localization, metrics, scoring  # noqa: E402
+from textloc_core.data import readers  # noqa: E402
+from textloc_core.training.config import TrainConfig  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
 METRICS = (("clip_i", "CLIP-I"), ("clip_t", "CLIP-T"), ("kid", "KID"), ("iou", "IoU"))
@@ -97,7 +99,7 @@ def run_entry(bundle, clip, kid_feature, dataset: Path, pair: str, targets: list
     """Train ``targets`` (one or both concepts of ``pair``) with ``method``, generate, score."""
     multi = len(targets) > 1
     full = readers.read_paper_dataset(dataset, pair, resolution=s.resolution)
-    concept_set = evaluation.only_concepts(full, targets)
+    concept_set = scoring.only_concepts(full, targets)
     tokens = [c.token for c in concept_set.concepts]
     config = s.train_config(method, multi)
     began = time.perf_counter()
@@ -119,13 +121,13 @@ def run_entry(bundle, clip, kid_feature, dataset: Path, pair: str, targets: list
     for concept in concept_set.concepts:
         refs = readers.read_paper_dataset(dataset, concept.name, resolution=s.resolution)
         ref_images, ref_masks = _image_batch(refs)
-        scores = evaluation.image_scores(clip, images, all_prompts, ref_images, tokens=tokens, kid_feature=kid_feature,
+        scores = scoring.image_scores(clip, images, all_prompts, ref_images, tokens=tokens, kid_feature=kid_feature,
                                          kid_subset_size=s.kid_subset_size, seed=s.seed)
         clip_i.append(scores["clip_i"])
         kid.append(scores["kid"])
         prompt = config.instance_prompt.format(
             concepts=config.concept_phrase.format(token=concept.token, class_word=concept.class_word))
-        maps = evaluation.attention_on_images(bundle, [result], ref_images, [prompt] * len(ref_images), [concept.token],
+        maps = localization.attention_on_images(bundle, [result], ref_images, [prompt] * len(ref_images), [concept.token],
                                               seed=s.seed)
         iou.append(metrics.attention_iou(maps[:, 0], ref_masks, threshold=s.iou_threshold).mean().item())
     texts = clip.encode_text([metrics.strip_identifier(p, tokens) for p in all_prompts])
@@ -161,8 +163,8 @@ def paper_table(rows: list[dict], methods: tuple[str, ...]) -> str:
 
 
 def load_feature_models(clip_dir: str, inception: str | None, device: str):
-    clip = metrics.ClipFeatureModel.from_directory(clip_dir, device=device)
-    kid_feature = metrics.inception_from_file(inception).to(device) if inception else clip
+    clip = features.ClipFeatureModel.from_directory(clip_dir, device=device)
+    kid_feature = features.inception_from_file(inception).to(device) if inception else clip
     return clip, kid_feature
 
 

@@ -193,7 +193,7 @@ def install_browser_tools() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Arguments after -- go to "
-                                     "pytest (test) or to textloc_core.demo (demo).")
+                                     "pytest (test) or to textloc_harness.demo (demo).")
     parser.add_argument("command", choices=("demo", "test", "setup"),
                         help="demo: run the TinyWorld demo; test: run the tests; setup: only set up")
     parser.add_argument("--comfyui-version", default=os.environ.get("TEXTLOC_COMFYUI_VERSION", SUPPORTED[-1]),
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.command == "setup":
         return 0
     if opts.command == "demo":
-        cmd = [python, "-m", "textloc_core.demo", "--comfyui", str(comfy), "--out", str(Path(opts.out).resolve()), *extra]
+        cmd = [python, "-m", "textloc_harness.demo", "--comfyui", str(comfy), "--out", str(Path(opts.out).resolve()), *extra]
     else:
         install_browser_tools()
         # a laid-out ComfyUI means the integration suite must run, not skip

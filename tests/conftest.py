@@ -119,7 +119,7 @@ def tiny_bundle(tiny_parts):
 @pytest.fixture
 def paper_dataset() -> Path:
     """The paper's dataset (read-only, outside the repo); skips loudly when absent."""
-    from textloc_core.readers import find_paper_dataset
+    from textloc_core.data.readers import find_paper_dataset
 
     root = find_paper_dataset(REPO)
     if root is not None and (root / "multi_concept").is_dir():

@@ -4,9 +4,8 @@ import json
 
 import pytest
 
-from textloc_core.comfy_launcher import (
-    PACK_ROOT, ComfyClient, ComfyLayout, ComfyServer, is_api_workflow, missing_comfyui_reason,
-    output_files,
+from textloc_harness.comfy_launcher import (
+    PACK_ROOT, ComfyClient, ComfyLayout, ComfyServer, is_api_workflow, missing_comfyui_reason, output_files,
 )
 
 # Shape of ComfyUI 0.3.64's start-up log when a pack fails to import (trimmed from a real run).

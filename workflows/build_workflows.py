@@ -203,8 +203,9 @@ def train_multi_concept() -> Graph:
         "LoadImage (paint each object in the mask editor, one LoadImage per mask) or TextLoc Concept Folder "
         "(e.g. paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
         "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, "
-        "and embeddings tinyworld_pair_dotstar / tinyworld_pair_bluecircle (the pack ships an adapter trained "
-        "exactly so: scripts/build_shipped_adapter.py).")}, size=(420, 240))
+        "and embeddings embedding:textloc/tinyworld_pair/dotstar and .../bluecircle (the pack ships an adapter "
+        "trained exactly so: scripts/build_shipped_adapter.py). Training other photos under the same name needs "
+        "overwrite on.")}, size=(420, 240))
     loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
     photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0})
     star = g.add("TextLocConceptFromMask", (440, 300), {"name": "dotstar", "token": "<dotstar1>", "class_word": "star"},
@@ -226,7 +227,7 @@ def generate_with_adapter() -> Graph:
         "by train_multi_concept as shipped); running train_multi_concept writes your own into models/textloc, "
         "which then takes its place. Pick any other adapter in the list.\nTokens work straight in prompts: "
         "'a <dotstar1> star'. Stock nodes can use the same adapter too: LoraLoaderModelOnly "
-        "(textloc/<name>.safetensors) + 'embedding:<name>_<concept>' in CLIPTextEncode.")}, size=(420, 260))
+        "(textloc/<name>.safetensors) + 'embedding:textloc/<name>/<concept>' in CLIPTextEncode.")}, size=(420, 260))
     loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
     apply = g.add("TextLocApplyAdapter", (440, 300), {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
                   {"model": (loader, 0), "clip": (loader, 1)})

@@ -20,7 +20,7 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def concept_set():
-    from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+    from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 
     gen = torch.Generator().manual_seed(3)
 
@@ -38,7 +38,7 @@ def concept_set():
 
 
 def config():
-    from textloc_core.config import TrainConfig
+    from textloc_core.training.config import TrainConfig
 
     return TrainConfig(
         steps=6, checkpoint_every=1, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2, map_levels="all"
@@ -59,7 +59,8 @@ def bundle():
 
 
 def _kill_during_write_of(step: int) -> None:
-    from textloc_core import checkpoint, safe_io
+    from textloc_core.training import checkpoint
+    from textloc_core.data import safe_io
 
     original = safe_io.commit_temp
     marker = f".{checkpoint.step_dir_name(step)}."
@@ -75,7 +76,7 @@ def _kill_during_write_of(step: int) -> None:
 
 def main() -> None:
     torch.set_num_threads(1)  # as tests/conftest.py: bit-identical results need the same threading
-    from textloc_core.trainer import train
+    from textloc_core.training.loop import train
 
     directory = Path(sys.argv[1])
     if len(sys.argv) > 2:

@@ -1,4 +1,4 @@
-"""The textloc adapter file: round trip, integrity, cheap metadata, applying and composing."""
+"""The textloc adapter file: round trip, integrity, cheap metadata; composing adapters for one model."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
-from textloc_core import adapter as ad
-from textloc_core.config import TrainConfig
+from textloc_core.adapters import adapter as ad
+from textloc_core.adapters.composition import composed_deltas, composed_embeddings
+from textloc_core.training.config import TrainConfig
 
 LAYERS = {
     "input_blocks.1.1.transformer_blocks.0.attn2": (16, 8),
@@ -70,7 +70,7 @@ def test_truncated_adapter_gets_the_documented_error(tmp_path):
 
 
 def test_newer_format_and_foreign_files_are_refused(tmp_path):
-    from textloc_core import safe_io
+    from textloc_core.data import safe_io
 
     adapter = make_adapter()
     header = adapter.metadata.to_header()
@@ -98,59 +98,43 @@ def test_inconsistent_adapters_are_rejected():
         ad.Adapter(bad, adapter.token_embeddings, adapter.metadata)
 
 
-def test_apply_adds_strength_times_delta_and_leaves_the_base_alone():
+def test_composing_scales_each_delta_and_leaves_the_base_alone():
     weights = base_weights()
     originals = {k: v.clone() for k, v in weights.items()}
     adapter = make_adapter()
-    patched = ad.apply_adapters(weights, [(adapter, 0.5)], "base-a")
+    total = composed_deltas([(adapter, 0.5)], weights, "base-a")
     for key in weights:
-        assert torch.allclose(patched[key], originals[key] + 0.5 * adapter.kv_deltas[key])
+        assert torch.allclose(total[key], 0.5 * adapter.kv_deltas[key])
         assert torch.equal(weights[key], originals[key])
 
 
 def test_several_adapters_compose_as_a_sum():
     weights = base_weights()
     a, b = make_adapter(1, "<a>"), make_adapter(2, "<b>")
-    patched = ad.apply_adapters(weights, [(a, 1.0), (b, 2.0)], "base-a")
+    total = composed_deltas([(a, 1.0), (b, 2.0)], weights, "base-a")
     key = "middle_block.1.transformer_blocks.0.attn2.to_v"
-    assert torch.allclose(patched[key], weights[key] + a.kv_deltas[key] + 2 * b.kv_deltas[key], atol=1e-6)
-    assert set(ad.composed_embeddings([a, b])) == {"<a>", "<b>"}
+    assert torch.allclose(total[key], a.kv_deltas[key] + 2 * b.kv_deltas[key], atol=1e-6)
+    assert set(composed_embeddings([a, b])) == {"<a>", "<b>"}
     with pytest.raises(ValueError, match="defined by two of the adapters"):
-        ad.composed_embeddings([a, make_adapter(3, "<a>")])
+        composed_embeddings([a, make_adapter(3, "<a>")])
 
 
 def test_other_base_model_needs_an_explicit_override():
     weights, adapter = base_weights(), make_adapter()
     with pytest.raises(ValueError) as info:
-        ad.apply_adapters(weights, [(adapter, 1.0)], "base-b")
+        composed_deltas([(adapter, 1.0)], weights, "base-b")
     message = str(info.value)
     assert "base-a" in message and "base-b" in message and "allow_base_mismatch" in message
-    assert ad.apply_adapters(weights, [(adapter, 1.0)], "base-b", allow_base_mismatch=True)
+    assert composed_deltas([(adapter, 1.0)], weights, "base-b", allow_base_mismatch=True)
 
 
 def test_other_architecture_fails_clearly_even_when_forced():
     sdxl_like = {k: (v[0] * 2, v[1] * 4) for k, v in LAYERS.items()}
     with pytest.raises(ValueError, match="another model architecture.*is \\[16, 8\\] in the adapter but \\[32, 32\\]"):
-        ad.apply_adapters(base_weights(layers=sdxl_like), [(make_adapter(), 1.0)], "base-a", allow_base_mismatch=True)
+        composed_deltas([(make_adapter(), 1.0)], base_weights(layers=sdxl_like), "base-a", allow_base_mismatch=True)
     fewer = dict(list(LAYERS.items())[:2])
     with pytest.raises(ValueError, match="adapter has 6 K/V layers, the model 4"):
-        ad.apply_adapters(base_weights(layers=fewer), [(make_adapter(), 1.0)])
-
-
-def test_patched_modules_change_outputs_and_restore_exactly():
-    layers = {name: nn.Module() for name in LAYERS}
-    for name, (out_f, in_f) in LAYERS.items():
-        layers[name].to_k = nn.Linear(in_f, out_f, bias=False)
-        layers[name].to_v = nn.Linear(in_f, out_f, bias=False)
-    weights = ad.kv_weights_of(layers)
-    adapter = make_adapter(weights={k: v.detach() for k, v in weights.items()})
-    modules = {f"{n}.{p}": getattr(m, p) for n, m in layers.items() for p in ("to_k", "to_v")}
-    x = torch.randn(2, 8)
-    key = "middle_block.1.transformer_blocks.0.attn2.to_k"
-    before = modules[key](x)
-    with ad.PatchedModules(modules, [(adapter, 1.0)], "base-a"):
-        assert torch.allclose(modules[key](x), before + x @ adapter.kv_deltas[key].T, atol=1e-5)
-    assert torch.equal(modules[key](x), before)
+        composed_deltas([(make_adapter(), 1.0)], base_weights(layers=fewer))
 
 
 def test_header_values_are_strings_for_listing_tools(tmp_path):
@@ -179,7 +163,7 @@ json_values = st.recursive(
     json_values.map(json.dumps) | st.text(max_size=20),
 )
 def test_a_damaged_header_field_is_a_value_error_never_a_crash(tmp_path, field_name, value):
-    from textloc_core import safe_io
+    from textloc_core.data import safe_io
 
     adapter = make_adapter()
     header = adapter.metadata.to_header()

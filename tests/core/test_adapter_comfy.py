@@ -4,7 +4,8 @@
   what stock LoraLoaderModelOnly runs) on a real ComfyUI SD1-type model with TinyWorld's
   shape; patched weights must equal ``W0 + strength * delta`` and every key must load.
 * Embedding file -> ``comfy.sd1_clip.load_embed`` and the stock SD1 tokenizer's
-  ``embedding:NAME`` handling (what CLIPTextEncode runs).
+  ``embedding:NAME`` handling (what CLIPTextEncode runs), under the name Train reports
+  (``nodes/paths.embedding_name``, the pack's one naming scheme).
 
 Skips LOUDLY when no ComfyUI tree is found ($COMFYUI_DIR or ~/ComfyUI); fails instead when
 TEXTLOC_REQUIRE_COMFYUI is set.
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from textloc_core import adapter as ad
-from textloc_core import adapter_formats as fmt
+from textloc_core.adapters import adapter as ad
+from textloc_core.adapters import formats as fmt
 from textloc_core.tinyworld import model_configs as mc
 
 COMFY = Path(os.environ.get("COMFYUI_DIR", Path.home() / "ComfyUI"))
@@ -45,6 +46,23 @@ def comfy(not_run):
     import comfy.utils
 
     return comfy
+
+
+@pytest.fixture(scope="module")
+def paths(comfy):
+    """nodes/paths.py (where Train writes and what it tells the user to type), imported the way
+    ComfyUI imports the pack: as a package, so its relative imports resolve."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    if "textloc_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("textloc_pack", root / "__init__.py", submodule_search_locations=[str(root)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["textloc_pack"] = module
+        spec.loader.exec_module(module)
+    from textloc_pack.nodes import paths
+
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +100,9 @@ def test_stock_lora_loader_applies_the_unet_patch(comfy, comfy_model, tmp_path, 
     weights = base_kv(comfy_model)
     assert len(weights) >= 8, "the tiny ComfyUI model should have several attn2 layers"
     adapter = make_adapter(weights)
-    files = fmt.write_comfy_files(adapter, tmp_path / "loras", tmp_path / "embeddings", "doll")
+    patch = fmt.write_comfy_unet_patch(adapter, tmp_path / "loras" / "doll.safetensors")
 
-    lora = comfy.utils.load_torch_file(str(files["unet_patch"]), safe_load=True)
+    lora = comfy.utils.load_torch_file(str(patch), safe_load=True)
     assert all(key.startswith("diffusion_model.") and key.endswith(".diff") for key in lora)
     with caplog.at_level(logging.WARNING):
         patched, _ = comfy.sd.load_lora_for_models(comfy_model, None, lora, 0.7, 0)
@@ -102,18 +120,22 @@ def test_stock_lora_loader_applies_the_unet_patch(comfy, comfy_model, tmp_path, 
         assert torch.equal(comfy_model.model.diffusion_model.state_dict()[f"{key}.weight"], w0)
 
 
-def test_stock_load_embed_reads_our_embedding(comfy, tmp_path):
-    weights = {"input_blocks.1.1.transformer_blocks.0.attn2.to_k": torch.zeros(4, 768)}
-    adapter = make_adapter(weights)
-    files = fmt.write_comfy_files(adapter, tmp_path / "loras", tmp_path / "embeddings", "doll")
-    assert files["prompt_words"] == {"<doll1>": "embedding:doll1"}
-    loaded = comfy.sd1_clip.load_embed("doll1", str(tmp_path / "embeddings"), 768, "clip_l")
-    assert torch.equal(loaded, adapter.token_embeddings["<doll1>"])
+def test_stock_load_embed_reads_our_embedding_by_the_name_train_reports(comfy, paths, tmp_path):
+    """Train writes each token to ``<embeddings>/<paths.embedding_name>.safetensors`` and tells the
+    user to write ``embedding:<paths.embedding_name>``: stock ComfyUI must find it by that name."""
+    emb = torch.randn(1, 768)
+    name = paths.embedding_name("doll_adapter", "doll")
+    assert "doll_adapter" in name and "doll" in name.replace("doll_adapter", "")
+    fmt.write_comfy_embedding(emb, tmp_path / f"{name}.safetensors")
+    loaded = comfy.sd1_clip.load_embed(name, str(tmp_path), 768, "clip_l")
+    assert torch.equal(loaded, emb)
 
-    tokenizer = comfy.sd1_clip.SDTokenizer(embedding_directory=str(tmp_path / "embeddings"))
-    (row,) = tokenizer.tokenize_with_weights("photo of embedding:doll1 doll")
+    tokenizer = comfy.sd1_clip.SDTokenizer(embedding_directory=str(tmp_path))
+    (row,) = tokenizer.tokenize_with_weights(f"photo of embedding:{name} doll")
     vectors = [t for t, _w in row if isinstance(t, torch.Tensor)]
-    assert len(vectors) == 1 and torch.equal(vectors[0], adapter.token_embeddings["<doll1>"][0])
+    assert len(vectors) == 1 and torch.equal(vectors[0], emb[0])
+    # two adapters with the same concept name never share a file
+    assert paths.embedding_name("other", "doll") != name
 
 
 def test_sdxl_style_embedding_has_one_tensor_per_encoder(comfy, tmp_path):
@@ -127,8 +149,8 @@ def test_sdxl_style_embedding_has_one_tensor_per_encoder(comfy, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs/path", "x\x00"])
-def test_user_typed_adapter_names_cannot_leave_the_loras_folder(tmp_path, name):
-    weights = {"input_blocks.1.1.transformer_blocks.0.attn2.to_k": torch.zeros(4, 768)}
+def test_user_typed_adapter_names_cannot_leave_their_folders(paths, name):
     with pytest.raises(ValueError, match="adapter name"):
-        fmt.write_comfy_files(make_adapter(weights), tmp_path / "loras", tmp_path / "emb", name)
-    assert not list(tmp_path.rglob("*.safetensors"))
+        paths.embedding_name(name, "doll")
+    with pytest.raises(ValueError, match="adapter name"):
+        paths.lora_path(name)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from textloc_core import adapter as ad
-from textloc_core import adapter_formats as fmt
-from textloc_core.attention import find_cross_attention
+from textloc_core.adapters import adapter as ad
+from textloc_core.adapters import formats as fmt
+from textloc_core.attention.cross_attention import find_cross_attention
 from textloc_core.tinyworld import model_configs as mc
-from textloc_core.unet_names import diffusers_to_ldm_attn2
+from textloc_core.backends.unet_names import diffusers_to_ldm_attn2
 
 TOKENIZER_DIR = Path(mc.__file__).parent / "weights" / "tokenizer"
 
@@ -78,9 +78,12 @@ def test_stock_load_attn_procs_reproduces_our_patched_unet(unet, tmp_path):
     base, adapter = make_adapter(unet)
     fmt.write_custom_diffusion(adapter, tmp_path, base, unet.config)
 
-    reference = copy.deepcopy(unet)
-    with ad.PatchedModules(canonical_modules(reference), [(adapter, 1.0)], "tiny"):
-        expected = unet_out(reference)
+    reference = copy.deepcopy(unet)  # W0 + delta written into a copy's weights
+    modules = canonical_modules(reference)
+    with torch.no_grad():
+        for key, delta in adapter.kv_deltas.items():
+            modules[key].weight += delta.to(modules[key].weight)
+    expected = unet_out(reference)
     plain = unet_out(unet)
 
     loaded = copy.deepcopy(unet)

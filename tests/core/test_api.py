@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from textloc_core import api
-from textloc_core.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 
 
 def _concepts():
@@ -61,3 +61,18 @@ def test_load_model_reads_a_local_diffusers_folder(tiny_parts, tmp_path):
     assert bundle.denoiser.prediction_type == "v_prediction"
     with pytest.raises(ValueError, match="does not exist"):
         api.load_model(tmp_path / "missing")
+
+
+def test_adapters_are_checked_against_the_model_as_the_apply_node_does(tiny_bundle):
+    concepts = _concepts()
+    result = api.train(tiny_bundle, concepts, api.TrainConfig(steps=1, prior_images_per_class=0, instance_batch=1))
+    adapter = api.make_adapter(result, concepts, tiny_bundle)
+    adapter.metadata.base_fingerprint = "0123456789abcdef"  # trained on other weights of this architecture
+    kwargs = dict(steps=1, size=(16, 16))
+    with pytest.raises(ValueError, match="trained on base model 0123456789abcdef.*allow_base_mismatch"):
+        api.generate(tiny_bundle, "a <doll1> doll", adapters=[adapter], **kwargs)
+    assert api.generate(tiny_bundle, "a <doll1> doll", adapters=[adapter], allow_base_mismatch=True, **kwargs).images.shape[0] == 1
+    key = next(iter(result.kv_deltas))
+    result.kv_deltas[key] = torch.zeros(3, 3)  # a layer of another shape
+    with pytest.raises(ValueError, match="another model architecture"), api.applied(tiny_bundle, [result]):
+        pass

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from textloc_core import checkpoint as ck
-from textloc_core.config import TrainConfig
+from textloc_core.data import safe_io
+from textloc_core.training import checkpoint as ck
+from textloc_core.training.config import TrainConfig
 
 CONFIG = TrainConfig(steps=10).to_json()
 
@@ -36,7 +37,7 @@ def _step(params, optimizer, seed):
 
 
 def _save(directory, step, value=0.0, **kwargs):
-    return ck.save_checkpoint(directory, step, {"w": torch.full((4,), float(value))}, {}, None, CONFIG, **kwargs)
+    return ck.save_checkpoint(directory, step, {"w": torch.full((4,), float(value))}, {}, CONFIG, **kwargs)
 
 
 def test_adamw_state_round_trip_gives_a_bit_identical_next_step(tmp_path):
@@ -44,7 +45,7 @@ def test_adamw_state_round_trip_gives_a_bit_identical_next_step(tmp_path):
     optimizer = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.01)
     for s in range(3):
         _step(params, optimizer, s)
-    ck.save_checkpoint(tmp_path, 3, {f"p{i}": p for i, p in enumerate(params)}, optimizer.state_dict(), None, CONFIG)
+    ck.save_checkpoint(tmp_path, 3, {f"p{i}": p for i, p in enumerate(params)}, optimizer.state_dict(), CONFIG)
 
     restored = ck.load_latest_checkpoint(tmp_path, CONFIG)
     params2 = [torch.nn.Parameter(restored.tensors[f"p{i}"].clone()) for i in range(2)]
@@ -58,21 +59,40 @@ def test_adamw_state_round_trip_gives_a_bit_identical_next_step(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_rng_states_come_back_exactly(tmp_path):
+def test_nested_state_comes_back_exactly(tmp_path):
+    """numpy arrays, tuples, non-string keys and nan survive the JSON + safetensors split."""
     torch.manual_seed(5)
     np.random.seed(5)
     random.seed(5)
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    ck.save_checkpoint(tmp_path, 1, {}, None, rng, CONFIG, extra={"losses": [0.5, float("nan")], 3: "int key"})
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    ck.save_checkpoint(tmp_path, 1, {}, state, CONFIG, extra={"losses": [0.5, float("nan")], 3: "int key"})
     expected = (torch.rand(3), np.random.rand(3), random.random())
 
-    restored = ck.load_latest_checkpoint(tmp_path)
-    torch.set_rng_state(restored.rng_state["torch"])
-    np.random.set_state(restored.rng_state["numpy"])
-    random.setstate(restored.rng_state["python"])
+    restored = ck.load_latest_checkpoint(tmp_path).optimizer_state
+    torch.set_rng_state(restored["torch"])
+    np.random.set_state(restored["numpy"])
+    random.setstate(restored["python"])
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
-    assert restored.extra[3] == "int key" and np.isnan(restored.extra["losses"][1])
+    extra = ck.load_latest_checkpoint(tmp_path).extra
+    assert extra[3] == "int key" and np.isnan(extra["losses"][1])
+
+
+def test_checkpoints_of_the_previous_layout_still_resume(tmp_path):
+    """Checkpoints of the earlier layout (an "rng" entry in state.json, an "extra" setting in
+    the config) load, and resume under today's settings."""
+    step_dir = _save(tmp_path, 10, 1.0)
+    state = json.loads((step_dir / "state.json").read_text())
+    config = json.loads(state["config_json"])
+    config["extra"] = {}
+    state.update(rng=None, config_json=json.dumps(config, sort_keys=True))
+    (step_dir / "state.json").write_text(json.dumps(state))
+    manifest = json.loads((step_dir / "manifest.json").read_text())
+    manifest["files"]["state.json"] = {"sha256": safe_io.sha256_file(step_dir / "state.json"),
+                                       "bytes": (step_dir / "state.json").stat().st_size}
+    (step_dir / "manifest.json").write_text(json.dumps(manifest))
+    restored = ck.load_latest_checkpoint(tmp_path, CONFIG)
+    assert restored.step == 10 and torch.equal(restored.tensors["w"], torch.ones(4))
 
 
 def test_keeps_only_the_last_k(tmp_path):
@@ -130,28 +150,21 @@ def test_resuming_with_other_settings_is_a_clear_error(tmp_path):
 
 def test_unpicklable_state_is_refused_not_pickled(tmp_path):
     with pytest.raises(TypeError, match="cannot be saved without pickle"):
-        ck.save_checkpoint(tmp_path, 1, {}, {"fn": object()}, None, CONFIG)
+        ck.save_checkpoint(tmp_path, 1, {}, {"fn": object()}, CONFIG)
     assert ck.list_checkpoints(tmp_path) == []
     assert [p.name for p in tmp_path.iterdir()] == []  # and the temp folder was removed
-
-
-@pytest.mark.parametrize("name", ["../up", "a/b", "/abs", "x\x00y", ".."])
-def test_run_names_cannot_leave_the_checkpoint_root(tmp_path, name):
-    with pytest.raises(ValueError, match="run name"):
-        ck.checkpoint_dir_for(tmp_path, name)
-    assert ck.checkpoint_dir_for(tmp_path, "doll-run") == tmp_path / "doll-run"
 
 
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from textloc_core import checkpoint as ck
+    from textloc_core.training import checkpoint as ck
     directory = sys.argv[1]
     big = torch.randn(4_000_000)  # 16 MB per file: each save takes a while
     step = 0
     while True:
         step += 1
-        ck.save_checkpoint(directory, step, {"w": big + step}, {"step": step}, None, "{}", keep=2)
+        ck.save_checkpoint(directory, step, {"w": big + step}, {"step": step}, "{}", keep=2)
         print(step, flush=True)
     """
 )
@@ -171,6 +184,6 @@ def test_sigkill_during_checkpoint_writes_leaves_a_verifying_checkpoint(tmp_path
     assert restored.optimizer_state == {"step": restored.step} and restored.tensors["w"].numel() == 4_000_000
     ck.verify_checkpoint(restored.path)
     # the next save still works and cleans up whatever the kill left behind
-    ck.save_checkpoint(tmp_path, restored.step + 100, {"w": torch.zeros(1)}, {}, None, "{}")
+    ck.save_checkpoint(tmp_path, restored.step + 100, {"w": torch.zeros(1)}, {}, "{}")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".textloc-tmp")]
     assert json.loads((tmp_path / ck.step_dir_name(restored.step + 100) / "manifest.json").read_text())["step"] == restored.step + 100

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from textloc_core import checkpoint as ck
+from textloc_core.training import checkpoint as ck
 
 scalars = st.none() | st.booleans() | st.integers(-(2**62), 2**62) | st.floats(allow_nan=True) | st.text(max_size=8)
 tensors = st.builds(
@@ -49,7 +49,7 @@ def same(a, b) -> bool:
 def test_any_supported_state_comes_back_identical(optimizer_state, extra):
     directory = Path(tempfile.mkdtemp())
     try:
-        ck.save_checkpoint(directory, 1, {}, optimizer_state, None, "{}", extra={"x": extra})
+        ck.save_checkpoint(directory, 1, {}, optimizer_state, "{}", extra={"x": extra})
         restored = ck.load_latest_checkpoint(directory)
         assert same(restored.optimizer_state, optimizer_state)
         assert same(restored.extra["x"], extra)
@@ -65,8 +65,8 @@ def test_any_supported_state_comes_back_identical(optimizer_state, extra):
 def test_garbage_in_any_file_of_the_newest_checkpoint_falls_back(name, garbage):
     directory = Path(tempfile.mkdtemp())
     try:
-        ck.save_checkpoint(directory, 1, {"w": torch.ones(3)}, {"a": 1}, None, "{}")
-        newest = ck.save_checkpoint(directory, 2, {"w": torch.full((3,), 2.0)}, {"a": 2}, None, "{}")
+        ck.save_checkpoint(directory, 1, {"w": torch.ones(3)}, {"a": 1}, "{}")
+        newest = ck.save_checkpoint(directory, 2, {"w": torch.full((3,), 2.0)}, {"a": 2}, "{}")
         original = (newest / name).read_bytes()
         (newest / name).write_bytes(garbage)
         restored = ck.load_latest_checkpoint(directory)

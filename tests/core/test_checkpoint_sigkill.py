@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from textloc_core import checkpoint as ck
-from textloc_core.trainer import train
+from textloc_core.training import checkpoint as ck
+from textloc_core.training.loop import train
 
 CHILD = Path(__file__).with_name("checkpoint_resume_child.py")
 REPO = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from textloc_core.concepts import Concept, ConceptImage, ConceptSet
-from textloc_core.readers import read_folder
+from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.data.readers import read_folder
 
 DOLL = Concept("doll", "<doll>", "doll")
 BUCKET = Concept("bucket", "<bucket>", "bucket")

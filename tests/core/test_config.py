@@ -1,8 +1,9 @@
-"""TrainConfig: the paper's effective learning rates, validation messages, JSON round trip."""
+"""TrainConfig: the paper's effective learning rates, validation messages, JSON round trip, the
+Train node's widgets."""
 
 import pytest
 
-from textloc_core.config import TrainConfig
+from textloc_core.training.config import TrainConfig
 
 
 def test_effective_learning_rate_matches_the_papers_runs():
@@ -23,3 +24,24 @@ def test_json_round_trip_keeps_tuples():
     config = TrainConfig(map_levels=(2, 4), method="soft")
     again = TrainConfig.from_json(config.to_json())
     assert again == config and again.map_levels == (2, 4)
+
+
+def test_the_train_nodes_widgets_map_onto_the_config_in_one_place():
+    """Saved workflows keep the widget names; ``from_widgets`` is the one translation."""
+    widgets = dict(guidance="soft", steps=300, learning_rate=2e-5, batch=3, prior_images=0, seed=7,
+                   checkpoint_every=25, resolution=0, attention_weight=0.5)
+    config = TrainConfig.from_widgets(**widgets)
+    assert (config.method, config.steps, config.learning_rate, config.seed, config.checkpoint_every) == ("soft", 300, 2e-5, 7, 25)
+    assert (config.instance_batch, config.lambda_attn, config.resolution) == (3, 0.5, None)
+    assert not config.uses_prior and config.prior_batch == 0 and config.lambda_prior == 0.0
+    with_prior = TrainConfig.from_widgets(**{**widgets, "prior_images": 200, "resolution": 512})
+    assert (with_prior.prior_images_per_class, with_prior.prior_batch, with_prior.lambda_prior) == (200, 3, 1.0)
+    assert with_prior.uses_prior and with_prior.resolution == 512
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig.from_widgets(**{**widgets, "guidance": "medium"})
+
+
+def test_json_of_a_retired_setting_still_reads():
+    """Adapters and checkpoints written with a setting this textloc no longer has ("extra")."""
+    text = TrainConfig(steps=9).to_json().replace('"steps": 9', '"extra": {}, "steps": 9')
+    assert TrainConfig.from_json(text) == TrainConfig(steps=9)

@@ -4,8 +4,8 @@ attn2-only routing that leaves outputs unchanged, canonical names and the finger
 import pytest
 import torch
 
-from textloc_core.adapter import base_model_fingerprint, kv_weights_of
-from textloc_core.attention import AttentionRouter, find_cross_attention
+from textloc_core.backends.fingerprint import base_model_fingerprint, kv_weights_of
+from textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
 from textloc_core.backends.base import DenoiserBackend, TextBackend
 from textloc_core.backends.diffusers_backend import kv_fingerprint
 

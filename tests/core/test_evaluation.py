@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from textloc_core import evaluation, metrics
-from textloc_core.concepts import Concept, ConceptImage, ConceptSet
-from textloc_core.trainer import TrainResult
+from textloc_core.evaluation import localization, metrics, scoring
+from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.training.result import TrainResult
 
 
 class MeanColour:
@@ -30,23 +30,23 @@ def _pair_set() -> ConceptSet:
 
 def test_only_concepts_keeps_photos_and_drops_other_masks():
     full = _pair_set()
-    single = evaluation.only_concepts(full, ["doll"])
+    single = scoring.only_concepts(full, ["doll"])
     assert [c.name for c in single.concepts] == ["doll"]
     assert len(single.images) == 3  # the bucket-only photo has nothing to learn the doll from
     assert all(set(item.masks) == {"doll"} for item in single.images)
     assert single.images[0].image is full.images[0].image
     with pytest.raises(ValueError, match=r"\['cat'\] are not in this set"):
-        evaluation.only_concepts(full, ["cat"])
+        scoring.only_concepts(full, ["cat"])
 
 
 def test_image_scores_match_the_metrics_and_kid_needs_enough_images():
     red = torch.zeros(6, 3, 4, 4)
     red[:, 0] = 1.0
     refs = red.clone()
-    scores = evaluation.image_scores(MeanColour(), red, ["a <x> red"] * 6, refs, kid_subset_size=5)
+    scores = scoring.image_scores(MeanColour(), red, ["a <x> red"] * 6, refs, kid_subset_size=5)
     assert scores["clip_i"] == pytest.approx(1.0) and scores["clip_t"] == pytest.approx(1.0)
     assert abs(scores["kid"]) < 1e-6
-    few = evaluation.image_scores(MeanColour(), red[:3], ["green"] * 3, refs, kid_subset_size=5)
+    few = scoring.image_scores(MeanColour(), red[:3], ["green"] * 3, refs, kid_subset_size=5)
     assert few["clip_t"] == pytest.approx(0.0) and math.isnan(few["kid"])
 
 
@@ -55,14 +55,14 @@ def test_attention_on_images_shapes_presence_and_determinism(tiny_bundle):
     result = TrainResult(kv_deltas={}, token_embeddings={"<doll>": emb}, history=[], stopped_early=False, steps_done=0)
     images = torch.rand(3, 3, 16, 16)
     prompts = ["a <doll> doll", "a doll", "a red <doll> doll on grass"]
-    maps = evaluation.attention_on_images(tiny_bundle, [result], images, prompts, ["<doll>"], timesteps=(300, 700))
+    maps = localization.attention_on_images(tiny_bundle, [result], images, prompts, ["<doll>"], timesteps=(300, 700))
     assert maps.shape == (3, 1, 8, 8)  # "all" levels: the finest attention grid of an 8x8 latent
     assert 0 <= maps.min() and maps.max() <= 1
     assert maps[1].abs().max() == 0  # the token is not in prompt 2: no map
     assert maps[0].max() > 0 and maps[2].max() > 0
-    again = evaluation.attention_on_images(tiny_bundle, [result], images, prompts, ["<doll>"], timesteps=(300, 700))
+    again = localization.attention_on_images(tiny_bundle, [result], images, prompts, ["<doll>"], timesteps=(300, 700))
     torch.testing.assert_close(maps, again)
-    coarse = evaluation.attention_on_images(tiny_bundle, [result], images[:1], prompts[:1], ["<doll>"], map_levels=(2,))
+    coarse = localization.attention_on_images(tiny_bundle, [result], images[:1], prompts[:1], ["<doll>"], map_levels=(2,))
     assert coarse.shape == (1, 1, 4, 4)
     iou = metrics.attention_iou(maps[0, 0], torch.ones(16, 16))
     assert 0 < iou.item() <= 1
@@ -70,4 +70,4 @@ def test_attention_on_images_shapes_presence_and_determinism(tiny_bundle):
 
 def test_attention_on_images_rejects_unknown_tokens(tiny_bundle):
     with pytest.raises(ValueError, match="not identifier tokens"):
-        evaluation.attention_on_images(tiny_bundle, [], torch.rand(1, 3, 16, 16), ["a <cat> cat"], ["<cat>"])
+        localization.attention_on_images(tiny_bundle, [], torch.rand(1, 3, 16, 16), ["a <cat> cat"], ["<cat>"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from textloc_core.guidance import attention_loss, hard_loss, soft_loss
+from textloc_core.attention.guidance import attention_loss, hard_loss, soft_loss
 
 
 def _one(map_values, mask_values):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textloc_core import heatmap
+from textloc_core.evaluation import heatmap
 
 
 def test_jet_endpoints_and_middle():

@@ -1,10 +1,11 @@
-"""Token-map aggregation: slots per token position, layers per level, resizing and normalising."""
+"""Token-map aggregation: slots per token position, layers per level, resizing and normalising,
+averaging over sampling steps."""
 
 import pytest
 import torch
 
-from textloc_core.attention import CapturedMap
-from textloc_core.maps import choose_layers, layer_factors, slot_layout, token_maps
+from textloc_core.attention.cross_attention import AttentionRouter, AveragingRouter, CapturedMap
+from textloc_core.attention.maps import choose_layers, layer_factors, slot_layout, token_maps
 
 
 def test_slot_layout_tracks_every_position_and_averages_repeats():
@@ -61,3 +62,27 @@ def test_token_maps_rows_and_common_size():
     assert maps.shape == (1, 1, 8, 8)
     wide = token_maps([CapturedMap("x", torch.rand(1, 8, 1))], slot_layout([{"<a>": [1]}], ["<a>"]), (2, 4))
     assert wide.shape == (1, 1, 2, 4)
+
+
+def test_averaging_router_keeps_the_mean_of_the_kept_rows_per_layer():
+    """What generate and the Attention Preview node use: per layer, the mean over calls of the
+    kept rows' maps, exactly what the plain router would have captured."""
+    gen = torch.Generator().manual_seed(0)
+    calls = [[torch.randn(2, 4, 8, generator=gen) for _ in range(3)] for _ in range(2)]  # q, k, v per step
+    slots = torch.tensor([[1, 2]])
+    plain = AttentionRouter(token_slots=slots, keep_grad=False)
+    averaging = AveragingRouter(token_slots=slots, keep_rows=slice(1, None))
+    for q, k, v in calls:
+        assert torch.equal(averaging("layer", q, k, v, 2), plain("layer", q, k, v, 2))
+    assert averaging.captured == []
+    (mean,) = averaging.averaged()
+    expected = torch.stack([m.probs[1:] for m in plain.captured]).mean(0)
+    assert mean.layer == "layer" and torch.allclose(mean.probs, expected)
+
+    class NoRows(AveragingRouter):
+        def rows(self, batch):
+            return []
+
+    skipping = NoRows(token_slots=slots)
+    skipping("layer", *calls[0], 2)
+    assert skipping.averaged() == []

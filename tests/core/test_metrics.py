@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from textloc_core import metrics
-from textloc_core.heatmap import normalize_maps
-from textloc_core.metrics import Judgement, ExpectedScene
+from textloc_core.attention.maps import normalize_maps
+from textloc_core.evaluation import features, judge_scores, metrics
+from textloc_core.evaluation.judge_scores import ExpectedScene, Judgement
 
 
 class MeanColourFeatures:
@@ -140,8 +140,8 @@ def test_kid_needs_subset_size_images():
 
 
 def test_inception_features_shape_with_random_weights():
-    features = metrics.inception_from_file(None)
-    out = features(torch.rand(2, 3, 32, 32))
+    inception = features.inception_from_file(None)
+    out = inception(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, 2048)
 
 
@@ -207,7 +207,7 @@ def test_judge_scores_fidelity_leakage_alignment():
         Judgement([dict(RED_STAR)], "grass"),  # target only
         Judgement([], None),  # nothing
     ]
-    scores = metrics.judge_scores(judgements, spec)
+    scores = judge_scores.judge_scores(judgements, spec)
     assert scores.target_fidelity == pytest.approx(2 / 4)
     assert scores.leakage == pytest.approx(1 / 4)
     assert scores.prompt_alignment == pytest.approx((1 + 0.5 + 0 + 0) / 4)
@@ -217,22 +217,22 @@ def test_judge_scores_fidelity_leakage_alignment():
 def test_judge_scores_partial_specs_and_nan_when_nothing_to_score():
     loose_leak = {"shape": "ring"}  # any ring counts as leakage, whatever its colour
     spec = ExpectedScene(targets=[RED_STAR], unprompted=[loose_leak])
-    scores = metrics.judge_scores([Judgement([dict(BLUE_RING, colour="red")])], spec)
+    scores = judge_scores.judge_scores([Judgement([dict(BLUE_RING, colour="red")])], spec)
     assert scores.leakage == 1.0 and scores.target_fidelity == 0.0
     assert math.isnan(scores.prompt_alignment)
 
 
 def test_judge_scores_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="2 expected scenes for 1 judgements"):
-        metrics.judge_scores([Judgement([])], [ExpectedScene([RED_STAR])] * 2)
+        judge_scores.judge_scores([Judgement([])], [ExpectedScene([RED_STAR])] * 2)
 
 
 def test_partial_detections_bind_attributes_through_the_shape():
     # the TinyWorld judge reports (colour, shape) and (texture, shape) pairs separately
     judgement = Judgement([{"colour": "red", "shape": "star"}, {"texture": "dotted", "shape": "star"},
                            {"colour": "blue", "shape": "ring"}, {"texture": "plain", "shape": "ring"}])
-    assert metrics.object_present(judgement, RED_STAR)
-    assert metrics.object_present(judgement, BLUE_RING)
+    assert judge_scores.object_present(judgement, RED_STAR)
+    assert judge_scores.object_present(judgement, BLUE_RING)
     # a dotted ring is not there although "dotted" and "ring" each are
-    assert not metrics.object_present(judgement, {"shape": "ring", "texture": "dotted"})
-    assert not metrics.object_present(judgement, {"shape": "star", "colour": "blue"})
+    assert not judge_scores.object_present(judgement, {"shape": "ring", "texture": "dotted"})
+    assert not judge_scores.object_present(judgement, {"shape": "star", "colour": "blue"})

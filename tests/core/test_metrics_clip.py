@@ -12,7 +12,7 @@ import torch
 from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer,
                           CLIPVisionConfig, CLIPVisionModelWithProjection)
 
-from textloc_core import metrics
+from textloc_core.evaluation import features, metrics
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
 
@@ -32,17 +32,17 @@ def test_saved_clipmodel_directory(tmp_path, tiny_clip):
     tiny_clip.save_pretrained(tmp_path)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(TOKENIZER / name, tmp_path / name)
-    model = metrics.ClipFeatureModel.from_directory(tmp_path)
-    assert isinstance(model, metrics.FeatureModel)
+    model = features.ClipFeatureModel.from_directory(tmp_path)
+    assert isinstance(model, features.FeatureModel)
 
     images = torch.rand(3, 3, 48, 40)
-    features = model.encode_image(images)
-    pixels = metrics.clip_preprocess(images, 32)
+    encoded = model.encode_image(images)
+    pixels = features.clip_preprocess(images, 32)
     with torch.no_grad():
         pooled = tiny_clip.vision_model(pixel_values=pixels).pooler_output
         expected = tiny_clip.visual_projection(pooled)
-    assert features.shape == (3, 16)
-    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+    assert encoded.shape == (3, 16)
+    torch.testing.assert_close(encoded, expected, rtol=1e-4, atol=1e-5)
 
     text = model.encode_text(["a red star", "a blue ring on grass"])
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
@@ -64,7 +64,7 @@ def test_separate_towers_and_preprocessor_config(tmp_path, tiny_clip):
     shutil.copytree(TOKENIZER, tmp_path / "tokenizer")
     (tmp_path / "preprocessor_config.json").write_text(
         json.dumps({"crop_size": {"height": 24, "width": 24}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
-    model = metrics.ClipFeatureModel.from_directory(tmp_path)
+    model = features.ClipFeatureModel.from_directory(tmp_path)
     assert model.image_size == 24 and model.mean == (0.5, 0.5, 0.5)
     assert model.encode_image(torch.rand(2, 3, 50, 50)).shape == (2, 16)
     # CLIP-I of a batch against itself through the real adapter
@@ -74,14 +74,14 @@ def test_separate_towers_and_preprocessor_config(tmp_path, tiny_clip):
 
 def test_missing_directory_and_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        metrics.ClipFeatureModel.from_directory(tmp_path / "nope")
+        features.ClipFeatureModel.from_directory(tmp_path / "nope")
     with pytest.raises(ValueError, match="expected a saved CLIPModel"):
-        metrics.ClipFeatureModel.from_directory(tmp_path)
+        features.ClipFeatureModel.from_directory(tmp_path)
 
 
 def test_clip_preprocess_crops_centre_square():
     images = torch.zeros(1, 3, 20, 40)
     images[..., 10:30] = 1.0  # the centre 20x20 square is white, the sides black
-    out = metrics.clip_preprocess(images, 10, mean=(0, 0, 0), std=(1, 1, 1))
+    out = features.clip_preprocess(images, 10, mean=(0, 0, 0), std=(1, 1, 1))
     assert out.shape == (1, 3, 10, 10)
     assert out.min().item() > 0.9  # only bicubic ringing at the crop edge; the black sides are cut

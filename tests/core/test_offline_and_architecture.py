@@ -8,9 +8,9 @@ import torch
 
 from textloc_core import api
 from textloc_core.backends.diffusers_backend import bundle_from_diffusers
-from textloc_core.concepts import Concept, ConceptImage, ConceptSet
-from textloc_core.config import TrainConfig
-from textloc_core.trainer import train
+from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.training.config import TrainConfig
+from textloc_core.training.loop import train
 
 
 @pytest.fixture

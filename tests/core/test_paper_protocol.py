@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from textloc_core import readers
+from textloc_core.data import readers
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = readers.find_paper_dataset(REPO)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from textloc_core.config import TrainConfig
-from textloc_core.readers import read_paper_dataset
-from textloc_core.trainer import train
+from textloc_core.training.config import TrainConfig
+from textloc_core.data.readers import read_paper_dataset
+from textloc_core.training.loop import train
 
 
 @pytest.mark.parametrize("method", ["hard", "soft", "none"])

@@ -3,8 +3,8 @@ everything that determines them, and reused."""
 
 import torch
 
-from textloc_core import prior
-from textloc_core.config import TrainConfig
+from textloc_core.training import prior
+from textloc_core.training.config import TrainConfig
 
 
 def test_prior_latents_are_cached_and_keyed(tiny_bundle, tmp_path):

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from textloc_core.concepts import Concept
-from textloc_core.readers import default_class_word, default_token, read_concepts, read_folder, read_manifest, read_paper_folder
+from textloc_core.data.concepts import Concept
+from textloc_core.data.layout import default_class_word, default_token
+from textloc_core.data.readers import read_concepts, read_folder, read_manifest, read_paper_folder
 
 
 def save_photo(path, size=(8, 12), seed=0, mode="RGB"):

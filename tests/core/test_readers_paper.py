@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textloc_core.masks import mask_coverage
-from textloc_core.readers import find_paper_dataset, paper_prompts, read_concepts, read_paper_dataset
-from textloc_core.validation import validate_concept_set
+from textloc_core.data.masks import mask_coverage
+from textloc_core.data.readers import find_paper_dataset, paper_prompts, read_concepts, read_paper_dataset
+from textloc_core.data.validation import validate_concept_set
 
 PAIRS = ["bucket+doll", "cup+cat_figurine", "helmet+headphone", "pot+penbag"]
 SINGLES = sorted({name for pair in PAIRS for name in pair.split("+")})

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from textloc_core.readers import _natural_key, read_concepts, read_manifest
+from textloc_core.data.layout import natural_key
+from textloc_core.data.readers import read_concepts, read_manifest
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ENCODINGS = ("L", "RGB", "RGBA", "1")
@@ -97,7 +98,7 @@ def test_folder_layout_round_trips(dataset):
         for name in names:  # a concept no photo shows still has its folder
             (root / "masks" / name).mkdir(parents=True, exist_ok=True)
         cs = read_concepts(root)
-        order = sorted(range(len(items)), key=lambda i: _natural_key(items[i]["stem"] + ".png"))
+        order = sorted(range(len(items)), key=lambda i: natural_key(items[i]["stem"] + ".png"))
         check_round_trip(cs, names, items, order)
         assert [c.token for c in cs.concepts] == [f"<{c.name}>" for c in cs.concepts]
 

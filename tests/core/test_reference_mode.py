@@ -12,12 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textloc_core.attention import AttentionRouter, KVDeltaInjector, find_cross_attention
-from textloc_core.reference_mode import (
-    StoreEverythingDenoiser,
-    StoreEverythingRouter,
-    explicit_self_attention,
-    store_everything_bundle,
+from textloc_core.attention.cross_attention import AttentionRouter, KVDeltaInjector, find_cross_attention
+from benchmarks.reference_mode import (
+    StoreEverythingDenoiser, StoreEverythingRouter, explicit_self_attention, store_everything_bundle,
 )
 
 TOKEN = "<doll1>"
@@ -25,7 +22,8 @@ TOKEN = "<doll1>"
 
 def _loss_and_grads(bundle, seed: int = 0):
     """One attention-guided training loss on the tiny model; returns (loss, grads by name, router)."""
-    from textloc_core import guidance, maps, schedule
+    from textloc_core.attention import guidance, maps
+    from textloc_core.sampling import schedule
 
     bundle.denoiser.unet.double()
     bundle.text.text_encoder.double()
@@ -111,9 +109,9 @@ def test_the_trainer_trains_the_reference_like_the_efficient_path(tiny_parts):
     the same learned K/V deltas and token as on the plain bundle: the benchmark times one
     function two ways. Two concepts, one of them absent from an image, prior loss on."""
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
-    from textloc_core.concepts import Concept, ConceptImage, ConceptSet
-    from textloc_core.config import TrainConfig
-    from textloc_core.trainer import train
+    from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+    from textloc_core.training.config import TrainConfig
+    from textloc_core.training.loop import train
 
     def square(top, left):
         mask = torch.zeros(16, 16)

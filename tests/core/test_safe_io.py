@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from textloc_core import safe_io
+from textloc_core.data import safe_io
 
 HOSTILE_NAMES = [
     "../evil",

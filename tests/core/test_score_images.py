@@ -1,4 +1,4 @@
-"""evaluation.score_images / score_report: the scoring behind the TextLoc Score Images node."""
+"""scoring.score_images / score_report: the scoring behind the TextLoc Score Images node."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from textloc_core import evaluation
+from textloc_core.evaluation import scoring
 
 from test_evaluation import MeanColour  # mean colour vs colour words: scores known by hand
 
@@ -18,12 +18,12 @@ def _solid(colour, n):
 
 def test_identical_images_score_clip_i_one_and_prompt_tokens_are_stripped():
     red = _solid([1.0, 0, 0], 3)
-    scores = evaluation.score_images(MeanColour(), red, red, "a <tw1> red thing")
+    scores = scoring.score_images(MeanColour(), red, red, "a <tw1> red thing")
     assert scores["clip_i"] == pytest.approx(1.0)
     assert scores["clip_t"] == pytest.approx(1.0)  # "<tw1>" would not change MeanColour, "red" matters
     assert math.isnan(scores["kid"])  # 3 images < subset size 5
     assert scores["iou"] == -1.0
-    green = evaluation.score_images(MeanColour(), red, _solid([0, 1.0, 0], 3), "a green thing")
+    green = scoring.score_images(MeanColour(), red, _solid([0, 1.0, 0], 3), "a green thing")
     assert green["clip_i"] == pytest.approx(0.0) and green["clip_t"] == pytest.approx(0.0)
 
 
@@ -32,16 +32,16 @@ def test_kid_is_finite_with_enough_images_and_iou_scores_maps_against_masks():
     images, references = torch.rand(6, 3, 8, 8), torch.rand(6, 3, 8, 8)
     mask = torch.zeros(8, 8)
     mask[:4] = 1
-    scores = evaluation.score_images(MeanColour(), images, references, "red", kid_subset_size=5,
+    scores = scoring.score_images(MeanColour(), images, references, "red", kid_subset_size=5,
                                      attention_maps=torch.stack([mask, 1 - mask]), target_masks=mask)
     assert math.isfinite(scores["kid"])
     assert scores["iou"] == pytest.approx(0.5)  # one map on the target (1), one beside it (0)
     with pytest.raises(ValueError, match="give both"):
-        evaluation.score_images(MeanColour(), images, references, "red", attention_maps=mask[None])
+        scoring.score_images(MeanColour(), images, references, "red", attention_maps=mask[None])
 
 
 def test_report_is_a_markdown_table_naming_missing_scores():
-    report = evaluation.score_report({"clip_i": 0.9, "clip_t": 0.25, "kid": float("nan"), "iou": -1.0},
+    report = scoring.score_report({"clip_i": 0.9, "clip_t": 0.25, "kid": float("nan"), "iou": -1.0},
                                      n_images=3, n_references=8, prompt="a <tw1> star", kid_subset_size=5)
     assert "| CLIP-I | 0.9000 |" in report and "| CLIP-T | 0.2500 |" in report
     assert "needs >= 5" in report and "no attention maps" in report
@@ -50,6 +50,6 @@ def test_report_is_a_markdown_table_naming_missing_scores():
 
 def test_missing_clip_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        evaluation.load_feature_model(str(tmp_path / "no_clip"))
+        scoring.load_feature_model(str(tmp_path / "no_clip"))
     with pytest.raises(ValueError, match="feature_model: empty"):
-        evaluation.load_feature_model("  ")
+        scoring.load_feature_model("  ")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from textloc_core.unet_names import diffusers_to_ldm_attn2, ldm_to_diffusers_attn2
+from textloc_core.backends.unet_names import diffusers_to_ldm_attn2, ldm_to_diffusers_attn2
 
 SD15 = {"down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "layers_per_block": 2}
 SDXL = {"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "layers_per_block": 2}

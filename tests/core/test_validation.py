@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from textloc_core.concepts import Concept, ConceptImage, ConceptSet
-from textloc_core.validation import ConceptSetError, validate_concept_set
+from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.data.validation import ConceptSetError, validate_concept_set
 
 DOLL = Concept("doll", "<doll>", "doll")
 BUCKET = Concept("bucket", "<bucket>", "bucket")

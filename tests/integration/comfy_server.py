@@ -1,4 +1,4 @@
-"""What integration tests need on top of textloc_core.comfy_launcher: one object per session.
+"""What integration tests need on top of textloc_harness.comfy_launcher: one object per session.
 
 The launcher starts ComfyUI and speaks HTTP (shared with the demo); this harness adds the
 test-side conveniences: run a workflow file end to end, list our node classes as ComfyUI
@@ -10,9 +10,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from textloc_core.comfy_launcher import (
-    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyServer, is_api_workflow, load_workflow,
-    output_files,
+from textloc_harness.comfy_launcher import (
+    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyServer, is_api_workflow, load_workflow, output_files,
 )
 
 WORKFLOWS_DIR = PACK_ROOT / "workflows"

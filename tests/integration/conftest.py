@@ -4,16 +4,20 @@ ComfyUI comes from $COMFYUI_DIR, else ~/ComfyUI. Without it every integration te
 and the session ends with "INTEGRATION TESTS DID NOT RUN: ..." (or fails, when CI set
 TEXTLOC_REQUIRE_COMFYUI=1 after laying ComfyUI out).
 """
+import os
 from pathlib import Path
 
 import pytest
 
 from comfy_server import ComfyHarness
-from textloc_core.comfy_launcher import (
-    ComfyError, ComfyLayout, ComfyServer, comfyui_dir, missing_comfyui_reason,
+from textloc_core.data.readers import find_paper_dataset
+from textloc_harness.comfy_launcher import (
+    PACK_ROOT, ComfyError, ComfyLayout, ComfyServer, comfyui_dir, missing_comfyui_reason,
 )
 
 _HERE = Path(__file__).resolve().parent
+#: nodes/read_access.py's setting (the pack's nodes import ComfyUI, so it is named here)
+READ_ROOTS_ENV = "TEXTLOC_READ_ROOTS"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,12 +34,26 @@ def comfy(not_run, tmp_path_factory):
     if reason:
         not_run("INTEGRATION TESTS", reason, required_env="TEXTLOC_REQUIRE_COMFYUI")
     layout = ComfyLayout.create(tmp_path_factory.mktemp("comfyui"))
+    # what the server owner lets nodes read besides the input folder (README, Security): a folder
+    # of the session's own, and the paper dataset when this machine has it
+    read_root = tmp_path_factory.mktemp("read_root")
+    paper = find_paper_dataset(PACK_ROOT)
+    roots = os.pathsep.join(str(p) for p in (read_root, paper) if p is not None)
     server = ComfyServer(comfy_dir, layout)
+    previous = os.environ.get(READ_ROOTS_ENV)
+    os.environ[READ_ROOTS_ENV] = roots  # the server's environment is copied from ours at start
     try:
         server.start()
     except ComfyError as e:
         pytest.fail(f"ComfyUI at {comfy_dir} did not start:\n{e}", pytrace=False)
+    finally:
+        if previous is None:
+            os.environ.pop(READ_ROOTS_ENV)
+        else:
+            os.environ[READ_ROOTS_ENV] = previous
+    harness = ComfyHarness(server)
+    harness.read_root = read_root
     try:
-        yield ComfyHarness(server)
+        yield harness
     finally:
         server.stop()

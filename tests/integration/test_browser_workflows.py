@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from comfy_server import shipped_workflows
-from textloc_core.comfy_launcher import PACK_ROOT
+from textloc_harness.comfy_launcher import PACK_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

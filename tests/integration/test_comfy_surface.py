@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from textloc_core.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
+from textloc_harness.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
 
 SURFACE = {
     # the V3 node API
@@ -35,6 +35,7 @@ SURFACE = {
     "folder_paths.get_filename_list", "folder_paths.get_full_path", "folder_paths.add_model_folder_path",
     "server.PromptServer.send_progress_text", "comfy.utils.ProgressBar", "comfy.utils.ProgressBar.update_absolute",
     "comfy.model_management.processing_interrupted", "comfy.model_management.throw_exception_if_processing_interrupted",
+    "comfy.model_management.InterruptProcessingException", "comfy.model_management.interrupt_current_processing",
     "comfy.model_management.load_models_gpu", "comfy.model_management.soft_empty_cache",
     "comfy.model_management.unet_offload_device", "comfy.model_management.get_torch_device",
     "comfy.model_management.unet_dtype", "comfy.model_management.intermediate_device",

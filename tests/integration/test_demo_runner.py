@@ -8,8 +8,8 @@ import time
 
 from PIL import Image
 
-from textloc_core import demo
-from textloc_core.comfy_launcher import ComfyLayout, ProgressWatcher
+from textloc_harness import demo
+from textloc_harness.comfy_launcher import ComfyLayout, ProgressWatcher
 
 STOCK_GRAPH = {
     "1": {"class_type": "EmptyImage", "_meta": {"title": "Blue square"},

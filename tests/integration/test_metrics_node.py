@@ -8,7 +8,7 @@ import re
 import uuid
 
 from comfy_server import WORKFLOWS_DIR
-from textloc_core.comfy_launcher import load_workflow
+from textloc_harness.comfy_launcher import load_workflow
 
 
 def _of_type(workflow: dict, class_type: str) -> list[dict]:

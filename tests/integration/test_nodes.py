@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textloc_core import checkpoint as ckpt
-from textloc_core.adapter import load_adapter
-from textloc_core.comfy_launcher import ComfyError
+from textloc_core.training import checkpoint as ckpt
+from textloc_core.adapters.adapter import load_adapter
+from textloc_harness.comfy_launcher import ComfyError
 
 SAMPLER = {"seed": 3, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
 
@@ -64,7 +64,7 @@ def test_stock_nodes_reproduce_our_loader_exactly(comfy, adapter_name):
         "2": {"class_type": "TextLocApplyAdapter", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{adapter_name}.safetensors", "strength": 1.0}},
     })
-    stock = _sample_graph(["2", 0], ["1", 1], f"a embedding:{adapter_name}_dotstar star on grass", "textloc_test/stock", {
+    stock = _sample_graph(["2", 0], ["1", 1], f"a embedding:textloc/{adapter_name}/dotstar star on grass", "textloc_test/stock", {
         "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
             "model": ["1", 0], "lora_name": f"textloc/{adapter_name}.safetensors", "strength_model": 1.0}},
     })

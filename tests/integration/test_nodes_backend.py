@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from textloc_core.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
+from textloc_harness.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def tiny(pack):
 
 def test_training_reaches_tokens_and_kv_through_comfy_modules_under_inference_mode(pack, tiny):
     comfy_backend, _ = pack
-    from textloc_pack.textloc_core.attention import AttentionRouter, KVDeltaInjector
+    from textloc_pack.textloc_core.attention.cross_attention import AttentionRouter, KVDeltaInjector
 
     model, clip, vae = tiny
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
@@ -67,7 +67,7 @@ def test_training_reaches_tokens_and_kv_through_comfy_modules_under_inference_mo
 
 def test_route_attention_keeps_another_packs_patch_and_restores_exactly(pack, tiny):
     comfy_backend, _ = pack
-    from textloc_pack.textloc_core.attention import AttentionRouter
+    from textloc_pack.textloc_core.attention.cross_attention import AttentionRouter
 
     model, clip, vae = tiny
     calls = []
@@ -112,7 +112,7 @@ def test_identifier_tokens_are_placed_through_the_public_tokenizer(pack, tiny):
         assert [m.group(1) for m in identifier_pattern(["sks"]).finditer("sks asks sks2 (sks:1.2)")] == ["sks", "sks"]
     assert comfy_backend.attn2_patch_key("output_blocks.3.1.transformer_blocks.0.attn2") == ("output", 3, 0)
     assert comfy_backend.attn2_patch_key("diffusion_model.middle_block.1.transformer_blocks.1.attn2") == ("middle", 0, 1)
-    with pytest.raises(ValueError, match="path separators"):
+    with pytest.raises(ValueError, match="path separator"):
         placer.check_new_token("../x")
     with pytest.raises(ValueError, match="already exists in the clip_l vocabulary"):
         placer.check_new_token("a")
@@ -152,7 +152,7 @@ def test_tinyworld_loader_reads_diffusers_weights_like_diffusers(pack, tmp_path)
 def _adapter(model, token: str, fingerprint: str | None = None, scale: float = 0.05, seed: int = 0):
     """A hand-made adapter for ``model``: random K/V deltas and one token embedding."""
     from textloc_pack.nodes.comfy_backend import base_fingerprint_and_weights
-    from textloc_pack.textloc_core.adapter import Adapter, AdapterMetadata, architecture_signature
+    from textloc_pack.textloc_core.adapters.adapter import Adapter, AdapterMetadata, architecture_signature
 
     base, kv = base_fingerprint_and_weights(model)
     g = torch.Generator().manual_seed(seed)
@@ -201,7 +201,7 @@ def test_apply_adapter_stacks_tokens_and_checks_the_base(pack, tiny):
 def test_apply_node_reruns_when_its_adapter_file_is_rewritten(pack, tiny, tmp_path, monkeypatch):
     import folder_paths
     from textloc_pack.nodes.apply_node import ApplyAdapter
-    from textloc_pack.textloc_core.adapter import save_adapter
+    from textloc_pack.textloc_core.adapters.adapter import save_adapter
 
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "textloc", ([str(tmp_path)], {".safetensors"}))
     model = tiny[0]
@@ -217,8 +217,8 @@ def test_apply_node_reruns_when_its_adapter_file_is_rewritten(pack, tiny, tmp_pa
 def test_training_leaves_the_input_model_and_clip_exactly_as_they_were(pack, tiny, tmp_path):
     comfy_backend, _ = pack
     from textloc_pack.nodes.tinyworld_nodes import TinyWorldConceptSet
-    from textloc_pack.textloc_core import trainer
-    from textloc_pack.textloc_core.config import TrainConfig
+    from textloc_pack.textloc_core.training import loop as trainer
+    from textloc_pack.textloc_core.training.config import TrainConfig
 
     model, clip, vae = tiny
     x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([400.0]), torch.randn(1, 77, 64)

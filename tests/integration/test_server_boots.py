@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from comfy_server import FRONTEND_ONLY_NODE_TYPES, shipped_workflows, ui_workflow_node_types
-from textloc_core.comfy_launcher import PACK_NAME, PACK_ROOT, ComfyError, load_workflow
+from textloc_harness.comfy_launcher import PACK_NAME, PACK_ROOT, ComfyError, load_workflow
 
 
 def _declared_node_names() -> set[str]:

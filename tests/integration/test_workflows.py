@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from comfy_server import WORKFLOWS_DIR, shipped_workflows
-from textloc_core.adapter import load_adapter
-from textloc_core.comfy_launcher import load_workflow
+from textloc_core.adapters.adapter import load_adapter
+from textloc_harness.comfy_launcher import load_workflow
 
 FAST_TRAIN = {"steps": 2, "checkpoint_every": 1}
 FAST_SAMPLE = {"steps": 2}
@@ -42,7 +42,7 @@ def trained(comfy):
         "history": result.history,
         "adapter": models / "textloc" / f"{name}.safetensors",
         "lora": models / "loras" / "textloc" / f"{name}.safetensors",
-        "embeddings": {c: models / "embeddings" / "textloc" / f"{name}_{c}.safetensors" for c in ("dotstar", "bluecircle")},
+        "embeddings": {c: models / "embeddings" / "textloc" / name / f"{c}.safetensors" for c in ("dotstar", "bluecircle")},
         "checkpoints": models / "textloc" / "checkpoints" / name,
     }
 
@@ -56,7 +56,7 @@ def test_train_workflow_writes_adapter_lora_embeddings_and_checkpoints(trained):
     assert all(p.is_file() for p in trained["embeddings"].values())
     assert any(trained["checkpoints"].glob("*/*")), "no checkpoint was written"
     report = json.dumps(trained["history"]["outputs"])
-    assert f"embedding:{trained['name']}_dotstar" in report  # the node tells the user how to prompt
+    assert f"embedding:textloc/{trained['name']}/dotstar" in report  # the node tells the user how to prompt
 
 
 def test_generate_workflow_samples_and_previews_attention(comfy, trained):

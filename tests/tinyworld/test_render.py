@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from textloc_core import tinyworld
-from textloc_core.concepts import ConceptSet
-from textloc_core.tinyworld import render, world
+from textloc_core.data.concepts import ConceptSet
+from textloc_core.tinyworld import render, shapes, world
 
 
 def _scenes(n=60, seed=3):
@@ -23,7 +23,7 @@ def test_masks_are_exactly_the_visible_object_pixels():
         covered = np.zeros(scene.ids.shape, bool)
         for k in range(len(spec.objects) - 1, -1, -1):  # topmost first
             obj = spec.objects[k]
-            coverage = render.object_coverage(obj)
+            coverage = shapes.object_coverage(obj)
             # visible = covered by this object and by no object painted after it
             np.testing.assert_array_equal(scene.masks[k], coverage & ~covered)
             # mask pixels carry the object's own (textured) colour, whatever is beneath
@@ -40,7 +40,7 @@ def test_every_object_stays_mostly_visible_and_masks_are_nonempty():
     for spec in _scenes():
         scene = render.render_scene(spec)
         for k, obj in enumerate(spec.objects):
-            full = render.object_coverage(obj).sum()
+            full = shapes.object_coverage(obj).sum()
             assert scene.masks[k].sum() >= world.MIN_VISIBLE_FRACTION * full > 0
 
 

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from textloc_core import api, tinyworld
-from textloc_core.adapter import check_compatible, kv_weights_of, load_adapter
+from textloc_core.adapters.adapter import load_adapter
+from textloc_core.adapters.composition import check_compatible
 from textloc_core.backends.diffusers_backend import bundle_from_diffusers
-from textloc_core.comfy_launcher import PACK_ROOT, load_workflow
+from textloc_core.backends.fingerprint import canonical_layers, kv_weights_of
+from textloc_harness.comfy_launcher import PACK_ROOT, load_workflow
 
 ADAPTER = tinyworld.shipped_adapters_dir() / "tinyworld_pair.safetensors"
 API_WORKFLOWS = PACK_ROOT / "workflows" / "api"
@@ -48,7 +50,7 @@ def test_the_generate_workflow_names_it(adapter):
 def test_it_fits_the_shipped_weights_and_its_tokens_attend(adapter):
     bundle = bundle_from_diffusers(tinyworld.load_pipeline("cpu"))
     # what TextLoc Apply Adapter checks: same architecture, same base fingerprint
-    check_compatible(adapter, kv_weights_of(api._canonical_layers(bundle)), bundle.fingerprint)
+    check_compatible(adapter, kv_weights_of(canonical_layers(bundle.denoiser)), bundle.fingerprint)
     out = api.generate(bundle, "a <dotstar1> star and a <circle1> circle on sand", adapters=[adapter],
                        steps=2, seed=0, maps_for=adapter.tokens)
     assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()

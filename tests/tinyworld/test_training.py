@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from textloc_core.tinyworld import model_configs as mc
+from textloc_core.tinyworld import build
 from textloc_core.tinyworld import train_world as tw
 
 
@@ -64,14 +65,14 @@ def _saved_tensors(folder) -> dict[str, torch.Tensor]:
 
 
 def test_a_stopped_build_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
-    whole = tw.build_all(tmp_path / "whole", "quick", "cpu", workers=1, state_dir=tmp_path / "state_whole")
+    whole = build.build_all(tmp_path / "whole", "quick", "cpu", workers=1, state_dir=tmp_path / "state_whole")
     assert whole["steps_run"]["unet"] == 3
 
-    first = tw.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
+    first = build.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
                          unet_stop_step=2)
     assert first["steps_run"]["unet"] == 2
     assert (tmp_path / "split" / "unet").is_dir(), "a stopped build still saves usable weights"
-    second = tw.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
+    second = build.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
                           resume=True)
     assert second["steps_run"]["unet"] == 3
     # finished phases were taken from the state, with the first run's log entries
@@ -85,17 +86,17 @@ def test_a_stopped_build_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp
 
 
 def test_resume_refuses_another_builds_state(tmp_path):
-    tw.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", unet_stop_step=1)
+    build.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", unet_stop_step=1)
     with pytest.raises(ValueError, match=r"--resume: .*seed 0.*seed 1"):
-        tw.build_all(tmp_path / "out", "quick", "cpu", seed=1, workers=1, state_dir=tmp_path / "state", resume=True)
+        build.build_all(tmp_path / "out", "quick", "cpu", seed=1, workers=1, state_dir=tmp_path / "state", resume=True)
 
 
 def test_resume_from_a_damaged_checkpoint_says_how_to_start_over(tmp_path):
-    tw.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", unet_stop_step=1)
+    build.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", unet_stop_step=1)
     checkpoint = tmp_path / "state" / "unet_training.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # as a full disk would leave it
     with pytest.raises(ValueError, match=r"unet_training\.pt cannot be read.*leave out --resume"):
-        tw.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", resume=True)
+        build.build_all(tmp_path / "out", "quick", "cpu", workers=1, state_dir=tmp_path / "state", resume=True)
 
 
 def test_resume_from_a_damaged_state_record_says_how_to_start_over(tmp_path):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
-    from ..attention import AttentionRouter
+    from ..attention.cross_attention import AttentionRouter
 
 
 @dataclass

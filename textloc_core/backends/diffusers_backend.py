@@ -11,15 +11,17 @@ every other attention keeps diffusers' own (SDPA) processor.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from ..adapter import base_model_fingerprint, kv_weights_of
-from ..attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
-from ..unet_names import diffusers_to_ldm_attn2
+from ..attention.cross_attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
+from ..data.tokens import check_token_text
+from .unet_names import diffusers_to_ldm_attn2
 from .base import EncodedPrompts, ModelBundle
+from .fingerprint import base_model_fingerprint, canonical_layers, kv_weights_of
 
 
 class DiffusersText:
@@ -49,8 +51,9 @@ class DiffusersText:
         return self._embedding.weight[ids[0]].detach().float().clone().unsqueeze(0)
 
     def check_token(self, token: str) -> None:
-        if not token or any(c.isspace() for c in token) or token != token.lower():
-            raise ValueError(f"token {token!r}: use one lower-case word without spaces, like '<doll1>'")
+        check_token_text(token)
+        if token != token.lower():
+            raise ValueError(f"token {token!r}: CLIP lower-cases prompts; use a lower-case token, like '<doll1>'")
         vocab = self.tokenizer.get_vocab()
         added = set(getattr(self.tokenizer, "added_tokens_encoder", {}))
         if token not in added and (token in vocab or f"{token}</w>" in vocab):
@@ -208,10 +211,9 @@ class DiffusersDenoiser:
 
 
 def kv_fingerprint(denoiser: DiffusersDenoiser | Any) -> str:
-    """The base-model fingerprint of a diffusers UNet: ``adapter.base_model_fingerprint`` of
+    """The base-model fingerprint of a diffusers UNet: ``fingerprint.base_model_fingerprint`` of
     its attn2 K/V weights under their canonical names (as the ComfyUI backend hashes them)."""
-    layers = find_cross_attention(denoiser.unet)
-    return base_model_fingerprint(kv_weights_of({denoiser.canonical_layer_name(n): m for n, m in layers.items()}))
+    return base_model_fingerprint(kv_weights_of(canonical_layers(denoiser)))
 
 
 def bundle_from_diffusers(
@@ -251,3 +253,21 @@ def bundle_from_diffusers(
         device=weight.device,
         compute_dtype=weight.dtype,
     )
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:
+    """A ``ModelBundle`` from a local diffusers folder or a single-file SD checkpoint.
+
+    Never downloads: a folder must hold the pipeline, a file must be a full checkpoint.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(path)
+    if path.is_dir():
+        pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, safety_checker=None)
+    elif path.is_file():
+        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, local_files_only=True)
+    else:
+        raise ValueError(f"model path {path} does not exist: give a diffusers folder or a .safetensors checkpoint")
+    pipe.to(device)
+    return bundle_from_diffusers(pipe)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..concepts import Concept, ConceptImage, ConceptSet
+from ..data.concepts import Concept, ConceptImage, ConceptSet
 from .render import RenderedScene
 from .render import render_scene as _render_spec
 from .world import (

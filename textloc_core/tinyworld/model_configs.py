@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 
-from ..sd15_config import SD15_SCHEDULER_CONFIG
+from ..sampling.schedule import SD_SCHEDULER_CONFIG
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
@@ -154,7 +154,7 @@ CLIP_VISION_CONFIG: dict = {
 }
 
 # ---------------------------------------------------------------- scheduler (SD1's)
-SCHEDULER_CONFIG: dict = dict(SD15_SCHEDULER_CONFIG)
+SCHEDULER_CONFIG: dict = dict(SD_SCHEDULER_CONFIG)
 """TinyWorld is trained and sampled on SD1.5's noise schedule, so code tuned on it transfers."""
 
 

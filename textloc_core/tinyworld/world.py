@@ -11,11 +11,11 @@ a shape class the model knows. They are the NEW concepts personalisation experim
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
-IMAGE_SIZE = 64
+from .shapes import IMAGE_SIZE, object_coverage
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond")
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -155,8 +155,6 @@ def _sample_kind(rng: np.random.Generator, kinds: tuple[ObjectKind, ...]) -> Obj
 
 def place_objects(rng: np.random.Generator, kinds: list[ObjectKind], tries: int = 200) -> tuple[PlacedObject, ...]:
     """Random positions and sizes for ``kinds`` keeping each object mostly visible and in frame."""
-    from .render import object_coverage  # local import: render depends on this module
-
     for _ in range(tries):
         placed = []
         for kind in kinds:
@@ -228,7 +226,3 @@ def personalization_specs(name: str, seed: int, n_images: int = 5) -> list[Scene
         bg = BACKGROUNDS[i % len(BACKGROUNDS)] if n_images >= len(BACKGROUNDS) else BACKGROUNDS[rng.integers(4)]
         specs.append(SceneSpec(bg, objs, int(rng.integers(2**31))))
     return specs
-
-
-def with_background(spec: SceneSpec, background: str) -> SceneSpec:
-    return replace(spec, background=background)

@@ -15,13 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.nn import functional as F
 
-
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max each (h, w) map of a (..., h, w) batch to [0, 1]; a constant map becomes 0
-    (nothing stands out, so nothing is drawn hot)."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    high = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - low) / (high - low).clamp_min(1e-12)
+from ..attention.maps import normalize_maps
 
 
 def jet(values: torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,26 @@ SD pipelines configure it) for sampling. The sampler can route cross-attention t
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
-from .attention import AttentionRouter, CapturedMap
-from .backends.base import DenoiserBackend
+from ..attention.cross_attention import AttentionRouter, CapturedMap
+from ..backends.base import DenoiserBackend
 
 TRAIN_TIMESTEPS = 1000
+
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": TRAIN_TIMESTEPS,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+"""This schedule as a diffusers scheduler config (SD1.x's: DDPM training, DDIM sampling)."""
 
 
 def alphas_cumprod(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = TRAIN_TIMESTEPS) -> torch.Tensor:

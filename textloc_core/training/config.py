@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
-GUIDANCE_METHODS = ("hard", "soft", "none")
-"""hard: pull the token map onto the mask; soft: suppress it outside the mask;
-none: no attention loss (Custom Diffusion), the same code path."""
+from ..attention.guidance import GUIDANCE_METHODS
 
 
 @dataclass
@@ -54,7 +52,6 @@ class TrainConfig:
     """"auto" (bf16 on CUDA when supported, fp16 otherwise, fp32 on CPU), "fp32", "bf16", "fp16"."""
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in GUIDANCE_METHODS:
@@ -88,6 +85,23 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_widgets(
+        cls, *, guidance: str, steps: int, learning_rate: float, batch: int, prior_images: int, seed: int,
+        checkpoint_every: int, resolution: int = 0, attention_weight: float = 1.0,
+    ) -> "TrainConfig":
+        """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
+        ``guidance`` is ``method``, ``attention_weight`` is ``lambda_attn``, ``batch`` is the
+        instance batch (and the prior batch when ``prior_images`` > 0, which turns prior
+        preservation on), ``resolution`` 0 is the photos' own size."""
+        prior = prior_images > 0
+        return cls(
+            method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,
+            prior_batch=batch if prior else 0, prior_images_per_class=prior_images,
+            lambda_prior=1.0 if prior else 0.0, lambda_attn=attention_weight, seed=seed,
+            checkpoint_every=checkpoint_every, resolution=resolution or None,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":

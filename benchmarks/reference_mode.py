@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .attention import AttentionRouter, CapturedMap
-from .backends.base import ModelBundle
+from textloc_core.attention.cross_attention import AttentionRouter, CapturedMap
+from textloc_core.backends.base import ModelBundle
 
 
 @dataclass

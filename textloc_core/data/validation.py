@@ -9,7 +9,6 @@ holds the tokenizer, so this module stays free of models.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 import torch
@@ -18,6 +17,7 @@ from .concepts import ConceptSet
 from .imaging import fit_mask
 from .masks import mask_coverage
 from .safe_io import check_name
+from .tokens import is_plain_word, token_text_problem
 
 FULL_MASK_COVERAGE = 0.99
 """A mask covering at least this fraction of its photo cannot localise anything."""
@@ -27,9 +27,6 @@ LATENT_FACTOR = 8
 
 MAX_LISTED = 20
 """Problems spelled out in the message (all of them stay in ``ConceptSetError.problems``)."""
-
-_SEPARATORS = ("/", "\\")
-_PLAIN_WORD = re.compile(r"[A-Za-z]+")
 
 
 class ConceptSetError(ValueError):
@@ -67,19 +64,6 @@ def validate_concept_set(
         raise ConceptSetError(problems)
 
 
-def _token_problem(token: str, owner: str) -> str | None:
-    """Why ``token`` cannot be an identifier token (it is written in prompts and file names), or None."""
-    if not isinstance(token, str) or not token.strip():
-        return f"{owner} has an empty token: give it a new word such as '<doll>'"
-    if any(sep in token for sep in _SEPARATORS) or ".." in token:
-        return f"token {token!r} of {owner} contains a path separator or '..': use letters, digits, '_', '<', '>'"
-    if any(ch.isspace() for ch in token):
-        return f"token {token!r} of {owner} contains whitespace: a token must be one word, e.g. '<{token.split()[0]}>'"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in token):
-        return f"token {token!r} of {owner} contains control characters"
-    return None
-
-
 def _concept_problems(cs: ConceptSet, vocabulary_check) -> list[str]:
     problems: list[str] = []
     if not cs.concepts:
@@ -92,9 +76,9 @@ def _concept_problems(cs: ConceptSet, vocabulary_check) -> list[str]:
             check_name(concept.name, "concept name")  # names become file and folder names
         except ValueError as error:
             problems.append(str(error))
-        token_issue = _token_problem(concept.token, owner)
+        token_issue = token_text_problem(concept.token)
         if token_issue:
-            problems.append(token_issue)
+            problems.append(f"token {concept.token!r} of {owner} {token_issue}")
         # Names become file names and tokens are lower-cased by CLIP: compare without case.
         key = (concept.name or "").casefold()
         if key in seen_names:
@@ -107,7 +91,7 @@ def _concept_problems(cs: ConceptSet, vocabulary_check) -> list[str]:
                 "each concept needs its own new token"
             )
         seen_tokens.setdefault(token_key, concept.name)
-        if not token_issue and _PLAIN_WORD.fullmatch(concept.token or ""):
+        if not token_issue and is_plain_word(concept.token):
             problems.append(
                 f"token {concept.token!r} of {owner} is a plain word: the identifier must be new to the "
                 f"model, e.g. '<{concept.token.lower()}>'"

@@ -3,10 +3,9 @@
 No SD weights exist on our machines and none may be downloaded, but time and memory of a
 training step depend on the architecture, not on the weight values. This module holds the
 published SD1.5 configs (``runwayml/stable-diffusion-v1-5``: UNet, VAE, CLIP ViT-L/14 text
-encoder, noise schedule) and builds randomly initialised diffusers / transformers modules
-from them, for the performance benchmark (``scripts/bench_performance.py``) and anything else
-that needs SD1.5-shaped compute. diffusers / transformers are imported inside the builders so
-importing this module costs nothing.
+encoder; the noise schedule is ``textloc_core.sampling.schedule``'s) and builds randomly
+initialised diffusers / transformers modules from them, for the performance benchmark
+(``scripts/bench_performance.py``). diffusers / transformers are imported inside the builders.
 """
 
 from __future__ import annotations
@@ -72,19 +71,6 @@ SD15_TEXT_CONFIG: dict[str, Any] = {
 }
 """CLIP ViT-L/14 text tower as SD1.5 uses it (123M parameters)."""
 
-SD15_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
-"""SD1.5's noise schedule (DDPM training, DDIM sampling)."""
-
-
 def sd15_unet_config(sample_size: int | None = None) -> dict[str, Any]:
     """A copy of the SD1.5 UNet config; ``sample_size`` (latent side) defaults to 64 (512 px)."""
     config = dict(SD15_UNET_CONFIG)
@@ -138,11 +124,3 @@ def build_sd15_text_encoder(*, num_layers: int | None = None, seed: int = 0, dty
         model = CLIPTextModel(CLIPTextConfig(**config))
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
-
-def build_sd15_schedulers():
-    """(DDPMScheduler for training noise, DDIMScheduler for sampling) with SD1.5's schedule."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    ddpm = DDPMScheduler(**{k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one",)})
-    ddim = DDIMScheduler(**SD15_SCHEDULER_CONFIG)
-    return ddpm, ddim

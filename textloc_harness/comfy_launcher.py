@@ -1,6 +1,6 @@
 """Start a real ComfyUI headless with the textloc pack installed, and talk to it over HTTP.
 
-Used by the README's demo command (textloc_core.demo) and by the integration tests, so
+Used by the README's demo command (textloc_harness.demo) and by the integration tests, so
 both exercise ComfyUI exactly the way a user's headless queue does. ComfyUI is never
 imported here: it runs as a subprocess (``main.py --cpu --listen 127.0.0.1``) in a
 private directory layout (models/input/output/temp/user/custom_nodes), so nothing is

@@ -168,3 +168,44 @@ class AttentionRouter:
             picked = torch.gather(mean_heads, 2, slots.unsqueeze(1).expand(-1, n_query, -1))
             self.captured.append(CapturedMap(layer, picked if self.keep_grad else picked.detach()))
         return out
+
+
+class AveragingRouter(AttentionRouter):
+    """An ``AttentionRouter`` that averages each layer's maps over its calls (the sampling
+    steps) instead of keeping one ``CapturedMap`` per call: the running sums stay on the
+    device, and ``averaged()`` gives one map per layer for ``maps.token_maps``.
+
+    ``keep_rows``: the batch rows whose maps count (e.g. the conditional half of a CFG
+    batch); ``rows`` may be overridden where that changes from call to call. A call that
+    keeps no row adds nothing.
+    """
+
+    def __init__(self, layers: set[str] | None = None, token_slots: torch.Tensor | None = None,
+                 keep_rows: slice | None = None):
+        super().__init__(layers=layers, token_slots=token_slots, keep_grad=False)
+        self.keep_rows = keep_rows
+        self.sums: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    def rows(self, batch: int) -> slice | list[int]:
+        """The rows of a batch of ``batch`` whose maps are added."""
+        return self.keep_rows if self.keep_rows is not None else slice(None)
+
+    def __call__(self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+        out = super().__call__(layer, q, k, v, heads)
+        if self.token_slots is None:
+            return out
+        probs = self.captured.pop().probs
+        picked = probs[self.rows(probs.shape[0])].float()  # stays on the device: no sync per call
+        if picked.shape[0] == 0:
+            return out
+        if layer not in self.sums:
+            self.sums[layer], self.calls[layer] = picked, 1
+        elif self.sums[layer].shape == picked.shape:
+            self.sums[layer] += picked
+            self.calls[layer] += 1
+        return out
+
+    def averaged(self) -> list[CapturedMap]:
+        """One map per layer: the mean over the calls that kept rows."""
+        return [CapturedMap(layer, total / self.calls[layer]) for layer, total in self.sums.items()]

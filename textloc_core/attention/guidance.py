@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .config import GUIDANCE_METHODS
+GUIDANCE_METHODS = ("hard", "soft", "none")
+"""hard: pull the token map onto the mask; soft: suppress it outside the mask;
+none: no attention loss (Custom Diffusion), the same code path."""
 
 
 def _per_concept_hard(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -12,23 +12,22 @@ It is stored as one safetensors file whose header carries the metadata as string
 node can list adapters (``read_adapter_metadata``) without loading a tensor. Saving is
 atomic; loading verifies a checksum, the required keys and the format version.
 
-``apply_adapters`` turns base K/V weights into patched ones (``W0 + sum strength_i * delta_i``)
-after checking that each adapter was trained on this architecture and this base model.
-Writers for ComfyUI's and diffusers' own formats live in ``adapter_formats``.
+Putting adapters onto a model (checked against its architecture and base weights) is
+``composition``; the files of ComfyUI's and diffusers' own loaders are ``formats``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import safe_io
+from ..backends.fingerprint import PROJECTIONS
+from ..data import safe_io
 
 FORMAT_NAME = "textloc.adapter"
 FORMAT_VERSION = 1
@@ -36,7 +35,6 @@ FORMAT_VERSION = 1
 
 _KV_PREFIX = "kv."
 _EMB_PREFIX = "emb."
-_PROJECTIONS = ("to_k", "to_v")
 _REQUIRED_HEADER = ("format", "format_version", "base_fingerprint", "architecture", "concepts", "method")
 _FIX_CORRUPT = "re-save it or retrain"
 
@@ -67,7 +65,7 @@ class AdapterMetadata:
     """Everything about an adapter except its tensors; stored as strings in the file header.
 
     ``concepts``: one dict per concept with ``name``, ``token``, ``class_word`` and
-    ``init_word`` (``textloc_core.concepts.Concept`` fields). ``data_hashes``: source ->
+    ``init_word`` (``textloc_core.data.concepts.Concept`` fields). ``data_hashes``: source ->
     sha256 of each training image and mask, so a result can be traced to its data.
     """
 
@@ -184,7 +182,7 @@ class Adapter:
     def validate(self, path: str | os.PathLike = "adapter") -> None:
         """Raise ValueError if keys, shapes and metadata do not fit together."""
         for key, delta in self.kv_deltas.items():
-            if not key.endswith(tuple(f".{p}" for p in _PROJECTIONS)):
+            if not key.endswith(tuple(f".{p}" for p in PROJECTIONS)):
                 raise ValueError(f"{path}: K/V key {key!r} must end in .to_k or .to_v")
             expected = self.metadata.architecture.get(key)
             if expected is None:
@@ -237,156 +235,3 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     adapter.kv_deltas, adapter.token_embeddings, adapter.metadata = deltas, embeddings, metadata
     adapter.validate(path)
     return adapter
-
-
-def _describe_mismatch(adapter_arch: Mapping[str, list[int]], model_arch: Mapping[str, list[int]]) -> str:
-    only_adapter = sorted(set(adapter_arch) - set(model_arch))
-    only_model = sorted(set(model_arch) - set(adapter_arch))
-    reshaped = sorted(k for k in set(adapter_arch) & set(model_arch) if list(adapter_arch[k]) != list(model_arch[k]))
-    parts = [f"adapter has {len(adapter_arch)} K/V layers, the model {len(model_arch)}"]
-    if only_adapter:
-        parts.append(f"e.g. {only_adapter[0]!r} is missing from the model")
-    if only_model:
-        parts.append(f"e.g. the model's {only_model[0]!r} is not in the adapter")
-    if reshaped:
-        k = reshaped[0]
-        parts.append(f"{k!r} is {list(adapter_arch[k])} in the adapter but {list(model_arch[k])} in the model")
-    return "; ".join(parts)
-
-
-def check_compatible(
-    adapter: Adapter,
-    kv_weights: Mapping[str, torch.Tensor],
-    base_fingerprint: str | None = None,
-    *,
-    allow_base_mismatch: bool = False,
-    name: str = "adapter",
-) -> None:
-    """Raise ValueError unless ``adapter`` fits the model whose K/V weights are ``kv_weights``.
-
-    The architecture must match exactly (it cannot be forced: the shapes would not add up).
-    A different base fingerprint (same architecture, other weights: a different checkpoint
-    or fine-tune) is an error unless ``allow_base_mismatch``.
-    """
-    model_arch = architecture_signature(kv_weights)
-    if adapter.metadata.architecture != model_arch:
-        raise ValueError(
-            f"{name} was trained for another model architecture ({_describe_mismatch(adapter.metadata.architecture, model_arch)}): "
-            "load it onto the model family it was trained on (SD1.x, SD2.x or SDXL)"
-        )
-    expected = adapter.metadata.base_fingerprint
-    if base_fingerprint is not None and expected and expected != base_fingerprint and not allow_base_mismatch:
-        raise ValueError(
-            f"{name} was trained on base model {expected}, but this model is {base_fingerprint}: load the "
-            "checkpoint it was trained on, or set allow_base_mismatch (ComfyUI: 'ignore base mismatch') "
-            "to apply it anyway, usually at a lower strength"
-        )
-
-
-def composed_deltas(
-    adapters: Iterable[tuple[Adapter, float]], kv_weights: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Sum of ``strength * delta`` per K/V key over several adapters (float32)."""
-    total: dict[str, torch.Tensor] = {}
-    for adapter, strength in adapters:
-        for key, delta in adapter.kv_deltas.items():
-            scaled = delta.to(device=kv_weights[key].device, dtype=torch.float32) * float(strength)
-            total[key] = total[key] + scaled if key in total else scaled
-    return total
-
-
-def composed_embeddings(adapters: Iterable[Adapter]) -> dict[str, torch.Tensor]:
-    """All adapters' token embeddings in one dict; a token two adapters define differently is an error."""
-    out: dict[str, torch.Tensor] = {}
-    for adapter in adapters:
-        for token, emb in adapter.token_embeddings.items():
-            if token in out and not torch.equal(out[token], emb):
-                raise ValueError(
-                    f"token {token!r} is defined by two of the adapters being combined with different "
-                    "embeddings: retrain one of them with another token"
-                )
-            out[token] = emb
-    return out
-
-
-def apply_adapters(
-    kv_weights: Mapping[str, torch.Tensor],
-    adapters: Iterable[tuple[Adapter, float]],
-    base_fingerprint: str | None = None,
-    *,
-    allow_base_mismatch: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Patched K/V weights ``W0 + sum_i strength_i * delta_i`` for every key any adapter touches.
-
-    ``kv_weights`` (canonical key -> W0) is not modified: keeping it is the restore. The result
-    has each weight's own dtype and device; the sum is formed in float32.
-    """
-    pairs = list(adapters)
-    for index, (adapter, _strength) in enumerate(pairs):
-        check_compatible(adapter, kv_weights, base_fingerprint, allow_base_mismatch=allow_base_mismatch, name=f"adapter {index + 1}")
-    deltas = composed_deltas(pairs, kv_weights)
-    return {key: (kv_weights[key].float() + delta).to(kv_weights[key].dtype) for key, delta in deltas.items()}
-
-
-def kv_weights_of(layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """``{"<canonical>.to_k": weight, ...}`` from canonical layer name -> attn2 module."""
-    return {f"{name}.{proj}": getattr(attn, proj).weight for name, attn in layers.items() for proj in _PROJECTIONS}
-
-
-FINGERPRINT_DTYPE = torch.float16
-"""The dtype K/V weights are hashed in (see ``base_model_fingerprint``)."""
-
-
-def base_model_fingerprint(kv_weights: Mapping[str, torch.Tensor]) -> str:
-    """The base-model fingerprint: a short sha256 of the attn2 K/V weights keyed
-    ``"<canonical layer>.to_k"`` / ``".to_v"``, in sorted key order.
-
-    Every backend (diffusers, ComfyUI) computes it here, so one checkpoint has one
-    fingerprint everywhere. The weights are hashed as float16, whatever dtype the model was
-    loaded in: an fp16 checkpoint loaded in fp32 (or fp16) hashes its exact stored values, and
-    an fp32 checkpoint loaded in fp16 hashes the same values as when it is loaded in fp32
-    (fp32 -> fp16 rounds to nearest either way), so the dtype a user picks in a loader never
-    reads as "another base model".
-
-    Residual edge case: bf16 (and fp8) keep fewer mantissa bits than fp16, so an fp32 or fp16
-    checkpoint *loaded in* bf16 has already lost bits and hashes differently from the same
-    checkpoint loaded in fp16/fp32. A bf16-stored checkpoint is consistent in any dtype
-    (bf16 -> fp32 is exact, and bf16 -> fp16 rounds as bf16 -> fp32 -> fp16 does). Where a
-    user hits the edge case, ``allow_base_mismatch`` overrides the check.
-    """
-    digest = hashlib.sha256()
-    for key in sorted(kv_weights):
-        # cast on the weight's own device first: half the bytes to copy off a GPU
-        weight = kv_weights[key].detach().to(FINGERPRINT_DTYPE).cpu().contiguous()
-        digest.update(f"{key}{tuple(weight.shape)}".encode())
-        digest.update(weight.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-class PatchedModules:
-    """Apply adapters to live ``nn.Linear`` K/V modules in place, and put the originals back.
-
-    ``modules``: canonical key (``"<layer>.to_k"``) -> the ``nn.Linear``. Use as a context
-    manager, or call ``restore()``; the originals are kept as CPU copies meanwhile.
-    """
-
-    def __init__(self, modules: Mapping[str, torch.nn.Module], adapters: Iterable[tuple[Adapter, float]], base_fingerprint: str | None = None, *, allow_base_mismatch: bool = False):
-        weights = {key: module.weight for key, module in modules.items()}
-        patched = apply_adapters(weights, adapters, base_fingerprint, allow_base_mismatch=allow_base_mismatch)
-        self._modules = dict(modules)
-        self._originals = {key: weights[key].detach().to("cpu", copy=True) for key in patched}
-        with torch.no_grad():
-            for key, value in patched.items():
-                weights[key].copy_(value)
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for key, original in self._originals.items():
-                self._modules[key].weight.copy_(original)
-        self._originals.clear()
-
-    def __enter__(self) -> "PatchedModules":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.restore()

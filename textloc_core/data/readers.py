@@ -32,30 +32,15 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .concepts import Concept, ConceptImage, ConceptSet
-from .imaging import IMAGE_SUFFIXES, fit_pair, open_picture, picture_to_image
-from .masks import MASK_CHANNELS, to_binary_mask
+from .concepts import Concept, ConceptSet
+from .layout import PhotoReader, default_class_word, default_token, image_listing, make_concepts, natural_key, shown_path
+from .masks import MASK_CHANNELS
 from .safe_io import is_inside
 
 PAPER_DATASET_ENV = "TEXTLOC_PAPER_DATASET"
 MANIFEST_NAMES = ("textloc.json", "textloc.yaml", "textloc.yml", "manifest.json", "manifest.yaml", "manifest.yml")
-IGNORED_FILES = {"thumbs.db", "desktop.ini"}
-"""Files operating systems drop into folders; skipped like hidden (dot) files."""
-
-
-def default_token(name: str) -> str:
-    """The identifier token a concept gets unless one is given: ``"<name>"``, lower-cased (CLIP
-    lower-cases prompts) with anything but letters, digits, ``_`` and ``-`` made ``_``
-    ("My Doll" -> ``<my_doll>``), so it is one word that can sit in a prompt and a file name."""
-    return "<" + re.sub(r"[^a-z0-9_-]", "_", name.strip().lower()) + ">"
-
-
-def default_class_word(name: str) -> str:
-    """The class word a concept gets unless one is given: its name, underscores as spaces."""
-    return name.replace("_", " ").strip()
 
 
 def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
@@ -76,104 +61,6 @@ def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
     if (path / "resized").is_dir():
         return read_paper_folder(path, **options)
     return read_folder(path, **options)
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _natural_key(text: str) -> list:
-    """Sort key that puts "2" before "10", as a person numbering photos expects."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
-def _listing(folder: Path, root: Path) -> dict[str, Path]:
-    """Image files of ``folder`` by stem, naturally sorted. Hidden and OS files are skipped;
-    anything else that is not an image, or two files with one stem, is an error."""
-    found: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir(), key=lambda p: _natural_key(p.name)):
-        if entry.name.startswith(".") or entry.name.lower() in IGNORED_FILES or entry.is_dir():
-            continue
-        shown = _shown(entry, root)
-        if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            raise ValueError(
-                f"{shown} is not an image file ({', '.join(IMAGE_SUFFIXES)}): move it out of {_shown(folder, root)}/"
-            )
-        if entry.stem in found:
-            raise ValueError(
-                f"{_shown(found[entry.stem], root)} and {shown} have the same name: keep one of them"
-            )
-        found[entry.stem] = entry
-    return found
-
-
-def _shown(path: Path, root: Path) -> str:
-    """``path`` as a person should see it in an error: relative to the dataset folder."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
-
-
-@dataclass(frozen=True)
-class _Reading:
-    """How one dataset is read: its folder (for error messages) and the mask/resize options."""
-
-    root: Path
-    invert_masks: bool = False
-    mask_channel: str = "auto"
-    resolution: int | None = None
-    center_crop: bool = True
-
-    def load(self, index: int, image_path: Path, mask_paths: Mapping[str, Path]) -> ConceptImage:
-        """Read one photo and its masks; resize them together when ``resolution`` is given."""
-        image = picture_to_image(open_picture(image_path, _shown(image_path, self.root)))
-        masks = {}
-        for name, mask_path in mask_paths.items():
-            shown = _shown(mask_path, self.root)
-            masks[name] = to_binary_mask(
-                open_picture(mask_path, shown),
-                invert=self.invert_masks,
-                channel=self.mask_channel,
-                what=f"mask {index} of concept {name!r} ({shown})",
-            )
-            if tuple(masks[name].shape) != tuple(image.shape[1:]):
-                raise ValueError(
-                    f"mask {index} of concept {name!r} ({shown}) is {masks[name].shape[1]}x{masks[name].shape[0]} "
-                    f"but its image {_shown(image_path, self.root)} is {image.shape[2]}x{image.shape[1]}: "
-                    "save the mask at the photo's size"
-                )
-        if self.resolution is not None:
-            image, masks = fit_pair(image, masks, self.resolution, self.center_crop)
-        return ConceptImage(
-            image=image,
-            masks=masks,
-            source=_shown(image_path, self.root),
-            mask_sources={name: _shown(path, self.root) for name, path in mask_paths.items()},
-        )
-
-
-
-def _make_concepts(
-    names: list[str],
-    tokens: Mapping[str, str] | None,
-    class_words: Mapping[str, str] | None,
-    where: str,
-    base: Mapping[str, Concept] | None = None,
-) -> list[Concept]:
-    """Concepts for ``names``: ``tokens`` / ``class_words`` overrides, else the ``base`` concept's
-    values (from a manifest), else the defaults. Overrides naming no concept are an error."""
-    tokens, class_words, base = dict(tokens or {}), dict(class_words or {}), dict(base or {})
-    for label, overrides in (("tokens", tokens), ("class_words", class_words)):
-        unknown = sorted(set(overrides) - set(names))
-        if unknown:
-            raise ValueError(f"{label}: {unknown} are not concepts of {where} (its concepts: {names})")
-    concepts = []
-    for name in names:
-        given = base.get(name) or Concept(name, default_token(name), default_class_word(name))
-        concepts.append(
-            Concept(name, tokens.get(name, given.token), class_words.get(name, given.class_word), given.init_word)
-        )
-    return concepts
 
 
 # ----------------------------------------------------------------------------- folder layout
@@ -199,11 +86,11 @@ def read_folder(
             f"{root} is not a concept folder: expected images/ and masks/<concept>/ subfolders, "
             f"a manifest ({' or '.join(MANIFEST_NAMES[:2])}), or the paper layout (resized/ + mask/)"
         )
-    images = _listing(images_dir, root)
+    images = image_listing(images_dir, root)
     if not images:
-        raise ValueError(f"{_shown(images_dir, root)}/ holds no images: add the photos of your concepts")
+        raise ValueError(f"{shown_path(images_dir, root)}/ holds no images: add the photos of your concepts")
     names = sorted(
-        (p.name for p in masks_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_natural_key
+        (p.name for p in masks_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key
     )
     if not names:
         raise ValueError("masks/ has no concept subfolders: put each concept's masks in masks/<concept name>/")
@@ -215,21 +102,21 @@ def read_folder(
                 "define exactly one concept per masks/ subfolder"
             )
         names = defined  # keep the caller's order
-    ordered = _make_concepts(names, tokens, class_words, str(root), {c.name: c for c in concepts or []})
-    reading = _Reading(root, invert_masks, mask_channel, resolution, center_crop)
+    ordered = make_concepts(names, tokens, class_words, str(root), {c.name: c for c in concepts or []})
+    reading = PhotoReader(root, invert_masks, mask_channel, resolution, center_crop)
     masks_of: dict[str, dict[str, Path]] = {stem: {} for stem in images}
     for name in names:
-        for stem, path in _listing(masks_dir / name, root).items():
+        for stem, path in image_listing(masks_dir / name, root).items():
             if stem not in images:
                 raise ValueError(
-                    f"{_shown(path, root)} has no photo images/{stem}.*: remove the mask or add its photo"
+                    f"{shown_path(path, root)} has no photo images/{stem}.*: remove the mask or add its photo"
                 )
             masks_of[stem][name] = path
     items = []
     for index, (stem, image_path) in enumerate(images.items()):
         if not masks_of[stem]:
             raise ValueError(
-                f"image {index} ({_shown(image_path, root)}) has no mask in any of masks/{{{','.join(names)}}}/: "
+                f"image {index} ({shown_path(image_path, root)}) has no mask in any of masks/{{{','.join(names)}}}/: "
                 f"add masks/<concept>/{stem}.png or remove the photo"
             )
         items.append(reading.load(index, image_path, masks_of[stem]))
@@ -346,13 +233,13 @@ def read_manifest(
     if channel not in MASK_CHANNELS:
         raise ValueError(f"manifest {path.name}: mask_channel {channel!r} is not one of {MASK_CHANNELS}")
     concepts = [_parse_concept(entry, index) for index, entry in enumerate(data["concepts"])]
-    concepts = _make_concepts(
+    concepts = make_concepts(
         [c.name for c in concepts], tokens, class_words, f"manifest {path.name}", {c.name: c for c in concepts}
     )
     if not isinstance(data["images"], list) or not data["images"]:
         raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
     known = {c.name for c in concepts}
-    reading = _Reading(root, invert, channel, resolution, center_crop)
+    reading = PhotoReader(root, invert, channel, resolution, center_crop)
     items = []
     for index, entry in enumerate(data["images"]):
         what = f"manifest images[{index}]"
@@ -382,7 +269,7 @@ def find_paper_dataset(repo_root: str | os.PathLike | None = None) -> Path | Non
     configured = os.environ.get(PAPER_DATASET_ENV)
     if configured:
         return Path(configured) if Path(configured).is_dir() else None
-    repo = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parent.parent
+    repo = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parents[2]
     candidate = repo.parent / "shared" / "paper-dataset"
     return candidate if candidate.is_dir() else None
 
@@ -443,26 +330,26 @@ def read_paper_folder(
     for name, mask_dir in mask_dirs.items():
         if not mask_dir.is_dir():
             raise ValueError(f"{root.name}: the masks of {name!r} should be in {mask_dir.name}/, which is missing")
-    concepts = _make_concepts(names, tokens, class_words, root.name)
+    concepts = make_concepts(names, tokens, class_words, root.name)
     base = root.parent  # errors and sources read "bucket+doll/mask_1/x.png"
-    photos = _listing(root / "resized", base)
+    photos = image_listing(root / "resized", base)
     if not photos:
         raise ValueError(f"{root.name}/resized/ holds no photos")
-    listings = {name: _listing(mask_dir, base) for name, mask_dir in mask_dirs.items()}
+    listings = {name: image_listing(mask_dir, base) for name, mask_dir in mask_dirs.items()}
     for name, masks in listings.items():
         extra = sorted(set(masks) - set(photos))
         missing = sorted(set(photos) - set(masks))
         if extra or missing:
             detail = (
-                f"{_shown(masks[extra[0]], base)} has no photo in resized/"
+                f"{shown_path(masks[extra[0]], base)} has no photo in resized/"
                 if extra
-                else f"{_shown(photos[missing[0]], base)} has no mask in {mask_dirs[name].name}/"
+                else f"{shown_path(photos[missing[0]], base)} has no mask in {mask_dirs[name].name}/"
             )
             raise ValueError(
                 f"{root.name}: {len(photos)} photos but {len(masks)} masks of {name!r}: {detail}; "
                 "every photo needs one mask per concept with the same file name"
             )
-    reading = _Reading(base, resolution=resolution, center_crop=center_crop)
+    reading = PhotoReader(base, resolution=resolution, center_crop=center_crop)
     items = [
         reading.load(index, path, {name: listings[name][stem] for name in names})
         for index, (stem, path) in enumerate(photos.items())

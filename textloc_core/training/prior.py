@@ -16,10 +16,10 @@ from typing import Callable
 
 import torch
 
-from .backends.base import ModelBundle
+from ..backends.base import ModelBundle
 from .config import TrainConfig
-from .safe_io import load_tensors, save_tensors
-from .schedule import ddim_sample
+from ..data.safe_io import load_tensors, save_tensors
+from ..sampling.schedule import ddim_sample
 
 _MEMORY: dict[str, torch.Tensor] = {}
 """Process-wide cache for runs without a cache folder (tests, repeated API calls)."""

@@ -1,12 +1,12 @@
-"""Evaluation steps shared by the TinyWorld table and the paper-protocol harness.
+"""Scoring steps shared by the TinyWorld table, the paper-protocol harness and the Score
+Images node.
 
 * ``image_scores``: CLIP-I against references, CLIP-T against the prompts without their
   identifier tokens, KID against the references: one dict per set of generations.
-* ``attention_on_images``: the identifier tokens' cross-attention maps on GIVEN images
-  (noised at fixed timesteps, one UNet forward each, adapters applied), so they can be
-  compared with known masks by ``metrics.attention_iou``. Generated images have no ground-
-  truth mask; images with exact masks do, which makes this the clean localization measure:
-  does the token look at its object, or at the object that stood next to it in training?
+* ``score_images`` / ``score_report``: those plus attention IoU, and the markdown table.
+* ``load_feature_model``: TinyWorld's CLIP or a local CLIP folder.
+
+Where a token looks is measured in ``localization``.
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import metrics, schedule
-from .api import applied
-from .attention import AttentionRouter
-from .backends.base import ModelBundle
-from .concepts import ConceptSet
-from .maps import choose_layers, slot_layout, token_maps
+from ..data.concepts import ConceptSet
+from . import features, metrics
 
 
 def only_concepts(concept_set: ConceptSet, names: Sequence[str]) -> ConceptSet:
@@ -41,13 +37,13 @@ def only_concepts(concept_set: ConceptSet, names: Sequence[str]) -> ConceptSet:
 
 
 def image_scores(
-    feature_model: metrics.FeatureModel,
+    feature_model: features.FeatureModel,
     images: torch.Tensor,
     prompts: Sequence[str],
     references: torch.Tensor,
     *,
     tokens: Sequence[str] | None = None,
-    kid_feature: nn.Module | metrics.FeatureModel | None = None,
+    kid_feature: nn.Module | features.FeatureModel | None = None,
     kid_subset_size: int = 5,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -70,72 +66,22 @@ def image_scores(
     return scores
 
 
-def attention_on_images(
-    bundle: ModelBundle,
-    adapters: Sequence,
-    images: torch.Tensor,
-    prompts: Sequence[str],
-    tokens: Sequence[str],
-    *,
-    timesteps: Sequence[int] = (200, 500, 800),
-    map_levels: tuple[int, ...] | str = "all",
-    seed: int = 0,
-    batch_size: int = 16,
-) -> torch.Tensor:
-    """(B, K, h, w) maps of ``tokens`` on ``images`` (B, 3, H, W) in [0, 1], prompt i for image i.
-
-    Each image is noised at each of ``timesteps`` with seeded noise, denoised once with the
-    adapters applied, and the captured maps (min-max normalised per resolution, resolutions
-    chosen by ``map_levels``) are averaged over timesteps. A token absent from a prompt gets
-    a zero map for that image.
-    """
-    if len(prompts) != len(images):
-        raise ValueError(f"prompts: {len(prompts)} prompts for {len(images)} images; give one per image")
-    denoiser = bundle.denoiser
-    out = []
-    with torch.no_grad(), applied(bundle, list(adapters)) as embeddings:
-        missing = [t for t in tokens if t not in embeddings]
-        if missing:
-            raise ValueError(f"tokens: {missing} are not identifier tokens of the applied adapters {sorted(embeddings)}")
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size].to(bundle.device)
-            encoded = bundle.text.encode(list(prompts[start : start + batch_size]), embeddings)
-            latents = denoiser.encode_images(chunk).float()
-            layout = slot_layout(encoded.token_positions, list(tokens))
-            router = AttentionRouter(layers=None, token_slots=layout.slots.to(bundle.device), keep_grad=False)
-            summed = 0
-            for t in timesteps:
-                generator = torch.Generator().manual_seed(seed * 1000 + int(t) + start)
-                noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-                t_batch = torch.full((len(latents),), int(t), dtype=torch.long, device=latents.device)
-                noisy = schedule.add_noise(latents, noise, t_batch)
-                with denoiser.route_attention(router):
-                    denoiser.predict(noisy.to(bundle.compute_dtype), t_batch, encoded.context.to(bundle.compute_dtype))
-                layers = choose_layers({m.layer: m.probs.shape[1] for m in router.captured}, map_levels)
-                chosen = [m for m in router.captured if m.layer in layers]
-                maps = token_maps(chosen, layout, tuple(latents.shape[-2:]))
-                router.clear()
-                summed = summed + maps * layout.present[..., None, None].to(maps)
-            out.append((summed / len(timesteps)).cpu())
-    return torch.cat(out)
-
-
-def load_feature_model(choice: str) -> metrics.FeatureModel:
+def load_feature_model(choice: str) -> features.FeatureModel:
     """The feature model for image scores: ``"tinyworld"`` (TinyWorld's shipped CLIP) or the path
-    of a local CLIP folder (``metrics.ClipFeatureModel.from_directory``; nothing downloads)."""
+    of a local CLIP folder (``features.ClipFeatureModel.from_directory``; nothing downloads)."""
     choice = (choice or "").strip()
     if not choice:
         raise ValueError("feature_model: empty; write 'tinyworld' or the path of a local CLIP folder")
     if choice.lower() == "tinyworld":
-        from . import tinyworld
+        from .. import tinyworld
 
         text, vision, tokenizer = tinyworld.load_clip()
-        return metrics.ClipFeatureModel(vision, text, tokenizer)
-    return metrics.ClipFeatureModel.from_directory(choice)
+        return features.ClipFeatureModel(vision, text, tokenizer)
+    return features.ClipFeatureModel.from_directory(choice)
 
 
 def score_images(
-    feature_model: metrics.FeatureModel,
+    feature_model: features.FeatureModel,
     images: torch.Tensor,
     references: torch.Tensor,
     prompt: str,

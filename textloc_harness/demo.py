@@ -1,7 +1,7 @@
 """The README's main command: run the TinyWorld demo in a real, headless ComfyUI.
 
     python3 scripts/quickstart.py demo            # sets up, then runs this module
-    python -m textloc_core.demo --out textloc-output
+    python -m textloc_harness.demo --out textloc-output
 
 Starts ComfyUI (``--cpu``) with this pack installed in a private temporary layout, queues
 workflows/api/tinyworld_demo_api.json (personalise a held-out TinyWorld concept from
@@ -168,7 +168,7 @@ def run_on_server(client: ComfyClient, layout: ComfyLayout, workflow_path: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m textloc_core.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m textloc_harness.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("textloc-output"),
                         help="folder for images, overlays and summary.md (created)")
     parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW,

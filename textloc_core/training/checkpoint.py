@@ -3,7 +3,7 @@
 Layout of a run's checkpoint folder::
 
     <dir>/step-000000120/tensors.safetensors   trainable tensors (K/V deltas, token embeddings)
-                         state.safetensors     every tensor inside optimizer / RNG / extra state
+                         state.safetensors     every tensor inside optimizer / extra state
                          state.json            everything else, with placeholders for those tensors
                          manifest.json         sha256 + size of the three files above (written last)
 
@@ -14,8 +14,8 @@ walks steps newest first and returns the first one whose manifest and files veri
 damaged newest checkpoint falls back to the previous one.
 
 Non-tensor state is stored as JSON with explicit tags for what JSON lacks (tuples, dicts with
-non-string keys, numpy arrays, tensors), so ``torch.optim`` state dicts and RNG states come
-back exactly, bit for bit.
+non-string keys, numpy arrays, tensors), so ``torch.optim`` state dicts come back exactly,
+bit for bit.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from . import safe_io
+from ..data import safe_io
 
 FORMAT_NAME = "textloc.checkpoint"
 FORMAT_VERSION = 1
@@ -125,7 +125,6 @@ def save_checkpoint(
     step: int,
     tensors: Mapping[str, torch.Tensor],
     optimizer_state: Mapping | None,
-    rng_state: Mapping | None,
     config_json: str,
     extra: Mapping | None = None,
     keep: int = 3,
@@ -133,9 +132,9 @@ def save_checkpoint(
     """Write checkpoint ``step`` into ``directory`` atomically; keep only the newest ``keep``.
 
     ``tensors``: the trainable tensors by name. ``optimizer_state``: e.g.
-    ``optimizer.state_dict()``. ``rng_state``: any nest of tensors / numpy arrays / tuples
-    (torch, CUDA, numpy, python ``random`` states). ``config_json``: the run's TrainConfig
-    JSON, checked on resume. ``extra``: JSON-able info (loss history, concept tokens...).
+    ``optimizer.state_dict()`` (any nest of tensors / numpy arrays / tuples / dicts).
+    ``config_json``: the run's TrainConfig JSON, checked on resume. ``extra``: JSON-able
+    info (loss history, concept tokens...).
     Returns the step folder.
     """
     if step < 0:
@@ -155,7 +154,6 @@ def save_checkpoint(
             "step": step,
             "config_json": config_json,
             "optimizer": encode_state(optimizer_state, state_tensors, "optimizer"),
-            "rng": encode_state(rng_state, state_tensors, "rng"),
             "extra": encode_state(dict(extra or {}), state_tensors, "extra"),
         }
         safe_io.save_tensors(work / "tensors.safetensors", tensors)
@@ -197,7 +195,6 @@ class Checkpoint:
     step: int
     tensors: dict[str, torch.Tensor]
     optimizer_state: Any
-    rng_state: Any
     config_json: str
     extra: dict
     path: Path
@@ -247,7 +244,8 @@ def _config_difference(saved: str, current: str, ignore: tuple[str, ...]) -> lis
         return [] if saved == current else ["config"]
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return [] if a == b else ["config"]
-    keys = sorted((set(a) | set(b)) - set(ignore))
+    # a setting only the checkpoint names no longer exists, so it cannot change what runs now
+    keys = sorted(set(b) - set(ignore))
     return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]
 
 
@@ -262,7 +260,6 @@ def load_checkpoint(step_dir: str | os.PathLike) -> Checkpoint:
         step=int(state["step"]),
         tensors=tensors,
         optimizer_state=decode_state(state["optimizer"], state_tensors),
-        rng_state=decode_state(state["rng"], state_tensors),
         config_json=state["config_json"],
         extra=decode_state(state["extra"], state_tensors),
         path=step_dir,
@@ -278,8 +275,9 @@ def load_latest_checkpoint(
 
     Damaged or half-written step folders are skipped (listed in ``Checkpoint.skipped``).
     When ``config_json`` is given and the checkpoint was written by a run with different
-    settings (other than ``ignore_config_keys``: extending a run is fine), raises ValueError
-    naming the differences, since resuming it would silently mix two experiments.
+    settings (other than ``ignore_config_keys``: extending a run is fine; settings that only
+    the checkpoint names are retired ones), raises ValueError naming the differences, since
+    resuming it would silently mix two experiments.
     """
     skipped: list[str] = []
     for step in reversed(list_checkpoints(directory)):
@@ -301,7 +299,3 @@ def load_latest_checkpoint(
         return checkpoint
     return None
 
-
-def checkpoint_dir_for(root: str | os.PathLike, run_name: str) -> Path:
-    """The checkpoint folder of run ``run_name`` under ``root``; the name may not leave it."""
-    return safe_io.safe_join(root, run_name, what="run name")

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 
-from . import safe_io
+from ..data import safe_io
 from .adapter import Adapter, AdapterMetadata, architecture_signature
-from .unet_names import ldm_to_diffusers_attn2, diffusers_to_ldm_attn2
+from ..backends.unet_names import ldm_to_diffusers_attn2, diffusers_to_ldm_attn2
 
 COMFY_UNET_PREFIX = "diffusion_model."
 CUSTOM_DIFFUSION_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
@@ -63,11 +63,6 @@ def write_comfy_unet_patch(adapter: Adapter, path: str | os.PathLike, dtype: tor
     header = adapter.metadata.to_header()
     header["format"] = "textloc.comfy_unet_patch"
     return safe_io.save_tensors(path, comfy_unet_patch(adapter, dtype), header)
-
-
-def comfy_embedding_name(token: str) -> str:
-    """The NAME of ``embedding:NAME`` for ``token`` (``<doll1>`` -> ``doll1``)."""
-    return safe_io.safe_filename(token, "token")
 
 
 def write_comfy_embedding(
@@ -95,28 +90,6 @@ def write_comfy_embedding(
             tensors[key] = embedding[:, start : start + width]
             start += width
     return safe_io.save_tensors(path, tensors, {"format": "textloc.comfy_embedding"})
-
-
-def write_comfy_files(
-    adapter: Adapter,
-    loras_dir: str | os.PathLike,
-    embeddings_dir: str | os.PathLike,
-    name: str,
-    encoder_dims: Mapping[str, int] | None = None,
-) -> dict[str, Any]:
-    """Write ``<loras_dir>/<name>.safetensors`` and one ``<embeddings_dir>/<token name>.safetensors``
-    per token. ``name`` is user input and may not leave ``loras_dir``.
-
-    Returns ``{"unet_patch": path, "embeddings": {token: path}, "prompt_words": {token: "embedding:NAME"}}``.
-    """
-    unet_path = safe_io.safe_join(loras_dir, f"{safe_io.check_name(name, 'adapter name')}.safetensors", what="adapter name")
-    write_comfy_unet_patch(adapter, unet_path)
-    paths, words = {}, {}
-    for token, embedding in adapter.token_embeddings.items():
-        emb_name = comfy_embedding_name(token)
-        paths[token] = write_comfy_embedding(embedding, safe_io.safe_join(embeddings_dir, f"{emb_name}.safetensors"), encoder_dims)
-        words[token] = f"embedding:{emb_name}"
-    return {"unet_patch": unet_path, "embeddings": paths, "prompt_words": words}
 
 
 # --- diffusers Custom Diffusion ------------------------------------------------------------

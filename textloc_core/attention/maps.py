@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attention import CapturedMap
+from .cross_attention import AttentionRouter, CapturedMap
 
 
 @dataclass
@@ -53,6 +53,16 @@ def slot_layout(token_positions: list[dict[str, list[int]]], tokens: list[str]) 
             weights[b, t, k] = 1.0 / counts[k]
             present[b, k] = True
     return SlotLayout(slots, weights, present, list(tokens))
+
+
+def attn2_query_counts(denoiser, latents: torch.Tensor, context: torch.Tensor, dtype: torch.dtype) -> dict[str, int]:
+    """Query pixels of every attn2 layer (canonical name) for latents of this size: one
+    routed forward without gradient, so levels are found by walking, never hard-coded."""
+    router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
+    with torch.no_grad(), denoiser.route_attention(router):
+        t = torch.zeros(1, dtype=torch.long, device=latents.device)
+        denoiser.predict(latents[:1].to(dtype), t, context[:1].to(dtype))
+    return {m.layer: m.probs.shape[1] for m in router.captured}
 
 
 def layer_factors(query_counts: dict[str, int]) -> dict[str, int]:
@@ -98,11 +108,12 @@ def _grid(n_query: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def _normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max per (sample, concept) over pixels, as the paper's code does."""
+def normalize_maps(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Min-max each (h, w) map of a (..., h, w) batch to [0, 1], as the paper's code does; a
+    constant map becomes 0 (nothing stands out, so nothing is drawn hot)."""
     low = maps.amin(dim=(-2, -1), keepdim=True)
     high = maps.amax(dim=(-2, -1), keepdim=True)
-    return (maps - low) / (high - low).clamp_min(1e-8)
+    return (maps - low) / (high - low).clamp_min(eps)
 
 
 def token_maps(
@@ -117,7 +128,7 @@ def token_maps(
     """Fold captured probabilities into (B, K, h, w) per-concept token maps.
 
     ``rows`` picks the batch rows to use (the trainer passes the instance rows, leaving out
-    prior rows; the sampler passes the conditional half). ``map_size`` is the side of the
+    prior rows; an ``AveragingRouter`` has kept only the rows that count). ``map_size`` is the side of the
     common grid (None: the largest captured resolution); non-square latents keep their aspect.
     """
     if not captured:
@@ -141,5 +152,5 @@ def token_maps(
         level = per_concept.reshape(*per_concept.shape[:2], h, w)
         if (h, w) != target:
             level = F.interpolate(level, size=target, mode="bilinear", align_corners=False)
-        levels.append(_normalise(level) if normalize else level)
+        levels.append(normalize_maps(level, eps=1e-8) if normalize else level)
     return torch.stack(levels).mean(dim=0)

@@ -1,0 +1,1 @@
+"""Code only the benchmarks (scripts/bench_*.py) and their tests use."""

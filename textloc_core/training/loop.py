@@ -1,0 +1,138 @@
+"""One training loop for every method (hard, soft, none): Textual Localization / Custom Diffusion.
+
+Trainable: an additive delta on W_K and W_V of every attn2 layer (``KVDeltaInjector``) and
+one new embedding per concept token (``setup.Trainables``). ``setup`` builds the run,
+``step.train_step`` is one optimiser step (the loss is in ``step``'s module doc), and
+``train`` here runs the steps: freezing the base model, polling for a stop, writing and
+resuming checkpoints. With method "none" nothing is routed or captured, so the baseline
+costs exactly a Custom Diffusion step.
+
+Reproducibility: each step's batch choice, timesteps and noise come from a generator seeded
+by (seed, step), so a run resumed from a checkpoint continues bit-identically on CPU without
+replaying any RNG.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..backends.base import ModelBundle
+from ..data.concepts import ConceptSet
+from . import checkpoint
+from .config import TrainConfig
+from .result import StepReport, TrainResult
+from .setup import TrainingRun, setup, setup_prior
+from .step import Optimization, TrainingDiverged, train_step
+
+__all__ = ["StepReport", "TrainResult", "TrainingDiverged", "train"]
+
+
+def train(
+    bundle: ModelBundle,
+    concept_set: ConceptSet,
+    config: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_step: Callable[[StepReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    prior_cache_dir: Path | None = None,
+) -> TrainResult:
+    """Train ``concept_set``'s tokens and the attn2 K/V deltas of ``bundle``; see the module doc.
+
+    The base model is left bit-identical (hooks removed, requires_grad restored). Works
+    when called under ``torch.inference_mode`` (ComfyUI does). ``should_stop`` is polled
+    before every step; a stop returns the partial result with ``stopped_early=True``.
+    With ``checkpoint_dir`` a checkpoint is written every ``config.checkpoint_every`` steps
+    and at the end; ``resume=True`` continues from the latest one there.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        frozen = [(p, p.requires_grad) for m in _models(bundle) for p in m.parameters()]
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        try:
+            return _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_stop, prior_cache_dir)
+        finally:
+            for p, flag in frozen:
+                p.requires_grad_(flag)
+
+
+def _models(bundle: ModelBundle) -> list[torch.nn.Module]:
+    """Every torch module a backend holds (UNet, VAE, text encoder...), whatever its attribute
+    names, so training can freeze them all and restore their flags afterwards."""
+    found: dict[int, torch.nn.Module] = {id(bundle.denoiser.unet): bundle.denoiser.unet}
+    for owner in (bundle.text, bundle.denoiser):
+        for value in vars(owner).values():
+            if isinstance(value, torch.nn.Module):
+                found.setdefault(id(value), value)
+    return list(found.values())
+
+
+def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_stop, prior_cache_dir) -> TrainResult:
+    run = setup(bundle, concept_set, config)
+    try:
+        optimization = Optimization.for_run(run)
+        prior_ready = setup_prior(run, prior_cache_dir, should_stop)
+    except BaseException:
+        run.injector.remove()
+        raise
+    history: list[dict[str, float]] = []
+    stopped = not prior_ready
+    with run.hooks():
+        start = 0
+        if resume and checkpoint_dir is not None and prior_ready:
+            state = checkpoint.load_latest_checkpoint(Path(checkpoint_dir), config_json=config.to_json())
+            if state is not None:
+                run.trainables.load_checkpoint(state.tensors)
+                optimization.optimizer.load_state_dict(state.optimizer_state)
+                start, history = state.step, list(state.extra.get("history", []))
+        for step in range(start, config.steps) if prior_ready else ():
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            began = time.perf_counter()
+            try:
+                losses = train_step(run, optimization, step)
+            except Exception:
+                # A host may abort a step from inside the model once asked to stop (ComfyUI
+                # 0.33 checks its interrupt flag in every layer). The step had not updated
+                # anything yet, so the steps before it are kept like any other stop.
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                raise
+            history.append(losses)
+            done = step + 1
+            if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
+                _save(checkpoint_dir, done, run, optimization, history)
+            if on_step is not None:
+                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began))
+        if stopped and checkpoint_dir is not None and len(history) > start:
+            _save(checkpoint_dir, len(history), run, optimization, history)
+        kv_deltas, token_embeddings = run.trainables.copies()
+        return TrainResult(
+            kv_deltas=kv_deltas,
+            token_embeddings=token_embeddings,
+            history=history,
+            stopped_early=stopped,
+            steps_done=len(history),
+            fingerprint=bundle.fingerprint,
+            config=config,
+            prompts=list(run.prompts),
+        )
+
+
+def _save(checkpoint_dir, step: int, run: TrainingRun, optimization: Optimization, history) -> None:
+    # No RNG state: every step's randomness is derived from (seed, step).
+    checkpoint.save_checkpoint(
+        Path(checkpoint_dir),
+        step,
+        run.trainables.to_checkpoint(),
+        optimization.optimizer.state_dict(),
+        run.config.to_json(),
+        extra={"history": history},
+    )

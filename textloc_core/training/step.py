@@ -1,0 +1,176 @@
+"""One training step: draw the batch, one UNet forward, the loss terms, one optimiser update.
+
+Each step, in one forward over [instance; prior]:
+
+    loss = mse(instance) + lambda_prior * mse(prior) + lambda_attn * attention_loss(maps, masks)
+
+where the maps are the concept tokens' cross-attention probabilities captured from that same
+forward (instance rows only). Everything random about a step comes from (seed, step) alone,
+so a resumed run continues bit-identically without replaying any RNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..attention.guidance import attention_loss
+from ..attention.maps import slot_layout, token_maps
+from ..data.masks import mask_to_grid
+from ..sampling import schedule
+from .setup import TrainingRun
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The RNG of one step, a pure function of (seed, step) so resume needs no replay."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + 1) % (2**63))
+
+
+def epoch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
+    """Instance images of ``step``, as a shuffling data loader would give them: each epoch a
+    fresh permutation of the ``n`` images (seeded by (seed, epoch)), consumed ``batch`` at a
+    time, so every image is seen equally often and resume needs no replay."""
+    picks = []
+    for position in range(step * batch, (step + 1) * batch):
+        epoch, offset = divmod(position, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch * 104_729 + 7) % (2**63)))
+        picks.append(int(order[offset]))
+    return torch.tensor(picks, dtype=torch.long)
+
+
+def draw(run: TrainingRun, step: int):
+    """(instance rows, prior rows or None, timesteps, noise) of ``step``, from (seed, step) alone."""
+    config = run.config
+    g = step_generator(config.seed, step)
+    inst = epoch_indices(config.seed, step, len(run.latents), config.instance_batch)
+    prior = None
+    if run.prior_latents is not None:
+        prior = torch.randint(len(run.prior_latents), (config.prior_batch,), generator=g)
+    total = len(inst) + (0 if prior is None else len(prior))
+    timesteps = torch.randint(0, schedule.TRAIN_TIMESTEPS, (total,), generator=g)
+    noise = torch.randn((total, *run.latents.shape[1:]), generator=g)
+    return inst, prior, timesteps, noise
+
+
+def losses(run: TrainingRun, inst, prior, timesteps, noise) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """The loss terms of one forward over [instance rows ``inst``; prior rows ``prior``],
+    and the instance rows' (B, K, h, w) token maps (None when not guided)."""
+    config, dtype, dev = run.config, run.bundle.compute_dtype, run.device
+    denoiser = run.bundle.denoiser
+    n_inst = len(inst)
+    prompts = [run.prompts[i] for i in inst.tolist()]
+    unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once per step
+    with torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+        encoded = run.bundle.text.encode(unique, run.trainables.token_embeddings)
+        context = encoded.context[torch.tensor([unique.index(p) for p in prompts], device=encoded.context.device)]
+        positions = [encoded.token_positions[unique.index(p)] for p in prompts]
+        latents = run.latents[inst.to(dev)]
+        if prior is not None:
+            latents = torch.cat([latents, run.prior_latents[prior.to(dev)]])
+            context = torch.cat([context, run.prior_context[run.prior_prompt_index[prior].to(dev)].to(context.dtype)])
+        noise, timesteps = noise.to(dev), timesteps.to(dev)
+        noisy = schedule.add_noise(latents, noise, timesteps)
+        router = run.router
+        if router is not None:
+            # Prior rows get empty slots; only instance rows feed the attention loss.
+            layout = slot_layout(positions + [{}] * (len(latents) - n_inst), run.tokens)
+            router.clear()
+            router.token_slots = layout.slots.to(dev)
+        pred = denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype))
+    pred = pred.float()
+    target = schedule.training_target(denoiser.prediction_type, latents, noise, timesteps)
+    masks = run.masks[inst].to(dev)
+    terms = {"instance": instance_loss(config.masked_denoise_loss, pred[:n_inst], target[:n_inst], masks)}
+    terms["prior"] = F.mse_loss(pred[n_inst:], target[n_inst:]) if prior is not None else pred.sum() * 0.0
+    maps = None
+    if router is not None:
+        maps = token_maps(
+            router.captured, layout, run.latent_hw, rows=slice(0, n_inst),
+            map_size=config.map_size, normalize=config.normalize_maps,
+        )
+        present = layout.present[:n_inst].to(dev)
+        terms["attention"] = attention_loss(config.method, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
+    else:
+        terms["attention"] = pred.sum() * 0.0
+    terms["loss"] = terms["instance"] + config.lambda_prior * terms["prior"] + config.lambda_attn * terms["attention"]
+    return terms, maps
+
+
+def instance_loss(masked: bool, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """MSE of the instance rows; ``masked`` (Break-A-Scene): only the named concepts' pixels count."""
+    if not masked:
+        return F.mse_loss(pred, target)
+    union = mask_to_grid(masks.amax(dim=1), tuple(pred.shape[-2:])).unsqueeze(1)
+    return ((pred - target) ** 2 * union).sum() / (union.sum() * pred.shape[1]).clamp_min(1e-8)
+
+
+def _adamw(config):
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW when ``use_8bit_adam`` (CUDA only)."""
+    if not config.use_8bit_adam:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ValueError("use_8bit_adam: bitsandbytes is not installed; pip install bitsandbytes or turn it off") from None
+    return bitsandbytes.optim.AdamW8bit
+
+
+@dataclass
+class Optimization:
+    """The optimiser of a run's trainables, with the fp16 loss scaler when autocast needs one."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    max_grad_norm: float
+
+    @classmethod
+    def for_run(cls, run: TrainingRun) -> "Optimization":
+        config = run.config
+        optimizer = _adamw(config)(
+            run.trainables.parameters(),
+            lr=config.effective_learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_epsilon,
+            weight_decay=config.weight_decay,
+        )
+        scaler = torch.amp.GradScaler("cuda") if run.amp == torch.float16 else None
+        return cls(optimizer, scaler, config.max_grad_norm)
+
+    def update(self, total: torch.Tensor) -> None:
+        """Backward of ``total``, gradient clipping, one optimiser step."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.max_grad_norm and self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+
+def train_step(run: TrainingRun, optimization: Optimization, step: int) -> dict[str, float]:
+    """One optimiser step (0-based ``step``); returns the losses as floats."""
+    terms, _ = losses(run, *draw(run, step))
+    total = terms["loss"]
+    if not torch.isfinite(total):
+        raise TrainingDiverged(
+            f"step {step + 1}: loss is {float(total.detach())} ({ {k: float(v.detach()) for k, v in terms.items()} }); "
+            "training stopped and the last good checkpoint is kept. Check the images for NaN, lower the "
+            "learning rate, or use mixed_precision='fp32'."
+        )
+    optimization.update(total)
+    if run.router is not None:
+        run.router.clear()  # drop this step's maps (and any recomputed during backward)
+    return {k: float(v.detach()) for k, v in terms.items()}
