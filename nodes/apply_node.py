@@ -21,8 +21,10 @@ from ..textloc_core.adapters.composition import check_compatible, composed_embed
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
-from .schema import CATEGORY, require_finite
+from .schema import pack_schema, require_finite
 from .train_node import ADAPTER
+
+APPLY_ADAPTER_DESCRIPTION = "Load a TextLoc adapter onto MODEL and CLIP; prompts can then use its tokens (e.g. 'a <doll1> doll'). Chain nodes to use several adapters."
 
 NONE = "(none)"
 
@@ -53,22 +55,15 @@ class ApplyAdapter(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TextLocApplyAdapter",
-            display_name="TextLoc Apply Adapter",
-            category=CATEGORY,
-            description="Load a TextLoc adapter onto MODEL and CLIP; prompts can then use its tokens (e.g. 'a <doll1> doll'). Chain nodes to use several adapters.",
-            inputs=[
-                io.Model.Input("model", tooltip="The base model the adapter was trained on."),
-                io.Clip.Input("clip", tooltip="Its text encoder; the adapter's tokens are added to it."),
-                # listed when the server lists the nodes, so a newly trained adapter shows after a refresh
-                io.Combo.Input("adapter_file", options=[NONE] + paths.list_adapters(), tooltip="An adapter from models/textloc (ignored when the adapter input is connected)."),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Scale of the K/V weight change (1 = as trained). Tokens are always added."),
-                ADAPTER.Input("adapter", optional=True, tooltip="An adapter straight from TextLoc Train (takes precedence over adapter_file)."),
-                io.Boolean.Input("ignore_base_mismatch", default=False, optional=True, tooltip="Apply even if the adapter was trained on other base weights of the same architecture."),
-            ],
-            outputs=[io.Model.Output(), io.Clip.Output()],
-        )
+        return pack_schema("TextLocApplyAdapter", "TextLoc Apply Adapter", APPLY_ADAPTER_DESCRIPTION, outputs=[io.Model.Output(), io.Clip.Output()], inputs=[
+            io.Model.Input("model", tooltip="The base model the adapter was trained on."),
+            io.Clip.Input("clip", tooltip="Its text encoder; the adapter's tokens are added to it."),
+            # listed when the server lists the nodes, so a newly trained adapter shows after a refresh
+            io.Combo.Input("adapter_file", options=[NONE] + paths.list_adapters(), tooltip="An adapter from models/textloc (ignored when the adapter input is connected)."),
+            io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Scale of the K/V weight change (1 = as trained). Tokens are always added."),
+            ADAPTER.Input("adapter", optional=True, tooltip="An adapter straight from TextLoc Train (takes precedence over adapter_file)."),
+            io.Boolean.Input("ignore_base_mismatch", default=False, optional=True, tooltip="Apply even if the adapter was trained on other base weights of the same architecture."),
+        ])
 
     @classmethod
     def fingerprint_inputs(cls, adapter_file=NONE, **_inputs):

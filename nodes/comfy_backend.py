@@ -33,7 +33,7 @@ import torch
 
 from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from ..textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
-from ..textloc_core.backends.base import EncodedPrompts, ModelBundle
+from ..textloc_core.backends.base import EncodedPrompts, ModelBundle, mean_of_pieces
 from .comfy_internals import differentiable_text_encoder, ordinary_weights, text_encoder_tables, unet_forward
 from .comfy_tokens import IdentifierPlacer
 
@@ -52,6 +52,23 @@ def stop_if_cancelled() -> None:
 
     if mm.processing_interrupted():
         raise mm.InterruptProcessingException()
+
+
+@contextmanager
+def cancel_flag_kept() -> Iterator[None]:
+    """Leave ComfyUI's Cancel flag set when a model call inside raises its interrupt.
+
+    ComfyUI 0.33 checks Cancel inside every layer and clears the flag as it raises; the
+    trainer's ``should_stop`` reads the flag to end the run as cancelled (keeping its
+    checkpoint), so it is set again here. ``TextLocTrain`` clears it when it reports the Cancel.
+    """
+    import comfy.model_management as mm
+
+    try:
+        yield
+    except mm.InterruptProcessingException:
+        mm.interrupt_current_processing(True)
+        raise
 
 
 def canonical_layer_name(module_name: str) -> str:
@@ -110,15 +127,12 @@ class ComfyTextBackend:
         self.encoder_sizes = [(f"clip_{key}", dim) for key, dim in self.placer.dims.items()]
 
     # -- vocabulary
-    def initial_embedding(self, init_word: str) -> torch.Tensor:
-        parts = []
-        for key, pieces in self.placer.pieces(init_word).items():
-            if len(pieces) != 1:
-                raise ValueError(
-                    f"init_word: {init_word!r} is {len(pieces)} vocabulary pieces for clip_{key}; pick a single "
-                    "common word (e.g. the class word 'doll')"
-                )
-            parts.append(self.tables[key][pieces[0]].detach().to("cpu", torch.float32).clone())
+    def initial_embedding(self, init_word: str, what: str = "init_word") -> torch.Tensor:
+        # the core's one rule (mean of the word's pieces), per encoder (SDXL: clip_l, clip_g)
+        parts = [
+            mean_of_pieces([self.tables[key][p] for p in pieces], init_word, what)
+            for key, pieces in self.placer.pieces(init_word).items()
+        ]
         with torch.inference_mode(False):
             return torch.cat(parts).unsqueeze(0).clone()
 
@@ -130,7 +144,8 @@ class ComfyTextBackend:
         contexts, positions = [], []
         for prompt in prompts:
             tokens, where = self.placer.tokenize(prompt, token_embeddings)
-            contexts.append(self.clip.encode_from_tokens(tokens))
+            with cancel_flag_kept():
+                contexts.append(self.clip.encode_from_tokens(tokens))
             positions.append(where)
         longest = max(c.shape[1] for c in contexts)
         padded = []
@@ -186,7 +201,7 @@ class ComfyDenoiserBackend:
         if self.vae is None:
             raise ValueError("vae: a VAE is needed to encode the training images")
         stop_if_cancelled()
-        with torch.no_grad():
+        with torch.no_grad(), cancel_flag_kept():
             latents = self.vae.encode(images.movedim(1, -1).float().cpu())
             return self.latent_format.process_in(latents.float()).to(self.device)
 
@@ -202,13 +217,14 @@ class ComfyDenoiserBackend:
 
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         stop_if_cancelled()  # every UNet call: prior generation and training steps stop on Cancel
-        out = unet_forward(
-            self.unet,
-            noisy_latents.to(self.device, self.dtype),
-            timesteps.to(self.device).float(),
-            context.to(self.device, self.dtype),
-            self.transformer_options(),
-        )
+        with cancel_flag_kept():
+            out = unet_forward(
+                self.unet,
+                noisy_latents.to(self.device, self.dtype),
+                timesteps.to(self.device).float(),
+                context.to(self.device, self.dtype),
+                self.transformer_options(),
+            )
         return out.float()
 
     @contextmanager

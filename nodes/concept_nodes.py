@@ -1,6 +1,6 @@
 """Concept-set nodes: ComfyUI IMAGE + MASK, a folder on disk, or TinyWorld -> TEXTLOC_CONCEPTS.
 
-A TEXTLOC_CONCEPTS value is a ``textloc_core.concepts.ConceptSet``. Every node validates
+A TEXTLOC_CONCEPTS value is a ``textloc_core.data.concepts.ConceptSet``. Every node validates
 what it builds (counts, sizes, empty or full masks, names, duplicate tokens) before any
 model is touched, with errors naming the input and the fix.
 """
@@ -18,7 +18,10 @@ from ..textloc_core.data.validation import validate_concept_set
 from ..textloc_core.data.tokens import check_token_text
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
-from .schema import CATEGORY, named
+from .schema import named, pack_schema
+
+CONCEPT_FROM_MASK_DESCRIPTION = "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
+CONCEPT_FOLDER_DESCRIPTION = "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
 
 #: the socket type of a ConceptSet
 CONCEPTS = io.Custom("TEXTLOC_CONCEPTS")
@@ -50,23 +53,16 @@ class ConceptFromMask(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TextLocConceptFromMask",
-            display_name="TextLoc Concept From Mask",
-            category=CATEGORY,
-            description="Define a concept to learn from photos and masks; chain several to learn concepts that appear together.",
-            inputs=[
-                io.Image.Input("images", tooltip="Photos showing the concept (a batch; all the same size)."),
-                io.Mask.Input("masks", tooltip="One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node)."),
-                io.String.Input("name", default="doll", tooltip="Short name of the concept, used in file names (letters, digits, _ -)."),
-                io.String.Input("token", default="<doll1>", tooltip="New identifier word written in prompts for this concept; must not be an existing word."),
-                io.String.Input("class_word", default="doll", tooltip="The class the base model already knows (prompts say 'a <token> <class_word>')."),
-                io.String.Input("init_word", default="", optional=True, tooltip="Word whose embedding the token starts from (empty: the class word). Must be one vocabulary piece."),
-                io.Boolean.Input("invert_mask", default=False, optional=True, tooltip="Flip the masks (use when the concept is black and the background white)."),
-                CONCEPTS.Input("concepts", optional=True, tooltip="Concepts defined so far; this concept is added (masks merge when the photos are the same)."),
-            ],
-            outputs=[named(CONCEPTS, "concepts")],
-        )
+        return pack_schema("TextLocConceptFromMask", "TextLoc Concept From Mask", CONCEPT_FROM_MASK_DESCRIPTION, outputs=[named(CONCEPTS, "concepts")], inputs=[
+            io.Image.Input("images", tooltip="Photos showing the concept (a batch; all the same size)."),
+            io.Mask.Input("masks", tooltip="One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node)."),
+            io.String.Input("name", default="doll", tooltip="Short name of the concept, used in file names (letters, digits, _ -)."),
+            io.String.Input("token", default="<doll1>", tooltip="New identifier word written in prompts for this concept; must not be an existing word."),
+            io.String.Input("class_word", default="doll", tooltip="The class the base model already knows (prompts say 'a <token> <class_word>')."),
+            io.String.Input("init_word", default="", optional=True, tooltip="Word whose embedding the token starts from (empty: the class word); a word of several vocabulary pieces starts from their mean."),
+            io.Boolean.Input("invert_mask", default=False, optional=True, tooltip="Flip the masks (use when the concept is black and the background white)."),
+            CONCEPTS.Input("concepts", optional=True, tooltip="Concepts defined so far; this concept is added (masks merge when the photos are the same)."),
+        ])
 
     @classmethod
     def execute(cls, images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> io.NodeOutput:
@@ -140,19 +136,12 @@ class ConceptFolder(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TextLocConceptFolder",
-            display_name="TextLoc Concept Folder",
-            category=CATEGORY,
-            description="Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout.",
-            inputs=[
-                io.String.Input("folder", default="paper:bucket+doll", tooltip="Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."),
-                io.Int.Input("resolution", default=512, min=0, max=2048, step=8, tooltip="Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size."),
-                io.String.Input("tokens", default="", optional=True, tooltip="Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>')."),
-                io.String.Input("class_words", default="", optional=True, tooltip="Class words per concept, e.g. 'cat_figurine=figurine' (default: the name)."),
-            ],
-            outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images")],
-        )
+        return pack_schema("TextLocConceptFolder", "TextLoc Concept Folder", CONCEPT_FOLDER_DESCRIPTION, outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images")], inputs=[
+            io.String.Input("folder", default="paper:bucket+doll", tooltip="Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."),
+            io.Int.Input("resolution", default=512, min=0, max=2048, step=8, tooltip="Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size."),
+            io.String.Input("tokens", default="", optional=True, tooltip="Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>')."),
+            io.String.Input("class_words", default="", optional=True, tooltip="Class words per concept, e.g. 'cat_figurine=figurine' (default: the name)."),
+        ])
 
     @classmethod
     def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:

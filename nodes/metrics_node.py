@@ -1,6 +1,6 @@
 """TextLoc Score Images: CLIP-I, CLIP-T, KID and attention IoU of generated images, in a graph.
 
-A thin node: the scores come from ``textloc_core.evaluation.score_images`` (the same code the
+A thin node: the scores come from ``textloc_core.evaluation.scoring.score_images`` (the same code the
 TinyWorld table uses). It is an output node so a graph can end in it: the markdown report is
 written to ComfyUI's output folder and shown in the UI, and the numbers are outputs too.
 """
@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..textloc_core.evaluation import scoring as evaluation
+from ..textloc_core.evaluation import scoring
+from ..textloc_core.sampling.schedule import Cancelled
 from .read_access import readable_path
-from .schema import CATEGORY, named
+from .schema import named, pack_schema
+
+SCORE_IMAGES_DESCRIPTION = ("CLIP-I, CLIP-T (identifier tokens removed from the prompt), KID and, given attention maps and "
+                         "a target mask, attention IoU. Writes a markdown report to the output folder.")
 
 #: weight files that need unpickling (transformers would torch.load them)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -25,12 +29,12 @@ def stop_if_interrupted() -> None:
 
 
 def load_feature_model(choice: str):
-    """``evaluation.load_feature_model`` for 'tinyworld' or a CLIP folder nodes may read
+    """``scoring.load_feature_model`` for 'tinyworld' or a CLIP folder nodes may read
     (``read_access``): symlinks leading out are refused, pickle-only weights too (never
     unpickled), and loading errors other than the core's own messages name no file content."""
     text = (choice or "").strip()
     if text.lower() == "tinyworld" or not text:
-        return evaluation.load_feature_model(text)
+        return scoring.load_feature_model(text)
     folder = readable_path(text, "feature_model")
     if not folder.is_dir():
         raise ValueError(f"feature_model: {text!r} is a file; give the folder of a local CLIP checkpoint")
@@ -41,7 +45,7 @@ def load_feature_model(choice: str):
             "never loaded; save the checkpoint with safetensors (save_pretrained(..., safe_serialization=True))"
         )
     try:
-        return evaluation.load_feature_model(str(folder))
+        return scoring.load_feature_model(str(folder))
     except Exception as error:
         if isinstance(error, ValueError) and str(error).startswith(("CLIP directory", "feature_model")):
             raise  # the core's own messages: the folder and the fix, no file content
@@ -68,27 +72,18 @@ class ScoreImages(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TextLocScoreImages",
-            display_name="TextLoc Score Images",
-            category=CATEGORY,
-            description=("CLIP-I, CLIP-T (identifier tokens removed from the prompt), KID and, given attention maps and "
-                         "a target mask, attention IoU. Writes a markdown report to the output folder."),
-            inputs=[
-                io.Image.Input("images", tooltip="Generated images to score."),
-                io.Image.Input("references", tooltip="Reference images of the concept (CLIP-I and KID compare against these)."),
-                io.String.Input("prompt", default="a <tw1> star on grass", multiline=True, tooltip="The prompt the images were generated from; <...> identifier tokens are removed for CLIP-T."),
-                io.String.Input("feature_model", default="tinyworld", tooltip="'tinyworld' (TinyWorld's own CLIP) or a local CLIP folder (e.g. clip-vit-large-patch14 as the paper): relative to ComfyUI's input folder, or inside a folder the server owner lists in TEXTLOC_READ_ROOTS; safetensors weights only; nothing is downloaded."),
-                io.Int.Input("kid_subset_size", default=5, min=2, max=1000, tooltip="KID subset size (paper: 5); KID is reported n/a when either set has fewer images."),
-                io.String.Input("filename_prefix", default="textloc/scores", tooltip="Where the markdown report goes, under ComfyUI's output folder."),
-                io.Mask.Input("attention_maps", optional=True, tooltip="Attention maps of the concept token (e.g. TextLoc Attention Preview 'maps'); with target_masks gives IoU."),
-                io.Mask.Input("target_masks", optional=True, tooltip="Where the concept really is: one mask per map, or one for all."),
-                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Cut on the min-max normalised map for IoU."),
-            ],
-            outputs=[named(io.String, "report"), named(io.Float, "clip_i"), named(io.Float, "clip_t"),
-                     named(io.Float, "kid"), named(io.Float, "iou")],
-            is_output_node=True,
-        )
+        return pack_schema("TextLocScoreImages", "TextLoc Score Images", SCORE_IMAGES_DESCRIPTION, outputs=[named(io.String, "report"), named(io.Float, "clip_i"), named(io.Float, "clip_t"),
+                     named(io.Float, "kid"), named(io.Float, "iou")], is_output_node=True, inputs=[
+            io.Image.Input("images", tooltip="Generated images to score."),
+            io.Image.Input("references", tooltip="Reference images of the concept (CLIP-I and KID compare against these)."),
+            io.String.Input("prompt", default="a <tw1> star on grass", multiline=True, tooltip="The prompt the images were generated from; <...> identifier tokens are removed for CLIP-T."),
+            io.String.Input("feature_model", default="tinyworld", tooltip="'tinyworld' (TinyWorld's own CLIP) or a local CLIP folder (e.g. clip-vit-large-patch14 as the paper): relative to ComfyUI's input folder, or inside a folder the server owner lists in TEXTLOC_READ_ROOTS; safetensors weights only; nothing is downloaded."),
+            io.Int.Input("kid_subset_size", default=5, min=2, max=1000, tooltip="KID subset size (paper: 5); KID is reported n/a when either set has fewer images."),
+            io.String.Input("filename_prefix", default="textloc/scores", tooltip="Where the markdown report goes, under ComfyUI's output folder."),
+            io.Mask.Input("attention_maps", optional=True, tooltip="Attention maps of the concept token (e.g. TextLoc Attention Preview 'maps'); with target_masks gives IoU."),
+            io.Mask.Input("target_masks", optional=True, tooltip="Where the concept really is: one mask per map, or one for all."),
+            io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Cut on the min-max normalised map for IoU."),
+        ])
 
     @classmethod
     def execute(cls, images, references, prompt, feature_model, kid_subset_size, filename_prefix,
@@ -96,11 +91,17 @@ class ScoreImages(io.ComfyNode):
         stop_if_interrupted()
         model = load_feature_model(feature_model)
         stop_if_interrupted()
-        scores = evaluation.score_images(
-            model, images.movedim(-1, 1).float(), references.movedim(-1, 1).float(), prompt,
-            kid_subset_size=kid_subset_size, attention_maps=attention_maps, target_masks=target_masks,
-            threshold=threshold)
-        report = evaluation.score_report(scores, n_images=len(images), n_references=len(references),
+        import comfy.model_management as mm
+
+        try:  # the scorer polls Cancel before every chunk of images
+            scores = scoring.score_images(
+                model, images.movedim(-1, 1).float(), references.movedim(-1, 1).float(), prompt,
+                kid_subset_size=kid_subset_size, attention_maps=attention_maps, target_masks=target_masks,
+                threshold=threshold, should_stop=mm.processing_interrupted)
+        except Cancelled:
+            stop_if_interrupted()  # clears ComfyUI's flag and ends the prompt as interrupted
+            raise
+        report = scoring.score_report(scores, n_images=len(images), n_references=len(references),
                                          prompt=prompt, kid_subset_size=kid_subset_size)
         stop_if_interrupted()
         record = _write_report(report, filename_prefix)

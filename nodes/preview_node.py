@@ -4,7 +4,7 @@ Sampling is ComfyUI's own (``comfy.sample.sample``, any sampler and scheduler). 
 the attn2 layers are routed through an ``AttentionRouter`` (``comfy_backend.route_attention``
 on a clone of the MODEL, composing with other packs' attn2 replacements) that keeps, for the
 conditional rows only, the chosen tokens' attention probabilities summed over all steps.
-Those fold into one map per token (``textloc_core.maps.token_maps``, the paper's recipe) and
+Those fold into one map per token (``textloc_core.attention.maps.token_maps``, the paper's recipe) and
 come out three ways: the images, heat-map overlays (image-major, one per token), and the raw
 maps as MASK for downstream nodes.
 """
@@ -19,7 +19,9 @@ from ..textloc_core.attention.cross_attention import AveragingRouter
 from ..textloc_core.attention.maps import choose_layers, slot_layout, token_maps
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
-from .schema import CATEGORY, named, require_finite, seed_input
+from .schema import named, pack_schema, require_finite, seed_input
+
+ATTENTION_PREVIEW_DESCRIPTION = "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
 
 LEVELS = ("all_but_finest", "all")
 
@@ -113,32 +115,25 @@ class AttentionPreview(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         import comfy.samplers
 
-        return io.Schema(
-            node_id="TextLocAttentionPreview",
-            display_name="TextLoc Attention Preview",
-            category=CATEGORY,
-            description="Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token).",
-            inputs=[
-                io.Model.Input("model", tooltip="The model (with TextLoc adapters applied, or any model)."),
-                io.Clip.Input("clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."),
-                io.Vae.Input("vae", tooltip="Decodes the samples."),
-                io.String.Input("prompt", default="photo of a <doll1> doll", multiline=True, tooltip="Prompt to sample; may use adapter tokens."),
-                io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt."),
-                io.String.Input("tokens", default="", tooltip="Comma-separated tokens or words to map (empty: every adapter token in the prompt)."),
-                seed_input("Noise seed.", maximum=0xFFFFFFFFFFFFFFFF),
-                io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
-                io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
-                # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Noise schedule."),
-                io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
-                io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
-                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
-                io.Combo.Input("levels", options=list(LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
-                io.Float.Input("overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Opacity of the heat map over the image."),
-            ],
-            outputs=[named(io.Image, "images"), named(io.Image, "overlays"), named(io.Mask, "maps"), named(io.String, "tokens")],
-        )
+        return pack_schema("TextLocAttentionPreview", "TextLoc Attention Preview", ATTENTION_PREVIEW_DESCRIPTION, outputs=[named(io.Image, "images"), named(io.Image, "overlays"), named(io.Mask, "maps"), named(io.String, "tokens")], inputs=[
+            io.Model.Input("model", tooltip="The model (with TextLoc adapters applied, or any model)."),
+            io.Clip.Input("clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."),
+            io.Vae.Input("vae", tooltip="Decodes the samples."),
+            io.String.Input("prompt", default="photo of a <doll1> doll", multiline=True, tooltip="Prompt to sample; may use adapter tokens."),
+            io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt."),
+            io.String.Input("tokens", default="", tooltip="Comma-separated tokens or words to map (empty: every adapter token in the prompt)."),
+            seed_input("Noise seed.", maximum=0xFFFFFFFFFFFFFFFF),
+            io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
+            io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
+            # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
+            io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
+            io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Noise schedule."),
+            io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
+            io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
+            io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
+            io.Combo.Input("levels", options=list(LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
+            io.Float.Input("overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Opacity of the heat map over the image."),
+        ])
 
     @classmethod
     def execute(cls, model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,

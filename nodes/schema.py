@@ -36,3 +36,9 @@ def require_finite(**values: float) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise ValueError(f"{name}: {value} is not a finite number; enter a number such as the widget's default")
+
+
+def pack_schema(node_id: str, display_name: str, description: str, *, category: str = CATEGORY, **fields) -> io.Schema:
+    """A textloc node's ``io.Schema``: id, menu name and description, in the pack's category unless
+    given; ``fields`` are the rest (inputs, outputs, is_output_node, hidden)."""
+    return io.Schema(node_id=node_id, display_name=display_name, category=category, description=description, **fields)

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..textloc_core.adapters.adapter import Adapter, read_adapter_metadata, save_adapter
-from ..textloc_core.adapters.formats import write_comfy_embedding, write_comfy_unet_patch
+from ..textloc_core.adapters.formats import COMFY_EMBEDDING_FORMAT, write_comfy_embedding, write_comfy_unet_patch
 from ..textloc_core.data import safe_io
 from . import paths
 
 
-EMBEDDING_FORMAT = "textloc.comfy_embedding"
 #: settings that may differ when a run is continued (the checkpoints' own rule)
 CONTINUED_KEYS = ("steps", "checkpoint_every")
 
@@ -209,7 +208,7 @@ def write_files(files: AdapterFiles, adapter: Adapter, encoder_sizes: list[tuple
         raise
     for stale in _other_embeddings(files):
         try:
-            if safe_io.read_metadata(stale, "embedding file").get("format") == EMBEDDING_FORMAT:
+            if safe_io.read_metadata(stale, "embedding file").get("format") == COMFY_EMBEDDING_FORMAT:
                 stale.unlink()
         except (ValueError, OSError):
             pass  # not ours, or gone: leave it

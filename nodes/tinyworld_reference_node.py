@@ -11,8 +11,10 @@ import torch
 from comfy_api.latest import io
 
 from ..textloc_core.tinyworld import BACKGROUNDS, render_scene, world
-from .schema import TINYWORLD_CATEGORY, named, seed_input
+from .schema import TINYWORLD_CATEGORY, named, pack_schema, seed_input
 from .tinyworld_nodes import held_out_input
+
+TINYWORLD_REFERENCES_DESCRIPTION = "Render a held-out TinyWorld concept alone (reference images for TextLoc Score Images)."
 
 
 class TinyWorldReferences(io.ComfyNode):
@@ -20,18 +22,11 @@ class TinyWorldReferences(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TextLocTinyWorldReferences",
-            display_name="TextLoc TinyWorld References",
-            category=TINYWORLD_CATEGORY,
-            description="Render a held-out TinyWorld concept alone (reference images for TextLoc Score Images).",
-            inputs=[
-                held_out_input("Held-out concept to render."),
-                io.Int.Input("images", default=8, min=1, max=256, tooltip="How many renders."),
-                seed_input("Seed of the object placement."),
-            ],
-            outputs=[named(io.Image, "images"), named(io.Mask, "masks")],
-        )
+        return pack_schema("TextLocTinyWorldReferences", "TextLoc TinyWorld References", TINYWORLD_REFERENCES_DESCRIPTION, category=TINYWORLD_CATEGORY, outputs=[named(io.Image, "images"), named(io.Mask, "masks")], inputs=[
+            held_out_input("Held-out concept to render."),
+            io.Int.Input("images", default=8, min=1, max=256, tooltip="How many renders."),
+            seed_input("Seed of the object placement."),
+        ])
 
     @classmethod
     def execute(cls, concept, images, seed) -> io.NodeOutput:

@@ -1,7 +1,7 @@
 """TextLoc Train: MODEL + CLIP + VAE + concepts -> an adapter (and its files).
 
 The node is glue: it builds a ``TrainConfig`` from the widgets, a ``ModelBundle`` from
-ComfyUI's objects (``comfy_backend.training_session``), and calls ``textloc_core.trainer.train``.
+ComfyUI's objects (``comfy_backend.training_session``), and calls ``textloc_core.training.loop.train``.
 Around that it does what a ComfyUI user relies on:
 
 * progress: a ComfyUI progress bar whose preview is the loss curve so far, plus the
@@ -21,16 +21,22 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..textloc_core.training import loop as trainer
+from ..textloc_core.training import loop
 from ..textloc_core.training.result import make_adapter
 from ..textloc_core.training.config import GUIDANCE_METHODS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
 from .concept_nodes import CONCEPTS
-from .schema import CATEGORY, named, require_finite, seed_input
+from .schema import named, pack_schema, require_finite, seed_input
 from .stock_files import check_replace, plan_files, write_files
 from .tinyworld_models import NATIVE_RESOLUTION_ATTR
+
+TRAIN_DESCRIPTION = (
+                "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
+                "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
+                "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
+            )
 
 #: the socket type of an ``Adapter``
 ADAPTER = io.Custom("TEXTLOC_ADAPTER")
@@ -109,38 +115,25 @@ class TextLocTrain(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="TextLocTrain",
-            display_name="TextLoc Train",
-            category=CATEGORY,
-            description=(
-                "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
-                "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
-                "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
-            ),
-            inputs=[
-                io.Model.Input("model", tooltip="The base diffusion model (SD1.x/SD2.x family) from any loader."),
-                io.Clip.Input("clip", tooltip="Its text encoder."),
-                io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
-                CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
-                io.Combo.Input("guidance", options=list(GUIDANCE_METHODS), default="hard", tooltip="hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion."),
-                io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimiser steps (paper: 400 for one concept, 800 for two)."),
-                io.Float.Input("learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False, tooltip="Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5)."),
-                io.Int.Input("batch", default=2, min=1, max=16, tooltip="Training photos per step (and as many prior images)."),
-                io.Int.Input("prior_images", default=0, min=0, max=1000, tooltip="Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off."),
-                seed_input("Seed of batches, timesteps and noise (the same seed gives the same adapter)."),
-                io.Int.Input("checkpoint_every", default=50, min=1, max=100000, tooltip="Write a resumable checkpoint every N steps (and when cancelled)."),
-                io.String.Input("adapter_name", default="textloc_adapter", tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder."),
-                io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training side in pixels; 0 keeps the photos' size."),
-                io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss (paper: 1)."),
-                io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
-                io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px); off: such a resolution is refused before training."),
-                io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
-            ],
-            outputs=[named(ADAPTER, "adapter"), named(io.String, "report")],
-            is_output_node=True,
-            hidden=[io.Hidden.unique_id],
-        )
+        return pack_schema("TextLocTrain", "TextLoc Train", TRAIN_DESCRIPTION, outputs=[named(ADAPTER, "adapter"), named(io.String, "report")], is_output_node=True, hidden=[io.Hidden.unique_id], inputs=[
+            io.Model.Input("model", tooltip="The base diffusion model (SD1.x/SD2.x family) from any loader."),
+            io.Clip.Input("clip", tooltip="Its text encoder."),
+            io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
+            CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
+            io.Combo.Input("guidance", options=list(GUIDANCE_METHODS), default="hard", tooltip="hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion."),
+            io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimiser steps (paper: 400 for one concept, 800 for two)."),
+            io.Float.Input("learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False, tooltip="Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5)."),
+            io.Int.Input("batch", default=2, min=1, max=16, tooltip="Training photos per step (and as many prior images)."),
+            io.Int.Input("prior_images", default=0, min=0, max=1000, tooltip="Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off."),
+            seed_input("Seed of batches, timesteps and noise (the same seed gives the same adapter)."),
+            io.Int.Input("checkpoint_every", default=50, min=1, max=100000, tooltip="Write a resumable checkpoint every N steps (and when cancelled)."),
+            io.String.Input("adapter_name", default="textloc_adapter", tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder."),
+            io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training side in pixels; 0 keeps the photos' size."),
+            io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss (paper: 1)."),
+            io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
+            io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px); off: such a resolution is refused before training."),
+            io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
+        ])
 
     @classmethod
     def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
@@ -182,13 +175,13 @@ class TextLocTrain(io.ComfyNode):
         try:
             with training_session(model, clip, vae) as bundle:
                 validate_concept_set(concepts, vocabulary_check=bundle.text.check_token, resolution=config.resolution)
-                result = trainer.train(
+                result = loop.train(
                     bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
                     on_step=on_step, should_stop=_interrupted, prior_cache_dir=paths.prior_cache_dir(),
                 )
                 adapter = make_adapter(result, concepts, bundle)
                 encoder_sizes = bundle.text.encoder_sizes
-        except trainer.TrainingDiverged as exc:
+        except loop.TrainingDiverged as exc:
             raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
         except mm.InterruptProcessingException:
             mm.interrupt_current_processing(False)  # raised by the backend with the flag left set

@@ -85,3 +85,14 @@ def test_clip_preprocess_crops_centre_square():
     out = features.clip_preprocess(images, 10, mean=(0, 0, 0), std=(1, 1, 1))
     assert out.shape == (1, 3, 10, 10)
     assert out.min().item() > 0.9  # only bicubic ringing at the crop edge; the black sides are cut
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, tiny_clip):
+    """Only safetensors weights are read (use_safetensors=True): a folder whose weights exist
+    only as a pickle (pytorch_model.bin) is refused, never unpickled (issue 14)."""
+    tiny_clip.config.save_pretrained(tmp_path)
+    torch.save(tiny_clip.state_dict(), tmp_path / "pytorch_model.bin")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER / name, tmp_path / name)
+    with pytest.raises((OSError, ValueError), match="safetensors"):
+        features.ClipFeatureModel.from_directory(tmp_path)

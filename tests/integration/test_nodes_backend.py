@@ -246,3 +246,21 @@ def test_non_finite_widget_values_are_refused_naming_the_input(pack, tiny):
         ApplyAdapter.execute(model, clip, "tinyworld_pair.safetensors", float("nan"))
     with pytest.raises(ValueError, match="cfg: inf is not a finite number"):
         AttentionPreview.execute(model, clip, vae, "a star", "", "star", 0, 1, float("inf"), "euler", "normal", 64, 64, 1)
+
+
+def test_multi_piece_class_words_start_from_the_mean_of_their_pieces(pack, tiny):
+    """Issue 14: "cat figurine" (the paper's cat_figurine) starts from the mean of its pieces'
+    rows in each text encoder table, the core's one rule; an empty word blames the input."""
+    comfy_backend, _ = pack
+    model, clip, vae = tiny
+    with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
+        text = bundle.text
+        start = text.initial_embedding("cat figurine", what="concept 'cat_figurine' class_word")
+        assert start.shape == (1, text.embedding_dim) and torch.isfinite(start).all()
+        parts = []
+        for key, pieces in text.placer.pieces("cat figurine").items():
+            assert len(pieces) >= 2, pieces
+            parts.append(torch.stack([text.tables[key][p].float().cpu() for p in pieces]).mean(0))
+        assert torch.allclose(start, torch.cat(parts)[None])
+        with pytest.raises(ValueError, match=r"^concept 'x' class_word: ' ' has no vocabulary pieces"):
+            text.initial_embedding(" ", what="concept 'x' class_word")

@@ -15,15 +15,20 @@ from textloc_harness.comfy_launcher import PACK_NAME, PACK_ROOT, ComfyError, loa
 
 
 def _declared_node_names() -> set[str]:
-    """The node_id of every ``io.Schema(...)`` in nodes/*.py (V3 nodes), read without importing
-    them (importing needs ComfyUI's modules). A node class left out of nodes.NODE_LIST, the
-    list comfy_entrypoint hands ComfyUI, is declared here but not served."""
+    """The node id of every ``pack_schema(...)`` / ``io.Schema(...)`` in nodes/*.py (V3 nodes),
+    read without importing them (importing needs ComfyUI's modules). A node class left out of
+    nodes.NODE_LIST, the list comfy_entrypoint hands ComfyUI, is declared here but not served."""
     names = set()
     for path in sorted((PACK_ROOT / "nodes").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "Schema":
+            if not isinstance(node, ast.Call):
+                continue
+            called = getattr(node.func, "attr", getattr(node.func, "id", None))
+            if called == "Schema":
                 names.update(k.value.value for k in node.keywords
                              if k.arg == "node_id" and isinstance(k.value, ast.Constant))
+            elif called == "pack_schema" and node.args and isinstance(node.args[0], ast.Constant):
+                names.add(node.args[0].value)
     return names
 
 

@@ -49,6 +49,9 @@ _CD_SUFFIX = "_custom_diffusion.weight"
 # --- ComfyUI ---------------------------------------------------------------------------
 
 
+COMFY_EMBEDDING_FORMAT = "textloc.comfy_embedding"
+"""The ``format`` metadata of the embedding files ``write_comfy_embedding`` writes."""
+
 def comfy_unet_patch(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The tensors of a ComfyUI UNet patch file: ``diffusion_model.<key>.diff`` -> delta."""
     return {f"{COMFY_UNET_PREFIX}{key}.diff": delta.to(dtype) for key, delta in adapter.kv_deltas.items()}
@@ -89,7 +92,7 @@ def write_comfy_embedding(
         for key, width in encoder_dims.items():
             tensors[key] = embedding[:, start : start + width]
             start += width
-    return safe_io.save_tensors(path, tensors, {"format": "textloc.comfy_embedding"})
+    return safe_io.save_tensors(path, tensors, {"format": COMFY_EMBEDDING_FORMAT})
 
 
 # --- diffusers Custom Diffusion ------------------------------------------------------------

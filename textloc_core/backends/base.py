@@ -46,11 +46,12 @@ class TextBackend(Protocol):
 
     embedding_dim: int
 
-    def initial_embedding(self, init_word: str) -> torch.Tensor:
+    def initial_embedding(self, init_word: str, what: str = "init_word") -> torch.Tensor:
         """The embedding vector(s) (n_vectors, embedding_dim) a new token starts from.
 
-        ``init_word`` must tokenise to exactly one vocabulary piece; raise ValueError naming
-        the word and the fix otherwise.
+        The mean of the embeddings of ``init_word``'s vocabulary pieces (one piece: its own
+        row; "cat figurine": the mean of "cat" and "figurine"), per text encoder: see
+        ``mean_of_pieces``. ``what`` names the input the word came from in errors.
         """
 
     def check_token(self, token: str) -> None:
@@ -106,3 +107,13 @@ class ModelBundle:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     compute_dtype: torch.dtype = torch.float32
     """dtype of the frozen weights' forward pass; trainable parameters stay float32."""
+
+
+def mean_of_pieces(rows: list[torch.Tensor], word: str, what: str) -> torch.Tensor:
+    """The one rule for where a new token starts: the mean of the embedding rows of ``word``'s
+    vocabulary pieces (common practice for multi-piece words), as a float32 CPU vector.
+    ``what`` is the input ``word`` came from ("init_word", or "class_word" when init_word was
+    left empty): a word with no pieces at all is blamed on it."""
+    if not rows:
+        raise ValueError(f"{what}: {word!r} has no vocabulary pieces to start the token from; give a word, e.g. 'doll'")
+    return torch.stack([row.detach().to("cpu", torch.float32) for row in rows]).mean(0)

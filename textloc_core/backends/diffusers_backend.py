@@ -20,7 +20,7 @@ from torch import nn
 from ..attention.cross_attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
 from ..data.tokens import check_token_text
 from .unet_names import diffusers_to_ldm_attn2
-from .base import EncodedPrompts, ModelBundle
+from .base import EncodedPrompts, ModelBundle, mean_of_pieces
 from .fingerprint import base_model_fingerprint, canonical_layers, kv_weights_of
 
 
@@ -41,14 +41,9 @@ class DiffusersText:
     def _pieces(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def initial_embedding(self, init_word: str) -> torch.Tensor:
-        ids = self._pieces(init_word)
-        if len(ids) != 1:
-            raise ValueError(
-                f"init word {init_word!r} tokenises to {len(ids)} pieces {self.tokenizer.convert_ids_to_tokens(ids)}; "
-                "pick a word that is one CLIP token (e.g. the class word 'doll', or 'sks')"
-            )
-        return self._embedding.weight[ids[0]].detach().float().clone().unsqueeze(0)
+    def initial_embedding(self, init_word: str, what: str = "init_word") -> torch.Tensor:
+        rows = [self._embedding.weight[i] for i in self._pieces(init_word)]
+        return mean_of_pieces(rows, init_word, what).clone().unsqueeze(0)
 
     def check_token(self, token: str) -> None:
         check_token_text(token)

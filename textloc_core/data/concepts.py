@@ -18,7 +18,8 @@ class Concept:
     ``name``: a short human name ("doll"), also used in file names.
     ``token``: the new identifier token written in prompts ("<doll1>"); must be new to the vocabulary.
     ``class_word``: the class the base model knows ("doll"); prior images use it.
-    ``init_word``: the word whose embedding the token starts from (default: ``class_word``).
+    ``init_word``: the word whose embedding the token starts from (default: ``class_word``;
+    a word of several vocabulary pieces starts from their mean).
     """
 
     name: str
@@ -28,7 +29,13 @@ class Concept:
 
     @property
     def initializer(self) -> str:
+        """The word the token starts from: ``init_word``, else the class word."""
         return self.init_word or self.class_word
+
+    @property
+    def initializer_input(self) -> str:
+        """The input ``initializer`` comes from, for errors: "init_word" or "class_word"."""
+        return "init_word" if self.init_word else "class_word"
 
 
 @dataclass

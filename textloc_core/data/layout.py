@@ -13,6 +13,7 @@ from pathlib import Path
 from .concepts import Concept, ConceptImage
 from .imaging import IMAGE_SUFFIXES, fit_pair, open_picture, picture_to_image
 from .masks import to_binary_mask
+from .safe_io import is_inside
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 """Files operating systems drop into folders; skipped like hidden (dot) files."""
@@ -36,14 +37,20 @@ def natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
-def image_listing(folder: Path, root: Path) -> dict[str, Path]:
+def image_listing(folder: Path, root: Path, confine: Path | None = None) -> dict[str, Path]:
     """Image files of ``folder`` by stem, naturally sorted. Hidden and OS files are skipped;
-    anything else that is not an image, or two files with one stem, is an error."""
+    anything else that is not an image, or two files with one stem, is an error. With
+    ``confine`` (the folder being read), a file or folder whose resolved path lies outside it
+    (a symlink out of the dataset) is refused."""
     found: dict[str, Path] = {}
+    if confine is not None:
+        _refuse_outside(folder, root, confine)
     for entry in sorted(folder.iterdir(), key=lambda p: natural_key(p.name)):
         if entry.name.startswith(".") or entry.name.lower() in IGNORED_FILES or entry.is_dir():
             continue
         shown = shown_path(entry, root)
+        if confine is not None:
+            _refuse_outside(entry, root, confine)
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(
                 f"{shown} is not an image file ({', '.join(IMAGE_SUFFIXES)}): move it out of {shown_path(folder, root)}/"
@@ -54,6 +61,13 @@ def image_listing(folder: Path, root: Path) -> dict[str, Path]:
             )
         found[entry.stem] = entry
     return found
+
+
+def _refuse_outside(path: Path, root: Path, confine: Path) -> None:
+    if not is_inside(confine, path):
+        raise ValueError(
+            f"{shown_path(path, root)} leads outside the dataset folder through a link: copy the file in instead"
+        )
 
 
 def shown_path(path: Path, root: Path) -> str:

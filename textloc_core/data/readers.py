@@ -23,7 +23,10 @@ Three layouts are understood (``read_concepts`` picks the right one):
 Concept defaults: token ``"<name>"`` (``<doll>``, ``<cat_figurine>``: readable in prompts and
 never a plain word), class word = the name with ``_`` as spaces. Pass ``tokens=`` /
 ``class_words=`` (or a manifest) to override. Every file error names the file relative
-to the dataset folder. Reading is CPU-only; nothing here touches a GPU.
+to the dataset folder, and no error quotes a file's contents: only ``MANIFEST_NAMES`` are
+parsed, syntax errors give a line and column, manifest values are shown cut short or by type.
+Files (and folders) whose resolved path leaves the folder being read are refused, in every
+layout. Reading is CPU-only; nothing here touches a GPU.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
     """
     path = Path(path)
     if path.is_file():
+        if path.name.lower() not in MANIFEST_NAMES:
+            # any other file could be anything (a config holding a password): never parse it
+            raise ValueError(
+                f"{path.name!r} is not a concept folder or manifest: give a folder, or a manifest named "
+                f"{' / '.join(MANIFEST_NAMES)}"
+            )
         return read_manifest(path, **options)
     if not path.is_dir():
         raise ValueError(f"concept folder {str(path)!r} does not exist")
@@ -57,6 +66,8 @@ def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
     if len(manifests) > 1:
         raise ValueError(f"{path} has several manifests ({', '.join(m.name for m in manifests)}): keep one")
     if manifests:
+        if not is_inside(path, manifests[0]):
+            raise ValueError(f"{manifests[0].name} leads outside the dataset folder through a link: copy the file in instead")
         return read_manifest(manifests[0], **options)
     if (path / "resized").is_dir():
         return read_paper_folder(path, **options)
@@ -86,7 +97,7 @@ def read_folder(
             f"{root} is not a concept folder: expected images/ and masks/<concept>/ subfolders, "
             f"a manifest ({' or '.join(MANIFEST_NAMES[:2])}), or the paper layout (resized/ + mask/)"
         )
-    images = image_listing(images_dir, root)
+    images = image_listing(images_dir, root, confine=root)
     if not images:
         raise ValueError(f"{shown_path(images_dir, root)}/ holds no images: add the photos of your concepts")
     names = sorted(
@@ -106,7 +117,7 @@ def read_folder(
     reading = PhotoReader(root, invert_masks, mask_channel, resolution, center_crop)
     masks_of: dict[str, dict[str, Path]] = {stem: {} for stem in images}
     for name in names:
-        for stem, path in image_listing(masks_dir / name, root).items():
+        for stem, path in image_listing(masks_dir / name, root, confine=root).items():
             if stem not in images:
                 raise ValueError(
                     f"{shown_path(path, root)} has no photo images/{stem}.*: remove the mask or add its photo"
@@ -131,6 +142,14 @@ _IMAGE_KEYS = {"file", "masks"}
 _TOP_KEYS = {"concepts", "images", "invert_masks", "mask_channel"}
 
 
+def quoted(value, limit: int = 32) -> str:
+    """A manifest value as errors may show it: strings quoted and cut to ``limit`` characters,
+    anything else by its type only (a manifest's values are never echoed at length)."""
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 def safe_relative_path(root: Path, raw, what: str) -> Path:
     """Resolve a path written in a manifest, refusing anything that leaves ``root``.
 
@@ -139,19 +158,19 @@ def safe_relative_path(root: Path, raw, what: str) -> Path:
     Backslashes count as separators, so Windows-written manifests behave the same.
     """
     if not isinstance(raw, str) or not raw.strip():
-        raise ValueError(f"{what}: expected a file path relative to the manifest's folder, got {raw!r}")
+        raise ValueError(f"{what}: expected a file path relative to the manifest's folder, got {quoted(raw)}")
     if "\x00" in raw:
-        raise ValueError(f"{what}: {raw!r} contains a NUL character")
+        raise ValueError(f"{what}: the path contains a NUL character")
     posix = raw.replace("\\", "/")
     pure = PurePosixPath(posix)
     if pure.is_absolute() or re.match(r"^[A-Za-z]:", posix) or ".." in pure.parts:
         raise ValueError(
-            f"{what}: {raw!r} points outside the dataset folder: write paths relative to "
-            f"{root} without '..' or a leading '/' (move the file into the folder)"
+            f"{what}: {quoted(raw)} points outside the dataset folder: write paths relative to "
+            "the manifest's folder without '..' or a leading '/' (move the file into the folder)"
         )
     path = (root / Path(*pure.parts)).resolve()
     if not is_inside(root, path):
-        raise ValueError(f"{what}: {raw!r} leads outside the dataset folder through a link: copy the file in instead")
+        raise ValueError(f"{what}: {quoted(raw)} leads outside the dataset folder through a link: copy the file in instead")
     return path
 
 
@@ -159,8 +178,10 @@ def _load_manifest_data(path: Path) -> dict:
     text_error = None
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"manifest {path.name} cannot be read as UTF-8 text: {error}") from None
+    except UnicodeDecodeError as error:  # its message quotes the byte: give the position only
+        raise ValueError(f"manifest {path.name} is not UTF-8 text (byte offset {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"manifest {path.name} cannot be read ({error.strerror or type(error).__name__})") from None
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -174,7 +195,11 @@ def _load_manifest_data(path: Path) -> dict:
         try:
             data = yaml.safe_load(text)  # safe_load: a manifest can never build Python objects
         except yaml.YAMLError as error:
-            text_error = str(error).replace("\n", " ")
+            # str(error) quotes the offending line: keep only what went wrong and where
+            mark = getattr(error, "problem_mark", None)
+            problem = getattr(error, "problem", None) or "syntax error"
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            text_error = f"{where}{problem}"
     if text_error is not None:
         raise ValueError(f"manifest {path.name} is not valid {path.suffix[1:].upper()}: {text_error}")
     if not isinstance(data, dict):
@@ -184,10 +209,11 @@ def _load_manifest_data(path: Path) -> dict:
 
 def _check_keys(entry, allowed: set[str], required: set[str], what: str) -> None:
     if not isinstance(entry, dict):
-        raise ValueError(f"{what}: expected a mapping, got {type(entry).__name__} {entry!r}")
-    unknown = sorted(set(entry) - allowed, key=str)
+        raise ValueError(f"{what}: expected a mapping, got {quoted(entry)}")
+    unknown = sorted((quoted(key, 20) for key in set(entry) - allowed), key=str)
     if unknown:
-        raise ValueError(f"{what}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{what}: unknown key(s) [{shown}]; allowed: {sorted(allowed)}")
     missing = sorted(required - set(entry))
     if missing:
         raise ValueError(f"{what}: missing {missing}")
@@ -198,7 +224,7 @@ def _parse_concept(entry, index: int) -> Concept:
     _check_keys(entry, _CONCEPT_KEYS, {"name"}, what)
     for key in _CONCEPT_KEYS & set(entry):
         if entry[key] is not None and not isinstance(entry[key], str):
-            raise ValueError(f"{what}.{key}: expected text, got {entry[key]!r}")
+            raise ValueError(f"{what}.{key}: expected text, got {quoted(entry[key])}")
     name = entry["name"]
     if not name or not name.strip():
         raise ValueError(f"{what}.name is empty: name the concept, e.g. 'doll'")
@@ -228,10 +254,10 @@ def read_manifest(
         raise ValueError(f"manifest {path.name}: 'concepts' must be a non-empty list of {{name, token, class_word}}")
     invert = data.get("invert_masks", False)
     if not isinstance(invert, bool):
-        raise ValueError(f"manifest {path.name}: invert_masks must be true or false, got {invert!r}")
+        raise ValueError(f"manifest {path.name}: invert_masks must be true or false, got {quoted(invert)}")
     channel = data.get("mask_channel", "auto")
     if channel not in MASK_CHANNELS:
-        raise ValueError(f"manifest {path.name}: mask_channel {channel!r} is not one of {MASK_CHANNELS}")
+        raise ValueError(f"manifest {path.name}: mask_channel {quoted(channel, 20)} is not one of {MASK_CHANNELS}")
     concepts = [_parse_concept(entry, index) for index, entry in enumerate(data["concepts"])]
     concepts = make_concepts(
         [c.name for c in concepts], tokens, class_words, f"manifest {path.name}", {c.name: c for c in concepts}
@@ -247,12 +273,14 @@ def read_manifest(
         image_path = safe_relative_path(root, entry["file"], f"{what}.file")
         masks = entry["masks"]
         if not isinstance(masks, dict) or not masks:
-            raise ValueError(f"{what}.masks: expected {{concept name: mask file}} with at least one entry, got {masks!r}")
+            raise ValueError(
+                f"{what}.masks: expected {{concept name: mask file}} with at least one entry, got {quoted(masks)}"
+            )
         mask_paths = {}
         for name, mask_file in masks.items():
             if name not in known:
                 raise ValueError(
-                    f"{what}.masks names concept {name!r}, which is not in 'concepts' ({sorted(known)}): "
+                    f"{what}.masks names concept {quoted(name)}, which is not in 'concepts' ({sorted(known)}): "
                     "add it to concepts or fix the name"
                 )
             mask_paths[name] = safe_relative_path(root, mask_file, f"{what}.masks.{name}")
@@ -332,10 +360,10 @@ def read_paper_folder(
             raise ValueError(f"{root.name}: the masks of {name!r} should be in {mask_dir.name}/, which is missing")
     concepts = make_concepts(names, tokens, class_words, root.name)
     base = root.parent  # errors and sources read "bucket+doll/mask_1/x.png"
-    photos = image_listing(root / "resized", base)
+    photos = image_listing(root / "resized", base, confine=root)
     if not photos:
         raise ValueError(f"{root.name}/resized/ holds no photos")
-    listings = {name: image_listing(mask_dir, base) for name, mask_dir in mask_dirs.items()}
+    listings = {name: image_listing(mask_dir, base, confine=root) for name, mask_dir in mask_dirs.items()}
     for name, masks in listings.items():
         extra = sorted(set(masks) - set(photos))
         missing = sorted(set(photos) - set(masks))

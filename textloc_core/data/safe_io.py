@@ -219,7 +219,28 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
     return commit_temp(tmp, path)
 
 
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+"""How pickle files start: torch.save's zip archive, or a bare pickle of protocol 2-5 (whose
+next byte is an opcode, never 0; a safetensors file starts with its header length, whose
+third byte is 0 for any header under 16 MiB)."""
+
+
+def is_pickle_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` starts like a pickle (``torch.save`` output), whatever its name says."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head.startswith(PICKLE_MAGIC[0]) or (len(head) > 2 and head[:2] in PICKLE_MAGIC and head[2] != 0)
+
+
 def _corrupt(what: str, path: Path, detail: str, fix: str) -> ValueError:
+    if is_pickle_file(path):
+        return ValueError(
+            f"{what} {path} is a pickle file, not safetensors; textloc never unpickles: "
+            "convert it to .safetensors with a tool you trust"
+        )
     return ValueError(f"{what} {path} is truncated or corrupt ({detail}): {fix}")
 
 

@@ -23,7 +23,9 @@ FULL_MASK_COVERAGE = 0.99
 """A mask covering at least this fraction of its photo cannot localise anything."""
 
 LATENT_FACTOR = 8
-"""Stable Diffusion's VAE divides the picture side by 8; training sides must be multiples."""
+"""Stable Diffusion's VAE divides the picture side by 8: the smallest rule, used when no model
+is known. A model's own rule is its VAE factor times 2 per UNet downsampling
+(``training.setup.size_multiple``: 64 for SD1.x), passed as ``size_multiple``."""
 
 MAX_LISTED = 20
 """Problems spelled out in the message (all of them stay in ``ConceptSetError.problems``)."""
@@ -47,6 +49,7 @@ def validate_concept_set(
     vocabulary_check: Callable[[str], None] | None = None,
     resolution: int | None = None,
     center_crop: bool = True,
+    size_multiple: int | None = None,
 ) -> None:
     """Raise ``ConceptSetError`` when ``cs`` cannot be trained on as given.
 
@@ -55,11 +58,13 @@ def validate_concept_set(
     ``resolution`` is the training side in pixels (None: the photos' own size, which must
     then agree across photos). With a ``resolution``, masks are also checked as training will
     see them after resizing (and centre-cropping, ``center_crop``): an object outside the
-    centre square leaves an empty mask.
+    centre square leaves an empty mask. ``size_multiple``: the model's side rule in pixels
+    (``training.setup.size_multiple``); given, the photos' own size is held to it too when
+    ``resolution`` is None. None: ``LATENT_FACTOR`` for ``resolution`` only.
     """
     problems: list[str] = []
     problems += _concept_problems(cs, vocabulary_check)
-    problems += _image_problems(cs, resolution, center_crop)
+    problems += _image_problems(cs, resolution, center_crop, size_multiple)
     if problems:
         raise ConceptSetError(problems)
 
@@ -106,14 +111,22 @@ def _concept_problems(cs: ConceptSet, vocabulary_check) -> list[str]:
     return problems
 
 
-def _image_problems(cs: ConceptSet, resolution: int | None, center_crop: bool) -> list[str]:
+def size_rule(multiple: int) -> str:
+    """How the side rule reads in errors (one wording for validation and the trainer)."""
+    return (
+        f"a positive multiple of {multiple} pixels (the VAE's factor times the UNet's downsamplings"
+        + (" for this model" if multiple != LATENT_FACTOR else "; 64 for SD1.x")
+        + ", e.g. 512)"
+    )
+
+
+def _image_problems(cs: ConceptSet, resolution: int | None, center_crop: bool, size_multiple: int | None) -> list[str]:
     problems: list[str] = []
     fit = None
+    multiple = size_multiple or LATENT_FACTOR
     if resolution is not None:
-        if not isinstance(resolution, int) or resolution < LATENT_FACTOR or resolution % LATENT_FACTOR:
-            problems.append(
-                f"resolution {resolution!r} must be a positive multiple of {LATENT_FACTOR} pixels (e.g. 512)"
-            )
+        if not isinstance(resolution, int) or resolution < multiple or resolution % multiple:
+            problems.append(f"resolution {resolution!r} must be {size_rule(multiple)}")
         else:
             fit = (resolution, center_crop)
     if not cs.images:
@@ -135,6 +148,12 @@ def _image_problems(cs: ConceptSet, resolution: int | None, center_crop: bool) -
             problems.append(f"{where} has no mask: give it a mask of at least one concept or drop it")
         for name, mask in item.masks.items():
             problems += _mask_problems(index, name, mask, item, (int(height), int(width)), known, fit)
+    if size_multiple is not None and resolution is None:
+        for (height, width), index in sizes.items():
+            if height % multiple or width % multiple:
+                problems.append(
+                    f"image {index} is {width}x{height}: photo sides must be {size_rule(multiple)}; set a resolution"
+                )
     if len(sizes) > 1 and resolution is None:
         described = ", ".join(f"{w}x{h} (image {i})" for (h, w), i in list(sizes.items())[:3])
         problems.append(

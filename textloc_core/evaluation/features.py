@@ -117,7 +117,7 @@ class ClipFeatureModel:
         if not root.is_dir():
             raise ValueError(f"CLIP directory {str(root)!r} does not exist: point it at a local CLIP checkpoint folder")
         config_file = root / "config.json"
-        kwargs = dict(local_files_only=True, dtype=dtype)
+        kwargs = dict(local_files_only=True, use_safetensors=True, dtype=dtype)  # never unpickle weights
         if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "clip":
             model = CLIPModel.from_pretrained(root, **kwargs).to(device)
             vision = text = model

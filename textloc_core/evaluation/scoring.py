@@ -12,13 +12,26 @@ Where a token looks is measured in ``localization``.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..data.concepts import ConceptSet
+from ..sampling.schedule import check_stop
 from . import features, metrics
+
+SCORE_CHUNK = 16
+"""Images per feature-model call; ``should_stop`` is polled before each."""
+
+
+def _encoded(feature_model: features.FeatureModel, images: torch.Tensor, what: str, should_stop) -> torch.Tensor:
+    """``feature_model.encode_image`` in chunks of SCORE_CHUNK, polling ``should_stop`` before each."""
+    chunks = []
+    for start in range(0, len(images), SCORE_CHUNK):
+        check_stop(should_stop, f"while scoring {what} image {start} of {len(images)}")
+        chunks.append(feature_model.encode_image(images[start : start + SCORE_CHUNK]))
+    return torch.cat(chunks)
 
 
 def only_concepts(concept_set: ConceptSet, names: Sequence[str]) -> ConceptSet:
@@ -46,14 +59,17 @@ def image_scores(
     kid_feature: nn.Module | features.FeatureModel | None = None,
     kid_subset_size: int = 5,
     seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """CLIP-I, CLIP-T and KID of generated ``images`` (one prompt each) against ``references``.
 
     ``kid_feature`` defaults to ``feature_model``'s image tower. KID is ``nan`` when either
-    set has fewer than ``kid_subset_size`` images.
+    set has fewer than ``kid_subset_size`` images. ``should_stop`` is polled before every
+    chunk of images and every phase (``sampling.schedule.Cancelled``).
     """
-    generated = feature_model.encode_image(images)
-    reference = feature_model.encode_image(references)
+    generated = _encoded(feature_model, images, "generated", should_stop)
+    reference = _encoded(feature_model, references, "reference", should_stop)
+    check_stop(should_stop, "before encoding the prompts")
     texts = feature_model.encode_text([metrics.strip_identifier(p, tokens) for p in prompts])
     scores = {
         "clip_i": metrics.clip_i_from_features(generated, reference),
@@ -61,6 +77,7 @@ def image_scores(
         "kid": float("nan"),
     }
     if min(len(images), len(references)) >= kid_subset_size:
+        check_stop(should_stop, "before KID")
         result = metrics.kid(images, references, kid_feature or feature_model, subset_size=kid_subset_size, seed=seed)
         scores["kid"] = result.mean
     return scores
@@ -91,18 +108,19 @@ def score_images(
     target_masks: torch.Tensor | None = None,
     threshold: float = 0.5,
     seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """CLIP-I, CLIP-T, KID and attention IoU of generated ``images`` (N, 3, H, W) in [0, 1].
 
     One ``prompt`` for every image (identifier tokens ``<...>`` are stripped for CLIP-T). KID is
     ``nan`` when either set has fewer than ``kid_subset_size`` images. IoU is the mean of
     ``metrics.attention_iou`` over the maps (M, h, w) against ``target_masks`` (one per map or
-    one for all), or -1 when no maps are given.
+    one for all), or -1 when no maps are given. ``should_stop``: as in ``image_scores``.
     """
     if (attention_maps is None) != (target_masks is None):
         raise ValueError("attention_maps/target_masks: give both to score IoU, or neither")
     scores = image_scores(feature_model, images, [prompt] * len(images), references,
-                          kid_subset_size=kid_subset_size, seed=seed)
+                          kid_subset_size=kid_subset_size, seed=seed, should_stop=should_stop)
     scores["iou"] = -1.0
     if attention_maps is not None:
         scores["iou"] = metrics.attention_iou(attention_maps, target_masks, threshold).mean().item()

@@ -84,6 +84,16 @@ def _to_eps_x0(prediction_type: str, out: torch.Tensor, x: torch.Tensor, t: int)
     return eps, x0
 
 
+class Cancelled(Exception):
+    """A host's ``should_stop`` said stop inside a long loop (sampling, encoding, scoring)."""
+
+
+def check_stop(should_stop: Callable[[], bool] | None, what: str) -> None:
+    """Raise ``Cancelled`` when ``should_stop`` (None: never) says stop; ``what`` says where."""
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"cancelled {what}")
+
+
 @torch.no_grad()
 def ddim_sample(
     denoiser: DenoiserBackend,
@@ -95,13 +105,14 @@ def ddim_sample(
     guidance_scale: float = 7.5,
     router: AttentionRouter | None = None,
     on_maps: Callable[[int, list[CapturedMap]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Denoise initial noise ``latents`` (B, C, h, w) with classifier-free guidance.
 
     ``cond``/``uncond``: (B, L, D) contexts (``uncond`` None or guidance 1 -> no CFG). The
     UNet sees one batch [uncond; cond]. With ``router``, its ``token_slots`` must be set for
     that doubled batch; after each step ``on_maps(step, captured)`` gets the captured maps
-    and the router is cleared.
+    and the router is cleared. ``should_stop`` is polled before every step (``Cancelled``).
     """
     use_cfg = uncond is not None and guidance_scale != 1.0
     context = torch.cat([uncond, cond]) if use_cfg else cond
@@ -113,6 +124,7 @@ def ddim_sample(
         routing.__enter__()
     try:
         for i, t in enumerate(timesteps):
+            check_stop(should_stop, f"at sampling step {i} of {len(timesteps)}")
             model_in = torch.cat([x, x]) if use_cfg else x
             t_batch = torch.full((model_in.shape[0],), t, dtype=torch.long, device=x.device)
             out = denoiser.predict(model_in.to(dtype), t_batch, context.to(dtype)).float()

@@ -266,6 +266,45 @@ def load_checkpoint(step_dir: str | os.PathLike) -> Checkpoint:
     )
 
 
+def _refuse_other_run(directory, step: int, saved_json: str, config_json: str, ignore: tuple[str, ...]) -> None:
+    diff = _config_difference(saved_json, config_json, ignore)
+    if diff:
+        raise ValueError(
+            f"checkpoint folder {directory} holds a run with other settings ({'; '.join(diff)}): "
+            "resume with the same settings, or train into a new folder"
+        )
+    try:
+        steps = json.loads(config_json).get("steps")
+    except (json.JSONDecodeError, AttributeError):
+        steps = None
+    if isinstance(steps, int) and step > steps:
+        raise ValueError(
+            f"checkpoint folder {directory} holds a run already at step {step}, more than steps={steps}: "
+            f"set steps to {step} or more to continue it, or train into a new folder (or turn resume off)"
+        )
+
+
+def check_resumable(
+    directory: str | os.PathLike,
+    config_json: str,
+    ignore_config_keys: tuple[str, ...] = ("steps", "checkpoint_every"),
+) -> None:
+    """Refuse, before any expensive set-up, to resume a run written with other settings or
+    already past ``steps``: reads only the newest readable step's ``state.json`` (no tensors).
+    ``load_latest_checkpoint`` checks the same again on the checkpoint it loads."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for step in reversed(list_checkpoints(directory)):
+        try:
+            state = json.loads((directory / step_dir_name(step) / "state.json").read_text())
+            saved, saved_step = state["config_json"], int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # damaged: load_latest_checkpoint will skip it too
+        _refuse_other_run(directory, saved_step, saved, config_json, ignore_config_keys)
+        return
+
+
 def load_latest_checkpoint(
     directory: str | os.PathLike,
     config_json: str | None = None,
@@ -289,12 +328,7 @@ def load_latest_checkpoint(
             skipped.append(f"{step_dir.name}: {exc}")
             continue
         if config_json is not None:
-            diff = _config_difference(checkpoint.config_json, config_json, ignore_config_keys)
-            if diff:
-                raise ValueError(
-                    f"checkpoint folder {directory} holds a run with other settings ({'; '.join(diff)}): "
-                    "resume with the same settings, or train into a new folder"
-                )
+            _refuse_other_run(directory, checkpoint.step, checkpoint.config_json, config_json, ignore_config_keys)
         checkpoint.skipped = skipped
         return checkpoint
     return None

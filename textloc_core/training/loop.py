@@ -22,6 +22,7 @@ import torch
 
 from ..backends.base import ModelBundle
 from ..data.concepts import ConceptSet
+from ..sampling.schedule import Cancelled
 from . import checkpoint
 from .config import TrainConfig
 from .result import StepReport, TrainResult
@@ -73,7 +74,15 @@ def _models(bundle: ModelBundle) -> list[torch.nn.Module]:
 
 
 def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_stop, prior_cache_dir) -> TrainResult:
-    run = setup(bundle, concept_set, config)
+    if resume and checkpoint_dir is not None:  # before VAE encoding and prior generation
+        checkpoint.check_resumable(Path(checkpoint_dir), config.to_json())
+    try:
+        run = setup(bundle, concept_set, config, should_stop)
+    except Cancelled:  # stopped while encoding the photos: nothing trained, nothing installed
+        return TrainResult(
+            kv_deltas={}, token_embeddings={}, history=[], stopped_early=True, steps_done=0,
+            fingerprint=bundle.fingerprint, config=config, prompts=[],
+        )
     try:
         optimization = Optimization.for_run(run)
         prior_ready = setup_prior(run, prior_cache_dir, should_stop)

@@ -19,7 +19,7 @@ import torch
 from ..backends.base import ModelBundle
 from .config import TrainConfig
 from ..data.safe_io import load_tensors, save_tensors
-from ..sampling.schedule import ddim_sample
+from ..sampling.schedule import Cancelled, ddim_sample
 
 _MEMORY: dict[str, torch.Tensor] = {}
 """Process-wide cache for runs without a cache folder (tests, repeated API calls)."""
@@ -27,7 +27,7 @@ _MEMORY: dict[str, torch.Tensor] = {}
 GENERATION_BATCH = 4
 
 
-class PriorCancelled(Exception):
+class PriorCancelled(Cancelled):
     """``should_stop`` said stop while prior images were being generated (nothing is cached)."""
 
 
@@ -59,14 +59,18 @@ def _generate(
                 for i in range(n)
             ]
         ).to(bundle.device)
-        latents = ddim_sample(
-            denoiser,
-            cond.expand(n, -1, -1).to(dtype),
-            uncond.expand(n, -1, -1).to(dtype),
-            noise,
-            steps=config.prior_sampling_steps,
-            guidance_scale=config.prior_guidance_scale,
-        )
+        try:
+            latents = ddim_sample(
+                denoiser,
+                cond.expand(n, -1, -1).to(dtype),
+                uncond.expand(n, -1, -1).to(dtype),
+                noise,
+                steps=config.prior_sampling_steps,
+                guidance_scale=config.prior_guidance_scale,
+                should_stop=should_stop,
+            )
+        except Cancelled as stop:
+            raise PriorCancelled(f"{stop} of prior images {start}-{start + n} of {count} of {prompt!r}") from None
         out.append(latents.float().cpu())
     return torch.cat(out)
 
@@ -84,8 +88,8 @@ def prior_latents(
     """(count, C, h, w) float32 CPU latents of ``prompt`` from the base model, cached.
 
     Must be called with no adapter applied: the cache is keyed by the base fingerprint.
-    Generating 200 SD images takes minutes, so ``should_stop`` is polled between batches
-    (raising ``PriorCancelled``).
+    Generating 200 SD images takes minutes, so ``should_stop`` is polled before every
+    sampling step (raising ``PriorCancelled``).
     """
     if count < 1:
         raise ValueError(f"prior_images_per_class: {count} must be at least 1 (or set lambda_prior to 0)")

@@ -24,6 +24,7 @@ from ..backends.fingerprint import PROJECTIONS
 from ..data.concepts import ConceptSet
 from ..data.imaging import fit_pair
 from ..data.validation import validate_concept_set
+from ..sampling.schedule import check_stop
 from .config import TrainConfig
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
@@ -153,9 +154,12 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
 def training_images(bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) images and (N, K, H, W) masks in concept order, checked and sized.
 
-    The checks are ``validate_concept_set``'s (with the text backend's vocabulary check);
-    only the model's own size rule is added here."""
-    validate_concept_set(concept_set, vocabulary_check=bundle.text.check_token, resolution=config.resolution)
+    The checks are ``validate_concept_set``'s, with the text backend's vocabulary check and
+    the model's side rule (``size_multiple``)."""
+    validate_concept_set(
+        concept_set, vocabulary_check=bundle.text.check_token, resolution=config.resolution,
+        size_multiple=size_multiple(bundle),
+    )
     names = [c.name for c in concept_set.concepts]
     images, masks = [], []
     for item in concept_set.images:
@@ -165,28 +169,43 @@ def training_images(bundle: ModelBundle, concept_set: ConceptSet, config: TrainC
         images.append(image.float())
         blank = torch.zeros(image.shape[-2:])
         masks.append(torch.stack([item_masks.get(n, blank).float() for n in names]))
-    height, width = images[0].shape[-2:]
-    n_down = sum(1 for m in bundle.denoiser.unet.modules() if type(m).__name__ in ("Downsample2D", "Downsample"))
-    multiple = bundle.denoiser.vae_scale_factor * 2**n_down
-    if height % multiple or width % multiple:
-        raise ValueError(f"image size {height}x{width} must be a multiple of {multiple} pixels for this model; set resolution")
     return torch.stack(images), torch.stack(masks)
 
 
-def setup(bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig) -> TrainingRun:
+def size_multiple(bundle: ModelBundle) -> int:
+    """The model's rule for training sides in pixels: the VAE's factor times 2 per UNet
+    downsampling (every level's attention map must cover the mask exactly): 64 for SD1.x."""
+    n_down = sum(1 for m in bundle.denoiser.unet.modules() if type(m).__name__ in ("Downsample2D", "Downsample"))
+    return bundle.denoiser.vae_scale_factor * 2**n_down
+
+
+ENCODE_BATCH = 8
+"""Photos per VAE call; ``should_stop`` is polled before each."""
+
+
+def setup(
+    bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig, should_stop: Callable[[], bool] | None = None
+) -> TrainingRun:
     """Build the run: checked data, latents, prompts, fresh token embeddings, the routed
-    layers, and (last) the zero K/V deltas hooked into the UNet."""
+    layers, and (last) the zero K/V deltas hooked into the UNet. ``should_stop`` is polled
+    between VAE batches (``sampling.schedule.Cancelled``; nothing is installed yet)."""
     device, denoiser = bundle.device, bundle.denoiser
     amp = amp_dtype(config, device)
     images, masks = training_images(bundle, concept_set, config)
     embeddings = {
-        c.token: nn.Parameter(bundle.text.initial_embedding(c.initializer).to(device, torch.float32))
+        c.token: nn.Parameter(
+            bundle.text.initial_embedding(c.initializer, what=f"concept {c.name!r} {c.initializer_input}").to(device, torch.float32)
+        )
         for c in concept_set.concepts
     }
     named = [[c.name for c in concept_set.concepts if c.name in item.masks] for item in concept_set.images]
     prompts = [build_prompt(config, concept_set, names) for names in named]
+    encoded = []
     with torch.no_grad():
-        latents = torch.cat([denoiser.encode_images(images[i : i + 8].to(device)).float() for i in range(0, len(images), 8)])
+        for i in range(0, len(images), ENCODE_BATCH):
+            check_stop(should_stop, f"while encoding photo {i} of {len(images)}")
+            encoded.append(denoiser.encode_images(images[i : i + ENCODE_BATCH].to(device)).float())
+    latents = torch.cat(encoded)
     router = None
     if config.method != "none" and config.lambda_attn > 0:
         # only the layers map_levels asks for are routed; all others keep fused attention
