@@ -333,3 +333,27 @@ def test_concepts_sharing_an_embedding_file_are_refused(comfy):
     graph["3"]["inputs"]["concepts"] = ["5", 0]
     message = _error(comfy, graph)
     assert "would share the embedding file ab.safetensors" in message, message
+
+
+# ------------------------------------------------------------------ non-finite values, several-word class words
+
+
+def test_non_finite_widget_values_are_refused_naming_the_input(comfy):
+    name = f"nan_{uuid.uuid4().hex[:6]}"
+    message = _error(comfy, _train_graph(name, attention_weight=float("nan")), timeout=120)
+    assert "attention_weight: nan is not a finite number" in message, message
+    assert _files_of(comfy, name) == []
+
+
+def test_a_paper_pair_with_a_two_word_class_trains_with_default_settings(comfy, paper_dataset):
+    """cup+cat_figurine: the class word "cat figurine" is two vocabulary pieces; with init_word
+    left empty the token starts from their mean instead of failing."""
+    name = f"paper_{uuid.uuid4().hex[:6]}"
+    graph = _train_graph(name)
+    # the photos at TinyWorld's native size; every other Concept Folder / Train setting as shipped
+    graph["4"] = {"class_type": "TextLocConceptFolder", "inputs": {
+        "folder": "paper:cup+cat_figurine", "resolution": 64, "tokens": "", "class_words": ""}}
+    comfy.run(graph, timeout=600)
+    adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
+    assert sorted(c["class_word"] for c in adapter.metadata.concepts) == ["cat figurine", "cup"]
+    assert len(adapter.token_embeddings) == 2
