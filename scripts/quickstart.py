@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         install_browser_tools()
         # a laid-out ComfyUI means the integration suite must run, not skip
         env["TEXTLOC_REQUIRE_COMFYUI"] = "1"
-        cmd = [python, "-m", "pytest", "-q", "tests", *extra]
+        # with arguments of its own pytest still collects tests/ (pyproject's testpaths) unless given paths
+        cmd = [python, "-m", "pytest", "-q", *(extra or ["tests"])]
     say(" ".join(cmd[1:]))
     return subprocess.run(cmd, cwd=REPO, env=env).returncode
 
