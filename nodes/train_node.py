@@ -23,7 +23,7 @@ from comfy_api.latest import io, ui
 
 from ..textloc_core.training import loop
 from ..textloc_core.training.result import make_adapter
-from ..textloc_core.training.config import GUIDANCE_METHODS, TrainConfig
+from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
@@ -94,6 +94,15 @@ def loss_curve(history: list[dict[str, float]], size: tuple[int, int] = (256, 12
     return picture
 
 
+def attention_weight_line(config: TrainConfig, weight: float | None) -> str:
+    """The report's line naming the attention loss's weight (lambda) the run used."""
+    if config.method == "none":
+        return "attention weight (lambda): none (guidance none has no attention loss)"
+    used = config.lambda_attn if weight is None else weight
+    how = f"calibrated to attention_fraction {config.attention_fraction:g}" if config.calibrated else "fixed"
+    return f"attention weight (lambda): {used:.6g} ({how})"
+
+
 def _progress_text(node_id, text: str) -> None:
     try:
         from server import PromptServer
@@ -133,21 +142,25 @@ class TextLocTrain(io.ComfyNode):
             io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
             io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px); off: such a resolution is refused before training."),
             io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
+            io.Combo.Input("attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="fixed", optional=True, tooltip="fixed: the attention loss is weighted by attention_weight. calibrated: before the first step the weight is set so that the attention loss's gradient is attention_fraction x the denoising loss's (the same fraction suits any model and resolution; attention_weight is then unused). The report shows the weight used."),
+            io.Float.Input("attention_fraction", default=0.1, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (0.1: a tenth)."),
         ])
 
     @classmethod
     def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
                 checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
-                allow_large_resolution=False, overwrite=False) -> io.NodeOutput:
+                allow_large_resolution=False, overwrite=False, attention_weight_mode="fixed",
+                attention_fraction=0.1) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
         unique_id = cls.hidden.unique_id
-        require_finite(learning_rate=learning_rate, attention_weight=attention_weight)
+        require_finite(learning_rate=learning_rate, attention_weight=attention_weight, attention_fraction=attention_fraction)
         name = paths.check_adapter_name(adapter_name.strip())
         config = TrainConfig.from_widgets(
             guidance=guidance, steps=steps, learning_rate=learning_rate, batch=batch, prior_images=prior_images,
             seed=seed, checkpoint_every=checkpoint_every, resolution=resolution, attention_weight=attention_weight,
+            attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
         )
         validate_concept_set(concepts, resolution=config.resolution)
         check_resolution(model, concepts, resolution, allow_large_resolution)
@@ -202,6 +215,7 @@ class TextLocTrain(io.ComfyNode):
             [f"adapter: {files.adapter}", f"lora (LoraLoaderModelOnly): {files.lora}"]
             + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
             + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
+            + [attention_weight_line(config, result.attention_weight)]
         )
         log.info("textloc: %s", report.replace("\n", "; "))
         return io.NodeOutput(adapter, report, ui=ui.PreviewText(report))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 from ..attention.guidance import GUIDANCE_METHODS
+
+ATTENTION_WEIGHT_MODES = ("fixed", "calibrated")
+"""How the attention term's weight is set: ``lambda_attn`` as given, or calibrated at the start."""
 
 
 @dataclass
@@ -22,6 +26,16 @@ class TrainConfig:
     prior_batch: int = 2
     lambda_prior: float = 1.0
     lambda_attn: float = 1.0
+    """The attention term's weight when ``attention_weight_mode`` is "fixed" (ignored when "calibrated")."""
+    attention_weight_mode: str = "fixed"
+    """"fixed": the attention term's weight is ``lambda_attn``. "calibrated": before the first step
+    the weight is set so that, on step 0's batch and forward, the norm of the attention term's
+    gradient on the trainables is ``attention_fraction`` x the norm of the denoising loss's
+    (instance + lambda_prior x prior); the weight is then kept for the whole run (and recorded
+    in checkpoints, so a resumed run reuses it). Scale-free: one fraction suits any model,
+    resolution and map grid, where a plain lambda_attn does not."""
+    attention_fraction: float = 0.1
+    """With "calibrated": the attention gradient's norm as a fraction of the denoising gradient's."""
     prior_images_per_class: int = 200
     """Class-prior images generated once by the base model and cached (0 disables prior loss)."""
     prior_sampling_steps: int = 50
@@ -69,6 +83,19 @@ class TrainConfig:
             )
         if "{concepts}" not in self.instance_prompt:
             raise ValueError(f"instance_prompt: {self.instance_prompt!r} needs a {{concepts}} placeholder")
+        if self.attention_weight_mode not in ATTENTION_WEIGHT_MODES:
+            raise ValueError(
+                f"attention_weight_mode: {self.attention_weight_mode!r} is not one of {ATTENTION_WEIGHT_MODES}; "
+                "fixed uses lambda_attn, calibrated sets the weight from attention_fraction"
+            )
+        if not (isinstance(self.attention_fraction, (int, float)) and math.isfinite(self.attention_fraction)
+                and self.attention_fraction > 0):
+            raise ValueError(
+                f"attention_fraction: {self.attention_fraction!r} must be a finite number above 0 (e.g. 0.1: the "
+                "attention gradient is a tenth of the denoising gradient)"
+            )
+        if not (isinstance(self.lambda_attn, (int, float)) and math.isfinite(self.lambda_attn) and self.lambda_attn >= 0):
+            raise ValueError(f"lambda_attn: {self.lambda_attn!r} must be a finite number, 0 or above (paper: 1)")
         if isinstance(self.map_levels, list):
             self.map_levels = tuple(self.map_levels)
 
@@ -83,24 +110,37 @@ class TrainConfig:
             return self.learning_rate
         return self.learning_rate * (self.instance_batch + (self.prior_batch if self.uses_prior else 0))
 
+    @property
+    def calibrated(self) -> bool:
+        """The attention weight is calibrated at the start (and the run is guided at all)."""
+        return self.attention_weight_mode == "calibrated" and self.method != "none"
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if data["attention_weight_mode"] == "fixed":
+            # the fraction changes nothing then; leaving both out keeps a fixed run's JSON as it was
+            # before calibration existed, so its older checkpoints and adapters still match
+            del data["attention_weight_mode"], data["attention_fraction"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_widgets(
         cls, *, guidance: str, steps: int, learning_rate: float, batch: int, prior_images: int, seed: int,
         checkpoint_every: int, resolution: int = 0, attention_weight: float = 1.0,
+        attention_weight_mode: str = "fixed", attention_fraction: float = 0.1,
     ) -> "TrainConfig":
         """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
         ``guidance`` is ``method``, ``attention_weight`` is ``lambda_attn``, ``batch`` is the
         instance batch (and the prior batch when ``prior_images`` > 0, which turns prior
-        preservation on), ``resolution`` 0 is the photos' own size."""
+        preservation on), ``resolution`` 0 is the photos' own size; ``attention_weight_mode`` and
+        ``attention_fraction`` keep their names (with "calibrated", ``attention_weight`` is unused)."""
         prior = prior_images > 0
         return cls(
             method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,
             prior_batch=batch if prior else 0, prior_images_per_class=prior_images,
             lambda_prior=1.0 if prior else 0.0, lambda_attn=attention_weight, seed=seed,
             checkpoint_every=checkpoint_every, resolution=resolution or None,
+            attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
         )
 
     @classmethod

@@ -5,7 +5,9 @@ one new embedding per concept token (``setup.Trainables``). ``setup`` builds the
 ``step.train_step`` is one optimiser step (the loss is in ``step``'s module doc), and
 ``train`` here runs the steps: freezing the base model, polling for a stop, writing and
 resuming checkpoints. With method "none" nothing is routed or captured, so the baseline
-costs exactly a Custom Diffusion step.
+costs exactly a Custom Diffusion step. With ``attention_weight_mode="calibrated"`` the
+attention term's weight is set once before the first step (``step.calibrate_attention_weight``)
+and recorded in every checkpoint; a resumed run reuses it rather than recalibrating.
 
 Reproducibility: each step's batch choice, timesteps and noise come from a generator seeded
 by (seed, step), so a run resumed from a checkpoint continues bit-identically on CPU without
@@ -27,7 +29,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .result import StepReport, TrainResult
 from .setup import TrainingRun, setup, setup_prior
-from .step import Optimization, TrainingDiverged, train_step
+from .step import Optimization, TrainingDiverged, calibrate_attention_weight, train_step
 
 __all__ = ["StepReport", "TrainResult", "TrainingDiverged", "train"]
 
@@ -99,7 +101,21 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
                 run.trainables.load_checkpoint(state.tensors)
                 optimization.optimizer.load_state_dict(state.optimizer_state)
                 start, history = state.step, list(state.extra.get("history", []))
-        for step in range(start, config.steps) if prior_ready else ():
+                if config.calibrated and "attention_weight" not in state.extra:
+                    raise ValueError(
+                        f"checkpoint {state.path} has no recorded attention weight, which a calibrated run "
+                        "needs to continue; train into a new folder (or turn resume off)"
+                    )
+                if "attention_weight" in state.extra:  # never recalibrate: the run continues exactly
+                    run.attention_weight = float(state.extra["attention_weight"])
+        if start == 0 and prior_ready:
+            try:
+                calibrate_attention_weight(run)  # a no-op unless attention_weight_mode is "calibrated"
+            except Exception:
+                if should_stop is None or not should_stop():  # else: aborted from inside, as a step can be
+                    raise
+                stopped = True
+        for step in range(start, config.steps) if not stopped else ():
             if should_stop is not None and should_stop():
                 stopped = True
                 break
@@ -119,7 +135,7 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
             if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
                 _save(checkpoint_dir, done, run, optimization, history)
             if on_step is not None:
-                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began))
+                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began, run.attention_weight))
         if stopped and checkpoint_dir is not None and len(history) > start:
             _save(checkpoint_dir, len(history), run, optimization, history)
         kv_deltas, token_embeddings = run.trainables.copies()
@@ -132,6 +148,7 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
             fingerprint=bundle.fingerprint,
             config=config,
             prompts=list(run.prompts),
+            attention_weight=run.attention_weight,
         )
 
 
@@ -143,5 +160,5 @@ def _save(checkpoint_dir, step: int, run: TrainingRun, optimization: Optimizatio
         run.trainables.to_checkpoint(),
         optimization.optimizer.state_dict(),
         run.config.to_json(),
-        extra={"history": history},
+        extra={"history": history, "attention_weight": run.attention_weight},
     )

@@ -23,6 +23,8 @@ class StepReport:
     losses: dict[str, float]
     """"loss" (total), "instance", "prior", "attention"."""
     seconds: float
+    attention_weight: float | None = None
+    """The attention term's weight in this step's loss (calibrated or ``lambda_attn``)."""
 
 
 @dataclass
@@ -40,6 +42,8 @@ class TrainResult:
     config: TrainConfig | None = None
     prompts: list[str] = field(default_factory=list)
     """The instance prompts used, one per training image."""
+    attention_weight: float | None = None
+    """The attention term's weight the run used: ``lambda_attn``, or the calibrated one."""
 
 
 def make_adapter(result: TrainResult, concept_set: ConceptSet, bundle: ModelBundle) -> Adapter:

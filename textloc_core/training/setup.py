@@ -97,10 +97,15 @@ class TrainingRun:
     prior_latents: torch.Tensor | None = None
     prior_context: torch.Tensor | None = None
     prior_prompt_index: torch.Tensor | None = None
+    attention_weight: float | None = None
+    """The attention term's weight in the loss: ``config.lambda_attn`` (the default), or the
+    calibrated one (``step.calibrate_attention_weight``, or a resumed checkpoint's)."""
     tokens: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = [c.token for c in self.concept_set.concepts]
+        if self.attention_weight is None:
+            self.attention_weight = float(self.config.lambda_attn)
 
     @property
     def device(self) -> torch.device:
@@ -207,7 +212,7 @@ def setup(
             encoded.append(denoiser.encode_images(images[i : i + ENCODE_BATCH].to(device)).float())
     latents = torch.cat(encoded)
     router = None
-    if config.method != "none" and config.lambda_attn > 0:
+    if config.method != "none" and (config.lambda_attn > 0 or config.calibrated):
         # only the layers map_levels asks for are routed; all others keep fused attention
         with torch.no_grad():
             context = bundle.text.encode(prompts[:1], {t: e.detach() for t, e in embeddings.items()}).context

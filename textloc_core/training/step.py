@@ -4,6 +4,10 @@ Each step, in one forward over [instance; prior]:
 
     loss = mse(instance) + lambda_prior * mse(prior) + lambda_attn * attention_loss(maps, masks)
 
+where lambda_attn is ``run.attention_weight``: the config's, or with
+``attention_weight_mode="calibrated"`` the one ``calibrate_attention_weight`` sets before the
+first step, ``attention_fraction * ||grad denoise|| / ||grad attention||`` on the trainables.
+
 where the maps are the concept tokens' cross-attention probabilities captured from that same
 forward (instance rows only). Everything random about a step comes from (seed, step) alone,
 so a resumed run continues bit-identically without replaying any RNG.
@@ -11,6 +15,7 @@ so a resumed run continues bit-identically without replaying any RNG.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +103,53 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise) -> tuple[dict[str, t
         terms["attention"] = attention_loss(config.method, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
     else:
         terms["attention"] = pred.sum() * 0.0
-    terms["loss"] = terms["instance"] + config.lambda_prior * terms["prior"] + config.lambda_attn * terms["attention"]
+    terms["loss"] = terms["instance"] + config.lambda_prior * terms["prior"] + run.attention_weight * terms["attention"]
     return terms, maps
+
+
+CALIBRATION_EPS = 1e-12
+"""Floor of the attention gradient's norm in the calibration (a zero gradient gives a huge weight, not a crash)."""
+
+
+def gradient_norms(run: TrainingRun, step: int = 0) -> tuple[float, float]:
+    """(||grad of the denoising loss||, ||grad of the attention loss||) on the trainables, both
+    from one forward over ``step``'s batch: the denoising loss is instance + lambda_prior x prior,
+    the attention loss unweighted. Nothing is updated."""
+    params = run.trainables.parameters()
+    terms, _ = losses(run, *draw(run, step))
+    denoise = terms["instance"] + run.config.lambda_prior * terms["prior"]
+    norms = []
+    for i, term in enumerate((denoise, terms["attention"])):
+        if not term.requires_grad:
+            norms.append(0.0)
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=i == 0, allow_unused=True)
+        norms.append(float(torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads if g is not None) + 0.0)))
+    if run.router is not None:
+        run.router.clear()
+    return norms[0], norms[1]
+
+
+def calibrate_attention_weight(run: TrainingRun) -> float:
+    """Set (and return) ``run.attention_weight`` so that the attention term's gradient on the
+    trainables is ``attention_fraction`` x the denoising loss's, measured on step 0's batch:
+
+        lambda = attention_fraction * ||grad denoise|| / max(||grad attention||, eps)
+
+    A no-op (the config's ``lambda_attn`` stays) unless ``attention_weight_mode`` is
+    "calibrated" and the run is guided (method "none" has no attention term)."""
+    config = run.config
+    if not config.calibrated or run.router is None:
+        return run.attention_weight
+    g_denoise, g_attention = gradient_norms(run, 0)
+    weight = config.attention_fraction * g_denoise / max(g_attention, CALIBRATION_EPS)
+    if not math.isfinite(weight):
+        raise TrainingDiverged(
+            f"attention calibration: gradient norms denoise {g_denoise}, attention {g_attention} give no finite "
+            "weight; check the images for NaN, or use attention_weight_mode='fixed'"
+        )
+    run.attention_weight = weight
+    return weight
 
 
 def instance_loss(masked: bool, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""attention_weight_mode="calibrated": the attention term's weight is set before the first step so
+that its gradient on the trainables is attention_fraction x the denoising loss's; it differs
+between models and resolutions (scale-free), is recorded in checkpoints (a resumed run reuses
+it) and is a no-op with method "none". "fixed" (the default) is what it always was."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.training import step as step_module
+from textloc_core.training.config import TrainConfig
+from textloc_core.training.loop import train
+from textloc_core.training.setup import setup
+from textloc_core.training.step import calibrate_attention_weight, draw, losses
+
+
+def _square(top, left, size, side):
+    mask = torch.zeros(side, side)
+    mask[top : top + size, left : left + size] = 1
+    return mask
+
+
+def _concepts(side=16):
+    torch.manual_seed(3)
+    s = side // 16
+    concepts = [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")]
+    images = [
+        ConceptImage(torch.rand(3, side, side), {"doll": _square(1 * s, 1 * s, 6 * s, side), "bucket": _square(9 * s, 8 * s, 6 * s, side)}),
+        ConceptImage(torch.rand(3, side, side), {"bucket": _square(2 * s, 9 * s, 6 * s, side)}),
+        ConceptImage(torch.rand(3, side, side), {"doll": _square(8 * s, 2 * s, 6 * s, side), "bucket": _square(1 * s, 8 * s, 6 * s, side)}),
+    ]
+    return ConceptSet(concepts, images)
+
+
+def _config(**kw):
+    base = dict(steps=3, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2, map_levels="all",
+                attention_weight_mode="calibrated", attention_fraction=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _other_bundle(tiny_parts, tiny_unet_builder):
+    """The tiny model with another randomly initialised UNet."""
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+    torch.manual_seed(1)
+    return bundle_from_diffusers(**{**tiny_parts, "unet": tiny_unet_builder()})
+
+
+def _grad_norm(run, which: str) -> float:
+    """||grad|| on the trainables of one term of step 0's loss, by a plain backward."""
+    params = run.trainables.parameters()
+    for p in params:
+        p.grad = None
+    terms, _ = losses(run, *draw(run, 0))
+    term = terms["instance"] + run.config.lambda_prior * terms["prior"] if which == "denoise" else run.attention_weight * terms["attention"]
+    term.backward()
+    run.router.clear()
+    norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
+    for p in params:
+        p.grad = None
+    return float(norm)
+
+
+@pytest.mark.parametrize("method", ["hard", "soft"])
+def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, method):
+    config = _config(method=method, lambda_prior=0.0, attention_fraction=0.1)
+    with torch.enable_grad():
+        run = setup(tiny_bundle, _concepts(), config)
+        with run.hooks():
+            weight = calibrate_attention_weight(run)
+            assert weight == run.attention_weight and weight > 0 and weight != config.lambda_attn
+            ratio = _grad_norm(run, "attention") / _grad_norm(run, "denoise")
+    assert ratio == pytest.approx(0.1, rel=1e-4)
+
+
+def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(tiny_bundle, tiny_parts, tiny_unet_builder):
+    config = _config(steps=1, lambda_prior=0.0)
+    base = train(tiny_bundle, _concepts(16), config).attention_weight
+    other_model = train(_other_bundle(tiny_parts, tiny_unet_builder), _concepts(16), config).attention_weight
+    other_side = train(tiny_bundle, _concepts(32), config).attention_weight
+    assert all(w is not None and w > 0 for w in (base, other_model, other_side))
+    assert abs(other_model / base - 1) > 0.05, (base, other_model)
+    assert abs(other_side / base - 1) > 0.05, (base, other_side)
+    # twice the fraction, twice the weight (same model, same batch)
+    double = train(tiny_bundle, _concepts(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)).attention_weight
+    assert double == pytest.approx(2 * base, rel=1e-6)
+
+
+def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch):
+    concepts, config = _concepts(), _config(steps=4, checkpoint_every=2)
+    reports = []
+    full = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "a", on_step=reports.append)
+    assert {r.attention_weight for r in reports} == {full.attention_weight} and full.attention_weight != 1.0
+    saved = json.loads((tmp_path / "a" / "step-000000004" / "state.json").read_text())
+    assert json.loads(saved["config_json"])["attention_weight_mode"] == "calibrated"
+
+    done = []
+    train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "b", should_stop=lambda: len(done) >= 3, on_step=done.append)
+    shutil.rmtree(tmp_path / "b" / "step-000000003")  # as if killed before step 3's checkpoint landed
+
+    def no_recalibration(*args, **kwargs):
+        raise AssertionError("a resumed run must reuse the recorded weight, not recalibrate")
+
+    monkeypatch.setattr(step_module, "gradient_norms", no_recalibration)
+    resumed = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "b", resume=True)
+    assert resumed.steps_done == 4 and resumed.history == full.history
+    assert resumed.attention_weight == full.attention_weight
+    for key in full.kv_deltas:
+        assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
+    for token in full.token_embeddings:
+        assert torch.equal(full.token_embeddings[token], resumed.token_embeddings[token]), token
+
+
+def test_calibration_is_a_no_op_without_guidance(tiny_bundle):
+    concepts = _concepts()
+    calibrated = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7))
+    fixed = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7, attention_weight_mode="fixed"))
+    assert calibrated.attention_weight == fixed.attention_weight == 0.7
+    assert calibrated.history == fixed.history
+    for key in fixed.kv_deltas:
+        assert torch.equal(fixed.kv_deltas[key], calibrated.kv_deltas[key]), key
+
+
+def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle):
+    config = _config(steps=1, attention_weight_mode="fixed", lambda_attn=0.25)
+    assert train(tiny_bundle, _concepts(), config).attention_weight == 0.25
+    data = json.loads(TrainConfig().to_json())
+    assert "attention_weight_mode" not in data and "attention_fraction" not in data  # older checkpoints match
+    assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()
+    calibrated = _config(attention_fraction=0.3)
+    assert TrainConfig.from_json(calibrated.to_json()) == calibrated
+
+
+def test_bad_calibration_settings_name_the_field():
+    with pytest.raises(ValueError, match="attention_weight_mode"):
+        TrainConfig(attention_weight_mode="auto")
+    for bad in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="attention_fraction"):
+            TrainConfig(attention_weight_mode="calibrated", attention_fraction=bad)
+    with pytest.raises(ValueError, match="lambda_attn"):
+        TrainConfig(lambda_attn=float("nan"))
+
+
+def test_widgets_carry_the_calibration_settings():
+    config = TrainConfig.from_widgets(
+        guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5,
+        attention_weight_mode="calibrated", attention_fraction=0.05,
+    )
+    assert (config.attention_weight_mode, config.attention_fraction, config.calibrated) == ("calibrated", 0.05, True)
+    default = TrainConfig.from_widgets(
+        guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5,
+    )
+    assert default.attention_weight_mode == "fixed" and not default.calibrated
