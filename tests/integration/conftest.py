@@ -1,6 +1,7 @@
 """The session-wide real ComfyUI for integration tests (headless, CPU, pack installed).
 
-ComfyUI comes from $COMFYUI_DIR, else ~/ComfyUI. Without it every integration test skips
+ComfyUI comes from $COMFYUI_DIR, else the tree scripts/quickstart.py laid out for the running
+environment, else ~/ComfyUI. Without it every integration test skips
 and the session ends with "INTEGRATION TESTS DID NOT RUN: ..." (or fails, when CI set
 TEXTLOC_REQUIRE_COMFYUI=1 after laying ComfyUI out).
 """
@@ -27,12 +28,19 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def comfy(not_run, tmp_path_factory):
-    """A running ComfyUI (ComfyHarness) shared by the whole session; stopped at the end."""
+def comfy_tree(not_run) -> Path:
+    """The ComfyUI work tree under test (servers start from it; in-process tests import it)."""
     comfy_dir = comfyui_dir()
     reason = missing_comfyui_reason(comfy_dir)
     if reason:
         not_run("INTEGRATION TESTS", reason, required_env="TEXTLOC_REQUIRE_COMFYUI")
+    return comfy_dir
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_tree, tmp_path_factory):
+    """A running ComfyUI (ComfyHarness) shared by the whole session; stopped at the end."""
+    comfy_dir = comfy_tree
     layout = ComfyLayout.create(tmp_path_factory.mktemp("comfyui"))
     # what the server owner lets nodes read besides the input folder (README, Security): a folder
     # of the session's own, and the paper dataset when this machine has it

@@ -14,9 +14,7 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-from textloc_harness.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
+from textloc_harness.comfy_launcher import PACK_ROOT
 
 SURFACE = {
     # the V3 node API
@@ -101,15 +99,6 @@ for dotted, params in signatures.items():
         wrong.append(f"{dotted}{tuple(found)} != {params}")
 print(json.dumps({"missing": missing, "wrong": wrong}))
 """
-
-
-@pytest.fixture(scope="module")
-def comfy_tree(not_run):
-    comfy_dir = comfyui_dir()
-    reason = missing_comfyui_reason(comfy_dir)
-    if reason:
-        not_run("COMFYUI SURFACE CHECK", reason, required_env="TEXTLOC_REQUIRE_COMFYUI")
-    return comfy_dir
 
 
 def test_every_comfyui_symbol_the_pack_relies_on_exists(comfy_tree):

@@ -11,16 +11,13 @@ import sys
 import pytest
 import torch
 
-from textloc_harness.comfy_launcher import PACK_ROOT, comfyui_dir, missing_comfyui_reason
+from textloc_harness.comfy_launcher import PACK_ROOT
 
 
 @pytest.fixture(scope="module")
-def pack(not_run):
+def pack(comfy_tree):
     """The pack as package ``textloc_pack`` with ComfyUI importable."""
-    comfy_dir = comfyui_dir()
-    reason = missing_comfyui_reason(comfy_dir)
-    if reason:
-        not_run("COMFYUI BACKEND TESTS", reason, required_env="TEXTLOC_REQUIRE_COMFYUI")
+    comfy_dir = comfy_tree
     if str(comfy_dir) not in sys.path:
         sys.path.insert(0, str(comfy_dir))
     import comfy.cli_args
