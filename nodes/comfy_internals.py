@@ -4,9 +4,10 @@ Everything else in nodes/ uses public surfaces only: the V3 node API, ModelPatch
 setters / ``get_key_patches`` / ``add_patches``, and the CLIP object's ``tokenize`` /
 ``encode_from_tokens``. Training needs a few things those cannot give: gradients through the
 text encoder, the embedding table to start a new token from, and a direct UNet call in DDPM
-time. Each is one function here, with what it relies on; tests/integration/
-test_comfy_internals.py checks each of them (and the symbols in ``RELIED_ON``) on every
-supported ComfyUI version (0.3.64 and 0.33.0 read the same in all these places).
+time. Each is one function here, with what it relies on. The ComfyUI names they use are in
+the ``SURFACE`` list of tests/integration/test_comfy_surface.py, checked on every supported
+ComfyUI version (0.3.64 and 0.33.0 read the same in all these places); the integration tests
+exercise the functions themselves on each.
 """
 
 from __future__ import annotations
@@ -17,13 +18,6 @@ from typing import Iterator
 
 import torch
 from torch import nn
-
-# (module, attribute path) of every non-public ComfyUI name used below.
-RELIED_ON = (
-    ("comfy.clip_model", "CLIPLayer"),
-    ("comfy.sd1_clip", "SDClipModel"),
-    ("comfy.sd1_clip", "SDClipModel.process_tokens"),
-)
 
 # The token-dict keys of CLIP-family text encoders, in the order an adapter stores their
 # slices of a token's vector (SDXL: clip_l's 768 values, then clip_g's 1280).
