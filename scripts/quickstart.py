@@ -113,13 +113,17 @@ def lay_out_comfyui(version: str, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure_comfyui(version: str, own_dir: str | None) -> Path:
-    if own_dir:
-        comfy = Path(own_dir).expanduser().resolve()
-        if not (comfy / "main.py").is_file():
-            raise SetupError(f"--comfyui-dir / COMFYUI_DIR {comfy} holds no ComfyUI (no main.py); "
-                             f"point it at a ComfyUI work tree, or leave it unset to use a private one")
-        return comfy
+def own_comfyui(own_dir: str) -> Path:
+    """A user's own ComfyUI tree (``--comfyui-dir``), checked and used as it is."""
+    comfy = Path(own_dir).expanduser().resolve()
+    if not (comfy / "main.py").is_file():
+        raise SetupError(f"--comfyui-dir / COMFYUI_DIR {comfy} holds no ComfyUI (no main.py); "
+                         f"point it at a ComfyUI work tree, or leave it unset to use a private one")
+    return comfy
+
+
+def ensure_comfyui(version: str) -> Path:
+    """The private ComfyUI ``version`` in .textloc/, laid out unless a finished one is there."""
     comfy = STATE / f"ComfyUI-{version}"
     if (comfy / "main.py").is_file() and tree_version(comfy) == version:
         return comfy
@@ -210,14 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if opts.comfyui_dir:
-            comfy = ensure_comfyui("", opts.comfyui_dir)
+            comfy = own_comfyui(opts.comfyui_dir)
             version = tree_version(comfy) or SUPPORTED[-1]
         else:
             version = opts.comfyui_version
             if version not in SUPPORTED:
                 raise SetupError(f"--comfyui-version {version} is not one this pack lays out; "
                                  f"choose one of {', '.join(SUPPORTED)} or use --comfyui-dir")
-            comfy = ensure_comfyui(version, None)
+            comfy = ensure_comfyui(version)
         pins = pins_version_for(version)
         venv = ensure_environment(pins, comfy, tested_tree=(version == pins))
     except SetupError as err:

@@ -37,11 +37,11 @@ def _snapshot(folder: Path, version: str) -> Path:
 def test_lays_out_a_snapshot_once_and_reuses_it(quickstart, tmp_path, monkeypatch):
     _snapshot(tmp_path, "0.33.0")
     monkeypatch.setenv("TEXTLOC_COMFYUI_SNAPSHOTS", str(tmp_path))
-    comfy = quickstart.ensure_comfyui("0.33.0", None)
+    comfy = quickstart.ensure_comfyui("0.33.0")
     assert comfy == tmp_path / "state" / "ComfyUI-0.33.0"
     assert quickstart.tree_version(comfy) == "0.33.0"
     (comfy / "marker").write_text("kept")
-    assert quickstart.ensure_comfyui("0.33.0", None) == comfy and (comfy / "marker").is_file()  # reused
+    assert quickstart.ensure_comfyui("0.33.0") == comfy and (comfy / "marker").is_file()  # reused
     assert not [p for p in comfy.parent.iterdir() if p.name.startswith(".")]  # no temporary left over
 
 
@@ -51,14 +51,14 @@ def test_a_half_laid_out_tree_is_replaced(quickstart, tmp_path, monkeypatch):
     broken = tmp_path / "state" / "ComfyUI-0.3.64"
     broken.mkdir(parents=True)
     (broken / "requirements.txt").write_text("")  # no main.py: an interrupted copy
-    assert (quickstart.ensure_comfyui("0.3.64", None) / "main.py").is_file()
+    assert (quickstart.ensure_comfyui("0.3.64") / "main.py").is_file()
 
 
 def test_without_snapshot_or_network_the_error_says_what_to_do(quickstart, tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTLOC_COMFYUI_SNAPSHOTS", str(tmp_path / "none"))
     monkeypatch.setattr(quickstart, "UPSTREAM", str(tmp_path / "no-such-repository"))
     with pytest.raises(quickstart.SetupError, match="--comfyui-dir"):
-        quickstart.ensure_comfyui("0.33.0", None)
+        quickstart.ensure_comfyui("0.33.0")
     assert not (tmp_path / "state" / "ComfyUI-0.33.0").exists()
 
 
@@ -66,9 +66,9 @@ def test_a_users_own_comfyui_is_used_as_it_is(quickstart, tmp_path):
     own = tmp_path / "MyComfy"
     own.mkdir()
     with pytest.raises(quickstart.SetupError, match="no main.py"):
-        quickstart.ensure_comfyui("", str(own))
+        quickstart.own_comfyui(str(own))
     (own / "main.py").write_text("")
-    assert quickstart.ensure_comfyui("", str(own)) == own.resolve()
+    assert quickstart.own_comfyui(str(own)) == own.resolve()
     assert not (tmp_path / "state").exists()  # nothing laid out
 
 
