@@ -22,6 +22,7 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..textloc_core.training import loop
+from ..textloc_core.training.checkpoint import list_checkpoints
 from ..textloc_core.training.result import make_adapter
 from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
@@ -113,6 +114,14 @@ def _progress_text(node_id, text: str) -> None:
         log.debug("textloc: progress text not sent", exc_info=True)
 
 
+def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int) -> None:
+    """Log (and show on the node) where a cancelled training's last checkpoint is."""
+    where = f"{checkpoints} (step {steps_done} of {steps})" if steps_done else "nowhere (no step finished)"
+    message = f"textloc: training '{name}' cancelled; last checkpoint kept in {where}. Queue again with resume on to continue."
+    log.warning(message)
+    _progress_text(node_id, message)
+
+
 def _interrupted() -> bool:
     import comfy.model_management as mm
 
@@ -183,7 +192,12 @@ class TextLocTrain(io.ComfyNode):
             _progress_text(unique_id, text)
             if _interrupted():
                 return  # the progress hook would raise mid-trainer; let should_stop end it cleanly
-            pbar.update_absolute(report.step, report.total, ("JPEG", loss_curve(history), 256))
+            try:
+                pbar.update_absolute(report.step, report.total, ("JPEG", loss_curve(history), 256))
+            except mm.InterruptProcessingException:
+                # Cancel arrived after the check: the hook raised and cleared ComfyUI's flag; set it
+                # again so should_stop ends the run before the next step and keeps its checkpoint
+                mm.interrupt_current_processing(True)
 
         try:
             with training_session(model, clip, vae) as bundle:
@@ -197,16 +211,17 @@ class TextLocTrain(io.ComfyNode):
         except loop.TrainingDiverged as exc:
             raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
         except mm.InterruptProcessingException:
+            # Cancel raised from a call the trainer does not wrap (ComfyUI 0.33 checks it in many
+            # places): the periodic checkpoints written so far are what is kept
+            done = max(list_checkpoints(checkpoints), default=0)
+            _report_cancel(unique_id, name, checkpoints, done, steps)
             mm.interrupt_current_processing(False)  # raised by the backend with the flag left set
             raise
         finally:
             gc.collect()
             mm.soft_empty_cache()
         if result.stopped_early:
-            where = f"{checkpoints} (step {result.steps_done} of {steps})" if result.steps_done else "nowhere (no step finished)"
-            message = f"textloc: training '{name}' cancelled; last checkpoint kept in {where}. Queue again with resume on to continue."
-            log.warning(message)
-            _progress_text(unique_id, message)
+            _report_cancel(unique_id, name, checkpoints, result.steps_done, steps)
             mm.interrupt_current_processing(False)
             raise mm.InterruptProcessingException()
         write_files(files, adapter, encoder_sizes)
