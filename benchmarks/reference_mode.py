@@ -165,8 +165,12 @@ class StoreEverythingDenoiser:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return self.inner.decode_latents(latents)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.inner.predict(noisy_latents, timesteps, context)
+    @property
+    def needs_pooled(self) -> bool:
+        return self.inner.needs_pooled
+
+    def predict(self, noisy_latents, timesteps, context, pooled=None) -> torch.Tensor:
+        return self.inner.predict(noisy_latents, timesteps, context, pooled)
 
     def canonical_layer_name(self, module_name: str) -> str:
         return self.inner.canonical_layer_name(module_name)

@@ -80,6 +80,53 @@ def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae}
 
 
+def build_tiny_sdxl_parts(seed: int = 0) -> dict:
+    """tokenizer(_2), text_encoder(_2), unet, vae: an SDXL-shaped model for unit tests.
+
+    Like SDXL: two CLIP text encoders (CLIP-L-like, 32 wide; bigG-like with a projection, 48
+    wide, padding with "!"), read at the penultimate layer and concatenated (context 80); a
+    UNet with ``addition_embed_type="text_time"`` taking bigG's pooled vector and the six size
+    numbers; no attention at the finest level and attention at two coarser levels.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    parts = build_tiny_pipeline_parts(seed)
+    torch.manual_seed(seed + 1)
+    common = dict(vocab_size=49408, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=77,
+                  bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, **common))
+    parts["text_encoder_2"] = CLIPTextModelWithProjection(
+        CLIPTextConfig(hidden_size=48, intermediate_size=96, projection_dim=48, **common))
+    parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token="!")
+    parts["unet"] = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=80,
+        attention_head_dim=(2, 4, 8),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=48 + 6 * 8,
+        norm_num_groups=8,
+    )
+    return parts
+
+
+@pytest.fixture
+def tiny_sdxl_bundle():
+    """A ModelBundle over fresh tiny SDXL-architecture diffusers components."""
+    from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+
+    return bundle_from_diffusers(**build_tiny_sdxl_parts())
+
+
 @pytest.fixture(scope="session")
 def tiny_unet_builder():
     """``build_tiny_unet`` for tests (``import conftest`` can resolve to another folder's conftest)."""

@@ -33,7 +33,7 @@ def test_every_paper_pair_trains_with_default_init(tiny_bundle, paper_dataset, p
     for concept in concepts.concepts:
         assert concept.init_word is None
         pieces = text._pieces(concept.class_word)
-        expected = text._embedding.weight[pieces].detach().float().mean(0, keepdim=True)
+        expected = text.encoders[0].embedding.weight[pieces].detach().float().mean(0, keepdim=True)
         assert torch.allclose(text.initial_embedding(concept.initializer), expected)
     result = train(tiny_bundle, concepts, TrainConfig(steps=1, prior_images_per_class=1, prior_sampling_steps=1))
     assert result.steps_done == 1

@@ -26,7 +26,7 @@ def _loss_and_grads(bundle, seed: int = 0):
     from textloc_core.sampling import schedule
 
     bundle.denoiser.unet.double()
-    bundle.text.text_encoder.double()
+    bundle.text.text_encoders[0].double()
     torch.manual_seed(seed)
     latents = torch.randn(2, 4, 8, 8, dtype=torch.float64)
     noise = torch.randn_like(latents)

@@ -39,7 +39,7 @@ def _config(**kw):
 
 
 def _state(bundle):
-    models = (bundle.denoiser.unet, bundle.denoiser.vae, bundle.text.text_encoder)
+    models = (bundle.denoiser.unet, bundle.denoiser.vae, *bundle.text.text_encoders)
     return [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
 
 

@@ -51,6 +51,8 @@ SURFACE = {
     "comfy.sd.CLIP.encode_from_tokens_scheduled", "comfy.sd.VAE.encode", "comfy.sd.VAE.decode",
     # nodes/comfy_internals.py (no public surface; each function there says what it relies on)
     "comfy.clip_model.CLIPLayer", "comfy.sd1_clip.SDClipModel.process_tokens",
+    "comfy.model_base.SDXL", "comfy.model_base.SDXL.encode_adm",
+    "comfy.ldm.modules.attention.BasicTransformerBlock", "comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock",
 }
 
 # Signatures the pack calls with keywords or positions that would break silently.
@@ -58,6 +60,7 @@ SIGNATURES = {
     "comfy.model_patcher.ModelPatcher.set_model_attn2_replace": ["self", "patch", "block_name", "number", "transformer_index"],
     "comfy.sd.CLIP.tokenize": ["self", "text", "return_word_ids"],
     "comfy.model_patcher.ModelPatcher.get_key_patches": ["self", "filter_prefix"],
+    "comfy.sd.CLIP.encode_from_tokens": ["self", "tokens", "return_pooled", "return_dict"],
 }
 
 # Names the pack imports from ComfyUI; anything reached through them is ComfyUI's surface.

@@ -23,7 +23,11 @@ diffusers Custom Diffusion (read from diffusers 0.42 loaders/unet.py, train_cust
   untrained ones (attn1) are stored, as diffusers' own ``.bin`` stores empty dicts, as
   zero-length tensors, which its loader treats the same way.
 * one ``<token file name>.safetensors`` per token holding ``{token: embedding}``, loadable
-  with ``pipeline.load_textual_inversion(folder, weight_name=...)``.
+  with ``pipeline.load_textual_inversion(folder, weight_name=...)``. SDXL has two text
+  encoders; its token files hold ``{"clip_l": ..., "clip_g": ...}`` (the layout diffusers'
+  docs load with ``load_textual_inversion(file["clip_l"], token=..., text_encoder=
+  pipe.text_encoder, tokenizer=pipe.tokenizer)`` and again with ``clip_g`` and the second
+  encoder), with the token in the header.
 """
 
 from __future__ import annotations
@@ -80,18 +84,7 @@ def write_comfy_embedding(
     embedding = embedding.detach().float()
     if embedding.dim() == 1:
         embedding = embedding.unsqueeze(0)
-    if encoder_dims is None:
-        tensors = {"emb_params": embedding}
-    else:
-        if sum(encoder_dims.values()) != embedding.shape[-1]:
-            raise ValueError(
-                f"embedding of width {embedding.shape[-1]} cannot be split into encoders {dict(encoder_dims)} "
-                f"(total {sum(encoder_dims.values())}): pass the text encoders' widths in context order"
-            )
-        tensors, start = {}, 0
-        for key, width in encoder_dims.items():
-            tensors[key] = embedding[:, start : start + width]
-            start += width
+    tensors = {"emb_params": embedding} if encoder_dims is None else split_embedding(embedding, encoder_dims)
     return safe_io.save_tensors(path, tensors, {"format": COMFY_EMBEDDING_FORMAT})
 
 
@@ -104,6 +97,7 @@ def write_custom_diffusion(
     base_kv: Mapping[str, torch.Tensor],
     unet_config: Any,
     attention_layers: list[str] | None = None,
+    encoder_dims: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Write ``adapter`` in diffusers' Custom Diffusion layout into ``directory``.
 
@@ -111,6 +105,8 @@ def write_custom_diffusion(
     weights). ``unet_config``: the diffusers UNet config (for layer names). ``attention_layers``:
     diffusers names of every attention module of the UNet (``unet.attn_processors`` keys minus
     ``.processor``); None assumes Stable Diffusion's layout, where each attn2 has an attn1 sibling.
+    ``encoder_dims``: SDXL's ``{"clip_l": 768, "clip_g": 1280}`` splits each token's vector into
+    one tensor per encoder (``split_embedding``); None (SD1.x/SD2.x) stores it whole.
     Returns ``{"weights": path, "embeddings": {token: path}}``.
     """
     directory = Path(directory)
@@ -135,20 +131,45 @@ def write_custom_diffusion(
     weights = safe_io.save_tensors(directory / CUSTOM_DIFFUSION_WEIGHTS, tensors, header)
     embeddings = {}
     for token, embedding in adapter.token_embeddings.items():
-        value = embedding[0] if embedding.shape[0] == 1 else embedding  # the train script stores (D,)
         path = directory / f"{safe_io.safe_filename(token, 'token')}.safetensors"
+        if encoder_dims is not None:
+            parts = split_embedding(embedding.detach().float(), encoder_dims)
+            embeddings[token] = safe_io.save_tensors(path, parts, {"format": "pt", "token": token})
+            continue
+        value = embedding[0] if embedding.shape[0] == 1 else embedding  # the train script stores (D,)
         embeddings[token] = safe_io.save_tensors(path, {token: value.detach().float()}, {"format": "pt"})
     return {"weights": weights, "embeddings": embeddings}
 
 
-def _load_any(path: Path, what: str) -> dict:
+SDXL_ENCODER_KEYS = ("clip_l", "clip_g")
+"""Keys of an SDXL embedding file's tensors, in the order a token's vector holds them."""
+
+
+def split_embedding(embedding: torch.Tensor, encoder_dims: Mapping[str, int]) -> dict[str, torch.Tensor]:
+    """A ``(n_vectors, D)`` token vector as one tensor per text encoder (``encoder_dims`` in
+    context order, e.g. SDXL's ``{"clip_l": 768, "clip_g": 1280}``)."""
+    if embedding.dim() == 1:
+        embedding = embedding.unsqueeze(0)
+    if sum(encoder_dims.values()) != embedding.shape[-1]:
+        raise ValueError(
+            f"embedding of width {embedding.shape[-1]} cannot be split into encoders {dict(encoder_dims)} "
+            f"(total {sum(encoder_dims.values())}): pass the text encoders' widths in context order"
+        )
+    tensors, start = {}, 0
+    for key, width in encoder_dims.items():
+        tensors[key] = embedding[:, start : start + width].contiguous()
+        start += width
+    return tensors
+
+
+def _load_any(path: Path, what: str) -> tuple[dict, dict[str, str]]:
+    """(tensors, safetensors header or {}) of a ``.safetensors`` or legacy ``.bin`` file."""
     if path.suffix == ".safetensors":
-        tensors, _ = safe_io.load_tensors(path, what, "re-export it")
-        return tensors
+        return safe_io.load_tensors(path, what, "re-export it")
     loaded = safe_io.load_legacy_tensor_file(path, what)
     if not isinstance(loaded, dict):
         raise ValueError(f"{what} {path}: expected a dict of tensors, got {type(loaded).__name__}")
-    return loaded
+    return loaded, {}
 
 
 def read_custom_diffusion(
@@ -172,7 +193,7 @@ def read_custom_diffusion(
         state, header = safe_io.load_tensors(weights_path, "Custom Diffusion weights", "re-export it")
     elif (directory / CUSTOM_DIFFUSION_WEIGHTS_BIN).is_file():
         weights_path = directory / CUSTOM_DIFFUSION_WEIGHTS_BIN
-        state = _load_any(weights_path, "Custom Diffusion weights")
+        state, _ = _load_any(weights_path, "Custom Diffusion weights")
     else:
         raise FileNotFoundError(f"{directory}: no {CUSTOM_DIFFUSION_WEIGHTS} (or .bin) in this folder")
 
@@ -200,7 +221,11 @@ def read_custom_diffusion(
     for path in sorted(directory.iterdir()):
         if path.name in (CUSTOM_DIFFUSION_WEIGHTS, CUSTOM_DIFFUSION_WEIGHTS_BIN) or path.suffix not in (".safetensors", ".bin"):
             continue
-        content = _load_any(path, "embedding file")
+        content, file_header = _load_any(path, "embedding file")
+        if set(content) == set(SDXL_ENCODER_KEYS):  # one tensor per SDXL encoder, CLIP-L's first
+            token = file_header.get("token") or path.stem
+            embeddings[token] = torch.cat([content[k].float().reshape(-1, content[k].shape[-1]) for k in SDXL_ENCODER_KEYS], -1)
+            continue
         if len(content) != 1:
             continue
         ((token, value),) = content.items()

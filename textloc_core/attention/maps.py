@@ -55,13 +55,15 @@ def slot_layout(token_positions: list[dict[str, list[int]]], tokens: list[str]) 
     return SlotLayout(slots, weights, present, list(tokens))
 
 
-def attn2_query_counts(denoiser, latents: torch.Tensor, context: torch.Tensor, dtype: torch.dtype) -> dict[str, int]:
+def attn2_query_counts(denoiser, latents: torch.Tensor, encoded, dtype: torch.dtype) -> dict[str, int]:
     """Query pixels of every attn2 layer (canonical name) for latents of this size: one
-    routed forward without gradient, so levels are found by walking, never hard-coded."""
+    routed forward without gradient, so levels are found by walking, never hard-coded.
+    ``encoded``: the text backend's ``EncodedPrompts`` (its first row is used)."""
     router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
+    pooled = None if encoded.pooled is None else encoded.pooled[:1].to(dtype)
     with torch.no_grad(), denoiser.route_attention(router):
         t = torch.zeros(1, dtype=torch.long, device=latents.device)
-        denoiser.predict(latents[:1].to(dtype), t, context[:1].to(dtype))
+        denoiser.predict(latents[:1].to(dtype), t, encoded.context[:1].to(dtype), pooled)
     return {m.layer: m.probs.shape[1] for m in router.captured}
 
 

@@ -38,6 +38,9 @@ class EncodedPrompts:
 
     context: torch.Tensor
     token_positions: list[dict[str, list[int]]]
+    pooled: torch.Tensor | None = None
+    """(B, P) pooled text embedding for UNets conditioned on it (SDXL: OpenCLIP bigG's projected
+    end-of-text vector, P = 1280), differentiable like ``context``; None for SD1.x/SD2.x."""
 
 
 @runtime_checkable
@@ -83,8 +86,19 @@ class DenoiserBackend(Protocol):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Inverse of ``encode_images``: scaled latents -> (B, 3, H, W) images in [0, 1]."""
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """The UNet's raw output for DDPM-noised latents at integer ``timesteps`` (0..999)."""
+    needs_pooled: bool
+    """True for UNets that also take the pooled text embedding and size conditioning (SDXL):
+    ``predict`` then needs ``pooled``; the size conditioning it derives from the latents."""
+
+    def predict(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The UNet's raw output for DDPM-noised latents at integer ``timesteps`` (0..999).
+
+        ``pooled`` (B, P): the text backend's ``EncodedPrompts.pooled`` rows matching
+        ``context``; required when ``needs_pooled``. SDXL's size conditioning is taken as
+        uncropped images of the latents' own size (original = target = latent side x factor)."""
 
     def route_attention(self, router: "AttentionRouter") -> AbstractContextManager:
         """While the context is open, every ``attn2`` call whose layer the router selects goes

@@ -10,6 +10,7 @@ every other attention keeps diffusers' own (SDPA) processor.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,31 +25,27 @@ from .base import EncodedPrompts, ModelBundle, mean_of_pieces
 from .fingerprint import base_model_fingerprint, canonical_layers, kv_weights_of
 
 
-class DiffusersText:
-    """``TextBackend`` over a transformers ``CLIPTokenizer`` + ``CLIPTextModel``."""
+class _Encoder:
+    """One transformers CLIP tokenizer + text model, and which of its hidden states the UNet reads."""
 
-    def __init__(self, tokenizer: Any, text_encoder: nn.Module, max_length: int = TOKENS_PER_CHUNK):
+    def __init__(self, tokenizer: Any, model: nn.Module, hidden_layer: int | None, max_length: int):
         self.tokenizer = tokenizer
-        self.text_encoder = text_encoder
+        self.model = model
+        self.hidden_layer = hidden_layer
+        """None: the last hidden state (final layer norm applied; SD1.x/SD2.x); -2: the
+        penultimate layer's output (SDXL's choice for both encoders)."""
         self.max_length = max_length
-        self.embedding_dim = int(text_encoder.config.hidden_size)
-        self._token_ids: dict[str, int] = {}
+        self.width = int(model.config.hidden_size)
+        self.token_ids: dict[str, int] = {}
 
     @property
-    def _embedding(self) -> nn.Embedding:
-        return self.text_encoder.get_input_embeddings()
+    def embedding(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
 
-    def _pieces(self, text: str) -> list[int]:
+    def pieces(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    def initial_embedding(self, init_word: str, what: str = "init_word") -> torch.Tensor:
-        rows = [self._embedding.weight[i] for i in self._pieces(init_word)]
-        return mean_of_pieces(rows, init_word, what).clone().unsqueeze(0)
-
     def check_token(self, token: str) -> None:
-        check_token_text(token)
-        if token != token.lower():
-            raise ValueError(f"token {token!r}: CLIP lower-cases prompts; use a lower-case token, like '<doll1>'")
         vocab = self.tokenizer.get_vocab()
         added = set(getattr(self.tokenizer, "added_tokens_encoder", {}))
         if token not in added and (token in vocab or f"{token}</w>" in vocab):
@@ -58,58 +55,133 @@ class DiffusersText:
         if token not in added:
             self.tokenizer.add_tokens([token])
 
-    def _added_ids(self, tokens: list[str]) -> dict[int, str]:
+    def added_ids(self, tokens: list[str]) -> dict[int, str]:
         ids = {}
         for token in tokens:
-            if token not in self._token_ids:  # checked once: get_vocab() copies 49k entries
+            if token not in self.token_ids:  # checked once: get_vocab() copies 49k entries
                 self.check_token(token)
-                self._token_ids[token] = self.tokenizer.convert_tokens_to_ids(token)
-            ids[self._token_ids[token]] = token
+                self.token_ids[token] = self.tokenizer.convert_tokens_to_ids(token)
+            ids[self.token_ids[token]] = token
         return ids
 
-    def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
-        added = self._added_ids(list(token_embeddings))
-        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        rows, positions, fills = [], [], []
-        for prompt in prompts:
-            ids, where, fill = [bos], {}, []
-            for piece in self._pieces(prompt):
-                token = added.get(piece)
-                if token is None:
-                    if piece >= self._embedding.num_embeddings:
-                        raise ValueError(f"prompt {prompt!r}: token id {piece} is an added token this encoder has no vector for")
-                    ids.append(piece)
-                    continue
-                vectors = token_embeddings[token]
-                for j in range(vectors.shape[0]):
-                    where.setdefault(token, []).append(len(ids))
-                    fill.append((len(ids), token, j))
-                    ids.append(0)  # placeholder id; its embedding is replaced below
-            ids.append(eos)
-            if len(ids) > self.max_length:
-                raise ValueError(
-                    f"prompt {prompt!r} is {len(ids)} tokens long; the text encoder takes {self.max_length}. Shorten it."
-                )
-            rows.append(ids + [pad] * (self.max_length - len(ids)))
-            positions.append(where)
-            fills.append(fill)
-        device = self._embedding.weight.device
-        input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+    def layout(self, prompt: str, added: dict[int, str], token_embeddings: dict[str, torch.Tensor]):
+        """(padded ids, {token: positions}, [(position, token, vector index)]) of one prompt;
+        identifier positions hold a placeholder id whose embedding is replaced."""
+        tokenizer = self.tokenizer
+        ids, where, fill = [tokenizer.bos_token_id], {}, []
+        for piece in self.pieces(prompt):
+            token = added.get(piece)
+            if token is None:
+                if piece >= self.embedding.num_embeddings:
+                    raise ValueError(f"prompt {prompt!r}: token id {piece} is an added token this encoder has no vector for")
+                ids.append(piece)
+                continue
+            for j in range(token_embeddings[token].shape[0]):
+                where.setdefault(token, []).append(len(ids))
+                fill.append((len(ids), token, j))
+                ids.append(0)
+        ids.append(tokenizer.eos_token_id)
+        if len(ids) > self.max_length:
+            raise ValueError(
+                f"prompt {prompt!r} is {len(ids)} tokens long; the text encoder takes {self.max_length}. Shorten it."
+            )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return ids + [pad] * (self.max_length - len(ids)), where, fill
+
+    def run(self, rows: list[list[int]], fills: list, vectors: dict[str, torch.Tensor]):
+        """(hidden states the UNet reads, the model's pooled output) with ``vectors`` injected
+        at the fill positions; gradients reach ``vectors``."""
+        input_ids = torch.tensor(rows, dtype=torch.long, device=self.embedding.weight.device)
 
         def inject(_module, _inputs, output):
             output = output.clone()
             for b, fill in enumerate(fills):
                 for position, token, j in fill:
-                    output[b, position] = token_embeddings[token][j].to(output.device, output.dtype)
+                    output[b, position] = vectors[token][j].to(output.device, output.dtype)
             return output
 
-        handle = self._embedding.register_forward_hook(inject)
+        handle = self.embedding.register_forward_hook(inject)
         try:
-            context = self.text_encoder(input_ids=input_ids).last_hidden_state
+            out = self.model(input_ids=input_ids, output_hidden_states=self.hidden_layer is not None)
         finally:
             handle.remove()
-        return EncodedPrompts(context=context, token_positions=positions)
+        hidden = out.last_hidden_state if self.hidden_layer is None else out.hidden_states[self.hidden_layer]
+        pooled = getattr(out, "text_embeds", None)
+        return hidden, out.pooler_output if pooled is None else pooled
+
+
+class DiffusersText:
+    """``TextBackend`` over transformers CLIP tokenizers + text models.
+
+    SD1.x/SD2.x: one ``CLIPTextModel``, its last hidden state. SDXL (``tokenizer_2`` and
+    ``text_encoder_2`` given): CLIP-L and OpenCLIP bigG (``CLIPTextModelWithProjection``), each
+    one's penultimate layer, concatenated along the feature axis (768 + 1280 = 2048), plus
+    bigG's projected pooled vector. An identifier's vector is one row of ``embedding_dim``
+    values holding each encoder's slice in that order (CLIP-L's first), so it trains as one
+    parameter per concept and still gives every encoder its own embedding.
+    """
+
+    def __init__(self, tokenizer: Any, text_encoder: nn.Module, max_length: int = TOKENS_PER_CHUNK,
+                 tokenizer_2: Any = None, text_encoder_2: nn.Module | None = None):
+        if (tokenizer_2 is None) != (text_encoder_2 is None):
+            raise ValueError("text: SDXL needs both tokenizer_2 and text_encoder_2 (or neither for SD1.x/SD2.x)")
+        sdxl = text_encoder_2 is not None
+        self.encoders = [_Encoder(tokenizer, text_encoder, -2 if sdxl else None, max_length)]
+        if sdxl:
+            self.encoders.append(_Encoder(tokenizer_2, text_encoder_2, -2, max_length))
+        self.embedding_dim = sum(e.width for e in self.encoders)
+        self.pooled = sdxl
+        # (file key, width) per encoder in vector order, for SDXL's per-encoder embedding files
+        self.encoder_sizes = list(zip(("clip_l", "clip_g"), (e.width for e in self.encoders)))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoders[0].tokenizer
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        """The text models (one for SD1.x/SD2.x, CLIP-L then bigG for SDXL)."""
+        return [e.model for e in self.encoders]
+
+    def _pieces(self, text: str) -> list[int]:
+        return self.encoders[0].pieces(text)
+
+    def initial_embedding(self, init_word: str, what: str = "init_word") -> torch.Tensor:
+        parts = [
+            mean_of_pieces([e.embedding.weight[i] for i in e.pieces(init_word)], init_word, what)
+            for e in self.encoders
+        ]
+        return torch.cat(parts).clone().unsqueeze(0)
+
+    def check_token(self, token: str) -> None:
+        check_token_text(token)
+        if token != token.lower():
+            raise ValueError(f"token {token!r}: CLIP lower-cases prompts; use a lower-case token, like '<doll1>'")
+        for encoder in self.encoders:
+            encoder.check_token(token)
+
+    def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
+        for token, vectors in token_embeddings.items():
+            if vectors.shape[-1] != self.embedding_dim:
+                raise ValueError(
+                    f"token {token!r}: its embedding has {vectors.shape[-1]} values per vector, this text encoder "
+                    f"takes {self.embedding_dim}; was it trained on another model family?"
+                )
+        hidden, pooled, positions, start = [], None, None, 0
+        for encoder in self.encoders:
+            added = encoder.added_ids(list(token_embeddings))
+            laid = [encoder.layout(p, added, token_embeddings) for p in prompts]
+            where = [w for _, w, _ in laid]
+            if positions is None:
+                positions = where
+            elif where != positions:
+                raise ValueError(f"prompts {prompts!r}: the two tokenizers place the identifier tokens differently")
+            sliced = {t: v[:, start:start + encoder.width] for t, v in token_embeddings.items()}
+            states, pooled = encoder.run([ids for ids, _, _ in laid], [f for _, _, f in laid], sliced)
+            hidden.append(states)
+            start += encoder.width
+        context = torch.cat(hidden, dim=-1) if len(hidden) > 1 else hidden[0]
+        return EncodedPrompts(context=context, token_positions=positions, pooled=pooled if self.pooled else None)
 
 
 class _RoutedProcessor:
@@ -154,6 +226,7 @@ class DiffusersDenoiser:
         self.vae = vae
         self.prediction_type = prediction_type
         self.latent_channels = int(unet.config.in_channels)
+        self.needs_pooled = getattr(unet.config, "addition_embed_type", None) == "text_time"
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self._scale = float(vae.config.scaling_factor)
         self._shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
@@ -169,8 +242,23 @@ class DiffusersDenoiser:
         images = self.vae.decode((latents / self._scale + self._shift).to(param.device, param.dtype)).sample
         return ((images.float() + 1) / 2).clamp(0, 1)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
+    def predict(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        added = None
+        if self.needs_pooled:
+            if pooled is None:
+                raise ValueError("this UNet (SDXL) needs the pooled text embedding; encode prompts with its two text encoders")
+            added = {"text_embeds": pooled.to(context.dtype), "time_ids": self.size_conditioning(noisy_latents).to(context.dtype)}
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=context, added_cond_kwargs=added).sample
+
+    def size_conditioning(self, latents: torch.Tensor) -> torch.Tensor:
+        """SDXL's ``add_time_ids`` (B, 6) for uncropped images of the latents' size: original
+        (h, w), crop (top, left) = (0, 0), target (h, w), in pixels."""
+        h, w = (int(s) * self.vae_scale_factor for s in latents.shape[-2:])
+        row = torch.tensor([h, w, 0, 0, h, w], dtype=torch.float32, device=latents.device)
+        return row.expand(latents.shape[0], 6)
 
     def canonical_layer_name(self, module_name: str) -> str:
         return diffusers_to_ldm_attn2(module_name, self.unet.config)
@@ -218,31 +306,43 @@ def bundle_from_diffusers(
     vae: nn.Module | None = None,
     text_encoder: nn.Module | None = None,
     tokenizer: Any = None,
+    text_encoder_2: nn.Module | None = None,
+    tokenizer_2: Any = None,
     prediction_type: str | None = None,
 ) -> ModelBundle:
-    """A ``ModelBundle`` from a StableDiffusionPipeline, or from its four components.
+    """A ``ModelBundle`` from a StableDiffusion(XL)Pipeline, or from its components.
 
-    ``prediction_type`` defaults to the pipeline scheduler's (else "epsilon"). The models are
-    put in eval mode; their weights are never modified by training.
+    SDXL: also ``text_encoder_2`` / ``tokenizer_2`` (taken from the pipeline when it has them),
+    and a UNet with ``addition_embed_type="text_time"``. ``prediction_type`` defaults to the
+    pipeline scheduler's (else "epsilon"). The models are put in eval mode; their weights are
+    never modified by training.
     """
+    def part(name, given):
+        return given if given is not None else getattr(pipeline, name, None)
+
     parts = {
-        "unet": unet if unet is not None else getattr(pipeline, "unet", None),
-        "vae": vae if vae is not None else getattr(pipeline, "vae", None),
-        "text_encoder": text_encoder if text_encoder is not None else getattr(pipeline, "text_encoder", None),
-        "tokenizer": tokenizer if tokenizer is not None else getattr(pipeline, "tokenizer", None),
+        "unet": part("unet", unet), "vae": part("vae", vae),
+        "text_encoder": part("text_encoder", text_encoder), "tokenizer": part("tokenizer", tokenizer),
     }
-    missing = [name for name, part in parts.items() if part is None]
+    second = {"text_encoder_2": part("text_encoder_2", text_encoder_2), "tokenizer_2": part("tokenizer_2", tokenizer_2)}
+    missing = [name for name, value in parts.items() if value is None]
     if missing:
         raise ValueError(f"diffusers bundle: missing {missing}; pass a StableDiffusionPipeline or every component")
     if prediction_type is None:
         scheduler = getattr(pipeline, "scheduler", None)
         prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", None) or "epsilon"
-    for model in (parts["unet"], parts["vae"], parts["text_encoder"]):
-        model.eval()
     denoiser = DiffusersDenoiser(parts["unet"], parts["vae"], prediction_type)
+    has_second = all(v is not None for v in second.values())
+    if denoiser.needs_pooled and not has_second:
+        raise ValueError("diffusers bundle: this UNet is SDXL-style (text_time conditioning); pass text_encoder_2 and tokenizer_2 too")
+    if not denoiser.needs_pooled:
+        second = {"text_encoder_2": None, "tokenizer_2": None}
+    for model in (parts["unet"], parts["vae"], parts["text_encoder"], second["text_encoder_2"]):
+        if model is not None:
+            model.eval()
     weight = next(parts["unet"].parameters())
     return ModelBundle(
-        text=DiffusersText(parts["tokenizer"], parts["text_encoder"]),
+        text=DiffusersText(parts["tokenizer"], parts["text_encoder"], **second),
         denoiser=denoiser,
         fingerprint=kv_fingerprint(denoiser),
         device=weight.device,
@@ -251,18 +351,34 @@ def bundle_from_diffusers(
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:
-    """A ``ModelBundle`` from a local diffusers folder or a single-file SD checkpoint.
+    """A ``ModelBundle`` from a local diffusers folder or a single-file SD1.x/SD2.x/SDXL checkpoint.
 
-    Never downloads: a folder must hold the pipeline, a file must be a full checkpoint.
+    Never downloads: a folder must hold the pipeline, a file must be a full checkpoint. A file
+    whose text conditioner has a second embedder (``conditioner.embedders.1``) is read as SDXL.
     """
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     path = Path(path)
     if path.is_dir():
-        pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=dtype, local_files_only=True, safety_checker=None)
+        index = path / "model_index.json"
+        sdxl = index.is_file() and "XL" in json.loads(index.read_text()).get("_class_name", "")
+        kind = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+        extra = {} if sdxl else {"safety_checker": None}
+        pipe = kind.from_pretrained(str(path), dtype=dtype, local_files_only=True, **extra)
     elif path.is_file():
-        pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, local_files_only=True)
+        kind = StableDiffusionXLPipeline if _is_sdxl_file(path) else StableDiffusionPipeline
+        pipe = kind.from_single_file(str(path), dtype=dtype, local_files_only=True)
     else:
         raise ValueError(f"model path {path} does not exist: give a diffusers folder or a .safetensors checkpoint")
     pipe.to(device)
     return bundle_from_diffusers(pipe)
+
+
+def _is_sdxl_file(path: Path) -> bool:
+    """Whether a single-file checkpoint holds SDXL's two-embedder text conditioner."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return any(key.startswith("conditioner.embedders.1.") for key in handle.keys())

@@ -32,9 +32,11 @@ def default_class_word(name: str) -> str:
 
 
 
-def natural_key(text: str) -> list:
-    """Sort key that puts "2" before "10", as a person numbering photos expects."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+def natural_key(text: str) -> tuple:
+    """Sort key that puts "2" before "10", as a person numbering photos expects. Names equal
+    as numbers ("0" and "00") fall back to their text, so the order never depends on the
+    order the file system lists them in."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)], text
 
 
 def image_listing(folder: Path, root: Path, confine: Path | None = None) -> dict[str, Path]:

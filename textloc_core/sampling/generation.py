@@ -64,19 +64,26 @@ def generate(
             raise ValueError(f"maps_for: {missing} do not occur in the prompt {prompt!r}")
         cond = encoded.context[:1].expand(num_images, -1, -1)
         uncond = encoded.context[1:].expand(num_images, -1, -1)
+        pooled = {}
+        if encoded.pooled is not None:
+            pooled = {
+                "cond_pooled": encoded.pooled[:1].expand(num_images, -1).to(bundle.compute_dtype),
+                "uncond_pooled": encoded.pooled[1:].expand(num_images, -1).to(bundle.compute_dtype),
+            }
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((num_images, denoiser.latent_channels, *latent_hw), generator=generator).to(bundle.device)
         router = layout = None
         if maps_for:
             layout = slot_layout([encoded.token_positions[0]] * num_images, list(maps_for))
             # Only the layers of the chosen levels are routed; the rest keep fused attention.
-            layers = choose_layers(attn2_query_counts(denoiser, noise, cond, bundle.compute_dtype), map_levels)
+            layers = choose_layers(attn2_query_counts(denoiser, noise, encoded, bundle.compute_dtype), map_levels)
             # the sampler's batch is [uncond; cond] with CFG: the maps of the cond half count
             cond_rows = slice(num_images, None) if guidance_scale != 1.0 else None
             router = AveragingRouter(layers=layers, token_slots=layout.slots[:1].to(bundle.device), keep_rows=cond_rows)
         dtype = bundle.compute_dtype
         latents = ddim_sample(
             denoiser, cond.to(dtype), uncond.to(dtype), noise, steps=steps, guidance_scale=guidance_scale, router=router,
+            **pooled,
         )
         images = denoiser.decode_latents(latents)
     result = Generation(images=images.float().cpu(), latents=latents.float().cpu())

@@ -106,16 +106,22 @@ def ddim_sample(
     router: AttentionRouter | None = None,
     on_maps: Callable[[int, list[CapturedMap]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    cond_pooled: torch.Tensor | None = None,
+    uncond_pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise initial noise ``latents`` (B, C, h, w) with classifier-free guidance.
 
-    ``cond``/``uncond``: (B, L, D) contexts (``uncond`` None or guidance 1 -> no CFG). The
+    ``cond``/``uncond``: (B, L, D) contexts (``uncond`` None or guidance 1 -> no CFG), with
+    their (B, P) pooled embeddings for UNets that take them (SDXL). The
     UNet sees one batch [uncond; cond]. With ``router``, its ``token_slots`` must be set for
     that doubled batch; after each step ``on_maps(step, captured)`` gets the captured maps
     and the router is cleared. ``should_stop`` is polled before every step (``Cancelled``).
     """
     use_cfg = uncond is not None and guidance_scale != 1.0
     context = torch.cat([uncond, cond]) if use_cfg else cond
+    pooled = cond_pooled
+    if use_cfg and cond_pooled is not None:
+        pooled = torch.cat([uncond_pooled, cond_pooled])
     x = latents.float()
     timesteps = ddim_timesteps(steps)
     dtype = next(denoiser.unet.parameters()).dtype
@@ -127,7 +133,9 @@ def ddim_sample(
             check_stop(should_stop, f"at sampling step {i} of {len(timesteps)}")
             model_in = torch.cat([x, x]) if use_cfg else x
             t_batch = torch.full((model_in.shape[0],), t, dtype=torch.long, device=x.device)
-            out = denoiser.predict(model_in.to(dtype), t_batch, context.to(dtype)).float()
+            out = denoiser.predict(
+                model_in.to(dtype), t_batch, context.to(dtype), None if pooled is None else pooled.to(dtype)
+            ).float()
             if use_cfg:
                 out_uncond, out_cond = out.chunk(2)
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)

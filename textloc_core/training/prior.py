@@ -45,8 +45,8 @@ def _generate(
 ) -> torch.Tensor:
     denoiser, dtype = bundle.denoiser, bundle.compute_dtype
     with torch.no_grad():
-        encoded = bundle.text.encode([prompt, ""], {}).context
-    cond, uncond = encoded[:1], encoded[1:]
+        encoded = bundle.text.encode([prompt, ""], {})
+    cond, uncond = encoded.context[:1], encoded.context[1:]
     out = []
     for start in range(0, count, GENERATION_BATCH):
         if should_stop is not None and should_stop():
@@ -68,6 +68,10 @@ def _generate(
                 steps=config.prior_sampling_steps,
                 guidance_scale=config.prior_guidance_scale,
                 should_stop=should_stop,
+                **({} if encoded.pooled is None else {
+                    "cond_pooled": encoded.pooled[:1].expand(n, -1).to(dtype),
+                    "uncond_pooled": encoded.pooled[1:].expand(n, -1).to(dtype),
+                }),
             )
         except Cancelled as stop:
             raise PriorCancelled(f"{stop} of prior images {start}-{start + n} of {count} of {prompt!r}") from None

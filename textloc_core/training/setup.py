@@ -96,6 +96,8 @@ class TrainingRun:
     amp: torch.dtype | None
     prior_latents: torch.Tensor | None = None
     prior_context: torch.Tensor | None = None
+    prior_pooled: torch.Tensor | None = None
+    """(P, D) pooled embeddings of the class prompts, for UNets that take them (SDXL)."""
     prior_prompt_index: torch.Tensor | None = None
     attention_weight: float | None = None
     """The attention term's weight in the loss: ``config.lambda_attn`` (the default), or the
@@ -215,8 +217,8 @@ def setup(
     if config.method != "none" and (config.lambda_attn > 0 or config.calibrated):
         # only the layers map_levels asks for are routed; all others keep fused attention
         with torch.no_grad():
-            context = bundle.text.encode(prompts[:1], {t: e.detach() for t, e in embeddings.items()}).context
-        layers = choose_layers(attn2_query_counts(denoiser, latents[:1], context, bundle.compute_dtype), config.map_levels)
+            first = bundle.text.encode(prompts[:1], {t: e.detach() for t, e in embeddings.items()})
+        layers = choose_layers(attn2_query_counts(denoiser, latents[:1], first, bundle.compute_dtype), config.map_levels)
         router = AttentionRouter(layers=layers, keep_grad=True)
     injector = KVDeltaInjector(denoiser.unet)
     canonical = {f"{n}.{p}": f"{denoiser.canonical_layer_name(n)}.{p}" for n in injector.layers for p in PROJECTIONS}
@@ -249,5 +251,7 @@ def setup_prior(run: TrainingRun, cache_dir: Path | None, should_stop: Callable[
     run.prior_latents = torch.cat(latents).to(run.device, torch.float32)
     run.prior_prompt_index = torch.cat([torch.full((len(x),), i) for i, x in enumerate(latents)])
     with torch.no_grad():  # prior prompts hold no trainable token: encode once
-        run.prior_context = run.bundle.text.encode(prompts, {}).context.detach()
+        encoded = run.bundle.text.encode(prompts, {})
+        run.prior_context = encoded.context.detach()
+        run.prior_pooled = None if encoded.pooled is None else encoded.pooled.detach()
     return True

@@ -73,12 +73,17 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise) -> tuple[dict[str, t
     unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once per step
     with torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
         encoded = run.bundle.text.encode(unique, run.trainables.token_embeddings)
-        context = encoded.context[torch.tensor([unique.index(p) for p in prompts], device=encoded.context.device)]
+        which = torch.tensor([unique.index(p) for p in prompts], device=encoded.context.device)
+        context = encoded.context[which]
+        pooled = None if encoded.pooled is None else encoded.pooled[which]
         positions = [encoded.token_positions[unique.index(p)] for p in prompts]
         latents = run.latents[inst.to(dev)]
         if prior is not None:
             latents = torch.cat([latents, run.prior_latents[prior.to(dev)]])
-            context = torch.cat([context, run.prior_context[run.prior_prompt_index[prior].to(dev)].to(context.dtype)])
+            prior_rows = run.prior_prompt_index[prior].to(dev)
+            context = torch.cat([context, run.prior_context[prior_rows].to(context.dtype)])
+            if pooled is not None:
+                pooled = torch.cat([pooled, run.prior_pooled[prior_rows].to(pooled.dtype)])
         noise, timesteps = noise.to(dev), timesteps.to(dev)
         noisy = schedule.add_noise(latents, noise, timesteps)
         router = run.router
@@ -87,7 +92,7 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise) -> tuple[dict[str, t
             layout = slot_layout(positions + [{}] * (len(latents) - n_inst), run.tokens)
             router.clear()
             router.token_slots = layout.slots.to(dev)
-        pred = denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype))
+        pred = denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype), None if pooled is None else pooled.to(dtype))
     pred = pred.float()
     target = schedule.training_target(denoiser.prediction_type, latents, noise, timesteps)
     masks = run.masks[inst].to(dev)
