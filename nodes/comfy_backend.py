@@ -34,7 +34,9 @@ import torch
 from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from ..textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
 from ..textloc_core.backends.base import EncodedPrompts, ModelBundle, mean_of_pieces
-from .comfy_internals import differentiable_text_encoder, ordinary_weights, text_encoder_tables, unet_forward
+from .comfy_internals import (
+    checkpointed_blocks, differentiable_text_encoder, ordinary_weights, size_conditioning, text_encoder_tables, unet_forward,
+)
 from .comfy_tokens import IdentifierPlacer
 
 _LAYER_RE = re.compile(
@@ -118,8 +120,10 @@ def base_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
 class ComfyTextBackend:
     """``TextBackend`` over a ComfyUI CLIP object (SD1.x / SD2.x / SDXL CLIP encoders)."""
 
-    def __init__(self, clip):
+    def __init__(self, clip, pooled: bool = False):
+        """``pooled``: also return the pooled text embedding (the denoiser needs it: SDXL)."""
         self.clip = clip
+        self.pooled = pooled
         self.tables = text_encoder_tables(clip)
         self.placer = IdentifierPlacer.for_clip(clip)
         self.embedding_dim = self.placer.total_dim
@@ -141,11 +145,13 @@ class ComfyTextBackend:
 
     # -- encoding
     def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
-        contexts, positions = [], []
+        contexts, pooled, positions = [], [], []
         for prompt in prompts:
             tokens, where = self.placer.tokenize(prompt, token_embeddings)
             with cancel_flag_kept():
-                contexts.append(self.clip.encode_from_tokens(tokens))
+                cond, pool = self.clip.encode_from_tokens(tokens, return_pooled=True)
+            contexts.append(cond)
+            pooled.append(pool)
             positions.append(where)
         longest = max(c.shape[1] for c in contexts)
         padded = []
@@ -153,17 +159,21 @@ class ComfyTextBackend:
             if longest % cond.shape[1]:
                 raise ValueError("prompts: prompts of different 77-token chunk counts cannot be batched; shorten the prompt")
             padded.append(cond.repeat(1, longest // cond.shape[1], 1))
-        return EncodedPrompts(context=torch.cat(padded), token_positions=positions)
+        if self.pooled and any(p is None for p in pooled):
+            raise ValueError("clip: this text encoder gives no pooled output, which the model needs; use the checkpoint's own CLIP")
+        return EncodedPrompts(
+            context=torch.cat(padded), token_positions=positions, pooled=torch.cat(pooled) if self.pooled else None,
+        )
 
 
 # ----------------------------------------------------------------------------- denoiser
 class ComfyDenoiserBackend:
-    """``DenoiserBackend`` over a ComfyUI ModelPatcher (SD1.x / SD2.x UNets) and VAE."""
+    """``DenoiserBackend`` over a ComfyUI ModelPatcher (SD1.x / SD2.x / SDXL UNets) and VAE."""
 
     def __init__(self, model, vae, device: torch.device | None = None, *, training: bool = True):
         """``training=False`` (the preview: ComfyUI's sampler conditions the model itself)
-        accepts any UNet with attn2 layers, SDXL included; training needs ``predict`` to be
-        complete from (x_t, t, context) alone."""
+        accepts any UNet with attn2 layers; training needs ``predict`` to be complete from
+        (x_t, t, context, pooled): SD1.x/SD2.x, or SDXL (adm from pooled + size)."""
         import comfy.model_base
 
         self.patcher = model.clone()  # our routing patches never reach the caller's MODEL
@@ -178,10 +188,11 @@ class ComfyDenoiserBackend:
                 f"model: prediction type {model_type.name} is not supported; Textual Localization trains "
                 "epsilon- or v-prediction UNets (SD1.x, SD2.x)"
             )
-        if training and getattr(self.unet, "num_classes", None) is not None:
+        self.needs_pooled = getattr(self.unet, "num_classes", None) is not None
+        if training and self.needs_pooled and not isinstance(self.base_model, comfy.model_base.SDXL):
             raise ValueError(
-                "model: this UNet needs pooled/size conditioning (SDXL-style adm); TextLoc Train supports "
-                "SD1.x/SD2.x-style UNets (the Apply and Preview nodes work with SDXL too)"
+                f"model: {type(self.base_model).__name__} needs extra conditioning TextLoc Train does not build; "
+                "it trains SD1.x, SD2.x and SDXL-family UNets (the Apply and Preview nodes work with others too)"
             )
         find_cross_attention(self.unet)  # raises a clear error for models without attn2
         self.latent_format = self.base_model.latent_format
@@ -215,8 +226,15 @@ class ComfyDenoiserBackend:
         """The current patcher's transformer_options (other packs' patches, our routing)."""
         return self.patcher.model_options.get("transformer_options", {})
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
         stop_if_cancelled()  # every UNet call: prior generation and training steps stop on Cancel
+        y = None
+        if self.needs_pooled:
+            if pooled is None:
+                raise ValueError("model: this UNet (SDXL) needs the pooled text embedding of its CLIP")
+            height, width = (int(side) * self.vae_scale_factor for side in noisy_latents.shape[-2:])
+            y = size_conditioning(self.base_model, pooled.to(self.device), height, width).to(self.dtype)
         with cancel_flag_kept():
             out = unet_forward(
                 self.unet,
@@ -224,8 +242,43 @@ class ComfyDenoiserBackend:
                 timesteps.to(self.device).float(),
                 context.to(self.device, self.dtype),
                 self.transformer_options(),
+                y,
             )
         return out.float()
+
+    @contextmanager
+    def gradient_checkpointing(self) -> Iterator[None]:
+        """Recompute the UNet's transformer and residual blocks in the backward pass instead
+        of keeping their activations (less memory, about a third more time).
+
+        Each block's forward is wrapped for the context's life. The transformer_options dict a
+        block receives is copied when it runs, because the UNet rewrites its block bookkeeping
+        before the backward pass recomputes the block, and the attn2 patch it selects must be
+        the same both times.
+        """
+        from torch.utils.checkpoint import checkpoint
+
+        blocks = checkpointed_blocks(self.unet)
+
+        def wrap(block):
+            forward = block.forward
+
+            def checkpointed(*args, **kwargs):
+                if not torch.is_grad_enabled():
+                    return forward(*args, **kwargs)
+                args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
+                kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+            return checkpointed
+
+        for block in blocks:
+            block.forward = wrap(block)
+        try:
+            yield
+        finally:
+            for block in blocks:
+                block.__dict__.pop("forward", None)
 
     @contextmanager
     def route_attention(self, router: AttentionRouter):
@@ -282,7 +335,7 @@ def training_session(model, clip, vae) -> Iterator[ModelBundle]:
         denoiser = ComfyDenoiserBackend(model, vae)
         mm.load_models_gpu([denoiser.patcher, clip.patcher], force_full_load=True)
         with ordinary_weights(denoiser.unet, clip.cond_stage_model), differentiable_text_encoder(clip.cond_stage_model):
-            text = ComfyTextBackend(clip)
+            text = ComfyTextBackend(clip, pooled=denoiser.needs_pooled)
             bundle = ModelBundle(
                 text=text,
                 denoiser=denoiser,

@@ -99,12 +99,41 @@ def ordinary_weights(*modules: nn.Module) -> Iterator[None]:
 
 
 def unet_forward(unet: nn.Module, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 transformer_options: dict) -> torch.Tensor:
+                 transformer_options: dict, y: torch.Tensor | None = None) -> torch.Tensor:
     """One call of a ComfyUI UNet in DDPM time (integer timesteps, unscaled latents).
 
     Relies on: ``model.model.diffusion_model`` (``comfy.ldm.modules.diffusionmodules.
-    openaimodel.UNetModel``) taking ``(x, timesteps=, context=, transformer_options=)``.
-    ``BaseModel.apply_model`` would add k-diffusion sigma scaling the DDPM loss does not use.
-    The options dict is copied because the UNet writes block bookkeeping into it.
+    openaimodel.UNetModel``) taking ``(x, timesteps=, context=, y=, transformer_options=)``,
+    ``y`` being the adm vector of UNets with ``num_classes`` (SDXL). ``BaseModel.apply_model``
+    would add k-diffusion sigma scaling the DDPM loss does not use. The options dict is copied
+    because the UNet writes block bookkeeping into it.
     """
-    return unet(noisy_latents, timesteps=timesteps, context=context, transformer_options=dict(transformer_options))
+    extra = {} if y is None else {"y": y}
+    return unet(noisy_latents, timesteps=timesteps, context=context, transformer_options=dict(transformer_options), **extra)
+
+
+def size_conditioning(base_model, pooled: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """SDXL's adm vector ``y`` (B, adm) from the pooled text embedding and the image size in
+    pixels, uncropped, as ComfyUI's sampler builds it for a latent of that size.
+
+    Relies on: ``comfy.model_base.SDXL.encode_adm(pooled_output=, width=, height=, crop_w=,
+    crop_h=, target_width=, target_height=)`` (pooled, then 256-wide Fourier features of the
+    six sizes). It is differentiable with respect to ``pooled``.
+    """
+    adm = base_model.encode_adm(
+        pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0, target_width=width, target_height=height,
+    )
+    return adm.to(pooled.device, pooled.dtype)
+
+
+def checkpointed_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The UNet modules whose activations gradient checkpointing recomputes: every transformer
+    block and residual block (where activation memory goes at high resolution).
+
+    Relies on: ``comfy.ldm.modules.attention.BasicTransformerBlock`` and
+    ``comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock``.
+    """
+    from comfy.ldm.modules.attention import BasicTransformerBlock
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    return [m for m in unet.modules() if isinstance(m, (BasicTransformerBlock, ResBlock))]

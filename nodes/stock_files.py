@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..textloc_core.adapters.adapter import Adapter, read_adapter_metadata, save_adapter
+from ..textloc_core.training.config import CONTINUED_KEYS
 from ..textloc_core.adapters.formats import COMFY_EMBEDDING_FORMAT, write_comfy_embedding, write_comfy_unet_patch
 from ..textloc_core.data import safe_io
 from . import paths
 
 
-#: settings that may differ when a run is continued (the checkpoints' own rule)
-CONTINUED_KEYS = ("steps", "checkpoint_every")
 
 
 @dataclass

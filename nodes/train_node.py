@@ -24,7 +24,7 @@ from comfy_api.latest import io, ui
 from ..textloc_core.training import loop
 from ..textloc_core.training.checkpoint import list_checkpoints
 from ..textloc_core.training.result import make_adapter
-from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, TrainConfig
+from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, MIXED_PRECISIONS, OPTIMIZERS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
@@ -47,13 +47,16 @@ LARGE_RESOLUTION_FACTOR = 2
 
 
 def native_resolution(model) -> int:
-    """The side in pixels the model was trained at: set by the TinyWorld loader (64), else the
-    SD1.x/SD2.x convention (768 for v-prediction, as SD2's 768-v, otherwise 512)."""
+    """The side in pixels the model was trained at: set by the TinyWorld loader (64), else
+    1024 for SDXL-family models, else the SD1.x/SD2.x convention (768 for v-prediction, as
+    SD2's 768-v, otherwise 512)."""
     import comfy.model_base
 
     tagged = getattr(model.model, NATIVE_RESOLUTION_ATTR, None)
     if tagged:
         return int(tagged)
+    if isinstance(model.model, comfy.model_base.SDXL):
+        return 1024
     return 768 if model.model.model_type == comfy.model_base.ModelType.V_PREDICTION else 512
 
 
@@ -134,7 +137,7 @@ class TextLocTrain(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return pack_schema("TextLocTrain", "TextLoc Train", TRAIN_DESCRIPTION, outputs=[named(ADAPTER, "adapter"), named(io.String, "report")], is_output_node=True, hidden=[io.Hidden.unique_id], inputs=[
-            io.Model.Input("model", tooltip="The base diffusion model (SD1.x/SD2.x family) from any loader."),
+            io.Model.Input("model", tooltip="The base diffusion model (SD1.x, SD2.x or SDXL family) from any loader."),
             io.Clip.Input("clip", tooltip="Its text encoder."),
             io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
             CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
@@ -149,17 +152,21 @@ class TextLocTrain(io.ComfyNode):
             io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training side in pixels; 0 keeps the photos' size."),
             io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss (paper: 1)."),
             io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
-            io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px); off: such a resolution is refused before training."),
+            io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training."),
             io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
             io.Combo.Input("attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="fixed", optional=True, tooltip="fixed: the attention loss is weighted by attention_weight. calibrated: before the first step the weight is set so that the attention loss's gradient is attention_fraction x the denoising loss's (the same fraction suits any model and resolution; attention_weight is then unused). The report shows the weight used."),
             io.Float.Input("attention_fraction", default=0.1, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (0.1: a tenth)."),
+            io.Boolean.Input("gradient_checkpointing", default=False, optional=True, tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card."),
+            io.Combo.Input("mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True, tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32."),
+            io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True, tooltip="adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state."),
         ])
 
     @classmethod
     def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
                 checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
                 allow_large_resolution=False, overwrite=False, attention_weight_mode="fixed",
-                attention_fraction=0.1) -> io.NodeOutput:
+                attention_fraction=0.1, gradient_checkpointing=False, mixed_precision="auto",
+                optimizer="adamw") -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -170,6 +177,7 @@ class TextLocTrain(io.ComfyNode):
             guidance=guidance, steps=steps, learning_rate=learning_rate, batch=batch, prior_images=prior_images,
             seed=seed, checkpoint_every=checkpoint_every, resolution=resolution, attention_weight=attention_weight,
             attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
+            gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision, optimizer=optimizer,
         )
         validate_concept_set(concepts, resolution=config.resolution)
         check_resolution(model, concepts, resolution, allow_large_resolution)

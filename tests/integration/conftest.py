@@ -5,10 +5,13 @@ environment, else ~/ComfyUI. Without it every integration test skips
 and the session ends with "INTEGRATION TESTS DID NOT RUN: ..." (or fails, when CI set
 TEXTLOC_REQUIRE_COMFYUI=1 after laying ComfyUI out).
 """
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from comfy_server import ComfyHarness
 from textloc_core.data.readers import find_paper_dataset
@@ -17,6 +20,7 @@ from textloc_harness.comfy_launcher import (
 )
 
 _HERE = Path(__file__).resolve().parent
+TEST_NODES = _HERE / "tiny_sdxl_nodes"
 #: nodes/read_access.py's setting (the pack's nodes import ComfyUI, so it is named here)
 READ_ROOTS_ENV = "TEXTLOC_READ_ROOTS"
 
@@ -42,6 +46,8 @@ def comfy(comfy_tree, tmp_path_factory):
     """A running ComfyUI (ComfyHarness) shared by the whole session; stopped at the end."""
     comfy_dir = comfy_tree
     layout = ComfyLayout.create(tmp_path_factory.mktemp("comfyui"))
+    # the test-only loader of a tiny SDXL-architecture model (shipped SDXL workflows run with it)
+    (layout.custom_nodes / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
     # what the server owner lets nodes read besides the input folder (README, Security): a folder
     # of the session's own, and the paper dataset when this machine has it
     read_root = tmp_path_factory.mktemp("read_root")
@@ -65,3 +71,24 @@ def comfy(comfy_tree, tmp_path_factory):
         yield harness
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pack(comfy_tree):
+    """(comfy_backend, tinyworld_models) of the pack imported as package ``textloc_pack``, the way
+    ComfyUI imports it (relative imports resolve as in a server), with ComfyUI importable (CPU)."""
+    comfy_dir = comfy_tree
+    if str(comfy_dir) not in sys.path:
+        sys.path.insert(0, str(comfy_dir))
+    import comfy.cli_args
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+    if "textloc_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("textloc_pack", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["textloc_pack"] = module
+        spec.loader.exec_module(module)
+    from textloc_pack.nodes import comfy_backend, tinyworld_models
+
+    return comfy_backend, tinyworld_models

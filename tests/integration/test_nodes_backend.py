@@ -5,33 +5,8 @@ package the way ComfyUI imports it, so its relative imports resolve as they do i
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
-
-from textloc_harness.comfy_launcher import PACK_ROOT
-
-
-@pytest.fixture(scope="module")
-def pack(comfy_tree):
-    """The pack as package ``textloc_pack`` with ComfyUI importable."""
-    comfy_dir = comfy_tree
-    if str(comfy_dir) not in sys.path:
-        sys.path.insert(0, str(comfy_dir))
-    import comfy.cli_args
-
-    if not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
-    if "textloc_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("textloc_pack", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["textloc_pack"] = module
-        spec.loader.exec_module(module)
-    from textloc_pack.nodes import comfy_backend, tinyworld_models
-
-    return comfy_backend, tinyworld_models
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..data import safe_io
+from .config import CONTINUED_KEYS
 
 FORMAT_NAME = "textloc.checkpoint"
 FORMAT_VERSION = 1
@@ -287,7 +288,7 @@ def _refuse_other_run(directory, step: int, saved_json: str, config_json: str, i
 def check_resumable(
     directory: str | os.PathLike,
     config_json: str,
-    ignore_config_keys: tuple[str, ...] = ("steps", "checkpoint_every"),
+    ignore_config_keys: tuple[str, ...] = CONTINUED_KEYS,
 ) -> None:
     """Refuse, before any expensive set-up, to resume a run written with other settings or
     already past ``steps``: reads only the newest readable step's ``state.json`` (no tensors).
@@ -308,7 +309,7 @@ def check_resumable(
 def load_latest_checkpoint(
     directory: str | os.PathLike,
     config_json: str | None = None,
-    ignore_config_keys: tuple[str, ...] = ("steps", "checkpoint_every"),
+    ignore_config_keys: tuple[str, ...] = CONTINUED_KEYS,
 ) -> Checkpoint | None:
     """The newest checkpoint in ``directory`` that verifies, or None when there is none.
 

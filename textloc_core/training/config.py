@@ -10,6 +10,13 @@ from ..attention.guidance import GUIDANCE_METHODS
 
 ATTENTION_WEIGHT_MODES = ("fixed", "calibrated")
 """How the attention term's weight is set: ``lambda_attn`` as given, or calibrated at the start."""
+MIXED_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Autocast modes (``TrainConfig.mixed_precision``); "auto" is bf16 on CUDA when supported, else fp16, fp32 on CPU."""
+CONTINUED_KEYS = ("steps", "checkpoint_every", "gradient_checkpointing")
+"""Settings a continued run may change: more steps, other checkpoint spacing, or recomputing
+activations (memory only; the numbers are the same)."""
+OPTIMIZERS = ("adamw", "adamw_8bit")
+"""The Train node's optimizer choice: torch's AdamW, or bitsandbytes' 8-bit AdamW (CUDA; ``use_8bit_adam``)."""
 
 
 @dataclass
@@ -128,12 +135,17 @@ class TrainConfig:
         cls, *, guidance: str, steps: int, learning_rate: float, batch: int, prior_images: int, seed: int,
         checkpoint_every: int, resolution: int = 0, attention_weight: float = 1.0,
         attention_weight_mode: str = "fixed", attention_fraction: float = 0.1,
+        gradient_checkpointing: bool = False, mixed_precision: str = "auto", optimizer: str = "adamw",
     ) -> "TrainConfig":
         """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
         ``guidance`` is ``method``, ``attention_weight`` is ``lambda_attn``, ``batch`` is the
         instance batch (and the prior batch when ``prior_images`` > 0, which turns prior
         preservation on), ``resolution`` 0 is the photos' own size; ``attention_weight_mode`` and
-        ``attention_fraction`` keep their names (with "calibrated", ``attention_weight`` is unused)."""
+        ``attention_fraction`` keep their names (with "calibrated", ``attention_weight`` is unused);
+        the memory options ``gradient_checkpointing`` and ``mixed_precision`` keep theirs, and
+        ``optimizer`` "adamw_8bit" is ``use_8bit_adam``."""
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         prior = prior_images > 0
         return cls(
             method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,
@@ -141,6 +153,8 @@ class TrainConfig:
             lambda_prior=1.0 if prior else 0.0, lambda_attn=attention_weight, seed=seed,
             checkpoint_every=checkpoint_every, resolution=resolution or None,
             attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
+            gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
+            use_8bit_adam=optimizer == "adamw_8bit",
         )
 
     @classmethod

@@ -25,7 +25,7 @@ from ..data.concepts import ConceptSet
 from ..data.imaging import fit_pair
 from ..data.validation import validate_concept_set
 from ..sampling.schedule import check_stop
-from .config import TrainConfig
+from .config import MIXED_PRECISIONS, TrainConfig
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
 """How the two kinds of trainables are told apart in a checkpoint's tensor file."""
@@ -147,7 +147,7 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """Autocast dtype, or None for plain fp32. "auto": bf16 (else fp16) on CUDA, fp32 elsewhere;
     "bf16" also works on CPU (slow, but it is how the autocast path is tested without a GPU)."""
     mode = config.mixed_precision
-    if mode not in ("auto", "fp32", "bf16", "fp16"):
+    if mode not in MIXED_PRECISIONS:
         raise ValueError(f"mixed_precision: {mode!r} is not one of auto, fp32, bf16, fp16")
     if mode == "fp32" or (mode == "auto" and device.type != "cuda"):
         return None
@@ -156,6 +156,21 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     if mode == "fp16" and device.type != "cuda":
         raise ValueError("mixed_precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def optimizer_class(config: TrainConfig):
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW when ``use_8bit_adam``; checked in ``setup``
+    before any work, so a missing package is named before the photos are encoded."""
+    if not config.use_8bit_adam:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ValueError(
+            "optimizer: adamw_8bit needs bitsandbytes, which is not installed; pip install bitsandbytes "
+            "(CUDA) or use adamw"
+        ) from None
+    return bitsandbytes.optim.AdamW8bit
 
 
 def training_images(bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,6 +213,7 @@ def setup(
     between VAE batches (``sampling.schedule.Cancelled``; nothing is installed yet)."""
     device, denoiser = bundle.device, bundle.denoiser
     amp = amp_dtype(config, device)
+    optimizer_class(config)
     images, masks = training_images(bundle, concept_set, config)
     embeddings = {
         c.token: nn.Parameter(

@@ -25,7 +25,7 @@ from ..attention.guidance import attention_loss
 from ..attention.maps import slot_layout, token_maps
 from ..data.masks import mask_to_grid
 from ..sampling import schedule
-from .setup import TrainingRun
+from .setup import TrainingRun, optimizer_class
 
 
 class TrainingDiverged(RuntimeError):
@@ -165,17 +165,6 @@ def instance_loss(masked: bool, pred: torch.Tensor, target: torch.Tensor, masks:
     return ((pred - target) ** 2 * union).sum() / (union.sum() * pred.shape[1]).clamp_min(1e-8)
 
 
-def _adamw(config):
-    """torch's AdamW, or bitsandbytes' 8-bit AdamW when ``use_8bit_adam`` (CUDA only)."""
-    if not config.use_8bit_adam:
-        return torch.optim.AdamW
-    try:
-        import bitsandbytes
-    except ImportError:
-        raise ValueError("use_8bit_adam: bitsandbytes is not installed; pip install bitsandbytes or turn it off") from None
-    return bitsandbytes.optim.AdamW8bit
-
-
 @dataclass
 class Optimization:
     """The optimiser of a run's trainables, with the fp16 loss scaler when autocast needs one."""
@@ -187,7 +176,7 @@ class Optimization:
     @classmethod
     def for_run(cls, run: TrainingRun) -> "Optimization":
         config = run.config
-        optimizer = _adamw(config)(
+        optimizer = optimizer_class(config)(
             run.trainables.parameters(),
             lr=config.effective_learning_rate,
             betas=(config.adam_beta1, config.adam_beta2),
