@@ -125,6 +125,12 @@ def _default(type_, opts):
     return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}[type_]
 
 
+def _widget_value(node: Node, name: str, type_, opts):
+    """The graph's value of a widget, else its default (a combo with no options, e.g. an empty
+    input folder, has none: the graph must give it)."""
+    return node.widgets[name] if name in node.widgets else _default(type_, opts)
+
+
 def to_api(graph: Graph, classes: dict) -> dict:
     prompt = {}
     for node in graph.nodes:
@@ -136,7 +142,7 @@ def to_api(graph: Graph, classes: dict) -> dict:
                 src, slot = node.inputs[name]
                 inputs[name] = [str(src.id), slot]
             elif _is_widget(type_, opts):
-                inputs[name] = node.widgets.get(name, _default(type_, opts))
+                inputs[name] = _widget_value(node, name, type_, opts)
         unknown = set(node.widgets) - {n for n, _, _ in _input_specs(classes[node.type])}
         if unknown:
             raise ValueError(f"{graph.name}: node {node.id} ({node.type}) has no inputs {sorted(unknown)}")
@@ -178,7 +184,7 @@ def to_ui(graph: Graph, classes: dict) -> dict:
             values = []
             for name, type_, opts in specs:
                 if _is_widget(type_, opts) and name not in node.inputs:
-                    values.append(node.widgets.get(name, _default(type_, opts)))
+                    values.append(_widget_value(node, name, type_, opts))
                     if _has_control(name, type_, opts):
                         values.append("fixed")
             entry["widgets_values"] = values
@@ -306,7 +312,49 @@ def tinyworld_evaluate() -> Graph:
     return g
 
 
-WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo, tinyworld_evaluate)
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+"""The checkpoint train_sdxl names: Stability AI's SDXL base 1.0 under its published file name
+(any SDXL-family checkpoint can be picked in its place)."""
+
+
+def train_sdxl() -> Graph:
+    g = Graph("train_sdxl")
+    g.add("Note", (20, 20), {"text": (
+        "Teach an SDXL model one concept from photos where it stands next to other things.\n"
+        f"1. Load Checkpoint: your SDXL checkpoint ({SDXL_CHECKPOINT} or any SDXL fine-tune).\n"
+        "2. Load Image: your photo; right-click it, Open in MaskEditor, and paint over the concept (the painted "
+        "area is the mask). For several photos, add a TextLoc Concept From Mask per photo and chain their "
+        "concepts inputs, or use TextLoc Concept Folder.\n"
+        "3. TextLoc Train: hard guidance keeps the token's attention on the mask, so the token learns the "
+        "concept and not its neighbours. 1024 px with gradient checkpointing and mixed precision auto (bf16) "
+        "fits a 24 GB card; Cancel keeps the last checkpoint and queueing again resumes.\n"
+        "4. Apply + Preview: the new token in a new scene, with the map of where it attends.\n"
+        "Outputs: models/textloc/sdxl_concept.safetensors, a stock LoRA (models/loras/textloc) and the embedding "
+        "embedding:textloc/sdxl_concept/concept (clip_l + clip_g) for stock nodes.")}, size=(460, 330))
+    checkpoint = g.add("CheckpointLoaderSimple", (20, 380), {"ckpt_name": SDXL_CHECKPOINT}, size=(320, 100))
+    photo = g.add("LoadImage", (20, 540), {"image": "example.png"}, size=(320, 380))
+    concept = g.add("TextLocConceptFromMask", (500, 420), {"name": "concept", "token": "<concept1>", "class_word": "toy"},
+                    {"images": (photo, 0), "masks": (photo, 1)}, size=(340, 260))
+    train = g.add("TextLocTrain", (900, 40), {
+        "guidance": "hard", "steps": 400, "learning_rate": 1e-5, "batch": 1, "prior_images": 0, "seed": 0,
+        "checkpoint_every": 50, "adapter_name": "sdxl_concept", "resolution": 1024,
+        "gradient_checkpointing": True, "mixed_precision": "auto",
+    }, {"model": (checkpoint, 0), "clip": (checkpoint, 1), "vae": (checkpoint, 2), "concepts": (concept, 0)},
+        size=(360, 560))
+    apply = g.add("TextLocApplyAdapter", (1320, 40), {"adapter_file": "(none)", "strength": 1.0},
+                  {"model": (checkpoint, 0), "clip": (checkpoint, 1), "adapter": (train, 0)})
+    preview = g.add("TextLocAttentionPreview", (1320, 300), {
+        "prompt": "a photo of a <concept1> toy on a beach", "negative": "", "tokens": "<concept1>",
+        **dict(SAMPLE, steps=25, cfg=6.0), "width": 1024, "height": 1024, "batch_size": 1,
+    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (checkpoint, 2)}, size=(360, 600))
+    g.add("SaveImage", (1740, 40), {"filename_prefix": "textloc/sdxl_concept"}, {"images": (preview, 0)},
+          title="Save: images")
+    g.add("SaveImage", (1740, 520), {"filename_prefix": "textloc/sdxl_concept_attention"}, {"images": (preview, 1)},
+          title="Save: attention")
+    return g
+
+
+WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo, tinyworld_evaluate, train_sdxl)
 
 
 def main() -> None:

@@ -75,6 +75,12 @@ class ComfyHarness:
         return self.server.log_text()
 
 
+USER_CHECKPOINTS = ("sd_xl_base_1.0.safetensors",)
+"""Checkpoints shipped workflows name that stand for the user's own base model (train_sdxl:
+SDXL base 1.0 under its published name). The browser check installs an empty file of each
+name, as a user who owns the model has it; nothing loads them (headless runs swap the loader)."""
+
+
 def shipped_workflows(api: bool) -> list[Path]:
     """workflows/api/*_api.json (api=True) or the UI-format workflows (api=False)."""
     folder = WORKFLOWS_DIR / "api" if api else WORKFLOWS_DIR
@@ -88,3 +94,51 @@ def ui_workflow_node_types(workflow: dict) -> set[str]:
         nodes += sub.get("nodes", [])
     subgraph_ids = {sub.get("id") for sub in (workflow.get("definitions") or {}).get("subgraphs", [])}
     return {n["type"] for n in nodes if n.get("type") not in subgraph_ids}
+
+
+SAMPLER = {"seed": 3, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+"""KSampler settings of the stock-node comparison graphs (few steps: CPU)."""
+
+
+def sample_graph(loader: dict, model_ref, clip_ref, text: str, prefix: str, extra: dict, sampler: dict = SAMPLER) -> dict:
+    """An API graph: ``loader`` (node "1", MODEL/CLIP/VAE) -> CLIPTextEncode ``text`` -> KSampler
+    (128 x 128 latent) -> VAEDecode -> SaveImage ``prefix``; ``extra`` adds or replaces nodes
+    (e.g. node "2" applying an adapter, referenced by ``model_ref`` / ``clip_ref``)."""
+    graph = {
+        "1": loader,
+        "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": text}},
+        "11": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": ""}},
+        "12": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
+        "13": {"class_type": "KSampler", "inputs": {"model": model_ref, "positive": ["10", 0], "negative": ["11", 0],
+                                                    "latent_image": ["12", 0], **sampler}},
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["1", 2]}},
+        "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": prefix}},
+    }
+    graph.update(extra)
+    return graph
+
+
+def single_image(result: RunResult):
+    """The one image a run saved, as an int16 RGB array (differences do not wrap around)."""
+    import numpy as np
+    from PIL import Image
+
+    (path,) = result.all_files()
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def stock_round_trip(comfy: ComfyHarness, loader: dict, adapter: str, concept: str, token: str, scene: str):
+    """(ours, stock, base) images of one seed: TextLoc Apply Adapter with ``token`` in the
+    prompt; stock LoraLoaderModelOnly + ``embedding:textloc/<adapter>/<concept>``; the base
+    model with neither. ``scene`` is the prompt with ``{}`` where the token goes."""
+    ours = sample_graph(loader, ["2", 0], ["2", 1], scene.format(token), "textloc_test/ours", {
+        "2": {"class_type": "TextLocApplyAdapter", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{adapter}.safetensors", "strength": 1.0}},
+    })
+    stock = sample_graph(loader, ["2", 0], ["1", 1], scene.format(f"embedding:textloc/{adapter}/{concept}"),
+                         "textloc_test/stock", {
+        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["1", 0], "lora_name": f"textloc/{adapter}.safetensors", "strength_model": 1.0}},
+    })
+    base = sample_graph(loader, ["1", 0], ["1", 1], scene.format("").replace("  ", " "), "textloc_test/base", {})
+    return tuple(single_image(comfy.run(g, timeout=600)) for g in (ours, stock, base))

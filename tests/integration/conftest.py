@@ -7,6 +7,7 @@ TEXTLOC_REQUIRE_COMFYUI=1 after laying ComfyUI out).
 """
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def comfy(comfy_tree, tmp_path_factory):
     layout = ComfyLayout.create(tmp_path_factory.mktemp("comfyui"))
     # the test-only loader of a tiny SDXL-architecture model (shipped SDXL workflows run with it)
     (layout.custom_nodes / TEST_NODES.name).symlink_to(TEST_NODES, target_is_directory=True)
+    # what a fresh ComfyUI's input folder holds (shipped workflows' Load Image names it)
+    for example in (comfy_dir / "input").glob("example.png"):
+        shutil.copy2(example, layout.input / example.name)
     # what the server owner lets nodes read besides the input folder (README, Security): a folder
     # of the session's own, and the paper dataset when this machine has it
     read_root = tmp_path_factory.mktemp("read_root")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import shipped_workflows
+from comfy_server import USER_CHECKPOINTS, shipped_workflows
 from textloc_harness.comfy_launcher import PACK_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -98,6 +98,9 @@ def browser_report(comfy, not_run, tmp_path_factory):
     for name, workflow in PROBES.items():
         probes.append(work / name)
         probes[-1].write_text(json.dumps(workflow))
+    for checkpoint in USER_CHECKPOINTS:  # the user's own base model, by name (comfy_server.USER_CHECKPOINTS)
+        (comfy.layout.models / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (comfy.layout.models / "checkpoints" / checkpoint).touch()
     shots = PACK_ROOT / "artifacts" / "browser"
     shots.mkdir(parents=True, exist_ok=True)
     workflows = [*probes, *shipped_workflows(api=False)]

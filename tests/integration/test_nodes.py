@@ -9,13 +9,13 @@ import uuid
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from comfy_server import stock_round_trip
 from textloc_core.training import checkpoint as ckpt
 from textloc_core.adapters.adapter import load_adapter
 from textloc_harness.comfy_launcher import ComfyError
 
-SAMPLER = {"seed": 3, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+TINYWORLD = {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}}
 
 
 def _train_graph(name: str, steps: int, checkpoint_every: int) -> dict:
@@ -31,26 +31,6 @@ def _train_graph(name: str, steps: int, checkpoint_every: int) -> dict:
     }
 
 
-def _sample_graph(model_ref, clip_ref, text: str, prefix: str, extra: dict) -> dict:
-    graph = {
-        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": text}},
-        "11": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": ""}},
-        "12": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
-        "13": {"class_type": "KSampler", "inputs": {"model": model_ref, "positive": ["10", 0], "negative": ["11", 0],
-                                                    "latent_image": ["12", 0], **SAMPLER}},
-        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["1", 2]}},
-        "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": prefix}},
-    }
-    graph.update(extra)
-    return graph
-
-
-def _image(result) -> np.ndarray:
-    (path,) = result.all_files()
-    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
-
-
 @pytest.fixture(scope="module")
 def adapter_name(comfy):
     name = f"stock_{uuid.uuid4().hex[:6]}"
@@ -60,16 +40,7 @@ def adapter_name(comfy):
 
 def test_stock_nodes_reproduce_our_loader_exactly(comfy, adapter_name):
     """LoraLoaderModelOnly + 'embedding:NAME' (stock) == TextLoc Apply Adapter + '<tw1>'."""
-    ours = _sample_graph(["2", 0], ["2", 1], "a <tw1> star on grass", "textloc_test/ours", {
-        "2": {"class_type": "TextLocApplyAdapter", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{adapter_name}.safetensors", "strength": 1.0}},
-    })
-    stock = _sample_graph(["2", 0], ["1", 1], f"a embedding:textloc/{adapter_name}/dotstar star on grass", "textloc_test/stock", {
-        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
-            "model": ["1", 0], "lora_name": f"textloc/{adapter_name}.safetensors", "strength_model": 1.0}},
-    })
-    base = _sample_graph(["1", 0], ["1", 1], "a star on grass", "textloc_test/base", {})
-    ours_img, stock_img, base_img = (_image(comfy.run(g, timeout=600)) for g in (ours, stock, base))
+    ours_img, stock_img, base_img = stock_round_trip(comfy, TINYWORLD, adapter_name, "dotstar", "<tw1>", "a {} star on grass")
     assert np.array_equal(ours_img, stock_img), f"max pixel difference {np.abs(ours_img - stock_img).max()}"
     assert not np.array_equal(ours_img, base_img), "the adapter changed nothing"
 
