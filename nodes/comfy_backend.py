@@ -186,7 +186,7 @@ class ComfyDenoiserBackend:
         if training and model_type not in types:
             raise ValueError(
                 f"model: prediction type {model_type.name} is not supported; Textual Localization trains "
-                "epsilon- or v-prediction UNets (SD1.x, SD2.x)"
+                "epsilon- or v-prediction UNets (SD1.x, SD2.x, SDXL)"
             )
         self.needs_pooled = getattr(self.unet, "num_classes", None) is not None
         if training and self.needs_pooled and not isinstance(self.base_model, comfy.model_base.SDXL):

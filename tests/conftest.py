@@ -119,6 +119,12 @@ def build_tiny_sdxl_parts(seed: int = 0) -> dict:
     return parts
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_parts_builder():
+    """``build_tiny_sdxl_parts`` for tests (``import conftest`` can resolve to another folder's conftest)."""
+    return build_tiny_sdxl_parts
+
+
 @pytest.fixture
 def tiny_sdxl_bundle():
     """A ModelBundle over fresh tiny SDXL-architecture diffusers components."""

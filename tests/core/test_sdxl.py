@@ -12,7 +12,6 @@ import copy
 import pytest
 import torch
 
-from conftest import build_tiny_sdxl_parts
 from textloc_core.adapters import formats as fmt
 from textloc_core.adapters.adapter import load_adapter, save_adapter
 from textloc_core.attention.cross_attention import find_cross_attention
@@ -91,13 +90,16 @@ def test_size_conditioning_and_pooled_reach_the_unet(tiny_sdxl_bundle):
         denoiser.predict(latents, t, encoded.context)
 
 
-def test_map_levels_keep_the_coarser_of_sdxls_two_attention_resolutions(tiny_sdxl_bundle):
+def test_map_levels_keep_both_of_sdxls_two_attention_resolutions(tiny_sdxl_bundle):
+    """The paper drops the finest of SD1.5's four grids; SDXL has two, and both are kept."""
     encoded = tiny_sdxl_bundle.text.encode(["a doll"], {})
     counts = attn2_query_counts(tiny_sdxl_bundle.denoiser, torch.randn(1, 4, 16, 16), encoded, torch.float32)
     assert sorted(set(counts.values())) == [16, 64]  # two levels, like SDXL's 32 and 64 grids at 1024 px
-    coarse = choose_layers(counts, "all_but_finest")
-    assert coarse == {layer for layer, n in counts.items() if n == 16} and len(coarse) == 8
-    assert choose_layers(counts, "all") == set(counts)
+    assert choose_layers(counts, "all_but_finest") == choose_layers(counts, "all") == set(counts)
+    assert choose_layers(counts, (2,)) == {layer for layer, n in counts.items() if n == 16}
+    # a model with four resolutions (SD1.5's pattern) still drops the finest
+    four = {"a": 4096, "b": 1024, "c": 256, "d": 64}
+    assert choose_layers(four, "all_but_finest") == {"b", "c", "d"}
 
 
 @pytest.mark.parametrize("method", ["hard", "soft", "none"])
@@ -133,7 +135,7 @@ def test_an_sdxl_adapter_round_trips_and_generates_with_maps(tiny_sdxl_bundle, p
     back = load_adapter(save_adapter(adapter, tmp_path / "a.safetensors"))
     assert back.token_embeddings["<doll1>"].shape == (1, WIDTH_L + WIDTH_G)
     out = generate(bundle, "a <doll1> doll", adapters=[back], steps=2, size=(32, 32), maps_for=["<doll1>"])
-    assert out.images.shape == (1, 3, 32, 32) and out.token_maps["<doll1>"].shape == (1, 4, 4)
+    assert out.images.shape == (1, 3, 32, 32) and out.token_maps["<doll1>"].shape == (1, 8, 8)
     assert torch.isfinite(out.images).all() and out.token_maps["<doll1>"].max() > 0
 
 
@@ -143,8 +145,8 @@ def _sdxl_pipeline(parts):
     return StableDiffusionXLPipeline(scheduler=DDPMScheduler(), **parts)
 
 
-def test_custom_diffusion_export_loads_in_diffusers_sdxl(pair, tmp_path):
-    parts = build_tiny_sdxl_parts()
+def test_custom_diffusion_export_loads_in_diffusers_sdxl(pair, tmp_path, tiny_sdxl_parts_builder):
+    parts = tiny_sdxl_parts_builder()
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
     bundle = bundle_from_diffusers(**parts)
@@ -168,7 +170,7 @@ def test_custom_diffusion_export_loads_in_diffusers_sdxl(pair, tmp_path):
         for key, delta in adapter.kv_deltas.items():
             ref_modules[key].weight += delta
     loaded = copy.deepcopy(unet)
-    pipe = _sdxl_pipeline(dict(build_tiny_sdxl_parts(), unet=loaded))  # fresh tokenizers: training added <doll1>
+    pipe = _sdxl_pipeline(dict(tiny_sdxl_parts_builder(), unet=loaded))  # fresh tokenizers: training added <doll1>
     loaded.load_attn_procs(str(tmp_path), weight_name=fmt.CUSTOM_DIFFUSION_WEIGHTS, _pipeline=pipe)
     encoded = bundle.text.encode(["a doll"], {})
     x, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([400])

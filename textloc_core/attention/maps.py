@@ -73,18 +73,26 @@ def layer_factors(query_counts: dict[str, int]) -> dict[str, int]:
     return {layer: max(1, round(math.sqrt(finest / n))) for layer, n in query_counts.items()}
 
 
+KEEP_ALL_LEVELS_UP_TO = 2
+"""``"all_but_finest"`` keeps every attention resolution of a model with at most this many (SDXL)."""
+
+
 def choose_layers(query_counts: dict[str, int], map_levels: tuple[int, ...] | str) -> set[str]:
     """The layers whose maps form the token map, for ``TrainConfig.map_levels``.
 
-    ``"all_but_finest"`` (paper: SD1.5 at 512 px uses the 8, 16 and 32 grids, not 64) falls
-    back to every level when the model has a single attention resolution.
+    ``"all_but_finest"`` is the paper's choice for SD1.5, whose attn2 layers sit at four
+    resolutions (the 64, 32, 16 and 8 grids at 512 px): it drops the finest and keeps three.
+    A model with at most ``KEEP_ALL_LEVELS_UP_TO`` resolutions keeps them all instead: SDXL has
+    two (the 64 and 32 grids at 1024 px), and dropping one would guide a single 1/32-of-the-side
+    grid; on a tiny SDXL-architecture model guiding both localised better in 5 of 5 seeds
+    (docs/sdxl.md, ``scripts/sdxl_map_levels.py``).
     """
     factors = layer_factors(query_counts)
     available = sorted(set(factors.values()))
     if map_levels == "all":
         wanted = set(available)
     elif map_levels == "all_but_finest":
-        wanted = set(available[1:]) or set(available)
+        wanted = set(available[1:]) if len(available) > KEEP_ALL_LEVELS_UP_TO else set(available)
     elif isinstance(map_levels, str):
         raise ValueError(f"map_levels: {map_levels!r} must be 'all', 'all_but_finest' or a tuple of factors like (2, 4, 8)")
     else:
