@@ -39,8 +39,8 @@ from textloc_core.training.result import make_adapter  # noqa: E402
 
 SIDE, SQUARE = 32, 12
 TOKEN = "<sq1>"
-TRAININGS = {"none": ("none", "all_but_finest"), "hard, coarse level (default)": ("hard", "all_but_finest"),
-             "hard, both levels": ("hard", "all")}
+TRAININGS = {"none": ("none", "all_but_finest"), "hard, coarse level only": ("hard", (2,)),
+             "hard, both levels (the default)": ("hard", "all_but_finest")}
 READS = {"coarse": (2,), "fine": (1,), "both": "all"}
 
 
