@@ -194,3 +194,16 @@ def test_custom_diffusion_export_loads_in_diffusers_sdxl(pair, tmp_path, tiny_sd
     back = fmt.read_custom_diffusion(tmp_path, base, unet.config)
     assert back.metadata == adapter.metadata
     torch.testing.assert_close(back.token_embeddings["<doll1>"], adapter.token_embeddings["<doll1>"])
+
+
+def test_load_model_reads_a_local_sdxl_pipeline_folder(tmp_path, tiny_sdxl_parts_builder):
+    from textloc_core.backends.diffusers_backend import load_model
+
+    parts = tiny_sdxl_parts_builder()
+    _sdxl_pipeline(parts).save_pretrained(str(tmp_path / "xl"))
+    bundle = load_model(tmp_path / "xl")
+    assert bundle.denoiser.needs_pooled and bundle.text.embedding_dim == WIDTH_L + WIDTH_G
+    encoded = bundle.text.encode(["a doll"], {})
+    with torch.no_grad():
+        out = bundle.denoiser.predict(torch.zeros(1, 4, 16, 16), torch.tensor([10]), encoded.context, encoded.pooled)
+    assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
