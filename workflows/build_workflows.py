@@ -331,9 +331,9 @@ def train_sdxl() -> Graph:
         "4. Apply + Preview: the new token in a new scene, with the map of where it attends.\n"
         "Outputs: models/textloc/sdxl_concept.safetensors, a stock LoRA (models/loras/textloc) and the embedding "
         "embedding:textloc/sdxl_concept/concept (clip_l + clip_g) for stock nodes.")}, size=(460, 330))
-    checkpoint = g.add("CheckpointLoaderSimple", (20, 380), {"ckpt_name": SDXL_CHECKPOINT}, size=(320, 100))
-    photo = g.add("LoadImage", (20, 540), {"image": "example.png"}, size=(320, 380))
-    concept = g.add("TextLocConceptFromMask", (500, 420), {"name": "concept", "token": "<concept1>", "class_word": "toy"},
+    checkpoint = g.add("CheckpointLoaderSimple", (20, 420), {"ckpt_name": SDXL_CHECKPOINT}, size=(320, 100))
+    photo = g.add("LoadImage", (20, 580), {"image": "example.png"}, size=(320, 380))
+    concept = g.add("TextLocConceptFromMask", (500, 460), {"name": "concept", "token": "<concept1>", "class_word": "toy"},
                     {"images": (photo, 0), "masks": (photo, 1)}, size=(340, 260))
     train = g.add("TextLocTrain", (900, 40), {
         "guidance": "hard", "steps": 400, "learning_rate": 1e-5, "batch": 1, "prior_images": 0, "seed": 0,
@@ -343,13 +343,13 @@ def train_sdxl() -> Graph:
         size=(360, 560))
     apply = g.add("TextLocApplyAdapter", (1320, 40), {"adapter_file": "(none)", "strength": 1.0},
                   {"model": (checkpoint, 0), "clip": (checkpoint, 1), "adapter": (train, 0)})
-    preview = g.add("TextLocAttentionPreview", (1320, 300), {
+    preview = g.add("TextLocAttentionPreview", (1320, 400), {
         "prompt": "a photo of a <concept1> toy on a beach", "negative": "", "tokens": "<concept1>",
         **dict(SAMPLE, steps=25, cfg=6.0), "width": 1024, "height": 1024, "batch_size": 1,
     }, {"model": (apply, 0), "clip": (apply, 1), "vae": (checkpoint, 2)}, size=(360, 600))
     g.add("SaveImage", (1740, 40), {"filename_prefix": "textloc/sdxl_concept"}, {"images": (preview, 0)},
           title="Save: images")
-    g.add("SaveImage", (1740, 520), {"filename_prefix": "textloc/sdxl_concept_attention"}, {"images": (preview, 1)},
+    g.add("SaveImage", (1740, 600), {"filename_prefix": "textloc/sdxl_concept_attention"}, {"images": (preview, 1)},
           title="Save: attention")
     return g
 
