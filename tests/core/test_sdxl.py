@@ -207,3 +207,13 @@ def test_load_model_reads_a_local_sdxl_pipeline_folder(tmp_path, tiny_sdxl_parts
     with torch.no_grad():
         out = bundle.denoiser.predict(torch.zeros(1, 4, 16, 16), torch.tensor([10]), encoded.context, encoded.pooled)
     assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
+
+
+def test_sdxl_trains_with_the_memory_options(tiny_sdxl_bundle, pair):
+    """bf16 autocast (the CPU path of what "auto" picks on a GPU) with gradient checkpointing."""
+    config = TrainConfig(method="hard", steps=2, learning_rate=1e-3, prior_images_per_class=0,
+                         mixed_precision="bf16", gradient_checkpointing=True)
+    result = train(tiny_sdxl_bundle, pair, config)
+    assert result.steps_done == 2 and all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history)
+    assert all(d.dtype == torch.float32 and d.abs().sum() > 0 for d in result.kv_deltas.values())
+    assert not tiny_sdxl_bundle.denoiser.unet.is_gradient_checkpointing  # switched off again
