@@ -82,29 +82,76 @@ def sd15_unet_config(sample_size: int | None = None) -> dict[str, Any]:
 
 
 @contextmanager
-def _seeded(seed: int):
+def seeded(seed: int):
     """Random init under a fixed seed without disturbing the caller's global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
 
 
-def build_sd15_unet(*, sample_size: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
-    """A randomly initialised diffusers ``UNet2DConditionModel`` with SD1.5's architecture."""
+def random_module(factory, *, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+    """``factory()`` built under ``seed``, on ``device`` in ``dtype``, frozen and in eval mode
+    (shared by the SD1.5 and SDXL builders)."""
+    with seeded(seed):
+        module = factory()
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def unet_config(base: dict[str, Any], sample_size: int | None, levels: int) -> dict[str, Any]:
+    """A copy of a UNet config with its latent side set; the UNet downsamples ``levels - 1`` times."""
+    config = dict(base)
+    if sample_size is not None:
+        step = 2 ** (levels - 1)
+        if sample_size < step or sample_size % step:
+            raise ValueError(f"sample_size: {sample_size} must be a multiple of {step} "
+                             f"(the UNet downsamples {levels - 1} times)")
+        config["sample_size"] = sample_size
+    return config
+
+
+def build_unet(config: dict[str, Any], **kwargs):
+    """A randomly initialised diffusers ``UNet2DConditionModel`` of ``config``."""
     from diffusers import UNet2DConditionModel
 
-    with _seeded(seed):
-        unet = UNet2DConditionModel(**sd15_unet_config(sample_size))
-    return unet.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return random_module(lambda: UNet2DConditionModel(**config), **kwargs)
+
+
+def build_vae(config: dict[str, Any], **kwargs):
+    """A randomly initialised diffusers ``AutoencoderKL`` of ``config``."""
+    from diffusers import AutoencoderKL
+
+    return random_module(lambda: AutoencoderKL(**config), **kwargs)
+
+
+def build_clip_text(config: dict[str, Any], *, num_layers: int | None = None, projection: bool = False, **kwargs):
+    """A randomly initialised transformers CLIP text tower of ``config`` (``CLIPTextModelWithProjection``
+    when ``projection``); ``num_layers`` below the config's depth gives a shallower tower of the
+    same width for CPU runs."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = dict(config)
+    depth = config["num_hidden_layers"]
+    if num_layers is not None:
+        if not 1 <= num_layers <= depth:
+            raise ValueError(f"num_layers: {num_layers} must be between 1 and {depth} (the published depth)")
+        config["num_hidden_layers"] = num_layers
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return random_module(lambda: cls(CLIPTextConfig(**config)), **kwargs)
+
+
+def sd15_unet_config(sample_size: int | None = None) -> dict[str, Any]:
+    """A copy of the SD1.5 UNet config; ``sample_size`` (latent side) defaults to 64 (512 px)."""
+    return unet_config(SD15_UNET_CONFIG, sample_size, levels=4)
+
+
+def build_sd15_unet(*, sample_size: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+    """A randomly initialised diffusers ``UNet2DConditionModel`` with SD1.5's architecture."""
+    return build_unet(sd15_unet_config(sample_size), seed=seed, dtype=dtype, device=device)
 
 
 def build_sd15_vae(*, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
     """A randomly initialised diffusers ``AutoencoderKL`` with SD1.5's architecture."""
-    from diffusers import AutoencoderKL
-
-    with _seeded(seed):
-        vae = AutoencoderKL(**SD15_VAE_CONFIG)
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return build_vae(SD15_VAE_CONFIG, seed=seed, dtype=dtype, device=device)
 
 
 def build_sd15_text_encoder(*, num_layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
@@ -113,14 +160,4 @@ def build_sd15_text_encoder(*, num_layers: int | None = None, seed: int = 0, dty
     ``num_layers`` < 12 gives a shallower tower of the same width (context 768) for CPU runs;
     the UNet's cost, which dominates a training step, does not depend on it.
     """
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = dict(SD15_TEXT_CONFIG)
-    if num_layers is not None:
-        if not 1 <= num_layers <= 12:
-            raise ValueError(f"num_layers: {num_layers} must be between 1 and 12 (SD1.5 has 12)")
-        config["num_hidden_layers"] = num_layers
-    with _seeded(seed):
-        model = CLIPTextModel(CLIPTextConfig(**config))
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
+    return build_clip_text(SD15_TEXT_CONFIG, num_layers=num_layers, seed=seed, dtype=dtype, device=device)

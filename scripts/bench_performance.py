@@ -8,6 +8,9 @@ For each model configuration it trains, through the real trainer (``textloc_core
 * ``store``  the store-everything reference (``benchmarks.reference_mode``): method hard,
   but every attention layer, self-attention included, explicit, and every attn2 map of all
   heads and all 77 tokens stored, as the paper's code does,
+* ``hard-coarse`` method hard with ``map_levels=(2,)``: the token map from the second-finest
+  attention resolution only (SDXL at 1024 px: the 32 grid; the default, "all_but_finest",
+  keeps both of SDXL's grids, 64 and 32),
 
 and records the median time of the warm steps and the peak memory of the steady state
 (after the first step, when the optimizer state exists): on CPU the process's resident-set
@@ -21,6 +24,13 @@ Configurations (``--configs``):
     tinyworld-cpu   TinyWorld architecture (random init), 64 px, batch 2 + 2 prior, CPU
     sd15-256-cpu    SD1.5 architecture (random init), 256 px, batch 2 + 2 prior, CPU
     sd15-512-gpu    SD1.5 architecture (random init), 512 px, batch 2 + 2 prior, CUDA, bf16
+    sdxl-256-cpu    SDXL architecture (random init), transformer depth 2 at 1280 channels
+                    (SDXL: 10; the full model does not fit), 256 px, batch 1 + 1, CPU, bf16
+    sdxl-512-cpu    the same at 512 px
+    sdxl-1024-gpu   SDXL architecture (random init, full), 1024 px, batch 1 + 1, CUDA, bf16
+
+``--extras checkpointing`` repeats none / hard / hard-coarse with gradient checkpointing (``+ckpt``);
+``--rounds N`` repeats the training modes N times, interleaved, and keeps each one's median round.
 
 Timing does not depend on weight values, so random weights measure what real ones would.
 Results merge into ``docs/performance.json`` (keyed by configuration, with date and machine)
@@ -28,6 +38,8 @@ and ``docs/performance.md`` is regenerated from it:
 
     python scripts/bench_performance.py --configs tinyworld-cpu sd15-256-cpu
     python scripts/bench_performance.py --configs sd15-512-gpu --json $OUT/performance.json
+    python scripts/bench_performance.py --configs sdxl-256-cpu sdxl-512-cpu --extras checkpointing,sampling --rounds 2
+    python scripts/bench_performance.py --configs sdxl-1024-gpu --json $OUT/performance.json
 """
 
 from __future__ import annotations
@@ -51,7 +63,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-MODES = ("none", "hard", "soft", "store")
+MODES = ("none", "hard", "soft", "store", "hard-coarse")
+"""``hard-coarse``: method hard with ``map_levels=(2,)``: the token map from the second-finest
+attention resolution only (SDXL: its coarser grid, 32 at 1024 px) instead of the default
+``"all_but_finest"`` (SDXL: both of its grids, the 64 and the 32)."""
+CHECKPOINTED = ("none", "hard", "hard-coarse")
+"""The modes the ``checkpointing`` extra repeats with gradient checkpointing (those requested)."""
 TOKEN = "<doll1>"
 
 
@@ -70,8 +87,15 @@ class World:
     sampling_steps: int = 10
     sampling_batch: int = 2
     text_layers: int | None = None  # SD1.5 text tower depth (None: the full 12)
+    transformer_depth: int | None = None  # SDXL: transformer blocks per 1280-channel block (None: the full 10)
+    weights: str | None = None  # "bf16" (frozen weights bf16, bf16 autocast) or "fp32"; None: bf16 on CUDA, fp32 on CPU
+    modes: tuple[str, ...] = ("none", "hard", "soft", "store")  # the default of --modes
     n_images: int = 5  # training photos (only the VAE encoding at setup depends on it)
     one_process: bool = False  # CPU: all modes in one process (VmHWM is reset per mode anyway)
+
+    @property
+    def precision(self) -> str:
+        return self.weights or ("bf16" if self.device == "cuda" else "fp32")
 
 
 WORLDS = {
@@ -81,9 +105,27 @@ WORLDS = {
     "sd15-256-cpu": World("sd15-256-cpu", "sd15", "cpu", 256, instance_batch=1, prior_batch=1, warmup=1, steps=2,
                           sampling_steps=2, sampling_batch=1, n_images=2, one_process=True),
     "sd15-512-gpu": World("sd15-512-gpu", "sd15", "cuda", 512, warmup=3, steps=10, sampling_steps=25, sampling_batch=4),
+    # SDXL on the CPU: the full UNet (2.6B) does not fit next to its 341M trainable K/V
+    # parameters' fp32 AdamW state (5.1 GiB) in a ~10 GiB share of a 24 GiB machine, so the
+    # 1280-channel transformer stacks are 2 deep instead of 10 (0.9B, 89M trainable); widths,
+    # heads, context 2048, both full text towers, attention levels and conditioning are SDXL's.
+    # bf16 weights + autocast as on the GPU: fp32 peaks above 10 GiB here and is 2x slower
+    "sdxl-256-cpu": World("sdxl-256-cpu", "sdxl", "cpu", 256, instance_batch=1, prior_batch=1, warmup=1, steps=3,
+                          sampling_steps=2, sampling_batch=1, n_images=2, one_process=True, transformer_depth=2,
+                          weights="bf16", modes=("none", "hard", "hard-coarse", "store")),
+    # the same at 512 px: attention grids 32 and 16, so guiding both (the default) adds a 1024-pixel level
+    "sdxl-512-cpu": World("sdxl-512-cpu", "sdxl", "cpu", 512, instance_batch=1, prior_batch=1, warmup=1, steps=2,
+                          sampling_steps=2, sampling_batch=1, n_images=2, one_process=True, transformer_depth=2,
+                          weights="bf16", modes=("none", "hard", "hard-coarse", "store")),
+    "sdxl-1024-gpu": World("sdxl-1024-gpu", "sdxl", "cuda", 1024, instance_batch=1, prior_batch=1, warmup=3, steps=10,
+                           sampling_steps=25, sampling_batch=2, modes=("none", "hard", "hard-coarse", "store")),
 }
 TINY_TEST_WORLD = World("tiny-smoke", "tiny", "cpu", 16, warmup=1, steps=2, sampling_steps=2, sampling_batch=1)
-"""The test-suite-sized model; ``--configs tiny-smoke`` checks the harness end to end in seconds."""
+TINY_SDXL_TEST_WORLD = World("tiny-sdxl-smoke", "tiny-sdxl", "cpu", 32, warmup=1, steps=2, sampling_steps=2,
+                             sampling_batch=1, one_process=True, modes=("none", "hard", "hard-coarse", "store"))
+"""The test-suite-sized models (SD1.x- and SDXL-shaped); ``--configs tiny-smoke`` / ``tiny-sdxl-smoke``
+check the harness end to end in seconds."""
+TEST_WORLDS = {w.name: w for w in (TINY_TEST_WORLD, TINY_SDXL_TEST_WORLD)}
 
 
 # ----------------------------------------------------------------------------- model + data
@@ -94,9 +136,21 @@ def build_bundle(world: World):
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
     tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"))
-    cuda = world.device == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = torch.bfloat16 if world.precision == "bf16" else torch.float32
     torch.manual_seed(0)
+    if world.model == "sdxl":
+        from benchmarks import sdxl_models as xl
+
+        with torch.device(world.device):  # initialise on the device: 3.5B parameters in all
+            unet = xl.build_sdxl_unet(sample_size=world.resolution // 8, transformer_depth=world.transformer_depth,
+                                      dtype=dtype, device=world.device)
+            vae = xl.build_sdxl_vae(dtype=dtype, device=world.device)
+            text, text_2 = xl.build_sdxl_text_encoders(dtype=dtype, device=world.device)
+        # SDXL's second tokenizer: the same BPE, padding with "!" (token 0) instead of end-of-text
+        tokenizer_2 = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"),
+                                                    pad_token="!")
+        return bundle_from_diffusers(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
+                                     text_encoder_2=text_2, tokenizer_2=tokenizer_2)
     if world.model == "sd15":
         from benchmarks import sd15_models as sd
 
@@ -111,10 +165,12 @@ def build_bundle(world: World):
         unet, vae = tw.build_unet(), tw.build_vae()
         text = CLIPTextModel(tw.clip_text_config())
         unet, vae, text = (m.to(world.device, dtype) for m in (unet, vae, text))
-    elif world.model == "tiny":
+    elif world.model in ("tiny", "tiny-sdxl"):
         sys.path.insert(0, str(REPO / "tests"))
-        from conftest import build_tiny_pipeline_parts
+        from conftest import build_tiny_pipeline_parts, build_tiny_sdxl_parts
 
+        if world.model == "tiny-sdxl":
+            return bundle_from_diffusers(**build_tiny_sdxl_parts())
         parts = build_tiny_pipeline_parts()
         unet, vae, text, tokenizer = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
     else:
@@ -139,15 +195,17 @@ def synthetic_concept_set(resolution: int, n_images: int = 5):
 def train_config(world: World, mode: str, steps: int, **overrides):
     from textloc_core.training.config import TrainConfig
 
+    if mode == "hard-coarse":
+        overrides = {"map_levels": (2,), **overrides}
     return TrainConfig(
-        method="hard" if mode == "store" else mode,
+        method="hard" if mode in ("store", "hard-coarse") else mode,
         steps=steps,
         instance_batch=world.instance_batch,
         prior_batch=world.prior_batch,
         # a handful of cheap prior latents: prior generation is timed separately (concept_time)
         prior_images_per_class=max(4, world.prior_batch) if world.device == "cuda" else world.prior_batch,
         prior_sampling_steps=2 if world.device == "cuda" else 1,
-        mixed_precision="bf16" if world.device == "cuda" else "fp32",
+        mixed_precision=world.precision,
         checkpoint_every=10**9,
         **overrides,
     )
@@ -172,6 +230,19 @@ def _vm_kib(field: str) -> int:
     return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
 
 
+def release_freed_memory() -> None:
+    """Hand the memory freed so far back to the OS (glibc ``malloc_trim``), so the RSS is what
+    is alive: without it, an earlier mode's freed activations stay resident and raise the
+    baseline of every later mode of the same process. No-op where there is no glibc."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class MemoryProbe:
     """Peak memory since ``reset()``: CUDA allocator peak, or the process's RSS high-water."""
 
@@ -189,6 +260,7 @@ class MemoryProbe:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
+            release_freed_memory()
             # Linux: writing 5 resets VmHWM (and ru_maxrss) to the current RSS
             Path("/proc/self/clear_refs").write_text("5")
         self.baseline = self.current()
@@ -228,7 +300,7 @@ def measure_training(world: World, bundle, concept_set, mode: str, *, gradient_c
         marks["last"], marks["last_cpu"] = time.perf_counter(), time.process_time()
 
     config = train_config(world, mode, world.warmup + world.steps, gradient_checkpointing=gradient_checkpointing)
-    gc.collect()
+    release_freed_memory()
     started = time.perf_counter()
     result = train(model_bundle_for(bundle, mode), concept_set, config, on_step=on_step)
     total = time.perf_counter() - started
@@ -367,9 +439,13 @@ def machine() -> dict:
     return info
 
 
-def run_worker(world: World, modes: list[str], extras: list[str], partial: Path | None = None) -> dict:
+def run_worker(world: World, modes: list[str], extras: list[str], partial: Path | None = None, rounds: int = 1) -> dict:
     """Everything for ``world`` that runs in this one process.
 
+    ``rounds`` > 1 repeats the training modes (and their checkpointed variants) that often,
+    interleaved (none, hard, ..., store, none, hard, ...), and keeps each mode's median round
+    (``_merge_rounds``), so load drifting on a shared machine hits every mode alike. Freed
+    memory is handed back to the OS before each mode's peak is taken (``release_freed_memory``).
     Each measurement is guarded: a failure is recorded as ``<name>_error`` and the rest still
     runs; with ``partial`` the results so far are written there after every measurement, so
     a run cut off by a time limit still leaves its numbers.
@@ -393,12 +469,18 @@ def run_worker(world: World, modes: list[str], extras: list[str], partial: Path 
         if partial is not None:
             partial.write_text(json.dumps(out, indent=1))
 
+    per_round: dict[str, list[dict]] = {}
+
     def train_mode(mode: str, checkpointing: bool = False) -> None:
         key = f"{mode}+ckpt" if checkpointing else mode
-        out["modes"][key], trained = measure_training(world, bundle, concept_set, mode, gradient_checkpointing=checkpointing)
-        state["trained"] = state["trained"] or trained
-        r = out["modes"][key]
-        print(f"[{world.name}] {key}: {r['step_s_median']:.4f} s/step, peak {r['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+        r, trained = measure_training(world, bundle, concept_set, mode, gradient_checkpointing=checkpointing)
+        if world.device == "cuda":  # on CPU its fp32 delta copies would stay in every later mode's RSS
+            state["trained"] = state["trained"] or trained
+        del trained
+        per_round.setdefault(key, []).append(r)
+        out["modes"][key] = _merge_rounds(per_round[key])
+        print(f"[{world.name}] {key}: {r['step_s_median']:.4f} s/step ({r['step_cpu_s_median']:.2f} CPU s), "
+              f"peak {r['peak_bytes'] / 2**30:.2f} GiB", flush=True)
 
     def sampling() -> None:
         # any TrainResult is an adapter to sample with (timing does not depend on its values)
@@ -413,23 +495,31 @@ def run_worker(world: World, modes: list[str], extras: list[str], partial: Path 
     def flops() -> None:
         out["flops_per_step"] = {m: count_step_flops(world, bundle, concept_set, m) for m in ("none", "hard", "store")}
 
-    for mode in modes:
-        guarded(mode, lambda: train_mode(mode))
+    checkpointed = [m for m in CHECKPOINTED if m in modes] or ["none", "hard"]
+    for _ in range(rounds):
+        for mode in (m for m in modes if m != "store"):
+            guarded(mode, lambda: train_mode(mode))
+        if "checkpointing" in extras:  # optional activation checkpointing (diffusers' own)
+            for mode in checkpointed:
+                guarded(f"{mode}+ckpt", lambda: train_mode(mode, checkpointing=True))
+        if "store" in modes:  # the largest last, so whatever it leaves behind touches no other mode
+            guarded("store", lambda: train_mode("store"))
     if "sampling" in extras:
         guarded("sampling", sampling)
     if "concept" in extras:
         guarded("concept_400", concept)
     if "flops" in extras:
         guarded("flops", flops)
-    if "checkpointing" in extras:  # optional activation checkpointing (diffusers' own)
-        for mode in ("none", "hard"):
-            guarded(f"{mode}+ckpt", lambda: train_mode(mode, checkpointing=True))
     return out
+
+
+RATIOS = (("hard", "none"), ("soft", "none"), ("store", "hard"), ("store", "none"), ("hard", "hard-coarse"),
+          ("hard+ckpt", "none+ckpt"), ("hard+ckpt", "hard-coarse+ckpt"), ("none+ckpt", "none"), ("hard+ckpt", "hard"))
 
 
 def _ratios(modes: dict) -> dict:
     ratios = {}
-    for a, b in (("hard", "none"), ("soft", "none"), ("store", "hard")):
+    for a, b in RATIOS:
         if a in modes and b in modes:
             ratios[f"{a}/{b}"] = {
                 "step_time": modes[a]["step_s_median"] / modes[b]["step_s_median"],
@@ -446,18 +536,18 @@ def run_world(world: World, modes: list[str], extras: list[str], rounds: int, pa
     result: dict = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": {k: v for k, v in world.__dict__.items()},
+        "settings": {**world.__dict__, "precision": world.precision},
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
     if world.device == "cuda" or world.one_process:
-        result.update(run_worker(world, modes, extras, partial=partial))
+        result.update(run_worker(world, modes, extras, partial=partial, rounds=rounds))
     else:
         per_mode: dict[str, list[dict]] = {m: [] for m in modes}
         for r in range(rounds):  # rounds interleave the modes, so drifting load hits all alike
             for mode in modes:
                 run = _subprocess(world, [mode], [])
                 if mode in run["modes"]:
-                    per_mode[mode].append(run)
+                    per_mode[mode].append(run["modes"][mode])
                 else:
                     result[f"{mode}_error"] = run.get(f"{mode}_error", "no result")
         result["modes"] = {m: _merge_rounds(runs) for m, runs in per_mode.items() if runs}
@@ -484,12 +574,15 @@ def _subprocess(world: World, modes: list[str], extras: list[str]) -> dict:
     return json.loads(proc.stdout.strip().rsplit("\n", 1)[-1])
 
 
-def _merge_rounds(runs: list[dict]) -> dict:
-    """Several rounds (subprocesses) of one mode: the round with the median step time, its
+def _merge_rounds(results: list[dict]) -> dict:
+    """Several rounds of one mode's measurement: the round with the median step time, its
     peak replaced by the median peak, and every round's step time for the record."""
-    results = sorted((next(iter(r["modes"].values())) for r in runs), key=lambda r: r["step_s_median"])
+    if len(results) == 1:
+        return results[0]
+    results = sorted(results, key=lambda r: r["step_s_median"])
     chosen = dict(results[len(results) // 2])
     chosen["rounds_step_s_median"] = [r["step_s_median"] for r in results]
+    chosen["rounds_step_cpu_s_median"] = [r["step_cpu_s_median"] for r in results]
     chosen["peak_bytes"] = int(statistics.median(r["peak_bytes"] for r in results))
     chosen["step_extra_bytes"] = int(statistics.median(r["step_extra_bytes"] for r in results))
     chosen["resident_between_steps_bytes"] = int(statistics.median(r["resident_between_steps_bytes"] for r in results))
@@ -509,7 +602,9 @@ def markdown(results: dict) -> str:
         lines += [f"## {name}", "", f"{res['date']} on {m['host']} ({where}); torch {m['torch']}, "
                   f"diffusers {m.get('diffusers', '?')}; load average {m['loadavg'][0]:.1f} at start.", ""]
         s = res["settings"]
-        lines += [f"Model {s['model']}, {s['resolution']} px, batch {s['instance_batch']} instance + {s['prior_batch']} prior, "
+        model = s["model"] + (f" (transformer depth {s['transformer_depth']} at 1280 channels)" if s.get("transformer_depth") else "")
+        precision = f", {s['precision']}" if "precision" in s else ""
+        lines += [f"Model {model}, {s['resolution']} px{precision}, batch {s['instance_batch']} instance + {s['prior_batch']} prior, "
                   f"median of {s['steps']} warm steps after {s['warmup']}.", ""]
         lines += ["| mode | step s (median) | steps/s | CPU s/step | peak GiB | resident GiB | step extra GiB | TFLOP/s |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -557,10 +652,12 @@ def write_markdown(path: Path, results: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=["tinyworld-cpu", "sd15-256-cpu"],
-                        choices=sorted(WORLDS) + [TINY_TEST_WORLD.name])
-    parser.add_argument("--modes", default=",".join(MODES), help="comma list of none,hard,soft,store")
+                        choices=sorted(WORLDS) + sorted(TEST_WORLDS))
+    parser.add_argument("--modes", default=None, help=f"comma list of {','.join(MODES)} (default per config)")
     parser.add_argument("--extras", default=None, help="comma list of sampling,flops,concept,checkpointing (default per config)")
-    parser.add_argument("--rounds", type=int, default=None, help="CPU: repeat each mode's subprocess this often")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="repeat the training modes this often, interleaved (a subprocess per mode and round on "
+                        "CPU unless the config runs in one process); default 3 for the tiny CPU configs, else 1")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "performance.json")
     parser.add_argument("--markdown", type=Path, default=None, help="default: the --json path with .md")
     parser.add_argument("--threads", type=int, default=1,
@@ -569,23 +666,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    worlds = {**WORLDS, TINY_TEST_WORLD.name: TINY_TEST_WORLD}
+    worlds = {**WORLDS, **TEST_WORLDS}
     if args.worker:
         modes = [m for m in args.modes.split(",") if m and m != "-"]
         extras = [e for e in (args.extras or "").split(",") if e and e != "-"]
         print(json.dumps(run_worker(worlds[args.worker], modes, extras)))
         return
-    modes = [m for m in args.modes.split(",") if m]
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in args.configs:
         world = worlds[name]
+        modes = [m for m in args.modes.split(",") if m] if args.modes else list(world.modes)
         extras = args.extras.split(",") if args.extras else (
             ["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"])
-        rounds = args.rounds or (3 if world.model != "sd15" else 1)
+        rounds = args.rounds or (3 if world.model in ("tinyworld", "tiny") and world.device == "cpu" else 1)
         partial = args.json.with_suffix(f".{name}.partial.json")  # survives a crash or a time limit
+        partial.parent.mkdir(parents=True, exist_ok=True)
         results[name] = run_world(world, modes, [e for e in extras if e and e != "-"], rounds, partial=partial)
         partial.unlink(missing_ok=True)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
         write_markdown(args.markdown or args.json.with_suffix(".md"), results)
         print(markdown({name: results[name]}), flush=True)

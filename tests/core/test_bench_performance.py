@@ -63,9 +63,9 @@ def test_modes_become_trainer_settings(bench):
     world = bench.WORLDS["sdxl-1024-gpu"]
     assert world.precision == "bf16" and bench.WORLDS["sd15-256-cpu"].precision == "fp32"
     assert bench.WORLDS["sdxl-256-cpu"].precision == "bf16"  # bf16 weights by choice on the CPU
-    hard, every_level = bench.train_config(world, "hard", 3), bench.train_config(world, "hard-all", 3)
-    assert (hard.method, hard.map_levels) == ("hard", "all_but_finest")
-    assert (every_level.method, every_level.map_levels) == ("hard", "all")
+    hard, coarse = bench.train_config(world, "hard", 3), bench.train_config(world, "hard-coarse", 3)
+    assert (hard.method, hard.map_levels) == ("hard", "all_but_finest")  # SDXL: both grids
+    assert (coarse.method, coarse.map_levels) == ("hard", (2,))  # SDXL: the coarser grid only
     assert bench.train_config(world, "store", 3).method == "hard"
     assert bench.train_config(world, "none", 3, gradient_checkpointing=True).gradient_checkpointing
 
@@ -79,15 +79,16 @@ def test_rounds_keep_the_median_round(bench):
     assert bench._merge_rounds(rounds[:1]) is rounds[0]
 
 
+@pytest.mark.slow
 def test_sdxl_modes_run_end_to_end(bench, tmp_path):
     out = tmp_path / "performance.json"
     bench.main(["--configs", "tiny-sdxl-smoke", "--extras", "checkpointing", "--json", str(out),
                 "--markdown", str(tmp_path / "performance.md")])
     res = json.loads(out.read_text())["tiny-sdxl-smoke"]
-    assert set(res["modes"]) == {"none", "hard", "hard-all", "store", "none+ckpt", "hard+ckpt", "hard-all+ckpt"}
+    assert set(res["modes"]) == {"none", "hard", "hard-coarse", "store", "none+ckpt", "hard+ckpt", "hard-coarse+ckpt"}
     assert not [k for k in res if k.endswith("_error")]
-    assert {"hard/none", "store/none", "hard-all/hard", "hard+ckpt/none+ckpt", "hard-all+ckpt/hard+ckpt"} <= set(res["ratios"])
+    assert {"hard/none", "store/none", "hard/hard-coarse", "hard+ckpt/none+ckpt", "hard+ckpt/hard-coarse+ckpt"} <= set(res["ratios"])
     for r in res["modes"].values():
         assert r["step_s_median"] > 0 and r["peak_bytes"] > 0
     text = (tmp_path / "performance.md").read_text()
-    assert "## tiny-sdxl-smoke" in text and "| hard-all/hard |" in text and "fp32" in text
+    assert "## tiny-sdxl-smoke" in text and "| hard/hard-coarse |" in text and "fp32" in text
