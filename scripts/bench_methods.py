@@ -58,11 +58,13 @@ from textloc_core.training.config import TrainConfig  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
 LAMBDAS = ("1", "0.3", "0.1", "0.03")
-TABLE_METHODS = ("none", "hard@cal", "soft@cal", *(f"{m}@{w}" for m in ("hard", "soft") for w in LAMBDAS))
-"""The committed table's rows: the baseline, both guidances calibrated, and both at every fixed weight."""
+TABLE_METHODS = ("none", "hard@cal", "soft@cal", "hard@cal=1", *(f"{m}@{w}" for m in ("hard", "soft") for w in LAMBDAS))
+"""The committed table's rows: the baseline, both guidances calibrated (and hard at fraction 1),
+and both at every fixed weight."""
 SETTINGS = ("single", "multi")
 CALIBRATED = "cal"
-"""The weight part of a method spec ``hard@cal``: attention_weight_mode "calibrated"."""
+"""The weight part of a method spec ``hard@cal``: attention_weight_mode "calibrated" (with
+``--attention-fraction``); ``hard@cal=0.5`` sets the fraction of that row itself."""
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 COLUMNS = (
     ("clip_i", "CLIP-I ↑"), ("clip_i_paper", "CLIP-I paper ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
@@ -231,25 +233,30 @@ def concept_set_for(name: str, seed: int, setting: str, init_word: str = "") -> 
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """A method spec as the bench's rows name it: ``hard`` (TrainConfig's default attention
-    weight), ``hard@0.1`` (fixed lambda_attn 0.1) or ``hard@cal`` (calibrated weight), and
-    ``none``; returns (guidance method, TrainConfig fields of the weight)."""
+    weight), ``hard@0.1`` (fixed lambda_attn 0.1), ``hard@cal`` (calibrated, the protocol's
+    fraction) or ``hard@cal=0.5`` (calibrated, fraction 0.5), and ``none``; returns
+    (guidance method, TrainConfig fields of the weight)."""
     method, _, weight = spec.partition("@")
-    if method not in METHODS or (method == "none" and weight):
-        raise ValueError(f"method {spec!r}: expected hard, soft or none, optionally hard@<lambda> or hard@{CALIBRATED}")
+    mode, _, fraction = weight.partition("=")
+    if method not in METHODS or (method == "none" and weight) or (fraction and mode != CALIBRATED):
+        raise ValueError(f"method {spec!r}: expected hard, soft or none, optionally hard@<lambda>, "
+                         f"hard@{CALIBRATED} or hard@{CALIBRATED}=<fraction>")
     if not weight:
         return method, {}
-    if weight == CALIBRATED:
-        return method, {"attention_weight_mode": "calibrated"}
+    if mode == CALIBRATED:
+        return method, {"attention_weight_mode": "calibrated", **({"attention_fraction": float(fraction)} if fraction else {})}
     return method, {"attention_weight_mode": "fixed", "lambda_attn": float(weight)}
 
 
 def method_label(spec: str) -> str:
-    """The table's name of a method spec: ``hard (calibrated)``, ``hard (λ=0.1)``, ``none (Custom Diffusion)``."""
+    """The table's name of a method spec: ``hard (calibrated)``, ``hard (calibrated, fraction 1)``,
+    ``hard (λ=0.1)``, ``none (Custom Diffusion)``."""
     method, weight = parse_method(spec)
     if method == "none":
         return "none (Custom Diffusion)"
     if weight.get("attention_weight_mode") == "calibrated":
-        return f"{method} (calibrated)"
+        own = weight.get("attention_fraction")
+        return f"{method} (calibrated)" if own is None else f"{method} (calibrated, fraction {own:g})"
     return f"{method} (λ={weight['lambda_attn']:g})" if weight else method
 
 
@@ -261,7 +268,7 @@ def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
         instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
         map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
         else tuple(int(f) for f in p.train_map_levels.split(",")),
-        attention_fraction=p.attention_fraction, **weight,
+        **{"attention_fraction": p.attention_fraction, **weight},
     )
 
 

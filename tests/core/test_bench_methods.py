@@ -66,10 +66,13 @@ def test_method_specs_set_the_attention_weight(bench):
     fixed = bench.train_config(p, "soft@0.03", 1)
     assert fixed.method == "soft" and fixed.attention_weight_mode == "fixed" and fixed.lambda_attn == 0.03
     assert not bench.train_config(p, "none", 0).calibrated
+    own = bench.train_config(p, "hard@cal=1", 0)
+    assert own.calibrated and own.attention_fraction == 1.0
+    assert bench.method_label("hard@cal=1") == "hard (calibrated, fraction 1)"
     assert bench.method_label("hard@cal") == "hard (calibrated)"
     assert bench.method_label("soft@0.3") == "soft (λ=0.3)"
     assert bench.method_label("none") == "none (Custom Diffusion)"
-    for bad in ("none@cal", "medium", "hard@x"):
+    for bad in ("none@cal", "medium", "hard@x", "hard@0.1=2", "none@cal=1"):
         with pytest.raises(ValueError):
             bench.train_config(p, bad, 0)
 
