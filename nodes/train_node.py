@@ -152,14 +152,14 @@ class TextLocTrain(io.ComfyNode):
             io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px); off: such a resolution is refused before training."),
             io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
             io.Combo.Input("attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="fixed", optional=True, tooltip="fixed: the attention loss is weighted by attention_weight. calibrated: before the first step the weight is set so that the attention loss's gradient is attention_fraction x the denoising loss's (the same fraction suits any model and resolution; attention_weight is then unused). The report shows the weight used."),
-            io.Float.Input("attention_fraction", default=0.1, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (0.1: a tenth)."),
+            io.Float.Input("attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth)."),
         ])
 
     @classmethod
     def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
                 checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
                 allow_large_resolution=False, overwrite=False, attention_weight_mode="fixed",
-                attention_fraction=0.1) -> io.NodeOutput:
+                attention_fraction=1.0) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
