@@ -12,8 +12,13 @@ steps and seeds:
   background and in new scenes with other objects;
 * multi-concept: learn both (two tokens), then generate both together on every background.
 
+A method is a spec: ``none``, ``hard`` / ``soft`` (TrainConfig's default attention weight),
+``hard@0.1`` (fixed lambda_attn), ``hard@cal`` (calibrated, ``--attention-fraction``) or
+``hard@cal=1`` (calibrated with its own fraction).
+
 Scored with ``textloc_core.evaluation``: CLIP-I (generated vs renders of the concept alone;
-multi: mean over both concepts), CLIP-T (prompt without identifier tokens), KID (subset 5,
+multi: mean over both concepts), the paper's CLIP-I (unprojected pooler features against the
+pair photos the concept was learned from), CLIP-T (prompt without identifier tokens), KID (subset 5,
 TinyWorld CLIP image features), attention IoU (the token's map on fresh renders with exact
 masks, noised at t = 200/500/800, Otsu-free fixed threshold 0.5 after min-max) and the share
 of the token's attention mass that falls on the companion; and by the TinyWorld judge:
@@ -23,6 +28,8 @@ other colours and shapes are prompted; multi: attribute bleed, the target's text
 companion's shape or the companion's colour on the target's shape), prompt alignment
 (prompted background and other objects present).
 Context rows: the base model prompted with the class word (no training), and fresh renders.
+Every method is also compared with ``none`` run by run (``benchmarks.paired``: bootstrap 95% CI
+of the mean difference, exact sign test).
 
 Runs are spread over ``--workers`` processes with one torch thread each (on a shared
 2-core machine this is several times faster than one process with two threads).
