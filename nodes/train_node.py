@@ -155,7 +155,7 @@ class TextLocTrain(io.ComfyNode):
             io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training."),
             io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
             io.Combo.Input("attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="fixed", optional=True, tooltip="fixed: the attention loss is weighted by attention_weight. calibrated: before the first step the weight is set so that the attention loss's gradient is attention_fraction x the denoising loss's (the same fraction suits any model and resolution; attention_weight is then unused). The report shows the weight used."),
-            io.Float.Input("attention_fraction", default=0.1, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (0.1: a tenth)."),
+            io.Float.Input("attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth)."),
             io.Boolean.Input("gradient_checkpointing", default=False, optional=True, tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card."),
             io.Combo.Input("mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True, tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32."),
             io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True, tooltip="adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state."),
@@ -165,7 +165,7 @@ class TextLocTrain(io.ComfyNode):
     def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
                 checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
                 allow_large_resolution=False, overwrite=False, attention_weight_mode="fixed",
-                attention_fraction=0.1, gradient_checkpointing=False, mixed_precision="auto",
+                attention_fraction=1.0, gradient_checkpointing=False, mixed_precision="auto",
                 optimizer="adamw") -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils

@@ -12,8 +12,13 @@ steps and seeds:
   background and in new scenes with other objects;
 * multi-concept: learn both (two tokens), then generate both together on every background.
 
+A method is a spec: ``none``, ``hard`` / ``soft`` (TrainConfig's default attention weight),
+``hard@0.1`` (fixed lambda_attn), ``hard@cal`` (calibrated, ``--attention-fraction``) or
+``hard@cal=1`` (calibrated with its own fraction).
+
 Scored with ``textloc_core.evaluation``: CLIP-I (generated vs renders of the concept alone;
-multi: mean over both concepts), CLIP-T (prompt without identifier tokens), KID (subset 5,
+multi: mean over both concepts), the paper's CLIP-I (unprojected pooler features against the
+pair photos the concept was learned from), CLIP-T (prompt without identifier tokens), KID (subset 5,
 TinyWorld CLIP image features), attention IoU (the token's map on fresh renders with exact
 masks, noised at t = 200/500/800, Otsu-free fixed threshold 0.5 after min-max) and the share
 of the token's attention mass that falls on the companion; and by the TinyWorld judge:
@@ -23,6 +28,8 @@ other colours and shapes are prompted; multi: attribute bleed, the target's text
 companion's shape or the companion's colour on the target's shape), prompt alignment
 (prompted background and other objects present).
 Context rows: the base model prompted with the class word (no training), and fresh renders.
+Every method is also compared with ``none`` run by run (``benchmarks.paired``: bootstrap 95% CI
+of the mean difference, exact sign test).
 
 Runs are spread over ``--workers`` processes with one torch thread each (on a shared
 2-core machine this is several times faster than one process with two threads).
@@ -57,10 +64,17 @@ from textloc_core.data.concepts import ConceptSet  # noqa: E402
 from textloc_core.training.config import TrainConfig  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
+LAMBDAS = ("1", "0.3", "0.1", "0.03")
+TABLE_METHODS = ("none", "hard@cal", "soft@cal", "hard@cal=1", *(f"{m}@{w}" for m in ("hard", "soft") for w in LAMBDAS))
+"""The committed table's rows: the baseline, both guidances calibrated (and hard at fraction 1),
+and both at every fixed weight."""
 SETTINGS = ("single", "multi")
+CALIBRATED = "cal"
+"""The weight part of a method spec ``hard@cal``: attention_weight_mode "calibrated" (with
+``--attention-fraction``); ``hard@cal=0.5`` sets the fraction of that row itself."""
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 COLUMNS = (
-    ("clip_i", "CLIP-I ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
+    ("clip_i", "CLIP-I ↑"), ("clip_i_paper", "CLIP-I paper ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
     ("attn_other", "attn on other ↓"), ("fidelity", "target exact ↑"), ("fidelity_cs", "target colour+shape ↑"),
     ("leakage", "leakage ↓"),
     ("alignment", "prompt align ↑"),
@@ -73,12 +87,13 @@ class Protocol:
 
     pairs: tuple[str, ...] = ("dotstar", "checkring", "stripebox")
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = TABLE_METHODS
     steps: int = 100
-    learning_rate: float = 2.5e-4
-    prior_images: int = 16
+    learning_rate: float = 3e-3
+    """The tuned recipe (docs/results.md, "Tuning the baseline"): 3e-3 without prior preservation."""
+    prior_images: int = 0
     prior_steps: int = 20
-    images_per_prompt: int = 2
+    images_per_prompt: int = 4
     sample_steps: int = 20
     guidance_scale: float = 5.0
     n_references: int = 16
@@ -86,6 +101,11 @@ class Protocol:
     map_levels_eval: str = "all"
     train_map_levels: str = "all_but_finest"
     """Attention resolutions the guidance uses (TrainConfig.map_levels; the paper: all but the finest)."""
+    settings: tuple[str, ...] = SETTINGS
+    init_word: str = ""
+    """The word every identifier token starts from ("": its class word, TrainConfig's default)."""
+    attention_fraction: float = TrainConfig.attention_fraction
+    """The fraction of ``@cal`` methods (TrainConfig.attention_fraction)."""
     random_weights: bool = False
 
 
@@ -206,20 +226,56 @@ def generation_plan(concept, setting: str, tokens: bool = True):
     return plan
 
 
-def concept_set_for(name: str, seed: int, setting: str) -> ConceptSet:
+def concept_set_for(name: str, seed: int, setting: str, init_word: str = "") -> ConceptSet:
+    """The pair's personalisation set (single: only ``name`` is named), every token starting
+    from ``init_word`` ("": its class word)."""
     from textloc_core import tinyworld
 
     full = tinyworld.personalization_set(name, seed)
-    return full if setting == "multi" else scoring.only_concepts(full, [name])
+    chosen = full if setting == "multi" else scoring.only_concepts(full, [name])
+    if init_word:
+        chosen = replace(chosen, concepts=[replace(c, init_word=init_word) for c in chosen.concepts])
+    return chosen
 
 
-def train_config(p: Protocol, method: str, seed: int) -> TrainConfig:
+def parse_method(spec: str) -> tuple[str, dict]:
+    """A method spec as the bench's rows name it: ``hard`` (TrainConfig's default attention
+    weight), ``hard@0.1`` (fixed lambda_attn 0.1), ``hard@cal`` (calibrated, the protocol's
+    fraction) or ``hard@cal=0.5`` (calibrated, fraction 0.5), and ``none``; returns
+    (guidance method, TrainConfig fields of the weight)."""
+    method, _, weight = spec.partition("@")
+    mode, _, fraction = weight.partition("=")
+    if method not in METHODS or (method == "none" and weight) or (fraction and mode != CALIBRATED):
+        raise ValueError(f"method {spec!r}: expected hard, soft or none, optionally hard@<lambda>, "
+                         f"hard@{CALIBRATED} or hard@{CALIBRATED}=<fraction>")
+    if not weight:
+        return method, {}
+    if mode == CALIBRATED:
+        return method, {"attention_weight_mode": "calibrated", **({"attention_fraction": float(fraction)} if fraction else {})}
+    return method, {"attention_weight_mode": "fixed", "lambda_attn": float(weight)}
+
+
+def method_label(spec: str) -> str:
+    """The table's name of a method spec: ``hard (calibrated)``, ``hard (calibrated, fraction 1)``,
+    ``hard (λ=0.1)``, ``none (Custom Diffusion)``."""
+    method, weight = parse_method(spec)
+    if method == "none":
+        return "none (Custom Diffusion)"
+    if weight.get("attention_weight_mode") == "calibrated":
+        own = weight.get("attention_fraction")
+        return f"{method} (calibrated)" if own is None else f"{method} (calibrated, fraction {own:g})"
+    return f"{method} (λ={weight['lambda_attn']:g})" if weight else method
+
+
+def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
+    method, weight = parse_method(spec)
     return TrainConfig(
         method=method, steps=p.steps, learning_rate=p.learning_rate, scale_lr_by_batch=False, instance_batch=2,
         prior_batch=2, prior_images_per_class=p.prior_images, prior_sampling_steps=p.prior_steps,
         instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
         map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
         else tuple(int(f) for f in p.train_map_levels.split(",")),
+        **{"attention_fraction": p.attention_fraction, **weight},
     )
 
 
@@ -247,7 +303,7 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
     w = world(p.random_weights)
     bundle, clip, judge = w["bundle"], w["clip"], w["judge"]
     concept = held_out_concept(name)
-    concept_set = concept_set_for(name, seed, setting)
+    concept_set = concept_set_for(name, seed, setting, p.init_word)
     tokens = [c.token for c in concept_set.concepts]
     result = api.train(bundle, concept_set, train_config(p, method, seed), prior_cache_dir=_prior_cache(Path(out)))
     trained = time.perf_counter()
@@ -276,7 +332,8 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
         other_share.append(_mass_share(attn[:, k], masks[:, 1 - own[c.name]]))
     row.update(iou=sum(ious) / len(ious), attn_other=sum(other_share) / len(other_share))
     row.update(pair=name, seed=seed, method=method, setting=setting, train_s=trained - began,
-               total_s=time.perf_counter() - began, final_loss=result.history[-1]["loss"])
+               total_s=time.perf_counter() - began, final_loss=result.history[-1]["loss"],
+               attention_weight=result.attention_weight)
     if seed == p.seeds[0]:
         keep = slice(0, None, max(1, p.images_per_prompt))  # one image per prompt
         torch.save({"images": images[keep][:4].half(), "maps": maps[keep][:4].half(), "tokens": tokens,
@@ -309,12 +366,16 @@ def _references(concept, setting: str, n: int, seed: int):
 def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected, tokens, seed) -> dict:
     refs, kid_refs = _references(concept, setting, p.n_references, seed)
     clip_is = [scoring.image_scores(clip, images, prompts, r, tokens=tokens, kid_feature=clip)["clip_i"] for r in refs]
+    # the paper's CLIP-I: unprojected pooler features against the pair photos (multi-concept references)
+    photos = torch.stack([item.image for item in concept_set_for(concept.name, seed, "multi").images])
+    pooled = clip.unprojected()
+    clip_i_paper = metrics.clip_i_from_features(pooled.encode_image(images), pooled.encode_image(photos))
     scores = scoring.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
     judgements = [_judgement(v) for v in judge(images)]
     judged = judge_scores.judge_scores(judgements, expected)
     # the same targets without texture: did the concept's colour and shape come through?
     loose = [replace(e, targets=[{k: v for k, v in t.items() if k != "texture"} for t in e.targets]) for e in expected]
-    return {"clip_i": sum(clip_is) / len(clip_is), "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
+    return {"clip_i": sum(clip_is) / len(clip_is), "clip_i_paper": clip_i_paper, "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
             "fidelity": judged.target_fidelity, "fidelity_cs": judge_scores.judge_scores(judgements, loose).target_fidelity,
             "leakage": judged.leakage, "alignment": judged.prompt_alignment}
 
@@ -361,8 +422,8 @@ def table(rows: list[dict], methods: tuple[str, ...]) -> str:
             sel = [r for r in rows if r["setting"] == setting and r["method"] == method]
             if not sel:
                 continue
-            label = {"none": "none (Custom Diffusion)", "base": "base model, class word (context)",
-                     "renders": "real renders (context)"}.get(method, method)
+            label = {"base": "base model, class word (context)", "renders": "real renders (context)"}.get(method) \
+                or method_label(method)
             # renders are not made from the prompts: text and prompt-alignment columns do not apply
             skip = {"clip_t", "alignment"} if method == "renders" else set()
             lines.append(f"| {setting} | {label} | {len(sel)} | "
@@ -372,7 +433,7 @@ def table(rows: list[dict], methods: tuple[str, ...]) -> str:
 
 def per_pair_table(rows: list[dict], methods: tuple[str, ...]) -> str:
     pairs = sorted({r["pair"] for r in rows})
-    lines = ["| setting | pair | " + " | ".join(f"{m} IoU / fidelity / leakage" for m in methods) + " |",
+    lines = ["| setting | pair | " + " | ".join(f"{method_label(m)} IoU / colour+shape / leakage" for m in methods) + " |",
              "|---|---|" + "---|" * len(methods)]
     for setting in SETTINGS:
         for pair in pairs:
@@ -382,8 +443,41 @@ def per_pair_table(rows: list[dict], methods: tuple[str, ...]) -> str:
                 if not sel:
                     cells.append("–")
                     continue
-                cells.append(" / ".join(f"{statistics.fmean([r[k] for r in sel]):.2f}" for k in ("iou", "fidelity", "leakage")))
+                cells.append(" / ".join(f"{statistics.fmean([r[k] for r in sel]):.2f}" for k in ("iou", "fidelity_cs", "leakage")))
             lines.append(f"| {setting} | {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PAIRED = (("iou", "IoU"), ("clip_i", "CLIP-I"), ("clip_i_paper", "CLIP-I paper"),
+          ("fidelity_cs", "colour+shape"), ("leakage", "leakage"))
+"""The columns compared per (pair, seed) against ``none``."""
+IOU_GAIN = 0.10
+"""The IoU gain over ``none`` whose share of runs the paired table counts (the issue's target)."""
+
+
+def paired_table(rows: list[dict], methods: tuple[str, ...]) -> str:
+    """Every method against ``none`` on the same (pair, seed): mean difference, bootstrap 95% CI,
+    runs above / below, exact sign-test p; and the runs whose IoU gain reaches ``IOU_GAIN``."""
+    from benchmarks.paired import compare
+
+    def values(setting, method, key):
+        return {(r["pair"], r["seed"]): r[key] for r in rows if r["setting"] == setting and r["method"] == method}
+
+    lines = ["| setting | method vs none | n | " + " | ".join(f"Δ {title}" for _, title in PAIRED)
+             + f" | runs with IoU +{IOU_GAIN:g} |", "|---|---|---|" + "---|" * (len(PAIRED) + 1)]
+    for setting in SETTINGS:
+        for method in methods:
+            if method == "none" or not values(setting, method, "iou") or not values(setting, "none", "iou"):
+                continue
+            cells, n = [], 0
+            for key, _ in PAIRED:
+                c = compare(values(setting, method, key), values(setting, "none", key))
+                n = max(n, c.n)
+                cells.append(f"{c.mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.above}/{c.below} p={c.sign_p:.2g}")
+            base = values(setting, "none", "iou")
+            gains = [v - base[u] for u, v in values(setting, method, "iou").items() if u in base]
+            lines.append(f"| {setting} | {method_label(method)} | {n} | " + " | ".join(cells)
+                         + f" | {sum(g >= IOU_GAIN for g in gains)}/{len(gains)} |")
     return "\n".join(lines)
 
 
@@ -393,9 +487,11 @@ def figure(out: Path, p: Protocol, path: Path) -> None:
 
     blocks = []
     pair = p.pairs[0]
+    # the fixed-weight sweep would make the figure too tall: none, default-weight and calibrated methods
+    shown = [m for m in p.methods if "lambda_attn" not in parse_method(m)[1]]
     for setting in SETTINGS:
         grids = []
-        for method in p.methods:
+        for method in shown:
             file = out / "cache" / f"examples-{pair}-{setting}-{method}.pt"
             if not file.is_file():
                 continue
@@ -405,7 +501,7 @@ def figure(out: Path, p: Protocol, path: Path) -> None:
             gen_maps = torch.nn.functional.interpolate(ex["maps"][:2].float(), size=(side, side), mode="bilinear")
             images = torch.cat([ex["images"][:2].float(), ex["render"][:1].float()])
             maps = torch.cat([gen_maps, ex["render_maps"][:1].float()])
-            labels = [f"{method}: generated"] * len(gen_maps) + [f"{method}: render"]
+            labels = [f"{method_label(method)}: generated"] * len(gen_maps) + [f"{method_label(method)}: render"]
             grids.append(heatmap.to_pil(heatmap.token_grid(images, maps, ex["tokens"], row_labels=labels, cell=96)))
         if grids:
             width = max(g.width for g in grids)
@@ -437,6 +533,18 @@ def write_markdown(path: Path, body: str) -> None:
     path.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}", encoding="utf-8")
 
 
+def not_run(rows: list[dict], p: Protocol) -> str:
+    """The planned (setting, method) cells that have fewer runs than pairs x seeds, as one line."""
+    planned = len(p.pairs) * len(p.seeds)
+    short = []
+    for setting in p.settings:
+        for method in p.methods:
+            done = sum(r["setting"] == setting and r["method"] == method for r in rows)
+            if done < planned:
+                short.append(f"{setting} {method_label(method)} ({done} of {planned})")
+    return "Runs not done: " + ("; ".join(short) if short else "none") + "."
+
+
 def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers: int, figure_name: str) -> str:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}, {workers} worker process(es) x 1 thread"
     runs = [r for r in rows if r["method"] in p.methods]
@@ -451,11 +559,18 @@ def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers:
         "",
         f"Protocol: `{json.dumps(asdict(p))}`",
         "",
+        not_run(rows, p),
+        "",
         "Mean ± standard deviation over concept pairs x seeds (n per row).",
         "",
         table(rows, p.methods),
         "",
-        "Per pair (mean over seeds): attention IoU / judge target fidelity / judge leakage.",
+        "Paired against `none` (same pair, seed and data): mean difference [bootstrap 95% CI] "
+        "runs above/below none, exact two-sided sign-test p.",
+        "",
+        paired_table(rows, p.methods),
+        "",
+        "Per pair (mean over seeds): attention IoU / judge target colour+shape / judge leakage.",
         "",
         per_pair_table(rows, p.methods),
         "",
@@ -469,10 +584,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default=",".join(Protocol.pairs))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(TABLE_METHODS),
+                        help=f"method specs: hard, soft, none; hard@<lambda> fixed weight, hard@{CALIBRATED} calibrated")
     parser.add_argument("--steps", type=int, default=Protocol.steps)
     parser.add_argument("--lr", type=float, default=Protocol.learning_rate)
     parser.add_argument("--images-per-prompt", type=int, default=Protocol.images_per_prompt)
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="single, multi or both")
+    parser.add_argument("--prior-images", type=int, default=Protocol.prior_images,
+                        help="class-prior images per class word (0: no prior preservation)")
+    parser.add_argument("--init-word", default=Protocol.init_word,
+                        help='the word every token starts from ("": its class word; e.g. sks, a rare token)')
+    parser.add_argument("--guidance-scale", type=float, default=Protocol.guidance_scale,
+                        help="classifier-free guidance of the generations the bench scores")
+    parser.add_argument("--attention-fraction", type=float, default=Protocol.attention_fraction,
+                        help="attention_fraction of the calibrated methods (hard@cal, soft@cal)")
     parser.add_argument("--train-map-levels", default=Protocol.train_map_levels,
                         help='"all_but_finest" (paper), "all", or factors like 1,2')
     parser.add_argument("--workers", type=int, default=2)
@@ -490,9 +615,15 @@ def main(argv: list[str] | None = None) -> int:
     p = Protocol(pairs=tuple(args.pairs.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
                  methods=tuple(args.methods.split(",")), steps=args.steps, learning_rate=args.lr,
                  images_per_prompt=args.images_per_prompt, random_weights=args.random_weights,
-                 train_map_levels=args.train_map_levels)
+                 train_map_levels=args.train_map_levels, settings=tuple(args.settings.split(",")),
+                 prior_images=args.prior_images, init_word=args.init_word, guidance_scale=args.guidance_scale,
+                 attention_fraction=args.attention_fraction)
+    for spec in p.methods:
+        parse_method(spec)  # a bad spec fails here, not in a worker
+    if not set(p.settings) <= set(SETTINGS):
+        parser.error(f"--settings: {args.settings!r}; pick from {', '.join(SETTINGS)}")
     if args.quick:
-        p = replace(p, steps=min(p.steps, 2), prior_images=2, prior_steps=2, images_per_prompt=1, sample_steps=2,
+        p = replace(p, steps=min(p.steps, 2), prior_images=min(p.prior_images, 2), prior_steps=2, images_per_prompt=1, sample_steps=2,
                     n_references=5, n_iou_scenes=2)
     out, work = args.out, args.work
     (work / "cache").mkdir(parents=True, exist_ok=True)
@@ -506,9 +637,9 @@ def main(argv: list[str] | None = None) -> int:
 
     class_words = sorted({w for name in p.pairs for w in (held_out_concept(name).class_word, held_out_concept(name).companion.shape)})
     # seed-major order: a run cut short still covers every pair, method and setting evenly
-    jobs = [(name, seed, method, setting) for seed in p.seeds for setting in SETTINGS for name in p.pairs for method in p.methods]
+    jobs = [(name, seed, method, setting) for seed in p.seeds for setting in p.settings for name in p.pairs for method in p.methods]
     # context rows need no training: the base model once per pair (first seed), renders per seed
-    context = [(name, seed, setting, what) for seed in p.seeds for setting in SETTINGS for name in p.pairs
+    context = [(name, seed, setting, what) for seed in p.seeds for setting in p.settings for name in p.pairs
                for what in ("base", "renders") if what == "renders" or seed == p.seeds[0]]
     row_dir = work / "cache" / "rows"
     row_dir.mkdir(parents=True, exist_ok=True)
@@ -523,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(kind, job) for kind, job in todo if not row_file(kind, job).is_file()]
     if todo:
         with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("fork"), initializer=_init_worker) as pool:
-            for done in pool.map(warm_prior, *zip(*[(p, str(work), w, s) for w in class_words for s in p.seeds])):
+            warm = [(p, str(work), w, s) for w in class_words for s in p.seeds] if p.prior_images > 0 else []
+            for done in pool.map(warm_prior, *zip(*warm)) if warm else ():
                 print("prior", done, flush=True)
             futures = {pool.submit(run_job if kind == "run" else context_job, p, str(work), *job): (kind, job)
                        for kind, job in todo}

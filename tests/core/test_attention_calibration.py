@@ -155,3 +155,5 @@ def test_widgets_carry_the_calibration_settings():
         guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5,
     )
     assert default.attention_weight_mode == "fixed" and not default.calibrated
+    # the fraction the TinyWorld table supports (docs/results.md): the node, the widgets and the API agree
+    assert default.attention_fraction == TrainConfig().attention_fraction == 1.0

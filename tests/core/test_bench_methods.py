@@ -52,6 +52,47 @@ def test_single_setting_leaves_the_companion_unnamed(bench):
     assert len(bench.concept_set_for("dotstar", 0, "multi").concepts) == 2
 
 
+def test_init_word_reaches_every_token(bench):
+    for setting in ("single", "multi"):
+        chosen = bench.concept_set_for("dotstar", 0, setting, init_word="sks")
+        assert all(c.init_word == "sks" and c.initializer == "sks" for c in chosen.concepts)
+    assert all(c.initializer == c.class_word for c in bench.concept_set_for("dotstar", 0, "multi").concepts)
+
+
+def test_method_specs_set_the_attention_weight(bench):
+    p = bench.Protocol(attention_fraction=0.25)
+    calibrated = bench.train_config(p, "hard@cal", 0)
+    assert calibrated.method == "hard" and calibrated.calibrated and calibrated.attention_fraction == 0.25
+    fixed = bench.train_config(p, "soft@0.03", 1)
+    assert fixed.method == "soft" and fixed.attention_weight_mode == "fixed" and fixed.lambda_attn == 0.03
+    assert not bench.train_config(p, "none", 0).calibrated
+    own = bench.train_config(p, "hard@cal=1", 0)
+    assert own.calibrated and own.attention_fraction == 1.0
+    assert bench.method_label("hard@cal=1") == "hard (calibrated, fraction 1)"
+    assert bench.method_label("hard@cal") == "hard (calibrated)"
+    assert bench.method_label("soft@0.3") == "soft (λ=0.3)"
+    assert bench.method_label("none") == "none (Custom Diffusion)"
+    for bad in ("none@cal", "medium", "hard@x", "hard@0.1=2", "none@cal=1"):
+        with pytest.raises(ValueError):
+            bench.train_config(p, bad, 0)
+
+
+def test_paired_table_compares_each_method_with_none_on_the_same_runs(bench):
+    def row(method, seed, iou, clip_i):
+        return {"setting": "single", "pair": "dotstar", "seed": seed, "method": method, "iou": iou,
+                "clip_i": clip_i, "clip_i_paper": clip_i, "fidelity_cs": 0.5, "leakage": 0.5}
+
+    rows = [row("none", s, 0.05, 0.2) for s in range(3)]
+    rows += [row("hard@cal", 0, 0.30, 0.25), row("hard@cal", 1, 0.10, 0.15), row("hard@cal", 2, 0.20, 0.21)]
+    text = bench.paired_table(rows, ("none", "hard@cal"))
+    line = next(x for x in text.splitlines() if "hard (calibrated)" in x)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "3" and cells[-1] == "2/3"  # IoU gains 0.25, 0.05, 0.15
+    assert cells[3].startswith("+0.150 [") and "3/0" in cells[3]
+    assert cells[4].startswith("+0.003 [") and "2/1" in cells[4]
+    assert "none (Custom Diffusion) |" not in text
+
+
 @pytest.mark.slow
 def test_quick_run_end_to_end(bench, tmp_path):
     out, work = tmp_path / "docs", tmp_path / "work"

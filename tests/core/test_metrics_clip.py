@@ -43,6 +43,10 @@ def test_saved_clipmodel_directory(tmp_path, tiny_clip):
         expected = tiny_clip.visual_projection(pooled)
     assert encoded.shape == (3, 16)
     torch.testing.assert_close(encoded, expected, rtol=1e-4, atol=1e-5)
+    # the paper's CLIP-I features: the pooler output itself, the projected model unchanged
+    unprojected = model.unprojected()
+    torch.testing.assert_close(unprojected.encode_image(images), pooled, rtol=1e-4, atol=1e-5)
+    assert unprojected.encode_image(images).shape == (3, 32) and model.encode_image(images).shape == (3, 16)
 
     text = model.encode_text(["a red star", "a blue ring on grass"])
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)

@@ -13,6 +13,7 @@ Images are (N, 3, H, W) float in [0, 1] (ComfyUI's IMAGE is (N, H, W, 3): pass
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
@@ -82,12 +83,14 @@ class ClipFeatureModel:
     ``vision``: a ``CLIPModel`` or ``CLIPVisionModelWithProjection`` (anything with
     ``vision_model`` and ``visual_projection``); ``text``: a ``CLIPModel`` or
     ``CLIPTextModelWithProjection`` (``text_model`` and ``text_projection``); ``tokenizer``: the
-    matching CLIP tokenizer. Features are the projected pooled outputs, as the paper uses.
+    matching CLIP tokenizer. Features are the projected pooled outputs; ``projected=False``
+    gives images the vision tower's pooler output without the projection (the paper's CLIP-I).
     """
 
     def __init__(self, vision: nn.Module, text: nn.Module, tokenizer, *, image_size: int | None = None,
                  mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD,
-                 batch_size: int = 32):
+                 batch_size: int = 32, projected: bool = True):
+        self.projected = projected
         self.vision = vision.eval()
         self.text = text.eval()
         self.tokenizer = tokenizer
@@ -149,6 +152,13 @@ class ClipFeatureModel:
                 break
         return cls(vision, text, tokenizer, **extra)
 
+    def unprojected(self) -> "ClipFeatureModel":
+        """The same towers, image features taken before the visual projection (the pooler
+        output, as the paper's CLIP-I uses); text features stay projected."""
+        twin = copy.copy(self)
+        twin.projected = False
+        return twin
+
     def _device_dtype(self, module: nn.Module) -> tuple[torch.device, torch.dtype]:
         parameter = next(module.parameters())
         return parameter.device, parameter.dtype
@@ -160,7 +170,7 @@ class ClipFeatureModel:
         out = []
         for chunk in pixels.split(self.batch_size):
             pooled = self.vision.vision_model(pixel_values=chunk.to(device, dtype)).pooler_output
-            out.append(self.vision.visual_projection(pooled).float().cpu())
+            out.append((self.vision.visual_projection(pooled) if self.projected else pooled).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
