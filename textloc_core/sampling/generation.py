@@ -17,7 +17,7 @@ from ..adapters.composition import applied
 from ..attention.cross_attention import AveragingRouter
 from ..attention.maps import attn2_query_counts, choose_layers, slot_layout, token_maps
 from ..backends.base import ModelBundle
-from .schedule import ddim_sample
+from .schedule import ddim_sample, guided_conditioning
 
 
 @dataclass
@@ -62,14 +62,7 @@ def generate(
         missing = [t for t in maps_for if t not in encoded.token_positions[0]]
         if missing:
             raise ValueError(f"maps_for: {missing} do not occur in the prompt {prompt!r}")
-        cond = encoded.context[:1].expand(num_images, -1, -1)
-        uncond = encoded.context[1:].expand(num_images, -1, -1)
-        pooled = {}
-        if encoded.pooled is not None:
-            pooled = {
-                "cond_pooled": encoded.pooled[:1].expand(num_images, -1).to(bundle.compute_dtype),
-                "uncond_pooled": encoded.pooled[1:].expand(num_images, -1).to(bundle.compute_dtype),
-            }
+        conditioning = guided_conditioning(encoded, num_images, bundle.compute_dtype)
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((num_images, denoiser.latent_channels, *latent_hw), generator=generator).to(bundle.device)
         router = layout = None
@@ -80,10 +73,8 @@ def generate(
             # the sampler's batch is [uncond; cond] with CFG: the maps of the cond half count
             cond_rows = slice(num_images, None) if guidance_scale != 1.0 else None
             router = AveragingRouter(layers=layers, token_slots=layout.slots[:1].to(bundle.device), keep_rows=cond_rows)
-        dtype = bundle.compute_dtype
         latents = ddim_sample(
-            denoiser, cond.to(dtype), uncond.to(dtype), noise, steps=steps, guidance_scale=guidance_scale, router=router,
-            **pooled,
+            denoiser, latents=noise, steps=steps, guidance_scale=guidance_scale, router=router, **conditioning,
         )
         images = denoiser.decode_latents(latents)
     result = Generation(images=images.float().cpu(), latents=latents.float().cpu())

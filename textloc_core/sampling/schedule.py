@@ -94,6 +94,16 @@ def check_stop(should_stop: Callable[[], bool] | None, what: str) -> None:
         raise Cancelled(f"cancelled {what}")
 
 
+def guided_conditioning(encoded, n: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``ddim_sample``'s ``cond`` / ``uncond`` (and, for UNets that take them, ``cond_pooled`` /
+    ``uncond_pooled``) keywords from a text backend's encoding of ``[prompt, negative]``, each
+    row repeated ``n`` times and cast to ``dtype``."""
+    rows = {"cond": encoded.context[:1], "uncond": encoded.context[1:2]}
+    if encoded.pooled is not None:
+        rows.update(cond_pooled=encoded.pooled[:1], uncond_pooled=encoded.pooled[1:2])
+    return {key: row.expand(n, *row.shape[1:]).to(dtype) for key, row in rows.items()}
+
+
 @torch.no_grad()
 def ddim_sample(
     denoiser: DenoiserBackend,

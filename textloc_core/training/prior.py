@@ -19,7 +19,7 @@ import torch
 from ..backends.base import ModelBundle
 from .config import TrainConfig
 from ..data.safe_io import load_tensors, save_tensors
-from ..sampling.schedule import Cancelled, ddim_sample
+from ..sampling.schedule import Cancelled, ddim_sample, guided_conditioning
 
 _MEMORY: dict[str, torch.Tensor] = {}
 """Process-wide cache for runs without a cache folder (tests, repeated API calls)."""
@@ -46,7 +46,6 @@ def _generate(
     denoiser, dtype = bundle.denoiser, bundle.compute_dtype
     with torch.no_grad():
         encoded = bundle.text.encode([prompt, ""], {})
-    cond, uncond = encoded.context[:1], encoded.context[1:]
     out = []
     for start in range(0, count, GENERATION_BATCH):
         if should_stop is not None and should_stop():
@@ -62,16 +61,11 @@ def _generate(
         try:
             latents = ddim_sample(
                 denoiser,
-                cond.expand(n, -1, -1).to(dtype),
-                uncond.expand(n, -1, -1).to(dtype),
-                noise,
+                latents=noise,
                 steps=config.prior_sampling_steps,
                 guidance_scale=config.prior_guidance_scale,
                 should_stop=should_stop,
-                **({} if encoded.pooled is None else {
-                    "cond_pooled": encoded.pooled[:1].expand(n, -1).to(dtype),
-                    "uncond_pooled": encoded.pooled[1:].expand(n, -1).to(dtype),
-                }),
+                **guided_conditioning(encoded, n, dtype),
             )
         except Cancelled as stop:
             raise PriorCancelled(f"{stop} of prior images {start}-{start + n} of {count} of {prompt!r}") from None
