@@ -91,6 +91,8 @@ class Protocol:
     steps: int = 100
     learning_rate: float = 3e-3
     """The tuned recipe (docs/results.md, "Tuning the baseline"): 3e-3 without prior preservation."""
+    instance_batch: int = 2
+    """Instance images a step (of the five photos; the learning rate is not scaled by it)."""
     prior_images: int = 0
     prior_steps: int = 20
     images_per_prompt: int = 4
@@ -271,7 +273,7 @@ def method_label(spec: str) -> str:
 def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
     method, weight = parse_method(spec)
     return TrainConfig(
-        method=method, steps=p.steps, learning_rate=p.learning_rate, scale_lr_by_batch=False, instance_batch=2,
+        method=method, steps=p.steps, learning_rate=p.learning_rate, scale_lr_by_batch=False, instance_batch=p.instance_batch,
         prior_batch=2, prior_images_per_class=p.prior_images, prior_sampling_steps=p.prior_steps,
         instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
         map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
@@ -589,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"method specs: hard, soft, none; hard@<lambda> fixed weight, hard@{CALIBRATED} calibrated")
     parser.add_argument("--steps", type=int, default=Protocol.steps)
     parser.add_argument("--lr", type=float, default=Protocol.learning_rate)
+    parser.add_argument("--instance-batch", type=int, default=Protocol.instance_batch,
+                        help="instance images a training step")
     parser.add_argument("--images-per-prompt", type=int, default=Protocol.images_per_prompt)
     parser.add_argument("--settings", default=",".join(SETTINGS), help="single, multi or both")
     parser.add_argument("--prior-images", type=int, default=Protocol.prior_images,
@@ -614,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     p = Protocol(pairs=tuple(args.pairs.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
-                 methods=tuple(args.methods.split(",")), steps=args.steps, learning_rate=args.lr,
+                 methods=tuple(args.methods.split(",")), steps=args.steps, learning_rate=args.lr, instance_batch=args.instance_batch,
                  images_per_prompt=args.images_per_prompt, random_weights=args.random_weights,
                  train_map_levels=args.train_map_levels, settings=tuple(args.settings.split(",")),
                  prior_images=args.prior_images, init_word=args.init_word, guidance_scale=args.guidance_scale,
