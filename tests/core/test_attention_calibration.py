@@ -50,12 +50,12 @@ def _other_bundle(tiny_parts, tiny_unet_builder):
     return bundle_from_diffusers(**{**tiny_parts, "unet": tiny_unet_builder()})
 
 
-def _grad_norm(run, which: str) -> float:
-    """||grad|| on the trainables of one term of step 0's loss, by a plain backward."""
+def _grad_norm(run, which: str, step: int = 0) -> float:
+    """||grad|| on the trainables of one term of ``step``'s loss, by a plain backward."""
     params = run.trainables.parameters()
     for p in params:
         p.grad = None
-    terms, _ = losses(run, *draw(run, 0))
+    terms, _ = losses(run, *draw(run, step))
     term = terms["instance"] + run.config.lambda_prior * terms["prior"] if which == "denoise" else run.attention_weight * terms["attention"]
     term.backward()
     run.router.clear()
@@ -67,7 +67,7 @@ def _grad_norm(run, which: str) -> float:
 
 @pytest.mark.parametrize("method", ["hard", "soft"])
 def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, method):
-    config = _config(method=method, lambda_prior=0.0, attention_fraction=0.1)
+    config = _config(method=method, lambda_prior=0.0, attention_fraction=0.1, calibration_batches=1)
     with torch.enable_grad():
         run = setup(tiny_bundle, _concepts(), config)
         with run.hooks():
@@ -75,6 +75,21 @@ def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, me
             assert weight == run.attention_weight and weight > 0 and weight != config.lambda_attn
             ratio = _grad_norm(run, "attention") / _grad_norm(run, "denoise")
     assert ratio == pytest.approx(0.1, rel=1e-4)
+
+
+def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle):
+    """With calibration_batches=K the weight is fraction x mean ||grad denoise|| / mean ||grad
+    attention|| over the batches of steps 0..K-1, which differs from step 0's ratio alone."""
+    config = _config(lambda_prior=0.0, attention_fraction=0.5, calibration_batches=4)
+    with torch.enable_grad():
+        run = setup(tiny_bundle, _concepts(), config)
+        with run.hooks():
+            weight = calibrate_attention_weight(run)
+            run.attention_weight = 1.0
+            denoise = [_grad_norm(run, "denoise", step) for step in range(4)]
+            attention = [_grad_norm(run, "attention", step) for step in range(4)]
+    assert weight == pytest.approx(0.5 * sum(denoise) / sum(attention), rel=1e-4)
+    assert weight != pytest.approx(0.5 * denoise[0] / attention[0], rel=1e-3)
 
 
 def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(tiny_bundle, tiny_parts, tiny_unet_builder):
@@ -133,6 +148,10 @@ def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle):
     assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()
     calibrated = _config(attention_fraction=0.3)
     assert TrainConfig.from_json(calibrated.to_json()) == calibrated
+    # a calibrated run saved before calibration_batches existed measured one batch
+    older = json.loads(calibrated.to_json())
+    del older["calibration_batches"]
+    assert TrainConfig.from_json(json.dumps(older)).calibration_batches == 1
 
 
 def test_bad_calibration_settings_name_the_field():
@@ -143,6 +162,9 @@ def test_bad_calibration_settings_name_the_field():
             TrainConfig(attention_weight_mode="calibrated", attention_fraction=bad)
     with pytest.raises(ValueError, match="lambda_attn"):
         TrainConfig(lambda_attn=float("nan"))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="calibration_batches"):
+            TrainConfig(attention_weight_mode="calibrated", calibration_batches=bad)
 
 
 def test_widgets_carry_the_calibration_settings():

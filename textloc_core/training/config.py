@@ -44,6 +44,10 @@ class TrainConfig:
     attention_fraction: float = 1.0
     """With "calibrated": the attention gradient's norm as a fraction of the denoising gradient's.
     1 (equal): on TinyWorld it localised more than 0.1 at the same CLIP-I (docs/results.md)."""
+    calibration_batches: int = 8
+    """With "calibrated": how many batches (those of steps 0, 1, ...) the two gradient norms are
+    averaged over. The norms swing with each batch's random timesteps, so one batch gives a
+    weight that varies widely between seeds; each batch costs about one and a half steps."""
     prior_images_per_class: int = 200
     """Class-prior images generated once by the base model and cached (0 disables prior loss)."""
     prior_sampling_steps: int = 50
@@ -102,6 +106,10 @@ class TrainConfig:
                 f"attention_fraction: {self.attention_fraction!r} must be a finite number above 0 (e.g. 1: the "
                 "attention gradient is as large as the denoising gradient)"
             )
+        if not (isinstance(self.calibration_batches, int) and self.calibration_batches >= 1):
+            raise ValueError(
+                f"calibration_batches: {self.calibration_batches!r} must be a whole number, 1 or more (default 8)"
+            )
         if not (isinstance(self.lambda_attn, (int, float)) and math.isfinite(self.lambda_attn) and self.lambda_attn >= 0):
             raise ValueError(f"lambda_attn: {self.lambda_attn!r} must be a finite number, 0 or above (paper: 1)")
         if isinstance(self.map_levels, list):
@@ -128,7 +136,7 @@ class TrainConfig:
         if data["attention_weight_mode"] == "fixed":
             # the fraction changes nothing then; leaving both out keeps a fixed run's JSON as it was
             # before calibration existed, so its older checkpoints and adapters still match
-            del data["attention_weight_mode"], data["attention_fraction"]
+            del data["attention_weight_mode"], data["attention_fraction"], data["calibration_batches"]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -161,5 +169,8 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         data = json.loads(text)
+        if data.get("attention_weight_mode") == "calibrated":
+            # calibrated runs saved before the averaging existed measured one batch
+            data.setdefault("calibration_batches", 1)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
