@@ -65,9 +65,8 @@ from textloc_core.training.config import TrainConfig  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
 LAMBDAS = ("1", "0.3", "0.1", "0.03")
-TABLE_METHODS = ("none", "hard@cal", "soft@cal", "hard@cal=1", *(f"{m}@{w}" for m in ("hard", "soft") for w in LAMBDAS))
-"""The committed table's rows: the baseline, both guidances calibrated (and hard at fraction 1),
-and both at every fixed weight."""
+TABLE_METHODS = ("none", "hard@cal", "soft@cal", *(f"{m}@{w}" for m in ("hard", "soft") for w in LAMBDAS))
+"""The committed table's rows: the baseline, both guidances calibrated, and both at every fixed weight."""
 SETTINGS = ("single", "multi")
 CALIBRATED = "cal"
 """The weight part of a method spec ``hard@cal``: attention_weight_mode "calibrated" (with
@@ -106,9 +105,10 @@ class Protocol:
     settings: tuple[str, ...] = SETTINGS
     init_word: str = ""
     """The word every identifier token starts from ("": its class word, TrainConfig's default)."""
-    attention_fraction: float = 0.1
-    """The fraction of plain ``@cal`` methods, the table's "hard (calibrated)" rows (0.1, as they
-    were run; ``hard@cal=1`` is TrainConfig's default fraction since)."""
+    attention_fraction: float = TrainConfig.attention_fraction
+    """The fraction of plain ``@cal`` methods, the table's "hard (calibrated)" rows (TrainConfig's default)."""
+    calibration_batches: int = TrainConfig.calibration_batches
+    """Batches the calibrated methods average the gradient norms over (TrainConfig's default)."""
     random_weights: bool = False
 
 
@@ -278,7 +278,7 @@ def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
         instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
         map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
         else tuple(int(f) for f in p.train_map_levels.split(",")),
-        **{"attention_fraction": p.attention_fraction, **weight},
+        calibration_batches=p.calibration_batches, **{"attention_fraction": p.attention_fraction, **weight},
     )
 
 
@@ -603,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="classifier-free guidance of the generations the bench scores")
     parser.add_argument("--attention-fraction", type=float, default=Protocol.attention_fraction,
                         help="attention_fraction of the calibrated methods (hard@cal, soft@cal)")
+    parser.add_argument("--calibration-batches", type=int, default=Protocol.calibration_batches,
+                        help="batches the calibrated methods average the gradient norms over")
     parser.add_argument("--train-map-levels", default=Protocol.train_map_levels,
                         help='"all_but_finest" (paper), "all", or factors like 1,2')
     parser.add_argument("--workers", type=int, default=2)
@@ -622,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                  images_per_prompt=args.images_per_prompt, random_weights=args.random_weights,
                  train_map_levels=args.train_map_levels, settings=tuple(args.settings.split(",")),
                  prior_images=args.prior_images, init_word=args.init_word, guidance_scale=args.guidance_scale,
-                 attention_fraction=args.attention_fraction)
+                 attention_fraction=args.attention_fraction, calibration_batches=args.calibration_batches)
     for spec in p.methods:
         parse_method(spec)  # a bad spec fails here, not in a worker
     if not set(p.settings) <= set(SETTINGS):
