@@ -150,11 +150,11 @@ class TextLocTrain(io.ComfyNode):
             io.Int.Input("checkpoint_every", default=50, min=1, max=100000, tooltip="Write a resumable checkpoint every N steps (and when cancelled)."),
             io.String.Input("adapter_name", default="textloc_adapter", tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder."),
             io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training side in pixels; 0 keeps the photos' size."),
-            io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss (paper: 1)."),
+            io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss when attention_weight_mode is fixed (paper: 1)."),
             io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
             io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training."),
             io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
-            io.Combo.Input("attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="fixed", optional=True, tooltip="fixed: the attention loss is weighted by attention_weight. calibrated: before the first step the weight is set so that the attention loss's gradient is attention_fraction x the denoising loss's, averaged over the first 8 batches (the same fraction suits any model and resolution; attention_weight is then unused). The report shows the weight used."),
+            io.Combo.Input("attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="calibrated", optional=True, tooltip="calibrated (default): before the first step the attention loss's weight is set so that its gradient is attention_fraction x the denoising loss's, averaged over the first 8 batches; the same fraction suits any model and resolution, and attention_weight is unused. fixed: the attention loss is weighted by attention_weight (the paper's 1, which on TinyWorld lowered fidelity). The report shows the weight used."),
             io.Float.Input("attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth)."),
             io.Boolean.Input("gradient_checkpointing", default=False, optional=True, tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card."),
             io.Combo.Input("mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True, tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32."),
@@ -164,7 +164,7 @@ class TextLocTrain(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
                 checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
-                allow_large_resolution=False, overwrite=False, attention_weight_mode="fixed",
+                allow_large_resolution=False, overwrite=False, attention_weight_mode="calibrated",
                 attention_fraction=1.0, gradient_checkpointing=False, mixed_precision="auto",
                 optimizer="adamw") -> io.NodeOutput:
         import comfy.model_management as mm
@@ -210,6 +210,9 @@ class TextLocTrain(io.ComfyNode):
         try:
             with training_session(model, clip, vae) as bundle:
                 validate_concept_set(concepts, vocabulary_check=bundle.text.check_token, resolution=config.resolution)
+                if config.calibrated:  # the batches before step 1 show no step progress of their own
+                    _progress_text(unique_id, f"calibrating the attention weight on {config.calibration_batches} batches "
+                                              "(a resumed run reuses the weight it recorded)")
                 result = loop.train(
                     bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
                     on_step=on_step, should_stop=_interrupted, prior_cache_dir=paths.prior_cache_dir(),

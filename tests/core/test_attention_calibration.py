@@ -1,7 +1,8 @@
-"""attention_weight_mode="calibrated": the attention term's weight is set before the first step so
-that its gradient on the trainables is attention_fraction x the denoising loss's; it differs
-between models and resolutions (scale-free), is recorded in checkpoints (a resumed run reuses
-it) and is a no-op with method "none". "fixed" (the default) is what it always was."""
+"""attention_weight_mode="calibrated" (the default): the attention term's weight is set before the
+first step so that its gradient on the trainables is attention_fraction x the denoising loss's;
+it differs between models and resolutions (scale-free), is recorded in checkpoints (a resumed
+run reuses it) and is a no-op with method "none". "fixed" is what it always was, and its config
+JSON is unchanged."""
 
 import json
 import shutil
@@ -143,9 +144,12 @@ def test_calibration_is_a_no_op_without_guidance(tiny_bundle):
 def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle):
     config = _config(steps=1, attention_weight_mode="fixed", lambda_attn=0.25)
     assert train(tiny_bundle, _concepts(), config).attention_weight == 0.25
-    data = json.loads(TrainConfig().to_json())
-    assert "attention_weight_mode" not in data and "attention_fraction" not in data  # older checkpoints match
+    fixed = TrainConfig(attention_weight_mode="fixed")
+    data = json.loads(fixed.to_json())
+    assert not {"attention_weight_mode", "attention_fraction", "calibration_batches"} & set(data)  # older checkpoints match
+    assert TrainConfig.from_json(fixed.to_json()) == fixed  # a JSON without the mode is a fixed run's
     assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()
+    assert TrainConfig().calibrated and TrainConfig().attention_weight_mode == "calibrated"
     calibrated = _config(attention_fraction=0.3)
     assert TrainConfig.from_json(calibrated.to_json()) == calibrated
     # a calibrated run saved before calibration_batches existed measured one batch
@@ -176,6 +180,6 @@ def test_widgets_carry_the_calibration_settings():
     default = TrainConfig.from_widgets(
         guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5,
     )
-    assert default.attention_weight_mode == "fixed" and not default.calibrated
-    # the fraction the TinyWorld table supports (docs/results.md): the node, the widgets and the API agree
+    # the mode and fraction the TinyWorld table supports (docs/results.md): the node, the widgets and the API agree
+    assert default.attention_weight_mode == TrainConfig().attention_weight_mode == "calibrated" and default.calibrated
     assert default.attention_fraction == TrainConfig().attention_fraction == 1.0

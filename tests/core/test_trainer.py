@@ -143,11 +143,13 @@ def test_a_stop_raised_from_inside_a_step_keeps_the_steps_before_it(tiny_bundle,
         train(tiny_bundle, two_concepts, config, on_step=on_step, should_stop=lambda: False)
 
 
-def test_nan_loss_stops_with_a_clear_error(tiny_bundle, two_concepts, monkeypatch):
+@pytest.mark.parametrize("mode, message", [("fixed", "step 1: loss is nan"),
+                                           ("calibrated", "attention calibration: .* give no finite weight")])
+def test_nan_loss_stops_with_a_clear_error(tiny_bundle, two_concepts, monkeypatch, mode, message):
     predict = tiny_bundle.denoiser.predict
     monkeypatch.setattr(tiny_bundle.denoiser, "predict", lambda *args: predict(*args) * float("nan"))
-    with pytest.raises(TrainingDiverged, match="step 1: loss is nan"):
-        train(tiny_bundle, two_concepts, _config(lambda_prior=0.0, instance_batch=3))
+    with pytest.raises(TrainingDiverged, match=message):
+        train(tiny_bundle, two_concepts, _config(lambda_prior=0.0, instance_batch=3, attention_weight_mode=mode))
 
 
 def test_nan_in_a_photo_is_refused_before_any_step(tiny_bundle, two_concepts):

@@ -12,6 +12,7 @@ from textloc_core.adapters.adapter import load_adapter
 from textloc_core.adapters.composition import check_compatible
 from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 from textloc_core.backends.fingerprint import canonical_layers, kv_weights_of
+from textloc_core.training.config import TrainConfig
 from textloc_harness.comfy_launcher import PACK_ROOT, load_workflow
 
 ADAPTER = tinyworld.shipped_adapters_dir() / "tinyworld_pair.safetensors"
@@ -36,6 +37,9 @@ def test_it_is_what_the_shipped_train_workflow_trains(adapter):
     (train,) = _inputs("train_multi_concept_api.json", "TextLocTrain")
     assert ADAPTER.stem == train["adapter_name"]
     assert adapter.metadata.method == train["guidance"] and adapter.metadata.steps == train["steps"]
+    config = TrainConfig.from_json(adapter.metadata.train_config)
+    assert config.attention_weight_mode == train["attention_weight_mode"]
+    assert config.learning_rate == train["learning_rate"] and config.seed == train["seed"]
     tokens = [c["token"] for c in _inputs("train_multi_concept_api.json", "TextLocConceptFromMask")]
     assert sorted(adapter.tokens) == sorted(tokens)
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from ..attention.guidance import GUIDANCE_METHODS
 
 ATTENTION_WEIGHT_MODES = ("fixed", "calibrated")
-"""How the attention term's weight is set: ``lambda_attn`` as given, or calibrated at the start."""
+"""How the attention term's weight is set: calibrated at the start (the default), or ``lambda_attn`` as given."""
 MIXED_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """Autocast modes (``TrainConfig.mixed_precision``); "auto" is bf16 on CUDA when supported, else fp16, fp32 on CPU."""
 CONTINUED_KEYS = ("steps", "checkpoint_every", "gradient_checkpointing")
@@ -33,14 +33,15 @@ class TrainConfig:
     prior_batch: int = 2
     lambda_prior: float = 1.0
     lambda_attn: float = 1.0
-    """The attention term's weight when ``attention_weight_mode`` is "fixed" (ignored when "calibrated")."""
-    attention_weight_mode: str = "fixed"
-    """"fixed": the attention term's weight is ``lambda_attn``. "calibrated": before the first step
-    the weight is set so that, on step 0's batch and forward, the norm of the attention term's
-    gradient on the trainables is ``attention_fraction`` x the norm of the denoising loss's
-    (instance + lambda_prior x prior); the weight is then kept for the whole run (and recorded
+    """The attention term's weight when ``attention_weight_mode`` is "fixed" (paper: 1; ignored when "calibrated")."""
+    attention_weight_mode: str = "calibrated"
+    """"calibrated" (the default): before the first step the weight is set so that the norm of
+    the attention term's gradient on the trainables is ``attention_fraction`` x the norm of the
+    denoising loss's (instance + lambda_prior x prior), both averaged over the batches of the
+    first ``calibration_batches`` steps; the weight is then kept for the whole run (and recorded
     in checkpoints, so a resumed run reuses it). Scale-free: one fraction suits any model,
-    resolution and map grid, where a plain lambda_attn does not."""
+    resolution and map grid, where a plain lambda_attn does not; on TinyWorld it kept CLIP-I
+    where the paper's fixed 1 lowered it (docs/results.md). "fixed": the weight is ``lambda_attn``."""
     attention_fraction: float = 1.0
     """With "calibrated": the attention gradient's norm as a fraction of the denoising gradient's.
     1 (equal): on TinyWorld it localised more than 0.1 at the same CLIP-I (docs/results.md)."""
@@ -134,8 +135,8 @@ class TrainConfig:
     def to_json(self) -> str:
         data = asdict(self)
         if data["attention_weight_mode"] == "fixed":
-            # the fraction changes nothing then; leaving both out keeps a fixed run's JSON as it was
-            # before calibration existed, so its older checkpoints and adapters still match
+            # the fraction changes nothing then; leaving the three out keeps a fixed run's JSON as it
+            # was before calibration existed, so its older checkpoints and adapters still match
             del data["attention_weight_mode"], data["attention_fraction"], data["calibration_batches"]
         return json.dumps(data, sort_keys=True)
 
@@ -143,7 +144,7 @@ class TrainConfig:
     def from_widgets(
         cls, *, guidance: str, steps: int, learning_rate: float, batch: int, prior_images: int, seed: int,
         checkpoint_every: int, resolution: int = 0, attention_weight: float = 1.0,
-        attention_weight_mode: str = "fixed", attention_fraction: float = 1.0,
+        attention_weight_mode: str = "calibrated", attention_fraction: float = 1.0,
         gradient_checkpointing: bool = False, mixed_precision: str = "auto", optimizer: str = "adamw",
     ) -> "TrainConfig":
         """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
@@ -169,7 +170,9 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         data = json.loads(text)
-        if data.get("attention_weight_mode") == "calibrated":
+        # a JSON without the mode is a fixed run's (to_json leaves it out; older files never had it)
+        data.setdefault("attention_weight_mode", "fixed")
+        if data["attention_weight_mode"] == "calibrated":
             # calibrated runs saved before the averaging existed measured one batch
             data.setdefault("calibration_batches", 1)
         known = {f.name for f in fields(cls)}
