@@ -558,7 +558,8 @@ def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers:
         f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
         f"Machine: {machine}  ",
         f"Time: {len(runs)} training runs (mean {mean_train:.0f} s training, {mean_total:.0f} s with evaluation, "
-        f"one thread each) + {len(rows) - len(runs)} context rows; {seconds / 60:.1f} min wall in all, class priors included" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
+        f"one thread each) + {sum(r['method'] in ('base', 'renders') for r in rows)} context rows; "
+        f"{seconds / 60:.1f} min wall in all, class priors included" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
         "",
         f"Protocol: `{json.dumps(asdict(p))}`",
         "",

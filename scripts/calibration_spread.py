@@ -17,6 +17,7 @@ import argparse
 import math
 import statistics
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import torch  # noqa: E402
 
 import bench_methods as bench  # noqa: E402
+from textloc_core.training.loop import train  # noqa: E402
 from textloc_core.training.setup import setup  # noqa: E402
 from textloc_core.training.step import gradient_norms  # noqa: E402
 
@@ -39,6 +41,20 @@ def norms_per_batch(p: bench.Protocol, pair: str, seed: int, setting: str, metho
         run = setup(w["bundle"], bench.concept_set_for(pair, seed, setting, p.init_word), config)
         with run.hooks():
             return [gradient_norms(run, step) for step in range(batches)]
+
+
+def cost_in_steps(p: bench.Protocol, method: str, batches: int, steps: int = 20) -> float:
+    """Seconds of one calibration batch over seconds of one training step, timed side by side
+    in this process (dotstar, seed 0, single-concept; the weight fixed so training has no
+    calibration of its own)."""
+    concepts = bench.concept_set_for("dotstar", 0, "single", p.init_word)
+    began = time.perf_counter()
+    norms_per_batch(p, "dotstar", 0, "single", method, batches)
+    per_batch = (time.perf_counter() - began) / batches
+    config = replace(bench.train_config(p, f"{method}@0.1", 0), steps=steps)
+    began = time.perf_counter()
+    train(bench.world(False)["bundle"], concepts, config)
+    return per_batch / ((time.perf_counter() - began) / steps)
 
 
 def weight(norms: list[tuple[float, float]], k: int, fraction: float) -> float:
@@ -75,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = [weight(norms, k, args.fraction) for k in ks]
                 table[(setting, pair, seed)] = row
                 print(f"{setting:6s} {pair:9s} seed {seed}: " + " ".join(f"{w:9.4f}" for w in row), flush=True)
+    print(f"\none calibration batch costs {cost_in_steps(p, args.method, args.batches):.2f} training steps "
+          "(set-up included in both)")
     print("\nspread over runs: max/min, geometric sd (all runs; then the worst pair across its seeds)")
     for i, k in enumerate(ks):
         for setting in args.settings.split(","):

@@ -81,6 +81,8 @@ class PaperSettings:
             instance_batch=batch, prior_batch=batch, prior_images_per_class=self.prior_images,
             prior_sampling_steps=self.prior_steps, resolution=self.resolution, seed=self.seed,
             instance_prompt="photo of {concepts}",
+            # the paper's attention weight, not the pack's calibrated default
+            attention_weight_mode="fixed", lambda_attn=1.0,
         )
         values.update(self.extra_train)  # the user's word wins
         return TrainConfig(**values)

@@ -61,7 +61,7 @@ def run(method: str, levels: str, seed: int, steps: int) -> dict[str, float]:
     photos = [scene(g) for _ in range(6)]
     concepts = ConceptSet([Concept("square", TOKEN, "square")], [ConceptImage(i, {"square": m}) for i, m in photos])
     config = TrainConfig(method=method, steps=steps, learning_rate=2e-3, prior_images_per_class=0, seed=seed,
-                         map_levels=levels, instance_batch=2)
+                         map_levels=levels, instance_batch=2, attention_weight_mode="fixed")  # λ = 1, as docs/sdxl.md measured
     start = time.perf_counter()
     result = train(bundle, concepts, config)
     per_step = (time.perf_counter() - start) / steps

@@ -11,10 +11,11 @@ No ComfyUI needed; everything runs on a diffusers Stable Diffusion model::
     out = api.generate(bundle, "a <bucket> bucket in the desert", adapters=[adapter], maps_for=["<bucket>"])
     out.images, out.token_maps["<bucket>"]                             # (B,3,H,W), (B,h,w)
 
-The attention loss's weight is ``lambda_attn`` by default; ``TrainConfig(attention_weight_mode=
-"calibrated", attention_fraction=0.1)`` instead sets it before the first step so that the
-attention gradient is that fraction of the denoising gradient (``result.attention_weight``
-is the weight used; docs/api.md, "The training step").
+The attention loss's weight is calibrated by default: before the first step it is set so that
+the attention gradient is ``attention_fraction`` (1) x the denoising gradient, averaged over the
+first ``calibration_batches`` (8) batches; ``TrainConfig(attention_weight_mode="fixed",
+lambda_attn=1.0)`` is the paper's fixed weight instead (``result.attention_weight`` is the weight
+used; docs/api.md, "The training step").
 
 ``generate`` captures the named tokens' cross-attention maps while sampling (averaged over
 steps and over the ``map_levels`` resolutions), the same maps the trainer guides.

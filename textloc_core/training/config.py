@@ -44,11 +44,14 @@ class TrainConfig:
     where the paper's fixed 1 lowered it (docs/results.md). "fixed": the weight is ``lambda_attn``."""
     attention_fraction: float = 1.0
     """With "calibrated": the attention gradient's norm as a fraction of the denoising gradient's.
-    1 (equal): on TinyWorld it localised more than 0.1 at the same CLIP-I (docs/results.md)."""
+    1 (equal): of 0.5, 1 and 2 on TinyWorld, the one that kept CLIP-I, measured both ways, in
+    single- and multi-concept runs; 2 lowered leakage more and the paper's CLIP-I with it
+    (docs/results.md)."""
     calibration_batches: int = 8
     """With "calibrated": how many batches (those of steps 0, 1, ...) the two gradient norms are
     averaged over. The norms swing with each batch's random timesteps, so one batch gives a
-    weight that varies widely between seeds; each batch costs about one and a half steps."""
+    weight that varies widely between seeds (56x on TinyWorld with one batch, 2.1x with eight;
+    docs/results.md); each batch costs about 1.2 training steps."""
     prior_images_per_class: int = 200
     """Class-prior images generated once by the base model and cached (0 disables prior loss)."""
     prior_sampling_steps: int = 50
