@@ -42,6 +42,29 @@ def test_train_save_load_generate_with_maps(tiny_bundle, tmp_path):
     assert torch.allclose(zero.latents, base.latents, atol=1e-6)
 
 
+def test_maps_find_the_attention_levels_once_per_latent_size(tiny_bundle, monkeypatch):
+    """generate(maps_for=...) walks the UNet once per latent size to find its attn2 levels; later
+    generations of that size reuse the walk, and give the same maps as the first."""
+    concepts = _concepts()
+    result = api.train(tiny_bundle, concepts, api.TrainConfig(steps=1, prior_images_per_class=0, instance_batch=1))
+    calls = []
+    predict = tiny_bundle.denoiser.predict
+    monkeypatch.setattr(tiny_bundle.denoiser, "predict", lambda *a: calls.append(a[0].shape) or predict(*a))
+
+    def maps(size):
+        calls.clear()
+        out = api.generate(tiny_bundle, "photo of a <doll1> doll", adapters=[result], steps=2, seed=3, size=size,
+                           maps_for=["<doll1>"], guidance_scale=5.0)
+        return out.token_maps["<doll1>"], len(calls)
+
+    first, first_calls = maps((24, 24))  # a size no other test generates at
+    second, second_calls = maps((24, 24))
+    assert (first_calls, second_calls) == (3, 2)  # 2 sampling steps, plus the walk the first time
+    assert torch.equal(first, second)
+    _, other_size = maps((40, 40))
+    assert other_size == 3
+
+
 def test_maps_for_unknown_token_is_explained(tiny_bundle):
     with pytest.raises(ValueError, match="not identifier tokens"):
         api.generate(tiny_bundle, "photo of a doll", maps_for=["<cat9>"], steps=1, size=(16, 16))

@@ -11,6 +11,7 @@ resolution to a common grid (bilinear), min-max normalise per sample, average re
 from __future__ import annotations
 
 import math
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -55,10 +56,24 @@ def slot_layout(token_positions: list[dict[str, list[int]]], tokens: list[str]) 
     return SlotLayout(slots, weights, present, list(tokens))
 
 
+_QUERY_COUNTS: "weakref.WeakKeyDictionary[object, dict[tuple[int, ...], dict[str, int]]]" = weakref.WeakKeyDictionary()
+"""Per denoiser, per latent size: the counts ``attn2_query_counts`` measured (adapters change no shape)."""
+
+
 def attn2_query_counts(denoiser, latents: torch.Tensor, encoded, dtype: torch.dtype) -> dict[str, int]:
     """Query pixels of every attn2 layer (canonical name) for latents of this size: one
     routed forward without gradient, so levels are found by walking, never hard-coded.
-    ``encoded``: the text backend's ``EncodedPrompts`` (its first row is used)."""
+    ``encoded``: the text backend's ``EncodedPrompts`` (its first row is used). The forward
+    runs once per denoiser and latent size; later calls (each generation with maps) reuse it."""
+    per_size = _QUERY_COUNTS.setdefault(denoiser, {})
+    size = tuple(latents.shape[-2:])
+    if size not in per_size:
+        per_size[size] = _measure_query_counts(denoiser, latents, encoded, dtype)
+    return dict(per_size[size])
+
+
+def _measure_query_counts(denoiser, latents: torch.Tensor, encoded, dtype: torch.dtype) -> dict[str, int]:
+    """The routed forward behind ``attn2_query_counts``."""
     router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
     pooled = None if encoded.pooled is None else encoded.pooled[:1].to(dtype)
     with torch.no_grad(), denoiser.route_attention(router):
