@@ -275,7 +275,8 @@ def tinyworld_demo() -> Graph:
     g = Graph("tinyworld_demo")
     g.add("Note", (20, 20), {"text": (
         "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
-        "stands next to a blue circle; its mask guides the token's attention (hard guidance). Then the token is "
+        "stands next to a blue circle; its mask guides the token's attention (hard guidance, its weight calibrated "
+        "from the gradients before the first step). Then the token is "
         "used alone, in the training context, and in a new scene; each preview shows where <tw1> attends.")}, size=(420, 200))
     loader, apply = _tinyworld_dotstar_adapter(g, steps=100, checkpoint_every=50, adapter_name="tinyworld_dotstar")
     scenes = [("alone", "a <tw1> star on grass"), ("context", "a <tw1> star and a blue circle on sand"),
