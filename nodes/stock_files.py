@@ -19,7 +19,6 @@ last, putting the previous files back if a rename fails, so the set appears whol
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..textloc_core.adapters.adapter import Adapter, read_adapter_metadata, save_adapter
-from ..textloc_core.training.config import CONTINUED_KEYS
+from ..textloc_core.training.checkpoint import config_difference
 from ..textloc_core.adapters.formats import COMFY_EMBEDDING_FORMAT, write_comfy_embedding, write_comfy_unet_patch
 from ..textloc_core.data import safe_io
 from . import paths
@@ -125,18 +124,12 @@ def check_replace(files: AdapterFiles, concepts, config_json: str, fingerprint, 
     ours = [{"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
             for c in concepts.concepts]
 
-    def settings(text: str) -> dict:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return {}
-        return {k: v for k, v in data.items() if k not in CONTINUED_KEYS} if isinstance(data, dict) else {}
-
+    settings = config_difference(meta.train_config, config_json, saved_in="that adapter")
     differences = [
         what for what, same in (
             ("photos or masks", meta.data_hashes.get("concept_set") == concepts.data_hash()),
             ("concepts or tokens", meta.concepts == ours),
-            ("settings", settings(meta.train_config) == settings(config_json)),
+            (f"settings ({'; '.join(settings)})", not settings),
             ("base model", meta.base_fingerprint == fingerprint()),
         ) if not same
     ]

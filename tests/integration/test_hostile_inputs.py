@@ -276,6 +276,9 @@ def test_retraining_a_name_on_other_data_is_refused_unless_overwrite(comfy):
     # answer from its cache): it resumes at the last step and writes the same adapter again
     comfy.run(_train_graph(name, seed=1, steps=2, checkpoint_every=2), timeout=300)
     assert load_adapter(adapter).metadata.steps == 2
+    # the same data with another setting is another training, and the message names the setting
+    message = _error(comfy, _train_graph(name, seed=1, steps=2, learning_rate=1e-3))
+    assert "settings (learning_rate: 0.005 in that adapter, 0.001 now)" in message, message
     # other data with overwrite on replaces the adapter, and the old concept's embedding goes
     comfy.run(_train_graph(name, seed=2, concept="other", overwrite=True), timeout=300)
     assert load_adapter(adapter).metadata.concept_names == ["other"]

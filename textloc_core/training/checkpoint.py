@@ -25,14 +25,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import safe_io
-from .config import CONTINUED_KEYS
+from .config import CONTINUED_KEYS, TrainConfig
 
 FORMAT_NAME = "textloc.checkpoint"
 FORMAT_VERSION = 1
@@ -238,16 +238,32 @@ def verify_checkpoint(step_dir: str | os.PathLike) -> None:
             raise ValueError(f"{name} does not match its sha256 (corrupt)")
 
 
-def _config_difference(saved: str, current: str, ignore: tuple[str, ...]) -> list[str]:
+def _settings(text: str):
+    """Every setting of a run, as ``TrainConfig`` reads its JSON: a key that an older version did
+    not write reads as what that version did (a fixed run's absent ``attention_weight_mode`` is
+    "fixed"), so upgrading the pack does not strand a run's checkpoints. Other JSON as it is."""
+    data = json.loads(text)
     try:
-        a, b = json.loads(saved), json.loads(current)
+        return asdict(TrainConfig.from_json(text)) if isinstance(data, dict) else data
+    except (TypeError, ValueError):
+        return data
+
+
+def config_difference(saved: str, current: str, ignore: tuple[str, ...] = CONTINUED_KEYS,
+                      saved_in: str = "the checkpoint") -> list[str]:
+    """The settings in which the run of config JSON ``saved`` differs from ``current``, as
+    "key: saved value in <saved_in>, current value now" (empty: the same run), leaving out
+    ``ignore``, the settings a continued run may change. Checkpoints and the adapter files a
+    run replaces are both checked with it."""
+    try:
+        a, b = _settings(saved), _settings(current)
     except json.JSONDecodeError:
         return [] if saved == current else ["config"]
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return [] if a == b else ["config"]
     # a setting only the checkpoint names no longer exists, so it cannot change what runs now
     keys = sorted(set(b) - set(ignore))
-    return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k)!r} in {saved_in}, {b.get(k)!r} now" for k in keys if a.get(k) != b.get(k)]
 
 
 def load_checkpoint(step_dir: str | os.PathLike) -> Checkpoint:
@@ -268,7 +284,7 @@ def load_checkpoint(step_dir: str | os.PathLike) -> Checkpoint:
 
 
 def _refuse_other_run(directory, step: int, saved_json: str, config_json: str, ignore: tuple[str, ...]) -> None:
-    diff = _config_difference(saved_json, config_json, ignore)
+    diff = config_difference(saved_json, config_json, ignore)
     if diff:
         raise ValueError(
             f"checkpoint folder {directory} holds a run with other settings ({'; '.join(diff)}): "
