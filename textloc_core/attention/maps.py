@@ -75,7 +75,7 @@ def attn2_query_counts(denoiser, latents: torch.Tensor, encoded, dtype: torch.dt
 def _measure_query_counts(denoiser, latents: torch.Tensor, encoded, dtype: torch.dtype) -> dict[str, int]:
     """The routed forward behind ``attn2_query_counts``."""
     router = AttentionRouter(layers=None, token_slots=torch.zeros(1, 1, dtype=torch.long), keep_grad=False)
-    pooled = None if encoded.pooled is None else encoded.pooled[:1].to(dtype)
+    pooled = None if encoded.pooled is None else encoded.pooled[:1]
     with torch.no_grad(), denoiser.route_attention(router):
         t = torch.zeros(1, dtype=torch.long, device=latents.device)
         denoiser.predict(latents[:1].to(dtype), t, encoded.context[:1].to(dtype), pooled)

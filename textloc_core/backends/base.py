@@ -97,7 +97,8 @@ class DenoiserBackend(Protocol):
         """The UNet's raw output for DDPM-noised latents at integer ``timesteps`` (0..999).
 
         ``pooled`` (B, P): the text backend's ``EncodedPrompts.pooled`` rows matching
-        ``context``; required when ``needs_pooled``. SDXL's size conditioning is taken as
+        ``context``; required when ``needs_pooled``, and cast by the backend to the dtype it
+        runs the UNet in, so callers pass it as encoded. SDXL's size conditioning is taken as
         uncropped images of the latents' own size (original = target = latent side x factor)."""
 
     def route_attention(self, router: "AttentionRouter") -> AbstractContextManager:

@@ -68,8 +68,7 @@ def attention_on_images(
                 t_batch = torch.full((len(latents),), int(t), dtype=torch.long, device=latents.device)
                 noisy = schedule.add_noise(latents, noise, t_batch)
                 with denoiser.route_attention(router):
-                    pooled = None if encoded.pooled is None else encoded.pooled.to(bundle.compute_dtype)
-                    denoiser.predict(noisy.to(bundle.compute_dtype), t_batch, encoded.context.to(bundle.compute_dtype), pooled)
+                    denoiser.predict(noisy.to(bundle.compute_dtype), t_batch, encoded.context.to(bundle.compute_dtype), encoded.pooled)
                 layers = choose_layers({m.layer: m.probs.shape[1] for m in router.captured}, map_levels)
                 chosen = [m for m in router.captured if m.layer in layers]
                 maps = token_maps(chosen, layout, tuple(latents.shape[-2:]))

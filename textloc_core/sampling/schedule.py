@@ -143,9 +143,7 @@ def ddim_sample(
             check_stop(should_stop, f"at sampling step {i} of {len(timesteps)}")
             model_in = torch.cat([x, x]) if use_cfg else x
             t_batch = torch.full((model_in.shape[0],), t, dtype=torch.long, device=x.device)
-            out = denoiser.predict(
-                model_in.to(dtype), t_batch, context.to(dtype), None if pooled is None else pooled.to(dtype)
-            ).float()
+            out = denoiser.predict(model_in.to(dtype), t_batch, context.to(dtype), pooled).float()
             if use_cfg:
                 out_uncond, out_cond = out.chunk(2)
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)

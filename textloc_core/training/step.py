@@ -93,7 +93,7 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise) -> tuple[dict[str, t
             layout = slot_layout(positions + [{}] * (len(latents) - n_inst), run.tokens)
             router.clear()
             router.token_slots = layout.slots.to(dev)
-        pred = denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype), None if pooled is None else pooled.to(dtype))
+        pred = denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype), pooled)
     pred = pred.float()
     target = schedule.training_target(denoiser.prediction_type, latents, noise, timesteps)
     masks = run.masks[inst].to(dev)
