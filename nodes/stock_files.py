@@ -33,7 +33,6 @@ from . import paths
 
 
 
-
 @dataclass
 class AdapterFiles:
     """Where one adapter's files go."""

@@ -244,7 +244,7 @@ def _settings(text: str):
     "fixed"), so upgrading the pack does not strand a run's checkpoints. Other JSON as it is."""
     data = json.loads(text)
     try:
-        return asdict(TrainConfig.from_json(text)) if isinstance(data, dict) else data
+        return asdict(TrainConfig.from_dict(data)) if isinstance(data, dict) else data
     except (TypeError, ValueError):
         return data
 

@@ -172,7 +172,13 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainConfig":
+        """The config of a saved run's settings (``to_json``'s dict, from any version): keys a
+        version did not write read as what that version ran, keys no longer known are dropped."""
+        data = dict(saved)
         # a JSON without the mode is a fixed run's (to_json leaves it out; older files never had it)
         data.setdefault("attention_weight_mode", "fixed")
         if data["attention_weight_mode"] == "calibrated":

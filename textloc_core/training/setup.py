@@ -148,7 +148,7 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     "bf16" also works on CPU (slow, but it is how the autocast path is tested without a GPU)."""
     mode = config.mixed_precision
     if mode not in MIXED_PRECISIONS:
-        raise ValueError(f"mixed_precision: {mode!r} is not one of auto, fp32, bf16, fp16")
+        raise ValueError(f"mixed_precision: {mode!r} is not one of {', '.join(MIXED_PRECISIONS)}")
     if mode == "fp32" or (mode == "auto" and device.type != "cuda"):
         return None
     if mode == "auto":
