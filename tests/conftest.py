@@ -169,6 +169,56 @@ def tiny_bundle(tiny_parts):
     return bundle_from_diffusers(**tiny_parts)
 
 
+def square_mask(top: int, left: int, size: int, side: int) -> torch.Tensor:
+    """A ``side`` x ``side`` mask with a ``size`` x ``size`` square of ones at (top, left)."""
+    mask = torch.zeros(side, side)
+    mask[top : top + size, left : left + size] = 1
+    return mask
+
+
+@pytest.fixture(scope="session")
+def doll_bucket_set():
+    """Builds the trainer tests' two-concept set (``<doll1>`` doll, ``<bucket1>`` bucket): one
+    random ``side``-pixel photo per entry of ``placements`` (torch seeded with ``seed`` first),
+    each with a ``size``-pixel square mask at ``{concept: (top, left)}`` for the concepts it names."""
+    from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+
+    def build(placements: list[dict[str, tuple[int, int]]], *, side: int, size: int, seed: int) -> ConceptSet:
+        torch.manual_seed(seed)
+        concepts = [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")]
+        images = [
+            ConceptImage(torch.rand(3, side, side), {name: square_mask(*at, size, side) for name, at in placed.items()})
+            for placed in placements
+        ]
+        return ConceptSet(concepts, images)
+
+    return build
+
+
+TWO_CONCEPT_PLACEMENTS = [{"doll": (1, 1), "bucket": (9, 8)}, {"bucket": (2, 9)}, {"doll": (8, 2), "bucket": (1, 8)}]
+"""Where the doll and bucket squares sit in the three 16-pixel photos of ``two_concepts``
+(the second photo names only the bucket)."""
+
+
+@pytest.fixture(scope="session")
+def two_concepts_at(doll_bucket_set):
+    """Builds the trainer tests' concept set at ``side`` pixels (default 16): three photos of a
+    doll and a bucket, the doll not named in the second, squares and positions scaled with the
+    side; a fresh set each call."""
+    def at(side: int = 16):
+        s = side // 16
+        placements = [{name: (top * s, left * s) for name, (top, left) in placed.items()} for placed in TWO_CONCEPT_PLACEMENTS]
+        return doll_bucket_set(placements, side=side, size=6 * s, seed=3)
+
+    return at
+
+
+@pytest.fixture
+def two_concepts(two_concepts_at):
+    """The trainer tests' concept set at 16 pixels (``two_concepts_at``)."""
+    return two_concepts_at()
+
+
 @pytest.fixture
 def paper_dataset() -> Path:
     """The paper's dataset (read-only, outside the repo); skips loudly when absent."""

@@ -10,30 +10,11 @@ import shutil
 import pytest
 import torch
 
-from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from textloc_core.training import step as step_module
 from textloc_core.training.config import TrainConfig
 from textloc_core.training.loop import train
 from textloc_core.training.setup import setup
 from textloc_core.training.step import calibrate_attention_weight, draw, losses
-
-
-def _square(top, left, size, side):
-    mask = torch.zeros(side, side)
-    mask[top : top + size, left : left + size] = 1
-    return mask
-
-
-def _concepts(side=16):
-    torch.manual_seed(3)
-    s = side // 16
-    concepts = [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")]
-    images = [
-        ConceptImage(torch.rand(3, side, side), {"doll": _square(1 * s, 1 * s, 6 * s, side), "bucket": _square(9 * s, 8 * s, 6 * s, side)}),
-        ConceptImage(torch.rand(3, side, side), {"bucket": _square(2 * s, 9 * s, 6 * s, side)}),
-        ConceptImage(torch.rand(3, side, side), {"doll": _square(8 * s, 2 * s, 6 * s, side), "bucket": _square(1 * s, 8 * s, 6 * s, side)}),
-    ]
-    return ConceptSet(concepts, images)
 
 
 def _config(**kw):
@@ -67,10 +48,10 @@ def _grad_norm(run, which: str, step: int = 0) -> float:
 
 
 @pytest.mark.parametrize("method", ["hard", "soft"])
-def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, method):
+def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, method, two_concepts_at):
     config = _config(method=method, lambda_prior=0.0, attention_fraction=0.1, calibration_batches=1)
     with torch.enable_grad():
-        run = setup(tiny_bundle, _concepts(), config)
+        run = setup(tiny_bundle, two_concepts_at(), config)
         with run.hooks():
             weight = calibrate_attention_weight(run)
             assert weight == run.attention_weight and weight > 0 and weight != config.lambda_attn
@@ -78,12 +59,12 @@ def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, me
     assert ratio == pytest.approx(0.1, rel=1e-4)
 
 
-def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle):
+def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle, two_concepts_at):
     """With calibration_batches=K the weight is fraction x mean ||grad denoise|| / mean ||grad
     attention|| over the batches of steps 0..K-1, which differs from step 0's ratio alone."""
     config = _config(lambda_prior=0.0, attention_fraction=0.5, calibration_batches=4)
     with torch.enable_grad():
-        run = setup(tiny_bundle, _concepts(), config)
+        run = setup(tiny_bundle, two_concepts_at(), config)
         with run.hooks():
             weight = calibrate_attention_weight(run)
             run.attention_weight = 1.0
@@ -93,21 +74,21 @@ def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle):
     assert weight != pytest.approx(0.5 * denoise[0] / attention[0], rel=1e-3)
 
 
-def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(tiny_bundle, tiny_parts, tiny_unet_builder):
+def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(tiny_bundle, tiny_parts, tiny_unet_builder, two_concepts_at):
     config = _config(steps=1, lambda_prior=0.0)
-    base = train(tiny_bundle, _concepts(16), config).attention_weight
-    other_model = train(_other_bundle(tiny_parts, tiny_unet_builder), _concepts(16), config).attention_weight
-    other_side = train(tiny_bundle, _concepts(32), config).attention_weight
+    base = train(tiny_bundle, two_concepts_at(16), config).attention_weight
+    other_model = train(_other_bundle(tiny_parts, tiny_unet_builder), two_concepts_at(16), config).attention_weight
+    other_side = train(tiny_bundle, two_concepts_at(32), config).attention_weight
     assert all(w is not None and w > 0 for w in (base, other_model, other_side))
     assert abs(other_model / base - 1) > 0.05, (base, other_model)
     assert abs(other_side / base - 1) > 0.05, (base, other_side)
     # twice the fraction, twice the weight (same model, same batch)
-    double = train(tiny_bundle, _concepts(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)).attention_weight
+    double = train(tiny_bundle, two_concepts_at(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)).attention_weight
     assert double == pytest.approx(2 * base, rel=1e-6)
 
 
-def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch):
-    concepts, config = _concepts(), _config(steps=4, checkpoint_every=2)
+def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch, two_concepts_at):
+    concepts, config = two_concepts_at(), _config(steps=4, checkpoint_every=2)
     reports = []
     full = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "a", on_step=reports.append)
     assert {r.attention_weight for r in reports} == {full.attention_weight} and full.attention_weight != 1.0
@@ -131,8 +112,8 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
         assert torch.equal(full.token_embeddings[token], resumed.token_embeddings[token]), token
 
 
-def test_calibration_is_a_no_op_without_guidance(tiny_bundle):
-    concepts = _concepts()
+def test_calibration_is_a_no_op_without_guidance(tiny_bundle, two_concepts_at):
+    concepts = two_concepts_at()
     calibrated = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7))
     fixed = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7, attention_weight_mode="fixed"))
     assert calibrated.attention_weight == fixed.attention_weight == 0.7
@@ -141,9 +122,9 @@ def test_calibration_is_a_no_op_without_guidance(tiny_bundle):
         assert torch.equal(fixed.kv_deltas[key], calibrated.kv_deltas[key]), key
 
 
-def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle):
+def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle, two_concepts_at):
     config = _config(steps=1, attention_weight_mode="fixed", lambda_attn=0.25)
-    assert train(tiny_bundle, _concepts(), config).attention_weight == 0.25
+    assert train(tiny_bundle, two_concepts_at(), config).attention_weight == 0.25
     fixed = TrainConfig(attention_weight_mode="fixed")
     data = json.loads(fixed.to_json())
     assert not {"attention_weight_mode", "attention_fraction", "calibration_batches"} & set(data)  # older checkpoints match

@@ -17,7 +17,7 @@ from textloc_core.training import loop, prior, setup
 from textloc_core.training.loop import train
 
 from test_evaluation import MeanColour
-from test_trainer import _config, two_concepts  # noqa: F401  (fixture)
+from test_trainer import _config
 
 
 class StopAfter:
@@ -45,7 +45,7 @@ def test_ddim_sample_polls_before_every_step(tiny_bundle):
     assert ddim_sample(denoiser, context, None, noise, steps=2).shape == noise.shape  # default: never stops
 
 
-def test_prior_generation_stops_within_a_batch(tiny_bundle, two_concepts):  # noqa: F811
+def test_prior_generation_stops_within_a_batch(tiny_bundle, two_concepts):
     config = _config(steps=2, lambda_prior=1.0, prior_images_per_class=2, prior_sampling_steps=6, seed=1234)
     stop = StopAfter(3)  # one poll before the batch, then one per sampling step
     with pytest.raises(prior.PriorCancelled, match="sampling step 2 of 6"):
@@ -53,7 +53,7 @@ def test_prior_generation_stops_within_a_batch(tiny_bundle, two_concepts):  # no
     assert isinstance(prior.PriorCancelled("x"), Cancelled)
 
 
-def test_vae_encoding_is_cancellable(tiny_bundle, two_concepts, monkeypatch):  # noqa: F811
+def test_vae_encoding_is_cancellable(tiny_bundle, two_concepts, monkeypatch):
     monkeypatch.setattr(setup, "ENCODE_BATCH", 1)
     encoded = []
     original = tiny_bundle.denoiser.encode_images
@@ -83,21 +83,21 @@ def _no_setup(*args, **kwargs):
     raise AssertionError("set-up (VAE encoding, prior generation) ran before the checkpoint was checked")
 
 
-def test_other_settings_are_refused_before_setup(tiny_bundle, two_concepts, tmp_path, monkeypatch):  # noqa: F811
+def test_other_settings_are_refused_before_setup(tiny_bundle, two_concepts, tmp_path, monkeypatch):
     train(tiny_bundle, two_concepts, _config(steps=2, checkpoint_every=1), checkpoint_dir=tmp_path)
     monkeypatch.setattr(loop, "setup", _no_setup)
     with pytest.raises(ValueError, match=r"other settings \(learning_rate"):
         train(tiny_bundle, two_concepts, _config(steps=2, learning_rate=0.5), checkpoint_dir=tmp_path, resume=True)
 
 
-def test_fewer_steps_than_the_checkpoint_are_refused(tiny_bundle, two_concepts, tmp_path, monkeypatch):  # noqa: F811
+def test_fewer_steps_than_the_checkpoint_are_refused(tiny_bundle, two_concepts, tmp_path, monkeypatch):
     train(tiny_bundle, two_concepts, _config(steps=3, checkpoint_every=1), checkpoint_dir=tmp_path)
     monkeypatch.setattr(loop, "setup", _no_setup)
     with pytest.raises(ValueError, match=r"already at step 3, more than steps=2: set steps to 3 or more"):
         train(tiny_bundle, two_concepts, _config(steps=2), checkpoint_dir=tmp_path, resume=True)
 
 
-def test_same_or_more_steps_still_resume(tiny_bundle, two_concepts, tmp_path):  # noqa: F811
+def test_same_or_more_steps_still_resume(tiny_bundle, two_concepts, tmp_path):
     train(tiny_bundle, two_concepts, _config(steps=2, checkpoint_every=1), checkpoint_dir=tmp_path)
     assert train(tiny_bundle, two_concepts, _config(steps=2), checkpoint_dir=tmp_path, resume=True).steps_done == 2
     assert train(tiny_bundle, two_concepts, _config(steps=3), checkpoint_dir=tmp_path, resume=True).steps_done == 3
@@ -106,7 +106,7 @@ def test_same_or_more_steps_still_resume(tiny_bundle, two_concepts, tmp_path):  
 # ----------------------------------------------------------------------------- smaller
 
 
-def test_one_side_rule_named_in_validation(tiny_bundle, two_concepts):  # noqa: F811
+def test_one_side_rule_named_in_validation(tiny_bundle, two_concepts):
     multiple = setup.size_multiple(tiny_bundle)
     assert multiple == tiny_bundle.denoiser.vae_scale_factor * 2 ** sum(
         1 for m in tiny_bundle.denoiser.unet.modules() if type(m).__name__ in ("Downsample2D", "Downsample")

@@ -17,7 +17,6 @@ from textloc_core.adapters.adapter import load_adapter, save_adapter
 from textloc_core.attention.cross_attention import find_cross_attention
 from textloc_core.attention.maps import attn2_query_counts, choose_layers
 from textloc_core.backends.unet_names import diffusers_to_ldm_attn2
-from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from textloc_core.sampling.generation import generate
 from textloc_core.training.config import TrainConfig
 from textloc_core.training.loop import train
@@ -26,21 +25,11 @@ from textloc_core.training.result import make_adapter
 WIDTH_L, WIDTH_G = 32, 48
 
 
-def _square(top, left, size=12, side=32):
-    mask = torch.zeros(side, side)
-    mask[top : top + size, left : left + size] = 1
-    return mask
-
-
 @pytest.fixture
-def pair():
-    torch.manual_seed(5)
-    concepts = [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")]
-    images = [
-        ConceptImage(torch.rand(3, 32, 32), {"doll": _square(2, 2), "bucket": _square(16, 16)}),
-        ConceptImage(torch.rand(3, 32, 32), {"doll": _square(16, 4), "bucket": _square(3, 18)}),
-    ]
-    return ConceptSet(concepts, images)
+def pair(doll_bucket_set):
+    """Two 32-pixel photos, each naming the doll and the bucket (12-pixel squares)."""
+    return doll_bucket_set([{"doll": (2, 2), "bucket": (16, 16)}, {"doll": (16, 4), "bucket": (3, 18)}],
+                           side=32, size=12, seed=5)
 
 
 def test_two_encoders_concatenate_and_each_gets_its_slice(tiny_sdxl_bundle):

@@ -8,28 +8,9 @@ import pytest
 import torch
 
 from textloc_core.attention.cross_attention import KVDeltaInjector, find_cross_attention
-from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from textloc_core.training.config import TrainConfig
 from textloc_core.evaluation.localization import map_mask_error
 from textloc_core.training.loop import TrainingDiverged, train
-
-
-def _square(top, left, size=6, side=16):
-    mask = torch.zeros(side, side)
-    mask[top : top + size, left : left + size] = 1
-    return mask
-
-
-@pytest.fixture
-def two_concepts():
-    torch.manual_seed(3)
-    concepts = [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")]
-    images = [
-        ConceptImage(torch.rand(3, 16, 16), {"doll": _square(1, 1), "bucket": _square(9, 8)}),
-        ConceptImage(torch.rand(3, 16, 16), {"bucket": _square(2, 9)}),  # the doll is not named here
-        ConceptImage(torch.rand(3, 16, 16), {"doll": _square(8, 2), "bucket": _square(1, 8)}),
-    ]
-    return ConceptSet(concepts, images)
 
 
 def _config(**kw):
@@ -172,7 +153,7 @@ def test_bad_concept_sets_are_explained(tiny_bundle, two_concepts):
     two_concepts.images[2].masks["doll"] = torch.zeros(16, 16)
     with pytest.raises(ValueError, match="mask 2 of concept 'doll' is empty"):
         train(tiny_bundle, two_concepts, _config())
-    two_concepts.images[2].masks = {"cat": _square(0, 0)}
+    two_concepts.images[2].masks = {"cat": two_concepts.images[0].masks["doll"]}
     with pytest.raises(ValueError, match="mask 2 of concept 'cat' belongs to no defined concept"):
         train(tiny_bundle, two_concepts, _config())
 
