@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import bench_methods as bench  # noqa: E402
 from textloc_core.training.loop import train  # noqa: E402
 from textloc_core.training.setup import setup  # noqa: E402
-from textloc_core.training.step import gradient_norms  # noqa: E402
+from textloc_core.training.step import gradient_norms, weight_from_norms  # noqa: E402
 
 
 def norms_per_batch(p: bench.Protocol, pair: str, seed: int, setting: str, method: str, batches: int) -> list[tuple[float, float]]:
@@ -55,12 +55,6 @@ def cost_in_steps(p: bench.Protocol, method: str, batches: int, steps: int = 20)
     began = time.perf_counter()
     train(bench.world(False)["bundle"], concepts, config)
     return per_batch / ((time.perf_counter() - began) / steps)
-
-
-def weight(norms: list[tuple[float, float]], k: int, fraction: float) -> float:
-    """The calibrated weight from the first ``k`` batches (as ``calibrate_attention_weight``)."""
-    first = norms[:k]
-    return fraction * sum(d for d, _ in first) / sum(a for _, a in first)
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -88,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         for pair in args.pairs.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 norms = norms_per_batch(p, pair, seed, setting, args.method, args.batches)
-                row = [weight(norms, k, args.fraction) for k in ks]
+                row = [weight_from_norms(norms[:k], args.fraction) for k in ks]
                 table[(setting, pair, seed)] = row
                 print(f"{setting:6s} {pair:9s} seed {seed}: " + " ".join(f"{w:9.4f}" for w in row), flush=True)
     print(f"\none calibration batch costs {cost_in_steps(p, args.method, args.batches):.2f} training steps "

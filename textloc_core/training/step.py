@@ -136,6 +136,14 @@ def gradient_norms(run: TrainingRun, step: int = 0) -> tuple[float, float]:
     return norms[0], norms[1]
 
 
+def weight_from_norms(norms: list[tuple[float, float]], fraction: float) -> float:
+    """The calibrated weight from per-batch ``(||grad denoise||, ||grad attention||)`` pairs:
+    ``fraction`` x the ratio of their means (the attention mean floored at ``CALIBRATION_EPS``)."""
+    g_denoise = sum(d for d, _ in norms) / len(norms)
+    g_attention = sum(a for _, a in norms) / len(norms)
+    return fraction * g_denoise / max(g_attention, CALIBRATION_EPS)
+
+
 def calibrate_attention_weight(run: TrainingRun) -> float:
     """Set (and return) ``run.attention_weight`` so that the attention term's gradient on the
     trainables is ``attention_fraction`` x the denoising loss's, on average over the batches of
@@ -155,12 +163,10 @@ def calibrate_attention_weight(run: TrainingRun) -> float:
     if not config.calibrated or run.router is None:
         return run.attention_weight
     norms = [gradient_norms(run, step) for step in range(config.calibration_batches)]
-    g_denoise = sum(d for d, _ in norms) / len(norms)
-    g_attention = sum(a for _, a in norms) / len(norms)
-    weight = config.attention_fraction * g_denoise / max(g_attention, CALIBRATION_EPS)
+    weight = weight_from_norms(norms, config.attention_fraction)
     if not math.isfinite(weight):
         raise TrainingDiverged(
-            f"attention calibration: gradient norms denoise {g_denoise}, attention {g_attention} give no finite "
+            f"attention calibration: gradient norms (denoise, attention) per batch {norms} give no finite "
             "weight; check the images for NaN, or use attention_weight_mode='fixed'"
         )
     run.attention_weight = weight
