@@ -4,8 +4,8 @@ SDXL's attn2 layers sit at two resolutions only (the 64 and 32 grids at 1024 px)
 paper's rule for SD1.5, "every resolution but the finest", leaves SDXL one grid. This script
 trains the tiny SDXL-architecture model of the tests (two text encoders, pooled and size
 conditioning, attention at two levels) on a concept it can see: a red square on noise, its
-mask the square. For each training choice (none; hard on the coarse level, the default; hard
-on both levels) and seed it reports the token's attention IoU on held-out images (the square
+mask the square. For each training choice (none; hard on the coarse level only; hard on both
+levels, the default) and seed it reports the token's attention IoU on held-out images (the square
 elsewhere), read at the coarse level, the fine level and both, and the training time per step.
 
     python scripts/sdxl_map_levels.py [--steps 60] [--seeds 0,1,2]
