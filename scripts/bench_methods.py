@@ -62,6 +62,7 @@ from textloc_core import api  # noqa: E402
 from textloc_core.evaluation import features, heatmap, judge_scores, localization, metrics, scoring  # noqa: E402
 from textloc_core.data.concepts import ConceptSet  # noqa: E402
 from textloc_core.training.config import TrainConfig  # noqa: E402
+from benchmarks import records  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
 LAMBDAS = ("1", "0.3", "0.1", "0.03")
@@ -109,6 +110,17 @@ class Protocol:
     """The fraction of plain ``@cal`` methods, the table's "hard (calibrated)" rows (TrainConfig's default)."""
     calibration_batches: int = TrainConfig.calibration_batches
     """Batches the calibrated methods average the gradient norms over (TrainConfig's default)."""
+    unmasked_weight: float = 1.0
+    """TrainConfig.unmasked_weight: 1 the plain denoising loss, 0 Break-A-Scene's masked loss."""
+    token_warmup_steps: int = 0
+    """TrainConfig.token_warmup_steps: steps (of ``steps``) that train only the tokens."""
+    token_warmup_lr: float = TrainConfig.token_warmup_learning_rate
+    train_keys: bool = True
+    """False: V only (TrainConfig.train_keys)."""
+    union_sampling: bool = False
+    """Break-A-Scene's union sampling of the concepts (multi-concept runs)."""
+    class_prompt: str = "{class_word}"
+    """The class-prior prompt (TrainConfig.class_prompt), with prior images only."""
     random_weights: bool = False
 
 
@@ -278,7 +290,10 @@ def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
         instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
         map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
         else tuple(int(f) for f in p.train_map_levels.split(",")),
-        calibration_batches=p.calibration_batches, **{"attention_fraction": p.attention_fraction, **weight},
+        calibration_batches=p.calibration_batches, unmasked_weight=p.unmasked_weight,
+        token_warmup_steps=p.token_warmup_steps, token_warmup_learning_rate=p.token_warmup_lr, train_keys=p.train_keys,
+        union_sampling=p.union_sampling, class_prompt=p.class_prompt,
+        **{"attention_fraction": p.attention_fraction, **weight},
     )
 
 
@@ -608,6 +623,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="batches the calibrated methods average the gradient norms over")
     parser.add_argument("--train-map-levels", default=Protocol.train_map_levels,
                         help='"all_but_finest" (paper), "all", or factors like 1,2')
+    parser.add_argument("--unmasked-weight", type=float, default=Protocol.unmasked_weight,
+                        help="weight of the pixels outside the masks in the denoising loss (0: masked loss, 1: plain)")
+    parser.add_argument("--token-warmup-steps", type=int, default=Protocol.token_warmup_steps,
+                        help="steps (of --steps) that train only the tokens, at --token-warmup-lr")
+    parser.add_argument("--token-warmup-lr", type=float, default=Protocol.token_warmup_lr)
+    parser.add_argument("--v-only", action="store_true", help="tune only W_V's delta (W_K stays the base model's)")
+    parser.add_argument("--union-sampling", action="store_true",
+                        help="multi-concept runs train random subsets of the concepts each step (Break-A-Scene)")
+    parser.add_argument("--class-prompt", default=Protocol.class_prompt,
+                        help="class-prior prompt with {class_word} (used with --prior-images)")
+    parser.add_argument("--recipe", default="",
+                        help="name of this settings combination in the records (default: built from the levers)")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="append one JSON line per finished run to this file (benchmarks/records/*.jsonl)")
+    parser.add_argument("--phase", default="dev", choices=("dev", "heldout"),
+                        help="what the runs are for in the records: choosing recipes (dev) or the evidence (heldout)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "bench_methods",
@@ -625,7 +656,10 @@ def main(argv: list[str] | None = None) -> int:
                  images_per_prompt=args.images_per_prompt, random_weights=args.random_weights,
                  train_map_levels=args.train_map_levels, settings=tuple(args.settings.split(",")),
                  prior_images=args.prior_images, init_word=args.init_word, guidance_scale=args.guidance_scale,
-                 attention_fraction=args.attention_fraction, calibration_batches=args.calibration_batches)
+                 attention_fraction=args.attention_fraction, calibration_batches=args.calibration_batches,
+                 unmasked_weight=args.unmasked_weight, token_warmup_steps=args.token_warmup_steps,
+                 token_warmup_lr=args.token_warmup_lr, train_keys=not args.v_only, union_sampling=args.union_sampling,
+                 class_prompt=args.class_prompt)
     for spec in p.methods:
         parse_method(spec)  # a bad spec fails here, not in a worker
     if not set(p.settings) <= set(SETTINGS):
@@ -670,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
             for future in as_completed(futures):
                 row = future.result()
                 row_file(*futures[future]).write_text(json.dumps(row))
+                if args.records is not None:  # context rows too: the base model's numbers are claims as well
+                    config = train_config(p, row["method"], row["seed"]) if futures[future][0] == "run" else None
+                    records.append_record(args.records, records.record(row, p, config, args.recipe or records.recipe_name(p),
+                                                                      args.phase))
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     rows = [json.loads(f.read_text()) for f in sorted(row_dir.glob("*.json"))]
     expected = len(jobs) + len(context)
