@@ -38,8 +38,9 @@ def _number(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def record(row: dict, protocol, config, recipe: str, phase: str) -> dict:
-    """The record of one bench row: its keys, metrics, timings, settings and provenance."""
+def record(row: dict, protocol, config, recipe: str, phase: str, code: str) -> dict:
+    """The record of one bench row: its keys, metrics, timings, settings and provenance
+    (``code``: ``code_version()`` taken when the bench started, the code its workers loaded)."""
     return {
         "phase": phase,
         "recipe": recipe,
@@ -50,7 +51,7 @@ def record(row: dict, protocol, config, recipe: str, phase: str) -> dict:
         "total_s": row.get("total_s"),
         "config": None if config is None else json.loads(config.to_json()),
         "protocol": asdict(protocol),
-        "code": code_version(),
+        "code": code,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 

@@ -673,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--resume", "--report-only")]
     command = " ".join(["python scripts/bench_methods.py", *shown])
     began = time.perf_counter()
+    version = records.code_version()
     torch.set_num_threads(1)
 
     from textloc_core.tinyworld.world import held_out_concept
@@ -707,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.records is not None:  # context rows too: the base model's numbers are claims as well
                     config = train_config(p, row["method"], row["seed"]) if futures[future][0] == "run" else None
                     records.append_record(args.records, records.record(row, p, config, args.recipe or records.recipe_name(p),
-                                                                      args.phase))
+                                                                      args.phase, version))
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     rows = [json.loads(f.read_text()) for f in sorted(row_dir.glob("*.json"))]
     expected = len(jobs) + len(context)
