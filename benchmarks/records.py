@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "records"
 """Where the committed records live, one ``*.jsonl`` file per invocation of a bench."""
-METRICS = ("clip_i", "clip_i_paper", "clip_t", "kid", "iou", "attn_other", "fidelity", "fidelity_cs", "leakage", "alignment")
+METRICS = ("clip_i", "clip_i_pair", "clip_t", "kid", "iou", "attn_other", "fidelity", "fidelity_cs", "leakage", "alignment")
 """The metric keys of a bench_methods row (its COLUMNS), kept in ``record["metrics"]``."""
 KEYS = ("setting", "pair", "seed", "method")
 """What identifies a run within a recipe and phase."""
@@ -72,6 +72,8 @@ def load(folder: Path = RECORDS) -> list[dict]:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 rec = json.loads(line)
+                if "clip_i_paper" in rec["metrics"]:  # the same metric, recorded under its former name
+                    rec["metrics"]["clip_i_pair"] = rec["metrics"].pop("clip_i_paper")
                 found[(rec["phase"], rec["recipe"], *(rec[k] for k in KEYS))] = rec
     return list(found.values())
 

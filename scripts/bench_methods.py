@@ -16,9 +16,11 @@ A method is a spec: ``none``, ``hard`` / ``soft`` (TrainConfig's default attenti
 ``hard@0.1`` (fixed lambda_attn), ``hard@cal`` (calibrated, ``--attention-fraction``) or
 ``hard@cal=1`` (calibrated with its own fraction).
 
-Scored with ``textloc_core.evaluation``: CLIP-I (generated vs renders of the concept alone;
-multi: mean over both concepts), the paper's CLIP-I (unprojected pooler features against the
-pair photos the concept was learned from), CLIP-T (prompt without identifier tokens), KID (subset 5,
+Scored with ``textloc_core.evaluation``: CLIP-I, the paper's definition and the one
+scripts/paper_protocol.py computes (CLIP image features, generated vs single-concept
+references: here renders of the concept alone; multi: mean over both concepts), CLIP-I pair
+(unprojected pooler features against the pair photos the concept was learned from; not the
+paper's), CLIP-T (prompt without identifier tokens), KID (subset 5,
 TinyWorld CLIP image features), attention IoU (the token's map on fresh renders with exact
 masks, noised at t = 200/500/800, Otsu-free fixed threshold 0.5 after min-max) and the share
 of the token's attention mass that falls on the companion; and by the TinyWorld judge:
@@ -74,7 +76,7 @@ CALIBRATED = "cal"
 ``--attention-fraction``); ``hard@cal=0.5`` sets the fraction of that row itself."""
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 COLUMNS = (
-    ("clip_i", "CLIP-I ↑"), ("clip_i_paper", "CLIP-I paper ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
+    ("clip_i", "CLIP-I ↑"), ("clip_i_pair", "CLIP-I pair ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
     ("attn_other", "attn on other ↓"), ("fidelity", "target exact ↑"), ("fidelity_cs", "target colour+shape ↑"),
     ("leakage", "leakage ↓"),
     ("alignment", "prompt align ↑"),
@@ -384,16 +386,17 @@ def _references(concept, setting: str, n: int, seed: int):
 def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected, tokens, seed) -> dict:
     refs, kid_refs = _references(concept, setting, p.n_references, seed)
     clip_is = [scoring.image_scores(clip, images, prompts, r, tokens=tokens, kid_feature=clip)["clip_i"] for r in refs]
-    # the paper's CLIP-I: unprojected pooler features against the pair photos (multi-concept references)
+    # CLIP-I pair: unprojected pooler features against the pair photos (multi-concept references); the paper's
+    # CLIP-I is clip_i above (image features against single-concept references, as paper_protocol.py computes it)
     photos = torch.stack([item.image for item in concept_set_for(concept.name, seed, "multi").images])
     pooled = clip.unprojected()
-    clip_i_paper = metrics.clip_i_from_features(pooled.encode_image(images), pooled.encode_image(photos))
+    clip_i_pair = metrics.clip_i_from_features(pooled.encode_image(images), pooled.encode_image(photos))
     scores = scoring.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
     judgements = [_judgement(v) for v in judge(images)]
     judged = judge_scores.judge_scores(judgements, expected)
     # the same targets without texture: did the concept's colour and shape come through?
     loose = [replace(e, targets=[{k: v for k, v in t.items() if k != "texture"} for t in e.targets]) for e in expected]
-    return {"clip_i": sum(clip_is) / len(clip_is), "clip_i_paper": clip_i_paper, "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
+    return {"clip_i": sum(clip_is) / len(clip_is), "clip_i_pair": clip_i_pair, "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
             "fidelity": judged.target_fidelity, "fidelity_cs": judge_scores.judge_scores(judgements, loose).target_fidelity,
             "leakage": judged.leakage, "alignment": judged.prompt_alignment}
 
@@ -466,7 +469,7 @@ def per_pair_table(rows: list[dict], methods: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-PAIRED = (("iou", "IoU"), ("clip_i", "CLIP-I"), ("clip_i_paper", "CLIP-I paper"),
+PAIRED = (("iou", "IoU"), ("clip_i", "CLIP-I"), ("clip_i_pair", "CLIP-I pair"),
           ("fidelity_cs", "colour+shape"), ("leakage", "leakage"))
 """The columns compared per (pair, seed) against ``none``."""
 IOU_GAIN = 0.10

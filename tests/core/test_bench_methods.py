@@ -80,7 +80,7 @@ def test_method_specs_set_the_attention_weight(bench):
 def test_paired_table_compares_each_method_with_none_on_the_same_runs(bench):
     def row(method, seed, iou, clip_i):
         return {"setting": "single", "pair": "dotstar", "seed": seed, "method": method, "iou": iou,
-                "clip_i": clip_i, "clip_i_paper": clip_i, "fidelity_cs": 0.5, "leakage": 0.5}
+                "clip_i": clip_i, "clip_i_pair": clip_i, "fidelity_cs": 0.5, "leakage": 0.5}
 
     rows = [row("none", s, 0.05, 0.2) for s in range(3)]
     rows += [row("hard@cal", 0, 0.30, 0.25), row("hard@cal", 1, 0.10, 0.15), row("hard@cal", 2, 0.20, 0.21)]
