@@ -121,3 +121,9 @@ def test_union_sampling_names_random_subsets_with_their_masks(tiny_bundle, two_c
         union.injector.remove()
     result = train(tiny_bundle, two_concepts, _config(method="hard", union_sampling=True, unmasked_weight=0.0))
     assert all(torch.isfinite(d).all() and d.abs().sum() > 0 for d in result.kv_deltas.values())
+
+
+def test_train_node_widget_maps_onto_unmasked_weight():
+    widgets = dict(guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5)
+    assert TrainConfig.from_widgets(**widgets).unmasked_weight == 1.0  # a workflow saved before the widget
+    assert TrainConfig.from_widgets(**widgets, unmasked_weight=0.0).unmasked_weight == 0.0

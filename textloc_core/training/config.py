@@ -187,6 +187,7 @@ class TrainConfig:
         checkpoint_every: int, resolution: int = 0, attention_weight: float = 1.0,
         attention_weight_mode: str = "calibrated", attention_fraction: float = 1.0,
         gradient_checkpointing: bool = False, mixed_precision: str = "auto", optimizer: str = "adamw",
+        unmasked_weight: float = 1.0,
     ) -> "TrainConfig":
         """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
         ``guidance`` is ``method``, ``attention_weight`` is ``lambda_attn``, ``batch`` is the
@@ -194,7 +195,8 @@ class TrainConfig:
         preservation on), ``resolution`` 0 is the photos' own size; ``attention_weight_mode`` and
         ``attention_fraction`` keep their names (with "calibrated", ``attention_weight`` is unused);
         the memory options ``gradient_checkpointing`` and ``mixed_precision`` keep theirs, and
-        ``optimizer`` "adamw_8bit" is ``use_8bit_adam``."""
+        ``optimizer`` "adamw_8bit" is ``use_8bit_adam``; ``unmasked_weight`` (the masked loss) keeps
+        its name, and a workflow saved before it existed reads as 1, what it trained with."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         prior = prior_images > 0
@@ -205,7 +207,7 @@ class TrainConfig:
             checkpoint_every=checkpoint_every, resolution=resolution or None,
             attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
             gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
-            use_8bit_adam=optimizer == "adamw_8bit",
+            use_8bit_adam=optimizer == "adamw_8bit", unmasked_weight=unmasked_weight,
         )
 
     @classmethod
