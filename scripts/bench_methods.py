@@ -310,8 +310,8 @@ def warm_prior(p: Protocol, out: str, class_word: str, seed: int) -> str:
     w = world(p.random_weights)
     latent = w["bundle"].denoiser
     side = int(w["pipe"].unet.config.sample_size)
-    prior_latents(w["bundle"], class_word, p.prior_images, (side, side), train_config(p, "none", seed),
-                  cache_dir=_prior_cache(Path(out)))
+    prior_latents(w["bundle"], p.class_prompt.format(class_word=class_word), p.prior_images, (side, side),
+                  train_config(p, "none", seed), cache_dir=_prior_cache(Path(out)))
     return f"{class_word}/{seed}"
 
 
