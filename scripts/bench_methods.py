@@ -642,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="append one JSON line per finished run to this file (benchmarks/records/*.jsonl)")
     parser.add_argument("--phase", default="dev", choices=("dev", "heldout"),
                         help="what the runs are for in the records: choosing recipes (dev) or the evidence (heldout)")
+    parser.add_argument("--no-context", action="store_true",
+                        help="skip the context rows (base model, renders): another invocation has them")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "bench_methods",
@@ -686,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(name, seed, method, setting) for seed in p.seeds for setting in p.settings for name in p.pairs for method in p.methods]
     # context rows need no training: the base model once per pair (first seed), renders per seed
     context = [(name, seed, setting, what) for seed in p.seeds for setting in p.settings for name in p.pairs
-               for what in ("base", "renders") if what == "renders" or seed == p.seeds[0]]
+               for what in ("base", "renders") if what == "renders" or seed == p.seeds[0]] if not args.no_context else []
     row_dir = work / "cache" / "rows"
     row_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
