@@ -37,14 +37,25 @@ def test_heldout_block_pairs_and_checks_the_targets(tables):
                          leakage=0.4, alignment=0.5))
     text = tables.block(recs, "heldout")
     assert "| single | masked 0 | hard@cal | 5 | 0.700 ± 0.000 | 0.400 ± 0.000 |" in text
-    line = next(x for x in text.splitlines() if x.startswith("| single | masked 0 | hard@cal | 5 | +"))
-    assert line.split("|")[5].strip().startswith("+0.170 [") and line.rstrip(" |").endswith("4/5")
+    line = next(x for x in text.splitlines() if x.startswith("| single | masked 0 | hard@cal | plain | 5 | +"))
+    assert line.split("|")[6].strip().startswith("+0.170 [") and line.rstrip(" |").endswith("4/5")
     assert "| hard: target colour+shape | 0.700 | ≥ 0.6 | met |" in text
     assert "| hard: leakage | 0.400 | ≤ 0.3 | missed (by 0.100) |" in text
     assert "| hard: prompt alignment | 0.500 | ≥ 0.7 | missed (by 0.200) |" in text
     assert "4/5 = 0.80 | ≥ 0.8 | met |" in text
     assert "| none: target colour+shape | 0.500 | ≥ 0.4 | met |" in text
     assert tables.block(recs, "dev") == "(no records yet)"
+
+
+def test_dev_rows_pair_with_none_at_their_own_recipe(tables):
+    recs = [_rec("dev", "none", s, recipe=r, iou=base) for s in range(3) for r, base in (("plain", 0.1), ("masked 0", 0.0))]
+    recs += [_rec("dev", "hard@cal", s, recipe="masked 0", iou=0.3) for s in range(3)]
+    recs += [_rec("dev", "hard@cal", s, recipe="V only", iou=0.3) for s in range(3)]
+    pairs = {(recipe, base_recipe) for _, recipe, _, _, base_recipe, _ in tables.paired_rows(recs)}
+    assert pairs == {("masked 0", "masked 0"), ("V only", "plain")}
+    text = tables.paired_table(recs)
+    assert "| single | masked 0 | hard@cal | masked 0 | 3 | +0.300 [" in text
+    assert "| single | V only | hard@cal | plain | 3 | +0.200 [" in text
 
 
 def test_records_keep_the_last_of_a_rerun_and_read_the_old_metric_name(tmp_path):
