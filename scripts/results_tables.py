@@ -174,6 +174,24 @@ def targets_table(recs: list[dict]) -> str:
     return "\n".join(["| target (held-out) | measured | target | result |", "|---|---|---|---|", *rows])
 
 
+def score(recs: list[dict]) -> float:
+    """The development score a recipe is chosen by (docs/results.md, Chosen recipes): target
+    colour+shape + (1 - leakage) + prompt alignment, each a mean over ``recs``."""
+    return _mean(recs, "fidelity_cs") + 1 - _mean(recs, "leakage") + _mean(recs, "alignment")
+
+
+def score_table(recs: list[dict]) -> str:
+    """Single-concept recipes by their development score, over all their runs and on seed 0."""
+    lines = ["| recipe | method | runs | score | seed-0 runs | seed-0 score |", "|---|---|---|---|---|---|"]
+    for (setting, recipe, method), sel in groups(recs).items():
+        if setting != "single" or method in CONTEXT:
+            continue
+        first = [r for r in sel if r["seed"] == 0]
+        lines.append(f"| {recipe} | {method} | {len(sel)} | {score(sel):.3f} | {len(first)} | "
+                     + (f"{score(first):.3f}" if first else "–") + " |")
+    return "\n".join(lines)
+
+
 def provenance(recs: list[dict]) -> str:
     seeds = sorted({r["seed"] for r in recs})
     codes = sorted({r["code"] for r in recs})
@@ -194,6 +212,9 @@ def block(recs: list[dict], which: str) -> str:
              "[bootstrap 95% CI] runs above/below none.", "", paired_table(sel)]
     if which == "heldout":
         parts += ["", targets_table(sel)]
+    else:
+        parts += ["", "Recipe scores (colour+shape + 1 - leakage + prompt alignment; the rule below):", "",
+                  score_table(sel)]
     return "\n".join(parts)
 
 
