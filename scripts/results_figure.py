@@ -5,8 +5,9 @@ every recipe tried, drawn from the committed run records (benchmarks/records/).
 
 Two panels, single-concept runs: the judge's target colour+shape against prompt alignment,
 and CLIP-I against CLIP-T. One point per (method, recipe, phase), the mean over its runs;
-development runs (seeds 0-2) hollow and joined per method in order of editability, held-out
-runs filled; the base model (class word, no training) as a black cross. Drawn with PIL, as
+development runs (seeds 0-2) hollow, held-out runs filled, each labelled with its recipe and [runs]; a method's line joins its development
+points that no other of its points beats on both axes (its trade-off curve); the base model
+(class word, no training) as a black cross. Drawn with PIL, as
 the bench's example figure is.
 """
 
@@ -49,6 +50,13 @@ def points(recs: list[dict], x: str, y: str) -> list[dict]:
     return out
 
 
+def frontier(pts: list[dict]) -> list[dict]:
+    """The points no other point beats on both axes (the trade-off curve), by editability."""
+    return sorted((p for p in pts if not any(q["x"] >= p["x"] and q["y"] >= p["y"] and q is not p
+                                             and (q["x"], q["y"]) != (p["x"], p["y"]) for q in pts)),
+                  key=lambda p: p["x"])
+
+
 def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
     img = Image.new("RGB", (SIZE + 2 * MARGIN, SIZE + 2 * MARGIN), "white")
     d = ImageDraw.Draw(img)
@@ -72,9 +80,9 @@ def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
     d.text((6, MARGIN - 30), ylabel, fill="black", font=font)
     for method in sorted({p["method"] for p in pts}):
         colour = (0, 0, 0) if method == "base" else COLOURS.get(method.split("@")[0], (40, 150, 60))
-        dev = sorted((p for p in pts if p["method"] == method and p["phase"] == "dev"), key=lambda p: p["x"])
-        if len(dev) > 1:
-            d.line([at(p["x"], p["y"]) for p in dev], fill=colour, width=1)
+        front = frontier([p for p in pts if p["method"] == method and p["phase"] == "dev"])
+        if len(front) > 1:
+            d.line([at(p["x"], p["y"]) for p in front], fill=colour, width=1)
         for p in (q for q in pts if q["method"] == method):
             cx, cy = at(p["x"], p["y"])
             if method == "base":
@@ -84,7 +92,7 @@ def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
                 d.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
             else:
                 d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2)
-            d.text((cx + 6, cy - 5), "base model" if method == "base" else p["recipe"], fill=colour, font=font)
+            d.text((cx + 6, cy - 5), "base model" if method == "base" else f"{p['recipe']} [{p['n']}]", fill=colour, font=font)
     return img
 
 
@@ -101,7 +109,7 @@ def figure(recs: list[dict]) -> Image.Image:
         d.ellipse([x, 14, x + 8, 22], outline=colour, width=2)
         d.text((x + 12, 12), method, fill=colour, font=font)
         x += 70
-    d.text((x, 12), "hollow: dev seeds 0-2 (joined per method); filled: held-out seeds; labels: recipe; single-concept means",
+    d.text((x, 12), "hollow: dev seeds 0-2 (line: each method's trade-off curve); filled: held-out seeds; label: recipe [runs]; single-concept means",
            fill="black", font=font)
     return canvas
 
