@@ -154,7 +154,7 @@ def targets_table(recs: list[dict]) -> str:
     def check(what: str, value: float, target: float, higher: bool, shown: str) -> None:
         met = value >= target if higher else value <= target
         gap = "" if met else f" (by {abs(value - target):.3f})"
-        rows.append(f"| {what} | {shown} | {'≥' if higher else '≤'} {target:g} | {'met' if met else 'missed' + gap} |")
+        rows.append(f"| {what} | {shown} | {'≥' if higher else '≤'} {target:.3g} | {'met' if met else 'missed' + gap} |")
 
     check("hard: target colour+shape", _mean(hard, "fidelity_cs"), TARGETS["fidelity_cs"], True, f"{_mean(hard, 'fidelity_cs'):.3f}")
     check("hard: leakage", _mean(hard, "leakage"), TARGETS["leakage"], False, f"{_mean(hard, 'leakage'):.3f}")
