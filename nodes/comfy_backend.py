@@ -37,6 +37,7 @@ from ..textloc_core.backends.base import EncodedPrompts, ModelBundle, mean_of_pi
 from .comfy_internals import (
     checkpointed_blocks, differentiable_text_encoder, ordinary_weights, size_conditioning, text_encoder_tables, unet_forward,
 )
+from .comfy_cancel import cancel_as_core
 from .comfy_tokens import IdentifierPlacer
 
 _LAYER_RE = re.compile(
@@ -45,34 +46,6 @@ _LAYER_RE = re.compile(
 
 
 # ----------------------------------------------------------------------------- helpers
-def stop_if_cancelled() -> None:
-    """Raise ComfyUI's InterruptProcessingException when Cancel was pressed, inside the core's
-    loops (VAE encoding, prior generation, training steps: they call the backend), which poll
-    no ComfyUI flag themselves. The flag stays set: the trainer's ``should_stop`` reads it to
-    end a run as cancelled and keep its checkpoint; the node clears it (``TextLocTrain``)."""
-    import comfy.model_management as mm
-
-    if mm.processing_interrupted():
-        raise mm.InterruptProcessingException()
-
-
-@contextmanager
-def cancel_flag_kept() -> Iterator[None]:
-    """Leave ComfyUI's Cancel flag set when a model call inside raises its interrupt.
-
-    ComfyUI 0.33 checks Cancel inside every layer and clears the flag as it raises; the
-    trainer's ``should_stop`` reads the flag to end the run as cancelled (keeping its
-    checkpoint), so it is set again here. ``TextLocTrain`` clears it when it reports the Cancel.
-    """
-    import comfy.model_management as mm
-
-    try:
-        yield
-    except mm.InterruptProcessingException:
-        mm.interrupt_current_processing(True)
-        raise
-
-
 def canonical_layer_name(module_name: str) -> str:
     """ComfyUI module names already are the canonical LDM names; drop a model prefix."""
     for prefix in ("model.diffusion_model.", "diffusion_model."):
@@ -148,7 +121,7 @@ class ComfyTextBackend:
         contexts, pooled, positions = [], [], []
         for prompt in prompts:
             tokens, where = self.placer.tokenize(prompt, token_embeddings)
-            with cancel_flag_kept():
+            with cancel_as_core("text encoding"):
                 cond, pool = self.clip.encode_from_tokens(tokens, return_pooled=True)
             contexts.append(cond)
             pooled.append(pool)
@@ -211,8 +184,7 @@ class ComfyDenoiserBackend:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             raise ValueError("vae: a VAE is needed to encode the training images")
-        stop_if_cancelled()
-        with torch.no_grad(), cancel_flag_kept():
+        with torch.no_grad(), cancel_as_core("VAE encoding"):
             latents = self.vae.encode(images.movedim(1, -1).float().cpu())
             return self.latent_format.process_in(latents.float()).to(self.device)
 
@@ -228,14 +200,13 @@ class ComfyDenoiserBackend:
 
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 pooled: torch.Tensor | None = None) -> torch.Tensor:
-        stop_if_cancelled()  # every UNet call: prior generation and training steps stop on Cancel
         y = None
         if self.needs_pooled:
             if pooled is None:
                 raise ValueError("model: this UNet (SDXL) needs the pooled text embedding of its CLIP")
             height, width = (int(side) * self.vae_scale_factor for side in noisy_latents.shape[-2:])
             y = size_conditioning(self.base_model, pooled.to(self.device), height, width).to(self.dtype)
-        with cancel_flag_kept():
+        with cancel_as_core("a UNet call"):  # every one: prior generation and training steps stop on Cancel
             out = unet_forward(
                 self.unet,
                 noisy_latents.to(self.device, self.dtype),

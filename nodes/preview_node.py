@@ -18,6 +18,7 @@ from ..textloc_core.evaluation import heatmap
 from ..textloc_core.attention.cross_attention import AveragingRouter
 from ..textloc_core.attention.maps import choose_layers, slot_layout, token_maps
 from .comfy_backend import ComfyDenoiserBackend
+from .comfy_cancel import end_if_cancelled
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
 from .schema import named, pack_schema, require_finite, seed_input
 
@@ -34,10 +35,8 @@ class PreviewRouter(AveragingRouter):
         self._cond = [0]
 
     def before_call(self, extra_options: dict) -> None:
-        import comfy.model_management as mm
-
         # every attn2 call: a Cancel ends even one long sampling step (large images) early
-        mm.throw_exception_if_processing_interrupted()
+        end_if_cancelled()
         self._cond = list(extra_options.get("cond_or_uncond") or [0])
 
     def rows(self, batch: int) -> list[int]:
@@ -48,7 +47,6 @@ class PreviewRouter(AveragingRouter):
 
 def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
                       width, height, batch_size, levels="all_but_finest", alpha=0.5):
-    import comfy.model_management as mm
     import comfy.sample
     import comfy.utils
 
@@ -82,13 +80,13 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
 
     denoiser = ComfyDenoiserBackend(model, vae, training=False)
     router = PreviewRouter(layout.slots[:1])
-    mm.throw_exception_if_processing_interrupted()
+    end_if_cancelled()
     progress = comfy.utils.ProgressBar(steps)
 
     def on_step(step, _denoised, _x, total):
         # Cancel ends the sampling after the step in flight (the progress hook checks it on
         # ComfyUI's server; checked here too, so it holds whatever hook is installed)
-        mm.throw_exception_if_processing_interrupted()
+        end_if_cancelled()
         progress.update_absolute(step + 1, total)
 
     with denoiser.route_attention(router):
@@ -96,7 +94,7 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
             denoiser.patcher, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed,
             callback=on_step,
         )
-    mm.throw_exception_if_processing_interrupted()
+    end_if_cancelled()
     images = vae.decode(samples)  # (B, H, W, 3)
     captured = router.averaged()
     chosen = choose_layers({m.layer: m.probs.shape[1] for m in captured}, levels)

@@ -6,10 +6,10 @@ Around that it does what a ComfyUI user relies on:
 
 * progress: a ComfyUI progress bar whose preview is the loss curve so far, plus the
   current losses as the node's progress text;
-* Cancel: ``should_stop`` polls ComfyUI's interrupt flag before every step, so a Cancel
-  (UI button or POST /interrupt) stops after the step in flight; the trainer then writes a
-  checkpoint of the steps done, the node says where it is, and the prompt ends as
-  interrupted. Queue it again with the same settings and it resumes from there;
+* Cancel: ComfyUI's Cancel (UI button or POST /interrupt) reaches the trainer as the core's
+  stop (``comfy_cancel``): polled before every step, raised from inside a model call. The
+  trainer writes a checkpoint of the steps done, the node says where it is, and the prompt
+  ends as interrupted. Queue it again with the same settings and it resumes from there;
 * memory: the adapter output holds only the K/V deltas and token embeddings; the
   optimizer and activations die with the trainer, and the allocator cache is emptied.
 """
@@ -22,12 +22,12 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..textloc_core.training import loop
-from ..textloc_core.training.checkpoint import list_checkpoints
 from ..textloc_core.training.result import make_adapter
 from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, MIXED_PRECISIONS, OPTIMIZERS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
+from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
 from .concept_nodes import CONCEPTS
 from .schema import named, pack_schema, require_finite, seed_input
 from .stock_files import check_replace, plan_files, write_files
@@ -125,12 +125,6 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
-def _interrupted() -> bool:
-    import comfy.model_management as mm
-
-    return mm.processing_interrupted()
-
-
 class TextLocTrain(io.ComfyNode):
     """Teach new tokens (and the attention K/V weights) from a concept set."""
 
@@ -198,14 +192,8 @@ class TextLocTrain(io.ComfyNode):
             history.append(report.losses)
             text = f"step {report.step}/{report.total}: " + ", ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
             _progress_text(unique_id, text)
-            if _interrupted():
-                return  # the progress hook would raise mid-trainer; let should_stop end it cleanly
-            try:
+            with cancel_as_core("the progress update"):  # ComfyUI's progress hook raises on Cancel
                 pbar.update_absolute(report.step, report.total, ("JPEG", loss_curve(history), 256))
-            except mm.InterruptProcessingException:
-                # Cancel arrived after the check: the hook raised and cleared ComfyUI's flag; set it
-                # again so should_stop ends the run before the next step and keeps its checkpoint
-                mm.interrupt_current_processing(True)
 
         try:
             with training_session(model, clip, vae) as bundle:
@@ -215,26 +203,18 @@ class TextLocTrain(io.ComfyNode):
                                               "(a resumed run reuses the weight it recorded)")
                 result = loop.train(
                     bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
-                    on_step=on_step, should_stop=_interrupted, prior_cache_dir=paths.prior_cache_dir(),
+                    on_step=on_step, should_stop=stop_requested, prior_cache_dir=paths.prior_cache_dir(),
                 )
                 adapter = make_adapter(result, concepts, bundle)
                 encoder_sizes = bundle.text.encoder_sizes
         except loop.TrainingDiverged as exc:
             raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
-        except mm.InterruptProcessingException:
-            # Cancel raised from a call the trainer does not wrap (ComfyUI 0.33 checks it in many
-            # places): the periodic checkpoints written so far are what is kept
-            done = max(list_checkpoints(checkpoints), default=0)
-            _report_cancel(unique_id, name, checkpoints, done, steps)
-            mm.interrupt_current_processing(False)  # raised by the backend with the flag left set
-            raise
         finally:
             gc.collect()
             mm.soft_empty_cache()
         if result.stopped_early:
             _report_cancel(unique_id, name, checkpoints, result.steps_done, steps)
-            mm.interrupt_current_processing(False)
-            raise mm.InterruptProcessingException()
+            end_prompt_cancelled()
         write_files(files, adapter, encoder_sizes)
         losses = history[-1] if history else (result.history[-1] if result.history else {})
         report = "\n".join(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from .adapters.adapter import load_adapter, save_adapter
 from .adapters.composition import applied
+from .backends.cancel import Cancelled
 from .backends.diffusers_backend import load_model
 from .data.readers import read_concepts
 from .evaluation.localization import map_mask_error
@@ -37,6 +38,6 @@ from .training.loop import train
 from .training.result import StepReport, TrainResult, make_adapter
 
 __all__ = [
-    "Generation", "TrainConfig", "StepReport", "TrainResult", "applied", "generate", "load_adapter", "load_model",
+    "Cancelled", "Generation", "TrainConfig", "StepReport", "TrainResult", "applied", "generate", "load_adapter", "load_model",
     "make_adapter", "map_mask_error", "read_concepts", "save_adapter", "train",
 ]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data.concepts import ConceptSet
-from ..sampling.schedule import check_stop
+from ..backends.cancel import check_stop
 from . import features, metrics
 
 SCORE_CHUNK = 16
@@ -65,7 +65,7 @@ def image_scores(
 
     ``kid_feature`` defaults to ``feature_model``'s image tower. KID is ``nan`` when either
     set has fewer than ``kid_subset_size`` images. ``should_stop`` is polled before every
-    chunk of images and every phase (``sampling.schedule.Cancelled``).
+    chunk of images and every phase (``backends.cancel.Cancelled``).
     """
     generated = _encoded(feature_model, images, "generated", should_stop)
     reference = _encoded(feature_model, references, "reference", should_stop)
