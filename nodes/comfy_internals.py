@@ -137,3 +137,15 @@ def checkpointed_blocks(unet: nn.Module) -> list[nn.Module]:
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
     return [m for m in unet.modules() if isinstance(m, (BasicTransformerBlock, ResBlock))]
+
+
+def set_reloader(patcher, factory, *args) -> None:
+    """Tell ComfyUI how to build this model afresh, as its own loaders do for theirs.
+
+    Relies on: ``ModelPatcher.cached_patcher_init`` = ``(factory, args)``, where
+    ``factory(*args, disable_dynamic=True)`` returns a new ModelPatcher with the same weights.
+    ComfyUI 0.33 calls it for ``clone(force_deepcopy=True)`` (TrainLoraNode),
+    ``clone(disable_dynamic=True)`` and multi-GPU copies, and refuses those without it; 0.3.64
+    has no such attribute and never reads it.
+    """
+    patcher.cached_patcher_init = (factory, tuple(args))

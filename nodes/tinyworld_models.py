@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..textloc_core.tinyworld import model_configs as cfg
+from .comfy_internals import set_reloader
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "textloc_core" / "tinyworld" / "weights"
 TOKENIZER_DIR = WEIGHTS_DIR / "tokenizer"
@@ -76,8 +77,10 @@ def _unet_state_from_diffusers(diffusers_sd: dict[str, torch.Tensor], unet_confi
     return {ldm_key: diffusers_sd[key] for key, ldm_key in mapping.items() if key in diffusers_sd}
 
 
-def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
-    """TinyWorld UNet as a ComfyUI ModelPatcher (SD15 class, eps prediction)."""
+def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, disable_dynamic: bool = False):
+    """TinyWorld UNet as a ComfyUI ModelPatcher (SD15 class, eps prediction), which ComfyUI can
+    rebuild from scratch like a stock loader's (``set_reloader``; ours is never dynamic, so
+    ``disable_dynamic`` changes nothing)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -95,7 +98,9 @@ def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
         model.diffusion_model.load_state_dict(_unet_state_from_diffusers(state, full_config), strict=True)
     else:
         _init_explicitly(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    set_reloader(patcher, build_model, seed, weights_dir)
+    return patcher
 
 
 def build_clip(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, embedding_directory=None):
@@ -118,13 +123,23 @@ def build_clip(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, embedding_
     transformer = clip.cond_stage_model.clip_l.transformer
     if state is not None:
         missing, _unexpected = transformer.load_state_dict(state, strict=False)
-        # the UNet reads the hidden states only: the pooled projection may be absent
+        # the UNet reads the hidden states only: the pooled projection may be absent; it is then
+        # the identity, not the uninitialised memory ComfyUI's ops leave (a rebuilt copy equals it)
+        if "text_projection.weight" in missing:
+            with torch.no_grad():
+                transformer.text_projection.weight.copy_(torch.eye(*transformer.text_projection.weight.shape))
         missing = [k for k in missing if "position_ids" not in k and not k.startswith("text_projection")]
         if missing:
             raise ValueError(f"TinyWorld text encoder weights: missing {missing[:3]}; re-export the weights")
     else:
         _init_explicitly(transformer, seed + 1)
+    set_reloader(clip.patcher, _clip_patcher, seed, weights_dir, embedding_directory)
     return clip
+
+
+def _clip_patcher(seed: int, weights_dir: Path | None, embedding_directory, disable_dynamic: bool = False):
+    """A fresh TinyWorld CLIP's patcher: what ComfyUI rebuilds a deep copy of the CLIP from."""
+    return build_clip(seed, weights_dir, embedding_directory).patcher
 
 
 def _vae_state_from_diffusers(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
@@ -164,7 +179,13 @@ def build_vae(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
     vae = comfy.sd.VAE(sd=state, config=config)
     vae.downscale_ratio = cfg.VAE_SCALE_FACTOR
     vae.upscale_ratio = cfg.VAE_SCALE_FACTOR
+    set_reloader(vae.patcher, _vae_patcher, seed, weights_dir)
     return vae
+
+
+def _vae_patcher(seed: int, weights_dir: Path | None, disable_dynamic: bool = False):
+    """A fresh TinyWorld VAE's patcher: what ComfyUI rebuilds a deep copy of the VAE from."""
+    return build_vae(seed, weights_dir).patcher
 
 
 def weights_present(weights_dir: Path = WEIGHTS_DIR) -> bool:
