@@ -291,7 +291,6 @@ def warm_prior(p: Protocol, out: str, class_word: str, seed: int) -> str:
     from textloc_core.training.prior import prior_latents
 
     w = world(p.random_weights)
-    latent = w["bundle"].denoiser
     side = int(w["pipe"].unet.config.sample_size)
     prior_latents(w["bundle"], class_word, p.prior_images, (side, side), train_config(p, "none", seed),
                   cache_dir=_prior_cache(Path(out)))
