@@ -19,6 +19,7 @@ from ..textloc_core.attention.cross_attention import AveragingRouter
 from ..textloc_core.attention.maps import choose_layers, slot_layout, token_maps
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_cancel import end_if_cancelled
+from .comfy_internals import conditional_chunks
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
 from .schema import named, pack_schema, require_finite, seed_input
 
@@ -37,7 +38,7 @@ class PreviewRouter(AveragingRouter):
     def before_call(self, extra_options: dict) -> None:
         # every attn2 call: a Cancel ends even one long sampling step (large images) early
         end_if_cancelled()
-        self._cond = list(extra_options.get("cond_or_uncond") or [0])
+        self._cond = conditional_chunks(extra_options)
 
     def rows(self, batch: int) -> list[int]:
         """The rows of this call that are conditional (ComfyUI's cond_or_uncond, one chunk each)."""
@@ -73,12 +74,10 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
 
     positive = clip.encode_from_tokens_scheduled(token_dict)
     negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
-    factor = int(vae.spacial_compression_encode()) if hasattr(vae, "spacial_compression_encode") else 8
-    channels = model.model.latent_format.latent_channels
-    latent = torch.zeros([batch_size, channels, height // factor, width // factor])
-    noise = comfy.sample.prepare_noise(latent, seed)
-
     denoiser = ComfyDenoiserBackend(model, vae, training=False)
+    factor = denoiser.vae_scale_factor
+    latent = torch.zeros([batch_size, denoiser.latent_channels, height // factor, width // factor])
+    noise = comfy.sample.prepare_noise(latent, seed)
     router = PreviewRouter(layout.slots[:1])
     end_if_cancelled()
     progress = comfy.utils.ProgressBar(steps)
@@ -91,7 +90,7 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
 
     with denoiser.route_attention(router):
         samples = comfy.sample.sample(
-            denoiser.patcher, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed,
+            denoiser.working_model, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed,
             callback=on_step,
         )
     end_if_cancelled()

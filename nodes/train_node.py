@@ -28,10 +28,10 @@ from ..textloc_core.data.validation import validate_concept_set
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
+from .comfy_internals import model_parts
 from .comfy_tokens import IdentifierPlacer
 from .schema import ADAPTER, CONCEPTS, named, pack_schema, require_finite, seed_input
 from .stock_files import check_replace, plan_files, write_files
-from .tinyworld_models import NATIVE_RESOLUTION_ATTR
 
 TRAIN_DESCRIPTION = (
                 "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
@@ -48,14 +48,12 @@ def native_resolution(model) -> int:
     """The side in pixels the model was trained at: set by the TinyWorld loader (64), else
     1024 for SDXL-family models, else the SD1.x/SD2.x convention (768 for v-prediction, as
     SD2's 768-v, otherwise 512)."""
-    import comfy.model_base
-
-    tagged = getattr(model.model, NATIVE_RESOLUTION_ATTR, None)
-    if tagged:
-        return int(tagged)
-    if isinstance(model.model, comfy.model_base.SDXL):
+    parts = model_parts(model)
+    if parts.tagged_resolution:
+        return parts.tagged_resolution
+    if parts.is_sdxl:
         return 1024
-    return 768 if model.model.model_type == comfy.model_base.ModelType.V_PREDICTION else 512
+    return 768 if parts.prediction == "v_prediction" else 512
 
 
 def check_resolution(model, concepts, resolution: int, allow_large: bool) -> None:
