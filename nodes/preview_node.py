@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from ..textloc_core.evaluation import heatmap
 from ..textloc_core.attention.cross_attention import AveragingRouter
-from ..textloc_core.attention.maps import choose_layers, slot_layout, token_maps
+from ..textloc_core.attention.maps import NAMED_MAP_LEVELS, choose_layers, slot_layout, token_maps
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_cancel import end_if_cancelled
 from .comfy_internals import conditional_chunks
@@ -24,8 +24,6 @@ from .comfy_tokens import IdentifierPlacer, applied_identifiers
 from .schema import named, pack_schema, require_finite, seed_input
 
 ATTENTION_PREVIEW_DESCRIPTION = "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
-
-LEVELS = ("all_but_finest", "all")
 
 
 class PreviewRouter(AveragingRouter):
@@ -128,7 +126,7 @@ class AttentionPreview(io.ComfyNode):
             io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
             io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
             io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
-            io.Combo.Input("levels", options=list(LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
+            io.Combo.Input("levels", options=list(NAMED_MAP_LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
             io.Float.Input("overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Opacity of the heat map over the image."),
         ])
 

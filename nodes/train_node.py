@@ -249,5 +249,5 @@ def train_report(files, adapter, result, history, config: TrainConfig, name: str
         [f"adapter: {files.adapter}", f"lora (LoraLoaderModelOnly): {files.lora}"]
         + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
         + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
-        + [attention_weight_line(config, result.attention_weight)]
+        + [attention_weight_line(config, result.lambda_attn_used)]
     )

@@ -14,7 +14,7 @@ No ComfyUI needed; everything runs on a diffusers Stable Diffusion model::
 The attention loss's weight is calibrated by default: before the first step it is set so that
 the attention gradient is ``attention_fraction`` (1) x the denoising gradient, averaged over the
 first ``calibration_batches`` (8) batches; ``TrainConfig(attention_weight_mode="fixed",
-lambda_attn=1.0)`` is the paper's fixed weight instead (``result.attention_weight`` is the weight
+lambda_attn=1.0)`` is the paper's fixed weight instead (``result.lambda_attn_used`` is the weight
 used; docs/api.md, "The training step").
 
 ``generate`` captures the named tokens' cross-attention maps while sampling (averaged over

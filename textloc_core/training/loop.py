@@ -111,8 +111,21 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
             fingerprint=bundle.fingerprint,
             config=config,
             prompts=list(run.prompts),
-            attention_weight=run.attention_weight,
+            lambda_attn_used=run.lambda_attn_used,
         )
+
+
+CHECKPOINT_LAMBDA_KEY = "lambda_attn_used"
+"""Where a checkpoint records the attention weight the run used; checkpoints written before
+the name was settled call it "attention_weight" (still read)."""
+
+
+def recorded_lambda_attn(extra: dict) -> float | None:
+    """The attention weight a checkpoint's ``extra`` recorded (None: none recorded)."""
+    for key in (CHECKPOINT_LAMBDA_KEY, "attention_weight"):
+        if key in extra:
+            return float(extra[key])
+    return None
 
 
 def _resumed(run: TrainingRun, optimization: Optimization, checkpoint_dir, resume: bool) -> tuple[int, list]:
@@ -125,13 +138,14 @@ def _resumed(run: TrainingRun, optimization: Optimization, checkpoint_dir, resum
         return 0, []
     run.trainables.load_checkpoint(state.tensors)
     optimization.optimizer.load_state_dict(state.optimizer_state)
-    if config.calibrated and "attention_weight" not in state.extra:
+    recorded = recorded_lambda_attn(state.extra)
+    if config.calibrated and recorded is None:
         raise ValueError(
             f"checkpoint {state.path} has no recorded attention weight, which a calibrated run "
             "needs to continue; train into a new folder (or turn resume off)"
         )
-    if "attention_weight" in state.extra:  # never recalibrate: the run continues exactly
-        run.attention_weight = float(state.extra["attention_weight"])
+    if recorded is not None:  # never recalibrate: the run continues exactly
+        run.lambda_attn_used = recorded
     return state.step, list(state.extra.get("history", []))
 
 
@@ -156,7 +170,7 @@ def _steps(run: TrainingRun, optimization: Optimization, start: int, history: li
             if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
                 _save(checkpoint_dir, done, run, optimization, history)
             if on_step is not None:
-                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began, run.attention_weight))
+                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began, run.lambda_attn_used))
     except Cancelled:
         return True
     return False
@@ -170,5 +184,5 @@ def _save(checkpoint_dir, step: int, run: TrainingRun, optimization: Optimizatio
         run.trainables.to_checkpoint(),
         optimization.optimizer.state_dict(),
         run.config.to_json(),
-        extra={"history": history, "attention_weight": run.attention_weight},
+        extra={"history": history, CHECKPOINT_LAMBDA_KEY: run.lambda_attn_used},
     )

@@ -99,15 +99,16 @@ class TrainingRun:
     prior_pooled: torch.Tensor | None = None
     """(P, D) pooled embeddings of the class prompts, for UNets that take them (SDXL)."""
     prior_prompt_index: torch.Tensor | None = None
-    attention_weight: float | None = None
-    """The attention term's weight in the loss: ``config.lambda_attn`` (the default), or the
-    calibrated one (``step.calibrate_attention_weight``, or a resumed checkpoint's)."""
+    lambda_attn_used: float | None = None
+    """The attention term's weight in the loss: ``config.lambda_attn`` (fixed mode; the
+    ``attention_weight`` widget), or the calibrated one (``step.calibrate_attention_weight``,
+    or a resumed checkpoint's)."""
     tokens: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = [c.token for c in self.concept_set.concepts]
-        if self.attention_weight is None:
-            self.attention_weight = float(self.config.lambda_attn)
+        if self.lambda_attn_used is None:
+            self.lambda_attn_used = float(self.config.lambda_attn)
 
     @property
     def device(self) -> torch.device:
