@@ -2,7 +2,7 @@
 resumes to exactly (bit for bit) the adapter an uninterrupted run produces.
 
 The training process is tests/core/checkpoint_resume_child.py (the tiny model of
-tests/conftest.py, a fixed two-concept set, a checkpoint every step).
+benchmarks/tiny_models.py, a fixed two-concept set, a checkpoint every step).
 """
 
 from __future__ import annotations
