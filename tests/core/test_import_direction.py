@@ -129,12 +129,12 @@ def test_no_import_cycles_between_modules():
 
 
 def test_the_core_and_tinyworld_tests_need_no_comfyui():
-    """tests/core and tests/tinyworld run without ComfyUI (DEVELOPERS.md); tests that import it
-    belong in tests/integration."""
+    """tests/core, tests/tinyworld and tests/scripts run without ComfyUI (DEVELOPERS.md); tests
+    that import it belong in tests/integration."""
     roots = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "server")
     tests = CORE.parent / "tests"
     found = []
-    for path in sorted([*(tests / "core").rglob("*.py"), *(tests / "tinyworld").rglob("*.py")]):
+    for path in sorted(p for folder in ("core", "tinyworld", "scripts") for p in (tests / folder).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from textloc_core.backends.cancel import Cancelled
 from textloc_core.evaluation import scoring
 
 from test_evaluation import MeanColour  # mean colour vs colour words: scores known by hand
@@ -53,3 +54,19 @@ def test_missing_clip_folder_is_a_clear_error(tmp_path):
         scoring.load_feature_model(str(tmp_path / "no_clip"))
     with pytest.raises(ValueError, match="feature_model: empty"):
         scoring.load_feature_model("  ")
+
+
+def test_scoring_polls_per_chunk(monkeypatch):
+    monkeypatch.setattr(scoring, "SCORE_CHUNK", 2)
+    images = torch.rand(6, 3, 8, 8)
+    polls = []
+
+    def stop() -> bool:  # says stop from its third poll on
+        polls.append(1)
+        return len(polls) > 2
+
+    with pytest.raises(Cancelled, match="generated image 4 of 6"):
+        scoring.score_images(MeanColour(), images, images, "red", should_stop=stop)
+    plain = scoring.score_images(MeanColour(), images, images, "red")
+    chunked = scoring.score_images(MeanColour(), images, images, "red", should_stop=lambda: False)
+    assert plain.keys() == chunked.keys()
