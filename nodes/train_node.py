@@ -119,7 +119,7 @@ def _progress_text(node_id, text: str) -> None:
 
 def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int) -> None:
     """Log (and show on the node) where a cancelled training's last checkpoint is."""
-    where = f"{checkpoints} (step {steps_done} of {steps})" if steps_done else "nowhere (no step finished)"
+    where = f"{paths.shown(checkpoints)} (step {steps_done} of {steps})" if steps_done else "nowhere (no step finished)"
     message = f"textloc: training '{name}' cancelled; last checkpoint kept in {where}. Queue again with resume on to continue."
     log.warning(message)
     _progress_text(node_id, message)
@@ -238,7 +238,7 @@ class TextLocTrain(io.ComfyNode):
         write_files(files, adapter, encoder_sizes)
         losses = history[-1] if history else (result.history[-1] if result.history else {})
         report = "\n".join(
-            [f"adapter: {files.adapter}", f"lora (LoraLoaderModelOnly): {files.lora}"]
+            [f"adapter: {paths.shown(files.adapter)}", f"lora (LoraLoaderModelOnly): {paths.shown(files.lora)}"]
             + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
             + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
             + [attention_weight_line(config, result.attention_weight)]
