@@ -100,9 +100,10 @@ def make_room(keep: str) -> int:
         log.warning("textloc: disk budget: removed %s (%.1f MiB) to stay under %s", paths.shown(path), freed / 2**20, BUDGET_ENV)
     if used >= budget:
         raise ValueError(
-            f"the pack's disk budget is spent: checkpoints of unfinished trainings hold {used / 2**20:.0f} MiB of the "
-            f"{budget / 2**20:.0f} MiB the server owner allows ({BUDGET_ENV}, README, Security); finish or delete "
-            "those trainings (models/textloc/checkpoints/<name>/), or ask the server owner to raise the budget"
+            f"the pack's disk budget is spent: checkpoints that are not removed by themselves (those of unfinished "
+            f"trainings, and {keep!r}'s own) hold {used / 2**20:.0f} MiB of the {budget / 2**20:.0f} MiB the server "
+            f"owner allows ({BUDGET_ENV}, README, Security); finish or delete those trainings "
+            "(models/textloc/checkpoints/<name>/), or ask the server owner to raise the budget"
         )
     return used
 

@@ -24,13 +24,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from comfy_server import ComfyHarness
-from test_hostile_inputs import NOT_READABLE, _score_graph, _train_graph
+from test_hostile_inputs import NOT_READABLE, _interrupt_when, _score_graph, _train_graph
 from test_hostile_inputs import _error as _error_and_traceback
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.tinyworld import shipped_adapters_dir
 from textloc_harness.comfy_launcher import ComfyLayout, ComfyServer
 
-BUDGET_MB = 2
+BUDGET_MB = 4
 """The disk budget of this module's server: a few TinyWorld checkpoints exceed it."""
 RSS_LIMIT = 2 << 30
 
@@ -145,6 +145,37 @@ def test_a_large_photo_is_decoded_reduced(bounded, tmp_path, constant_png):
           f"{memory['VmHWM'] / 2**20:.0f} MiB")
     (preview,) = result.all_files()
     assert Image.open(preview).size == (64, 64) and memory["VmHWM"] < RSS_LIMIT
+
+
+def test_a_manifest_listing_one_file_thousands_of_times_is_refused_before_reading(bounded):
+    folder = bounded.layout.input / "repeated"
+    (folder / "images").mkdir(parents=True)
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "images" / "0.png")
+    entry = {"file": "images/0.png", "masks": {"thing": "images/0.png"}}
+    (folder / "textloc.json").write_text(json.dumps({"concepts": [{"name": "thing"}], "images": [entry] * 5000}))
+    began = time.monotonic()
+    message = _error(bounded, _folder_graph("repeated", 2048))
+    assert "manifest textloc.json has 5000 images, more than the 1000 one concept set may hold" in message, message
+    assert time.monotonic() - began < 30
+
+
+# ------------------------------------------------------------------ 2. Cancel inside Score Images
+
+
+def test_cancel_stops_score_images_within_a_chunk(bounded):
+    """4096 images to score: Cancel, pressed while Score Images works, ends it within seconds."""
+    graph = {
+        "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 8,
+                                                                      "seed": int(time.time()) % 100000}},
+        "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 512}},
+        "3": {"class_type": "TextLocScoreImages", "inputs": {
+            "images": ["2", 0], "references": ["2", 0], "prompt": "a <tw1> star", "feature_model": "tinyworld",
+            "kid_subset_size": 5, "filename_prefix": f"textloc_test/cancel_{uuid.uuid4().hex[:6]}"}},
+    }
+    took = _interrupt_when(bounded, graph, lambda watcher: watcher.node == "3", settle=2.0)
+    print(f"\nScore Images on 4096 + 4096 images: stopped {took:.1f} s after Cancel")
+    assert took < 30
+    bounded.run(_small_prompt(int(time.time()) % 1000 + 1), timeout=120)  # the next prompt runs
 
 
 # ------------------------------------------------------------------ 6. non-finite adapters, 5. shipped names, 7. paths
