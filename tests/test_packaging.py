@@ -100,3 +100,13 @@ def test_license_is_declared_and_shipped():
         assert (ROOT / name).is_file(), f"license-files names {name}, which does not exist"
     readme = (ROOT / "README.md").read_text()
     assert "## License" in readme and "GPL-3.0-or-later" in readme.split("## License", 1)[1]
+
+
+def test_the_changelog_starts_with_the_version_in_pyproject():
+    """The one version (pyproject.toml) has its section in CHANGELOG.md, newest first."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert releases and releases[0] == version, (
+        f"CHANGELOG.md's newest section is {releases[:1]}, pyproject.toml says {version}: add a section for it")
+    keys = [tuple(int(n) for n in r.split(".")) for r in releases]
+    assert keys == sorted(keys, reverse=True) and len(set(keys)) == len(keys), f"sections out of order: {releases}"
