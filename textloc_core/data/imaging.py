@@ -76,8 +76,8 @@ def open_picture(path: Path, shown: str, max_pixels: int = DEFAULT_MAX_PIXELS, f
         try:
             picture.load()
             if factor > 1:
-                if picture.mode not in _REDUCIBLE_MODES:
-                    picture = picture.convert("RGBA" if picture.has_transparency_data else "RGB")
+                if picture.mode not in _REDUCIBLE_MODES:  # "1", "P", "I;16"...: one Pillow can reduce
+                    picture = picture.convert("I" if picture.mode.startswith("I;") else "RGBA")
                 picture = picture.reduce(factor)
             picture = ImageOps.exif_transpose(picture)
             picture.load()
