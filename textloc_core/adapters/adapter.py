@@ -10,8 +10,8 @@ An ``Adapter`` holds
 
 It is stored as one safetensors file whose header carries the metadata as strings, so a
 node can list adapters (``read_adapter_metadata``) without loading a tensor. Saving is
-atomic; loading verifies a checksum, the required keys, the format version and that no newer
-major version of the pack wrote the file (``pack_version``).
+atomic; loading verifies a checksum, the required keys, the format version, that no newer
+major version of the pack wrote the file (``pack_version``) and that every value is finite.
 
 Putting adapters onto a model (checked against its architecture and base weights) is
 ``composition``; the files of ComfyUI's and diffusers' own loaders are ``formats``.
@@ -223,7 +223,21 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     metadata = AdapterMetadata.from_header(header, path)
     deltas = {k[len(_KV_PREFIX):]: v for k, v in tensors.items() if k.startswith(_KV_PREFIX)}
     embeddings = {k[len(_EMB_PREFIX):]: v for k, v in tensors.items() if k.startswith(_EMB_PREFIX)}
+    check_finite(tensors, path)
     adapter = Adapter.__new__(Adapter)
     adapter.kv_deltas, adapter.token_embeddings, adapter.metadata = deltas, embeddings, metadata
     adapter.validate(path)
     return adapter
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse an adapter whose K/V deltas or tokens hold NaN or infinity: applied, such values
+    turn every image black or NaN. The file is named by its file name only (messages may be
+    shown over HTTP, where the server's folders are not the user's business)."""
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ValueError(
+            f"adapter file {Path(path).name} holds NaN or infinite values ({shown}): it cannot be applied; "
+            "retrain it, or continue training from a checkpoint written before the values broke"
+        )
