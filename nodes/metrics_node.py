@@ -42,10 +42,13 @@ def load_feature_model(choice: str):
         return scoring.load_feature_model(str(folder))
     except Exception as error:
         if isinstance(error, ValueError) and str(error).startswith(("CLIP directory", "feature_model")):
-            raise  # the core's own messages: the folder and the fix, no file content
+            # the core's own messages: the folder (named as the user typed it) and the fix, no file content
+            raise ValueError(str(error).replace(str(folder), text)) from None
+        # One message whatever went wrong: the exception's type or text would tell what lies at
+        # the paths the folder's files name (missing, a folder, a pickle...).
         raise ValueError(
-            f"feature_model: {text!r} could not be loaded as a local CLIP folder ({type(error).__name__}); keep "
-            "the files as transformers saved them (config.json, model weights, tokenizer files)"
+            f"feature_model: {text!r} could not be loaded as a local CLIP folder; keep the files as transformers "
+            "saved them (config.json, safetensors weights, tokenizer files)"
         ) from None
 
 

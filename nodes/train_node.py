@@ -25,7 +25,7 @@ from ..textloc_core.training import loop
 from ..textloc_core.training.result import make_adapter
 from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, MIXED_PRECISIONS, OPTIMIZERS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
-from . import paths
+from . import disk_budget, paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
 from .comfy_internals import model_parts
@@ -115,7 +115,7 @@ def _progress_text(node_id, text: str) -> None:
 
 def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int) -> None:
     """Log (and show on the node) where a cancelled training's last checkpoint is."""
-    where = f"{checkpoints} (step {steps_done} of {steps})" if steps_done else "nowhere (no step finished)"
+    where = f"{paths.shown(checkpoints)} (step {steps_done} of {steps})" if steps_done else "nowhere (no step finished)"
     message = f"textloc: training '{name}' cancelled; last checkpoint kept in {where}. Queue again with resume on to continue."
     log.warning(message)
     _progress_text(node_id, message)
@@ -191,11 +191,12 @@ def plan_outputs(name: str, model, concepts, config: TrainConfig, resume: bool, 
     decided before any work."""
     files = plan_files(name, [c.name for c in concepts.concepts])
     check_replace(files, concepts, config.to_json(), lambda: base_fingerprint_and_weights(model)[0], overwrite)
+    disk_budget.make_room(name)
     # one folder per training data: resuming never mixes two different photo/mask sets
     checkpoints = paths.checkpoint_dir(name) / concepts.data_hash()[:12]
     if not resume and checkpoints.exists() and any(checkpoints.iterdir()):
         raise ValueError(
-            f"adapter_name: {name!r} already has checkpoints in {checkpoints}; turn resume on to continue "
+            f"adapter_name: {name!r} already has checkpoints in {paths.shown(checkpoints)}; turn resume on to continue "
             "them, or pick another adapter_name"
         )
     return files, checkpoints
@@ -246,7 +247,7 @@ def train_report(files, adapter, result, history, config: TrainConfig, name: str
     """The node's text output: where each file went, the steps and last losses, the weight used."""
     losses = history[-1] if history else (result.history[-1] if result.history else {})
     return "\n".join(
-        [f"adapter: {files.adapter}", f"lora (LoraLoaderModelOnly): {files.lora}"]
+        [f"adapter: {paths.shown(files.adapter)}", f"lora (LoraLoaderModelOnly): {paths.shown(files.lora)}"]
         + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
         + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
         + [attention_weight_line(config, result.lambda_attn_used)]

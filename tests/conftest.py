@@ -130,6 +130,32 @@ def paper_dataset() -> Path:
     pytest.skip("PAPER DATASET NOT FOUND: set TEXTLOC_PAPER_DATASET to ../shared/paper-dataset to run this test")
 
 
+def write_constant_png(path: Path, width: int, height: int, value: int = 128, gray: bool = False) -> Path:
+    """A ``width x height`` PNG of one colour, written row by row: a 12000x12000 RGB file is
+    about 445 KB on disk but 432 MB decoded (a decompression bomb), and writing it needs no
+    more memory than one row."""
+    import struct
+    import zlib
+
+    channels, colour_type = (1, 0) if gray else (3, 2)
+    row = b"\x00" + bytes([value]) * (width * channels)  # filter byte "none", then the pixels
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def constant_png():
+    """``write_constant_png`` for tests (decompression bombs, large photos)."""
+    return write_constant_png
+
+
 # --- Suites that could not run say so loudly at the end of the session -------------------
 # Integration and browser suites need things this machine may lack (a ComfyUI tree,
 # Chromium); they skip through ``not_run``, which also prints "<AREA> DID NOT RUN: why"

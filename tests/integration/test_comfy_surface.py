@@ -38,7 +38,7 @@ SURFACE = {
     "comfy_api.latest.io.String.Output", "comfy_api.latest.io.Float.Output", "comfy_api.latest.io.Int.Output",
     # folders, server, progress, interruption
     "folder_paths.get_input_directory", "folder_paths.get_output_directory", "folder_paths.get_save_image_path",
-    "folder_paths.models_dir", "folder_paths.folder_names_and_paths", "folder_paths.get_folder_paths",
+    "folder_paths.models_dir", "folder_paths.base_path", "folder_paths.folder_names_and_paths", "folder_paths.get_folder_paths",
     "folder_paths.get_filename_list", "folder_paths.get_full_path", "folder_paths.add_model_folder_path",
     "server.PromptServer.send_progress_text", "comfy.utils.ProgressBar", "comfy.utils.ProgressBar.update_absolute",
     "comfy.model_management.processing_interrupted", "comfy.model_management.throw_exception_if_processing_interrupted",

@@ -23,7 +23,14 @@ from ..backends.cancel import Cancelled, check_stop
 from ..sampling.schedule import ddim_sample, guided_conditioning
 
 _MEMORY: dict[str, torch.Tensor] = {}
-"""Process-wide cache for runs without a cache folder (tests, repeated API calls)."""
+"""Process-wide cache in order of use (least recently used first), so a server reuses the latents of its
+recent trainings without keeping every class word, seed and size it has ever seen."""
+
+MEMORY_ENTRIES = 4
+"""At most this many prior sets stay in memory (a two-concept training uses two)."""
+
+MEMORY_BYTES = 256 << 20
+"""...and at most this many bytes of them (1000 SD1.x latents at 512 px are 64 MiB)."""
 
 GENERATION_BATCH = 4
 
@@ -89,12 +96,14 @@ def prior_latents(
         raise ValueError(f"prior_images_per_class: {count} must be at least 1 (or set lambda_prior to 0)")
     key = prior_key(bundle.fingerprint, prompt, count, latent_hw, config)
     if key in _MEMORY:
-        return _MEMORY[key]
+        latents = _MEMORY.pop(key)
+        remember(key, latents)  # now the most recently used
+        return latents
     path = Path(cache_dir) / f"prior-{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
             latents = load_tensors(path, what="prior cache", fix="delete it; it is regenerated")[0]["latents"]
-            _MEMORY[key] = latents
+            remember(key, latents)
             return latents
         except ValueError:
             path.unlink(missing_ok=True)  # corrupt cache: regenerate below
@@ -102,5 +111,14 @@ def prior_latents(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(path, {"latents": latents}, {"prompt": prompt, "fingerprint": bundle.fingerprint, "count": str(count)})
-    _MEMORY[key] = latents
+    remember(key, latents)
     return latents
+
+
+def remember(key: str, latents: torch.Tensor) -> None:
+    """Keep ``latents`` in the in-process cache, dropping the least recently used sets beyond
+    ``MEMORY_ENTRIES`` or ``MEMORY_BYTES`` (a set larger than the byte bound is not kept)."""
+    _MEMORY.pop(key, None)
+    _MEMORY[key] = latents  # a dict keeps insertion order: the first key is the least recently used
+    while _MEMORY and (len(_MEMORY) > MEMORY_ENTRIES or sum(t.nbytes for t in _MEMORY.values()) > MEMORY_BYTES):
+        del _MEMORY[next(iter(_MEMORY))]
