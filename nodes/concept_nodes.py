@@ -18,13 +18,10 @@ from ..textloc_core.data.validation import validate_concept_set
 from ..textloc_core.data.tokens import check_token_text
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
-from .schema import named, pack_schema
+from .schema import CONCEPTS, named, pack_schema
 
 CONCEPT_FROM_MASK_DESCRIPTION = "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
 CONCEPT_FOLDER_DESCRIPTION = "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
-
-#: the socket type of a ConceptSet
-CONCEPTS = io.Custom("TEXTLOC_CONCEPTS")
 
 
 def concepts_from_mask(images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> ConceptSet:

@@ -251,7 +251,7 @@ def test_a_clip_index_naming_files_anywhere_is_refused_with_one_message(bounded)
 # ------------------------------------------------------------------ 4. a commit killed halfway
 
 
-COMMIT_CHILD = Path(__file__).resolve().parents[1] / "core" / "file_commit_child.py"
+COMMIT_CHILD = Path(__file__).resolve().parents[1] / "core" / "data" / "file_commit_child.py"
 
 
 @pytest.mark.parametrize("kill_at, outcome", [(2, None), (6, "committed")], ids=["before-journal", "after-journal"])

@@ -111,7 +111,7 @@ def test_calibrated_attention_weight_trains_and_the_report_names_lambda(comfy):
     graph["3"]["inputs"].update(attention_weight_mode="calibrated", attention_fraction=0.1)
     result = comfy.run(graph, timeout=600)
     (report,) = result.history["outputs"]["3"]["text"]
-    line = next(l for l in report.splitlines() if l.startswith("attention weight (lambda): "))
+    line = next(text for text in report.splitlines() if text.startswith("attention weight (lambda): "))
     weight = float(line.split(": ", 1)[1].split()[0])
     assert weight > 0 and weight != 1.0 and "calibrated to attention_fraction 0.1" in line, report
     adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")

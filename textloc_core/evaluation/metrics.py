@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..attention.maps import normalize_maps
 from ..data.masks import mask_to_grid
-from ..sampling.schedule import check_stop
+from ..backends.cancel import check_stop
 from .features import FeatureModel, Float64Features, ImageFeatureExtractor, check_images
 
 # --------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def kid(generated: torch.Tensor, references: torch.Tensor, feature: nn.Module | 
     ``FeatureModel`` whose image tower is used. ``subset_size`` 5 as the paper (few references);
     both sets need at least that many images. Subsets are drawn from a generator seeded with
     ``seed`` so the number is reproducible. ``should_stop`` is polled before every chunk of
-    ``KID_CHUNK`` images and before the subset statistics (``sampling.schedule.Cancelled``).
+    ``KID_CHUNK`` images and before the subset statistics (``backends.cancel.Cancelled``).
     """
     from torchmetrics.image.kid import KernelInceptionDistance
 

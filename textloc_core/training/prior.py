@@ -19,7 +19,8 @@ import torch
 from ..backends.base import ModelBundle
 from .config import TrainConfig
 from ..data.safe_io import load_tensors, save_tensors
-from ..sampling.schedule import Cancelled, ddim_sample, guided_conditioning
+from ..backends.cancel import Cancelled, check_stop
+from ..sampling.schedule import ddim_sample, guided_conditioning
 
 _MEMORY: dict[str, torch.Tensor] = {}
 """Process-wide cache in order of use (least recently used first), so a server reuses the latents of its
@@ -32,10 +33,6 @@ MEMORY_BYTES = 256 << 20
 """...and at most this many bytes of them (1000 SD1.x latents at 512 px are 64 MiB)."""
 
 GENERATION_BATCH = 4
-
-
-class PriorCancelled(Cancelled):
-    """``should_stop`` said stop while prior images were being generated (nothing is cached)."""
 
 
 def prior_key(fingerprint: str, prompt: str, count: int, latent_hw: tuple[int, int], config: TrainConfig) -> str:
@@ -55,8 +52,7 @@ def _generate(
         encoded = bundle.text.encode([prompt, ""], {})
     out = []
     for start in range(0, count, GENERATION_BATCH):
-        if should_stop is not None and should_stop():
-            raise PriorCancelled(f"cancelled after {start} of {count} prior images of {prompt!r}")
+        check_stop(should_stop, f"after {start} of {count} prior images of {prompt!r}")
         n = min(GENERATION_BATCH, count - start)
         # One generator per image index: the k-th prior image does not depend on the batch size.
         noise = torch.stack(
@@ -75,7 +71,7 @@ def _generate(
                 **guided_conditioning(encoded, n, dtype),
             )
         except Cancelled as stop:
-            raise PriorCancelled(f"{stop} of prior images {start}-{start + n} of {count} of {prompt!r}") from None
+            raise Cancelled(f"{stop} of prior images {start}-{start + n} of {count} of {prompt!r}") from None
         out.append(latents.float().cpu())
     return torch.cat(out)
 
@@ -94,7 +90,7 @@ def prior_latents(
 
     Must be called with no adapter applied: the cache is keyed by the base fingerprint.
     Generating 200 SD images takes minutes, so ``should_stop`` is polled before every
-    sampling step (raising ``PriorCancelled``).
+    sampling step (raising ``Cancelled``; nothing is cached).
     """
     if count < 1:
         raise ValueError(f"prior_images_per_class: {count} must be at least 1 (or set lambda_prior to 0)")

@@ -1,6 +1,6 @@
 """A process that commits a set of files with ``file_commit.commit_files`` and SIGKILLs itself
 just before its N-th file-system change (a rename, link or removal), for
-tests/core/test_file_commit.py and tests/integration/test_bounded_server.py. With F > 0, its
+tests/core/data/test_file_commit.py and tests/integration/test_bounded_server.py. With F > 0, its
 F-th change fails with an OSError instead (a full disk, say), so the commit rolls back and the
 kill lands in the roll-back. Each final gets the bytes of its source file. Prints "done" when
 the commit ended before the N-th change.
@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from textloc_core.data import file_commit  # noqa: E402
 

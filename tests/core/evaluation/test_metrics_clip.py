@@ -14,7 +14,7 @@ from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWi
 
 from textloc_core.evaluation import features, metrics
 
-TOKENIZER = Path(__file__).resolve().parents[2] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
+TOKENIZER = Path(__file__).resolve().parents[3] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
 
 TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
             num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407)

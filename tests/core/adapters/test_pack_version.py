@@ -12,7 +12,7 @@ from textloc_core.adapters import adapter as ad
 from textloc_core.adapters import pack_version as pv
 from textloc_core.data import safe_io
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # a real adapter file, written by the pack before adapters recorded a version ("unknown")
 SHIPPED = ROOT / "textloc_core" / "tinyworld" / "adapters" / "tinyworld_pair.safetensors"
 
