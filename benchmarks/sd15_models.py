@@ -71,15 +71,6 @@ SD15_TEXT_CONFIG: dict[str, Any] = {
 }
 """CLIP ViT-L/14 text tower as SD1.5 uses it (123M parameters)."""
 
-def sd15_unet_config(sample_size: int | None = None) -> dict[str, Any]:
-    """A copy of the SD1.5 UNet config; ``sample_size`` (latent side) defaults to 64 (512 px)."""
-    config = dict(SD15_UNET_CONFIG)
-    if sample_size is not None:
-        if sample_size < 8 or sample_size % 8:
-            raise ValueError(f"sample_size: {sample_size} must be a multiple of 8 (the UNet downsamples 3 times)")
-        config["sample_size"] = sample_size
-    return config
-
 
 @contextmanager
 def seeded(seed: int):

@@ -21,8 +21,7 @@ from ..textloc_core.adapters.composition import check_compatible, composed_embed
 from . import paths
 from .comfy_backend import base_fingerprint_and_weights
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
-from .schema import pack_schema, require_finite
-from .train_node import ADAPTER
+from .schema import ADAPTER, pack_schema, require_finite
 
 APPLY_ADAPTER_DESCRIPTION = "Load a TextLoc adapter onto MODEL and CLIP; prompts can then use its tokens (e.g. 'a <doll1> doll'). Chain nodes to use several adapters."
 

@@ -14,7 +14,7 @@ graph holds. It uses ComfyUI's public surfaces; the few things those cannot give
   with the ModelPatcher's transformer_options, so other packs' patches still run.
 * Routing: ``route_attention`` clones the ModelPatcher and sets ``set_model_attn2_replace``
   for the selected layers only; while it is open, ``predict`` and the preview's sampler use
-  that clone. If another pack already replaced one of those layers, its replacement still
+  that clone (``working_model``). If another pack already replaced one of those layers, its replacement still
   produces the output and our router only observes (captures) the attention alongside: we
   never drop someone else's patch.
 
@@ -35,8 +35,11 @@ from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from ..textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
 from ..textloc_core.backends.base import EncodedPrompts, ModelBundle, mean_of_pieces
 from .comfy_internals import (
-    checkpointed_blocks, differentiable_text_encoder, ordinary_weights, size_conditioning, text_encoder_tables, unet_forward,
+    attention_heads, attn2_replacements, checkpointed_blocks, differentiable_text_encoder, latents_in, latents_out,
+    model_parts, ordinary_weights, patchers, size_conditioning, text_encoder, text_encoder_tables, transformer_options,
+    unet_forward, vae_scale_factor,
 )
+from .comfy_cancel import cancel_as_core
 from .comfy_tokens import IdentifierPlacer
 
 _LAYER_RE = re.compile(
@@ -45,34 +48,6 @@ _LAYER_RE = re.compile(
 
 
 # ----------------------------------------------------------------------------- helpers
-def stop_if_cancelled() -> None:
-    """Raise ComfyUI's InterruptProcessingException when Cancel was pressed, inside the core's
-    loops (VAE encoding, prior generation, training steps: they call the backend), which poll
-    no ComfyUI flag themselves. The flag stays set: the trainer's ``should_stop`` reads it to
-    end a run as cancelled and keep its checkpoint; the node clears it (``TextLocTrain``)."""
-    import comfy.model_management as mm
-
-    if mm.processing_interrupted():
-        raise mm.InterruptProcessingException()
-
-
-@contextmanager
-def cancel_flag_kept() -> Iterator[None]:
-    """Leave ComfyUI's Cancel flag set when a model call inside raises its interrupt.
-
-    ComfyUI 0.33 checks Cancel inside every layer and clears the flag as it raises; the
-    trainer's ``should_stop`` reads the flag to end the run as cancelled (keeping its
-    checkpoint), so it is set again here. ``TextLocTrain`` clears it when it reports the Cancel.
-    """
-    import comfy.model_management as mm
-
-    try:
-        yield
-    except mm.InterruptProcessingException:
-        mm.interrupt_current_processing(True)
-        raise
-
-
 def canonical_layer_name(module_name: str) -> str:
     """ComfyUI module names already are the canonical LDM names; drop a model prefix."""
     for prefix in ("model.diffusion_model.", "diffusion_model."):
@@ -106,7 +81,7 @@ def base_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
     """
     weights = {}
     key_patches = None
-    for name in find_cross_attention(model.model.diffusion_model):
+    for name in find_cross_attention(model_parts(model).unet):
         layer = canonical_layer_name(name)
         for proj in ("to_k", "to_v"):
             if key_patches is None:
@@ -148,7 +123,7 @@ class ComfyTextBackend:
         contexts, pooled, positions = [], [], []
         for prompt in prompts:
             tokens, where = self.placer.tokenize(prompt, token_embeddings)
-            with cancel_flag_kept():
+            with cancel_as_core("text encoding"):
                 cond, pool = self.clip.encode_from_tokens(tokens, return_pooled=True)
             contexts.append(cond)
             pooled.append(pool)
@@ -174,35 +149,27 @@ class ComfyDenoiserBackend:
         """``training=False`` (the preview: ComfyUI's sampler conditions the model itself)
         accepts any UNet with attn2 layers; training needs ``predict`` to be complete from
         (x_t, t, context, pooled): SD1.x/SD2.x, or SDXL (adm from pooled + size)."""
-        import comfy.model_base
-
-        self.patcher = model.clone()  # our routing patches never reach the caller's MODEL
-        self.base_model = model.model
-        self.unet = self.base_model.diffusion_model
+        self.working_model = model.clone()  # our routing patches never reach the caller's MODEL
+        self.parts = parts = model_parts(model)
+        self.unet = parts.unet
         self.vae = vae
-        model_type = self.base_model.model_type
-        types = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v_prediction"}
-        self.prediction_type = types.get(model_type, model_type.name.lower())
-        if training and model_type not in types:
+        self.prediction_type = parts.prediction
+        if training and parts.prediction not in ("epsilon", "v_prediction"):
             raise ValueError(
-                f"model: prediction type {model_type.name} is not supported; Textual Localization trains "
+                f"model: prediction type {parts.prediction.upper()} is not supported; Textual Localization trains "
                 "epsilon- or v-prediction UNets (SD1.x, SD2.x, SDXL)"
             )
         self.needs_pooled = getattr(self.unet, "num_classes", None) is not None
-        if training and self.needs_pooled and not isinstance(self.base_model, comfy.model_base.SDXL):
+        if training and self.needs_pooled and not parts.is_sdxl:
             raise ValueError(
-                f"model: {type(self.base_model).__name__} needs extra conditioning TextLoc Train does not build; "
+                f"model: {type(parts.base_model).__name__} needs extra conditioning TextLoc Train does not build; "
                 "it trains SD1.x, SD2.x and SDXL-family UNets (the Apply and Preview nodes work with others too)"
             )
         find_cross_attention(self.unet)  # raises a clear error for models without attn2
-        self.latent_format = self.base_model.latent_format
-        self.latent_channels = int(self.latent_format.latent_channels)
-        self.vae_scale_factor = int(getattr(vae, "downscale_ratio", 8)) if vae is not None else 8
-        self.device = device if device is not None else model.load_device
-        dtype = self.base_model.get_dtype()
-        if self.base_model.manual_cast_dtype is not None:
-            dtype = self.base_model.manual_cast_dtype
-        self.dtype = dtype
+        self.latent_channels = parts.latent_channels
+        self.vae_scale_factor = vae_scale_factor(vae)
+        self.device = device if device is not None else parts.device
+        self.dtype = parts.dtype
 
     def canonical_layer_name(self, module_name: str) -> str:
         return canonical_layer_name(module_name)
@@ -211,31 +178,29 @@ class ComfyDenoiserBackend:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             raise ValueError("vae: a VAE is needed to encode the training images")
-        stop_if_cancelled()
-        with torch.no_grad(), cancel_flag_kept():
+        with torch.no_grad(), cancel_as_core("VAE encoding"):
             latents = self.vae.encode(images.movedim(1, -1).float().cpu())
-            return self.latent_format.process_in(latents.float()).to(self.device)
+            return latents_in(self.parts, latents.float()).to(self.device)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            pixels = self.vae.decode(self.latent_format.process_out(latents.float()))
+            pixels = self.vae.decode(latents_out(self.parts, latents.float()))
             return pixels.movedim(-1, 1).float().clamp(0, 1)
 
     # -- UNet
     def transformer_options(self) -> dict:
-        """The current patcher's transformer_options (other packs' patches, our routing)."""
-        return self.patcher.model_options.get("transformer_options", {})
+        """The working model's transformer_options (other packs' patches, our routing)."""
+        return transformer_options(self.working_model)
 
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 pooled: torch.Tensor | None = None) -> torch.Tensor:
-        stop_if_cancelled()  # every UNet call: prior generation and training steps stop on Cancel
         y = None
         if self.needs_pooled:
             if pooled is None:
                 raise ValueError("model: this UNet (SDXL) needs the pooled text embedding of its CLIP")
             height, width = (int(side) * self.vae_scale_factor for side in noisy_latents.shape[-2:])
-            y = size_conditioning(self.base_model, pooled.to(self.device), height, width).to(self.dtype)
-        with cancel_flag_kept():
+            y = size_conditioning(self.parts.base_model, pooled.to(self.device), height, width).to(self.dtype)
+        with cancel_as_core("a UNet call"):  # every one: prior generation and training steps stop on Cancel
             out = unet_forward(
                 self.unet,
                 noisy_latents.to(self.device, self.dtype),
@@ -282,20 +247,20 @@ class ComfyDenoiserBackend:
 
     @contextmanager
     def route_attention(self, router: AttentionRouter):
-        """While open, ``self.patcher`` is a clone with our attn2 replacements set."""
+        """While open, ``self.working_model`` is a clone with our attn2 replacements set."""
         layers = [canonical_layer_name(n) for n in find_cross_attention(self.unet)]
-        previous = self.patcher
+        previous = self.working_model
         routed = previous.clone()
-        existing = routed.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+        existing = attn2_replacements(routed)
         for layer in layers:
             if router.selects(layer):
                 key = attn2_patch_key(layer)
                 routed.set_model_attn2_replace(_routed_patch(router, layer, existing.get(key)), *key)
-        self.patcher = routed
+        self.working_model = routed
         try:
             yield router
         finally:
-            self.patcher = previous
+            self.working_model = previous
 
 
 def _routed_patch(router: AttentionRouter, layer: str, existing):
@@ -308,7 +273,7 @@ def _routed_patch(router: AttentionRouter, layer: str, existing):
     before = getattr(router, "before_call", None)
 
     def patch(q, k, v, extra_options):
-        heads = extra_options["n_heads"]
+        heads = attention_heads(extra_options)
         if before is not None:  # e.g. the preview learns which rows are conditional
             before(extra_options)
         if existing is None:
@@ -333,13 +298,14 @@ def training_session(model, clip, vae) -> Iterator[ModelBundle]:
 
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = ComfyDenoiserBackend(model, vae)
-        mm.load_models_gpu([denoiser.patcher, clip.patcher], force_full_load=True)
-        with ordinary_weights(denoiser.unet, clip.cond_stage_model), differentiable_text_encoder(clip.cond_stage_model):
+        mm.load_models_gpu(patchers(denoiser.working_model, clip), force_full_load=True)
+        encoder = text_encoder(clip)
+        with ordinary_weights(denoiser.unet, encoder), differentiable_text_encoder(encoder):
             text = ComfyTextBackend(clip, pooled=denoiser.needs_pooled)
             bundle = ModelBundle(
                 text=text,
                 denoiser=denoiser,
-                fingerprint=base_fingerprint_and_weights(denoiser.patcher)[0],
+                fingerprint=base_fingerprint_and_weights(denoiser.working_model)[0],
                 device=torch.device(denoiser.device),
                 compute_dtype=denoiser.dtype,
             )

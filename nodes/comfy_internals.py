@@ -1,20 +1,31 @@
 """Every place where textloc relies on a part of ComfyUI that has no public surface.
 
 Everything else in nodes/ uses public surfaces only: the V3 node API, ModelPatcher's clone /
-setters / ``get_key_patches`` / ``add_patches``, and the CLIP object's ``tokenize`` /
-``encode_from_tokens``. Training needs a few things those cannot give: gradients through the
-text encoder, the embedding table to start a new token from, and a direct UNet call in DDPM
-time. Each is one function here, with what it relies on. The ComfyUI names they use are in
-the ``SURFACE`` list of tests/integration/test_comfy_surface.py, checked on every supported
-ComfyUI version (0.3.64 and 0.33.0 read the same in all these places); the integration tests
-exercise the functions themselves on each.
+setters / ``get_key_patches`` / ``add_patches``, the CLIP object's ``tokenize`` /
+``encode_from_tokens``, the VAE's ``encode`` / ``decode``. What those cannot give is one
+function here, saying what it relies on:
+
+* training: gradients through the text encoder, the embedding table to start a new token
+  from, a direct UNet call in DDPM time, SDXL's adm vector, inference-mode weights,
+  checkpointed blocks;
+* what a MODEL / CLIP / VAE holds: its UNet, prediction type, latent format, dtype and device
+  (``model_parts``), its transformer_options and attn2 replacements, the text-encoder module,
+  the patchers behind CLIP and VAE, the VAE's scale;
+* what the TinyWorld loader sets: the VAE's scale, how ComfyUI rebuilds the model (``set_reloader``).
+
+tests/integration/test_comfy_surface.py lists every ComfyUI name these use (``SURFACE``: module
+names; ``INSTANCE_ATTRIBUTES``: attributes ComfyUI's classes assign; ``OPTION_KEYS``: keys of
+its option dicts), checks them on every supported ComfyUI version, and fails when another
+module of nodes/ reads one of those attributes or keys itself. The integration tests exercise
+the functions on each version.
 """
 
 from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -137,3 +148,138 @@ def checkpointed_blocks(unet: nn.Module) -> list[nn.Module]:
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
     return [m for m in unet.modules() if isinstance(m, (BasicTransformerBlock, ResBlock))]
+
+
+def set_reloader(obj, factory, *args) -> None:
+    """Tell ComfyUI how to build this model afresh, as its own loaders do for theirs.
+
+    Relies on: ``ModelPatcher.cached_patcher_init`` = ``(factory, args)``, where
+    ``factory(*args, disable_dynamic=True)`` returns a new ModelPatcher with the same weights
+    (``obj``: a MODEL, or a CLIP or VAE, whose patcher it is set on).
+    ComfyUI 0.33 calls it for ``clone(force_deepcopy=True)`` (TrainLoraNode),
+    ``clone(disable_dynamic=True)`` and multi-GPU copies, and refuses those without it; 0.3.64
+    has no such attribute and never reads it.
+    """
+    patchers(obj)[0].cached_patcher_init = (factory, tuple(args))
+
+
+# ----------------------------------------------------------------------------- what a MODEL, CLIP and VAE hold
+@dataclass(frozen=True)
+class ModelParts:
+    """What the pack reads off a MODEL (a ModelPatcher) for which ComfyUI has no public call."""
+
+    base_model: Any
+    """The ``comfy.model_base.BaseModel`` (SDXL's adm, the latent format live there)."""
+    unet: nn.Module
+    prediction: str
+    """"epsilon", "v_prediction", or ComfyUI's ModelType name in lower case (flow models...)."""
+    is_sdxl: bool
+    latent_channels: int
+    dtype: torch.dtype
+    """The dtype the UNet computes in (its manual-cast dtype when it has one)."""
+    device: torch.device
+    """Where ComfyUI loads the model to compute."""
+    tagged_resolution: int | None
+    """The native side in pixels a loader tagged the model with (``NATIVE_RESOLUTION_ATTR``)."""
+
+
+#: attribute of a MODEL's BaseModel giving the side in pixels it was trained at (TextLoc Train
+#: caps its resolution by it; the TinyWorld loader sets it); ComfyUI's model classes carry no such number
+NATIVE_RESOLUTION_ATTR = "textloc_native_resolution"
+
+
+def model_parts(model) -> ModelParts:
+    """A MODEL's UNet, prediction type, latent channels, compute dtype and device.
+
+    Relies on: ``ModelPatcher.model`` (a ``comfy.model_base.BaseModel``: ``diffusion_model``,
+    ``model_type`` a ``comfy.model_base.ModelType``, ``latent_format.latent_channels``,
+    ``get_dtype()``, ``manual_cast_dtype``), ``ModelPatcher.load_device`` and
+    ``comfy.model_base.SDXL``.
+    """
+    import comfy.model_base
+
+    base = model.model
+    types = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v_prediction"}
+    dtype = base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
+    tagged = getattr(base, NATIVE_RESOLUTION_ATTR, None)
+    return ModelParts(
+        base_model=base, unet=base_unet(base), prediction=types.get(base.model_type, base.model_type.name.lower()),
+        is_sdxl=isinstance(base, comfy.model_base.SDXL), latent_channels=int(base.latent_format.latent_channels),
+        dtype=dtype, device=model.load_device, tagged_resolution=int(tagged) if tagged else None,
+    )
+
+
+def base_unet(base_model) -> nn.Module:
+    """The UNet of a ``comfy.model_base.BaseModel``. Relies on: its ``diffusion_model``."""
+    return base_model.diffusion_model
+
+
+def latents_in(parts: ModelParts, latents: torch.Tensor) -> torch.Tensor:
+    """VAE latents -> the scaled latents the UNet sees (SD1's x 0.18215...).
+
+    Relies on: ``BaseModel.latent_format.process_in``."""
+    return parts.base_model.latent_format.process_in(latents)
+
+
+def latents_out(parts: ModelParts, latents: torch.Tensor) -> torch.Tensor:
+    """The UNet's latents -> what the VAE decodes. Relies on: ``latent_format.process_out``."""
+    return parts.base_model.latent_format.process_out(latents)
+
+
+def transformer_options(model) -> dict:
+    """A MODEL's transformer_options (other packs' patches, our routing), as its UNet gets them.
+
+    Relies on: ``ModelPatcher.model_options["transformer_options"]``."""
+    return model.model_options.get("transformer_options", {})
+
+
+def attn2_replacements(model) -> dict:
+    """The attn2 replace functions set on a MODEL, by ``(block_name, number, transformer_index)``.
+
+    Relies on: ``set_model_attn2_replace`` storing them in
+    ``model_options["transformer_options"]["patches_replace"]["attn2"]``."""
+    return transformer_options(model).get("patches_replace", {}).get("attn2", {})
+
+
+def attention_heads(extra_options: dict) -> int:
+    """The head count an attn2 replace function is called with. Relies on: ``extra_options["n_heads"]``."""
+    return int(extra_options["n_heads"])
+
+
+def conditional_chunks(extra_options: dict) -> list[int]:
+    """Which chunks of an attn2 call's batch are conditional (0) or unconditional (1).
+
+    Relies on: the sampler's ``extra_options["cond_or_uncond"]`` (absent: one conditional chunk)."""
+    return list(extra_options.get("cond_or_uncond") or [0])
+
+
+def text_encoder(clip) -> nn.Module:
+    """A CLIP's text-encoder module. Relies on: ``comfy.sd.CLIP.cond_stage_model``."""
+    return clip.cond_stage_model
+
+
+def clip_text_transformer(clip, key: str = "l") -> nn.Module:
+    """The transformers model of a CLIP's ``clip_<key>`` encoder (weights are loaded into it).
+
+    Relies on: ``cond_stage_model.clip_<key>.transformer`` (``SD1ClipModel`` names it so)."""
+    return getattr(text_encoder(clip), f"clip_{key}").transformer
+
+
+def patchers(*objects) -> list:
+    """The ModelPatchers behind MODEL, CLIP and VAE objects (a MODEL is one), for
+    ``load_models_gpu``. Relies on: ``comfy.sd.CLIP.patcher`` / ``comfy.sd.VAE.patcher``."""
+    return [getattr(o, "patcher", o) for o in objects]
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent cell of a VAE (8 for SD's). Relies on:
+    ``comfy.sd.VAE.spacial_compression_encode()``; without a VAE, SD's 8."""
+    return int(vae.spacial_compression_encode()) if vae is not None else 8
+
+
+def set_vae_scale_factor(vae, factor: int) -> None:
+    """Set a VAE's pixels per latent cell, for a VAE ComfyUI builds without detecting it.
+
+    Relies on: ``comfy.sd.VAE.downscale_ratio`` / ``upscale_ratio``."""
+    vae.downscale_ratio = factor
+    vae.upscale_ratio = factor

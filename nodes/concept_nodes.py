@@ -18,13 +18,10 @@ from ..textloc_core.data.validation import validate_concept_set
 from ..textloc_core.data.tokens import check_token_text
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
-from .schema import named, pack_schema
+from .schema import CONCEPTS, named, pack_schema
 
 CONCEPT_FROM_MASK_DESCRIPTION = "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
 CONCEPT_FOLDER_DESCRIPTION = "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
-
-#: the socket type of a ConceptSet
-CONCEPTS = io.Custom("TEXTLOC_CONCEPTS")
 
 
 def concepts_from_mask(images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> ConceptSet:
@@ -111,9 +108,9 @@ def resolve_folder(folder: str) -> Path:
 
 
 def read_concept_folder(path: Path, shown: str, **options) -> ConceptSet:
-    """``readers.read_concepts`` with a manifest's syntax errors told by line and column only:
-    the YAML parser's own message quotes the offending line, and file contents never go into
-    an error (the server's files are not the user's)."""
+    """``readers.read_concepts`` with a manifest's syntax errors told by line and column only
+    (the YAML parser's own message quotes the offending line, and file contents never go into
+    an error: the server's files are not the user's), and the folder named as ``shown``."""
     from ..textloc_core.data import readers
 
     try:
@@ -121,7 +118,10 @@ def read_concept_folder(path: Path, shown: str, **options) -> ConceptSet:
     except ValueError as error:
         message = str(error)
         if not message.startswith("manifest ") or not re.search(r" is not valid | cannot be read as UTF-8", message):
-            raise
+            if str(path) not in message:
+                raise
+            # name the folder as the user typed it: the server's own folders are not theirs to see
+            raise ValueError(message.replace(str(path), shown)) from None
         marks = re.findall(r"line (\d+), column (\d+)", message)  # the last is where the parser failed
         at = f" at line {marks[-1][0]}, column {marks[-1][1]}" if marks else ""
         manifest = message.split(" ", 2)[1]
@@ -145,8 +145,10 @@ class ConceptFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:
+        import comfy.model_management as mm
+
         path = resolve_folder(folder)
-        options = {"resolution": resolution or None}
+        options = {"resolution": resolution or None, "cancel_check": mm.throw_exception_if_processing_interrupted}
         if tokens.strip():
             options["tokens"] = _parse_pairs(tokens, "tokens")
         if class_words.strip():

@@ -10,7 +10,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..textloc_core.evaluation import scoring
-from ..textloc_core.sampling.schedule import Cancelled
+from ..textloc_core.backends.cancel import Cancelled
+from .comfy_cancel import end_if_cancelled, end_prompt_cancelled, stop_requested
 from .read_access import readable_path
 from .schema import named, pack_schema
 
@@ -19,13 +20,6 @@ SCORE_IMAGES_DESCRIPTION = ("CLIP-I, CLIP-T (identifier tokens removed from the 
 
 #: weight files that need unpickling (transformers would torch.load them)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def stop_if_interrupted() -> None:
-    """End the prompt here when Cancel was pressed (between the node's phases)."""
-    import comfy.model_management as mm
-
-    mm.throw_exception_if_processing_interrupted()
 
 
 def load_feature_model(choice: str):
@@ -48,10 +42,13 @@ def load_feature_model(choice: str):
         return scoring.load_feature_model(str(folder))
     except Exception as error:
         if isinstance(error, ValueError) and str(error).startswith(("CLIP directory", "feature_model")):
-            raise  # the core's own messages: the folder and the fix, no file content
+            # the core's own messages: the folder (named as the user typed it) and the fix, no file content
+            raise ValueError(str(error).replace(str(folder), text)) from None
+        # One message whatever went wrong: the exception's type or text would tell what lies at
+        # the paths the folder's files name (missing, a folder, a pickle...).
         raise ValueError(
-            f"feature_model: {text!r} could not be loaded as a local CLIP folder ({type(error).__name__}); keep "
-            "the files as transformers saved them (config.json, model weights, tokenizer files)"
+            f"feature_model: {text!r} could not be loaded as a local CLIP folder; keep the files as transformers "
+            "saved them (config.json, safetensors weights, tokenizer files)"
         ) from None
 
 
@@ -88,22 +85,19 @@ class ScoreImages(io.ComfyNode):
     @classmethod
     def execute(cls, images, references, prompt, feature_model, kid_subset_size, filename_prefix,
                 attention_maps=None, target_masks=None, threshold=0.5) -> io.NodeOutput:
-        stop_if_interrupted()
+        end_if_cancelled()
         model = load_feature_model(feature_model)
-        stop_if_interrupted()
-        import comfy.model_management as mm
-
+        end_if_cancelled()
         try:  # the scorer polls Cancel before every chunk of images
             scores = scoring.score_images(
                 model, images.movedim(-1, 1).float(), references.movedim(-1, 1).float(), prompt,
                 kid_subset_size=kid_subset_size, attention_maps=attention_maps, target_masks=target_masks,
-                threshold=threshold, should_stop=mm.processing_interrupted)
+                threshold=threshold, should_stop=stop_requested)
         except Cancelled:
-            stop_if_interrupted()  # clears ComfyUI's flag and ends the prompt as interrupted
-            raise
+            end_prompt_cancelled()
         report = scoring.score_report(scores, n_images=len(images), n_references=len(references),
                                          prompt=prompt, kid_subset_size=kid_subset_size)
-        stop_if_interrupted()
+        end_if_cancelled()
         record = _write_report(report, filename_prefix)
         numbers = tuple(float(scores[k]) for k in ("clip_i", "clip_t", "kid", "iou"))
         # a dict ui: the report file record rides along under a key of its own

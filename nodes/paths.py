@@ -1,7 +1,8 @@
 """Where the pack reads and writes inside ComfyUI's folders, and nowhere else.
 
 * ``models/textloc/``                  adapters (``<name>.safetensors``), listed by the Apply node;
-  the adapters the pack ships (``textloc_core/tinyworld/adapters/``) are listed after them;
+  the adapters the pack ships (``textloc_core/tinyworld/adapters/``) are listed after them (a
+  user's file of the same name is written only by the same training, or with ``overwrite``);
 * ``models/textloc/checkpoints/<name>/`` training checkpoints (resume, cancel);
 * ``models/textloc/prior_cache/``       generated class-prior latents, reused across runs;
 * ``models/loras/textloc/<name>.safetensors``   the K/V deltas as a stock ComfyUI ``diff`` LoRA;
@@ -79,6 +80,26 @@ def check_adapter_name(name: str, what: str = "adapter_name") -> str:
             "digits, '-', '_' or '.', e.g. 'my_adapter'"
         )
     return check_length(name, what)
+
+
+def shipped_adapter(name: str) -> Path | None:
+    """The adapter file the pack ships under ``name`` (compared without case, as on
+    case-insensitive file systems), or None."""
+    folder = Path(shipped_adapters_dir())
+    found = [p for p in folder.glob("*.safetensors") if p.stem.lower() == name.lower()] if folder.is_dir() else []
+    return found[0] if found else None
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a message shown over HTTP names it: relative to ComfyUI's folder
+    (``models/textloc/x.safetensors``), the pack's own files as ``textloc pack: <name>``, and
+    anything else by its file name; the server's own folders are not the user's business."""
+    path = Path(os.path.realpath(path))
+    for root, prefix in ((folder_paths.base_path, ""), (shipped_adapters_dir(), "textloc pack: ")):
+        root = Path(os.path.realpath(root))
+        if root in path.parents:
+            return prefix + path.relative_to(root).as_posix()
+    return path.name
 
 
 def adapter_path(name: str) -> Path:

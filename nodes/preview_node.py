@@ -16,14 +16,14 @@ from comfy_api.latest import io
 
 from ..textloc_core.evaluation import heatmap
 from ..textloc_core.attention.cross_attention import AveragingRouter
-from ..textloc_core.attention.maps import choose_layers, slot_layout, token_maps
+from ..textloc_core.attention.maps import NAMED_MAP_LEVELS, choose_layers, slot_layout, token_maps
 from .comfy_backend import ComfyDenoiserBackend
+from .comfy_cancel import end_if_cancelled
+from .comfy_internals import conditional_chunks
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
 from .schema import named, pack_schema, require_finite, seed_input
 
 ATTENTION_PREVIEW_DESCRIPTION = "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
-
-LEVELS = ("all_but_finest", "all")
 
 
 class PreviewRouter(AveragingRouter):
@@ -34,11 +34,9 @@ class PreviewRouter(AveragingRouter):
         self._cond = [0]
 
     def before_call(self, extra_options: dict) -> None:
-        import comfy.model_management as mm
-
         # every attn2 call: a Cancel ends even one long sampling step (large images) early
-        mm.throw_exception_if_processing_interrupted()
-        self._cond = list(extra_options.get("cond_or_uncond") or [0])
+        end_if_cancelled()
+        self._cond = conditional_chunks(extra_options)
 
     def rows(self, batch: int) -> list[int]:
         """The rows of this call that are conditional (ComfyUI's cond_or_uncond, one chunk each)."""
@@ -48,7 +46,6 @@ class PreviewRouter(AveragingRouter):
 
 def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
                       width, height, batch_size, levels="all_but_finest", alpha=0.5):
-    import comfy.model_management as mm
     import comfy.sample
     import comfy.utils
 
@@ -75,28 +72,26 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
 
     positive = clip.encode_from_tokens_scheduled(token_dict)
     negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
-    factor = int(vae.spacial_compression_encode()) if hasattr(vae, "spacial_compression_encode") else 8
-    channels = model.model.latent_format.latent_channels
-    latent = torch.zeros([batch_size, channels, height // factor, width // factor])
-    noise = comfy.sample.prepare_noise(latent, seed)
-
     denoiser = ComfyDenoiserBackend(model, vae, training=False)
+    factor = denoiser.vae_scale_factor
+    latent = torch.zeros([batch_size, denoiser.latent_channels, height // factor, width // factor])
+    noise = comfy.sample.prepare_noise(latent, seed)
     router = PreviewRouter(layout.slots[:1])
-    mm.throw_exception_if_processing_interrupted()
+    end_if_cancelled()
     progress = comfy.utils.ProgressBar(steps)
 
     def on_step(step, _denoised, _x, total):
         # Cancel ends the sampling after the step in flight (the progress hook checks it on
         # ComfyUI's server; checked here too, so it holds whatever hook is installed)
-        mm.throw_exception_if_processing_interrupted()
+        end_if_cancelled()
         progress.update_absolute(step + 1, total)
 
     with denoiser.route_attention(router):
         samples = comfy.sample.sample(
-            denoiser.patcher, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed,
+            denoiser.working_model, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed,
             callback=on_step,
         )
-    mm.throw_exception_if_processing_interrupted()
+    end_if_cancelled()
     images = vae.decode(samples)  # (B, H, W, 3)
     captured = router.averaged()
     chosen = choose_layers({m.layer: m.probs.shape[1] for m in captured}, levels)
@@ -131,7 +126,7 @@ class AttentionPreview(io.ComfyNode):
             io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
             io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
             io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
-            io.Combo.Input("levels", options=list(LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
+            io.Combo.Input("levels", options=list(NAMED_MAP_LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
             io.Float.Input("overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Opacity of the heat map over the image."),
         ])
 

@@ -1,4 +1,4 @@
-"""What the pack's V3 node schemas share (``comfy_api.latest``, as in ComfyUI 0.3.64 and 0.33.0).
+"""What the pack's V3 node schemas share: the socket types of its own values, categories, widgets (``comfy_api.latest``, as in ComfyUI 0.3.64 and 0.33.0).
 
 The pack uses only what both versions' ``comfy_api.latest`` define: ``ComfyExtension`` (the
 top-level __init__.py), ``io.ComfyNode``, ``io.Schema``, ``io.<Type>.Input/Output`` (Boolean,
@@ -11,6 +11,11 @@ from __future__ import annotations
 import math
 
 from comfy_api.latest import io
+
+#: the socket type of a concept set (``textloc_core.data.concepts.ConceptSet``)
+CONCEPTS = io.Custom("TEXTLOC_CONCEPTS")
+#: the socket type of an adapter (``textloc_core.adapters.adapter.Adapter``)
+ADAPTER = io.Custom("TEXTLOC_ADAPTER")
 
 CATEGORY = "textloc"
 TINYWORLD_CATEGORY = "textloc/tinyworld"

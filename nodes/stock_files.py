@@ -11,27 +11,28 @@ ComfyUI's folders (``nodes/paths.py``) and that they arrive together:
   encoder), used by ``CLIPTextEncode`` as ``embedding:textloc/<name>/<concept>``. One folder per
   adapter, so no two adapters' files can share a name.
 
-``plan_files`` checks every name and folder before training (length, clashes, a test file of
-the longest name written); ``check_replace`` refuses to replace another adapter's files unless
-asked; ``write_files`` writes all to temporaries and then renames them into place, the adapter
-last, putting the previous files back if a rename fails, so the set appears whole or not at all.
+``plan_files`` checks every name and folder before training (length, clashes, names the pack
+a test file of the longest name written) and finishes or rolls back a commit of the same
+name that a kill interrupted; ``check_replace`` refuses to replace another adapter's files
+unless asked; ``write_files`` writes all to temporaries and then moves them into place as one
+change through a commit journal (``textloc_core.data.file_commit``): the old set or the new set,
+whatever stops the process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..textloc_core.adapters.adapter import Adapter, read_adapter_metadata, save_adapter
 from ..textloc_core.training.checkpoint import config_difference
 from ..textloc_core.adapters.formats import COMFY_EMBEDDING_FORMAT, write_comfy_embedding, write_comfy_unet_patch
-from ..textloc_core.data import safe_io
+from ..textloc_core.data import file_commit, safe_io
 from . import paths
 
-
+log = logging.getLogger("textloc")
 
 @dataclass
 class AdapterFiles:
@@ -47,16 +48,16 @@ class AdapterFiles:
         return [*self.embeddings.values(), self.lora, self.adapter]
 
 
-def _temporary(path: Path, tag: str | None = None) -> Path:
-    """A temporary name beside ``path`` that readers skip (``safe_io.is_temp_name``)."""
-    return path.with_name(f".{path.name}.{tag or uuid.uuid4().hex[:8]}{safe_io.TEMP_MARKER}")
+def journal_path(name: str) -> Path:
+    """Where the commit of adapter ``name``'s files keeps its journal (hidden, skipped by readers)."""
+    return paths.textloc_root() / f".{paths.check_adapter_name(name)}.commit{safe_io.TEMP_MARKER}"
 
 
 def _probe(path: Path) -> None:
     """Create and remove, in ``path``'s folder, a file named as long as the longest name writing
     ``path`` creates (the writer's temporary of our temporary): a name too long for this file
     system, or a folder that cannot be written, fails now instead of after training."""
-    longest = _temporary(_temporary(path, "x" * 8), "x" * 8)
+    longest = file_commit.temporary_beside(file_commit.temporary_beside(path, "x" * 8), "x" * 8)
     created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def _probe(path: Path) -> None:
         os.unlink(longest)
     except OSError as error:
         raise ValueError(
-            f"adapter_name: cannot write {path} ({error.strerror or error}); use a shorter adapter_name or concept "
+            f"adapter_name: cannot write {paths.shown(path)} ({error.strerror or type(error).__name__}); use a shorter adapter_name or concept "
             "name, or make the folder writable"
         ) from None
     finally:
@@ -91,6 +92,9 @@ def plan_files(name: str, concept_names: list[str]) -> AdapterFiles:
         stems[stem.lower()] = concept
     files = AdapterFiles(name, paths.adapter_path(name), paths.lora_path(name),
                          {concept: paths.embedding_path(name, concept) for concept in concept_names})
+    outcome = file_commit.recover(journal_path(name), files.all() + _other_embeddings(files))
+    if outcome is not None:
+        log.warning("textloc: the interrupted writing of adapter %r was %s", name, outcome)
     for path in files.all():
         _probe(path)
     return files
@@ -108,18 +112,26 @@ def check_replace(files: AdapterFiles, concepts, config_json: str, fingerprint, 
     made, unless ``overwrite``. The same training continued may replace them: its adapter file
     says the same photos and masks (data hash), concepts, base model and settings apart from
     ``CONTINUED_KEYS`` (what resuming from its checkpoints allows too). ``fingerprint()``
-    gives the base model's fingerprint (only called when an adapter file exists)."""
+    gives the base model's fingerprint (only called when an adapter file exists).
+
+    A name the pack ships an adapter under (``tinyworld_pair``) counts as taken by that file:
+    the user's file would be listed before it and replace it, for every user of the server, in
+    the shipped workflows; only the same training (the shipped train_multi_concept) may."""
     existing = [p for p in files.all() if p.exists()] + _other_embeddings(files)
-    if overwrite or not existing:
+    shipped = None if files.adapter.exists() else paths.shipped_adapter(files.name)
+    if overwrite or not (existing or shipped):
         return
     fix = "pick another adapter_name, or turn overwrite on to replace that adapter and its LoRA and embeddings"
-    if not files.adapter.exists():
-        shown = ", ".join(str(p) for p in existing[:3])
-        raise ValueError(f"adapter_name: {files.name!r} already has files ({shown}) but no adapter file; {fix}")
+    if existing and not files.adapter.exists():
+        listed = ", ".join(paths.shown(p) for p in existing[:3])
+        raise ValueError(f"adapter_name: {files.name!r} already has files ({listed}) but no adapter file; {fix}")
+    reference = shipped or files.adapter
+    described = paths.shown(reference) + (
+        ", which the pack ships and the shipped workflows use for every user of this server" if shipped else "")
     try:
-        meta = read_adapter_metadata(files.adapter)
+        meta = read_adapter_metadata(reference)
     except (ValueError, OSError):
-        raise ValueError(f"adapter_name: {files.name!r} names an unreadable adapter file {files.adapter}; {fix}") from None
+        raise ValueError(f"adapter_name: {files.name!r} names an unreadable adapter file {described}; {fix}") from None
     ours = [{"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
             for c in concepts.concepts]
 
@@ -134,39 +146,12 @@ def check_replace(files: AdapterFiles, concepts, config_json: str, fingerprint, 
     ]
     if differences:
         raise ValueError(
-            f"adapter_name: {files.name!r} already names an adapter ({files.adapter}) trained with other "
+            f"adapter_name: {files.name!r} already names an adapter ({described}) trained with other "
             f"{', '.join(differences)}; {fix}"
         )
     if _other_embeddings(files):
-        raise ValueError(f"adapter_name: {files.name!r} has embedding files of other concepts in {paths.embedding_dir(files.name)}; {fix}")
-
-
-def _commit_all(staged: dict[Path, Path]) -> None:
-    """Rename every temporary over its file; if one rename fails, put every file back as it was."""
-    done: list[tuple[Path, Path | None]] = []
-    try:
-        for final, temporary in staged.items():
-            backup = None
-            if final.exists():  # a hard link keeps the previous file until all are in place
-                backup = _temporary(final)
-                try:
-                    os.link(final, backup)
-                except OSError:
-                    shutil.copy2(final, backup)
-            done.append((final, backup))
-            safe_io.commit_temp(temporary, final)
-    except BaseException:
-        for final, backup in reversed(done):
-            if backup is not None:
-                os.replace(backup, final)
-            else:
-                final.unlink(missing_ok=True)
-        for temporary in staged.values():
-            temporary.unlink(missing_ok=True)
-        raise
-    for _final, backup in done:
-        if backup is not None:
-            backup.unlink(missing_ok=True)
+        raise ValueError(f"adapter_name: {files.name!r} has embedding files of other concepts in "
+                         f"{paths.shown(paths.embedding_dir(files.name))}; {fix}")
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -177,11 +162,11 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def write_files(files: AdapterFiles, adapter: Adapter, encoder_sizes: list[tuple[str, int]]) -> None:
-    """Write the embeddings, the LoRA and the adapter to temporaries, then rename them all into
-    place (the adapter last); on any failure no new file remains. Embedding files of concepts
+    """Write the embeddings, the LoRA and the adapter to temporaries, then move them all into
+    place as one change (the adapter last); on any failure no new file remains. Embedding files of concepts
     the adapter no longer has (an overwritten adapter) are removed after."""
     tokens = {c["name"]: c["token"] for c in adapter.metadata.concepts}
-    staged = {path: _temporary(path) for path in files.all()}
+    staged = {path: file_commit.temporary_beside(path) for path in files.all()}
     try:
         for concept, path in files.embeddings.items():
             write_comfy_embedding(adapter.token_embeddings[tokens[concept]], staged[path], dict(encoder_sizes))
@@ -193,7 +178,7 @@ def write_files(files: AdapterFiles, adapter: Adapter, encoder_sizes: list[tuple
         _remove_if_empty(paths.embedding_dir(files.name))
         raise
     try:
-        _commit_all(staged)
+        file_commit.commit_files(staged, journal_path(files.name))
     except BaseException:
         _remove_if_empty(paths.embedding_dir(files.name))
         raise

@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from ..textloc_core.tinyworld import model_configs as cfg
+from .comfy_internals import (
+    NATIVE_RESOLUTION_ATTR, base_unet, clip_text_transformer, patchers, set_reloader, set_vae_scale_factor,
+)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "textloc_core" / "tinyworld" / "weights"
 TOKENIZER_DIR = WEIGHTS_DIR / "tokenizer"
-#: attribute of a MODEL's BaseModel giving the side in pixels it was trained at (TextLoc Train
-#: caps its resolution by it); ComfyUI's model classes carry no such number
-NATIVE_RESOLUTION_ATTR = "textloc_native_resolution"
 
 
 def _init_explicitly(module: nn.Module, seed: int) -> None:
@@ -76,8 +76,10 @@ def _unet_state_from_diffusers(diffusers_sd: dict[str, torch.Tensor], unet_confi
     return {ldm_key: diffusers_sd[key] for key, ldm_key in mapping.items() if key in diffusers_sd}
 
 
-def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
-    """TinyWorld UNet as a ComfyUI ModelPatcher (SD15 class, eps prediction)."""
+def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, disable_dynamic: bool = False):
+    """TinyWorld UNet as a ComfyUI ModelPatcher (SD15 class, eps prediction), which ComfyUI can
+    rebuild from scratch like a stock loader's (``set_reloader``; ours is never dynamic, so
+    ``disable_dynamic`` changes nothing)."""
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
@@ -92,10 +94,12 @@ def build_model(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
     if state is not None:
         full_config = dict(unet_config)
         full_config.update(cfg.COMFY_UNET_EXTRA)
-        model.diffusion_model.load_state_dict(_unet_state_from_diffusers(state, full_config), strict=True)
+        base_unet(model).load_state_dict(_unet_state_from_diffusers(state, full_config), strict=True)
     else:
-        _init_explicitly(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+        _init_explicitly(base_unet(model), seed)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    set_reloader(patcher, build_model, seed, weights_dir)
+    return patcher
 
 
 def build_clip(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, embedding_directory=None):
@@ -115,16 +119,26 @@ def build_clip(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, embedding_
     target = comfy.supported_models_base.ClipTarget(tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=clip_model))
     clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, model_options={"dtype": torch.float32})
     state = _safetensors(weights_dir / "text_encoder") if weights_dir is not None else None
-    transformer = clip.cond_stage_model.clip_l.transformer
+    transformer = clip_text_transformer(clip, "l")
     if state is not None:
         missing, _unexpected = transformer.load_state_dict(state, strict=False)
-        # the UNet reads the hidden states only: the pooled projection may be absent
+        # the UNet reads the hidden states only: the pooled projection may be absent; it is then
+        # the identity, not the uninitialised memory ComfyUI's ops leave (a rebuilt copy equals it)
+        if "text_projection.weight" in missing:
+            with torch.no_grad():
+                transformer.text_projection.weight.copy_(torch.eye(*transformer.text_projection.weight.shape))
         missing = [k for k in missing if "position_ids" not in k and not k.startswith("text_projection")]
         if missing:
             raise ValueError(f"TinyWorld text encoder weights: missing {missing[:3]}; re-export the weights")
     else:
         _init_explicitly(transformer, seed + 1)
+    set_reloader(clip, _clip_patcher, seed, weights_dir, embedding_directory)
     return clip
+
+
+def _clip_patcher(seed: int, weights_dir: Path | None, embedding_directory, disable_dynamic: bool = False):
+    """A fresh TinyWorld CLIP's patcher: what ComfyUI rebuilds a deep copy of the CLIP from."""
+    return patchers(build_clip(seed, weights_dir, embedding_directory))[0]
 
 
 def _vae_state_from_diffusers(state: dict[str, torch.Tensor], levels: int) -> dict[str, torch.Tensor]:
@@ -162,9 +176,14 @@ def build_vae(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR):
     elif "decoder.up_blocks.0.resnets.0.norm1.weight" in state:
         state = _vae_state_from_diffusers(state, len(config["params"]["ddconfig"]["ch_mult"]))
     vae = comfy.sd.VAE(sd=state, config=config)
-    vae.downscale_ratio = cfg.VAE_SCALE_FACTOR
-    vae.upscale_ratio = cfg.VAE_SCALE_FACTOR
+    set_vae_scale_factor(vae, cfg.VAE_SCALE_FACTOR)
+    set_reloader(vae, _vae_patcher, seed, weights_dir)
     return vae
+
+
+def _vae_patcher(seed: int, weights_dir: Path | None, disable_dynamic: bool = False):
+    """A fresh TinyWorld VAE's patcher: what ComfyUI rebuilds a deep copy of the VAE from."""
+    return patchers(build_vae(seed, weights_dir))[0]
 
 
 def weights_present(weights_dir: Path = WEIGHTS_DIR) -> bool:

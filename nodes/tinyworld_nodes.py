@@ -13,8 +13,7 @@ from comfy_api.latest import io
 
 from ..textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from ..textloc_core.tinyworld import world
-from .concept_nodes import CONCEPTS
-from .schema import TINYWORLD_CATEGORY, named, pack_schema, seed_input
+from .schema import CONCEPTS, TINYWORLD_CATEGORY, named, pack_schema, seed_input
 from . import tinyworld_models
 
 TINYWORLD_LOADER_DESCRIPTION = "Load the tiny TinyWorld diffusion model (64x64 px, SD1 architecture in miniature)."

@@ -6,10 +6,10 @@ Around that it does what a ComfyUI user relies on:
 
 * progress: a ComfyUI progress bar whose preview is the loss curve so far, plus the
   current losses as the node's progress text;
-* Cancel: ``should_stop`` polls ComfyUI's interrupt flag before every step, so a Cancel
-  (UI button or POST /interrupt) stops after the step in flight; the trainer then writes a
-  checkpoint of the steps done, the node says where it is, and the prompt ends as
-  interrupted. Queue it again with the same settings and it resumes from there;
+* Cancel: ComfyUI's Cancel (UI button or POST /interrupt) reaches the trainer as the core's
+  stop (``comfy_cancel``): polled before every step, raised from inside a model call. The
+  trainer writes a checkpoint of the steps done, the node says where it is, and the prompt
+  ends as interrupted. Queue it again with the same settings and it resumes from there;
 * memory: the adapter output holds only the K/V deltas and token embeddings; the
   optimizer and activations die with the trainer, and the allocator cache is emptied.
 """
@@ -22,16 +22,16 @@ import logging
 from comfy_api.latest import io, ui
 
 from ..textloc_core.training import loop
-from ..textloc_core.training.checkpoint import list_checkpoints
 from ..textloc_core.training.result import make_adapter
 from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, MIXED_PRECISIONS, OPTIMIZERS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
-from . import paths
+from . import disk_budget, paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
-from .concept_nodes import CONCEPTS
-from .schema import named, pack_schema, require_finite, seed_input
+from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
+from .comfy_internals import model_parts
+from .comfy_tokens import IdentifierPlacer
+from .schema import ADAPTER, CONCEPTS, named, pack_schema, require_finite, seed_input
 from .stock_files import check_replace, plan_files, write_files
-from .tinyworld_models import NATIVE_RESOLUTION_ATTR
 
 TRAIN_DESCRIPTION = (
                 "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
@@ -39,8 +39,6 @@ TRAIN_DESCRIPTION = (
                 "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
             )
 
-#: the socket type of an ``Adapter``
-ADAPTER = io.Custom("TEXTLOC_ADAPTER")
 log = logging.getLogger("textloc")
 #: training sides above this many times the model's native size need allow_large_resolution
 LARGE_RESOLUTION_FACTOR = 2
@@ -50,14 +48,12 @@ def native_resolution(model) -> int:
     """The side in pixels the model was trained at: set by the TinyWorld loader (64), else
     1024 for SDXL-family models, else the SD1.x/SD2.x convention (768 for v-prediction, as
     SD2's 768-v, otherwise 512)."""
-    import comfy.model_base
-
-    tagged = getattr(model.model, NATIVE_RESOLUTION_ATTR, None)
-    if tagged:
-        return int(tagged)
-    if isinstance(model.model, comfy.model_base.SDXL):
+    parts = model_parts(model)
+    if parts.tagged_resolution:
+        return parts.tagged_resolution
+    if parts.is_sdxl:
         return 1024
-    return 768 if model.model.model_type == comfy.model_base.ModelType.V_PREDICTION else 512
+    return 768 if parts.prediction == "v_prediction" else 512
 
 
 def check_resolution(model, concepts, resolution: int, allow_large: bool) -> None:
@@ -119,16 +115,10 @@ def _progress_text(node_id, text: str) -> None:
 
 def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int) -> None:
     """Log (and show on the node) where a cancelled training's last checkpoint is."""
-    where = f"{checkpoints} (step {steps_done} of {steps})" if steps_done else "nowhere (no step finished)"
+    where = f"{paths.shown(checkpoints)} (step {steps_done} of {steps})" if steps_done else "nowhere (no step finished)"
     message = f"textloc: training '{name}' cancelled; last checkpoint kept in {where}. Queue again with resume on to continue."
     log.warning(message)
     _progress_text(node_id, message)
-
-
-def _interrupted() -> bool:
-    import comfy.model_management as mm
-
-    return mm.processing_interrupted()
 
 
 class TextLocTrain(io.ComfyNode):
@@ -168,13 +158,8 @@ class TextLocTrain(io.ComfyNode):
                 allow_large_resolution=False, overwrite=False, attention_weight_mode="calibrated",
                 attention_fraction=1.0, gradient_checkpointing=False, mixed_precision="auto",
                 optimizer="adamw", unmasked_weight=TrainConfig.unmasked_weight) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.utils
-
-        unique_id = cls.hidden.unique_id
         require_finite(learning_rate=learning_rate, attention_weight=attention_weight, attention_fraction=attention_fraction,
                        unmasked_weight=unmasked_weight)
-        name = paths.check_adapter_name(adapter_name.strip())
         config = TrainConfig.from_widgets(
             guidance=guidance, steps=steps, learning_rate=learning_rate, batch=batch, prior_images=prior_images,
             seed=seed, checkpoint_every=checkpoint_every, resolution=resolution, attention_weight=attention_weight,
@@ -182,69 +167,91 @@ class TextLocTrain(io.ComfyNode):
             gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision, optimizer=optimizer,
             unmasked_weight=unmasked_weight,
         )
-        validate_concept_set(concepts, resolution=config.resolution)
-        check_resolution(model, concepts, resolution, allow_large_resolution)
-        # every file name and folder, and what may be replaced, before any work
-        files = plan_files(name, [c.name for c in concepts.concepts])
-        check_replace(files, concepts, config.to_json(), lambda: base_fingerprint_and_weights(model)[0], overwrite)
-        # one folder per training data: resuming never mixes two different photo/mask sets
-        checkpoints = paths.checkpoint_dir(name) / concepts.data_hash()[:12]
-        if not resume and checkpoints.exists() and any(checkpoints.iterdir()):
-            raise ValueError(
-                f"adapter_name: {name!r} already has checkpoints in {checkpoints}; turn resume on to continue "
-                "them, or pick another adapter_name"
-            )
-        pbar = comfy.utils.ProgressBar(steps, node_id=unique_id)
-        history: list[dict[str, float]] = []
-
-        def on_step(report) -> None:
-            history.append(report.losses)
-            text = f"step {report.step}/{report.total}: " + ", ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
-            _progress_text(unique_id, text)
-            if _interrupted():
-                return  # the progress hook would raise mid-trainer; let should_stop end it cleanly
-            try:
-                pbar.update_absolute(report.step, report.total, ("JPEG", loss_curve(history), 256))
-            except mm.InterruptProcessingException:
-                # Cancel arrived after the check: the hook raised and cleared ComfyUI's flag; set it
-                # again so should_stop ends the run before the next step and keeps its checkpoint
-                mm.interrupt_current_processing(True)
-
-        try:
-            with training_session(model, clip, vae) as bundle:
-                validate_concept_set(concepts, vocabulary_check=bundle.text.check_token, resolution=config.resolution)
-                if config.calibrated:  # the batches before step 1 show no step progress of their own
-                    _progress_text(unique_id, f"calibrating the attention weight on {config.calibration_batches} batches "
-                                              "(a resumed run reuses the weight it recorded)")
-                result = loop.train(
-                    bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
-                    on_step=on_step, should_stop=_interrupted, prior_cache_dir=paths.prior_cache_dir(),
-                )
-                adapter = make_adapter(result, concepts, bundle)
-                encoder_sizes = bundle.text.encoder_sizes
-        except loop.TrainingDiverged as exc:
-            raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
-        except mm.InterruptProcessingException:
-            # Cancel raised from a call the trainer does not wrap (ComfyUI 0.33 checks it in many
-            # places): the periodic checkpoints written so far are what is kept
-            done = max(list_checkpoints(checkpoints), default=0)
-            _report_cancel(unique_id, name, checkpoints, done, steps)
-            mm.interrupt_current_processing(False)  # raised by the backend with the flag left set
-            raise
-        finally:
-            gc.collect()
-            mm.soft_empty_cache()
+        name = paths.check_adapter_name(adapter_name.strip())
+        check_inputs(model, clip, concepts, config, allow_large_resolution)
+        files, checkpoints = plan_outputs(name, model, concepts, config, resume, overwrite)
+        progress = TrainProgress(cls.hidden.unique_id, config)
+        result, adapter, encoder_sizes = run_training(model, clip, vae, concepts, config, checkpoints, resume, progress)
         if result.stopped_early:
-            _report_cancel(unique_id, name, checkpoints, result.steps_done, steps)
-            mm.interrupt_current_processing(False)
-            raise mm.InterruptProcessingException()
+            _report_cancel(progress.node_id, name, checkpoints, result.steps_done, config.steps)
+            end_prompt_cancelled()
         write_files(files, adapter, encoder_sizes)
-        losses = history[-1] if history else (result.history[-1] if result.history else {})
-        report = "\n".join(
-            [f"adapter: {files.adapter}", f"lora (LoraLoaderModelOnly): {files.lora}"]
-            + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
-            + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
-            + [attention_weight_line(config, result.attention_weight)]
-        )
+        report = train_report(files, adapter, result, progress.history, config, name)
         log.info("textloc: %s", report.replace("\n", "; "))
         return io.NodeOutput(adapter, report, ui=ui.PreviewText(report))
+
+
+def check_inputs(model, clip, concepts, config: TrainConfig, allow_large_resolution: bool) -> None:
+    """Every check of the inputs that needs no model loaded, before any work: the concept set
+    (with the CLIP tokenizer's vocabulary check) and the training side."""
+    placer = IdentifierPlacer.for_clip(clip)
+    validate_concept_set(concepts, vocabulary_check=placer.check_new_token, resolution=config.resolution)
+    check_resolution(model, concepts, config.resolution or 0, allow_large_resolution)
+
+
+def plan_outputs(name: str, model, concepts, config: TrainConfig, resume: bool, overwrite: bool):
+    """(the files to write, the checkpoint folder): every name, and what may be replaced,
+    decided before any work."""
+    files = plan_files(name, [c.name for c in concepts.concepts])
+    check_replace(files, concepts, config.to_json(), lambda: base_fingerprint_and_weights(model)[0], overwrite)
+    disk_budget.make_room(name)
+    # one folder per training data: resuming never mixes two different photo/mask sets
+    checkpoints = paths.checkpoint_dir(name) / concepts.data_hash()[:12]
+    if not resume and checkpoints.exists() and any(checkpoints.iterdir()):
+        raise ValueError(
+            f"adapter_name: {name!r} already has checkpoints in {paths.shown(checkpoints)}; turn resume on to continue "
+            "them, or pick another adapter_name"
+        )
+    return files, checkpoints
+
+
+class TrainProgress:
+    """The node's progress: a ComfyUI progress bar showing the loss curve, and the losses as
+    progress text. ``on_step`` is the trainer's hook."""
+
+    def __init__(self, node_id, config: TrainConfig):
+        import comfy.utils
+
+        self.node_id = node_id
+        self.bar = comfy.utils.ProgressBar(config.steps, node_id=node_id)
+        self.history: list[dict[str, float]] = []
+        if config.calibrated:  # the batches before step 1 show no step progress of their own
+            _progress_text(node_id, f"calibrating the attention weight on {config.calibration_batches} batches "
+                                    "(a resumed run reuses the weight it recorded)")
+
+    def on_step(self, report) -> None:
+        self.history.append(report.losses)
+        text = f"step {report.step}/{report.total}: " + ", ".join(f"{k} {v:.4f}" for k, v in report.losses.items())
+        _progress_text(self.node_id, text)
+        with cancel_as_core("the progress update"):  # ComfyUI's progress hook raises on Cancel
+            self.bar.update_absolute(report.step, report.total, ("JPEG", loss_curve(self.history), 256))
+
+
+def run_training(model, clip, vae, concepts, config: TrainConfig, checkpoints, resume: bool, progress: TrainProgress):
+    """(result, adapter, encoder sizes) of ``loop.train`` on ComfyUI's objects; memory is
+    handed back to ComfyUI however it ends."""
+    import comfy.model_management as mm
+
+    try:
+        with training_session(model, clip, vae) as bundle:
+            result = loop.train(
+                bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
+                on_step=progress.on_step, should_stop=stop_requested, prior_cache_dir=paths.prior_cache_dir(),
+            )
+            return result, make_adapter(result, concepts, bundle), bundle.text.encoder_sizes
+    except loop.TrainingDiverged as exc:
+        raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
+    finally:
+        gc.collect()
+        mm.soft_empty_cache()
+
+
+def train_report(files, adapter, result, history, config: TrainConfig, name: str) -> str:
+    """The node's text output: where each file went, the steps and last losses, the weight used."""
+    losses = history[-1] if history else (result.history[-1] if result.history else {})
+    return "\n".join(
+        [f"adapter: {paths.shown(files.adapter)}", f"lora (LoraLoaderModelOnly): {paths.shown(files.lora)}"]
+        + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
+        + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
+        + [attention_weight_line(config, result.lambda_attn_used)]
+    )

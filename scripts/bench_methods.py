@@ -308,7 +308,6 @@ def warm_prior(p: Protocol, out: str, class_word: str, seed: int) -> str:
     from textloc_core.training.prior import prior_latents
 
     w = world(p.random_weights)
-    latent = w["bundle"].denoiser
     side = int(w["pipe"].unet.config.sample_size)
     prior_latents(w["bundle"], p.class_prompt.format(class_word=class_word), p.prior_images, (side, side),
                   train_config(p, "none", seed), cache_dir=_prior_cache(Path(out)))
@@ -353,7 +352,7 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
     row.update(iou=sum(ious) / len(ious), attn_other=sum(other_share) / len(other_share))
     row.update(pair=name, seed=seed, method=method, setting=setting, train_s=trained - began,
                total_s=time.perf_counter() - began, final_loss=result.history[-1]["loss"],
-               attention_weight=result.attention_weight)
+               lambda_attn_used=result.lambda_attn_used)
     if seed == p.seeds[0]:
         keep = slice(0, None, max(1, p.images_per_prompt))  # one image per prompt
         torch.save({"images": images[keep][:4].half(), "maps": maps[keep][:4].half(), "tokens": tokens,

@@ -72,17 +72,6 @@ CHECKPOINTED = ("none", "hard", "hard-coarse")
 TOKEN = "<doll1>"
 
 
-def _test_models():
-    """tests/conftest.py (the tiny models the smoke configs use), loaded by path: inside a pytest
-    process ``import conftest`` may return another folder's conftest."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("textloc_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @dataclass(frozen=True)
 class World:
     """One benchmark configuration."""
@@ -177,7 +166,8 @@ def build_bundle(world: World):
         text = CLIPTextModel(tw.clip_text_config())
         unet, vae, text = (m.to(world.device, dtype) for m in (unet, vae, text))
     elif world.model in ("tiny", "tiny-sdxl"):
-        tiny_models = _test_models()
+        from benchmarks import tiny_models
+
         if world.model == "tiny-sdxl":
             return bundle_from_diffusers(**tiny_models.build_tiny_sdxl_parts())
         parts = tiny_models.build_tiny_pipeline_parts()

@@ -96,7 +96,7 @@ def save_grid(images: torch.Tensor, path: Path) -> None:
 @torch.no_grad()
 def ceiling(pipe, judge, n: int, seed: int) -> dict[str, dict[str, float]]:
     """The judge on renders and on their VAE round trips: what a perfect UNet could score."""
-    from textloc_core.tinyworld.train_world import judge_accuracy, render_dataset, to_float
+    from tinyworld_build.train_world import judge_accuracy, render_dataset, to_float
 
     images, specs, _ = render_dataset(n, seed + 5000, any_kind=False, workers=1)
     device = pipe.vae.device

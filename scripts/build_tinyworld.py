@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from textloc_core.tinyworld.build import build_all  # noqa: E402
-from textloc_core.tinyworld.train_world import PRESETS  # noqa: E402
+from tinyworld_build.build import build_all  # noqa: E402
+from tinyworld_build.train_world import PRESETS  # noqa: E402
 
 
 def main() -> None:

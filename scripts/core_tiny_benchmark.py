@@ -18,10 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import build_tiny_pipeline_parts  # noqa: E402
-
+from benchmarks.tiny_models import build_tiny_pipeline_parts  # noqa: E402
 from textloc_core.backends.diffusers_backend import bundle_from_diffusers  # noqa: E402
 from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet  # noqa: E402
 from textloc_core.training.config import TrainConfig  # noqa: E402

@@ -141,9 +141,18 @@ def venv_python(venv: Path) -> Path:
 
 def comfy_requirements_without_torch(comfy: Path, out: Path) -> None:
     """ComfyUI's requirements.txt minus its unpinned torch lines (the pin file decides)."""
-    pattern = re.compile(r"^\s*(%s)\s*([<>=!~;].*)?$" % "|".join(TORCH_PACKAGES))
+    pattern = re.compile(r"^\s*(" + "|".join(TORCH_PACKAGES) + r")\s*([<>=!~;].*)?$")
     lines = (comfy / "requirements.txt").read_text().splitlines()
     out.write_text("\n".join(line for line in lines if not pattern.match(line)) + "\n")
+
+
+def pip_install_command(venv: Path, requirements: list[Path], constraints: Path | None) -> list[str]:
+    """pip install of ``requirements`` into ``venv``, showing what it collects and downloads (a
+    first install takes minutes: silence would look like a hang)."""
+    cmd = [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "on"]
+    for path in requirements:
+        cmd += ["-r", str(path)]
+    return cmd + (["-c", str(constraints)] if constraints is not None else [])
 
 
 def ensure_environment(pins: str, comfy: Path, tested_tree: bool) -> Path:
@@ -171,11 +180,10 @@ def ensure_environment(pins: str, comfy: Path, tested_tree: bool) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         comfy_reqs = Path(tmp) / "comfyui-requirements.txt"
         comfy_requirements_without_torch(comfy, comfy_reqs)
-        cmd = [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
-               "-r", str(pin_file), "-r", str(comfy_reqs), "-r", str(REPO / "requirements-dev.txt")]
-        if tested_tree and lock_file.is_file():
-            cmd += ["-c", str(lock_file)]
-        say(f"installing packages for ComfyUI {pins} (first time: several minutes, torch is large)")
+        cmd = pip_install_command(venv, [pin_file, comfy_reqs, REPO / "requirements-dev.txt"],
+                                  lock_file if tested_tree and lock_file.is_file() else None)
+        say(f"installing packages for ComfyUI {pins} (first time: several minutes, torch is large; pip's "
+            "progress follows)")
         if subprocess.run(cmd).returncode != 0:
             raise SetupError(f"pip could not install the packages for ComfyUI {pins} (see above); "
                              f"fix the network or index access and run the command again")
@@ -184,11 +192,28 @@ def ensure_environment(pins: str, comfy: Path, tested_tree: bool) -> Path:
 
 
 # ----------------------------------------------------------------------------- the commands
+def chromium_hint() -> str | None:
+    """What to run so the browser check can run, when Chromium is missing (None when present)."""
+    chromium = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+    if chromium.is_file() and os.access(chromium, os.X_OK):
+        return None
+    if shutil.which("apt-get"):
+        sudo = "sudo " if hasattr(os, "geteuid") and os.geteuid() != 0 else ""
+        how = f"Install it with: {sudo}apt-get install -y chromium"
+    else:
+        how = "Install Chromium with your system's package manager"
+    return (f"no Chromium at {chromium}: the browser check will not run. {how} "
+            "(or set CHROMIUM_PATH to a Chromium binary), then run the tests again")
+
+
 def install_browser_tools() -> None:
     """``npm ci`` for the browser check's playwright-core when npm is there and it is missing.
 
-    Chromium itself is a system package (``apt-get install chromium``); without either, the
-    browser check reports that it did not run."""
+    Chromium itself is a system package: without it the user is told the command that installs
+    it (``chromium_hint``), and the browser check reports that it did not run."""
+    hint = chromium_hint()
+    if hint:
+        say(hint)
     browser_dir = REPO / "tests" / "browser"
     if shutil.which("npm") and not (browser_dir / "node_modules" / "playwright-core").is_dir():
         say("npm ci in tests/browser (the browser check's playwright-core)")

@@ -24,11 +24,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 import torch  # noqa: E402
 
-from conftest import build_tiny_sdxl_parts  # noqa: E402
+from benchmarks.tiny_models import build_tiny_sdxl_parts  # noqa: E402
 from textloc_core.backends.diffusers_backend import bundle_from_diffusers  # noqa: E402
 from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet  # noqa: E402
 from textloc_core.evaluation.localization import attention_on_images  # noqa: E402

@@ -1,8 +1,5 @@
-"""Shared fixtures: tiny, randomly initialised Stable-Diffusion-architecture models.
-
-Built in code with the real CLIP BPE vocabulary (textloc_core/tinyworld/weights/tokenizer),
-so tokenisation, token positions and layer discovery behave as with SD1.5, while a forward
-pass takes milliseconds on CPU. Nothing is downloaded.
+"""Shared fixtures: tiny, randomly initialised Stable-Diffusion-architecture models (built by
+benchmarks/tiny_models.py), concept sets drawn in code, and the "did not run" summary.
 """
 
 from __future__ import annotations
@@ -13,110 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.tiny_models import build_tiny_pipeline_parts, build_tiny_sdxl_parts, build_tiny_unet
+
 REPO = Path(__file__).resolve().parents[1]
-TOKENIZER_DIR = REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
 
 # Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spin-waits
 # made a training step ~30x slower (measured: 10 tiny steps 55 s with 2 threads, 1.5 s with 1).
 torch.set_num_threads(int(os.environ.get("TEXTLOC_TEST_THREADS", "1")))
-
-
-def build_tiny_unet(cross_attention: bool = True):
-    """The tiny test UNet: two levels, latent 8, context 32. Without ``cross_attention`` it has
-    the same shape but plain down/up blocks and no mid block: a UNet the method cannot train."""
-    from diffusers import UNet2DConditionModel
-
-    kinds = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "UNetMidBlock2DCrossAttn") if cross_attention else ("DownBlock2D", "UpBlock2D", None)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=(kinds[0], kinds[0]),
-        up_block_types=(kinds[1], kinds[1]),
-        mid_block_type=kinds[2],
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-
-
-def build_tiny_pipeline_parts(seed: int = 0) -> dict:
-    """tokenizer, text_encoder, unet, vae: an SD-shaped model small enough for unit tests.
-
-    Two UNet levels with cross-attention at both (latent 8 -> attention grids 8x8 and 4x4),
-    a 2-layer 32-wide CLIP text encoder, and a VAE with scale factor 2.
-    """
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    unet = build_tiny_unet()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
-    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae}
-
-
-def build_tiny_sdxl_parts(seed: int = 0) -> dict:
-    """tokenizer(_2), text_encoder(_2), unet, vae: an SDXL-shaped model for unit tests.
-
-    Like SDXL: two CLIP text encoders (CLIP-L-like, 32 wide; bigG-like with a projection, 48
-    wide, padding with "!"), read at the penultimate layer and concatenated (context 80); a
-    UNet with ``addition_embed_type="text_time"`` taking bigG's pooled vector and the six size
-    numbers; no attention at the finest level and attention at two coarser levels.
-    """
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    parts = build_tiny_pipeline_parts(seed)
-    torch.manual_seed(seed + 1)
-    common = dict(vocab_size=49408, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=77,
-                  bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, **common))
-    parts["text_encoder_2"] = CLIPTextModelWithProjection(
-        CLIPTextConfig(hidden_size=48, intermediate_size=96, projection_dim=48, **common))
-    parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token="!")
-    parts["unet"] = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        transformer_layers_per_block=(1, 1, 2),
-        cross_attention_dim=80,
-        attention_head_dim=(2, 4, 8),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=48 + 6 * 8,
-        norm_num_groups=8,
-    )
-    return parts
 
 
 @pytest.fixture(scope="session")
@@ -228,6 +128,32 @@ def paper_dataset() -> Path:
     if root is not None and (root / "multi_concept").is_dir():
         return root
     pytest.skip("PAPER DATASET NOT FOUND: set TEXTLOC_PAPER_DATASET to ../shared/paper-dataset to run this test")
+
+
+def write_constant_png(path: Path, width: int, height: int, value: int = 128, gray: bool = False) -> Path:
+    """A ``width x height`` PNG of one colour, written row by row: a 12000x12000 RGB file is
+    about 445 KB on disk but 432 MB decoded (a decompression bomb), and writing it needs no
+    more memory than one row."""
+    import struct
+    import zlib
+
+    channels, colour_type = (1, 0) if gray else (3, 2)
+    row = b"\x00" + bytes([value]) * (width * channels)  # filter byte "none", then the pixels
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def constant_png():
+    """``write_constant_png`` for tests (decompression bombs, large photos)."""
+    return write_constant_png
 
 
 # --- Suites that could not run say so loudly at the end of the session -------------------

@@ -92,3 +92,25 @@ def test_an_unsupported_version_is_refused_before_any_work(quickstart, capsys, m
     monkeypatch.delenv("COMFYUI_DIR", raising=False)
     assert quickstart.main(["setup", "--comfyui-version", "0.1.0"]) == 2
     assert "choose one of 0.3.64, 0.33.0" in capsys.readouterr().out
+
+
+def test_pip_shows_its_progress_during_the_long_first_install(quickstart, tmp_path):
+    cmd = quickstart.pip_install_command(tmp_path / "venv", [tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "c.lock")
+    assert "--quiet" not in cmd and "-q" not in cmd
+    assert cmd[cmd.index("--progress-bar") + 1] == "on"
+    assert cmd[-6:] == ["-r", str(tmp_path / "a.txt"), "-r", str(tmp_path / "b.txt"), "-c", str(tmp_path / "c.lock")]
+    assert "-c" not in quickstart.pip_install_command(tmp_path / "venv", [tmp_path / "a.txt"], None)
+
+
+def test_a_machine_without_chromium_is_told_the_command_that_installs_it(quickstart, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHROMIUM_PATH", str(tmp_path / "no-chromium"))
+    monkeypatch.setattr(quickstart.shutil, "which", lambda name: "/usr/bin/apt-get" if name == "apt-get" else None)
+    hint = quickstart.chromium_hint()
+    assert "the browser check will not run" in hint and "apt-get install -y chromium" in hint
+    monkeypatch.setattr(quickstart.shutil, "which", lambda name: None)
+    assert "Install Chromium with your system's package manager" in quickstart.chromium_hint()
+    browser = tmp_path / "chromium"
+    browser.write_text("#!/bin/sh\n")
+    browser.chmod(0o755)
+    monkeypatch.setenv("CHROMIUM_PATH", str(browser))
+    assert quickstart.chromium_hint() is None

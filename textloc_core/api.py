@@ -14,7 +14,7 @@ No ComfyUI needed; everything runs on a diffusers Stable Diffusion model::
 The attention loss's weight is calibrated by default: before the first step it is set so that
 the attention gradient is ``attention_fraction`` (1) x the denoising gradient, averaged over the
 first ``calibration_batches`` (8) batches; ``TrainConfig(attention_weight_mode="fixed",
-lambda_attn=1.0)`` is the paper's fixed weight instead (``result.attention_weight`` is the weight
+lambda_attn=1.0)`` is the paper's fixed weight instead (``result.lambda_attn_used`` is the weight
 used; docs/api.md, "The training step").
 
 ``generate`` captures the named tokens' cross-attention maps while sampling (averaged over
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from .adapters.adapter import load_adapter, save_adapter
 from .adapters.composition import applied
+from .backends.cancel import Cancelled
 from .backends.diffusers_backend import load_model
 from .data.readers import read_concepts
 from .evaluation.localization import map_mask_error
@@ -37,6 +38,6 @@ from .training.loop import train
 from .training.result import StepReport, TrainResult, make_adapter
 
 __all__ = [
-    "Generation", "TrainConfig", "StepReport", "TrainResult", "applied", "generate", "load_adapter", "load_model",
+    "Cancelled", "Generation", "TrainConfig", "StepReport", "TrainResult", "applied", "generate", "load_adapter", "load_model",
     "make_adapter", "map_mask_error", "read_concepts", "save_adapter", "train",
 ]

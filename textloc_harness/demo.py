@@ -14,6 +14,7 @@ for the running environment, else ~/ComfyUI.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -77,9 +78,15 @@ def collect_results(history: dict, workflow: dict, layout: ComfyLayout, out_dir:
             res.files.append(dst)
         for key, items in node_out.items():
             if isinstance(items, list) and items and all(isinstance(t, str) for t in items):
-                res.text += [f"{key}: {t}" for t in items]
+                res.text += [f"{key}: {kept_paths(t, layout)}" for t in items]
         results.append(res)
     return results
+
+
+def kept_paths(text: str, layout: ComfyLayout) -> str:
+    """``text`` with the temporary layout's model paths (a Train report's adapter, LoRA) written
+    as the copies ``collect_model_files`` keeps: ``models/...`` beside summary.md."""
+    return text.replace(f"{layout.models}{os.sep}", "models/")
 
 
 def collect_model_files(layout: ComfyLayout, out_dir: Path) -> list[Path]:

@@ -160,7 +160,7 @@ def to_ui(graph: Graph, classes: dict) -> dict:
             target_slot = _slots(classes[node.type]).index(name)
             links.append([link_id, src.id, slot, node.id, target_slot, type_])
             out_links.setdefault((src.id, slot), []).append(link_id)
-    link_of = {(l[3], l[4]): l[0] for l in links}
+    link_of = {(link[3], link[4]): link[0] for link in links}
     for order, node in enumerate(graph.nodes):
         entry = {
             "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},

@@ -18,7 +18,8 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "textloc_core"
 LAYERS = ["data", "attention", "backends", "adapters", "sampling", "training", "tinyworld", "evaluation", "api"]
-FOREIGN = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "textloc_harness", "benchmarks")
+FOREIGN = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "textloc_harness", "benchmarks",
+           "tinyworld_build")
 
 
 def _module_name(path: Path) -> str:
@@ -125,3 +126,17 @@ def test_no_import_cycles_between_modules():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_core_and_tinyworld_tests_need_no_comfyui():
+    """tests/core, tests/tinyworld and tests/scripts run without ComfyUI (DEVELOPERS.md); tests
+    that import it belong in tests/integration."""
+    roots = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "server")
+    tests = CORE.parent / "tests"
+    found = []
+    for path in sorted(p for folder in ("core", "tinyworld", "scripts") for p in (tests / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            found += [f"{path.relative_to(tests)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in roots]
+    assert not found, "\n".join(found)

@@ -1,10 +1,19 @@
 """Every ComfyUI symbol the pack relies on, checked on the ComfyUI under test.
 
-CI runs the suite once per supported ComfyUI version (0.3.64, 0.33.0), so each symbol is
-checked on each. ``SURFACE`` is the list; a scan of the pack's ComfyUI-facing code fails when
-code uses a ComfyUI name that is not on it, so the list cannot fall behind the code.
-Methods called on objects ComfyUI hands to nodes (a MODEL is a ModelPatcher, a CLIP a
-``comfy.sd.CLIP``) are listed by hand: a scan cannot see an object's type.
+CI runs the suite once per supported ComfyUI version (0.3.64, 0.33.0), so each is checked on
+each. Three lists:
+
+* ``SURFACE``: names reached through an import (``comfy.sample.sample``) and methods of the
+  classes of the objects nodes receive (a MODEL is a ModelPatcher, a CLIP a ``comfy.sd.CLIP``);
+* ``INSTANCE_ATTRIBUTES``: attributes those classes assign to their objects
+  (``ModelPatcher.model_options``), checked in the classes' source;
+* ``OPTION_KEYS``: keys of ComfyUI's option dicts the pack reads (``patches_replace``).
+
+Two scans keep the lists and the rule true. Every name a module of nodes/ reaches through a
+ComfyUI import must be in ``SURFACE``. And the instance attributes and option keys, which no
+public call gives, are read in nodes/comfy_internals.py only: any other module of nodes/
+that reads one fails (an object's type cannot be seen in the source, so the attribute's name
+is what counts).
 """
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ SURFACE = {
     "comfy_api.latest.io.String.Output", "comfy_api.latest.io.Float.Output", "comfy_api.latest.io.Int.Output",
     # folders, server, progress, interruption
     "folder_paths.get_input_directory", "folder_paths.get_output_directory", "folder_paths.get_save_image_path",
-    "folder_paths.models_dir", "folder_paths.folder_names_and_paths", "folder_paths.get_folder_paths",
+    "folder_paths.models_dir", "folder_paths.base_path", "folder_paths.folder_names_and_paths", "folder_paths.get_folder_paths",
     "folder_paths.get_filename_list", "folder_paths.get_full_path", "folder_paths.add_model_folder_path",
     "server.PromptServer.send_progress_text", "comfy.utils.ProgressBar", "comfy.utils.ProgressBar.update_absolute",
     "comfy.model_management.processing_interrupted", "comfy.model_management.throw_exception_if_processing_interrupted",
@@ -51,9 +60,30 @@ SURFACE = {
     "comfy.sd.CLIP.encode_from_tokens_scheduled", "comfy.sd.VAE.encode", "comfy.sd.VAE.decode",
     # nodes/comfy_internals.py (no public surface; each function there says what it relies on)
     "comfy.clip_model.CLIPLayer", "comfy.sd1_clip.SDClipModel.process_tokens",
-    "comfy.model_base.SDXL", "comfy.model_base.SDXL.encode_adm",
+    "comfy.model_base.SDXL", "comfy.model_base.SDXL.encode_adm", "comfy.model_base.ModelType",
+    "comfy.model_base.BaseModel.get_dtype", "comfy.latent_formats.LatentFormat.process_in",
+    "comfy.latent_formats.LatentFormat.process_out", "comfy.latent_formats.LatentFormat.latent_channels",
+    "comfy.sd.VAE.spacial_compression_encode",
     "comfy.ldm.modules.attention.BasicTransformerBlock", "comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock",
 }
+
+# Attributes ComfyUI's classes (or a base class of theirs) assign to their objects, read or set in
+# nodes/comfy_internals.py only; a name with a version is needed from that version on. (The
+# encoders of an SD1ClipModel / SDXLClipModel, ``clip_l`` / ``clip_g``, are set by setattr under
+# a computed name: the TinyWorld and tiny-SDXL loader tests read them on every version.)
+INSTANCE_ATTRIBUTES = {
+    "comfy.model_patcher.ModelPatcher": ["model", "model_options", "load_device", ("cached_patcher_init", "0.33.0")],
+    "comfy.model_base.BaseModel": ["diffusion_model", "model_type", "latent_format", "manual_cast_dtype"],
+    "comfy.sd.CLIP": ["patcher", "cond_stage_model"],
+    "comfy.sd.VAE": ["patcher", "downscale_ratio", "upscale_ratio"],
+    "comfy.sd1_clip.SDClipModel": ["transformer"],
+}
+# Keys of ComfyUI's option dicts: ModelPatcher.model_options["transformer_options"]["patches_replace"]
+# ["attn2"] (where set_model_attn2_replace stores a replacement), and an attn2 replacement's
+# extra_options ("n_heads", the sampler's "cond_or_uncond"); the routing and preview tests use them.
+OPTION_KEYS = {"transformer_options", "patches_replace", "attn2", "n_heads", "cond_or_uncond"}
+# Modules of nodes/ allowed to read INSTANCE_ATTRIBUTES and OPTION_KEYS.
+INTERNALS_MODULE = "comfy_internals.py"
 
 # Signatures the pack calls with keywords or positions that would break silently.
 SIGNATURES = {
@@ -70,11 +100,11 @@ COMFY_ROOTS = ("comfy", "comfy_api", "folder_paths", "server", "comfy_extras", "
 # Runs in a fresh interpreter started in the ComfyUI tree, as ComfyUI itself starts, so what
 # the test session imported before (the pack's own ``nodes`` package, say) cannot mask a name.
 _CHECK = r"""
-import importlib, inspect, json, sys
+import ast, importlib, inspect, json, sys, textwrap
 import utils.install_util  # ComfyUI's top-level utils package, imported first as main.py does
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
-surface, signatures = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+surface, signatures, attributes = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 
 def resolve(dotted):
     parts = dotted.split(".")
@@ -100,13 +130,33 @@ for dotted, params in signatures.items():
     found = list(inspect.signature(resolve(dotted)).parameters)
     if found[:len(params)] != params:
         wrong.append(f"{dotted}{tuple(found)} != {params}")
+for dotted, names in attributes.items():
+    assigned = set()
+    for cls in inspect.getmro(resolve(dotted)):
+        if cls.__module__.startswith("comfy"):
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+            assigned |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+                         and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    missing += [f"{dotted}.{name} (never assigned)" for name in names if name not in assigned]
 print(json.dumps({"missing": missing, "wrong": wrong}))
 """
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _attributes_for(version: str) -> dict[str, list[str]]:
+    """INSTANCE_ATTRIBUTES this ComfyUI version must assign (versioned ones from their version on)."""
+    return {cls: [a if isinstance(a, str) else a[0] for a in names
+                  if isinstance(a, str) or _version_key(version) >= _version_key(a[1])]
+            for cls, names in INSTANCE_ATTRIBUTES.items()}
+
+
 def test_every_comfyui_symbol_the_pack_relies_on_exists(comfy_tree):
     version = (comfy_tree / "comfyui_version.py").read_text().split('"')[1]
-    proc = subprocess.run([sys.executable, "-c", _CHECK, json.dumps(sorted(SURFACE)), json.dumps(SIGNATURES)],
+    proc = subprocess.run([sys.executable, "-c", _CHECK, json.dumps(sorted(SURFACE)), json.dumps(SIGNATURES),
+                           json.dumps(_attributes_for(version))],
                           cwd=comfy_tree, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -158,3 +208,36 @@ def test_the_scan_sees_references_through_aliases(tmp_path):
                       "import folder_paths\nx = io.Int.Input\nmm.soft_empty_cache()\nfolder_paths.models_dir\n")
     assert _comfy_references(sample) >= {"comfy_api.latest.io.Int.Input", "comfy.model_management.soft_empty_cache",
                                          "folder_paths.models_dir"}
+
+
+def _internal_reads(path, source: str | None = None) -> list[str]:
+    """'file:line name' for every INSTANCE_ATTRIBUTES attribute and OPTION_KEYS key a source file
+    reads or sets (``x.model_options``, ``opts["n_heads"]``, ``opts.get("cond_or_uncond")``)."""
+    names = {a if isinstance(a, str) else a[0] for attrs in INSTANCE_ATTRIBUTES.values() for a in attrs}
+    tree = ast.parse(path.read_text() if source is None else source)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            found.append((node.lineno, node.attr))
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in OPTION_KEYS:
+            found.append((node.lineno, node.slice.value))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in OPTION_KEYS):
+            found.append((node.lineno, node.args[0].value))
+    return [f"{path.name}:{line} {name}" for line, name in sorted(found)]
+
+
+def test_comfyuis_internals_are_read_in_comfy_internals_only():
+    sources = [PACK_ROOT / "__init__.py", *sorted((PACK_ROOT / "nodes").glob("*.py"))]
+    found = [line for path in sources if path.name != INTERNALS_MODULE for line in _internal_reads(path)]
+    assert not found, ("ComfyUI internals read outside nodes/comfy_internals.py (add a function there saying what "
+                       "it relies on, and list the name in INSTANCE_ATTRIBUTES / OPTION_KEYS): " + "; ".join(found))
+    assert _internal_reads(PACK_ROOT / "nodes" / INTERNALS_MODULE), "the scan finds nothing where the internals are"
+
+
+def test_the_internals_scan_sees_attributes_and_option_keys(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f(model, opts, clip):\n    a = model.model.diffusion_model\n    h = opts['n_heads']\n"
+                      "    c = opts.get('cond_or_uncond')\n    clip.patcher = None\n    return model.clone()\n")
+    assert _internal_reads(sample) == ["sample.py:2 diffusion_model", "sample.py:2 model", "sample.py:3 n_heads",
+                                       "sample.py:4 cond_or_uncond", "sample.py:5 patcher"]

@@ -62,6 +62,19 @@ def test_trained_files_are_kept_but_not_checkpoints(tmp_path):
         "models/loras/textloc/a.safetensors", "models/textloc/a.safetensors"]
 
 
+def test_the_summary_names_the_kept_copies_not_the_temporary_layout(tmp_path):
+    layout = ComfyLayout.create(tmp_path / "base")
+    adapter = layout.models / "textloc" / "a.safetensors"
+    adapter.parent.mkdir(parents=True, exist_ok=True)
+    adapter.write_bytes(b"x")
+    out = tmp_path / "out"
+    history = {"outputs": {"3": {"text": [f"adapter: {adapter}\nsteps: 2"]}}}
+    results = demo.collect_results(history, {"3": {"class_type": "TextLocTrain"}}, layout, out)
+    demo.collect_model_files(layout, out)
+    assert results[0].text == ["text: adapter: models/textloc/a.safetensors\nsteps: 2"]
+    assert (out / "models" / "textloc" / "a.safetensors").is_file()  # the named file exists beside summary.md
+
+
 def test_missing_workflow_fails_clearly(tmp_path, capsys):
     rc = demo.main(["--workflow", str(tmp_path / "nope_api.json"), "--out", str(tmp_path / "o")])
     assert rc == 2

@@ -125,15 +125,18 @@ def test_paper_pairs_load_when_the_owner_lists_the_dataset(comfy, paper_dataset)
         assert len(result.all_files()) == len(list((paper_dataset / "multi_concept" / pair / "resized").glob("*.png"))), pair
 
 
-def test_score_images_reads_a_clip_folder_only_where_nodes_may_read(comfy, places):
-    def graph(feature_model: str) -> dict:
-        return {
-            "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 2, "seed": 1}},
-            "2": {"class_type": "TextLocScoreImages", "inputs": {
-                "images": ["1", 0], "references": ["1", 0], "prompt": "a star", "feature_model": feature_model,
-                "kid_subset_size": 2, "filename_prefix": f"textloc_test/{uuid.uuid4().hex[:6]}"}},
-        }
+def _score_graph(feature_model: str) -> dict:
+    """Score Images on two TinyWorld renders with ``feature_model``."""
+    return {
+        "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 2, "seed": 1}},
+        "2": {"class_type": "TextLocScoreImages", "inputs": {
+            "images": ["1", 0], "references": ["1", 0], "prompt": "a star", "feature_model": feature_model,
+            "kid_subset_size": 2, "filename_prefix": f"textloc_test/{uuid.uuid4().hex[:6]}"}},
+    }
 
+
+def test_score_images_reads_a_clip_folder_only_where_nodes_may_read(comfy, places):
+    graph = _score_graph
     for folder in ("/etc", str(places["outside"] / "no_clip_here"), str(places["outside"] / "secret.cnf")):
         message = _error(comfy, graph(folder))
         assert NOT_READABLE in message and "hunter2" not in message, message

@@ -34,7 +34,7 @@ def test_training_reaches_tokens_and_kv_through_comfy_modules_under_inference_mo
         assert len(router.captured) == 7  # every attn2 layer of the TinyWorld UNet was routed
         assert token.grad is not None and token.grad.abs().sum() > 0
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in deltas.parameters())
-    assert bundle.denoiser.patcher.model_options["transformer_options"] == {}
+    assert bundle.denoiser.working_model.model_options["transformer_options"] == {}
 
 
 def test_route_attention_keeps_another_packs_patch_and_restores_exactly(pack, tiny):
@@ -51,7 +51,7 @@ def test_route_attention_keeps_another_packs_patch_and_restores_exactly(pack, ti
     patched = model.clone()
     patched.set_model_attn2_replace(other_pack, "input", 1, 0)
     denoiser = comfy_backend.ComfyDenoiserBackend(patched, vae)
-    before = denoiser.patcher.model_options["transformer_options"]
+    before = denoiser.working_model.model_options["transformer_options"]
     router = AttentionRouter(layers={"input_blocks.1.1.transformer_blocks.0.attn2", "middle_block.1.transformer_blocks.0.attn2"},
                              token_slots=torch.tensor([[1]]), keep_grad=False)
     x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 64)
@@ -59,7 +59,7 @@ def test_route_attention_keeps_another_packs_patch_and_restores_exactly(pack, ti
         denoiser.predict(x, t, ctx)
     assert calls, "the other pack's replacement no longer ran"
     assert sorted(m.layer for m in router.captured) == sorted(router.layers)  # ours still captured both
-    assert denoiser.patcher.model_options["transformer_options"] is before
+    assert denoiser.working_model.model_options["transformer_options"] is before
     assert before["patches_replace"]["attn2"] == {("input", 1, 0): other_pack}
 
 

@@ -11,7 +11,7 @@ import torch
 from textloc_core import tinyworld
 from textloc_core.tinyworld import model_configs as mc
 from textloc_core.tinyworld.judge import N_COLOUR_SHAPE, colour_shape_index
-from textloc_core.tinyworld.train_world import judge_accuracy, render_dataset, to_float
+from tinyworld_build.train_world import judge_accuracy, render_dataset, to_float
 
 # seeds no training or threshold choice used (training: 0, 1000, 2000; threshold: 12345)
 FRESH_SEED = 777

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from textloc_core.tinyworld import model_configs as mc
-from textloc_core.tinyworld import build
-from textloc_core.tinyworld import train_world as tw
+from tinyworld_build import build
+from tinyworld_build import train_world as tw
 
 
 def test_vae_rescale_keeps_reconstructions_and_sets_sd15_latent_scale():
@@ -100,7 +100,7 @@ def test_resume_from_a_damaged_checkpoint_says_how_to_start_over(tmp_path):
 
 
 def test_resume_from_a_damaged_state_record_says_how_to_start_over(tmp_path):
-    from textloc_core.tinyworld.build_state import BuildState
+    from tinyworld_build.build_state import BuildState
 
     identity = {"preset": "quick", "seed": 0}
     BuildState(tmp_path / "state", identity, resume=False)

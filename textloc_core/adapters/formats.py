@@ -187,16 +187,42 @@ def read_custom_diffusion(
     ones get ``method="none"`` (Custom Diffusion) and ``base_fingerprint``.
     """
     directory = Path(directory)
+    state, header, weights_path = _custom_diffusion_weights(directory)
+    deltas = _custom_diffusion_deltas(state, weights_path, base_kv, unet_config)
+    embeddings = _custom_diffusion_embeddings(directory)
+    if header.get("textloc_format") == "textloc.custom_diffusion":
+        metadata = AdapterMetadata.from_header(dict(header, format="textloc.adapter"), weights_path)
+    else:
+        words = class_words or {}
+        metadata = AdapterMetadata(
+            base_fingerprint=base_fingerprint,
+            architecture=architecture_signature(base_kv),
+            concepts=[
+                {"name": safe_io.safe_filename(t, "token"), "token": t, "class_word": words.get(t, ""), "init_word": None}
+                for t in embeddings
+            ],
+            method="none",
+            extra={"source": f"diffusers Custom Diffusion: {json.dumps(str(directory))}"},
+        )
+    return Adapter(deltas, embeddings, metadata)
+
+
+def _custom_diffusion_weights(directory: Path) -> tuple[dict, dict[str, str], Path]:
+    """(state dict, safetensors header, path) of a Custom Diffusion folder's K/V weights file."""
     weights_path = directory / CUSTOM_DIFFUSION_WEIGHTS
-    header: dict[str, str] = {}
     if weights_path.is_file():
         state, header = safe_io.load_tensors(weights_path, "Custom Diffusion weights", "re-export it")
-    elif (directory / CUSTOM_DIFFUSION_WEIGHTS_BIN).is_file():
+        return state, header, weights_path
+    if (directory / CUSTOM_DIFFUSION_WEIGHTS_BIN).is_file():
         weights_path = directory / CUSTOM_DIFFUSION_WEIGHTS_BIN
         state, _ = _load_any(weights_path, "Custom Diffusion weights")
-    else:
-        raise FileNotFoundError(f"{directory}: no {CUSTOM_DIFFUSION_WEIGHTS} (or .bin) in this folder")
+        return state, {}, weights_path
+    raise FileNotFoundError(f"{directory}: no {CUSTOM_DIFFUSION_WEIGHTS} (or .bin) in this folder")
 
+
+def _custom_diffusion_deltas(state: Mapping, weights_path: Path, base_kv: Mapping[str, torch.Tensor],
+                             unet_config: Any) -> dict[str, torch.Tensor]:
+    """Canonical K/V key -> ``W - W0`` for each trained attn2 processor weight in ``state``."""
     deltas: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor) or value.numel() == 0:
@@ -216,13 +242,18 @@ def read_custom_diffusion(
                 f"{list(base_kv[canonical].shape)}: it was trained for another architecture"
             )
         deltas[canonical] = value.float() - base_kv[canonical].detach().float().cpu()
+    return deltas
 
+
+def _custom_diffusion_embeddings(directory: Path) -> dict[str, torch.Tensor]:
+    """Token -> embedding from every other file of the folder holding one tensor keyed by its
+    token (or one per SDXL encoder, CLIP-L's first)."""
     embeddings: dict[str, torch.Tensor] = {}
     for path in sorted(directory.iterdir()):
         if path.name in (CUSTOM_DIFFUSION_WEIGHTS, CUSTOM_DIFFUSION_WEIGHTS_BIN) or path.suffix not in (".safetensors", ".bin"):
             continue
         content, file_header = _load_any(path, "embedding file")
-        if set(content) == set(SDXL_ENCODER_KEYS):  # one tensor per SDXL encoder, CLIP-L's first
+        if set(content) == set(SDXL_ENCODER_KEYS):
             token = file_header.get("token") or path.stem
             embeddings[token] = torch.cat([content[k].float().reshape(-1, content[k].shape[-1]) for k in SDXL_ENCODER_KEYS], -1)
             continue
@@ -231,20 +262,4 @@ def read_custom_diffusion(
         ((token, value),) = content.items()
         if isinstance(value, torch.Tensor):
             embeddings[token] = value.float().reshape(-1, value.shape[-1])
-
-    if header.get("textloc_format") == "textloc.custom_diffusion":
-        header = dict(header, format="textloc.adapter")
-        metadata = AdapterMetadata.from_header(header, weights_path)
-    else:
-        words = class_words or {}
-        metadata = AdapterMetadata(
-            base_fingerprint=base_fingerprint,
-            architecture=architecture_signature(base_kv),
-            concepts=[
-                {"name": safe_io.safe_filename(t, "token"), "token": t, "class_word": words.get(t, ""), "init_word": None}
-                for t in embeddings
-            ],
-            method="none",
-            extra={"source": f"diffusers Custom Diffusion: {json.dumps(str(directory))}"},
-        )
-    return Adapter(deltas, embeddings, metadata)
+    return embeddings

@@ -92,6 +92,10 @@ KEEP_ALL_LEVELS_UP_TO = 2
 """``"all_but_finest"`` keeps every attention resolution of a model with at most this many (SDXL)."""
 
 
+NAMED_MAP_LEVELS = ("all_but_finest", "all")
+"""The named choices of ``map_levels`` (a tuple of factors is the third kind): the paper's, and all."""
+
+
 def choose_layers(query_counts: dict[str, int], map_levels: tuple[int, ...] | str) -> set[str]:
     """The layers whose maps form the token map, for ``TrainConfig.map_levels``.
 
@@ -109,7 +113,8 @@ def choose_layers(query_counts: dict[str, int], map_levels: tuple[int, ...] | st
     elif map_levels == "all_but_finest":
         wanted = set(available[1:]) if len(available) > KEEP_ALL_LEVELS_UP_TO else set(available)
     elif isinstance(map_levels, str):
-        raise ValueError(f"map_levels: {map_levels!r} must be 'all', 'all_but_finest' or a tuple of factors like (2, 4, 8)")
+        named = ", ".join(repr(n) for n in NAMED_MAP_LEVELS)
+        raise ValueError(f"map_levels: {map_levels!r} must be one of {named} or a tuple of factors like (2, 4, 8)")
     else:
         wanted = {int(f) for f in map_levels}
         missing = wanted - set(available)

@@ -22,27 +22,110 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 """File types the readers open as photos or masks."""
 
 
-def open_picture(path: Path, shown: str) -> Image.Image:
-    """Open and fully decode an image file, EXIF rotation applied.
+DEFAULT_MAX_PIXELS = 4096 * 4096
+"""Pixels a photo or mask file may hold when it is kept at its own size (no training
+resolution: Concept Folder's ``resolution`` 0). A decoded RGB photo of this size is 200 MB
+as float32; Train refuses sides above 2x a model's native size anyway."""
+
+MAX_PIXELS = 8192 * 8192
+"""Pixels no photo or mask file may exceed, whatever the resolution (192 MB decoded as RGB)."""
+
+OVERSIZE = 8
+"""With a training resolution R, files up to (OVERSIZE x R)^2 pixels are read (between the two
+limits above); they are decoded and then reduced by a whole factor before resizing."""
+
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
+
+
+def pixel_limit(resolution: int | None) -> int:
+    """The most pixels a photo or mask file may hold when it is read for ``resolution``
+    (None or 0: kept at its own size)."""
+    if not resolution:
+        return DEFAULT_MAX_PIXELS
+    return min(MAX_PIXELS, max(DEFAULT_MAX_PIXELS, (OVERSIZE * resolution) ** 2))
+
+
+def reduce_factor(width: int, height: int, resolution: int | None) -> int:
+    """The power of two a ``width x height`` photo can be shrunk by while its shorter side stays
+    at least twice ``resolution`` (so the final antialiased resize still has detail to use);
+    1 when kept at its own size."""
+    factor = 1
+    while resolution and min(width, height) >= 4 * resolution * factor:
+        factor *= 2
+    return factor
+
+
+def picture_size(path: Path, shown: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header (nothing is decoded). A file over
+    ``max_pixels`` raises ValueError naming it and the limit, so a small file that would
+    decompress to gigabytes (a decompression bomb) is refused before it takes any memory."""
+    with _opened(path, shown) as picture:
+        return _checked_size(picture, shown, max_pixels)
+
+
+def open_picture(path: Path, shown: str, max_pixels: int = DEFAULT_MAX_PIXELS, factor: int = 1) -> Image.Image:
+    """Open and decode an image file, EXIF rotation applied, after checking its size against
+    ``max_pixels`` (``picture_size``). ``factor`` > 1 shrinks it by that whole factor (box
+    average) right after decoding, so only the reduced copy is kept.
 
     ``shown`` is how the file is named in errors (usually relative to the dataset folder).
     A truncated, corrupt or non-image file raises ValueError naming it.
     """
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns on very large images and raises past twice its limit; an error is enough.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as picture:
-                picture.load()
-                picture = ImageOps.exif_transpose(picture)
-                picture.load()
-                return picture
-    except FileNotFoundError:
-        raise ValueError(f"{shown} does not exist") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    with _opened(path, shown) as picture:
+        _checked_size(picture, shown, max_pixels)
+        try:
+            picture.load()
+            if factor > 1:
+                if picture.mode not in _REDUCIBLE_MODES:  # "1", "P", "I;16"...: one Pillow can reduce
+                    picture = picture.convert("I" if picture.mode.startswith("I;") else "RGBA")
+                picture = picture.reduce(factor)
+            picture = ImageOps.exif_transpose(picture)
+            picture.load()
+            return picture
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise _unreadable(shown, error, path) from None
+
+
+class _opened:
+    """``Image.open`` of ``path`` as a context manager whose errors name the file as ``shown``."""
+
+    def __init__(self, path: Path, shown: str):
+        self.path, self.shown, self.picture = path, shown, None
+
+    def __enter__(self) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                # Pillow warns from 89 megapixels on and refuses twice that; our own limit
+                # (``_checked_size``, at most MAX_PIXELS) is checked right after the header is read.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                self.picture = Image.open(self.path)
+        except FileNotFoundError:
+            raise ValueError(f"{self.shown} does not exist") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise _unreadable(self.shown, error, self.path) from None
+        return self.picture
+
+    def __exit__(self, *exc) -> None:
+        self.picture.close()
+
+
+def _checked_size(picture: Image.Image, shown: str, max_pixels: int) -> tuple[int, int]:
+    width, height = picture.size
+    if width * height > max_pixels:
         raise ValueError(
-            f"{shown} is not a readable image: {error}. Re-export it as PNG or JPEG, or remove it from the folder"
-        ) from None
+            f"{shown} is {width}x{height} ({width * height / 1e6:.1f} megapixels), above the limit of "
+            f"{max_pixels / 1e6:.1f} megapixels for this read (README, Security): downscale the file, or set a "
+            "training resolution (files up to 8 times its side are read)"
+        )
+    return width, height
+
+
+def _unreadable(shown: str, error: BaseException, path: Path) -> ValueError:
+    # Pillow's messages may quote the file's full path: the server's folders are not the user's
+    detail = str(error).replace(str(path), shown)
+    return ValueError(
+        f"{shown} is not a readable image: {detail}. Re-export it as PNG or JPEG, or remove it from the folder"
+    )
 
 
 def picture_to_image(picture: Image.Image) -> torch.Tensor:

@@ -6,17 +6,37 @@ and overrides. The layouts themselves are in ``readers``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .concepts import Concept, ConceptImage
-from .imaging import IMAGE_SUFFIXES, fit_pair, open_picture, picture_to_image
+from .imaging import IMAGE_SUFFIXES, fit_pair, open_picture, picture_size, picture_to_image, pixel_limit, reduce_factor
 from .masks import to_binary_mask
 from .safe_io import is_inside
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 """Files operating systems drop into folders; skipped like hidden (dot) files."""
+
+MAX_IMAGES = 1000
+"""Photos one concept set may hold (folder listing or manifest entries): the paper trains on
+a handful per concept."""
+
+MAX_CONCEPTS = 64
+"""Concepts one concept set may define."""
+
+MAX_SET_PIXELS = 1 << 25
+"""Pixels all of a set's photos may hold together as trained on (after resizing): 384 MiB of
+float32 RGB, e.g. 128 photos at 512 px, 8 at 2048 px, or 2 kept at 4096 px."""
+
+
+def check_count(count: int, limit: int, what: str, where: str) -> None:
+    """Refuse ``count`` ``what`` (photos, concepts) above ``limit``, before any is read."""
+    if count > limit:
+        raise ValueError(
+            f"{where} has {count} {what}, more than the {limit} one concept set may hold (README, Security): "
+            f"split it into several sets"
+        )
 
 
 def default_token(name: str) -> str:
@@ -80,32 +100,61 @@ def shown_path(path: Path, root: Path) -> str:
         return str(path)
 
 
+@dataclass
+class PixelBudget:
+    """What is left of ``MAX_SET_PIXELS`` while one set is read."""
+
+    left: int = MAX_SET_PIXELS
+
+    def take(self, pixels: int, shown: str) -> None:
+        if pixels > self.left:
+            raise ValueError(
+                f"{shown}: the photos read so far and this one hold more than {MAX_SET_PIXELS / 1e6:.1f} megapixels "
+                "together as trained on, the limit of one concept set (README, Security): use fewer photos or a "
+                "lower resolution"
+            )
+        self.left -= pixels
+
+
 @dataclass(frozen=True)
 class PhotoReader:
-    """How one dataset is read: its folder (for error messages) and the mask/resize options."""
+    """How one dataset is read: its folder (for error messages), the mask/resize options, the
+    set's pixel budget, and ``cancel_check`` (called before each photo; it raises to stop, as
+    the host's own Cancel does)."""
 
     root: Path
     invert_masks: bool = False
     mask_channel: str = "auto"
     resolution: int | None = None
     center_crop: bool = True
+    cancel_check: Callable[[], None] | None = None
+    budget: PixelBudget = field(default_factory=PixelBudget)
 
     def load(self, index: int, image_path: Path, mask_paths: Mapping[str, Path]) -> ConceptImage:
-        """Read one photo and its masks; resize them together when ``resolution`` is given."""
-        image = picture_to_image(open_picture(image_path, shown_path(image_path, self.root)))
+        """Read one photo and its masks; resize them together when ``resolution`` is given.
+        Sizes are read from the file headers and checked against the limits before decoding."""
+        if self.cancel_check is not None:
+            self.cancel_check()
+        limit = pixel_limit(self.resolution)
+        shown_image = shown_path(image_path, self.root)
+        width, height = picture_size(image_path, shown_image, limit)
+        self.budget.take(self.resolution ** 2 if self.resolution else width * height, shown_image)
+        factor = reduce_factor(width, height, self.resolution)
+        image = picture_to_image(open_picture(image_path, shown_image, limit, factor))
         masks = {}
         for name, mask_path in mask_paths.items():
             shown = shown_path(mask_path, self.root)
             masks[name] = to_binary_mask(
-                open_picture(mask_path, shown),
+                open_picture(mask_path, shown, limit, factor),
                 invert=self.invert_masks,
                 channel=self.mask_channel,
                 what=f"mask {index} of concept {name!r} ({shown})",
             )
             if tuple(masks[name].shape) != tuple(image.shape[1:]):
+                scale = f" (both read at 1/{factor} size)" if factor > 1 else ""
                 raise ValueError(
                     f"mask {index} of concept {name!r} ({shown}) is {masks[name].shape[1]}x{masks[name].shape[0]} "
-                    f"but its image {shown_path(image_path, self.root)} is {image.shape[2]}x{image.shape[1]}: "
+                    f"but its image {shown_image} is {image.shape[2]}x{image.shape[1]}{scale}: "
                     "save the mask at the photo's size"
                 )
         if self.resolution is not None:
@@ -113,7 +162,7 @@ class PhotoReader:
         return ConceptImage(
             image=image,
             masks=masks,
-            source=shown_path(image_path, self.root),
+            source=shown_image,
             mask_sources={name: shown_path(path, self.root) for name, path in mask_paths.items()},
         )
 

@@ -22,7 +22,6 @@ is read the same way with ``invert=True, channel="alpha"``.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -173,23 +172,6 @@ def _interpolate(mask: torch.Tensor, size: tuple[int, int], mode: str) -> torch.
     return out.reshape(*lead, *out.shape[-2:])
 
 
-def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
-    """Soften a mask's edge with a Gaussian blur of about ``radius`` pixels (for previews and
-    overlays, never for the losses). ``(..., H, W)`` in, same shape out, values in [0, 1]."""
-    if radius < 0:
-        raise ValueError(f"feather radius {radius} must be >= 0")
-    if radius == 0:
-        return mask.to(torch.float32).clone()
-    import kornia  # imported here: only previews need it
-
-    sigma = radius / 2.0
-    kernel = 2 * math.ceil(2 * sigma) + 1
-    lead = mask.shape[:-2]
-    flat = mask.reshape(-1, 1, *mask.shape[-2:]).to(torch.float32)
-    blurred = kornia.filters.gaussian_blur2d(flat, (kernel, kernel), (sigma, sigma), border_type="replicate")
-    return blurred.clamp(0.0, 1.0).reshape(*lead, *mask.shape[-2:])
-
-
 def mask_area(mask: torch.Tensor) -> int:
     """Number of pixels in the mask (value >= 0.5)."""
     return int((mask >= MASK_THRESHOLD).sum().item())
@@ -198,13 +180,3 @@ def mask_area(mask: torch.Tensor) -> int:
 def mask_coverage(mask: torch.Tensor) -> float:
     """Fraction of the picture the mask covers, in [0, 1]."""
     return mask_area(mask) / max(1, mask.numel())
-
-
-def mask_bbox(mask: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """Bounding box ``(x0, y0, x1, y1)`` of a ``(H, W)`` mask, end-exclusive; None when empty."""
-    inside = mask >= MASK_THRESHOLD
-    if not bool(inside.any()):
-        return None
-    rows = torch.nonzero(inside.any(dim=1)).flatten()
-    cols = torch.nonzero(inside.any(dim=0)).flatten()
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -38,7 +38,10 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from .concepts import Concept, ConceptSet
-from .layout import PhotoReader, default_class_word, default_token, image_listing, make_concepts, natural_key, shown_path
+from .layout import (
+    MAX_CONCEPTS, MAX_IMAGES, PhotoReader, check_count, default_class_word, default_token, image_listing, make_concepts,
+    natural_key, shown_path,
+)
 from .masks import MASK_CHANNELS
 from .safe_io import is_inside
 
@@ -49,7 +52,10 @@ MANIFEST_NAMES = ("textloc.json", "textloc.yaml", "textloc.yml", "manifest.json"
 def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
     """Read a concept set from a manifest file or a folder in any layout this module knows.
 
-    ``options`` go to the chosen reader (``resolution``, ``center_crop``, ``tokens``, ...).
+    ``options`` go to the chosen reader (``resolution``, ``center_crop``, ``tokens``,
+    ``cancel_check``: called before each photo, raising to stop, ...). Every layout refuses
+    more than ``layout.MAX_IMAGES`` photos and ``layout.MAX_CONCEPTS`` concepts before reading
+    one, and each file over ``imaging.pixel_limit(resolution)`` pixels from its header.
     """
     path = Path(path)
     if path.is_file():
@@ -87,6 +93,7 @@ def read_folder(
     mask_channel: str = "auto",
     resolution: int | None = None,
     center_crop: bool = True,
+    cancel_check=None,
 ) -> ConceptSet:
     """Read ``images/`` + ``masks/<concept>/`` (same file stems). ``concepts`` may define the
     concepts fully (one per ``masks/`` subfolder); otherwise defaults apply (module doc)."""
@@ -100,11 +107,13 @@ def read_folder(
     images = image_listing(images_dir, root, confine=root)
     if not images:
         raise ValueError(f"{shown_path(images_dir, root)}/ holds no images: add the photos of your concepts")
+    check_count(len(images), MAX_IMAGES, "photos", f"{shown_path(images_dir, root)}/")
     names = sorted(
         (p.name for p in masks_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key
     )
     if not names:
         raise ValueError("masks/ has no concept subfolders: put each concept's masks in masks/<concept name>/")
+    check_count(len(names), MAX_CONCEPTS, "concept folders", "masks/")
     if concepts is not None:
         defined = [c.name for c in concepts]
         if sorted(defined) != sorted(names):
@@ -114,7 +123,7 @@ def read_folder(
             )
         names = defined  # keep the caller's order
     ordered = make_concepts(names, tokens, class_words, str(root), {c.name: c for c in concepts or []})
-    reading = PhotoReader(root, invert_masks, mask_channel, resolution, center_crop)
+    reading = PhotoReader(root, invert_masks, mask_channel, resolution, center_crop, cancel_check)
     masks_of: dict[str, dict[str, Path]] = {stem: {} for stem in images}
     for name in names:
         for stem, path in image_listing(masks_dir / name, root, confine=root).items():
@@ -243,6 +252,7 @@ def read_manifest(
     class_words: Mapping[str, str] | None = None,
     resolution: int | None = None,
     center_crop: bool = True,
+    cancel_check=None,
 ) -> ConceptSet:
     """Read a JSON/YAML manifest (schema in the module doc); paths are relative to its folder.
     ``tokens`` / ``class_words`` (concept name -> value) override what the manifest says."""
@@ -252,6 +262,7 @@ def read_manifest(
     _check_keys(data, _TOP_KEYS, {"concepts", "images"}, f"manifest {path.name}")
     if not isinstance(data["concepts"], list) or not data["concepts"]:
         raise ValueError(f"manifest {path.name}: 'concepts' must be a non-empty list of {{name, token, class_word}}")
+    check_count(len(data["concepts"]), MAX_CONCEPTS, "concepts", f"manifest {path.name}")
     invert = data.get("invert_masks", False)
     if not isinstance(invert, bool):
         raise ValueError(f"manifest {path.name}: invert_masks must be true or false, got {quoted(invert)}")
@@ -264,8 +275,9 @@ def read_manifest(
     )
     if not isinstance(data["images"], list) or not data["images"]:
         raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
+    check_count(len(data["images"]), MAX_IMAGES, "images", f"manifest {path.name}")
     known = {c.name for c in concepts}
-    reading = PhotoReader(root, invert, channel, resolution, center_crop)
+    reading = PhotoReader(root, invert, channel, resolution, center_crop, cancel_check)
     items = []
     for index, entry in enumerate(data["images"]):
         what = f"manifest images[{index}]"
@@ -338,6 +350,7 @@ def read_paper_folder(
     class_words: Mapping[str, str] | None = None,
     resolution: int | None = None,
     center_crop: bool = True,
+    cancel_check=None,
 ) -> ConceptSet:
     """Read one folder of the paper's layout: ``<a>+<b>/`` (``resized/``, ``mask_1/``, ``mask_2/``,
     ... one mask folder per ``+`` part) or ``<name>/`` (``resized/``, ``mask/``).
@@ -363,6 +376,7 @@ def read_paper_folder(
     photos = image_listing(root / "resized", base, confine=root)
     if not photos:
         raise ValueError(f"{root.name}/resized/ holds no photos")
+    check_count(len(photos), MAX_IMAGES, "photos", f"{root.name}/resized/")
     listings = {name: image_listing(mask_dir, base, confine=root) for name, mask_dir in mask_dirs.items()}
     for name, masks in listings.items():
         extra = sorted(set(masks) - set(photos))
@@ -377,7 +391,7 @@ def read_paper_folder(
                 f"{root.name}: {len(photos)} photos but {len(masks)} masks of {name!r}: {detail}; "
                 "every photo needs one mask per concept with the same file name"
             )
-    reading = PhotoReader(base, resolution=resolution, center_crop=center_crop)
+    reading = PhotoReader(base, resolution=resolution, center_crop=center_crop, cancel_check=cancel_check)
     items = [
         reading.load(index, path, {name: listings[name][stem] for name in names})
         for index, (stem, path) in enumerate(photos.items())

@@ -236,19 +236,21 @@ def is_pickle_file(path: str | os.PathLike) -> bool:
 
 
 def _corrupt(what: str, path: Path, detail: str, fix: str) -> ValueError:
+    # The file is named by its name only, here and in the messages below: they may be shown
+    # over HTTP, where the server's folders are not the user's business.
     if is_pickle_file(path):
         return ValueError(
-            f"{what} {path} is a pickle file, not safetensors; textloc never unpickles: "
+            f"{what} {path.name} is a pickle file, not safetensors; textloc never unpickles: "
             "convert it to .safetensors with a tool you trust"
         )
-    return ValueError(f"{what} {path} is truncated or corrupt ({detail}): {fix}")
+    return ValueError(f"{what} {path.name} is truncated or corrupt ({detail.replace(str(path), path.name)}): {fix}")
 
 
 def _existing_file(path: str | os.PathLike, what: str) -> Path:
     """``path`` as a Path; FileNotFoundError naming ``what`` when there is no such file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise FileNotFoundError(f"{what} {path.name} does not exist")
     return path
 
 
@@ -295,6 +297,6 @@ def load_legacy_tensor_file(path: str | os.PathLike, what: str = "embedding file
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
         raise ValueError(
-            f"{what} {path} cannot be loaded safely (it is corrupt, or holds Python objects beyond "
-            f"tensors, which are never unpickled): convert it to .safetensors ({exc})"
+            f"{what} {path.name} cannot be loaded safely (it is corrupt, or holds Python objects beyond "
+            f"tensors, which are never unpickled): convert it to .safetensors ({str(exc).replace(str(path), path.name)})"
         ) from exc

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -73,6 +74,50 @@ def clip_preprocess(
     return (images - mean_t) / std_t
 
 
+WEIGHT_INDEX_BYTES = 16 << 20
+"""The largest sharded-weights index read (a real one lists a few hundred tensors: kilobytes)."""
+
+
+def check_weight_index(directory: Path, shown: str) -> None:
+    """Refuse a sharded checkpoint's ``*.index.json`` in ``directory`` unless every shard it names
+    is a plain ``.safetensors`` file name in the folder itself: transformers opens the files an
+    index names, and a hostile folder would name any file on the machine (or a pickle). The
+    message depends only on the index's text, never on what exists at the paths it names, and
+    quotes none of it."""
+    for index in sorted(directory.glob("*.index.json")):
+        problem = None
+        if not index.name.endswith(".safetensors.index.json"):
+            problem = "is the index of pickle weights, which are never loaded"
+        elif index.stat().st_size > WEIGHT_INDEX_BYTES:
+            problem = f"is larger than {WEIGHT_INDEX_BYTES >> 20} MiB"
+        else:
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+            except (ValueError, AttributeError):
+                weight_map = None
+            if not isinstance(weight_map, dict) or not weight_map:
+                problem = "has no weight_map of tensor names to shard files"
+            elif not all(_plain_shard_name(shard) and _stays_in(directory, shard) for shard in weight_map.values()):
+                problem = ("names a shard that is not a .safetensors file in the folder itself (a path with a "
+                           "separator, '..', another suffix, or a link leading out)")
+        if problem is not None:
+            raise ValueError(
+                f"CLIP directory {shown!r}: {index.name} {problem}; keep the index transformers wrote, whose "
+                "shards are .safetensors files beside it"
+            )
+
+
+def _plain_shard_name(shard) -> bool:
+    return (isinstance(shard, str) and shard.endswith(".safetensors") and "/" not in shard and "\\" not in shard
+            and ":" not in shard and "\x00" not in shard and shard not in (".", "..") and not shard.startswith("."))
+
+
+def _stays_in(directory: Path, shard: str) -> bool:
+    """``directory / shard`` after every link is followed (missing or not) is still in ``directory``."""
+    real = os.path.realpath(directory)
+    return os.path.dirname(os.path.realpath(directory / shard)) == real
+
+
 def _has_tokenizer(directory: Path) -> bool:
     return (directory / "tokenizer.json").is_file() or (directory / "vocab.json").is_file()
 
@@ -122,6 +167,9 @@ class ClipFeatureModel:
             raise ValueError(f"CLIP directory {str(root)!r} does not exist: point it at a local CLIP checkpoint folder")
         config_file = root / "config.json"
         kwargs = dict(local_files_only=True, use_safetensors=True, dtype=dtype)  # never unpickle weights
+        for folder in (root, root / "vision", root / "text"):
+            if folder.is_dir():
+                check_weight_index(folder, str(path))
         if config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "clip":
             model = CLIPModel.from_pretrained(root, **kwargs).to(device)
             vision = text = model

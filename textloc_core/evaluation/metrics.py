@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from ..attention.maps import normalize_maps
 from ..data.masks import mask_to_grid
+from ..backends.cancel import check_stop
 from .features import FeatureModel, Float64Features, ImageFeatureExtractor, check_images
 
 # --------------------------------------------------------------------------------------
@@ -99,14 +100,20 @@ class KIDResult:
     std: float
 
 
+KID_CHUNK = 16
+"""Images per KID feature call; ``should_stop`` is polled before each."""
+
+
 def kid(generated: torch.Tensor, references: torch.Tensor, feature: nn.Module | FeatureModel, *,
-        subset_size: int = 5, subsets: int = 100, seed: int = 0) -> KIDResult:
+        subset_size: int = 5, subsets: int = 100, seed: int = 0,
+        should_stop: Callable[[], bool] | None = None) -> KIDResult:
     """Kernel Inception Distance between generated and reference images.
 
     ``feature``: an ``nn.Module`` images -> (N, D) (e.g. ``inception_from_file(...)``), or a
     ``FeatureModel`` whose image tower is used. ``subset_size`` 5 as the paper (few references);
     both sets need at least that many images. Subsets are drawn from a generator seeded with
-    ``seed`` so the number is reproducible.
+    ``seed`` so the number is reproducible. ``should_stop`` is polled before every chunk of
+    ``KID_CHUNK`` images and before the subset statistics (``backends.cancel.Cancelled``).
     """
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -126,8 +133,11 @@ def kid(generated: torch.Tensor, references: torch.Tensor, feature: nn.Module | 
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
         metric = KernelInceptionDistance(feature=Float64Features(feature), subsets=subsets, subset_size=subset_size)
     with torch.no_grad():
-        metric.update(references, real=True)
-        metric.update(generated, real=False)
+        for images, real in ((references, True), (generated, False)):
+            for start in range(0, len(images), KID_CHUNK):
+                check_stop(should_stop, f"during KID at {'reference' if real else 'generated'} image {start} of {len(images)}")
+                metric.update(images[start : start + KID_CHUNK], real=real)
+    check_stop(should_stop, "before KID's subset statistics")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # torchmetrics draws subsets with the global generator
         mean, std = metric.compute()

@@ -18,19 +18,20 @@ import torch
 from torch import nn
 
 from ..data.concepts import ConceptSet
-from ..sampling.schedule import check_stop
+from ..backends.cancel import check_stop
 from . import features, metrics
 
 SCORE_CHUNK = 16
 """Images per feature-model call; ``should_stop`` is polled before each."""
 
 
-def _encoded(feature_model: features.FeatureModel, images: torch.Tensor, what: str, should_stop) -> torch.Tensor:
-    """``feature_model.encode_image`` in chunks of SCORE_CHUNK, polling ``should_stop`` before each."""
+def _chunked(encode, items, what: str, should_stop) -> torch.Tensor:
+    """``encode`` (a feature model's image or text encoder) over ``items`` in chunks of
+    SCORE_CHUNK, polling ``should_stop`` before each, so Cancel lands within one chunk."""
     chunks = []
-    for start in range(0, len(images), SCORE_CHUNK):
-        check_stop(should_stop, f"while scoring {what} image {start} of {len(images)}")
-        chunks.append(feature_model.encode_image(images[start : start + SCORE_CHUNK]))
+    for start in range(0, len(items), SCORE_CHUNK):
+        check_stop(should_stop, f"while scoring {what} {start} of {len(items)}")
+        chunks.append(encode(items[start : start + SCORE_CHUNK]))
     return torch.cat(chunks)
 
 
@@ -65,12 +66,11 @@ def image_scores(
 
     ``kid_feature`` defaults to ``feature_model``'s image tower. KID is ``nan`` when either
     set has fewer than ``kid_subset_size`` images. ``should_stop`` is polled before every
-    chunk of images and every phase (``sampling.schedule.Cancelled``).
+    chunk of images or prompts, in every phase (KID's too; ``backends.cancel.Cancelled``).
     """
-    generated = _encoded(feature_model, images, "generated", should_stop)
-    reference = _encoded(feature_model, references, "reference", should_stop)
-    check_stop(should_stop, "before encoding the prompts")
-    texts = feature_model.encode_text([metrics.strip_identifier(p, tokens) for p in prompts])
+    generated = _chunked(feature_model.encode_image, images, "generated image", should_stop)
+    reference = _chunked(feature_model.encode_image, references, "reference image", should_stop)
+    texts = _chunked(feature_model.encode_text, [metrics.strip_identifier(p, tokens) for p in prompts], "prompt", should_stop)
     scores = {
         "clip_i": metrics.clip_i_from_features(generated, reference),
         "clip_t": metrics.clip_t_from_features(generated, texts),
@@ -78,7 +78,8 @@ def image_scores(
     }
     if min(len(images), len(references)) >= kid_subset_size:
         check_stop(should_stop, "before KID")
-        result = metrics.kid(images, references, kid_feature or feature_model, subset_size=kid_subset_size, seed=seed)
+        result = metrics.kid(images, references, kid_feature or feature_model, subset_size=kid_subset_size, seed=seed,
+                             should_stop=should_stop)
         scores["kid"] = result.mean
     return scores
 

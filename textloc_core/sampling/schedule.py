@@ -15,6 +15,7 @@ import torch
 
 from ..attention.cross_attention import AttentionRouter, CapturedMap
 from ..backends.base import DenoiserBackend
+from ..backends.cancel import check_stop
 
 TRAIN_TIMESTEPS = 1000
 
@@ -84,16 +85,6 @@ def _to_eps_x0(prediction_type: str, out: torch.Tensor, x: torch.Tensor, t: int)
     return eps, x0
 
 
-class Cancelled(Exception):
-    """A host's ``should_stop`` said stop inside a long loop (sampling, encoding, scoring)."""
-
-
-def check_stop(should_stop: Callable[[], bool] | None, what: str) -> None:
-    """Raise ``Cancelled`` when ``should_stop`` (None: never) says stop; ``what`` says where."""
-    if should_stop is not None and should_stop():
-        raise Cancelled(f"cancelled {what}")
-
-
 def guided_conditioning(encoded, n: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """``ddim_sample``'s ``cond`` / ``uncond`` (and, for UNets that take them, ``cond_pooled`` /
     ``uncond_pooled``) keywords from a text backend's encoding of ``[prompt, negative]``, each
@@ -125,7 +116,7 @@ def ddim_sample(
     their (B, P) pooled embeddings for UNets that take them (SDXL). The
     UNet sees one batch [uncond; cond]. With ``router``, its ``token_slots`` must be set for
     that doubled batch; after each step ``on_maps(step, captured)`` gets the captured maps
-    and the router is cleared. ``should_stop`` is polled before every step (``Cancelled``).
+    and the router is cleared. ``should_stop`` is polled before every step (``backends.cancel.Cancelled``).
     """
     use_cfg = uncond is not None and guidance_scale != 1.0
     context = torch.cat([uncond, cond]) if use_cfg else cond

@@ -2,7 +2,7 @@
 
 The pack's embedded default: procedurally rendered 64x64 scenes (world.py, render.py), an
 SD1-shaped latent diffusion model trained on them from scratch (model_configs.py,
-train_world.py; weights shipped under weights/), a CLIP text+vision pair for metrics and an
+tinyworld_build/, outside the core; weights shipped under weights/), a CLIP text+vision pair for metrics and an
 independent judge (judge.py) that says what an image shows.
 
     from textloc_core import tinyworld
@@ -87,14 +87,14 @@ def load_judge(device: str | torch.device = "cpu", path: str | Path | None = Non
 def load_clip(device: str | torch.device = "cpu", path: str | Path | None = None):
     """(text tower with projection, vision tower with projection, tokenizer): TinyWorld's CLIP,
     used by metrics the way the paper uses CLIP ViT-L/14. Feed the vision tower
-    ``train_world.clip_pixels(images)`` for [0, 1] images at 64x64."""
+    ``tinyworld_build.train_world.clip_pixels(images)`` for [0, 1] images at 64x64."""
     from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     text_dir = _require_weights("text_encoder", path)
     text = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(text_dir))
     # text_encoder/ holds the plain CLIPTextModel the pipeline reads; the projection lives beside
-    # the vision tower (see train_world.save_text_encoder)
+    # the vision tower (see tinyworld_build.build.save_text_encoder)
     state = load_file(str(text_dir / "model.safetensors"))
     state.update(load_file(str(_require_weights("clip_vision", path) / "text_projection.safetensors")))
     text.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

@@ -30,7 +30,7 @@ IMAGE_SIZE = 64
 LATENT_SIZE = 16
 LATENT_CHANNELS = 4
 VAE_SCALE_FACTOR = 4
-# SD1's latent scale. The trained VAE is rescaled (see train_world.rescale_vae_latents) so that
+# SD1's latent scale. The trained VAE is rescaled (see tinyworld_build.train_world.rescale_vae_latents) so that
 # latents times this factor have unit variance, which lets ComfyUI's stock SD15 latent format work.
 SD_SCALING_FACTOR = 0.18215
 TEXT_HIDDEN = 64

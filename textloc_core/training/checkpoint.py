@@ -148,35 +148,8 @@ def save_checkpoint(
     final = directory / step_dir_name(step)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=safe_io.TEMP_MARKER, dir=directory))
     try:
-        state_tensors: dict[str, torch.Tensor] = {}
-        state = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "config_json": config_json,
-            "optimizer": encode_state(optimizer_state, state_tensors, "optimizer"),
-            "extra": encode_state(dict(extra or {}), state_tensors, "extra"),
-        }
-        safe_io.save_tensors(work / "tensors.safetensors", tensors)
-        safe_io.save_tensors(work / "state.safetensors", state_tensors)
-        safe_io.atomic_write_text(work / "state.json", json.dumps(state))
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "files": {
-                name: {"sha256": safe_io.sha256_file(work / name), "bytes": (work / name).stat().st_size}
-                for name in _FILES
-            },
-        }
-        safe_io.atomic_write_text(work / _MANIFEST, json.dumps(manifest, indent=1))
-        if final.exists():  # re-saving a step (e.g. after resuming): move the old one aside first
-            aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", suffix=safe_io.TEMP_MARKER, dir=directory))
-            os.replace(final, aside / final.name)
-            os.replace(work, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(work, final)
+        _write_step_files(work, step, tensors, optimizer_state, config_json, extra)
+        _put_in_place(work, final)
         safe_io._fsync_dir(directory)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -184,6 +157,44 @@ def save_checkpoint(
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(directory / step_dir_name(old), ignore_errors=True)
     return final
+
+
+def _write_step_files(work: Path, step: int, tensors, optimizer_state, config_json: str, extra) -> None:
+    """The files of one checkpoint (tensors, state, manifest with their hashes) into ``work``."""
+    state_tensors: dict[str, torch.Tensor] = {}
+    state = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "config_json": config_json,
+        "optimizer": encode_state(optimizer_state, state_tensors, "optimizer"),
+        "extra": encode_state(dict(extra or {}), state_tensors, "extra"),
+    }
+    safe_io.save_tensors(work / "tensors.safetensors", tensors)
+    safe_io.save_tensors(work / "state.safetensors", state_tensors)
+    safe_io.atomic_write_text(work / "state.json", json.dumps(state))
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "files": {
+            name: {"sha256": safe_io.sha256_file(work / name), "bytes": (work / name).stat().st_size}
+            for name in _FILES
+        },
+    }
+    safe_io.atomic_write_text(work / _MANIFEST, json.dumps(manifest, indent=1))
+
+
+def _put_in_place(work: Path, final: Path) -> None:
+    """Rename the finished ``work`` folder to ``final``; an existing step of that number (re-saved
+    after resuming) is moved aside first, so one of the two is always complete on disk."""
+    if final.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", suffix=safe_io.TEMP_MARKER, dir=final.parent))
+        os.replace(final, aside / final.name)
+        os.replace(work, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(work, final)
 
 
 # --- loading -----------------------------------------------------------------------------

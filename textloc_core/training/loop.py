@@ -24,7 +24,7 @@ import torch
 
 from ..backends.base import ModelBundle
 from ..data.concepts import ConceptSet
-from ..sampling.schedule import Cancelled
+from ..backends.cancel import Cancelled, check_stop
 from . import checkpoint
 from .config import TrainConfig
 from .result import StepReport, TrainResult
@@ -49,7 +49,8 @@ def train(
 
     The base model is left bit-identical (hooks removed, requires_grad restored). Works
     when called under ``torch.inference_mode`` (ComfyUI does). ``should_stop`` is polled
-    before every step; a stop returns the partial result with ``stopped_early=True``.
+    before every step and inside every long phase; a stop (``backends.cancel.Cancelled``, from
+    the poll or raised by the backend) returns the partial result with ``stopped_early=True``.
     With ``checkpoint_dir`` a checkpoint is written every ``config.checkpoint_every`` steps
     and at the end; ``resume=True`` continues from the latest one there.
     """
@@ -85,57 +86,19 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
             kv_deltas={}, token_embeddings={}, history=[], stopped_early=True, steps_done=0,
             fingerprint=bundle.fingerprint, config=config, prompts=[],
         )
+    stopped = False
     try:
         optimization = Optimization.for_run(run)
-        prior_ready = setup_prior(run, prior_cache_dir, should_stop)
+        setup_prior(run, prior_cache_dir, should_stop)
+    except Cancelled:  # stopped while generating the prior images: no step taken
+        stopped = True
     except BaseException:
         run.injector.remove()
         raise
-    history: list[dict[str, float]] = []
-    stopped = not prior_ready
     with run.hooks():
-        start = 0
-        if resume and checkpoint_dir is not None and prior_ready:
-            state = checkpoint.load_latest_checkpoint(Path(checkpoint_dir), config_json=config.to_json())
-            if state is not None:
-                run.trainables.load_checkpoint(state.tensors)
-                optimization.optimizer.load_state_dict(state.optimizer_state)
-                start, history = state.step, list(state.extra.get("history", []))
-                if config.calibrated and "attention_weight" not in state.extra:
-                    raise ValueError(
-                        f"checkpoint {state.path} has no recorded attention weight, which a calibrated run "
-                        "needs to continue; train into a new folder (or turn resume off)"
-                    )
-                if "attention_weight" in state.extra:  # never recalibrate: the run continues exactly
-                    run.attention_weight = float(state.extra["attention_weight"])
-        if start == 0 and prior_ready:
-            try:
-                calibrate_attention_weight(run)  # a no-op unless attention_weight_mode is "calibrated"
-            except Exception:
-                if should_stop is None or not should_stop():  # else: aborted from inside, as a step can be
-                    raise
-                stopped = True
-        for step in range(start, config.steps) if not stopped else ():
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            began = time.perf_counter()
-            try:
-                losses = train_step(run, optimization, step)
-            except Exception:
-                # A host may abort a step from inside the model once asked to stop (ComfyUI
-                # 0.33 checks its interrupt flag in every layer). The step had not updated
-                # anything yet, so the steps before it are kept like any other stop.
-                if should_stop is not None and should_stop():
-                    stopped = True
-                    break
-                raise
-            history.append(losses)
-            done = step + 1
-            if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
-                _save(checkpoint_dir, done, run, optimization, history)
-            if on_step is not None:
-                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began, run.attention_weight))
+        start, history = (0, []) if stopped else _resumed(run, optimization, checkpoint_dir, resume)
+        if not stopped:
+            stopped = _steps(run, optimization, start, history, checkpoint_dir, on_step, should_stop)
         if stopped and checkpoint_dir is not None and len(history) > start:
             _save(checkpoint_dir, len(history), run, optimization, history)
         kv_deltas, token_embeddings = run.trainables.copies()
@@ -148,8 +111,69 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
             fingerprint=bundle.fingerprint,
             config=config,
             prompts=list(run.prompts),
-            attention_weight=run.attention_weight,
+            lambda_attn_used=run.lambda_attn_used,
         )
+
+
+CHECKPOINT_LAMBDA_KEY = "lambda_attn_used"
+"""Where a checkpoint records the attention weight the run used; checkpoints written before
+the name was settled call it "attention_weight" (still read)."""
+
+
+def recorded_lambda_attn(extra: dict) -> float | None:
+    """The attention weight a checkpoint's ``extra`` recorded (None: none recorded)."""
+    for key in (CHECKPOINT_LAMBDA_KEY, "attention_weight"):
+        if key in extra:
+            return float(extra[key])
+    return None
+
+
+def _resumed(run: TrainingRun, optimization: Optimization, checkpoint_dir, resume: bool) -> tuple[int, list]:
+    """(first step, history so far): from the latest checkpoint when resuming, else (0, [])."""
+    if not resume or checkpoint_dir is None:
+        return 0, []
+    config = run.config
+    state = checkpoint.load_latest_checkpoint(Path(checkpoint_dir), config_json=config.to_json())
+    if state is None:
+        return 0, []
+    run.trainables.load_checkpoint(state.tensors)
+    optimization.optimizer.load_state_dict(state.optimizer_state)
+    recorded = recorded_lambda_attn(state.extra)
+    if config.calibrated and recorded is None:
+        raise ValueError(
+            f"checkpoint {state.path} has no recorded attention weight, which a calibrated run "
+            "needs to continue; train into a new folder (or turn resume off)"
+        )
+    if recorded is not None:  # never recalibrate: the run continues exactly
+        run.lambda_attn_used = recorded
+    return state.step, list(state.extra.get("history", []))
+
+
+def _steps(run: TrainingRun, optimization: Optimization, start: int, history: list, checkpoint_dir, on_step,
+           should_stop) -> bool:
+    """Calibrate (a fresh run) and take steps ``start``.. into ``history``; True when stopped.
+
+    A stop is a ``Cancelled``: from ``should_stop`` before a step, or raised inside one by a
+    backend whose host stops mid-call. A step that raised had not updated anything yet, so the
+    steps before it are kept like any other stop. Any other exception propagates.
+    """
+    config = run.config
+    try:
+        if start == 0:
+            calibrate_attention_weight(run)  # a no-op unless attention_weight_mode is "calibrated"
+        for step in range(start, config.steps):
+            check_stop(should_stop, f"before step {step + 1} of {config.steps}")
+            began = time.perf_counter()
+            losses = train_step(run, optimization, step)
+            history.append(losses)
+            done = step + 1
+            if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
+                _save(checkpoint_dir, done, run, optimization, history)
+            if on_step is not None:
+                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began, run.lambda_attn_used))
+    except Cancelled:
+        return True
+    return False
 
 
 def _save(checkpoint_dir, step: int, run: TrainingRun, optimization: Optimization, history) -> None:
@@ -160,5 +184,5 @@ def _save(checkpoint_dir, step: int, run: TrainingRun, optimization: Optimizatio
         run.trainables.to_checkpoint(),
         optimization.optimizer.state_dict(),
         run.config.to_json(),
-        extra={"history": history, "attention_weight": run.attention_weight},
+        extra={"history": history, CHECKPOINT_LAMBDA_KEY: run.lambda_attn_used},
     )

@@ -19,16 +19,20 @@ import torch
 from ..backends.base import ModelBundle
 from .config import TrainConfig
 from ..data.safe_io import load_tensors, save_tensors
-from ..sampling.schedule import Cancelled, ddim_sample, guided_conditioning
+from ..backends.cancel import Cancelled, check_stop
+from ..sampling.schedule import ddim_sample, guided_conditioning
 
 _MEMORY: dict[str, torch.Tensor] = {}
-"""Process-wide cache for runs without a cache folder (tests, repeated API calls)."""
+"""Process-wide cache in order of use (least recently used first), so a server reuses the latents of its
+recent trainings without keeping every class word, seed and size it has ever seen."""
+
+MEMORY_ENTRIES = 4
+"""At most this many prior sets stay in memory (a two-concept training uses two)."""
+
+MEMORY_BYTES = 256 << 20
+"""...and at most this many bytes of them (1000 SD1.x latents at 512 px are 64 MiB)."""
 
 GENERATION_BATCH = 4
-
-
-class PriorCancelled(Cancelled):
-    """``should_stop`` said stop while prior images were being generated (nothing is cached)."""
 
 
 def prior_key(fingerprint: str, prompt: str, count: int, latent_hw: tuple[int, int], config: TrainConfig) -> str:
@@ -48,8 +52,7 @@ def _generate(
         encoded = bundle.text.encode([prompt, ""], {})
     out = []
     for start in range(0, count, GENERATION_BATCH):
-        if should_stop is not None and should_stop():
-            raise PriorCancelled(f"cancelled after {start} of {count} prior images of {prompt!r}")
+        check_stop(should_stop, f"after {start} of {count} prior images of {prompt!r}")
         n = min(GENERATION_BATCH, count - start)
         # One generator per image index: the k-th prior image does not depend on the batch size.
         noise = torch.stack(
@@ -68,7 +71,7 @@ def _generate(
                 **guided_conditioning(encoded, n, dtype),
             )
         except Cancelled as stop:
-            raise PriorCancelled(f"{stop} of prior images {start}-{start + n} of {count} of {prompt!r}") from None
+            raise Cancelled(f"{stop} of prior images {start}-{start + n} of {count} of {prompt!r}") from None
         out.append(latents.float().cpu())
     return torch.cat(out)
 
@@ -87,18 +90,20 @@ def prior_latents(
 
     Must be called with no adapter applied: the cache is keyed by the base fingerprint.
     Generating 200 SD images takes minutes, so ``should_stop`` is polled before every
-    sampling step (raising ``PriorCancelled``).
+    sampling step (raising ``Cancelled``; nothing is cached).
     """
     if count < 1:
         raise ValueError(f"prior_images_per_class: {count} must be at least 1 (or set lambda_prior to 0)")
     key = prior_key(bundle.fingerprint, prompt, count, latent_hw, config)
     if key in _MEMORY:
-        return _MEMORY[key]
+        latents = _MEMORY.pop(key)
+        remember(key, latents)  # now the most recently used
+        return latents
     path = Path(cache_dir) / f"prior-{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
             latents = load_tensors(path, what="prior cache", fix="delete it; it is regenerated")[0]["latents"]
-            _MEMORY[key] = latents
+            remember(key, latents)
             return latents
         except ValueError:
             path.unlink(missing_ok=True)  # corrupt cache: regenerate below
@@ -106,5 +111,14 @@ def prior_latents(
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(path, {"latents": latents}, {"prompt": prompt, "fingerprint": bundle.fingerprint, "count": str(count)})
-    _MEMORY[key] = latents
+    remember(key, latents)
     return latents
+
+
+def remember(key: str, latents: torch.Tensor) -> None:
+    """Keep ``latents`` in the in-process cache, dropping the least recently used sets beyond
+    ``MEMORY_ENTRIES`` or ``MEMORY_BYTES`` (a set larger than the byte bound is not kept)."""
+    _MEMORY.pop(key, None)
+    _MEMORY[key] = latents  # a dict keeps insertion order: the first key is the least recently used
+    while _MEMORY and (len(_MEMORY) > MEMORY_ENTRIES or sum(t.nbytes for t in _MEMORY.values()) > MEMORY_BYTES):
+        del _MEMORY[next(iter(_MEMORY))]

@@ -23,7 +23,7 @@ class StepReport:
     losses: dict[str, float]
     """"loss" (total), "instance", "prior", "attention"."""
     seconds: float
-    attention_weight: float | None = None
+    lambda_attn_used: float | None = None
     """The attention term's weight in this step's loss (calibrated or ``lambda_attn``)."""
 
 
@@ -42,7 +42,7 @@ class TrainResult:
     config: TrainConfig | None = None
     prompts: list[str] = field(default_factory=list)
     """The instance prompts used, one per training image."""
-    attention_weight: float | None = None
+    lambda_attn_used: float | None = None
     """The attention term's weight the run used: ``lambda_attn``, or the calibrated one."""
 
 

@@ -24,7 +24,7 @@ from ..backends.fingerprint import PROJECTIONS
 from ..data.concepts import ConceptSet
 from ..data.imaging import fit_pair
 from ..data.validation import validate_concept_set
-from ..sampling.schedule import check_stop
+from ..backends.cancel import check_stop
 from .config import MIXED_PRECISIONS, TrainConfig
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
@@ -99,15 +99,16 @@ class TrainingRun:
     prior_pooled: torch.Tensor | None = None
     """(P, D) pooled embeddings of the class prompts, for UNets that take them (SDXL)."""
     prior_prompt_index: torch.Tensor | None = None
-    attention_weight: float | None = None
-    """The attention term's weight in the loss: ``config.lambda_attn`` (the default), or the
-    calibrated one (``step.calibrate_attention_weight``, or a resumed checkpoint's)."""
+    lambda_attn_used: float | None = None
+    """The attention term's weight in the loss: ``config.lambda_attn`` (fixed mode; the
+    ``attention_weight`` widget), or the calibrated one (``step.calibrate_attention_weight``,
+    or a resumed checkpoint's)."""
     tokens: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = [c.token for c in self.concept_set.concepts]
-        if self.attention_weight is None:
-            self.attention_weight = float(self.config.lambda_attn)
+        if self.lambda_attn_used is None:
+            self.lambda_attn_used = float(self.config.lambda_attn)
 
     @property
     def device(self) -> torch.device:
@@ -210,7 +211,7 @@ def setup(
 ) -> TrainingRun:
     """Build the run: checked data, latents, prompts, fresh token embeddings, the routed
     layers, and (last) the zero K/V deltas hooked into the UNet. ``should_stop`` is polled
-    between VAE batches (``sampling.schedule.Cancelled``; nothing is installed yet)."""
+    between VAE batches (``backends.cancel.Cancelled``; nothing is installed yet)."""
     device, denoiser = bundle.device, bundle.denoiser
     amp = amp_dtype(config, device)
     optimizer_class(config)
@@ -242,27 +243,25 @@ def setup(
     return TrainingRun(bundle, config, concept_set, prompts, latents, masks, trainables, injector, router, amp)
 
 
-def setup_prior(run: TrainingRun, cache_dir: Path | None, should_stop: Callable[[], bool] | None = None) -> bool:
-    """Generate (or read from the cache) the class-prior latents; False when cancelled.
+def setup_prior(run: TrainingRun, cache_dir: Path | None, should_stop: Callable[[], bool] | None = None) -> None:
+    """Generate (or read from the cache) the class-prior latents (``backends.cancel.Cancelled``
+    when ``should_stop`` says stop).
 
     Runs while the K/V deltas are still zero, so the base model draws them."""
     config = run.config
     if not config.uses_prior:
-        return True
-    from .prior import PriorCancelled, prior_latents
+        return
+    from .prior import prior_latents
 
     latents, prompts = [], []
     for class_word in dict.fromkeys(c.class_word for c in run.concept_set.concepts):
         prompt = config.class_prompt.format(class_word=class_word)
-        try:
-            latents.append(
-                prior_latents(
-                    run.bundle, prompt, config.prior_images_per_class, run.latent_hw, config,
-                    cache_dir=cache_dir, should_stop=should_stop,
-                )
+        latents.append(
+            prior_latents(
+                run.bundle, prompt, config.prior_images_per_class, run.latent_hw, config,
+                cache_dir=cache_dir, should_stop=should_stop,
             )
-        except PriorCancelled:
-            return False
+        )
         prompts.append(prompt)
     run.prior_latents = torch.cat(latents).to(run.device, torch.float32)
     run.prior_prompt_index = torch.cat([torch.full((len(x),), i) for i, x in enumerate(latents)])
@@ -270,4 +269,3 @@ def setup_prior(run: TrainingRun, cache_dir: Path | None, should_stop: Callable[
         encoded = run.bundle.text.encode(prompts, {})
         run.prior_context = encoded.context.detach()
         run.prior_pooled = None if encoded.pooled is None else encoded.pooled.detach()
-    return True

@@ -4,7 +4,7 @@ Each step, in one forward over [instance; prior]:
 
     loss = mse(instance) + lambda_prior * mse(prior) + lambda_attn * attention_loss(maps, masks)
 
-where lambda_attn is ``run.attention_weight``: the config's, or with
+where lambda_attn is ``run.lambda_attn_used``: the config's, or with
 ``attention_weight_mode="calibrated"`` the one ``calibrate_attention_weight`` sets before the
 first step, ``attention_fraction * ||grad denoise|| / ||grad attention||`` on the trainables,
 averaged over the first ``calibration_batches`` steps' batches.
@@ -118,7 +118,7 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise, subsets=None) -> tup
         terms["attention"] = attention_loss(config.method, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
     else:
         terms["attention"] = pred.sum() * 0.0
-    terms["loss"] = terms["instance"] + config.lambda_prior * terms["prior"] + run.attention_weight * terms["attention"]
+    terms["loss"] = terms["instance"] + config.lambda_prior * terms["prior"] + run.lambda_attn_used * terms["attention"]
     return terms, maps
 
 
@@ -154,7 +154,7 @@ def weight_from_norms(norms: list[tuple[float, float]], fraction: float) -> floa
 
 
 def calibrate_attention_weight(run: TrainingRun) -> float:
-    """Set (and return) ``run.attention_weight`` so that the attention term's gradient on the
+    """Set (and return) ``run.lambda_attn_used`` so that the attention term's gradient on the
     trainables is ``attention_fraction`` x the denoising loss's, on average over the batches of
     the first ``calibration_batches`` steps:
 
@@ -170,7 +170,7 @@ def calibrate_attention_weight(run: TrainingRun) -> float:
     "calibrated" and the run is guided (method "none" has no attention term)."""
     config = run.config
     if not config.calibrated or run.router is None:
-        return run.attention_weight
+        return run.lambda_attn_used
     norms = [gradient_norms(run, step) for step in range(config.calibration_batches)]
     weight = weight_from_norms(norms, config.attention_fraction)
     if not math.isfinite(weight):
@@ -178,7 +178,7 @@ def calibrate_attention_weight(run: TrainingRun) -> float:
             f"attention calibration: gradient norms (denoise, attention) per batch {norms} give no finite "
             "weight; check the images for NaN, or use attention_weight_mode='fixed'"
         )
-    run.attention_weight = weight
+    run.lambda_attn_used = weight
     return weight
 
 

@@ -1,5 +1,6 @@
 """A test-only ComfyUI node pack: "TextLoc Test Tiny SDXL Loader" gives the tiny, randomly
-initialised SDXL-architecture MODEL / CLIP / VAE of ``tiny_sdxl_comfy``.
+initialised SDXL-architecture MODEL / CLIP / VAE of ``tiny_sdxl_comfy``; "TextLoc Test Deep
+Copy" deep-copies a MODEL / CLIP / VAE the way ComfyUI 0.33's own nodes do (TrainLoraNode).
 
 The integration tests link this folder into the test server's custom_nodes, so a shipped
 SDXL workflow can run headless: its CheckpointLoaderSimple (a user's SDXL checkpoint) is
@@ -32,5 +33,34 @@ class TinySDXLLoader:
         return tiny_sdxl_comfy.build_all(seed, embedding_directory=folder_paths.get_folder_paths("embeddings"))
 
 
-NODE_CLASS_MAPPINGS = {"TextLocTestTinySDXLLoader": TinySDXLLoader}
-NODE_DISPLAY_NAME_MAPPINGS = {"TextLocTestTinySDXLLoader": "TextLoc Test Tiny SDXL Loader"}
+class DeepCopy:
+    """``clone(force_deepcopy=True)`` of the MODEL's, CLIP's and VAE's patchers (ComfyUI 0.33+),
+    reporting per part whether the copy holds the same weights in different tensors."""
+
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "copy"
+    CATEGORY = "textloc/testing"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "clip": ("CLIP",), "vae": ("VAE",)}}
+
+    def copy(self, model, clip, vae):
+        import torch
+
+        lines = []
+        for part, patcher in (("model", model), ("clip", clip.patcher), ("vae", vae.patcher)):
+            copied = patcher.clone(force_deepcopy=True)
+            old, new = patcher.model.state_dict(), copied.model.state_dict()
+            differ = sorted(set(old) ^ set(new)) + [k for k in old if k in new and not torch.equal(old[k], new[k])]
+            shared = any(old[k].data_ptr() == new[k].data_ptr() for k in old if k in new)
+            what = f"different weights ({', '.join(differ[:3])})" if differ else "same weights"
+            lines.append(f"{part}: {what}, {'shared' if shared else 'own'} tensors")
+        report = "\n".join(lines)
+        return {"ui": {"text": [report]}, "result": (report,)}
+
+
+NODE_CLASS_MAPPINGS = {"TextLocTestTinySDXLLoader": TinySDXLLoader, "TextLocTestDeepCopy": DeepCopy}
+NODE_DISPLAY_NAME_MAPPINGS = {"TextLocTestTinySDXLLoader": "TextLoc Test Tiny SDXL Loader",
+                              "TextLocTestDeepCopy": "TextLoc Test Deep Copy"}

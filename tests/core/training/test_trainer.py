@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from textloc_core.backends.cancel import Cancelled
 from textloc_core.attention.cross_attention import KVDeltaInjector, find_cross_attention
 from textloc_core.training.config import TrainConfig
 from textloc_core.evaluation.localization import map_mask_error
@@ -97,13 +98,15 @@ def test_should_stop_cancels_within_a_step(tiny_bundle, two_concepts):
 
 
 def test_a_stop_raised_from_inside_a_step_keeps_the_steps_before_it(tiny_bundle, two_concepts, tmp_path, monkeypatch):
-    """ComfyUI 0.33 raises its interrupt from inside the model's layers, mid-step."""
-    done, stop = [], []
+    """ComfyUI 0.33 raises its interrupt from inside the model's layers, mid-step; its backend
+    turns that into the core's ``Cancelled``, which alone ends the run (no poll needed)."""
+    done, stop, error, raised = [], [], [], []
     predict = tiny_bundle.denoiser.predict
 
     def interrupted_predict(*args, **kwargs):
         if len(done) == 3 and stop:
-            raise RuntimeError("interrupted by the host")
+            raised.append(True)
+            raise error[0]
         return predict(*args, **kwargs)
 
     def on_step(report):
@@ -113,15 +116,16 @@ def test_a_stop_raised_from_inside_a_step_keeps_the_steps_before_it(tiny_bundle,
 
     monkeypatch.setattr(tiny_bundle.denoiser, "predict", interrupted_predict)
     config = _config(steps=6, checkpoint_every=100, prior_images_per_class=0, lambda_prior=0.0)
-    polls = iter([False] * 4 + [True] * 10)  # still False when step 4 begins: the raise ends it
+    error.append(Cancelled("cancelled inside a UNet layer"))
     result = train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path, on_step=on_step,
-                   should_stop=lambda: next(polls))
+                   should_stop=lambda: False)
     assert result.stopped_early and result.steps_done == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000003"]  # the cancel wrote the 3 steps done
-    # without a stop request the same error is the user's to see
-    done.clear()
-    with pytest.raises(RuntimeError, match="interrupted by the host"):
-        train(tiny_bundle, two_concepts, config, on_step=on_step, should_stop=lambda: False)
+    # any other error is the user's to see, even when the host asks to stop right after it
+    done.clear(), stop.clear(), raised.clear()
+    error[0] = RuntimeError("broken by the host")
+    with pytest.raises(RuntimeError, match="broken by the host"):
+        train(tiny_bundle, two_concepts, config, on_step=on_step, should_stop=lambda: bool(raised))
 
 
 @pytest.mark.parametrize("mode, message", [("fixed", "step 1: loss is nan"),

@@ -1,7 +1,7 @@
 """A real training process for the SIGKILL resume tests (run as a script, not collected).
 
 ``python checkpoint_resume_child.py CHECKPOINT_DIR [KILL_AT_STEP]`` trains the tiny model of
-tests/conftest.py on a fixed two-concept set, resuming from CHECKPOINT_DIR, printing
+benchmarks/tiny_models.py on a fixed two-concept set, resuming from CHECKPOINT_DIR, printing
 ``step N`` after every step. With KILL_AT_STEP the process SIGKILLs itself in the middle of
 writing that step's checkpoint: after its first file reached the temporary folder, before
 the folder is renamed into place.
@@ -15,9 +15,6 @@ import sys
 from pathlib import Path
 
 import torch
-
-TESTS = Path(__file__).resolve().parents[1]
-
 
 def concept_set():
     from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
@@ -46,16 +43,10 @@ def config():
 
 
 def bundle():
-    import importlib.util
-
+    from benchmarks.tiny_models import build_tiny_pipeline_parts
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
-    # Loaded by path: inside the pytest process ``import conftest`` may return another
-    # folder's conftest (pytest keeps the last one it imported under that name).
-    spec = importlib.util.spec_from_file_location("textloc_tests_conftest", TESTS / "conftest.py")
-    shared = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shared)
-    return bundle_from_diffusers(**shared.build_tiny_pipeline_parts())
+    return bundle_from_diffusers(**build_tiny_pipeline_parts())
 
 
 def _kill_during_write_of(step: int) -> None:

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import model_configs as mc
+from textloc_core.tinyworld import model_configs as mc
+from textloc_core.tinyworld.judge import Judge, JudgeNet, scene_targets
+from textloc_core.tinyworld.render import render_scene
+from textloc_core.tinyworld.world import sample_any_scene, sample_pretraining_scene
+
 from .build_state import BuildState
-from .judge import Judge, JudgeNet, scene_targets
-from .render import render_scene
-from .world import sample_any_scene, sample_pretraining_scene
 
 
 @dataclass(frozen=True)

@@ -177,3 +177,17 @@ def test_a_damaged_header_field_is_a_value_error_never_a_crash(tmp_path, field_n
         ad.load_adapter(path)
     except ValueError:
         pass
+
+
+@pytest.mark.parametrize("where, value", [("delta", float("nan")), ("delta", float("inf")), ("token", float("-inf"))])
+def test_non_finite_values_are_refused_on_load_naming_the_file(tmp_path, where, value):
+    adapter = make_adapter()
+    if where == "delta":
+        next(iter(adapter.kv_deltas.values()))[0, 0] = value
+    else:
+        adapter.token_embeddings["<doll1>"][0, 3] = value
+    path = ad.save_adapter(adapter, tmp_path / "broken_doll.safetensors")
+    with pytest.raises(ValueError, match=r"adapter file broken_doll.safetensors holds NaN or infinite values") as caught:
+        ad.load_adapter(path)
+    assert str(tmp_path) not in str(caught.value)
+    assert ("emb.<doll1>" if where == "token" else "kv.") in str(caught.value)

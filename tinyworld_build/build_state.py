@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.safe_io import atomic_write, atomic_write_text
+from textloc_core.data.safe_io import atomic_write, atomic_write_text
 
 IDENTITY_FILE = "state.json"
 

@@ -38,7 +38,7 @@ def _grad_norm(run, which: str, step: int = 0) -> float:
     for p in params:
         p.grad = None
     terms, _ = losses(run, *draw(run, step))
-    term = terms["instance"] + run.config.lambda_prior * terms["prior"] if which == "denoise" else run.attention_weight * terms["attention"]
+    term = terms["instance"] + run.config.lambda_prior * terms["prior"] if which == "denoise" else run.lambda_attn_used * terms["attention"]
     term.backward()
     run.router.clear()
     norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
@@ -54,7 +54,7 @@ def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, me
         run = setup(tiny_bundle, two_concepts_at(), config)
         with run.hooks():
             weight = calibrate_attention_weight(run)
-            assert weight == run.attention_weight and weight > 0 and weight != config.lambda_attn
+            assert weight == run.lambda_attn_used and weight > 0 and weight != config.lambda_attn
             ratio = _grad_norm(run, "attention") / _grad_norm(run, "denoise")
     assert ratio == pytest.approx(0.1, rel=1e-4)
 
@@ -67,7 +67,7 @@ def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle, two_
         run = setup(tiny_bundle, two_concepts_at(), config)
         with run.hooks():
             weight = calibrate_attention_weight(run)
-            run.attention_weight = 1.0
+            run.lambda_attn_used = 1.0
             denoise = [_grad_norm(run, "denoise", step) for step in range(4)]
             attention = [_grad_norm(run, "attention", step) for step in range(4)]
     assert weight == pytest.approx(0.5 * sum(denoise) / sum(attention), rel=1e-4)
@@ -76,14 +76,14 @@ def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle, two_
 
 def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(tiny_bundle, tiny_parts, tiny_unet_builder, two_concepts_at):
     config = _config(steps=1, lambda_prior=0.0)
-    base = train(tiny_bundle, two_concepts_at(16), config).attention_weight
-    other_model = train(_other_bundle(tiny_parts, tiny_unet_builder), two_concepts_at(16), config).attention_weight
-    other_side = train(tiny_bundle, two_concepts_at(32), config).attention_weight
+    base = train(tiny_bundle, two_concepts_at(16), config).lambda_attn_used
+    other_model = train(_other_bundle(tiny_parts, tiny_unet_builder), two_concepts_at(16), config).lambda_attn_used
+    other_side = train(tiny_bundle, two_concepts_at(32), config).lambda_attn_used
     assert all(w is not None and w > 0 for w in (base, other_model, other_side))
     assert abs(other_model / base - 1) > 0.05, (base, other_model)
     assert abs(other_side / base - 1) > 0.05, (base, other_side)
     # twice the fraction, twice the weight (same model, same batch)
-    double = train(tiny_bundle, two_concepts_at(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)).attention_weight
+    double = train(tiny_bundle, two_concepts_at(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)).lambda_attn_used
     assert double == pytest.approx(2 * base, rel=1e-6)
 
 
@@ -91,7 +91,7 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
     concepts, config = two_concepts_at(), _config(steps=4, checkpoint_every=2)
     reports = []
     full = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "a", on_step=reports.append)
-    assert {r.attention_weight for r in reports} == {full.attention_weight} and full.attention_weight != 1.0
+    assert {r.lambda_attn_used for r in reports} == {full.lambda_attn_used} and full.lambda_attn_used != 1.0
     saved = json.loads((tmp_path / "a" / "step-000000004" / "state.json").read_text())
     assert json.loads(saved["config_json"])["attention_weight_mode"] == "calibrated"
 
@@ -105,7 +105,7 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
     monkeypatch.setattr(step_module, "gradient_norms", no_recalibration)
     resumed = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "b", resume=True)
     assert resumed.steps_done == 4 and resumed.history == full.history
-    assert resumed.attention_weight == full.attention_weight
+    assert resumed.lambda_attn_used == full.lambda_attn_used
     for key in full.kv_deltas:
         assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
     for token in full.token_embeddings:
@@ -116,7 +116,7 @@ def test_calibration_is_a_no_op_without_guidance(tiny_bundle, two_concepts_at):
     concepts = two_concepts_at()
     calibrated = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7))
     fixed = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7, attention_weight_mode="fixed"))
-    assert calibrated.attention_weight == fixed.attention_weight == 0.7
+    assert calibrated.lambda_attn_used == fixed.lambda_attn_used == 0.7
     assert calibrated.history == fixed.history
     for key in fixed.kv_deltas:
         assert torch.equal(fixed.kv_deltas[key], calibrated.kv_deltas[key]), key
@@ -124,7 +124,7 @@ def test_calibration_is_a_no_op_without_guidance(tiny_bundle, two_concepts_at):
 
 def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle, two_concepts_at):
     config = _config(steps=1, attention_weight_mode="fixed", lambda_attn=0.25)
-    assert train(tiny_bundle, two_concepts_at(), config).attention_weight == 0.25
+    assert train(tiny_bundle, two_concepts_at(), config).lambda_attn_used == 0.25
     fixed = TrainConfig(attention_weight_mode="fixed")
     data = json.loads(fixed.to_json())
     assert not {"attention_weight_mode", "attention_fraction", "calibration_batches"} & set(data)  # older checkpoints match
@@ -164,3 +164,11 @@ def test_widgets_carry_the_calibration_settings():
     # the mode and fraction the TinyWorld table supports (docs/results.md): the node, the widgets and the API agree
     assert default.attention_weight_mode == TrainConfig().attention_weight_mode == "calibrated" and default.calibrated
     assert default.attention_fraction == TrainConfig().attention_fraction == 1.0
+
+
+def test_checkpoints_of_either_name_give_the_recorded_weight():
+    from textloc_core.training.loop import CHECKPOINT_LAMBDA_KEY, recorded_lambda_attn
+
+    assert recorded_lambda_attn({CHECKPOINT_LAMBDA_KEY: 0.25, "history": []}) == 0.25
+    assert recorded_lambda_attn({"attention_weight": 0.5}) == 0.5  # written before the name was settled
+    assert recorded_lambda_attn({"history": []}) is None

@@ -182,7 +182,7 @@ WRITER = textwrap.dedent(
 
 
 def test_sigkill_during_checkpoint_writes_leaves_a_verifying_checkpoint(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3]))
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True)
     try:
         assert proc.stdout.readline().strip() == "1"  # one complete checkpoint exists

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from textloc_core.data.masks import (
-    feather, mask_area, mask_bbox, mask_coverage, mask_to_grid, resize_mask, to_binary_mask,
+    mask_area, mask_coverage, mask_to_grid, resize_mask, to_binary_mask,
 )
 
 binary_planes = st.tuples(st.integers(1, 12), st.integers(1, 12)).flatmap(
@@ -118,7 +118,9 @@ def test_resize_mask_stays_binary_and_keeps_the_region():
     mask[2:6, 4:8] = 1
     big = resize_mask(mask, (16, 16))
     assert set(big.unique().tolist()) <= {0.0, 1.0}
-    assert mask_bbox(big) == (8, 4, 16, 12)
+    region = torch.zeros(16, 16)
+    region[4:12, 8:16] = 1
+    assert torch.equal(big, region)
     small = resize_mask(mask, (4, 4))
     assert small.tolist() == [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]]
     batch = resize_mask(torch.stack([mask, 1 - mask]), (4, 4))
@@ -146,22 +148,9 @@ def test_mask_to_grid_interpolates_when_the_grid_is_larger():
         mask_to_grid(torch.ones(4), 2)
 
 
-def test_feather_softens_edges_only():
-    mask = torch.zeros(32, 32)
-    mask[8:24, 8:24] = 1
-    soft = feather(mask, 3)
-    assert soft.shape == mask.shape and soft.min() >= 0 and soft.max() <= 1
-    assert soft[16, 16] > 0.99 and soft[0, 0] < 0.01  # far from the edge: unchanged
-    assert 0.2 < soft[16, 8] < 0.8  # on the edge: in between
-    assert torch.equal(feather(mask, 0), mask)
-    with pytest.raises(ValueError):
-        feather(mask, -1)
-
-
-def test_area_coverage_and_bbox():
+def test_area_and_coverage():
     mask = torch.zeros(10, 20)
-    assert mask_bbox(mask) is None and mask_area(mask) == 0
+    assert mask_area(mask) == 0
     mask[3:5, 7:12] = 1
     assert mask_area(mask) == 10
     assert mask_coverage(mask) == pytest.approx(10 / 200)
-    assert mask_bbox(mask) == (7, 3, 12, 5)

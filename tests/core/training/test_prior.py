@@ -40,3 +40,17 @@ def test_corrupt_cache_file_is_regenerated(tiny_bundle, tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     prior._MEMORY.clear()
     assert torch.equal(prior.prior_latents(tiny_bundle, "cup", 2, (8, 8), config, cache_dir=tmp_path), first)
+
+
+def test_the_in_process_cache_keeps_only_the_most_recently_used_sets(monkeypatch):
+    monkeypatch.setattr(prior, "_MEMORY", {})
+    for index in range(prior.MEMORY_ENTRIES + 3):
+        prior.remember(f"k{index}", torch.zeros(2, 4, 8, 8))
+    prior.remember("k4", prior._MEMORY["k4"])  # used again: it survives the next additions
+    prior.remember("new", torch.zeros(2, 4, 8, 8))
+    assert len(prior._MEMORY) == prior.MEMORY_ENTRIES and "k4" in prior._MEMORY and "k0" not in prior._MEMORY
+    assert list(prior._MEMORY)[-2:] == ["k4", "new"]
+    # a byte bound too: one set larger than the bound is not kept at all
+    monkeypatch.setattr(prior, "MEMORY_BYTES", 1000)
+    prior.remember("huge", torch.zeros(1000))
+    assert "huge" not in prior._MEMORY and sum(t.nbytes for t in prior._MEMORY.values()) <= 1000

@@ -100,7 +100,7 @@ def test_attn2_names_follow_ldm_convention(comfy_modules):
 def test_comfy_vae_config_decodes_like_diffusers(comfy_modules):
     """COMFY_VAE_CONFIG + ComfyUI's diffusers->LDM VAE key conversion (after the level shift
     TinyWorld's three-level decoder needs) rebuild the same VAE."""
-    comfy, _ = comfy_modules
+    # the comfy_modules fixture put ComfyUI on sys.path (CPU only)
     import comfy.diffusers_convert
     from comfy.ldm.models.autoencoder import AutoencoderKL as ComfyAutoencoderKL
 

@@ -14,7 +14,7 @@ from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWi
 
 from textloc_core.evaluation import features, metrics
 
-TOKENIZER = Path(__file__).resolve().parents[2] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
+TOKENIZER = Path(__file__).resolve().parents[3] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
 
 TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
             num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407)
@@ -99,4 +99,44 @@ def test_pickled_weights_are_never_loaded(tmp_path, tiny_clip):
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(TOKENIZER / name, tmp_path / name)
     with pytest.raises((OSError, ValueError), match="safetensors"):
+        features.ClipFeatureModel.from_directory(tmp_path)
+
+
+def _sharded_clip(folder: Path, tiny_clip) -> Path:
+    tiny_clip.save_pretrained(folder, max_shard_size="100KB")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER / name, folder / name)
+    return folder / "model.safetensors.index.json"
+
+
+def test_a_sharded_checkpoint_loads_when_its_index_names_only_shards_beside_it(tmp_path, tiny_clip):
+    index = _sharded_clip(tmp_path, tiny_clip)
+    assert len(set(json.loads(index.read_text())["weight_map"].values())) > 1
+    model = features.ClipFeatureModel.from_directory(tmp_path)
+    assert model.encode_image(torch.rand(1, 3, 32, 32)).shape == (1, 16)
+
+
+@pytest.mark.parametrize("shard", ["/etc/passwd", "../outside.safetensors", "sub/model.safetensors",
+                                   "model-00001-of-00002.bin", "/no/such/file.safetensors", "link.safetensors"])
+def test_an_index_naming_files_outside_the_folder_is_refused_with_one_message(tmp_path, tiny_clip, shard):
+    folder = tmp_path / "clip"
+    index = _sharded_clip(folder, tiny_clip)
+    (tmp_path / "outside.safetensors").write_bytes(b"never opened")
+    (folder / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
+    data = json.loads(index.read_text())
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = shard
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as caught:
+        features.ClipFeatureModel.from_directory(folder)
+    assert str(caught.value) == (
+        f"CLIP directory {str(folder)!r}: model.safetensors.index.json names a shard that is not a .safetensors file in "
+        "the folder itself (a path with a separator, '..', another suffix, or a link leading out); keep the index "
+        "transformers wrote, whose shards are .safetensors files beside it")
+
+
+def test_a_pickle_index_is_refused(tmp_path, tiny_clip):
+    _sharded_clip(tmp_path, tiny_clip)
+    (tmp_path / "pytorch_model.bin.index.json").write_text('{"weight_map": {"a": "/etc/passwd"}}')
+    with pytest.raises(ValueError, match="pytorch_model.bin.index.json is the index of pickle weights"):
         features.ClipFeatureModel.from_directory(tmp_path)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 
-from . import model_configs as mc
+from textloc_core import tinyworld
+from textloc_core.tinyworld import model_configs as mc
+from textloc_core.tinyworld.judge import Judge, JudgeNet
+
 from .build_state import BuildState
-from .judge import Judge, JudgeNet
 from .train_world import (
     JUDGE_THRESHOLD, PRESETS, Deadline, encode_all, encode_text, judge_accuracy, log, render_dataset, rescale_vae_latents,
     tokenize, train_clip, train_judge, train_unet, train_vae,
@@ -56,7 +58,7 @@ def save_all(out: Path, vae, text, vision, unet, judge: Judge | None, meta: dict
     PNDMScheduler.from_config({**mc.SCHEDULER_CONFIG, "skip_prk_steps": True}).save_pretrained(out / "scheduler")
     if judge is not None:
         judge.save(out / "judge")
-    tok_src = Path(__file__).parent / "weights" / "tokenizer"
+    tok_src = tinyworld.weights_dir() / "tokenizer"
     if (out / "tokenizer").resolve() != tok_src.resolve():
         shutil.copytree(tok_src, out / "tokenizer", dirs_exist_ok=True)
     index = {
@@ -95,7 +97,7 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
     dev = torch.device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    tokenizer = CLIPTokenizer.from_pretrained(Path(__file__).parent / "weights" / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(tinyworld.weights_dir() / "tokenizer")
     state = None
     if state_dir is not None:
         state = BuildState(state_dir, {"preset": preset_name, "preset_values": asdict(preset), "seed": seed,

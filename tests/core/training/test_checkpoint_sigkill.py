@@ -1,8 +1,8 @@
 """Nothing lost: a real training process SIGKILLed mid-run, and again mid-checkpoint-write,
 resumes to exactly (bit for bit) the adapter an uninterrupted run produces.
 
-The training process is tests/core/checkpoint_resume_child.py (the tiny model of
-tests/conftest.py, a fixed two-concept set, a checkpoint every step).
+The training process is tests/core/training/checkpoint_resume_child.py (the tiny model of
+benchmarks/tiny_models.py, a fixed two-concept set, a checkpoint every step).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from textloc_core.training import checkpoint as ck
 from textloc_core.training.loop import train
 
 CHILD = Path(__file__).with_name("checkpoint_resume_child.py")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _child_module():

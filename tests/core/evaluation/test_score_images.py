@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from textloc_core.backends.cancel import Cancelled
 from textloc_core.evaluation import scoring
 
 from test_evaluation import MeanColour  # mean colour vs colour words: scores known by hand
@@ -53,3 +54,48 @@ def test_missing_clip_folder_is_a_clear_error(tmp_path):
         scoring.load_feature_model(str(tmp_path / "no_clip"))
     with pytest.raises(ValueError, match="feature_model: empty"):
         scoring.load_feature_model("  ")
+
+
+def test_scoring_polls_per_chunk(monkeypatch):
+    monkeypatch.setattr(scoring, "SCORE_CHUNK", 2)
+    images = torch.rand(6, 3, 8, 8)
+    polls = []
+
+    def stop() -> bool:  # says stop from its third poll on
+        polls.append(1)
+        return len(polls) > 2
+
+    with pytest.raises(Cancelled, match="generated image 4 of 6"):
+        scoring.score_images(MeanColour(), images, images, "red", should_stop=stop)
+    plain = scoring.score_images(MeanColour(), images, images, "red")
+    chunked = scoring.score_images(MeanColour(), images, images, "red", should_stop=lambda: False)
+    assert plain.keys() == chunked.keys()
+
+
+@pytest.mark.parametrize("calls, phase", [
+    (6, "prompt 0 of 6"), (8, "prompt 4 of 6"),
+    (10, "during KID at reference image 0 of 6"), (14, "during KID at generated image 2 of 6"),
+    (16, "before KID's subset statistics"),
+])
+def test_cancel_is_polled_in_every_phase_of_scoring(monkeypatch, calls, phase):
+    """Prompts are encoded and KID's features taken in chunks too, each chunk after a poll, so
+    a large batch stops within one chunk whichever phase it is in."""
+    from textloc_core.evaluation import metrics
+
+    monkeypatch.setattr(scoring, "SCORE_CHUNK", 2)
+    monkeypatch.setattr(metrics, "KID_CHUNK", 2)
+    torch.manual_seed(0)
+    images = torch.rand(6, 3, 8, 8)
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) > calls
+
+    with pytest.raises(Cancelled, match=phase):
+        scoring.image_scores(MeanColour(), images, ["red"] * 6, images, kid_subset_size=5, should_stop=should_stop)
+    assert len(polls) == calls + 1
+    polls.clear()
+    finished = scoring.image_scores(MeanColour(), images, ["red"] * 6, images, kid_subset_size=5,
+                                    should_stop=lambda: bool(polls.append(1)))
+    assert math.isfinite(finished["kid"]) and len(polls) == 17  # 3 + 3 image chunks, 3 prompt chunks, before KID, 3 + 3 KID chunks, 1

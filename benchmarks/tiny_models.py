@@ -1,0 +1,115 @@
+"""Tiny, randomly initialised Stable-Diffusion-architecture models, built in code: the one
+home of the tiny builders the tests (tests/conftest.py), the benchmarks and the scripts use.
+
+Built with the real CLIP BPE vocabulary (textloc_core/tinyworld/weights/tokenizer), so
+tokenisation, token positions and layer discovery behave as with SD1.5, while a forward pass
+takes milliseconds on CPU. Nothing is downloaded. (The full-size random builders are
+sd15_models / sdxl_models here; the ComfyUI-side tiny SDXL model, which needs ComfyUI, is
+tests/integration/tiny_sdxl_comfy.py.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
+
+
+def build_tiny_unet(cross_attention: bool = True):
+    """The tiny test UNet: two levels, latent 8, context 32. Without ``cross_attention`` it has
+    the same shape but plain down/up blocks and no mid block: a UNet the method cannot train."""
+    from diffusers import UNet2DConditionModel
+
+    kinds = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "UNetMidBlock2DCrossAttn") if cross_attention else ("DownBlock2D", "UpBlock2D", None)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=(kinds[0], kinds[0]),
+        up_block_types=(kinds[1], kinds[1]),
+        mid_block_type=kinds[2],
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def build_tiny_pipeline_parts(seed: int = 0) -> dict:
+    """tokenizer, text_encoder, unet, vae: an SD-shaped model small enough for unit tests.
+
+    Two UNet levels with cross-attention at both (latent 8 -> attention grids 8x8 and 4x4),
+    a 2-layer 32-wide CLIP text encoder, and a VAE with scale factor 2.
+    """
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    unet = build_tiny_unet()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae}
+
+
+def build_tiny_sdxl_parts(seed: int = 0) -> dict:
+    """tokenizer(_2), text_encoder(_2), unet, vae: an SDXL-shaped model for unit tests.
+
+    Like SDXL: two CLIP text encoders (CLIP-L-like, 32 wide; bigG-like with a projection, 48
+    wide, padding with "!"), read at the penultimate layer and concatenated (context 80); a
+    UNet with ``addition_embed_type="text_time"`` taking bigG's pooled vector and the six size
+    numbers; no attention at the finest level and attention at two coarser levels.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    parts = build_tiny_pipeline_parts(seed)
+    torch.manual_seed(seed + 1)
+    common = dict(vocab_size=49408, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=77,
+                  bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, **common))
+    parts["text_encoder_2"] = CLIPTextModelWithProjection(
+        CLIPTextConfig(hidden_size=48, intermediate_size=96, projection_dim=48, **common))
+    parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token="!")
+    parts["unet"] = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        cross_attention_dim=80,
+        attention_head_dim=(2, 4, 8),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=48 + 6 * 8,
+        norm_num_groups=8,
+    )
+    return parts

@@ -1,0 +1,57 @@
+"""ComfyUI's Cancel as the core's stop, in both directions; the one place the two meet.
+
+ComfyUI's Cancel (the UI button, POST /interrupt) sets a flag; ComfyUI checks it in its
+progress hook and (0.33) in every layer, raising ``InterruptProcessingException`` and clearing
+the flag. The core knows one stop, ``backends.cancel.Cancelled``, and one poll, ``should_stop``.
+
+* into the core: ``stop_requested`` is the ``should_stop`` nodes pass to the core;
+  ``cancel_as_core`` wraps every ComfyUI call made on the core's behalf (model calls in
+  ``comfy_backend``, the Train node's progress hook), so ComfyUI's interrupt arrives as
+  ``Cancelled`` and the trainer keeps the steps done;
+* back to ComfyUI: ``end_prompt_cancelled`` ends the prompt as interrupted once the core has
+  stopped, and ``end_if_cancelled`` does so between a node's own phases.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, NoReturn
+
+from ..textloc_core.backends.cancel import Cancelled
+
+
+def stop_requested() -> bool:
+    """True while ComfyUI's Cancel flag is set: the ``should_stop`` nodes give the core."""
+    import comfy.model_management as mm
+
+    return mm.processing_interrupted()
+
+
+@contextmanager
+def cancel_as_core(what: str) -> Iterator[None]:
+    """Run a ComfyUI call for the core: ``Cancelled`` when Cancel was pressed before it, or when
+    ComfyUI raises its interrupt inside it; ``what`` says where."""
+    import comfy.model_management as mm
+
+    if mm.processing_interrupted():
+        raise Cancelled(f"cancelled before {what}")
+    try:
+        yield
+    except mm.InterruptProcessingException:
+        raise Cancelled(f"cancelled during {what}") from None
+
+
+def end_prompt_cancelled() -> NoReturn:
+    """End the prompt as interrupted after the core stopped on a Cancel (flag cleared, as
+    ComfyUI's own raise does, so the next prompt runs)."""
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(False)
+    raise mm.InterruptProcessingException()
+
+
+def end_if_cancelled() -> None:
+    """Between a node's phases: end the prompt as interrupted when Cancel was pressed."""
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
