@@ -46,7 +46,7 @@ def record(row: dict, protocol, config, recipe: str, phase: str, code: str) -> d
         "recipe": recipe,
         **{k: row[k] for k in KEYS},
         "metrics": {k: _number(row[k]) for k in METRICS if k in row},
-        "attention_weight": row.get("attention_weight"),
+        "lambda_attn_used": row.get("lambda_attn_used"),  # records before the rename call it attention_weight
         "train_s": row.get("train_s"),
         "total_s": row.get("total_s"),
         "config": None if config is None else json.loads(config.to_json()),

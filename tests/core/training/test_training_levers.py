@@ -65,7 +65,7 @@ def test_calibration_measures_only_what_trains(tiny_bundle, two_concepts):
     """V-only calibration sees the W_V gradients alone, so it picks another weight than K+V."""
     both = train(tiny_bundle, two_concepts, _config(method="hard", steps=1, calibration_batches=1))
     v_only = train(tiny_bundle, two_concepts, _config(method="hard", steps=1, calibration_batches=1, train_keys=False))
-    assert both.attention_weight != pytest.approx(v_only.attention_weight, rel=1e-3)
+    assert both.lambda_attn_used != pytest.approx(v_only.lambda_attn_used, rel=1e-3)
 
 
 def test_warmup_trains_only_the_tokens_at_their_own_rate(tiny_bundle, two_concepts):
