@@ -10,7 +10,8 @@ An ``Adapter`` holds
 
 It is stored as one safetensors file whose header carries the metadata as strings, so a
 node can list adapters (``read_adapter_metadata``) without loading a tensor. Saving is
-atomic; loading verifies a checksum, the required keys and the format version.
+atomic; loading verifies a checksum, the required keys, the format version and that no newer
+major version of the pack wrote the file (``pack_version``).
 
 Putting adapters onto a model (checked against its architecture and base weights) is
 ``composition``; the files of ComfyUI's and diffusers' own loaders are ``formats``.
@@ -28,6 +29,7 @@ import torch
 
 from ..backends.fingerprint import PROJECTIONS
 from ..data import safe_io
+from .pack_version import UNKNOWN, pack_version, refuse_newer_major
 
 FORMAT_NAME = "textloc.adapter"
 FORMAT_VERSION = 1
@@ -37,18 +39,6 @@ _KV_PREFIX = "kv."
 _EMB_PREFIX = "emb."
 _REQUIRED_HEADER = ("format", "format_version", "base_fingerprint", "architecture", "concepts", "method")
 _FIX_CORRUPT = "re-save it or retrain"
-
-
-def textloc_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("textloc")
-    except metadata.PackageNotFoundError:
-        import sys
-
-        # relative to this package: inside ComfyUI it is custom_nodes.textloc.textloc_core
-        return getattr(sys.modules[__package__], "__version__", "unknown")
 
 
 def architecture_signature(kv_weights: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
@@ -76,7 +66,8 @@ class AdapterMetadata:
     train_config: str = "{}"
     steps: int = 0
     data_hashes: dict[str, str] = field(default_factory=dict)
-    textloc_version: str = field(default_factory=textloc_version)
+    # the pack version that wrote the file; files written before it was recorded say "unknown"
+    textloc_version: str = field(default_factory=pack_version)
     format_version: int = FORMAT_VERSION
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -131,6 +122,7 @@ class AdapterMetadata:
                 f"adapter file {path} has format version {version}, newer than this textloc "
                 f"understands ({FORMAT_VERSION}): update the textloc node pack"
             )
+        refuse_newer_major(path, header.get("textloc_version", UNKNOWN))
         try:
             meta = cls(
                 base_fingerprint=header["base_fingerprint"],
@@ -140,7 +132,7 @@ class AdapterMetadata:
                 train_config=header.get("train_config", "{}"),
                 steps=int(header.get("steps", "0")),
                 data_hashes=json.loads(header.get("data_hashes", "{}")),
-                textloc_version=header.get("textloc_version", "unknown"),
+                textloc_version=header.get("textloc_version", UNKNOWN),
                 format_version=version,
                 extra={k[len("extra."):]: v for k, v in header.items() if k.startswith("extra.")},
             )
