@@ -132,3 +132,14 @@ def mean_of_pieces(rows: list[torch.Tensor], word: str, what: str) -> torch.Tens
     if not rows:
         raise ValueError(f"{what}: {word!r} has no vocabulary pieces to start the token from; give a word, e.g. 'doll'")
     return torch.stack([row.detach().to("cpu", torch.float32) for row in rows]).mean(0)
+
+
+def check_embedding_width(token_embeddings: dict[str, torch.Tensor], width: int, encoders: str) -> None:
+    """Refuse token vectors whose width is not the text backend's ``width`` (made for another
+    model family); ``encoders`` says what takes that width, for the message."""
+    for token, vectors in token_embeddings.items():
+        if vectors.shape[-1] != width:
+            raise ValueError(
+                f"token {token!r}: its embedding has {vectors.shape[-1]} values per vector, {encoders} "
+                f"{width}; was it trained on another model family?"
+            )

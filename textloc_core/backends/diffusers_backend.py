@@ -21,8 +21,8 @@ from torch import nn
 from ..attention.cross_attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
 from ..data.tokens import check_token_text
 from .unet_names import diffusers_to_ldm_attn2
-from .base import EncodedPrompts, ModelBundle, mean_of_pieces
-from .fingerprint import base_model_fingerprint, canonical_layers, kv_weights_of
+from .base import EncodedPrompts, ModelBundle, check_embedding_width, mean_of_pieces
+from .fingerprint import base_model_fingerprint, kv_weights
 
 
 class _Encoder:
@@ -161,12 +161,7 @@ class DiffusersText:
             encoder.check_token(token)
 
     def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
-        for token, vectors in token_embeddings.items():
-            if vectors.shape[-1] != self.embedding_dim:
-                raise ValueError(
-                    f"token {token!r}: its embedding has {vectors.shape[-1]} values per vector, this text encoder "
-                    f"takes {self.embedding_dim}; was it trained on another model family?"
-                )
+        check_embedding_width(token_embeddings, self.embedding_dim, "this text encoder takes")
         hidden, pooled, positions, start = [], None, None, 0
         for encoder in self.encoders:
             added = encoder.added_ids(list(token_embeddings))
@@ -294,9 +289,9 @@ class DiffusersDenoiser:
 
 
 def kv_fingerprint(denoiser: DiffusersDenoiser | Any) -> str:
-    """The base-model fingerprint of a diffusers UNet: ``fingerprint.base_model_fingerprint`` of
-    its attn2 K/V weights under their canonical names (as the ComfyUI backend hashes them)."""
-    return base_model_fingerprint(kv_weights_of(canonical_layers(denoiser)))
+    """The base-model fingerprint of a diffusers denoiser: ``fingerprint.base_model_fingerprint`` of
+    its text K/V weights under their canonical names (as the ComfyUI backend hashes them)."""
+    return base_model_fingerprint(kv_weights(denoiser))
 
 
 def bundle_from_diffusers(
