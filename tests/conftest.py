@@ -119,6 +119,67 @@ def build_tiny_sdxl_parts(seed: int = 0) -> dict:
     return parts
 
 
+TINY_T5_WORDS = (
+    "a an the photo of and with in on at next to by picture image doll bucket cat dog toy figurine "
+    "red green blue yellow white black small big wooden plastic table floor"
+).split()
+"""The tiny T5 tokenizer's vocabulary (besides pad, end and unknown): the words test prompts use."""
+
+
+def build_tiny_t5_tokenizer():
+    """A T5TokenizerFast built in code: word-level over ``TINY_T5_WORDS``, lower-casing, ending
+    every sequence with </s> and padding with <pad> (id 0) as T5's own tokenizer does."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *TINY_T5_WORDS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+
+
+def build_tiny_t5(width: int):
+    """(tokenizer, encoder): ``build_tiny_t5_tokenizer`` and a 2-layer T5 encoder ``width`` wide."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_tiny_t5_tokenizer()
+    model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
+                                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    return tokenizer, model
+
+
+def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
+    """FluxPipeline-named parts of a Flux-architecture model for unit tests: a
+    ``FluxTransformer2DModel`` with ``double_blocks`` double-stream and 1 single-stream blocks
+    (2 heads of 8, rotary axes 2 + 2 + 4, guidance embedding as in dev), a 32-wide T5
+    (``build_tiny_t5``, sequence 16), the tiny CLIP-L (32 wide, pooled output) and the tiny VAE
+    (4 latent channels, factor 2; the transformer reads 2 x 2 patches)."""
+    from diffusers import FluxTransformer2DModel
+
+    parts = build_tiny_pipeline_parts(seed)
+    torch.manual_seed(seed + 2)
+    t5_tokenizer, t5 = build_tiny_t5(32)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=double_blocks, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    return {
+        "transformer": transformer, "vae": parts["vae"], "text_encoder": parts["text_encoder"],
+        "tokenizer": parts["tokenizer"], "text_encoder_2": t5, "tokenizer_2": t5_tokenizer, "max_sequence_length": 16,
+    }
+
+
+@pytest.fixture
+def tiny_flux_bundle():
+    """A ModelBundle over fresh tiny Flux-architecture diffusers components."""
+    from textloc_core.backends.flux_backend import bundle_from_flux
+
+    return bundle_from_flux(**build_tiny_flux_parts())
+
+
 @pytest.fixture(scope="session")
 def tiny_sdxl_parts_builder():
     """``build_tiny_sdxl_parts`` for tests (``import conftest`` can resolve to another folder's conftest)."""
@@ -131,6 +192,33 @@ def tiny_sdxl_bundle():
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
     return bundle_from_diffusers(**build_tiny_sdxl_parts())
+
+
+def check_resume_is_bit_identical(bundle, concept_set, config, tmp_path: Path) -> None:
+    """Train ``config`` (4 steps, a checkpoint every 2) straight through, and again stopped after
+    step 3 whose checkpoint is then lost (as if killed before it landed), resumed from step 2:
+    the history, K/V deltas and token embeddings must match bit for bit."""
+    import shutil
+
+    from textloc_core.training.loop import train
+
+    full = train(bundle, concept_set, config, checkpoint_dir=tmp_path / "a")
+    done = []
+    train(bundle, concept_set, config, checkpoint_dir=tmp_path / "b", should_stop=lambda: len(done) >= 3, on_step=done.append)
+    shutil.rmtree(tmp_path / "b" / "step-000000003")
+    resumed = train(bundle, concept_set, config, checkpoint_dir=tmp_path / "b", resume=True)
+    assert resumed.steps_done == 4 and len(resumed.history) == 4
+    assert resumed.history == full.history
+    for key in full.kv_deltas:
+        assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
+    for token in full.token_embeddings:
+        assert torch.equal(full.token_embeddings[token], resumed.token_embeddings[token]), token
+
+
+@pytest.fixture(scope="session")
+def resume_is_bit_identical():
+    """``check_resume_is_bit_identical`` for tests (``import conftest`` can resolve to another folder's conftest)."""
+    return check_resume_is_bit_identical
 
 
 @pytest.fixture(scope="session")
