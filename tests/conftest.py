@@ -172,12 +172,42 @@ def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     }
 
 
+def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
+    """StableDiffusion3Pipeline-named parts of an SD3.5-architecture model for unit tests: an
+    ``SD3Transformer2DModel`` with ``joint_blocks`` joint blocks (2 heads of 8, patch 2, RMS
+    q/k norm, the first block with SD3.5's second image-only attention), SDXL's tiny CLIP-L (32)
+    and CLIP-G (48, projected) and a 96-wide T5 (sequence 16), the tiny VAE."""
+    from diffusers import SD3Transformer2DModel
+
+    parts = build_tiny_sdxl_parts(seed)
+    torch.manual_seed(seed + 3)
+    t5_tokenizer, t5 = build_tiny_t5(96)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=joint_blocks, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=96, caption_projection_dim=16, pooled_projection_dim=32 + 48,
+        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    return {
+        "transformer": transformer, "vae": parts["vae"], "text_encoder": parts["text_encoder"],
+        "tokenizer": parts["tokenizer"], "text_encoder_2": parts["text_encoder_2"], "tokenizer_2": parts["tokenizer_2"],
+        "text_encoder_3": t5, "tokenizer_3": t5_tokenizer, "max_sequence_length": 16,
+    }
+
+
 @pytest.fixture
 def tiny_flux_bundle():
     """A ModelBundle over fresh tiny Flux-architecture diffusers components."""
     from textloc_core.backends.flux_backend import bundle_from_flux
 
     return bundle_from_flux(**build_tiny_flux_parts())
+
+
+@pytest.fixture
+def tiny_sd3_bundle():
+    """A ModelBundle over fresh tiny SD3.5-architecture diffusers components."""
+    from textloc_core.backends.sd3_backend import bundle_from_sd3
+
+    return bundle_from_sd3(**build_tiny_sd3_parts())
 
 
 @pytest.fixture(scope="session")
@@ -192,6 +222,45 @@ def tiny_sdxl_bundle():
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
     return bundle_from_diffusers(**build_tiny_sdxl_parts())
+
+
+def run_routed_block(bundle, block: str, slots: torch.Tensor, latent_side: int = 8) -> dict:
+    """One plain and one routed forward of a joint-block transformer on ``"photo of a <doll1>
+    doll"`` and ``"a cat"``, capturing ``block`` only with token ``slots`` (2, S).
+
+    Returns ``plain`` and ``routed`` outputs, the ``captured`` maps, the ``inputs`` (kwargs) of
+    ``block``'s attention in the routed forward, and ``processors`` (block -> processor) before,
+    during and after routing."""
+    denoiser = bundle.denoiser
+    bundle.text.check_token("<doll1>")
+    encoded = bundle.text.encode(["photo of a <doll1> doll", "a cat"], {"<doll1>": bundle.text.initial_embedding("doll")})
+    latents, t = torch.randn(2, denoiser.latent_channels, latent_side, latent_side), torch.tensor([100, 800])
+
+    def processors():
+        return {name: attn.processor for name, attn in denoiser.blocks().items()}
+
+    from textloc_core.attention.cross_attention import AttentionRouter
+
+    router = AttentionRouter(layers={block}, token_slots=slots, keep_grad=False)
+    seen = {}
+    handle = denoiser.blocks()[block].register_forward_pre_hook(lambda _m, _a, kwargs: seen.update(kwargs), with_kwargs=True)
+    found = {"before": processors()}
+    try:
+        with torch.no_grad():
+            found["plain"] = denoiser.predict(latents, t, encoded.context, encoded.pooled)
+            with denoiser.route_attention(router):
+                found["during"] = processors()
+                found["routed"] = denoiser.predict(latents, t, encoded.context, encoded.pooled)
+    finally:
+        handle.remove()
+    found.update(after=processors(), captured=list(router.captured), inputs=seen)
+    return found
+
+
+@pytest.fixture(scope="session")
+def routed_block():
+    """``run_routed_block`` for tests (``import conftest`` can resolve to another folder's conftest)."""
+    return run_routed_block
 
 
 def check_resume_is_bit_identical(bundle, concept_set, config, tmp_path: Path) -> None:

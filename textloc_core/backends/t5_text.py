@@ -23,7 +23,8 @@ from torch import nn
 
 from ..data.tokens import check_token_text
 from .base import EncodedPrompts, check_embedding_width, mean_of_pieces
-from .diffusers_backend import _Encoder
+from ..attention.cross_attention import TOKENS_PER_CHUNK
+from .diffusers_backend import DiffusersText, _Encoder
 
 
 class T5Sequence:
@@ -132,3 +133,47 @@ class FluxText:
         _, pooled = self.clip.run([ids for ids, _, _ in laid], [f for _, _, f in laid], clip_vectors)
         return EncodedPrompts(context=context, token_positions=positions, pooled=pooled)
 
+
+class SD3Text:
+    """``TextBackend`` for SD3 / SD3.5: the context is ``[CLIP-L | CLIP-G]`` (77 positions,
+    penultimate layers side by side, zero-padded to T5's width) followed by the T5 sequence,
+    and the pooled vector is both CLIP models' pooled outputs side by side, as the SD3
+    pipeline builds them. A token has positions in both parts; the map averages them all.
+
+    An identifier's vector is one row ``[CLIP-L input | CLIP-G input | T5 output]``; the CLIP
+    part is SDXL's two-encoder text (``DiffusersText``) with both pooled outputs."""
+
+    def __init__(self, tokenizer: Any, text_encoder: nn.Module, tokenizer_2: Any, text_encoder_2: nn.Module,
+                 tokenizer_3: Any, text_encoder_3: nn.Module, max_length: int = 256):
+        self.clip_l_encoder, self.clip_g_encoder, self.t5_encoder = text_encoder, text_encoder_2, text_encoder_3
+        self.clip = DiffusersText(tokenizer, text_encoder, TOKENS_PER_CHUNK, tokenizer_2, text_encoder_2, pool_both=True)
+        self.t5 = T5Sequence(tokenizer_3, text_encoder_3, max_length)
+        if self.clip.embedding_dim > self.t5.width:
+            raise ValueError(
+                f"text: CLIP-L + CLIP-G are {self.clip.embedding_dim} wide, more than T5's {self.t5.width}; not an SD3 layout"
+            )
+        self.embedding_dim = self.clip.embedding_dim + self.t5.width
+        self.encoder_sizes = [*self.clip.encoder_sizes, ("t5", self.t5.width)]
+
+    def initial_embedding(self, init_word: str, what: str = "init_word") -> torch.Tensor:
+        clip = self.clip.initial_embedding(init_word, what)[0]
+        return torch.cat([clip, self.t5.initial_vector(init_word, what)]).unsqueeze(0)
+
+    def check_token(self, token: str) -> None:
+        self.clip.check_token(token)
+        self.t5.check_token(token)
+
+    def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
+        widths = " + ".join(f"{name} {width}" for name, width in self.encoder_sizes)
+        check_embedding_width(token_embeddings, self.embedding_dim, f"this model's text encoders ({widths}) take")
+        width = self.clip.embedding_dim
+        clip = self.clip.encode(prompts, {t: v[:, :width] for t, v in token_embeddings.items()})
+        context = nn.functional.pad(clip.context, (0, self.t5.width - width))
+        t5, t5_positions = self.t5.encode(prompts, {t: v[:, width:] for t, v in token_embeddings.items()})
+        offset = context.shape[1]
+        merged = [
+            {t: clip_at.get(t, []) + [offset + p for p in t5_at.get(t, [])] for t in {*clip_at, *t5_at}}
+            for clip_at, t5_at in zip(clip.token_positions, t5_positions)
+        ]
+        return EncodedPrompts(context=torch.cat([context, t5.to(context.dtype)], dim=1), token_positions=merged,
+                              pooled=clip.pooled)
