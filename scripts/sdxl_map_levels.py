@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -77,6 +78,23 @@ def run(method: str, levels: str, seed: int, steps: int) -> dict[str, float]:
     return out
 
 
+def report(trainings: dict, measure: Callable[[tuple, int], dict[str, float]], seeds: list[int], title: str) -> None:
+    """Run ``measure(choice, seed)`` for every training choice and seed, print each choice's
+    values as they come, then one markdown table (mean ± sd over seeds) under ``title``."""
+    rows = {}
+    for name, choice in trainings.items():
+        runs = [measure(choice, seed) for seed in seeds]
+        rows[name] = {k: [r[k] for r in runs] for k in runs[0]}
+        print(name, {k: [round(v, 4) for v in vs] for k, vs in rows[name].items()}, flush=True)
+    keys = list(next(iter(rows.values())))
+    print(f"\n{title}, seeds {seeds}, mean ± sd over seeds\n")
+    print("| training | " + " | ".join(keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for name, values in rows.items():
+        cells = [f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}" for v in values.values()]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -84,18 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = {}
-    for name, (method, levels) in TRAININGS.items():
-        runs = [run(method, levels, seed, args.steps) for seed in seeds]
-        rows[name] = {k: [r[k] for r in runs] for k in runs[0]}
-        print(name, {k: [round(v, 4) for v in vs] for k, vs in rows[name].items()}, flush=True)
-    keys = list(next(iter(rows.values())))
-    print(f"\n{args.steps} steps, seeds {seeds}, mean ± sd over seeds\n")
-    print("| training | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
-    for name, values in rows.items():
-        cells = [f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}" for v in values.values()]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    report(TRAININGS, lambda choice, seed: run(*choice, seed, args.steps), seeds, f"{args.steps} steps")
 
 
 if __name__ == "__main__":

@@ -89,3 +89,21 @@ def test_flow_matching_noises_along_a_straight_line_and_euler_steps_follow_it(sh
     torch.testing.assert_close(x, x0, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="shift"):
         FlowMatching(0.0)
+
+
+def test_blocks_are_chosen_by_depth_and_bad_choices_are_explained():
+    from textloc_core.attention.maps import choose_layers
+
+    counts = {f"double_blocks.{i}": 16 for i in range(5)}  # one resolution: the default is the later blocks
+    assert choose_layers(counts, "all") == set(counts)
+    assert choose_layers(counts, "all_but_finest") == {"double_blocks.3", "double_blocks.4"}
+    assert choose_layers({"double_blocks.0": 16}, "all_but_finest") == {"double_blocks.0"}
+    assert choose_layers(counts, "blocks:first_half") == {"double_blocks.0", "double_blocks.1", "double_blocks.2"}
+    assert choose_layers(counts, "blocks:second_half") == {"double_blocks.3", "double_blocks.4"}
+    assert choose_layers(counts, "blocks:0,2-3") == {"double_blocks.0", "double_blocks.2", "double_blocks.3"}
+    with pytest.raises(ValueError, match="names blocks \\[5\\]; this model's are 0 to 4"):
+        choose_layers(counts, "blocks:4-5")
+    with pytest.raises(ValueError, match="'blocks:first_half'"):
+        choose_layers(counts, "blocks:early")
+    with pytest.raises(ValueError, match="for a transformer's blocks"):
+        choose_layers(counts, "most")
