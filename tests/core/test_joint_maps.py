@@ -107,3 +107,12 @@ def test_blocks_are_chosen_by_depth_and_bad_choices_are_explained():
         choose_layers(counts, "blocks:early")
     with pytest.raises(ValueError, match="for a transformer's blocks"):
         choose_layers(counts, "most")
+
+
+def test_the_chunked_map_keeps_nothing_of_its_probabilities_for_backward(load_script):
+    script = load_script("dit_capture_memory")
+    q, k = torch.randn(1, 8, 64, 16, requires_grad=True), torch.randn(1, 8, 32, 16, requires_grad=True)
+    slots = torch.tensor([[3, 4]])
+    whole = script.saved_bytes(script.direct_map, q, k, slots)
+    assert whole >= 8 * 64 * 32 * 4  # every head's probabilities, float32
+    assert script.saved_bytes(image_text_map, q, k, slots) < whole / 100
