@@ -148,3 +148,14 @@ def test_the_adapter_is_keyed_by_block_round_trips_and_generates_with_maps(famil
     assert torch.isfinite(out.images).all() and out.token_maps["<doll1>"].max() > 0
     base = generate(bundle, "photo of a cat", **sample)
     assert not torch.equal(base.images, generate(bundle, "photo of a cat", adapters=[back], **sample).images)
+
+
+def test_gradient_checkpointing_through_the_blocks_trains_the_same(family, pair):
+    bundle = family.bundle
+    plain = train(bundle, pair, _config())
+    saved = train(bundle, pair, _config(gradient_checkpointing=True))
+    assert not bundle.denoiser.unet.is_gradient_checkpointing  # switched off again
+    for key in plain.kv_deltas:
+        torch.testing.assert_close(plain.kv_deltas[key], saved.kv_deltas[key], rtol=1e-4, atol=1e-6)
+    for token in plain.token_embeddings:
+        torch.testing.assert_close(plain.token_embeddings[token], saved.token_embeddings[token], rtol=1e-4, atol=1e-6)
