@@ -105,6 +105,18 @@ def guided_conditioning(encoded, n: int, dtype: torch.dtype) -> dict[str, torch.
     return {key: row.expand(n, *row.shape[1:]).to(dtype) for key, row in rows.items()}
 
 
+def _next_latents(denoiser, out: torch.Tensor, x: torch.Tensor, t, prev) -> torch.Tensor:
+    """One sampling step from timestep ``t`` to ``prev`` (-1: the end): the objective's own step
+    (an Euler step for flow matching), else DDIM for the UNet's prediction type."""
+    objective = getattr(denoiser, "objective", None)
+    if objective is not None:
+        return objective.sample_step(out, x, t, prev)
+    eps, x0 = _to_eps_x0(denoiser.prediction_type, out, x, t)
+    # Last step lands on alpha_0, not 1 (set_alpha_to_one=False in SD's scheduler config).
+    a_prev = _ALPHAS[max(prev, 0)].item()
+    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
 @torch.no_grad()
 def ddim_sample(
     denoiser: DenoiserBackend,
@@ -154,14 +166,7 @@ def ddim_sample(
                 if on_maps is not None:
                     on_maps(i, list(router.captured))
                 router.clear()
-            if objective is not None:
-                x = objective.sample_step(out, x, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1.0)
-                continue
-            eps, x0 = _to_eps_x0(denoiser.prediction_type, out, x, t)
-            prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            # Last step lands on alpha_0, not 1 (set_alpha_to_one=False in SD's scheduler config).
-            a_prev = _ALPHAS[max(prev, 0)].item()
-            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+            x = _next_latents(denoiser, out, x, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
     finally:
         if routing is not None:
             routing.__exit__(None, None, None)
