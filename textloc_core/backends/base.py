@@ -68,7 +68,20 @@ class TextBackend(Protocol):
 
 @runtime_checkable
 class DenoiserBackend(Protocol):
-    """The UNet and VAE of a latent-diffusion model, seen the same way for every framework."""
+    """The UNet and VAE of a latent-diffusion model, seen the same way for every framework.
+
+    A denoiser whose text K/V are not attn2 ``to_k``/``to_v`` (a diffusion transformer's text
+    stream: ``joint_blocks.JointBlockDenoiser``) also has
+
+    * ``text_kv_projections()``: canonical key (``"<block>.<text attention>.to_k"``) -> the
+      linear layer, in forward order; the trainer, adapters and fingerprint use these;
+    * ``size_multiple``: the side rule for training images in pixels (VAE factor x patch);
+    * ``detach_start_token``: False where the context has no start-of-text position (T5);
+    * ``objective``: its training objective and sampler step (``flow_matching.FlowMatching``);
+
+    and its ``route_attention`` hands each routed block's image-to-text map to
+    ``AttentionRouter.capture_text_map`` instead of sending attention through the router.
+    """
 
     unet: nn.Module
     """The module whose ``attn2`` cross-attention layers are trained and captured."""
