@@ -159,3 +159,9 @@ def test_gradient_checkpointing_through_the_blocks_trains_the_same(family, pair)
         torch.testing.assert_close(plain.kv_deltas[key], saved.kv_deltas[key], rtol=1e-4, atol=1e-6)
     for token in plain.token_embeddings:
         torch.testing.assert_close(plain.token_embeddings[token], saved.token_embeddings[token], rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_autocast_trains(family, pair):
+    result = train(family.bundle, pair, _config(mixed_precision="bf16"))
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history)
+    assert result.history[0]["attention"] > 0 and all(d.abs().sum() > 0 for d in result.kv_deltas.values())
