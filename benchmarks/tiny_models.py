@@ -113,3 +113,78 @@ def build_tiny_sdxl_parts(seed: int = 0) -> dict:
         norm_num_groups=8,
     )
     return parts
+
+
+TINY_T5_WORDS = (
+    "a an the photo of and with in on at next to by picture image doll bucket cat dog toy figurine "
+    "red green blue yellow white black small big wooden plastic table floor"
+).split()
+"""The tiny T5 tokenizer's vocabulary (besides pad, end and unknown): the words test prompts use."""
+
+
+def build_tiny_t5_tokenizer():
+    """A T5TokenizerFast built in code: word-level over ``TINY_T5_WORDS``, lower-casing, ending
+    every sequence with </s> and padding with <pad> (id 0) as T5's own tokenizer does."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *TINY_T5_WORDS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+
+
+def build_tiny_t5(width: int):
+    """(tokenizer, encoder): ``build_tiny_t5_tokenizer`` and a 2-layer T5 encoder ``width`` wide."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = build_tiny_t5_tokenizer()
+    model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
+                                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    return tokenizer, model
+
+
+def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
+    """FluxPipeline-named parts of a Flux-architecture model for unit tests: a
+    ``FluxTransformer2DModel`` with ``double_blocks`` double-stream and 1 single-stream blocks
+    (2 heads of 8, rotary axes 2 + 2 + 4, guidance embedding as in dev), a 32-wide T5
+    (``build_tiny_t5``, sequence 16), the tiny CLIP-L (32 wide, pooled output) and the tiny VAE
+    (4 latent channels, factor 2; the transformer reads 2 x 2 patches)."""
+    from diffusers import FluxTransformer2DModel
+
+    parts = build_tiny_pipeline_parts(seed)
+    torch.manual_seed(seed + 2)
+    t5_tokenizer, t5 = build_tiny_t5(32)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=double_blocks, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    return {
+        "transformer": transformer, "vae": parts["vae"], "text_encoder": parts["text_encoder"],
+        "tokenizer": parts["tokenizer"], "text_encoder_2": t5, "tokenizer_2": t5_tokenizer, "max_sequence_length": 16,
+    }
+
+
+def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
+    """StableDiffusion3Pipeline-named parts of an SD3.5-architecture model for unit tests: an
+    ``SD3Transformer2DModel`` with ``joint_blocks`` joint blocks (2 heads of 8, patch 2, RMS
+    q/k norm, the first block with SD3.5's second image-only attention), SDXL's tiny CLIP-L (32)
+    and CLIP-G (48, projected) and a 96-wide T5 (sequence 16), the tiny VAE."""
+    from diffusers import SD3Transformer2DModel
+
+    parts = build_tiny_sdxl_parts(seed)
+    torch.manual_seed(seed + 3)
+    t5_tokenizer, t5 = build_tiny_t5(96)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=joint_blocks, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=96, caption_projection_dim=16, pooled_projection_dim=32 + 48,
+        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
+    )
+    return {
+        "transformer": transformer, "vae": parts["vae"], "text_encoder": parts["text_encoder"],
+        "tokenizer": parts["tokenizer"], "text_encoder_2": parts["text_encoder_2"], "tokenizer_2": parts["tokenizer_2"],
+        "text_encoder_3": t5, "tokenizer_3": t5_tokenizer, "max_sequence_length": 16,
+    }

@@ -17,7 +17,6 @@ other and what each choice costs, not image quality.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks.map_probe import report, scene  # noqa: E402
 from benchmarks.tiny_models import build_tiny_sdxl_parts  # noqa: E402
 from textloc_core.backends.diffusers_backend import bundle_from_diffusers  # noqa: E402
 from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet  # noqa: E402
@@ -36,21 +36,10 @@ from textloc_core.training.config import TrainConfig  # noqa: E402
 from textloc_core.training.loop import train  # noqa: E402
 from textloc_core.training.result import make_adapter  # noqa: E402
 
-SIDE, SQUARE = 32, 12
 TOKEN = "<sq1>"
 TRAININGS = {"none": ("none", "all_but_finest"), "hard, coarse level only": ("hard", (2,)),
              "hard, both levels (the default)": ("hard", "all_but_finest")}
 READS = {"coarse": (2,), "fine": (1,), "both": "all"}
-
-
-def scene(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A noise photo with a red square at a random place, and the square's mask."""
-    image = torch.rand(3, SIDE, SIDE, generator=generator) * 0.6
-    top, left = (int(v) for v in torch.randint(0, SIDE - SQUARE + 1, (2,), generator=generator))
-    mask = torch.zeros(SIDE, SIDE)
-    mask[top:top + SQUARE, left:left + SQUARE] = 1
-    image[:, mask.bool()] = torch.tensor([0.95, 0.1, 0.1])[:, None]
-    return image, mask
 
 
 def run(method: str, levels: str, seed: int, steps: int) -> dict[str, float]:
@@ -83,18 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = {}
-    for name, (method, levels) in TRAININGS.items():
-        runs = [run(method, levels, seed, args.steps) for seed in seeds]
-        rows[name] = {k: [r[k] for r in runs] for k in runs[0]}
-        print(name, {k: [round(v, 4) for v in vs] for k, vs in rows[name].items()}, flush=True)
-    keys = list(next(iter(rows.values())))
-    print(f"\n{args.steps} steps, seeds {seeds}, mean ± sd over seeds\n")
-    print("| training | " + " | ".join(keys) + " |")
-    print("|---|" + "---|" * len(keys))
-    for name, values in rows.items():
-        cells = [f"{statistics.mean(v):.3f} ± {statistics.pstdev(v):.3f}" for v in values.values()]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    report(TRAININGS, lambda choice, seed: run(*choice, seed, args.steps), seeds, f"{args.steps} steps")
 
 
 if __name__ == "__main__":

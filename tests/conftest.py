@@ -10,13 +10,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.tiny_models import build_tiny_pipeline_parts, build_tiny_sdxl_parts, build_tiny_unet
+from benchmarks.tiny_models import (
+    build_tiny_flux_parts,
+    build_tiny_pipeline_parts,
+    build_tiny_sd3_parts,
+    build_tiny_sdxl_parts,
+    build_tiny_unet,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spin-waits
 # made a training step ~30x slower (measured: 10 tiny steps 55 s with 2 threads, 1.5 s with 1).
 torch.set_num_threads(int(os.environ.get("TEXTLOC_TEST_THREADS", "1")))
+
+
+@pytest.fixture
+def tiny_flux_bundle():
+    """A ModelBundle over fresh tiny Flux-architecture diffusers components."""
+    from textloc_core.backends.flux_backend import bundle_from_flux
+
+    return bundle_from_flux(**build_tiny_flux_parts())
+
+
+@pytest.fixture
+def tiny_sd3_bundle():
+    """A ModelBundle over fresh tiny SD3.5-architecture diffusers components."""
+    from textloc_core.backends.sd3_backend import bundle_from_sd3
+
+    return bundle_from_sd3(**build_tiny_sd3_parts())
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +53,72 @@ def tiny_sdxl_bundle():
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
     return bundle_from_diffusers(**build_tiny_sdxl_parts())
+
+
+def run_routed_block(bundle, block: str, slots: torch.Tensor, latent_side: int = 8) -> dict:
+    """One plain and one routed forward of a joint-block transformer on ``"photo of a <doll1>
+    doll"`` and ``"a cat"``, capturing ``block`` only with token ``slots`` (2, S).
+
+    Returns ``plain`` and ``routed`` outputs, the ``captured`` maps, the ``inputs`` (kwargs) of
+    ``block``'s attention in the routed forward, and ``processors`` (block -> processor) before,
+    during and after routing."""
+    denoiser = bundle.denoiser
+    bundle.text.check_token("<doll1>")
+    encoded = bundle.text.encode(["photo of a <doll1> doll", "a cat"], {"<doll1>": bundle.text.initial_embedding("doll")})
+    latents, t = torch.randn(2, denoiser.latent_channels, latent_side, latent_side), torch.tensor([100, 800])
+
+    def processors():
+        return {name: attn.processor for name, attn in denoiser.blocks().items()}
+
+    from textloc_core.attention.cross_attention import AttentionRouter
+
+    router = AttentionRouter(layers={block}, token_slots=slots, keep_grad=False)
+    seen = {}
+    handle = denoiser.blocks()[block].register_forward_pre_hook(lambda _m, _a, kwargs: seen.update(kwargs), with_kwargs=True)
+    found = {"before": processors()}
+    try:
+        with torch.no_grad():
+            found["plain"] = denoiser.predict(latents, t, encoded.context, encoded.pooled)
+            with denoiser.route_attention(router):
+                found["during"] = processors()
+                found["routed"] = denoiser.predict(latents, t, encoded.context, encoded.pooled)
+    finally:
+        handle.remove()
+    found.update(after=processors(), captured=list(router.captured), inputs=seen)
+    return found
+
+
+@pytest.fixture(scope="session")
+def routed_block():
+    """``run_routed_block`` for tests (``import conftest`` can resolve to another folder's conftest)."""
+    return run_routed_block
+
+
+def check_resume_is_bit_identical(bundle, concept_set, config, tmp_path: Path) -> None:
+    """Train ``config`` (4 steps, a checkpoint every 2) straight through, and again stopped after
+    step 3 whose checkpoint is then lost (as if killed before it landed), resumed from step 2:
+    the history, K/V deltas and token embeddings must match bit for bit."""
+    import shutil
+
+    from textloc_core.training.loop import train
+
+    full = train(bundle, concept_set, config, checkpoint_dir=tmp_path / "a")
+    done = []
+    train(bundle, concept_set, config, checkpoint_dir=tmp_path / "b", should_stop=lambda: len(done) >= 3, on_step=done.append)
+    shutil.rmtree(tmp_path / "b" / "step-000000003")
+    resumed = train(bundle, concept_set, config, checkpoint_dir=tmp_path / "b", resume=True)
+    assert resumed.steps_done == 4 and len(resumed.history) == 4
+    assert resumed.history == full.history
+    for key in full.kv_deltas:
+        assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
+    for token in full.token_embeddings:
+        assert torch.equal(full.token_embeddings[token], resumed.token_embeddings[token]), token
+
+
+@pytest.fixture(scope="session")
+def resume_is_bit_identical():
+    """``check_resume_is_bit_identical`` for tests (``import conftest`` can resolve to another folder's conftest)."""
+    return check_resume_is_bit_identical
 
 
 @pytest.fixture(scope="session")

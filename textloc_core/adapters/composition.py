@@ -15,9 +15,9 @@ from contextlib import contextmanager
 
 import torch
 
-from ..attention.cross_attention import KVDeltaInjector, find_cross_attention
+from ..attention.cross_attention import KVDeltaInjector
 from ..backends.base import ModelBundle
-from ..backends.fingerprint import PROJECTIONS, canonical_layers, kv_weights_of
+from ..backends.fingerprint import kv_projections
 from .adapter import architecture_signature
 
 
@@ -121,7 +121,7 @@ def applied(
     *,
     allow_base_mismatch: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """While open, the UNet computes with ``W0 + sum strength_i * delta_i`` on every attn2 K/V
+    """While open, the UNet computes with ``W0 + sum strength_i * delta_i`` on every text K/V layer
     (through forward hooks; the weights themselves are never written), and yields the token
     embeddings to pass to ``bundle.text.encode``. Each adapter must fit the model
     (``check_compatible``; ``allow_base_mismatch`` as there); a token defined twice is an error."""
@@ -132,15 +132,14 @@ def applied(
     if len(strengths) != len(adapters):
         raise ValueError(f"strengths: {len(strengths)} values for {len(adapters)} adapters")
     denoiser = bundle.denoiser
+    projections = kv_projections(denoiser)
     total = composed_deltas(
-        zip(adapters, strengths), kv_weights_of(canonical_layers(denoiser)), bundle.fingerprint,
+        zip(adapters, strengths), {k: m.weight for k, m in projections.items()}, bundle.fingerprint,
         allow_base_mismatch=allow_base_mismatch,
     )
     embeddings = composed_embeddings(adapters)
-    layers = find_cross_attention(denoiser.unet)
-    local = {f"{denoiser.canonical_layer_name(n)}.{p}": f"{n}.{p}" for n in layers for p in PROJECTIONS}
-    with torch.inference_mode(False), KVDeltaInjector(denoiser.unet) as injector:
-        injector.load({local[key]: delta for key, delta in total.items()})
+    with torch.inference_mode(False), KVDeltaInjector(None, projections=projections) as injector:
+        injector.load(total)
         for delta in injector.deltas.values():
             delta.requires_grad_(False)
         yield {t: v.to(bundle.device) for t, v in embeddings.items()}

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .joint_maps import image_text_map
+
 TOKENS_PER_CHUNK = 77
 """CLIP context length; long prompts are concatenated 77-token chunks, each starting with SOT."""
 
@@ -54,26 +56,31 @@ def _sot_mask(length: int, device: torch.device) -> torch.Tensor:
 
 
 class KVDeltaInjector:
-    """Trainable additive deltas on every attn2 ``to_k``/``to_v`` linear layer.
+    """Trainable additive deltas on text K/V linear layers: every attn2 ``to_k``/``to_v`` of a
+    UNet, or the ``projections`` a backend names (a diffusion transformer's text-stream K/V).
 
-    ``deltas`` maps ``"<module name>.to_k"`` / ``".to_v"`` to a float32 ``nn.Parameter`` of the
-    linear layer's weight shape. Use as a context manager (or call ``remove``) so the hooks
-    never outlive training.
+    ``deltas`` maps ``"<module name>.to_k"`` / ``".to_v"`` (or the keys of ``projections``) to a
+    float32 ``nn.Parameter`` of the linear layer's weight shape. Use as a context manager (or
+    call ``remove``) so the hooks never outlive training. ``detach_start_token`` applies to CLIP
+    contexts (77-token chunks opening with SOT); a T5 context has no such position.
     """
 
-    def __init__(self, unet: nn.Module, layers: dict[str, nn.Module] | None = None, *, detach_start_token: bool = True):
-        self.layers = layers if layers is not None else find_cross_attention(unet)
+    def __init__(self, unet: nn.Module | None, layers: dict[str, nn.Module] | None = None, *,
+                 detach_start_token: bool = True, projections: dict[str, nn.Module] | None = None):
+        if projections is None:
+            self.layers = layers if layers is not None else find_cross_attention(unet)
+            projections = {f"{name}.{proj}": getattr(attn, proj) for name, attn in self.layers.items() for proj in ("to_k", "to_v")}
+        else:
+            self.layers = {}
         self.detach_start_token = detach_start_token
         self.deltas: dict[str, nn.Parameter] = {}
         self.strength = 1.0
         self._handles: list = []
-        for name, attn in self.layers.items():
-            for proj in ("to_k", "to_v"):
-                linear = getattr(attn, proj)
-                weight = linear.weight
-                delta = nn.Parameter(torch.zeros(weight.shape, dtype=torch.float32, device=weight.device))
-                self.deltas[f"{name}.{proj}"] = delta
-                self._handles.append(linear.register_forward_hook(self._make_hook(delta)))
+        for key, linear in projections.items():
+            weight = linear.weight
+            delta = nn.Parameter(torch.zeros(weight.shape, dtype=torch.float32, device=weight.device))
+            self.deltas[key] = delta
+            self._handles.append(linear.register_forward_hook(self._make_hook(delta)))
 
     def _make_hook(self, delta: nn.Parameter):
         def hook(_module, inputs, output):
@@ -166,8 +173,26 @@ class AttentionRouter:
                 slots = slots.repeat(batch // slots.shape[0], 1)
             mean_heads = probs.float().mean(dim=1)  # (B, N, L)
             picked = torch.gather(mean_heads, 2, slots.unsqueeze(1).expand(-1, n_query, -1))
-            self.captured.append(CapturedMap(layer, picked if self.keep_grad else picked.detach()))
+            self.keep(layer, picked)
         return out
+
+    def capture_text_map(self, layer: str, q_image: torch.Tensor, k_text: torch.Tensor) -> None:
+        """Record a joint-attention block's image-to-text map for the tracked slots.
+
+        For blocks whose attention runs over one joint [text, image] sequence (diffusion
+        transformers): ``q_image`` (B, H, N, d) image queries and ``k_text`` (B, H, T, d) text
+        keys, as the block's own kernel sees them (normed, rotated). The block's output is the
+        caller's fused kernel's; this only adds the map (``joint_maps.image_text_map``)."""
+        if self.token_slots is None:
+            return
+        slots = self.token_slots.to(q_image.device)
+        if slots.shape[0] != q_image.shape[0]:
+            slots = slots.repeat(q_image.shape[0] // slots.shape[0], 1)
+        self.keep(layer, image_text_map(q_image, k_text, slots))
+
+    def keep(self, layer: str, picked: torch.Tensor) -> None:
+        """Store one call's (B, N, T) map of the tracked slots, averaged over heads."""
+        self.captured.append(CapturedMap(layer, picked if self.keep_grad else picked.detach()))
 
 
 class AveragingRouter(AttentionRouter):
@@ -191,20 +216,15 @@ class AveragingRouter(AttentionRouter):
         """The rows of a batch of ``batch`` whose maps are added."""
         return self.keep_rows if self.keep_rows is not None else slice(None)
 
-    def __call__(self, layer: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-        out = super().__call__(layer, q, k, v, heads)
-        if self.token_slots is None:
-            return out
-        probs = self.captured.pop().probs
-        picked = probs[self.rows(probs.shape[0])].float()  # stays on the device: no sync per call
+    def keep(self, layer: str, picked: torch.Tensor) -> None:
+        picked = picked.detach()[self.rows(picked.shape[0])].float()  # stays on the device: no sync per call
         if picked.shape[0] == 0:
-            return out
+            return
         if layer not in self.sums:
             self.sums[layer], self.calls[layer] = picked, 1
         elif self.sums[layer].shape == picked.shape:
             self.sums[layer] += picked
             self.calls[layer] += 1
-        return out
 
     def averaged(self) -> list[CapturedMap]:
         """One map per layer: the mean over the calls that kept rows."""

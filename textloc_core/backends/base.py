@@ -68,7 +68,20 @@ class TextBackend(Protocol):
 
 @runtime_checkable
 class DenoiserBackend(Protocol):
-    """The UNet and VAE of a latent-diffusion model, seen the same way for every framework."""
+    """The UNet and VAE of a latent-diffusion model, seen the same way for every framework.
+
+    A denoiser whose text K/V are not attn2 ``to_k``/``to_v`` (a diffusion transformer's text
+    stream: ``joint_blocks.JointBlockDenoiser``) also has
+
+    * ``text_kv_projections()``: canonical key (``"<block>.<text attention>.to_k"``) -> the
+      linear layer, in forward order; the trainer, adapters and fingerprint use these;
+    * ``size_multiple``: the side rule for training images in pixels (VAE factor x patch);
+    * ``detach_start_token``: False where the context has no start-of-text position (T5);
+    * ``objective``: its training objective and sampler step (``flow_matching.FlowMatching``);
+
+    and its ``route_attention`` hands each routed block's image-to-text map to
+    ``AttentionRouter.capture_text_map`` instead of sending attention through the router.
+    """
 
     unet: nn.Module
     """The module whose ``attn2`` cross-attention layers are trained and captured."""
@@ -132,3 +145,14 @@ def mean_of_pieces(rows: list[torch.Tensor], word: str, what: str) -> torch.Tens
     if not rows:
         raise ValueError(f"{what}: {word!r} has no vocabulary pieces to start the token from; give a word, e.g. 'doll'")
     return torch.stack([row.detach().to("cpu", torch.float32) for row in rows]).mean(0)
+
+
+def check_embedding_width(token_embeddings: dict[str, torch.Tensor], width: int, encoders: str) -> None:
+    """Refuse token vectors whose width is not the text backend's ``width`` (made for another
+    model family); ``encoders`` says what takes that width, for the message."""
+    for token, vectors in token_embeddings.items():
+        if vectors.shape[-1] != width:
+            raise ValueError(
+                f"token {token!r}: its embedding has {vectors.shape[-1]} values per vector, {encoders} "
+                f"{width}; was it trained on another model family?"
+            )

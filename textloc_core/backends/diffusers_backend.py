@@ -21,8 +21,8 @@ from torch import nn
 from ..attention.cross_attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
 from ..data.tokens import check_token_text
 from .unet_names import diffusers_to_ldm_attn2
-from .base import EncodedPrompts, ModelBundle, mean_of_pieces
-from .fingerprint import base_model_fingerprint, canonical_layers, kv_weights_of
+from .base import EncodedPrompts, ModelBundle, check_embedding_width, mean_of_pieces
+from .fingerprint import base_model_fingerprint, kv_weights
 
 
 class _Encoder:
@@ -122,7 +122,7 @@ class DiffusersText:
     """
 
     def __init__(self, tokenizer: Any, text_encoder: nn.Module, max_length: int = TOKENS_PER_CHUNK,
-                 tokenizer_2: Any = None, text_encoder_2: nn.Module | None = None):
+                 tokenizer_2: Any = None, text_encoder_2: nn.Module | None = None, pool_both: bool = False):
         if (tokenizer_2 is None) != (text_encoder_2 is None):
             raise ValueError("text: SDXL needs both tokenizer_2 and text_encoder_2 (or neither for SD1.x/SD2.x)")
         sdxl = text_encoder_2 is not None
@@ -131,6 +131,8 @@ class DiffusersText:
             self.encoders.append(_Encoder(tokenizer_2, text_encoder_2, -2, max_length))
         self.embedding_dim = sum(e.width for e in self.encoders)
         self.pooled = sdxl
+        self.pool_both = pool_both
+        """SD3's pooled vector is both encoders' side by side; SDXL's is bigG's alone."""
         # (file key, width) per encoder in vector order, for SDXL's per-encoder embedding files
         self.encoder_sizes = list(zip(("clip_l", "clip_g"), (e.width for e in self.encoders)))
 
@@ -161,13 +163,8 @@ class DiffusersText:
             encoder.check_token(token)
 
     def encode(self, prompts: list[str], token_embeddings: dict[str, torch.Tensor]) -> EncodedPrompts:
-        for token, vectors in token_embeddings.items():
-            if vectors.shape[-1] != self.embedding_dim:
-                raise ValueError(
-                    f"token {token!r}: its embedding has {vectors.shape[-1]} values per vector, this text encoder "
-                    f"takes {self.embedding_dim}; was it trained on another model family?"
-                )
-        hidden, pooled, positions, start = [], None, None, 0
+        check_embedding_width(token_embeddings, self.embedding_dim, "this text encoder takes")
+        hidden, pooled, positions, start = [], [], None, 0
         for encoder in self.encoders:
             added = encoder.added_ids(list(token_embeddings))
             laid = [encoder.layout(p, added, token_embeddings) for p in prompts]
@@ -177,10 +174,12 @@ class DiffusersText:
             elif where != positions:
                 raise ValueError(f"prompts {prompts!r}: the two tokenizers place the identifier tokens differently")
             sliced = {t: v[:, start:start + encoder.width] for t, v in token_embeddings.items()}
-            states, pooled = encoder.run([ids for ids, _, _ in laid], [f for _, _, f in laid], sliced)
+            states, pooled_one = encoder.run([ids for ids, _, _ in laid], [f for _, _, f in laid], sliced)
             hidden.append(states)
+            pooled.append(pooled_one)
             start += encoder.width
         context = torch.cat(hidden, dim=-1) if len(hidden) > 1 else hidden[0]
+        pooled = torch.cat(pooled, dim=-1) if self.pool_both else pooled[-1]
         return EncodedPrompts(context=context, token_positions=positions, pooled=pooled if self.pooled else None)
 
 
@@ -294,9 +293,9 @@ class DiffusersDenoiser:
 
 
 def kv_fingerprint(denoiser: DiffusersDenoiser | Any) -> str:
-    """The base-model fingerprint of a diffusers UNet: ``fingerprint.base_model_fingerprint`` of
-    its attn2 K/V weights under their canonical names (as the ComfyUI backend hashes them)."""
-    return base_model_fingerprint(kv_weights_of(canonical_layers(denoiser)))
+    """The base-model fingerprint of a diffusers denoiser: ``fingerprint.base_model_fingerprint`` of
+    its text K/V weights under their canonical names (as the ComfyUI backend hashes them)."""
+    return base_model_fingerprint(kv_weights(denoiser))
 
 
 def bundle_from_diffusers(

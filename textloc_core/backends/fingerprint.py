@@ -23,6 +23,23 @@ def canonical_layers(denoiser) -> dict[str, torch.nn.Module]:
     return {denoiser.canonical_layer_name(n): m for n, m in find_cross_attention(denoiser.unet).items()}
 
 
+def kv_projections(denoiser) -> dict[str, torch.nn.Module]:
+    """The text K/V linear layers an adapter changes, by canonical key, in forward order.
+
+    A UNet's are its attn2 ``to_k``/``to_v`` (``"<canonical attn2>.to_k"``); a backend whose
+    text K/V live elsewhere (a diffusion transformer's text stream) names them itself with
+    ``text_kv_projections()``, keyed the same way by block."""
+    own = getattr(denoiser, "text_kv_projections", None)
+    if own is not None:
+        return own()
+    return {f"{name}.{proj}": getattr(attn, proj) for name, attn in canonical_layers(denoiser).items() for proj in PROJECTIONS}
+
+
+def kv_weights(denoiser) -> dict[str, torch.Tensor]:
+    """``{"<canonical>.to_k": weight, ...}`` of a denoiser backend's text K/V layers."""
+    return {key: linear.weight for key, linear in kv_projections(denoiser).items()}
+
+
 def kv_weights_of(layers: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
     """``{"<canonical>.to_k": weight, ...}`` from canonical layer name -> attn2 module."""
     return {f"{name}.{proj}": getattr(attn, proj).weight for name, attn in layers.items() for proj in PROJECTIONS}

@@ -66,7 +66,7 @@ def attention_on_images(
                 generator = torch.Generator().manual_seed(seed * 1000 + int(t) + start)
                 noise = torch.randn(latents.shape, generator=generator).to(latents.device)
                 t_batch = torch.full((len(latents),), int(t), dtype=torch.long, device=latents.device)
-                noisy = schedule.add_noise(latents, noise, t_batch)
+                noisy, _ = schedule.noised_and_target(denoiser, latents, noise, t_batch)
                 with denoiser.route_attention(router):
                     denoiser.predict(noisy.to(bundle.compute_dtype), t_batch, encoded.context.to(bundle.compute_dtype), encoded.pooled)
                 layers = choose_layers({m.layer: m.probs.shape[1] for m in router.captured}, map_levels)

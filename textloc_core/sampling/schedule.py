@@ -63,6 +63,16 @@ def training_target(prediction_type: str, latents: torch.Tensor, noise: torch.Te
     raise ValueError(f"prediction_type: {prediction_type!r} is not 'epsilon' or 'v_prediction'")
 
 
+def noised_and_target(denoiser, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy latents, training target) for the denoiser's objective: its own ``objective``
+    (flow matching for Flux / SD3: ``backends.flow_matching``) when it has one, else DDPM
+    noising with the epsilon / v target of its ``prediction_type``."""
+    objective = getattr(denoiser, "objective", None)
+    if objective is not None:
+        return objective.add_noise(latents, noise, timesteps), objective.training_target(latents, noise, timesteps)
+    return add_noise(latents, noise, timesteps), training_target(denoiser.prediction_type, latents, noise, timesteps)
+
+
 def ddim_timesteps(steps: int) -> list[int]:
     """Descending timesteps for ``steps`` DDIM steps ("leading" spacing, offset 1)."""
     if not 1 <= steps <= TRAIN_TIMESTEPS:
@@ -95,6 +105,18 @@ def guided_conditioning(encoded, n: int, dtype: torch.dtype) -> dict[str, torch.
     return {key: row.expand(n, *row.shape[1:]).to(dtype) for key, row in rows.items()}
 
 
+def _next_latents(denoiser, out: torch.Tensor, x: torch.Tensor, t, prev) -> torch.Tensor:
+    """One sampling step from timestep ``t`` to ``prev`` (-1: the end): the objective's own step
+    (an Euler step for flow matching), else DDIM for the UNet's prediction type."""
+    objective = getattr(denoiser, "objective", None)
+    if objective is not None:
+        return objective.sample_step(out, x, t, prev)
+    eps, x0 = _to_eps_x0(denoiser.prediction_type, out, x, t)
+    # Last step lands on alpha_0, not 1 (set_alpha_to_one=False in SD's scheduler config).
+    a_prev = _ALPHAS[max(prev, 0)].item()
+    return a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+
+
 @torch.no_grad()
 def ddim_sample(
     denoiser: DenoiserBackend,
@@ -110,7 +132,8 @@ def ddim_sample(
     cond_pooled: torch.Tensor | None = None,
     uncond_pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Denoise initial noise ``latents`` (B, C, h, w) with classifier-free guidance.
+    """Denoise initial noise ``latents`` (B, C, h, w) with classifier-free guidance (DDIM, or
+    Euler steps for a denoiser with a flow-matching ``objective``).
 
     ``cond``/``uncond``: (B, L, D) contexts (``uncond`` None or guidance 1 -> no CFG), with
     their (B, P) pooled embeddings for UNets that take them (SDXL). The
@@ -124,7 +147,8 @@ def ddim_sample(
     if use_cfg and cond_pooled is not None:
         pooled = torch.cat([uncond_pooled, cond_pooled])
     x = latents.float()
-    timesteps = ddim_timesteps(steps)
+    objective = getattr(denoiser, "objective", None)  # flow models: Euler steps instead of DDIM
+    timesteps = ddim_timesteps(steps) if objective is None else objective.sampling_timesteps(steps)
     dtype = next(denoiser.unet.parameters()).dtype
     routing = denoiser.route_attention(router) if router is not None else None
     if routing is not None:
@@ -133,7 +157,7 @@ def ddim_sample(
         for i, t in enumerate(timesteps):
             check_stop(should_stop, f"at sampling step {i} of {len(timesteps)}")
             model_in = torch.cat([x, x]) if use_cfg else x
-            t_batch = torch.full((model_in.shape[0],), t, dtype=torch.long, device=x.device)
+            t_batch = torch.full((model_in.shape[0],), t, dtype=torch.long if objective is None else torch.float32, device=x.device)
             out = denoiser.predict(model_in.to(dtype), t_batch, context.to(dtype), pooled).float()
             if use_cfg:
                 out_uncond, out_cond = out.chunk(2)
@@ -142,11 +166,7 @@ def ddim_sample(
                 if on_maps is not None:
                     on_maps(i, list(router.captured))
                 router.clear()
-            eps, x0 = _to_eps_x0(denoiser.prediction_type, out, x, t)
-            prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            # Last step lands on alpha_0, not 1 (set_alpha_to_one=False in SD's scheduler config).
-            a_prev = _ALPHAS[max(prev, 0)].item()
-            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+            x = _next_latents(denoiser, out, x, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
     finally:
         if routing is not None:
             routing.__exit__(None, None, None)

@@ -1,10 +1,10 @@
 """One training loop for every method (hard, soft, none): Textual Localization / Custom Diffusion.
 
-Trainable: an additive delta on W_K and W_V of every attn2 layer (``KVDeltaInjector``) and
-one new embedding per concept token (``setup.Trainables``). ``setup`` builds the run,
-``step.train_step`` is one optimiser step (the loss is in ``step``'s module doc), and
-``train`` here runs the steps: freezing the base model, polling for a stop, writing and
-resuming checkpoints. With method "none" nothing is routed or captured, so the baseline
+Trainable: an additive delta on every text W_K and W_V (``KVDeltaInjector``: a UNet's attn2, a
+transformer's text stream) and one new embedding per concept token (``setup.Trainables``).
+``setup`` builds the run, ``step.train_step`` is one optimiser step (the loss is in ``step``'s
+module doc), and ``train`` here runs the steps: freezing the base model, polling for a stop,
+writing and resuming checkpoints. With method "none" nothing is routed or captured, so the baseline
 costs exactly a Custom Diffusion step. With ``attention_weight_mode="calibrated"`` the
 attention term's weight is set once before the first step (``step.calibrate_attention_weight``)
 and recorded in every checkpoint; a resumed run reuses it rather than recalibrating.

@@ -8,7 +8,7 @@ import torch
 
 from ..adapters.adapter import Adapter, AdapterMetadata, architecture_signature
 from ..backends.base import ModelBundle
-from ..backends.fingerprint import canonical_layers, kv_weights_of
+from ..backends.fingerprint import kv_weights
 from ..data.concepts import ConceptSet
 from .config import TrainConfig
 
@@ -51,7 +51,7 @@ def make_adapter(result: TrainResult, concept_set: ConceptSet, bundle: ModelBund
     config = result.config or TrainConfig()
     metadata = AdapterMetadata(
         base_fingerprint=result.fingerprint or bundle.fingerprint,
-        architecture=architecture_signature(kv_weights_of(canonical_layers(bundle.denoiser))),
+        architecture=architecture_signature(kv_weights(bundle.denoiser)),
         concepts=[
             {"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
             for c in concept_set.concepts

@@ -20,7 +20,7 @@ from torch import nn
 from ..attention.cross_attention import AttentionRouter, KVDeltaInjector
 from ..attention.maps import attn2_query_counts, choose_layers
 from ..backends.base import ModelBundle
-from ..backends.fingerprint import PROJECTIONS
+from ..backends.fingerprint import kv_projections
 from ..data.concepts import ConceptSet
 from ..data.imaging import fit_pair
 from ..data.validation import validate_concept_set
@@ -197,7 +197,11 @@ def training_images(bundle: ModelBundle, concept_set: ConceptSet, config: TrainC
 
 def size_multiple(bundle: ModelBundle) -> int:
     """The model's rule for training sides in pixels: the VAE's factor times 2 per UNet
-    downsampling (every level's attention map must cover the mask exactly): 64 for SD1.x."""
+    downsampling (every level's attention map must cover the mask exactly): 64 for SD1.x.
+    A backend with another rule (a transformer's patch size) states it as ``size_multiple``."""
+    own = getattr(bundle.denoiser, "size_multiple", None)
+    if own is not None:
+        return int(own)
     n_down = sum(1 for m in bundle.denoiser.unet.modules() if type(m).__name__ in ("Downsample2D", "Downsample"))
     return bundle.denoiser.vae_scale_factor * 2**n_down
 
@@ -237,9 +241,10 @@ def setup(
             first = bundle.text.encode(prompts[:1], {t: e.detach() for t, e in embeddings.items()})
         layers = choose_layers(attn2_query_counts(denoiser, latents[:1], first, bundle.compute_dtype), config.map_levels)
         router = AttentionRouter(layers=layers, keep_grad=True)
-    injector = KVDeltaInjector(denoiser.unet)
-    canonical = {f"{n}.{p}": f"{denoiser.canonical_layer_name(n)}.{p}" for n in injector.layers for p in PROJECTIONS}
-    trainables = Trainables({canonical[k]: v for k, v in injector.deltas.items()}, embeddings)
+    injector = KVDeltaInjector(
+        None, projections=kv_projections(denoiser), detach_start_token=getattr(denoiser, "detach_start_token", True)
+    )
+    trainables = Trainables(dict(injector.deltas), embeddings)
     return TrainingRun(bundle, config, concept_set, prompts, latents, masks, trainables, injector, router, amp)
 
 

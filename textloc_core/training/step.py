@@ -95,7 +95,7 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise, subsets=None) -> tup
             if pooled is not None:
                 pooled = torch.cat([pooled, run.prior_pooled[prior_rows].to(pooled.dtype)])
         noise, timesteps = noise.to(dev), timesteps.to(dev)
-        noisy = schedule.add_noise(latents, noise, timesteps)
+        noisy, target = schedule.noised_and_target(denoiser, latents, noise, timesteps)
         router = run.router
         if router is not None:
             # Prior rows get empty slots; only instance rows feed the attention loss.
@@ -104,7 +104,6 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise, subsets=None) -> tup
             router.token_slots = layout.slots.to(dev)
         pred = denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype), pooled)
     pred = pred.float()
-    target = schedule.training_target(denoiser.prediction_type, latents, noise, timesteps)
     masks = masks.to(dev)
     terms = {"instance": instance_loss(config.unmasked_weight, pred[:n_inst], target[:n_inst], masks)}
     terms["prior"] = F.mse_loss(pred[n_inst:], target[n_inst:]) if prior is not None else pred.sum() * 0.0

@@ -1,7 +1,6 @@
 """The trainer end to end on a tiny random SD-shaped model: what changes, what gets gradient,
 that guidance moves the maps, cancel, divergence, and bit-identical resume."""
 
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -162,22 +161,8 @@ def test_bad_concept_sets_are_explained(tiny_bundle, two_concepts):
         train(tiny_bundle, two_concepts, _config())
 
 
-def test_resume_after_interruption_is_bit_identical(tiny_bundle, two_concepts, tmp_path):
-    config = _config(steps=4, checkpoint_every=2)
-    full = train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path / "a")
-
-    done = []
-    train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path / "b", should_stop=lambda: len(done) >= 3, on_step=done.append)
-    # As if killed after step 3 before its checkpoint landed: only step 2 survives.
-    shutil.rmtree(tmp_path / "b" / "step-000000003")
-    resumed = train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path / "b", resume=True)
-
-    assert resumed.steps_done == 4 and len(resumed.history) == 4
-    assert resumed.history == full.history
-    for key in full.kv_deltas:
-        assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
-    for token in full.token_embeddings:
-        assert torch.equal(full.token_embeddings[token], resumed.token_embeddings[token]), token
+def test_resume_after_interruption_is_bit_identical(tiny_bundle, two_concepts, tmp_path, resume_is_bit_identical):
+    resume_is_bit_identical(tiny_bundle, two_concepts, _config(steps=4, checkpoint_every=2), tmp_path)
 
 
 def test_gradient_checkpointing_trains_the_same(tiny_bundle, two_concepts):
