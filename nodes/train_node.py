@@ -149,6 +149,7 @@ class TextLocTrain(io.ComfyNode):
             io.Boolean.Input("gradient_checkpointing", default=False, optional=True, tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card."),
             io.Combo.Input("mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True, tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32."),
             io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True, tooltip="adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state."),
+            io.Float.Input("unmasked_weight", default=TrainConfig.unmasked_weight, min=0.0, max=1.0, step=0.05, round=False, optional=True, tooltip="Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight."),
         ])
 
     @classmethod
@@ -156,13 +157,15 @@ class TextLocTrain(io.ComfyNode):
                 checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
                 allow_large_resolution=False, overwrite=False, attention_weight_mode="calibrated",
                 attention_fraction=1.0, gradient_checkpointing=False, mixed_precision="auto",
-                optimizer="adamw") -> io.NodeOutput:
-        require_finite(learning_rate=learning_rate, attention_weight=attention_weight, attention_fraction=attention_fraction)
+                optimizer="adamw", unmasked_weight=TrainConfig.unmasked_weight) -> io.NodeOutput:
+        require_finite(learning_rate=learning_rate, attention_weight=attention_weight, attention_fraction=attention_fraction,
+                       unmasked_weight=unmasked_weight)
         config = TrainConfig.from_widgets(
             guidance=guidance, steps=steps, learning_rate=learning_rate, batch=batch, prior_images=prior_images,
             seed=seed, checkpoint_every=checkpoint_every, resolution=resolution, attention_weight=attention_weight,
             attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
             gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision, optimizer=optimizer,
+            unmasked_weight=unmasked_weight,
         )
         name = paths.check_adapter_name(adapter_name.strip())
         check_inputs(model, clip, concepts, config, allow_large_resolution)

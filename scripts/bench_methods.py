@@ -16,9 +16,11 @@ A method is a spec: ``none``, ``hard`` / ``soft`` (TrainConfig's default attenti
 ``hard@0.1`` (fixed lambda_attn), ``hard@cal`` (calibrated, ``--attention-fraction``) or
 ``hard@cal=1`` (calibrated with its own fraction).
 
-Scored with ``textloc_core.evaluation``: CLIP-I (generated vs renders of the concept alone;
-multi: mean over both concepts), the paper's CLIP-I (unprojected pooler features against the
-pair photos the concept was learned from), CLIP-T (prompt without identifier tokens), KID (subset 5,
+Scored with ``textloc_core.evaluation``: CLIP-I, the paper's definition and the one
+scripts/paper_protocol.py computes (CLIP image features, generated vs single-concept
+references: here renders of the concept alone; multi: mean over both concepts), CLIP-I pair
+(unprojected pooler features against the pair photos the concept was learned from; not the
+paper's), CLIP-T (prompt without identifier tokens), KID (subset 5,
 TinyWorld CLIP image features), attention IoU (the token's map on fresh renders with exact
 masks, noised at t = 200/500/800, Otsu-free fixed threshold 0.5 after min-max) and the share
 of the token's attention mass that falls on the companion; and by the TinyWorld judge:
@@ -62,6 +64,7 @@ from textloc_core import api  # noqa: E402
 from textloc_core.evaluation import features, heatmap, judge_scores, localization, metrics, scoring  # noqa: E402
 from textloc_core.data.concepts import ConceptSet  # noqa: E402
 from textloc_core.training.config import TrainConfig  # noqa: E402
+from benchmarks import records  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
 LAMBDAS = ("1", "0.3", "0.1", "0.03")
@@ -73,7 +76,7 @@ CALIBRATED = "cal"
 ``--attention-fraction``); ``hard@cal=0.5`` sets the fraction of that row itself."""
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 COLUMNS = (
-    ("clip_i", "CLIP-I ↑"), ("clip_i_paper", "CLIP-I paper ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
+    ("clip_i", "CLIP-I ↑"), ("clip_i_pair", "CLIP-I pair ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
     ("attn_other", "attn on other ↓"), ("fidelity", "target exact ↑"), ("fidelity_cs", "target colour+shape ↑"),
     ("leakage", "leakage ↓"),
     ("alignment", "prompt align ↑"),
@@ -109,6 +112,17 @@ class Protocol:
     """The fraction of plain ``@cal`` methods, the table's "hard (calibrated)" rows (TrainConfig's default)."""
     calibration_batches: int = TrainConfig.calibration_batches
     """Batches the calibrated methods average the gradient norms over (TrainConfig's default)."""
+    unmasked_weight: float = 1.0
+    """TrainConfig.unmasked_weight: 1 the plain denoising loss, 0 Break-A-Scene's masked loss."""
+    token_warmup_steps: int = 0
+    """TrainConfig.token_warmup_steps: steps (of ``steps``) that train only the tokens."""
+    token_warmup_lr: float = TrainConfig.token_warmup_learning_rate
+    train_keys: bool = True
+    """False: V only (TrainConfig.train_keys)."""
+    union_sampling: bool = False
+    """Break-A-Scene's union sampling of the concepts (multi-concept runs)."""
+    class_prompt: str = "{class_word}"
+    """The class-prior prompt (TrainConfig.class_prompt), with prior images only."""
     random_weights: bool = False
 
 
@@ -278,7 +292,10 @@ def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
         instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
         map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
         else tuple(int(f) for f in p.train_map_levels.split(",")),
-        calibration_batches=p.calibration_batches, **{"attention_fraction": p.attention_fraction, **weight},
+        calibration_batches=p.calibration_batches, unmasked_weight=p.unmasked_weight,
+        token_warmup_steps=p.token_warmup_steps, token_warmup_learning_rate=p.token_warmup_lr, train_keys=p.train_keys,
+        union_sampling=p.union_sampling, class_prompt=p.class_prompt,
+        **{"attention_fraction": p.attention_fraction, **weight},
     )
 
 
@@ -292,8 +309,8 @@ def warm_prior(p: Protocol, out: str, class_word: str, seed: int) -> str:
 
     w = world(p.random_weights)
     side = int(w["pipe"].unet.config.sample_size)
-    prior_latents(w["bundle"], class_word, p.prior_images, (side, side), train_config(p, "none", seed),
-                  cache_dir=_prior_cache(Path(out)))
+    prior_latents(w["bundle"], p.class_prompt.format(class_word=class_word), p.prior_images, (side, side),
+                  train_config(p, "none", seed), cache_dir=_prior_cache(Path(out)))
     return f"{class_word}/{seed}"
 
 
@@ -368,16 +385,17 @@ def _references(concept, setting: str, n: int, seed: int):
 def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected, tokens, seed) -> dict:
     refs, kid_refs = _references(concept, setting, p.n_references, seed)
     clip_is = [scoring.image_scores(clip, images, prompts, r, tokens=tokens, kid_feature=clip)["clip_i"] for r in refs]
-    # the paper's CLIP-I: unprojected pooler features against the pair photos (multi-concept references)
+    # CLIP-I pair: unprojected pooler features against the pair photos (multi-concept references); the paper's
+    # CLIP-I is clip_i above (image features against single-concept references, as paper_protocol.py computes it)
     photos = torch.stack([item.image for item in concept_set_for(concept.name, seed, "multi").images])
     pooled = clip.unprojected()
-    clip_i_paper = metrics.clip_i_from_features(pooled.encode_image(images), pooled.encode_image(photos))
+    clip_i_pair = metrics.clip_i_from_features(pooled.encode_image(images), pooled.encode_image(photos))
     scores = scoring.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
     judgements = [_judgement(v) for v in judge(images)]
     judged = judge_scores.judge_scores(judgements, expected)
     # the same targets without texture: did the concept's colour and shape come through?
     loose = [replace(e, targets=[{k: v for k, v in t.items() if k != "texture"} for t in e.targets]) for e in expected]
-    return {"clip_i": sum(clip_is) / len(clip_is), "clip_i_paper": clip_i_paper, "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
+    return {"clip_i": sum(clip_is) / len(clip_is), "clip_i_pair": clip_i_pair, "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
             "fidelity": judged.target_fidelity, "fidelity_cs": judge_scores.judge_scores(judgements, loose).target_fidelity,
             "leakage": judged.leakage, "alignment": judged.prompt_alignment}
 
@@ -450,7 +468,7 @@ def per_pair_table(rows: list[dict], methods: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
-PAIRED = (("iou", "IoU"), ("clip_i", "CLIP-I"), ("clip_i_paper", "CLIP-I paper"),
+PAIRED = (("iou", "IoU"), ("clip_i", "CLIP-I"), ("clip_i_pair", "CLIP-I pair"),
           ("fidelity_cs", "colour+shape"), ("leakage", "leakage"))
 """The columns compared per (pair, seed) against ``none``."""
 IOU_GAIN = 0.10
@@ -607,6 +625,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="batches the calibrated methods average the gradient norms over")
     parser.add_argument("--train-map-levels", default=Protocol.train_map_levels,
                         help='"all_but_finest" (paper), "all", or factors like 1,2')
+    parser.add_argument("--unmasked-weight", type=float, default=Protocol.unmasked_weight,
+                        help="weight of the pixels outside the masks in the denoising loss (0: masked loss, 1: plain)")
+    parser.add_argument("--token-warmup-steps", type=int, default=Protocol.token_warmup_steps,
+                        help="steps (of --steps) that train only the tokens, at --token-warmup-lr")
+    parser.add_argument("--token-warmup-lr", type=float, default=Protocol.token_warmup_lr)
+    parser.add_argument("--v-only", action="store_true", help="tune only W_V's delta (W_K stays the base model's)")
+    parser.add_argument("--union-sampling", action="store_true",
+                        help="multi-concept runs train random subsets of the concepts each step (Break-A-Scene)")
+    parser.add_argument("--class-prompt", default=Protocol.class_prompt,
+                        help="class-prior prompt with {class_word} (used with --prior-images)")
+    parser.add_argument("--recipe", default="",
+                        help="name of this settings combination in the records (default: built from the levers)")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="append one JSON line per finished run to this file (benchmarks/records/*.jsonl)")
+    parser.add_argument("--phase", default="dev", choices=("dev", "heldout"),
+                        help="what the runs are for in the records: choosing recipes (dev) or the evidence (heldout)")
+    parser.add_argument("--no-context", action="store_true",
+                        help="skip the context rows (base model, renders): another invocation has them")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
     parser.add_argument("--work", type=Path, default=REPO / "build" / "bench_methods",
@@ -624,7 +660,10 @@ def main(argv: list[str] | None = None) -> int:
                  images_per_prompt=args.images_per_prompt, random_weights=args.random_weights,
                  train_map_levels=args.train_map_levels, settings=tuple(args.settings.split(",")),
                  prior_images=args.prior_images, init_word=args.init_word, guidance_scale=args.guidance_scale,
-                 attention_fraction=args.attention_fraction, calibration_batches=args.calibration_batches)
+                 attention_fraction=args.attention_fraction, calibration_batches=args.calibration_batches,
+                 unmasked_weight=args.unmasked_weight, token_warmup_steps=args.token_warmup_steps,
+                 token_warmup_lr=args.token_warmup_lr, train_keys=not args.v_only, union_sampling=args.union_sampling,
+                 class_prompt=args.class_prompt)
     for spec in p.methods:
         parse_method(spec)  # a bad spec fails here, not in a worker
     if not set(p.settings) <= set(SETTINGS):
@@ -638,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--resume", "--report-only")]
     command = " ".join(["python scripts/bench_methods.py", *shown])
     began = time.perf_counter()
+    version = records.code_version()
     torch.set_num_threads(1)
 
     from textloc_core.tinyworld.world import held_out_concept
@@ -647,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(name, seed, method, setting) for seed in p.seeds for setting in p.settings for name in p.pairs for method in p.methods]
     # context rows need no training: the base model once per pair (first seed), renders per seed
     context = [(name, seed, setting, what) for seed in p.seeds for setting in p.settings for name in p.pairs
-               for what in ("base", "renders") if what == "renders" or seed == p.seeds[0]]
+               for what in ("base", "renders") if what == "renders" or seed == p.seeds[0]] if not args.no_context else []
     row_dir = work / "cache" / "rows"
     row_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
@@ -669,6 +709,10 @@ def main(argv: list[str] | None = None) -> int:
             for future in as_completed(futures):
                 row = future.result()
                 row_file(*futures[future]).write_text(json.dumps(row))
+                if args.records is not None:  # context rows too: the base model's numbers are claims as well
+                    config = train_config(p, row["method"], row["seed"]) if futures[future][0] == "run" else None
+                    records.append_record(args.records, records.record(row, p, config, args.recipe or records.recipe_name(p),
+                                                                      args.phase, version))
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     rows = [json.loads(f.read_text()) for f in sorted(row_dir.glob("*.json"))]
     expected = len(jobs) + len(context)

@@ -12,8 +12,9 @@ Diffusion), with the paper's hyper-parameters (defaults below, all configurable)
   images, lr 4e-5), generate ``prompts/<a>.txt`` (10 prompts) x N images; the same for ``<b>``;
 * multi-concept: learn both (800 steps, 3 + 3, lr 6e-5), generate ``prompts/<a>+<b>.txt``;
 
-then score: CLIP-I against the single-concept references ``single_concept/<name>/resized``
-(multi: mean over both concepts), CLIP-T (prompt without the identifier tokens), KID with
+then score: CLIP-I, the paper's definition (CLIP's projected image features, generated vs the
+single-concept references ``single_concept/<name>/resized``; multi: mean over both concepts;
+scripts/bench_methods.py's CLIP-I is the same computation against renders of the concept alone), CLIP-T (prompt without the identifier tokens), KID with
 subset size 5 (against the same references; Inception features from ``--inception`` if given,
 else the CLIP image features), and attention IoU of each token's map on the reference
 photos against their masks (``single_concept/<name>/mask``). It prints the paper-style table

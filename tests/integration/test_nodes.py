@@ -118,6 +118,25 @@ def test_calibrated_attention_weight_trains_and_the_report_names_lambda(comfy):
     assert '"attention_weight_mode": "calibrated"' in adapter.metadata.train_config
 
 
+def test_masked_loss_widget_reaches_the_adapter_and_old_graphs_train_unmasked(comfy, adapter_name):
+    """unmasked_weight is the masked loss (0: only the concepts' pixels); a graph saved before the
+    widget existed (``adapter_name``'s, without it) trains with the plain loss, as it did then."""
+    import json
+
+    name = f"masked_{uuid.uuid4().hex[:6]}"
+    graph = _train_graph(name, steps=1, checkpoint_every=1)
+    graph["3"]["inputs"]["unmasked_weight"] = 0.0
+    comfy.run(graph, timeout=600)
+    masked = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
+    assert json.loads(masked.metadata.train_config)["unmasked_weight"] == 0.0
+    old = load_adapter(comfy.layout.models / "textloc" / f"{adapter_name}.safetensors")
+    assert json.loads(old.metadata.train_config)["unmasked_weight"] == 1.0
+    graph = _train_graph(f"masked_{uuid.uuid4().hex[:6]}", steps=1, checkpoint_every=1)
+    graph["3"]["inputs"]["unmasked_weight"] = 1.5
+    with pytest.raises(ComfyError, match="unmasked_weight"):
+        comfy.run(graph, timeout=600)
+
+
 def test_concept_folder_names_a_missing_folder(comfy):
     graph = {
         "1": {"class_type": "TextLocConceptFolder", "inputs": {"folder": "no_such_folder_here", "resolution": 64}},

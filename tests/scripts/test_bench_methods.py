@@ -80,7 +80,7 @@ def test_method_specs_set_the_attention_weight(bench):
 def test_paired_table_compares_each_method_with_none_on_the_same_runs(bench):
     def row(method, seed, iou, clip_i):
         return {"setting": "single", "pair": "dotstar", "seed": seed, "method": method, "iou": iou,
-                "clip_i": clip_i, "clip_i_paper": clip_i, "fidelity_cs": 0.5, "leakage": 0.5}
+                "clip_i": clip_i, "clip_i_pair": clip_i, "fidelity_cs": 0.5, "leakage": 0.5}
 
     rows = [row("none", s, 0.05, 0.2) for s in range(3)]
     rows += [row("hard@cal", 0, 0.30, 0.25), row("hard@cal", 1, 0.10, 0.15), row("hard@cal", 2, 0.20, 0.21)]
@@ -108,3 +108,16 @@ def test_quick_run_end_to_end(bench, tmp_path):
     text = (out / "results.md").read_text()
     assert "| single | hard | 1 |" in text and "none (Custom Diffusion)" in text and "Random weights" in text
     assert (out / "results_examples.png").stat().st_size > 0
+
+
+def test_lever_flags_reach_the_config_and_name_the_recipe(bench):
+    from benchmarks import records
+
+    p = bench.Protocol(unmasked_weight=0.0, token_warmup_steps=30, token_warmup_lr=1e-2, train_keys=False,
+                       union_sampling=True, prior_images=50, class_prompt="a {class_word} on grass")
+    config = bench.train_config(p, "hard@cal", 3)
+    assert (config.unmasked_weight, config.token_warmup_steps, config.token_warmup_learning_rate) == (0.0, 30, 1e-2)
+    assert not config.train_keys and config.union_sampling and config.class_prompt == "a {class_word} on grass"
+    assert config.prior_images_per_class == 50 and config.seed == 3
+    assert records.recipe_name(p) == "masked 0, warm-up 30 @ 0.01, V only, union, prior 50 'a {class_word} on grass'"
+    assert records.recipe_name(bench.Protocol()) == "plain"

@@ -129,7 +129,8 @@ class ClipFeatureModel:
     ``vision_model`` and ``visual_projection``); ``text``: a ``CLIPModel`` or
     ``CLIPTextModelWithProjection`` (``text_model`` and ``text_projection``); ``tokenizer``: the
     matching CLIP tokenizer. Features are the projected pooled outputs; ``projected=False``
-    gives images the vision tower's pooler output without the projection (the paper's CLIP-I).
+    gives images the vision tower's pooler output without the projection (the bench's "CLIP-I
+    pair"; the paper's CLIP-I uses the projected image features, ``projected=True``).
     """
 
     def __init__(self, vision: nn.Module, text: nn.Module, tokenizer, *, image_size: int | None = None,
@@ -202,7 +203,7 @@ class ClipFeatureModel:
 
     def unprojected(self) -> "ClipFeatureModel":
         """The same towers, image features taken before the visual projection (the pooler
-        output, as the paper's CLIP-I uses); text features stay projected."""
+        output: the bench's "CLIP-I pair", not the paper's CLIP-I); text features stay projected."""
         twin = copy.copy(self)
         twin.projected = False
         return twin

@@ -63,8 +63,27 @@ class TrainConfig:
     """Side of the common grid the per-resolution maps are upsampled to (None: the largest chosen)."""
     normalize_maps: bool = True
     """Min-max normalise each sample's map per resolution before averaging (paper)."""
-    masked_denoise_loss: bool = False
-    """Break-A-Scene style: restrict the instance denoising loss to the union of the masks."""
+    unmasked_weight: float = 1.0
+    """Weight of the pixels outside the union of the named concepts' masks in the instance
+    denoising loss, whose pixels inside weigh 1 (a weighted mean): 1 is the plain loss, 0
+    Break-A-Scene's masked loss (only the concepts are reconstructed, so unnamed objects in the
+    photos are not learned into the K/V deltas), in between OneTrainer's ``unmasked_weight``.
+    Saved settings of versions that had the ``masked_denoise_loss`` switch read as 0 (on) or 1."""
+    token_warmup_steps: int = 0
+    """Two-phase schedule (Break-A-Scene): the first this many of ``steps`` train only the
+    identifier tokens, at ``token_warmup_learning_rate``; the K/V deltas are frozen until then.
+    0: one phase, everything trains from the first step."""
+    token_warmup_learning_rate: float = 5e-4
+    """The tokens' learning rate during ``token_warmup_steps`` (scaled like ``learning_rate``
+    when ``scale_lr_by_batch``); afterwards every trainable uses ``learning_rate``."""
+    train_keys: bool = True
+    """Tune W_K's delta as well as W_V's (Custom Diffusion, the paper). False: only W_V's delta
+    trains and W_K stays the base model's (ConceptSplit reports that tuning W_K breaks the
+    attention maps and mixes concepts), so the maps move only through the tokens."""
+    union_sampling: bool = False
+    """Break-A-Scene's union sampling for multi-concept sets: each step, each photo is trained on
+    a random non-empty subset of the concepts it shows, the prompt naming only those and the
+    masks (attention loss, masked loss) only theirs. No effect with one concept per photo."""
     instance_prompt: str = "photo of {concepts}"
     concept_phrase: str = "a {token} {class_word}"
     concept_joiner: str = " and "
@@ -116,6 +135,20 @@ class TrainConfig:
             )
         if not (isinstance(self.lambda_attn, (int, float)) and math.isfinite(self.lambda_attn) and self.lambda_attn >= 0):
             raise ValueError(f"lambda_attn: {self.lambda_attn!r} must be a finite number, 0 or above (paper: 1)")
+        if not (isinstance(self.unmasked_weight, (int, float)) and 0 <= self.unmasked_weight <= 1):
+            raise ValueError(
+                f"unmasked_weight: {self.unmasked_weight!r} must be a number from 0 (masked loss: only the "
+                "concepts' pixels count) to 1 (plain loss)"
+            )
+        if not (isinstance(self.token_warmup_steps, int) and 0 <= self.token_warmup_steps < self.steps):
+            raise ValueError(
+                f"token_warmup_steps: {self.token_warmup_steps!r} must be a whole number from 0 to steps - 1 "
+                f"({self.steps - 1}); the K/V deltas train in the steps after it"
+            )
+        if not (isinstance(self.token_warmup_learning_rate, (int, float)) and self.token_warmup_learning_rate > 0):
+            raise ValueError(
+                f"token_warmup_learning_rate: {self.token_warmup_learning_rate!r} must be a positive number (e.g. 5e-4)"
+            )
         if isinstance(self.map_levels, list):
             self.map_levels = tuple(self.map_levels)
 
@@ -129,6 +162,11 @@ class TrainConfig:
         if not self.scale_lr_by_batch:
             return self.learning_rate
         return self.learning_rate * (self.instance_batch + (self.prior_batch if self.uses_prior else 0))
+
+    @property
+    def effective_warmup_learning_rate(self) -> float:
+        """The tokens' rate during the warm-up, scaled by the batch as ``effective_learning_rate`` is."""
+        return self.token_warmup_learning_rate * self.effective_learning_rate / self.learning_rate
 
     @property
     def calibrated(self) -> bool:
@@ -149,6 +187,7 @@ class TrainConfig:
         checkpoint_every: int, resolution: int = 0, attention_weight: float = 1.0,
         attention_weight_mode: str = "calibrated", attention_fraction: float = 1.0,
         gradient_checkpointing: bool = False, mixed_precision: str = "auto", optimizer: str = "adamw",
+        unmasked_weight: float = 1.0,
     ) -> "TrainConfig":
         """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
         ``guidance`` is ``method``, ``attention_weight`` is ``lambda_attn``, ``batch`` is the
@@ -156,7 +195,8 @@ class TrainConfig:
         preservation on), ``resolution`` 0 is the photos' own size; ``attention_weight_mode`` and
         ``attention_fraction`` keep their names (with "calibrated", ``attention_weight`` is unused);
         the memory options ``gradient_checkpointing`` and ``mixed_precision`` keep theirs, and
-        ``optimizer`` "adamw_8bit" is ``use_8bit_adam``."""
+        ``optimizer`` "adamw_8bit" is ``use_8bit_adam``; ``unmasked_weight`` (the masked loss) keeps
+        its name, and a workflow saved before it existed reads as 1, what it trained with."""
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         prior = prior_images > 0
@@ -167,7 +207,7 @@ class TrainConfig:
             checkpoint_every=checkpoint_every, resolution=resolution or None,
             attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
             gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
-            use_8bit_adam=optimizer == "adamw_8bit",
+            use_8bit_adam=optimizer == "adamw_8bit", unmasked_weight=unmasked_weight,
         )
 
     @classmethod
@@ -184,5 +224,7 @@ class TrainConfig:
         if data["attention_weight_mode"] == "calibrated":
             # calibrated runs saved before the averaging existed measured one batch
             data.setdefault("calibration_batches", 1)
+        if "masked_denoise_loss" in data:  # the switch unmasked_weight generalises: on is weight 0
+            data.setdefault("unmasked_weight", 0.0 if data.pop("masked_denoise_loss") else 1.0)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

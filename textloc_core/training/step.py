@@ -26,7 +26,9 @@ from ..attention.guidance import attention_loss
 from ..attention.maps import slot_layout, token_maps
 from ..data.masks import mask_to_grid
 from ..sampling import schedule
+from . import phases
 from .setup import TrainingRun, optimizer_class
+from .union import draw_subsets, subset_rows, union_active
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,7 +53,9 @@ def epoch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
 
 
 def draw(run: TrainingRun, step: int):
-    """(instance rows, prior rows or None, timesteps, noise) of ``step``, from (seed, step) alone."""
+    """(instance rows, prior rows or None, timesteps, noise, concept subsets or None) of
+    ``step``, from (seed, step) alone; the subsets (``union.draw_subsets``) are drawn last, only
+    with union sampling, so runs without it draw exactly what they always did."""
     config = run.config
     g = step_generator(config.seed, step)
     inst = epoch_indices(config.seed, step, len(run.latents), config.instance_batch)
@@ -61,16 +65,21 @@ def draw(run: TrainingRun, step: int):
     total = len(inst) + (0 if prior is None else len(prior))
     timesteps = torch.randint(0, schedule.TRAIN_TIMESTEPS, (total,), generator=g)
     noise = torch.randn((total, *run.latents.shape[1:]), generator=g)
-    return inst, prior, timesteps, noise
+    subsets = draw_subsets(run, inst, g) if union_active(run) else None
+    return inst, prior, timesteps, noise, subsets
 
 
-def losses(run: TrainingRun, inst, prior, timesteps, noise) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+def losses(run: TrainingRun, inst, prior, timesteps, noise, subsets=None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """The loss terms of one forward over [instance rows ``inst``; prior rows ``prior``],
-    and the instance rows' (B, K, h, w) token maps (None when not guided)."""
+    and the instance rows' (B, K, h, w) token maps (None when not guided). ``subsets``: the
+    concepts each instance row names (union sampling), else every concept its photo shows."""
     config, dtype, dev = run.config, run.bundle.compute_dtype, run.device
     denoiser = run.bundle.denoiser
     n_inst = len(inst)
-    prompts = [run.prompts[i] for i in inst.tolist()]
+    if subsets is None:
+        prompts, masks = [run.prompts[i] for i in inst.tolist()], run.masks[inst]
+    else:
+        prompts, masks = subset_rows(run, inst, subsets)
     unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once per step
     with torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
         encoded = run.bundle.text.encode(unique, run.trainables.token_embeddings)
@@ -95,8 +104,8 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise) -> tuple[dict[str, t
             router.token_slots = layout.slots.to(dev)
         pred = denoiser.predict(noisy.to(dtype), timesteps, context.to(dtype), pooled)
     pred = pred.float()
-    masks = run.masks[inst].to(dev)
-    terms = {"instance": instance_loss(config.masked_denoise_loss, pred[:n_inst], target[:n_inst], masks)}
+    masks = masks.to(dev)
+    terms = {"instance": instance_loss(config.unmasked_weight, pred[:n_inst], target[:n_inst], masks)}
     terms["prior"] = F.mse_loss(pred[n_inst:], target[n_inst:]) if prior is not None else pred.sum() * 0.0
     maps = None
     if router is not None:
@@ -120,7 +129,7 @@ def gradient_norms(run: TrainingRun, step: int = 0) -> tuple[float, float]:
     """(||grad of the denoising loss||, ||grad of the attention loss||) on the trainables, both
     from one forward over ``step``'s batch: the denoising loss is instance + lambda_prior x prior,
     the attention loss unweighted. Nothing is updated."""
-    params = run.trainables.parameters()
+    params = phases.trained_parameters(run)
     terms, _ = losses(run, *draw(run, step))
     denoise = terms["instance"] + run.config.lambda_prior * terms["prior"]
     norms = []
@@ -172,12 +181,15 @@ def calibrate_attention_weight(run: TrainingRun) -> float:
     return weight
 
 
-def instance_loss(masked: bool, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """MSE of the instance rows; ``masked`` (Break-A-Scene): only the named concepts' pixels count."""
-    if not masked:
+def instance_loss(unmasked_weight: float, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Weighted MSE of the instance rows: pixels inside the union of the named concepts' masks
+    weigh 1, the others ``unmasked_weight`` (1: plain MSE; 0: Break-A-Scene's masked loss, only
+    the concepts' pixels count), divided by the total weight so the loss keeps its scale."""
+    if unmasked_weight == 1:
         return F.mse_loss(pred, target)
     union = mask_to_grid(masks.amax(dim=1), tuple(pred.shape[-2:])).unsqueeze(1)
-    return ((pred - target) ** 2 * union).sum() / (union.sum() * pred.shape[1]).clamp_min(1e-8)
+    weight = union + unmasked_weight * (1 - union)
+    return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1]).clamp_min(1e-8)
 
 
 @dataclass
@@ -191,8 +203,9 @@ class Optimization:
     @classmethod
     def for_run(cls, run: TrainingRun) -> "Optimization":
         config = run.config
+        phases.freeze_untrained(run)
         optimizer = optimizer_class(config)(
-            run.trainables.parameters(),
+            phases.param_groups(run),
             lr=config.effective_learning_rate,
             betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_epsilon,
@@ -201,8 +214,9 @@ class Optimization:
         scaler = torch.amp.GradScaler("cuda") if run.amp == torch.float16 else None
         return cls(optimizer, scaler, config.max_grad_norm)
 
-    def update(self, total: torch.Tensor) -> None:
-        """Backward of ``total``, gradient clipping, one optimiser step."""
+    def update(self, total: torch.Tensor, config=None, step: int = 0) -> None:
+        """Backward of ``total``, gradient clipping, one optimiser step; with ``config``, at the
+        rates of ``step``'s phase (``phases``: the tokens-only warm-up)."""
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -210,6 +224,9 @@ class Optimization:
             self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
+        if config is not None:
+            phases.apply_phase(self.optimizer, config, step)
+            phases.drop_frozen_grads(self.optimizer, config, step)
         if self.max_grad_norm and self.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         if self.scaler is not None:
@@ -229,7 +246,7 @@ def train_step(run: TrainingRun, optimization: Optimization, step: int) -> dict[
             "training stopped and the last good checkpoint is kept. Check the images for NaN, lower the "
             "learning rate, or use mixed_precision='fp32'."
         )
-    optimization.update(total)
+    optimization.update(total, run.config, step)
     if run.router is not None:
         run.router.clear()  # drop this step's maps (and any recomputed during backward)
     return {k: float(v.detach()) for k, v in terms.items()}

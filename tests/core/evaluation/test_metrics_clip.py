@@ -43,7 +43,7 @@ def test_saved_clipmodel_directory(tmp_path, tiny_clip):
         expected = tiny_clip.visual_projection(pooled)
     assert encoded.shape == (3, 16)
     torch.testing.assert_close(encoded, expected, rtol=1e-4, atol=1e-5)
-    # the paper's CLIP-I features: the pooler output itself, the projected model unchanged
+    # CLIP-I pair's features (not the paper's CLIP-I): the pooler output itself, the projected model unchanged
     unprojected = model.unprojected()
     torch.testing.assert_close(unprojected.encode_image(images), pooled, rtol=1e-4, atol=1e-5)
     assert unprojected.encode_image(images).shape == (3, 32) and model.encode_image(images).shape == (3, 16)

@@ -175,20 +175,6 @@ def test_gradient_checkpointing_trains_the_same(tiny_bundle, two_concepts):
         torch.testing.assert_close(plain.token_embeddings[token], saved.token_embeddings[token], rtol=1e-4, atol=1e-6)
 
 
-def test_masked_denoise_loss_ignores_pixels_outside_the_masks():
-    from textloc_core.training.step import instance_loss
-
-    masks = torch.zeros(1, 2, 16, 16)
-    masks[0, 0, :8, :8] = 1  # concept 0 covers the top-left latent quarter
-    target = torch.zeros(1, 4, 8, 8)
-    pred = torch.zeros(1, 4, 8, 8)
-    pred[..., 4:, :] = 5.0  # wrong only outside the masks
-    assert instance_loss(True, pred, target, masks).item() == 0.0
-    pred[..., :4, :4] = 1.0  # wrong inside by 1 everywhere
-    assert instance_loss(True, pred, target, masks).item() == pytest.approx(1.0)
-    assert instance_loss(False, pred, target, masks).item() == pytest.approx((25 * 32 + 16) / 64)
-
-
 def test_missing_8bit_adam_is_explained_and_leaves_no_hooks(tiny_bundle, two_concepts):
     try:
         import bitsandbytes  # noqa: F401
