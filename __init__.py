@@ -6,6 +6,7 @@ take a module's V1 mappings first and then never call it, so the pack exports on
 The nodes themselves live in nodes/ (thin ComfyUI wrappers) and the work in textloc_core/
 (plain torch).
 """
+
 import importlib.util as _util
 
 # pytest collects the repository root as a package and imports this file outside ComfyUI,

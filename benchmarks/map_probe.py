@@ -5,7 +5,7 @@ the table that reports each training choice over seeds."""
 from __future__ import annotations
 
 import statistics
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -18,7 +18,7 @@ def scene(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     image = torch.rand(3, SIDE, SIDE, generator=generator) * 0.6
     top, left = (int(v) for v in torch.randint(0, SIDE - SQUARE + 1, (2,), generator=generator))
     mask = torch.zeros(SIDE, SIDE)
-    mask[top:top + SQUARE, left:left + SQUARE] = 1
+    mask[top : top + SQUARE, left : left + SQUARE] = 1
     image[:, mask.bool()] = torch.tensor([0.95, 0.1, 0.1])[:, None]
     return image, mask
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,9 @@ def sign_test(above: int, below: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int = 10_000,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], *, level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement)."""
     if not values:
         return math.nan, math.nan
@@ -56,8 +57,7 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, resamples: int
 
 def compare(method: dict[tuple, float], baseline: dict[tuple, float], *, seed: int = 0) -> Paired:
     """Paired summary over the units both dicts have (unit -> value); NaN values are left out."""
-    units = sorted(u for u in method.keys() & baseline.keys()
-                   if not (math.isnan(method[u]) or math.isnan(baseline[u])))
+    units = sorted(u for u in method.keys() & baseline.keys() if not (math.isnan(method[u]) or math.isnan(baseline[u])))
     diffs = [method[u] - baseline[u] for u in units]
     above = sum(d > 0 for d in diffs)
     below = sum(d < 0 for d in diffs)

@@ -18,7 +18,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "records"
 """Where the committed records live, one ``*.jsonl`` file per invocation of a bench."""
-METRICS = ("clip_i", "clip_i_pair", "clip_t", "kid", "iou", "attn_other", "fidelity", "fidelity_cs", "leakage", "alignment")
+METRICS = (
+    "clip_i",
+    "clip_i_pair",
+    "clip_t",
+    "kid",
+    "iou",
+    "attn_other",
+    "fidelity",
+    "fidelity_cs",
+    "leakage",
+    "alignment",
+)
 """The metric keys of a bench_methods row (its COLUMNS), kept in ``record["metrics"]``."""
 KEYS = ("setting", "pair", "seed", "method")
 """What identifies a run within a recipe and phase."""
@@ -26,6 +37,7 @@ KEYS = ("setting", "pair", "seed", "method")
 
 def code_version() -> str:
     """The commit the code ran from, with "+modified" when tracked files differed from it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
 
@@ -91,7 +103,10 @@ def recipe_name(protocol) -> str:
     if protocol.union_sampling:
         parts.append("union")
     if protocol.prior_images:
-        parts.append(f"prior {protocol.prior_images}" + ("" if protocol.class_prompt == "{class_word}" else f" '{protocol.class_prompt}'"))
+        parts.append(
+            f"prior {protocol.prior_images}"
+            + ("" if protocol.class_prompt == "{class_word}" else f" '{protocol.class_prompt}'")
+        )
     if protocol.steps != 100 or protocol.learning_rate != 3e-3:
         parts.append(f"{protocol.steps} steps @ {protocol.learning_rate:g}")
     return ", ".join(parts) or "plain"

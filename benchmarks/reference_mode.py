@@ -80,7 +80,12 @@ class StoreEverythingRouter(AttentionRouter):
             alpha=dim_head**-0.5,
         )
         probs = scores.float().softmax(dim=-1).to(vb.dtype)
-        out = torch.bmm(probs, vb).reshape(batch, heads, n_query, dim_head).permute(0, 2, 1, 3).reshape(batch, n_query, inner)
+        out = (
+            torch.bmm(probs, vb)
+            .reshape(batch, heads, n_query, dim_head)
+            .permute(0, 2, 1, 3)
+            .reshape(batch, n_query, inner)
+        )
 
         full = probs.view(batch, heads, n_query, -1)
         if layer in self.stored:  # a new UNet forward began: the store holds one forward's maps
@@ -103,7 +108,9 @@ class StoreEverythingRouter(AttentionRouter):
 
 
 def _self_attention_modules(unet: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in unet.named_modules() if name.split(".")[-1] == "attn1" and hasattr(m, "set_processor")}
+    return {
+        name: m for name, m in unet.named_modules() if name.split(".")[-1] == "attn1" and hasattr(m, "set_processor")
+    }
 
 
 @contextmanager

@@ -94,8 +94,9 @@ def unet_config(base: dict[str, Any], sample_size: int | None, levels: int) -> d
     if sample_size is not None:
         step = 2 ** (levels - 1)
         if sample_size < step or sample_size % step:
-            raise ValueError(f"sample_size: {sample_size} must be a multiple of {step} "
-                             f"(the UNet downsamples {levels - 1} times)")
+            raise ValueError(
+                f"sample_size: {sample_size} must be a multiple of {step} (the UNet downsamples {levels - 1} times)"
+            )
         config["sample_size"] = sample_size
     return config
 
@@ -145,7 +146,9 @@ def build_sd15_vae(*, seed: int = 0, dtype: torch.dtype = torch.float32, device=
     return build_vae(SD15_VAE_CONFIG, seed=seed, dtype=dtype, device=device)
 
 
-def build_sd15_text_encoder(*, num_layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+def build_sd15_text_encoder(
+    *, num_layers: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"
+):
     """A randomly initialised transformers ``CLIPTextModel`` of SD1.5's shape.
 
     ``num_layers`` < 12 gives a shallower tower of the same width (context 768) for CPU runs;

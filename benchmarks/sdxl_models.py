@@ -17,8 +17,15 @@ from typing import Any
 
 import torch
 
-from .sd15_models import (SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, build_clip_text, build_unet, build_vae,
-                          unet_config)
+from .sd15_models import (
+    SD15_TEXT_CONFIG,
+    SD15_UNET_CONFIG,
+    SD15_VAE_CONFIG,
+    build_clip_text,
+    build_unet,
+    build_vae,
+    unet_config,
+)
 
 SDXL_UNET_CONFIG: dict[str, Any] = {
     **SD15_UNET_CONFIG,  # what SDXL keeps of SD1.5's UNet (channels in/out, time embedding, norms, 2 layers per block)
@@ -69,8 +76,14 @@ def sdxl_unet_config(sample_size: int | None = None, transformer_depth: int | No
     return config
 
 
-def build_sdxl_unet(*, sample_size: int | None = None, transformer_depth: int | None = None, seed: int = 0,
-                    dtype: torch.dtype = torch.float32, device="cpu"):
+def build_sdxl_unet(
+    *,
+    sample_size: int | None = None,
+    transformer_depth: int | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device="cpu",
+):
     """A randomly initialised diffusers ``UNet2DConditionModel`` with SDXL's architecture."""
     return build_unet(sdxl_unet_config(sample_size, transformer_depth), seed=seed, dtype=dtype, device=device)
 
@@ -80,11 +93,13 @@ def build_sdxl_vae(*, seed: int = 0, dtype: torch.dtype = torch.float32, device=
     return build_vae(SDXL_VAE_CONFIG, seed=seed, dtype=dtype, device=device)
 
 
-def build_sdxl_text_encoders(*, num_layers_2: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
-                             device="cpu"):
+def build_sdxl_text_encoders(
+    *, num_layers_2: int | None = None, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"
+):
     """(CLIP-L ``CLIPTextModel``, bigG ``CLIPTextModelWithProjection``), randomly initialised;
     ``num_layers_2`` < 32 gives a shallower bigG tower of the same width."""
     first = build_clip_text(SDXL_TEXT_CONFIG, seed=seed, dtype=dtype, device=device)
-    second = build_clip_text(SDXL_TEXT_2_CONFIG, num_layers=num_layers_2, projection=True, seed=seed + 1,
-                             dtype=dtype, device=device)
+    second = build_clip_text(
+        SDXL_TEXT_2_CONFIG, num_layers=num_layers_2, projection=True, seed=seed + 1, dtype=dtype, device=device
+    )
     return first, second

@@ -22,7 +22,11 @@ def build_tiny_unet(cross_attention: bool = True):
     the same shape but plain down/up blocks and no mid block: a UNet the method cannot train."""
     from diffusers import UNet2DConditionModel
 
-    kinds = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "UNetMidBlock2DCrossAttn") if cross_attention else ("DownBlock2D", "UpBlock2D", None)
+    kinds = (
+        ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "UNetMidBlock2DCrossAttn")
+        if cross_attention
+        else ("DownBlock2D", "UpBlock2D", None)
+    )
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -89,11 +93,19 @@ def build_tiny_sdxl_parts(seed: int = 0) -> dict:
 
     parts = build_tiny_pipeline_parts(seed)
     torch.manual_seed(seed + 1)
-    common = dict(vocab_size=49408, num_hidden_layers=3, num_attention_heads=2, max_position_embeddings=77,
-                  bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    common = dict(
+        vocab_size=49408,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
     parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, **common))
     parts["text_encoder_2"] = CLIPTextModelWithProjection(
-        CLIPTextConfig(hidden_size=48, intermediate_size=96, projection_dim=48, **common))
+        CLIPTextConfig(hidden_size=48, intermediate_size=96, projection_dim=48, **common)
+    )
     parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token="!")
     parts["unet"] = UNet2DConditionModel(
         sample_size=16,
@@ -133,7 +145,9 @@ def build_tiny_t5_tokenizer():
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0)
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0
+    )
 
 
 def build_tiny_t5(width: int):
@@ -141,8 +155,19 @@ def build_tiny_t5(width: int):
     from transformers import T5Config, T5EncoderModel
 
     tokenizer = build_tiny_t5_tokenizer()
-    model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
-                                    num_heads=4, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    model = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=width,
+            d_kv=8,
+            d_ff=2 * width,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
     return tokenizer, model
 
 
@@ -158,13 +183,25 @@ def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     torch.manual_seed(seed + 2)
     t5_tokenizer, t5 = build_tiny_t5(32)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=double_blocks, num_single_layers=1, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        patch_size=1,
+        in_channels=16,
+        num_layers=double_blocks,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
         axes_dims_rope=(2, 2, 4),
     )
     return {
-        "transformer": transformer, "vae": parts["vae"], "text_encoder": parts["text_encoder"],
-        "tokenizer": parts["tokenizer"], "text_encoder_2": t5, "tokenizer_2": t5_tokenizer, "max_sequence_length": 16,
+        "transformer": transformer,
+        "vae": parts["vae"],
+        "text_encoder": parts["text_encoder"],
+        "tokenizer": parts["tokenizer"],
+        "text_encoder_2": t5,
+        "tokenizer_2": t5_tokenizer,
+        "max_sequence_length": 16,
     }
 
 
@@ -179,12 +216,28 @@ def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
     torch.manual_seed(seed + 3)
     t5_tokenizer, t5 = build_tiny_t5(96)
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=joint_blocks, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=96, caption_projection_dim=16, pooled_projection_dim=32 + 48,
-        pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=joint_blocks,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=96,
+        caption_projection_dim=16,
+        pooled_projection_dim=32 + 48,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
     )
     return {
-        "transformer": transformer, "vae": parts["vae"], "text_encoder": parts["text_encoder"],
-        "tokenizer": parts["tokenizer"], "text_encoder_2": parts["text_encoder_2"], "tokenizer_2": parts["tokenizer_2"],
-        "text_encoder_3": t5, "tokenizer_3": t5_tokenizer, "max_sequence_length": 16,
+        "transformer": transformer,
+        "vae": parts["vae"],
+        "text_encoder": parts["text_encoder"],
+        "tokenizer": parts["tokenizer"],
+        "text_encoder_2": parts["text_encoder_2"],
+        "tokenizer_2": parts["tokenizer_2"],
+        "text_encoder_3": t5,
+        "tokenizer_3": t5_tokenizer,
+        "max_sequence_length": 16,
     }

@@ -28,7 +28,9 @@ APPLY_ADAPTER_DESCRIPTION = "Load a TextLoc adapter onto MODEL and CLIP; prompts
 NONE = "(none)"
 
 
-def apply_adapter(model, clip, adapter: Adapter, strength: float, allow_base_mismatch: bool = False, name: str = "adapter"):
+def apply_adapter(
+    model, clip, adapter: Adapter, strength: float, allow_base_mismatch: bool = False, name: str = "adapter"
+):
     """(MODEL, CLIP) clones carrying ``adapter`` at ``strength``."""
     fingerprint, kv = base_fingerprint_and_weights(model)
     check_compatible(adapter, kv, fingerprint, allow_base_mismatch=allow_base_mismatch, name=name)
@@ -54,15 +56,41 @@ class ApplyAdapter(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema("TextLocApplyAdapter", "TextLoc Apply Adapter", APPLY_ADAPTER_DESCRIPTION, outputs=[io.Model.Output(), io.Clip.Output()], inputs=[
-            io.Model.Input("model", tooltip="The base model the adapter was trained on."),
-            io.Clip.Input("clip", tooltip="Its text encoder; the adapter's tokens are added to it."),
-            # listed when the server lists the nodes, so a newly trained adapter shows after a refresh
-            io.Combo.Input("adapter_file", options=[NONE] + paths.list_adapters(), tooltip="An adapter from models/textloc (ignored when the adapter input is connected)."),
-            io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Scale of the K/V weight change (1 = as trained). Tokens are always added."),
-            ADAPTER.Input("adapter", optional=True, tooltip="An adapter straight from TextLoc Train (takes precedence over adapter_file)."),
-            io.Boolean.Input("ignore_base_mismatch", default=False, optional=True, tooltip="Apply even if the adapter was trained on other base weights of the same architecture."),
-        ])
+        return pack_schema(
+            "TextLocApplyAdapter",
+            "TextLoc Apply Adapter",
+            APPLY_ADAPTER_DESCRIPTION,
+            outputs=[io.Model.Output(), io.Clip.Output()],
+            inputs=[
+                io.Model.Input("model", tooltip="The base model the adapter was trained on."),
+                io.Clip.Input("clip", tooltip="Its text encoder; the adapter's tokens are added to it."),
+                # listed when the server lists the nodes, so a newly trained adapter shows after a refresh
+                io.Combo.Input(
+                    "adapter_file",
+                    options=[NONE] + paths.list_adapters(),
+                    tooltip="An adapter from models/textloc (ignored when the adapter input is connected).",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-10.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip="Scale of the K/V weight change (1 = as trained). Tokens are always added.",
+                ),
+                ADAPTER.Input(
+                    "adapter",
+                    optional=True,
+                    tooltip="An adapter straight from TextLoc Train (takes precedence over adapter_file).",
+                ),
+                io.Boolean.Input(
+                    "ignore_base_mismatch",
+                    default=False,
+                    optional=True,
+                    tooltip="Apply even if the adapter was trained on other base weights of the same architecture.",
+                ),
+            ],
+        )
 
     @classmethod
     def fingerprint_inputs(cls, adapter_file=NONE, **_inputs):

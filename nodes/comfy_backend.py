@@ -26,20 +26,32 @@ swaps them for ordinary clones (same values) while the model is loaded.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
-from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from ..textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
 from ..textloc_core.backends.base import EncodedPrompts, ModelBundle, mean_of_pieces
-from .comfy_internals import (
-    attention_heads, attn2_replacements, checkpointed_blocks, differentiable_text_encoder, latents_in, latents_out,
-    model_parts, ordinary_weights, patchers, size_conditioning, text_encoder, text_encoder_tables, transformer_options,
-    unet_forward, vae_scale_factor,
-)
+from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from .comfy_cancel import cancel_as_core
+from .comfy_internals import (
+    attention_heads,
+    attn2_replacements,
+    checkpointed_blocks,
+    differentiable_text_encoder,
+    latents_in,
+    latents_out,
+    model_parts,
+    ordinary_weights,
+    patchers,
+    size_conditioning,
+    text_encoder,
+    text_encoder_tables,
+    transformer_options,
+    unet_forward,
+    vae_scale_factor,
+)
 from .comfy_tokens import IdentifierPlacer
 
 _LAYER_RE = re.compile(
@@ -52,7 +64,7 @@ def canonical_layer_name(module_name: str) -> str:
     """ComfyUI module names already are the canonical LDM names; drop a model prefix."""
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         if module_name.startswith(prefix):
-            return module_name[len(prefix):]
+            return module_name[len(prefix) :]
     return module_name
 
 
@@ -65,7 +77,9 @@ def attn2_patch_key(layer: str) -> tuple[str, int, int]:
     """
     match = _LAYER_RE.match(layer)
     if not match:
-        raise ValueError(f"layer {layer!r} is not a UNet attn2 layer name (input_blocks.N.M.transformer_blocks.K.attn2)")
+        raise ValueError(
+            f"layer {layer!r} is not a UNet attn2 layer name (input_blocks.N.M.transformer_blocks.K.attn2)"
+        )
     transformer = int(match.group(4))
     if match.group(3):
         return ("middle", 0, transformer)
@@ -132,12 +146,16 @@ class ComfyTextBackend:
         padded = []
         for cond in contexts:
             if longest % cond.shape[1]:
-                raise ValueError("prompts: prompts of different 77-token chunk counts cannot be batched; shorten the prompt")
+                raise ValueError(
+                    "prompts: prompts of different 77-token chunk counts cannot be batched; shorten the prompt"
+                )
             padded.append(cond.repeat(1, longest // cond.shape[1], 1))
         if self.pooled and any(p is None for p in pooled):
-            raise ValueError("clip: this text encoder gives no pooled output, which the model needs; use the checkpoint's own CLIP")
+            raise ValueError(
+                "clip: this text encoder gives no pooled output, which the model needs; use the checkpoint's own CLIP"
+            )
         return EncodedPrompts(
-            context=torch.cat(padded), token_positions=positions, pooled=torch.cat(pooled) if self.pooled else None,
+            context=torch.cat(padded), token_positions=positions, pooled=torch.cat(pooled) if self.pooled else None
         )
 
 
@@ -192,8 +210,13 @@ class ComfyDenoiserBackend:
         """The working model's transformer_options (other packs' patches, our routing)."""
         return transformer_options(self.working_model)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         y = None
         if self.needs_pooled:
             if pooled is None:

@@ -14,8 +14,9 @@ the flag. The core knows one stop, ``backends.cancel.Cancelled``, and one poll, 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 from ..textloc_core.backends.cancel import Cancelled
 

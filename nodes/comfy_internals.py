@@ -23,9 +23,10 @@ the functions on each version.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,8 +110,14 @@ def ordinary_weights(*modules: nn.Module) -> Iterator[None]:
     yield
 
 
-def unet_forward(unet: nn.Module, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 transformer_options: dict, y: torch.Tensor | None = None) -> torch.Tensor:
+def unet_forward(
+    unet: nn.Module,
+    noisy_latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    context: torch.Tensor,
+    transformer_options: dict,
+    y: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One call of a ComfyUI UNet in DDPM time (integer timesteps, unscaled latents).
 
     Relies on: ``model.model.diffusion_model`` (``comfy.ldm.modules.diffusionmodules.
@@ -120,7 +127,9 @@ def unet_forward(unet: nn.Module, noisy_latents: torch.Tensor, timesteps: torch.
     because the UNet writes block bookkeeping into it.
     """
     extra = {} if y is None else {"y": y}
-    return unet(noisy_latents, timesteps=timesteps, context=context, transformer_options=dict(transformer_options), **extra)
+    return unet(
+        noisy_latents, timesteps=timesteps, context=context, transformer_options=dict(transformer_options), **extra
+    )
 
 
 def size_conditioning(base_model, pooled: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -132,7 +141,7 @@ def size_conditioning(base_model, pooled: torch.Tensor, height: int, width: int)
     six sizes). It is differentiable with respect to ``pooled``.
     """
     adm = base_model.encode_adm(
-        pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0, target_width=width, target_height=height,
+        pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0, target_width=width, target_height=height
     )
     return adm.to(pooled.device, pooled.dtype)
 
@@ -203,9 +212,14 @@ def model_parts(model) -> ModelParts:
     dtype = base.manual_cast_dtype if base.manual_cast_dtype is not None else base.get_dtype()
     tagged = getattr(base, NATIVE_RESOLUTION_ATTR, None)
     return ModelParts(
-        base_model=base, unet=base_unet(base), prediction=types.get(base.model_type, base.model_type.name.lower()),
-        is_sdxl=isinstance(base, comfy.model_base.SDXL), latent_channels=int(base.latent_format.latent_channels),
-        dtype=dtype, device=model.load_device, tagged_resolution=int(tagged) if tagged else None,
+        base_model=base,
+        unet=base_unet(base),
+        prediction=types.get(base.model_type, base.model_type.name.lower()),
+        is_sdxl=isinstance(base, comfy.model_base.SDXL),
+        latent_channels=int(base.latent_format.latent_channels),
+        dtype=dtype,
+        device=model.load_device,
+        tagged_resolution=int(tagged) if tagged else None,
     )
 
 

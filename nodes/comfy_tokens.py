@@ -14,7 +14,7 @@ same token list a stock ``embedding:NAME`` file gives, and positions come for fr
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -65,7 +65,7 @@ class IdentifierPlacer:
         self._placeholder_ids: dict[str, dict[str, int]] | None = None
 
     @classmethod
-    def for_clip(cls, clip, tokenize: Tokenize | None = None) -> "IdentifierPlacer":
+    def for_clip(cls, clip, tokenize: Tokenize | None = None) -> IdentifierPlacer:
         tables = text_encoder_tables(clip)
         return cls(tokenize or clip.tokenize, {k: int(t.shape[1]) for k, t in tables.items()})
 
@@ -87,7 +87,7 @@ class IdentifierPlacer:
             while start < min(len(a), len(b)) and a[start] == b[start]:
                 start += 1
             tail_a, tail_b = a[start:], b[start:]
-            count = next(k for k in range(len(tail_a) + 1) if tail_a[k:] == tail_b[:len(tail_a) - k])
+            count = next(k for k in range(len(tail_a) + 1) if tail_a[k:] == tail_b[: len(tail_a) - k])
             out[key] = tail_a[:count]
         return out
 
@@ -114,8 +114,9 @@ class IdentifierPlacer:
         return self._placeholder_ids
 
     # -- prompts
-    def tokenize(self, text: str, embeddings: dict[str, torch.Tensor],
-                 tokenize: Tokenize | None = None) -> tuple[Tokens, dict[str, list[int]]]:
+    def tokenize(
+        self, text: str, embeddings: dict[str, torch.Tensor], tokenize: Tokenize | None = None
+    ) -> tuple[Tokens, dict[str, list[int]]]:
         """``text``'s token dict with every identifier token (a key of ``embeddings``) replaced
         by its (1, total_dim) vector, and each identifier's positions in the encoder output.
 
@@ -134,7 +135,7 @@ class IdentifierPlacer:
         candidates = list(self._placeholders().items())
         pattern = identifier_pattern(present)
         for first in range(len(candidates) - len(present) + 1):
-            chosen = dict(zip(present, candidates[first:first + len(present)]))
+            chosen = dict(zip(present, candidates[first : first + len(present)]))
             written = {name: 0 for name in present}
 
             def swap(match: re.Match) -> str:
@@ -161,7 +162,7 @@ class IdentifierPlacer:
                     hit = lookup.get(entry[0]) if not torch.is_tensor(entry[0]) else None
                     if hit is not None:
                         name, vec = hit
-                        chunk[j] = (vec[0, start:start + dim],) + tuple(entry[1:])
+                        chunk[j] = (vec[0, start : start + dim],) + tuple(entry[1:])
                         if key == first_key:
                             positions.setdefault(name, []).append(flat + j)
                 flat += len(chunk)
@@ -175,7 +176,7 @@ class IdentifierPlacer:
         entries = [entry[0] for chunk in tokens[key] for entry in chunk]
         found = []
         for index in range(len(entries) - len(ids) + 1) if ids else ():
-            window = entries[index:index + len(ids)]
+            window = entries[index : index + len(ids)]
             if all(not torch.is_tensor(v) and int(v) == i for v, i in zip(window, ids)):
                 found.extend(range(index, index + len(ids)))
         return found
@@ -198,7 +199,8 @@ class IdentifierTokenizer:
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
         tokens, _ = self.placer.tokenize(
-            text, self.embeddings, lambda t: self.inner.tokenize_with_weights(t, return_word_ids, **kwargs))
+            text, self.embeddings, lambda t: self.inner.tokenize_with_weights(t, return_word_ids, **kwargs)
+        )
         return tokens
 
     def __getattr__(self, name):

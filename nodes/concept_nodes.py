@@ -14,17 +14,23 @@ import torch
 from comfy_api.latest import io
 
 from ..textloc_core.data.concepts import Concept, ConceptSet
-from ..textloc_core.data.validation import validate_concept_set
 from ..textloc_core.data.tokens import check_token_text
+from ..textloc_core.data.validation import validate_concept_set
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
 from .schema import CONCEPTS, named, pack_schema
 
-CONCEPT_FROM_MASK_DESCRIPTION = "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
-CONCEPT_FOLDER_DESCRIPTION = "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
+CONCEPT_FROM_MASK_DESCRIPTION = (
+    "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
+)
+CONCEPT_FOLDER_DESCRIPTION = (
+    "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
+)
 
 
-def concepts_from_mask(images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> ConceptSet:
+def concepts_from_mask(
+    images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None
+) -> ConceptSet:
     """One concept from an IMAGE batch (B,H,W,3) and a MASK batch (B,H,W), optionally added to
     ``concepts``: on the same photos its masks merge into them, on other photos the photos are
     appended (a multi-concept set may mix both)."""
@@ -50,20 +56,59 @@ class ConceptFromMask(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema("TextLocConceptFromMask", "TextLoc Concept From Mask", CONCEPT_FROM_MASK_DESCRIPTION, outputs=[named(CONCEPTS, "concepts")], inputs=[
-            io.Image.Input("images", tooltip="Photos showing the concept (a batch; all the same size)."),
-            io.Mask.Input("masks", tooltip="One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node)."),
-            io.String.Input("name", default="doll", tooltip="Short name of the concept, used in file names (letters, digits, _ -)."),
-            io.String.Input("token", default="<doll1>", tooltip="New identifier word written in prompts for this concept; must not be an existing word."),
-            io.String.Input("class_word", default="doll", tooltip="The class the base model already knows (prompts say 'a <token> <class_word>')."),
-            io.String.Input("init_word", default="", optional=True, tooltip="Word whose embedding the token starts from (empty: the class word); a word of several vocabulary pieces starts from their mean."),
-            io.Boolean.Input("invert_mask", default=False, optional=True, tooltip="Flip the masks (use when the concept is black and the background white)."),
-            CONCEPTS.Input("concepts", optional=True, tooltip="Concepts defined so far; this concept is added (masks merge when the photos are the same)."),
-        ])
+        return pack_schema(
+            "TextLocConceptFromMask",
+            "TextLoc Concept From Mask",
+            CONCEPT_FROM_MASK_DESCRIPTION,
+            outputs=[named(CONCEPTS, "concepts")],
+            inputs=[
+                io.Image.Input("images", tooltip="Photos showing the concept (a batch; all the same size)."),
+                io.Mask.Input(
+                    "masks",
+                    tooltip="One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node).",
+                ),
+                io.String.Input(
+                    "name",
+                    default="doll",
+                    tooltip="Short name of the concept, used in file names (letters, digits, _ -).",
+                ),
+                io.String.Input(
+                    "token",
+                    default="<doll1>",
+                    tooltip="New identifier word written in prompts for this concept; must not be an existing word.",
+                ),
+                io.String.Input(
+                    "class_word",
+                    default="doll",
+                    tooltip="The class the base model already knows (prompts say 'a <token> <class_word>').",
+                ),
+                io.String.Input(
+                    "init_word",
+                    default="",
+                    optional=True,
+                    tooltip="Word whose embedding the token starts from (empty: the class word); a word of several vocabulary pieces starts from their mean.",
+                ),
+                io.Boolean.Input(
+                    "invert_mask",
+                    default=False,
+                    optional=True,
+                    tooltip="Flip the masks (use when the concept is black and the background white).",
+                ),
+                CONCEPTS.Input(
+                    "concepts",
+                    optional=True,
+                    tooltip="Concepts defined so far; this concept is added (masks merge when the photos are the same).",
+                ),
+            ],
+        )
 
     @classmethod
-    def execute(cls, images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None) -> io.NodeOutput:
-        return io.NodeOutput(concepts_from_mask(images, masks, name, token, class_word, init_word, invert_mask, concepts))
+    def execute(
+        cls, images, masks, name, token, class_word, init_word="", invert_mask=False, concepts=None
+    ) -> io.NodeOutput:
+        return io.NodeOutput(
+            concepts_from_mask(images, masks, name, token, class_word, init_word, invert_mask, concepts)
+        )
 
 
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -97,7 +142,7 @@ def resolve_folder(folder: str) -> Path:
                 f"sets ${readers.PAPER_DATASET_ENV} to its folder and lists that folder in ${READ_ROOTS_ENV} "
                 "(it is not shipped with the pack)"
             )
-        return check_readable(readers.paper_concept_folder(root, folder[len("paper:"):]), "folder", folder)
+        return check_readable(readers.paper_concept_folder(root, folder[len("paper:") :]), "folder", folder)
     path = readable_path(folder, "folder")
     if path.is_file() and path.name.lower() not in readers.MANIFEST_NAMES:
         raise ValueError(
@@ -136,12 +181,39 @@ class ConceptFolder(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema("TextLocConceptFolder", "TextLoc Concept Folder", CONCEPT_FOLDER_DESCRIPTION, outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images")], inputs=[
-            io.String.Input("folder", default="paper:bucket+doll", tooltip="Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll)."),
-            io.Int.Input("resolution", default=512, min=0, max=2048, step=8, tooltip="Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size."),
-            io.String.Input("tokens", default="", optional=True, tooltip="Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>')."),
-            io.String.Input("class_words", default="", optional=True, tooltip="Class words per concept, e.g. 'cat_figurine=figurine' (default: the name)."),
-        ])
+        return pack_schema(
+            "TextLocConceptFolder",
+            "TextLoc Concept Folder",
+            CONCEPT_FOLDER_DESCRIPTION,
+            outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images")],
+            inputs=[
+                io.String.Input(
+                    "folder",
+                    default="paper:bucket+doll",
+                    tooltip="Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll).",
+                ),
+                io.Int.Input(
+                    "resolution",
+                    default=512,
+                    min=0,
+                    max=2048,
+                    step=8,
+                    tooltip="Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size.",
+                ),
+                io.String.Input(
+                    "tokens",
+                    default="",
+                    optional=True,
+                    tooltip="Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>').",
+                ),
+                io.String.Input(
+                    "class_words",
+                    default="",
+                    optional=True,
+                    tooltip="Class words per concept, e.g. 'cat_figurine=figurine' (default: the name).",
+                ),
+            ],
+        )
 
     @classmethod
     def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:
@@ -165,6 +237,8 @@ def preview_batch(concept_set: ConceptSet) -> torch.Tensor:
     for item in concept_set.images:
         image = item.image
         if image.shape != first.shape:
-            image = torch.nn.functional.interpolate(image[None], size=tuple(first.shape[-2:]), mode="bilinear", align_corners=False)[0]
+            image = torch.nn.functional.interpolate(
+                image[None], size=tuple(first.shape[-2:]), mode="bilinear", align_corners=False
+            )[0]
         pictures.append(image)
     return torch.stack(pictures).movedim(1, -1).clamp(0, 1)

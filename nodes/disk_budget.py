@@ -71,9 +71,18 @@ def _removable(keep: str) -> list[Path]:
     finished = []
     checkpoints = root / "checkpoints"
     for adapter in checkpoints.iterdir() if checkpoints.is_dir() else ():
-        if adapter.is_dir() and not adapter.is_symlink() and adapter.name != keep and (root / f"{adapter.name}.safetensors").is_file():
+        if (
+            adapter.is_dir()
+            and not adapter.is_symlink()
+            and adapter.name != keep
+            and (root / f"{adapter.name}.safetensors").is_file()
+        ):
             finished += [run for run in adapter.iterdir() if run.is_dir() and not run.is_symlink()]
-    priors = [p for p in (root / "prior_cache").glob("*.safetensors") if p.is_file()] if (root / "prior_cache").is_dir() else []
+    priors = (
+        [p for p in (root / "prior_cache").glob("*.safetensors") if p.is_file()]
+        if (root / "prior_cache").is_dir()
+        else []
+    )
     return sorted(finished, key=_age) + sorted(priors, key=_age)
 
 
@@ -97,7 +106,9 @@ def make_room(keep: str) -> int:
         else:
             path.unlink(missing_ok=True)
         used -= freed
-        log.warning("textloc: disk budget: removed %s (%.1f MiB) to stay under %s", paths.shown(path), freed / 2**20, BUDGET_ENV)
+        log.warning(
+            "textloc: disk budget: removed %s (%.1f MiB) to stay under %s", paths.shown(path), freed / 2**20, BUDGET_ENV
+        )
     if used >= budget:
         raise ValueError(
             f"the pack's disk budget is spent: checkpoints that are not removed by themselves (those of unfinished "
@@ -106,4 +117,3 @@ def make_room(keep: str) -> int:
             "(models/textloc/checkpoints/<name>/), or ask the server owner to raise the budget"
         )
     return used
-

@@ -14,16 +14,18 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..textloc_core.evaluation import heatmap
 from ..textloc_core.attention.cross_attention import AveragingRouter
 from ..textloc_core.attention.maps import NAMED_MAP_LEVELS, choose_layers, slot_layout, token_maps
+from ..textloc_core.evaluation import heatmap
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_cancel import end_if_cancelled
 from .comfy_internals import conditional_chunks
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
 from .schema import named, pack_schema, require_finite, seed_input
 
-ATTENTION_PREVIEW_DESCRIPTION = "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
+ATTENTION_PREVIEW_DESCRIPTION = (
+    "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
+)
 
 
 class PreviewRouter(AveragingRouter):
@@ -44,31 +46,28 @@ class PreviewRouter(AveragingRouter):
         return [r for i, c in enumerate(self._cond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
 
 
-def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
-                      width, height, batch_size, levels="all_but_finest", alpha=0.5):
+def attention_preview(
+    model,
+    clip,
+    vae,
+    prompt,
+    negative,
+    tokens,
+    seed,
+    steps,
+    cfg,
+    sampler_name,
+    scheduler,
+    width,
+    height,
+    batch_size,
+    levels="all_but_finest",
+    alpha=0.5,
+):
     import comfy.sample
     import comfy.utils
 
-    embeddings, _adapters = applied_identifiers(clip)  # put there by TextLoc Apply Adapter
-    placer = IdentifierPlacer.for_clip(clip)
-    token_dict, positions = placer.tokenize(prompt, embeddings)
-    wanted = [t.strip() for t in tokens.split(",") if t.strip()]
-    for word in wanted:
-        if word not in embeddings:
-            found = placer.word_positions(token_dict, word)
-            if found:
-                positions[word] = found
-    if not wanted:
-        wanted = [t for t in embeddings if t in positions]
-        if not wanted:
-            raise ValueError(
-                "tokens: the prompt has no adapter token; name the words to map (e.g. 'doll, bucket') or use a "
-                "token of an applied TextLoc adapter in the prompt"
-            )
-    missing = [t for t in wanted if t not in positions]
-    if missing:
-        raise ValueError(f"tokens: {missing} do not occur in the prompt {prompt!r}; write them in the prompt or remove them")
-    layout = slot_layout([positions] * batch_size, wanted)
+    token_dict, wanted, layout = mapped_tokens(clip, prompt, tokens, batch_size)
 
     positive = clip.encode_from_tokens_scheduled(token_dict)
     negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
@@ -88,19 +87,128 @@ def attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, c
 
     with denoiser.route_attention(router):
         samples = comfy.sample.sample(
-            denoiser.working_model, noise, steps, cfg, sampler_name, scheduler, positive, negative_cond, latent, seed=seed,
+            denoiser.working_model,
+            noise,
+            steps,
+            cfg,
+            sampler_name,
+            scheduler,
+            positive,
+            negative_cond,
+            latent,
+            seed=seed,
             callback=on_step,
         )
     end_if_cancelled()
     images = vae.decode(samples)  # (B, H, W, 3)
+    maps = captured_maps(router, layout, levels, tuple(latent.shape[-2:]))
+    overlays, masks = overlays_and_masks(images, maps, alpha)
+    return images, overlays.movedim(1, -1), masks, ", ".join(wanted)
+
+
+def captured_maps(router, layout, levels, grid: tuple[int, int]):
+    """The token maps (B, K, h, w) at the latent grid, from the attention the router averaged
+    over the sampling steps, read at the chosen levels."""
     captured = router.averaged()
     chosen = choose_layers({m.layer: m.probs.shape[1] for m in captured}, levels)
-    maps = token_maps([m for m in captured if m.layer in chosen], layout, tuple(latent.shape[-2:])).float().cpu()  # (B, K, h, w)
+    return token_maps([m for m in captured if m.layer in chosen], layout, grid).float().cpu()
+
+
+def mapped_tokens(clip, prompt: str, tokens: str, batch_size: int):
+    """(token_dict, wanted, layout): the prompt tokenized with the applied adapters' identifiers,
+    the tokens or words to map (``tokens``, else every adapter token in the prompt), and where
+    each sits in the batch's rows. Refuses, naming ``tokens``, what the prompt does not hold."""
+    embeddings, _adapters = applied_identifiers(clip)  # put there by TextLoc Apply Adapter
+    placer = IdentifierPlacer.for_clip(clip)
+    token_dict, positions = placer.tokenize(prompt, embeddings)
+    wanted = [t.strip() for t in tokens.split(",") if t.strip()]
+    for word in wanted:
+        if word not in embeddings:
+            found = placer.word_positions(token_dict, word)
+            if found:
+                positions[word] = found
+    if not wanted:
+        wanted = [t for t in embeddings if t in positions]
+        if not wanted:
+            raise ValueError(
+                "tokens: the prompt has no adapter token; name the words to map (e.g. 'doll, bucket') or use a "
+                "token of an applied TextLoc adapter in the prompt"
+            )
+    missing = [t for t in wanted if t not in positions]
+    if missing:
+        raise ValueError(
+            f"tokens: {missing} do not occur in the prompt {prompt!r}; write them in the prompt or remove them"
+        )
+    return token_dict, wanted, slot_layout([positions] * batch_size, wanted)
+
+
+def overlays_and_masks(images, maps, alpha: float):
+    """Each image with each token's heat map over it, and the maps at the images' size,
+    normalised, as ComfyUI MASKs (one per image and token)."""
     pictures = images.movedim(-1, 1).float()
     size = tuple(pictures.shape[-2:])
-    overlays = torch.cat([heatmap.overlay(pictures[b:b + 1].expand(maps.shape[1], -1, -1, -1), maps[b], alpha) for b in range(maps.shape[0])])
+    overlays = torch.cat(
+        [
+            heatmap.overlay(pictures[b : b + 1].expand(maps.shape[1], -1, -1, -1), maps[b], alpha)
+            for b in range(maps.shape[0])
+        ]
+    )
     masks = heatmap.normalize_maps(heatmap.upsample_maps(maps.flatten(0, 1), size))
-    return images, overlays.movedim(1, -1), masks, ", ".join(wanted)
+    return overlays, masks
+
+
+def _preview_inputs() -> list:
+    """Attention Preview's inputs: model, prompt, tokens to map, ComfyUI's sampler settings, levels."""
+    import comfy.samplers  # ComfyUI's sampler lists, read when the server lists the nodes
+
+    return [
+        io.Model.Input("model", tooltip="The model (with TextLoc adapters applied, or any model)."),
+        io.Clip.Input(
+            "clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."
+        ),
+        io.Vae.Input("vae", tooltip="Decodes the samples."),
+        io.String.Input(
+            "prompt",
+            default="photo of a <doll1> doll",
+            multiline=True,
+            tooltip="Prompt to sample; may use adapter tokens.",
+        ),
+        io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt."),
+        io.String.Input(
+            "tokens",
+            default="",
+            tooltip="Comma-separated tokens or words to map (empty: every adapter token in the prompt).",
+        ),
+        seed_input("Noise seed.", maximum=0xFFFFFFFFFFFFFFFF),
+        io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
+        io.Float.Input(
+            "cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."
+        ),
+        # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
+        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
+        io.Combo.Input(
+            "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Noise schedule."
+        ),
+        io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
+        io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
+        io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
+        io.Combo.Input(
+            "levels",
+            options=list(NAMED_MAP_LEVELS),
+            default="all_but_finest",
+            optional=True,
+            tooltip="Attention resolutions averaged into the map (paper: all but the finest).",
+        ),
+        io.Float.Input(
+            "overlay_alpha",
+            default=0.5,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            optional=True,
+            tooltip="Opacity of the heat map over the image.",
+        ),
+    ]
 
 
 class AttentionPreview(io.ComfyNode):
@@ -108,31 +216,57 @@ class AttentionPreview(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        import comfy.samplers
-
-        return pack_schema("TextLocAttentionPreview", "TextLoc Attention Preview", ATTENTION_PREVIEW_DESCRIPTION, outputs=[named(io.Image, "images"), named(io.Image, "overlays"), named(io.Mask, "maps"), named(io.String, "tokens")], inputs=[
-            io.Model.Input("model", tooltip="The model (with TextLoc adapters applied, or any model)."),
-            io.Clip.Input("clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."),
-            io.Vae.Input("vae", tooltip="Decodes the samples."),
-            io.String.Input("prompt", default="photo of a <doll1> doll", multiline=True, tooltip="Prompt to sample; may use adapter tokens."),
-            io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt."),
-            io.String.Input("tokens", default="", tooltip="Comma-separated tokens or words to map (empty: every adapter token in the prompt)."),
-            seed_input("Noise seed.", maximum=0xFFFFFFFFFFFFFFFF),
-            io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
-            io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."),
-            # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
-            io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
-            io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Noise schedule."),
-            io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
-            io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
-            io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
-            io.Combo.Input("levels", options=list(NAMED_MAP_LEVELS), default="all_but_finest", optional=True, tooltip="Attention resolutions averaged into the map (paper: all but the finest)."),
-            io.Float.Input("overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True, tooltip="Opacity of the heat map over the image."),
-        ])
+        return pack_schema(
+            "TextLocAttentionPreview",
+            "TextLoc Attention Preview",
+            ATTENTION_PREVIEW_DESCRIPTION,
+            outputs=[
+                named(io.Image, "images"),
+                named(io.Image, "overlays"),
+                named(io.Mask, "maps"),
+                named(io.String, "tokens"),
+            ],
+            inputs=_preview_inputs(),
+        )
 
     @classmethod
-    def execute(cls, model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name, scheduler,
-                width, height, batch_size, levels="all_but_finest", overlay_alpha=0.5) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        clip,
+        vae,
+        prompt,
+        negative,
+        tokens,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        width,
+        height,
+        batch_size,
+        levels="all_but_finest",
+        overlay_alpha=0.5,
+    ) -> io.NodeOutput:
         require_finite(cfg=cfg, overlay_alpha=overlay_alpha)
-        return io.NodeOutput(*attention_preview(model, clip, vae, prompt, negative, tokens, seed, steps, cfg, sampler_name,
-                                                scheduler, width, height, batch_size, levels, overlay_alpha))
+        return io.NodeOutput(
+            *attention_preview(
+                model,
+                clip,
+                vae,
+                prompt,
+                negative,
+                tokens,
+                seed,
+                steps,
+                cfg,
+                sampler_name,
+                scheduler,
+                width,
+                height,
+                batch_size,
+                levels,
+                overlay_alpha,
+            )
+        )

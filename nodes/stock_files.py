@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..textloc_core.adapters.adapter import Adapter, read_adapter_metadata, save_adapter
-from ..textloc_core.training.checkpoint import config_difference
 from ..textloc_core.adapters.formats import COMFY_EMBEDDING_FORMAT, write_comfy_embedding, write_comfy_unet_patch
 from ..textloc_core.data import file_commit, safe_io
+from ..textloc_core.training.checkpoint import config_difference
 from . import paths
 
 log = logging.getLogger("textloc")
+
 
 @dataclass
 class AdapterFiles:
@@ -90,8 +91,12 @@ def plan_files(name: str, concept_names: list[str]) -> AdapterFiles:
                 f"{stem}.safetensors (file names keep letters, digits, - _ . and ignore case): rename one"
             )
         stems[stem.lower()] = concept
-    files = AdapterFiles(name, paths.adapter_path(name), paths.lora_path(name),
-                         {concept: paths.embedding_path(name, concept) for concept in concept_names})
+    files = AdapterFiles(
+        name,
+        paths.adapter_path(name),
+        paths.lora_path(name),
+        {concept: paths.embedding_path(name, concept) for concept in concept_names},
+    )
     outcome = file_commit.recover(journal_path(name), files.all() + _other_embeddings(files))
     if outcome is not None:
         log.warning("textloc: the interrupted writing of adapter %r was %s", name, outcome)
@@ -127,22 +132,27 @@ def check_replace(files: AdapterFiles, concepts, config_json: str, fingerprint, 
         raise ValueError(f"adapter_name: {files.name!r} already has files ({listed}) but no adapter file; {fix}")
     reference = shipped or files.adapter
     described = paths.shown(reference) + (
-        ", which the pack ships and the shipped workflows use for every user of this server" if shipped else "")
+        ", which the pack ships and the shipped workflows use for every user of this server" if shipped else ""
+    )
     try:
         meta = read_adapter_metadata(reference)
     except (ValueError, OSError):
         raise ValueError(f"adapter_name: {files.name!r} names an unreadable adapter file {described}; {fix}") from None
-    ours = [{"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
-            for c in concepts.concepts]
+    ours = [
+        {"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
+        for c in concepts.concepts
+    ]
 
     settings = config_difference(meta.train_config, config_json, saved_in="that adapter")
     differences = [
-        what for what, same in (
+        what
+        for what, same in (
             ("photos or masks", meta.data_hashes.get("concept_set") == concepts.data_hash()),
             ("concepts or tokens", meta.concepts == ours),
             (f"settings ({'; '.join(settings)})", not settings),
             ("base model", meta.base_fingerprint == fingerprint()),
-        ) if not same
+        )
+        if not same
     ]
     if differences:
         raise ValueError(
@@ -150,8 +160,10 @@ def check_replace(files: AdapterFiles, concepts, config_json: str, fingerprint, 
             f"{', '.join(differences)}; {fix}"
         )
     if _other_embeddings(files):
-        raise ValueError(f"adapter_name: {files.name!r} has embedding files of other concepts in "
-                         f"{paths.shown(paths.embedding_dir(files.name))}; {fix}")
+        raise ValueError(
+            f"adapter_name: {files.name!r} has embedding files of other concepts in "
+            f"{paths.shown(paths.embedding_dir(files.name))}; {fix}"
+        )
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -29,7 +29,12 @@ from torch import nn
 
 from ..textloc_core.tinyworld import model_configs as cfg
 from .comfy_internals import (
-    NATIVE_RESOLUTION_ATTR, base_unet, clip_text_transformer, patchers, set_reloader, set_vae_scale_factor,
+    NATIVE_RESOLUTION_ATTR,
+    base_unet,
+    clip_text_transformer,
+    patchers,
+    set_reloader,
+    set_vae_scale_factor,
 )
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "textloc_core" / "tinyworld" / "weights"
@@ -71,7 +76,9 @@ def _unet_state_from_diffusers(diffusers_sd: dict[str, torch.Tensor], unet_confi
     mapping = comfy.utils.unet_to_diffusers(unet_config)  # diffusers key -> ldm key (a superset)
     unmapped = sorted(set(diffusers_sd) - set(mapping))
     if unmapped:
-        raise ValueError(f"TinyWorld unet weights: {len(unmapped)} tensors have no ComfyUI name (e.g. {unmapped[:3]}); re-export the weights")
+        raise ValueError(
+            f"TinyWorld unet weights: {len(unmapped)} tensors have no ComfyUI name (e.g. {unmapped[:3]}); re-export the weights"
+        )
     # load_state_dict(strict=True) then names any tensor the ComfyUI model still lacks
     return {ldm_key: diffusers_sd[key] for key, ldm_key in mapping.items() if key in diffusers_sd}
 
@@ -115,8 +122,12 @@ def build_clip(seed: int = 0, weights_dir: Path | None = WEIGHTS_DIR, embedding_
             comfy.sd1_clip.SDTokenizer, tokenizer_path=str(TOKENIZER_DIR), embedding_size=cfg.TEXT_HIDDEN
         ),
     )
-    clip_model = functools.partial(comfy.sd1_clip.SDClipModel, return_projected_pooled=False, textmodel_json_config=text_config)
-    target = comfy.supported_models_base.ClipTarget(tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=clip_model))
+    clip_model = functools.partial(
+        comfy.sd1_clip.SDClipModel, return_projected_pooled=False, textmodel_json_config=text_config
+    )
+    target = comfy.supported_models_base.ClipTarget(
+        tokenizer, functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=clip_model)
+    )
     clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, model_options={"dtype": torch.float32})
     state = _safetensors(weights_dir / "text_encoder") if weights_dir is not None else None
     transformer = clip_text_transformer(clip, "l")
@@ -187,7 +198,10 @@ def _vae_patcher(seed: int, weights_dir: Path | None, disable_dynamic: bool = Fa
 
 
 def weights_present(weights_dir: Path = WEIGHTS_DIR) -> bool:
-    return all((weights_dir / part).is_dir() and any((weights_dir / part).glob("*.safetensors")) for part in ("unet", "vae", "text_encoder"))
+    return all(
+        (weights_dir / part).is_dir() and any((weights_dir / part).glob("*.safetensors"))
+        for part in ("unet", "vae", "text_encoder")
+    )
 
 
 def build_all(seed: int = 0, use_weights: bool = True, embedding_directory=None):

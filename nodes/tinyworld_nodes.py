@@ -13,11 +13,13 @@ from comfy_api.latest import io
 
 from ..textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from ..textloc_core.tinyworld import world
-from .schema import CONCEPTS, TINYWORLD_CATEGORY, named, pack_schema, seed_input
 from . import tinyworld_models
+from .schema import CONCEPTS, TINYWORLD_CATEGORY, named, pack_schema, seed_input
 
 TINYWORLD_LOADER_DESCRIPTION = "Load the tiny TinyWorld diffusion model (64x64 px, SD1 architecture in miniature)."
-TINYWORLD_CONCEPT_SET_DESCRIPTION = "Render the personalisation set of a TinyWorld concept the base model never saw, with exact masks."
+TINYWORLD_CONCEPT_SET_DESCRIPTION = (
+    "Render the personalisation set of a TinyWorld concept the base model never saw, with exact masks."
+)
 
 
 def held_out_input(tooltip: str) -> io.Combo.Input:
@@ -30,10 +32,21 @@ class TinyWorldLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema("TextLocTinyWorldLoader", "TextLoc TinyWorld Loader", TINYWORLD_LOADER_DESCRIPTION, category=TINYWORLD_CATEGORY, outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()], inputs=[
-            seed_input("Seed of the random weights used only when the TinyWorld weights are not installed."),
-            io.Boolean.Input("use_shipped_weights", default=True, tooltip="Use textloc_core/tinyworld/weights when present; off: always random weights (tests)."),
-        ])
+        return pack_schema(
+            "TextLocTinyWorldLoader",
+            "TextLoc TinyWorld Loader",
+            TINYWORLD_LOADER_DESCRIPTION,
+            category=TINYWORLD_CATEGORY,
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+            inputs=[
+                seed_input("Seed of the random weights used only when the TinyWorld weights are not installed."),
+                io.Boolean.Input(
+                    "use_shipped_weights",
+                    default=True,
+                    tooltip="Use textloc_core/tinyworld/weights when present; off: always random weights (tests).",
+                ),
+            ],
+        )
 
     @classmethod
     def execute(cls, seed, use_shipped_weights=True) -> io.NodeOutput:
@@ -48,14 +61,32 @@ class TinyWorldConceptSet(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema("TextLocTinyWorldConceptSet", "TextLoc TinyWorld Concept Set", TINYWORLD_CONCEPT_SET_DESCRIPTION, category=TINYWORLD_CATEGORY, outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images"), named(io.Mask, "concept_masks"),
-                     named(io.Mask, "companion_masks"), named(io.String, "class_word")], inputs=[
-            held_out_input("Held-out concept to teach (never shown in pretraining)."),
-            io.String.Input("token", default="<tw1>", tooltip="New identifier word for the concept in prompts."),
-            io.Int.Input("images", default=5, min=1, max=64, tooltip="How many photos to render (the paper uses 5)."),
-            seed_input("Seed of the scene layout."),
-            io.Boolean.Input("include_companion", default=False, tooltip="Also learn the companion object as a second concept (token <name>)."),
-        ])
+        return pack_schema(
+            "TextLocTinyWorldConceptSet",
+            "TextLoc TinyWorld Concept Set",
+            TINYWORLD_CONCEPT_SET_DESCRIPTION,
+            category=TINYWORLD_CATEGORY,
+            outputs=[
+                named(CONCEPTS, "concepts"),
+                named(io.Image, "images"),
+                named(io.Mask, "concept_masks"),
+                named(io.Mask, "companion_masks"),
+                named(io.String, "class_word"),
+            ],
+            inputs=[
+                held_out_input("Held-out concept to teach (never shown in pretraining)."),
+                io.String.Input("token", default="<tw1>", tooltip="New identifier word for the concept in prompts."),
+                io.Int.Input(
+                    "images", default=5, min=1, max=64, tooltip="How many photos to render (the paper uses 5)."
+                ),
+                seed_input("Seed of the scene layout."),
+                io.Boolean.Input(
+                    "include_companion",
+                    default=False,
+                    tooltip="Also learn the companion object as a second concept (token <name>).",
+                ),
+            ],
+        )
 
     @classmethod
     def execute(cls, concept, token, images, seed, include_companion=False) -> io.NodeOutput:

@@ -14,7 +14,9 @@ from ..textloc_core.tinyworld import BACKGROUNDS, render_scene, world
 from .schema import TINYWORLD_CATEGORY, named, pack_schema, seed_input
 from .tinyworld_nodes import held_out_input
 
-TINYWORLD_REFERENCES_DESCRIPTION = "Render a held-out TinyWorld concept alone (reference images for TextLoc Score Images)."
+TINYWORLD_REFERENCES_DESCRIPTION = (
+    "Render a held-out TinyWorld concept alone (reference images for TextLoc Score Images)."
+)
 
 
 class TinyWorldReferences(io.ComfyNode):
@@ -22,17 +24,26 @@ class TinyWorldReferences(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema("TextLocTinyWorldReferences", "TextLoc TinyWorld References", TINYWORLD_REFERENCES_DESCRIPTION, category=TINYWORLD_CATEGORY, outputs=[named(io.Image, "images"), named(io.Mask, "masks")], inputs=[
-            held_out_input("Held-out concept to render."),
-            io.Int.Input("images", default=8, min=1, max=256, tooltip="How many renders."),
-            seed_input("Seed of the object placement."),
-        ])
+        return pack_schema(
+            "TextLocTinyWorldReferences",
+            "TextLoc TinyWorld References",
+            TINYWORLD_REFERENCES_DESCRIPTION,
+            category=TINYWORLD_CATEGORY,
+            outputs=[named(io.Image, "images"), named(io.Mask, "masks")],
+            inputs=[
+                held_out_input("Held-out concept to render."),
+                io.Int.Input("images", default=8, min=1, max=256, tooltip="How many renders."),
+                seed_input("Seed of the object placement."),
+            ],
+        )
 
     @classmethod
     def execute(cls, concept, images, seed) -> io.NodeOutput:
         kind = world.held_out_concept(concept).kind
-        scenes = [render_scene(objects=[kind], background=BACKGROUNDS[i % len(BACKGROUNDS)], seed=10_000 + 97 * seed + i)
-                  for i in range(images)]
+        scenes = [
+            render_scene(objects=[kind], background=BACKGROUNDS[i % len(BACKGROUNDS)], seed=10_000 + 97 * seed + i)
+            for i in range(images)
+        ]
         pictures = torch.from_numpy(np.stack([s.image for s in scenes])).float()  # (B, H, W, 3)
         masks = torch.from_numpy(np.stack([s.masks[0] for s in scenes])).float()
         return io.NodeOutput(pictures, masks)

@@ -21,10 +21,16 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..textloc_core.training import loop
-from ..textloc_core.training.result import make_adapter
-from ..textloc_core.training.config import ATTENTION_WEIGHT_MODES, GUIDANCE_METHODS, MIXED_PRECISIONS, OPTIMIZERS, TrainConfig
 from ..textloc_core.data.validation import validate_concept_set
+from ..textloc_core.training import loop
+from ..textloc_core.training.config import (
+    ATTENTION_WEIGHT_MODES,
+    GUIDANCE_METHODS,
+    MIXED_PRECISIONS,
+    OPTIMIZERS,
+    TrainConfig,
+)
+from ..textloc_core.training.result import make_adapter
 from . import disk_budget, paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
@@ -34,10 +40,10 @@ from .schema import ADAPTER, CONCEPTS, named, pack_schema, require_finite, seed_
 from .stock_files import check_replace, plan_files, write_files
 
 TRAIN_DESCRIPTION = (
-                "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
-                "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
-                "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
-            )
+    "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
+    "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
+    "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
+)
 
 log = logging.getLogger("textloc")
 #: training sides above this many times the model's native size need allow_large_resolution
@@ -121,52 +127,189 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
+def _model_inputs() -> list:
+    """The model to train and what it learns: MODEL, CLIP, VAE and the concept set."""
+    return [
+        io.Model.Input("model", tooltip="The base diffusion model (SD1.x, SD2.x or SDXL family) from any loader."),
+        io.Clip.Input("clip", tooltip="Its text encoder."),
+        io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
+        CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
+    ]
+
+
+def _run_inputs() -> list:
+    """What the run is: guidance, steps, learning rate, batch, prior, seed, checkpoints and the name."""
+    return [
+        io.Combo.Input(
+            "guidance",
+            options=list(GUIDANCE_METHODS),
+            default="hard",
+            tooltip="hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion.",
+        ),
+        io.Int.Input(
+            "steps",
+            default=400,
+            min=1,
+            max=100000,
+            tooltip="Optimiser steps (paper: 400 for one concept, 800 for two).",
+        ),
+        io.Float.Input(
+            "learning_rate",
+            default=1e-5,
+            min=1e-7,
+            max=1e-2,
+            step=1e-6,
+            round=False,
+            tooltip="Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5).",
+        ),
+        io.Int.Input("batch", default=2, min=1, max=16, tooltip="Training photos per step (and as many prior images)."),
+        io.Int.Input(
+            "prior_images",
+            default=0,
+            min=0,
+            max=1000,
+            tooltip="Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off.",
+        ),
+        seed_input("Seed of batches, timesteps and noise (the same seed gives the same adapter)."),
+        io.Int.Input(
+            "checkpoint_every",
+            default=50,
+            min=1,
+            max=100000,
+            tooltip="Write a resumable checkpoint every N steps (and when cancelled).",
+        ),
+        io.String.Input(
+            "adapter_name",
+            default="textloc_adapter",
+            tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder.",
+        ),
+    ]
+
+
+def _file_inputs() -> list:
+    """Optional: training side, fixed attention weight, resuming, large sides and replacing files."""
+    return [
+        io.Int.Input(
+            "resolution",
+            default=0,
+            min=0,
+            max=2048,
+            step=8,
+            optional=True,
+            tooltip="Training side in pixels; 0 keeps the photos' size.",
+        ),
+        io.Float.Input(
+            "attention_weight",
+            default=1.0,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            optional=True,
+            tooltip="Weight of the attention loss when attention_weight_mode is fixed (paper: 1).",
+        ),
+        io.Boolean.Input(
+            "resume",
+            default=True,
+            optional=True,
+            tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings).",
+        ),
+        io.Boolean.Input(
+            "allow_large_resolution",
+            default=False,
+            optional=True,
+            tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training.",
+        ),
+        io.Boolean.Input(
+            "overwrite",
+            default=False,
+            optional=True,
+            tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may.",
+        ),
+    ]
+
+
+def _loss_and_memory_inputs() -> list:
+    """Optional: how the attention weight is set, the masked loss, and the memory options."""
+    return [
+        io.Combo.Input(
+            "attention_weight_mode",
+            options=list(ATTENTION_WEIGHT_MODES),
+            default="calibrated",
+            optional=True,
+            tooltip=f"calibrated (default): before the first step the attention loss's weight is set so that its gradient is attention_fraction x the denoising loss's, averaged over the first {TrainConfig.calibration_batches} batches; the same fraction suits any model and resolution, and attention_weight is unused. fixed: the attention loss is weighted by attention_weight (the paper's 1, which on TinyWorld lowered fidelity). The report shows the weight used.",
+        ),
+        io.Float.Input(
+            "attention_fraction",
+            default=1.0,
+            min=0.001,
+            max=10.0,
+            step=0.01,
+            round=False,
+            optional=True,
+            tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth).",
+        ),
+        io.Boolean.Input(
+            "gradient_checkpointing",
+            default=False,
+            optional=True,
+            tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card.",
+        ),
+        io.Combo.Input(
+            "mixed_precision",
+            options=list(MIXED_PRECISIONS),
+            default="auto",
+            optional=True,
+            tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
+        ),
+        io.Combo.Input(
+            "optimizer",
+            options=list(OPTIMIZERS),
+            default="adamw",
+            optional=True,
+            tooltip="adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
+        ),
+        io.Float.Input(
+            "unmasked_weight",
+            default=TrainConfig.unmasked_weight,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            round=False,
+            optional=True,
+            tooltip="Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
+        ),
+    ]
+
+
 class TextLocTrain(io.ComfyNode):
     """Teach new tokens (and the attention K/V weights) from a concept set."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema("TextLocTrain", "TextLoc Train", TRAIN_DESCRIPTION, outputs=[named(ADAPTER, "adapter"), named(io.String, "report")], is_output_node=True, hidden=[io.Hidden.unique_id], inputs=[
-            io.Model.Input("model", tooltip="The base diffusion model (SD1.x, SD2.x or SDXL family) from any loader."),
-            io.Clip.Input("clip", tooltip="Its text encoder."),
-            io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
-            CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
-            io.Combo.Input("guidance", options=list(GUIDANCE_METHODS), default="hard", tooltip="hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion."),
-            io.Int.Input("steps", default=400, min=1, max=100000, tooltip="Optimiser steps (paper: 400 for one concept, 800 for two)."),
-            io.Float.Input("learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False, tooltip="Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5)."),
-            io.Int.Input("batch", default=2, min=1, max=16, tooltip="Training photos per step (and as many prior images)."),
-            io.Int.Input("prior_images", default=0, min=0, max=1000, tooltip="Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off."),
-            seed_input("Seed of batches, timesteps and noise (the same seed gives the same adapter)."),
-            io.Int.Input("checkpoint_every", default=50, min=1, max=100000, tooltip="Write a resumable checkpoint every N steps (and when cancelled)."),
-            io.String.Input("adapter_name", default="textloc_adapter", tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder."),
-            io.Int.Input("resolution", default=0, min=0, max=2048, step=8, optional=True, tooltip="Training side in pixels; 0 keeps the photos' size."),
-            io.Float.Input("attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True, tooltip="Weight of the attention loss when attention_weight_mode is fixed (paper: 1)."),
-            io.Boolean.Input("resume", default=True, optional=True, tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings)."),
-            io.Boolean.Input("allow_large_resolution", default=False, optional=True, tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training."),
-            io.Boolean.Input("overwrite", default=False, optional=True, tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may."),
-            io.Combo.Input("attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="calibrated", optional=True, tooltip=f"calibrated (default): before the first step the attention loss's weight is set so that its gradient is attention_fraction x the denoising loss's, averaged over the first {TrainConfig.calibration_batches} batches; the same fraction suits any model and resolution, and attention_weight is unused. fixed: the attention loss is weighted by attention_weight (the paper's 1, which on TinyWorld lowered fidelity). The report shows the weight used."),
-            io.Float.Input("attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True, tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth)."),
-            io.Boolean.Input("gradient_checkpointing", default=False, optional=True, tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card."),
-            io.Combo.Input("mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True, tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32."),
-            io.Combo.Input("optimizer", options=list(OPTIMIZERS), default="adamw", optional=True, tooltip="adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state."),
-            io.Float.Input("unmasked_weight", default=TrainConfig.unmasked_weight, min=0.0, max=1.0, step=0.05, round=False, optional=True, tooltip="Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight."),
-        ])
+        return pack_schema(
+            "TextLocTrain",
+            "TextLoc Train",
+            TRAIN_DESCRIPTION,
+            outputs=[named(ADAPTER, "adapter"), named(io.String, "report")],
+            is_output_node=True,
+            hidden=[io.Hidden.unique_id],
+            inputs=[*_model_inputs(), *_run_inputs(), *_file_inputs(), *_loss_and_memory_inputs()],
+        )
 
     @classmethod
-    def execute(cls, model, clip, vae, concepts, guidance, steps, learning_rate, batch, prior_images, seed,
-                checkpoint_every, adapter_name, resolution=0, attention_weight=1.0, resume=True,
-                allow_large_resolution=False, overwrite=False, attention_weight_mode="calibrated",
-                attention_fraction=1.0, gradient_checkpointing=False, mixed_precision="auto",
-                optimizer="adamw", unmasked_weight=TrainConfig.unmasked_weight) -> io.NodeOutput:
-        require_finite(learning_rate=learning_rate, attention_weight=attention_weight, attention_fraction=attention_fraction,
-                       unmasked_weight=unmasked_weight)
-        config = TrainConfig.from_widgets(
-            guidance=guidance, steps=steps, learning_rate=learning_rate, batch=batch, prior_images=prior_images,
-            seed=seed, checkpoint_every=checkpoint_every, resolution=resolution, attention_weight=attention_weight,
-            attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
-            gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision, optimizer=optimizer,
-            unmasked_weight=unmasked_weight,
-        )
+    def execute(
+        cls,
+        model,
+        clip,
+        vae,
+        concepts,
+        adapter_name,
+        resume=True,
+        allow_large_resolution=False,
+        overwrite=False,
+        **widgets,
+    ) -> io.NodeOutput:
+        config = config_from_widgets(widgets)
         name = paths.check_adapter_name(adapter_name.strip())
         check_inputs(model, clip, concepts, config, allow_large_resolution)
         files, checkpoints = plan_outputs(name, model, concepts, config, resume, overwrite)
@@ -179,6 +322,14 @@ class TextLocTrain(io.ComfyNode):
         report = train_report(files, adapter, result, progress.history, config, name)
         log.info("textloc: %s", report.replace("\n", "; "))
         return io.NodeOutput(adapter, report, ui=ui.PreviewText(report))
+
+
+def config_from_widgets(widgets: dict) -> TrainConfig:
+    """The run's TrainConfig from the Train widgets that set it (``TrainConfig.from_widgets``, the
+    one place widget names become config fields), refusing non-finite numbers first."""
+    numbers = {k: v for k, v in widgets.items() if isinstance(v, float)}
+    require_finite(**numbers)
+    return TrainConfig.from_widgets(**widgets)
 
 
 def check_inputs(model, clip, concepts, config: TrainConfig, allow_large_resolution: bool) -> None:
@@ -216,8 +367,11 @@ class TrainProgress:
         self.bar = comfy.utils.ProgressBar(config.steps, node_id=node_id)
         self.history: list[dict[str, float]] = []
         if config.calibrated:  # the batches before step 1 show no step progress of their own
-            _progress_text(node_id, f"calibrating the attention weight on {config.calibration_batches} batches "
-                                    "(a resumed run reuses the weight it recorded)")
+            _progress_text(
+                node_id,
+                f"calibrating the attention weight on {config.calibration_batches} batches "
+                "(a resumed run reuses the weight it recorded)",
+            )
 
     def on_step(self, report) -> None:
         self.history.append(report.losses)
@@ -235,8 +389,14 @@ def run_training(model, clip, vae, concepts, config: TrainConfig, checkpoints, r
     try:
         with training_session(model, clip, vae) as bundle:
             result = loop.train(
-                bundle, concepts, config, checkpoint_dir=checkpoints, resume=resume,
-                on_step=progress.on_step, should_stop=stop_requested, prior_cache_dir=paths.prior_cache_dir(),
+                bundle,
+                concepts,
+                config,
+                checkpoint_dir=checkpoints,
+                resume=resume,
+                on_step=progress.on_step,
+                should_stop=stop_requested,
+                prior_cache_dir=paths.prior_cache_dir(),
             )
             return result, make_adapter(result, concepts, bundle), bundle.text.encoder_sizes
     except loop.TrainingDiverged as exc:
@@ -251,7 +411,10 @@ def train_report(files, adapter, result, history, config: TrainConfig, name: str
     losses = history[-1] if history else (result.history[-1] if result.history else {})
     return "\n".join(
         [f"adapter: {paths.shown(files.adapter)}", f"lora (LoraLoaderModelOnly): {paths.shown(files.lora)}"]
-        + [f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})" for c in adapter.metadata.concepts]
+        + [
+            f"embedding for {c['name']}: embedding:{paths.embedding_name(name, c['name'])} (token {c['token']})"
+            for c in adapter.metadata.concepts
+        ]
         + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
         + [attention_weight_line(config, result.lambda_attn_used)]
     )

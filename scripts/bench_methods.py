@@ -60,11 +60,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from textloc_core import api  # noqa: E402
-from textloc_core.evaluation import features, heatmap, judge_scores, localization, metrics, scoring  # noqa: E402
-from textloc_core.data.concepts import ConceptSet  # noqa: E402
-from textloc_core.training.config import TrainConfig  # noqa: E402
 from benchmarks import records  # noqa: E402
+from textloc_core import api  # noqa: E402
+from textloc_core.data.concepts import ConceptSet  # noqa: E402
+from textloc_core.evaluation import features, heatmap, judge_scores, localization, metrics, scoring  # noqa: E402
+from textloc_core.training.config import TrainConfig  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
 LAMBDAS = ("1", "0.3", "0.1", "0.03")
@@ -76,8 +76,14 @@ CALIBRATED = "cal"
 ``--attention-fraction``); ``hard@cal=0.5`` sets the fraction of that row itself."""
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 COLUMNS = (
-    ("clip_i", "CLIP-I ↑"), ("clip_i_pair", "CLIP-I pair ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"), ("iou", "IoU ↑"),
-    ("attn_other", "attn on other ↓"), ("fidelity", "target exact ↑"), ("fidelity_cs", "target colour+shape ↑"),
+    ("clip_i", "CLIP-I ↑"),
+    ("clip_i_pair", "CLIP-I pair ↑"),
+    ("clip_t", "CLIP-T ↑"),
+    ("kid", "KID ×100 ↓"),
+    ("iou", "IoU ↑"),
+    ("attn_other", "attn on other ↓"),
+    ("fidelity", "target exact ↑"),
+    ("fidelity_cs", "target colour+shape ↑"),
     ("leakage", "leakage ↓"),
     ("alignment", "prompt align ↑"),
 )
@@ -142,9 +148,16 @@ def _random_world() -> dict:
     torch.manual_seed(0)
     tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core/tinyworld/weights/tokenizer"))
     text = mc.build_text_encoder().eval()
-    pipe = StableDiffusionPipeline(vae=mc.build_vae(), text_encoder=text, tokenizer=tokenizer, unet=mc.build_unet(),
-                                   scheduler=mc.build_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=mc.build_vae(),
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=mc.build_unet(),
+        scheduler=mc.build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     vision = mc.build_vision_encoder().eval()
     return {"pipe": pipe, "clip": features.ClipFeatureModel(vision, text, tokenizer), "judge": Judge(JudgeNet(8))}
 
@@ -158,8 +171,11 @@ def world(random_weights: bool) -> dict:
             from textloc_core import tinyworld
 
             text, vision, tokenizer = tinyworld.load_clip()
-            parts = {"pipe": tinyworld.load_pipeline(), "judge": tinyworld.load_judge(),
-                     "clip": features.ClipFeatureModel(vision, text, tokenizer)}
+            parts = {
+                "pipe": tinyworld.load_pipeline(),
+                "judge": tinyworld.load_judge(),
+                "clip": features.ClipFeatureModel(vision, text, tokenizer),
+            }
         from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
         parts["bundle"] = bundle_from_diffusers(parts["pipe"])
@@ -172,6 +188,7 @@ def _init_worker() -> None:
 
 
 # ----------------------------------------------------------------------------- one run
+
 
 def _kind_spec(kind, with_texture: bool = True) -> dict[str, str]:
     spec = {"shape": kind.shape, "colour": kind.colour}
@@ -203,7 +220,9 @@ def _renders(kinds, n: int, seed: int):
 
     images, masks = [], []
     for i in range(n):
-        scene = tinyworld.render_scene(objects=list(kinds), background=tinyworld.BACKGROUNDS[i % 4], seed=10_000 + 97 * seed + i)
+        scene = tinyworld.render_scene(
+            objects=list(kinds), background=tinyworld.BACKGROUNDS[i % 4], seed=10_000 + 97 * seed + i
+        )
         images.append(torch.from_numpy(scene.image).permute(2, 0, 1).float())
         masks.append(torch.from_numpy(scene.masks.astype("float32")))
     return torch.stack(images), torch.stack(masks)
@@ -229,8 +248,12 @@ def generation_plan(concept, setting: str, tokens: bool = True):
             plan.append((f"a {t_word} on {bg}", judge_scores.ExpectedScene([_kind_spec(target)], [], bg, leak)))
         for i, other in enumerate(_others(concept)):
             for bg in BACKGROUNDS[i::2][:2]:
-                plan.append((f"a {t_word} and {'an' if _phrase(other)[0] in 'aeiou' else 'a'} {_phrase(other)} on {bg}",
-                             judge_scores.ExpectedScene([_kind_spec(target)], [_kind_spec(other)], bg, leak)))
+                plan.append(
+                    (
+                        f"a {t_word} and {'an' if _phrase(other)[0] in 'aeiou' else 'a'} {_phrase(other)} on {bg}",
+                        judge_scores.ExpectedScene([_kind_spec(target)], [_kind_spec(other)], bg, leak),
+                    )
+                )
     else:
         bleed = []
         if target.texture != companion.texture:
@@ -238,8 +261,12 @@ def generation_plan(concept, setting: str, tokens: bool = True):
         if target.colour != companion.colour:
             bleed.append({"shape": target.shape, "colour": companion.colour})
         for bg in BACKGROUNDS:
-            plan.append((f"a {t_word} and a {c_word} on {bg}",
-                         judge_scores.ExpectedScene([_kind_spec(target), _kind_spec(companion)], [], bg, bleed)))
+            plan.append(
+                (
+                    f"a {t_word} and a {c_word} on {bg}",
+                    judge_scores.ExpectedScene([_kind_spec(target), _kind_spec(companion)], [], bg, bleed),
+                )
+            )
     return plan
 
 
@@ -263,12 +290,17 @@ def parse_method(spec: str) -> tuple[str, dict]:
     method, _, weight = spec.partition("@")
     mode, _, fraction = weight.partition("=")
     if method not in METHODS or (method == "none" and weight) or (fraction and mode != CALIBRATED):
-        raise ValueError(f"method {spec!r}: expected hard, soft or none, optionally hard@<lambda>, "
-                         f"hard@{CALIBRATED} or hard@{CALIBRATED}=<fraction>")
+        raise ValueError(
+            f"method {spec!r}: expected hard, soft or none, optionally hard@<lambda>, "
+            f"hard@{CALIBRATED} or hard@{CALIBRATED}=<fraction>"
+        )
     if not weight:
         return method, {}
     if mode == CALIBRATED:
-        return method, {"attention_weight_mode": "calibrated", **({"attention_fraction": float(fraction)} if fraction else {})}
+        return method, {
+            "attention_weight_mode": "calibrated",
+            **({"attention_fraction": float(fraction)} if fraction else {}),
+        }
     return method, {"attention_weight_mode": "fixed", "lambda_attn": float(weight)}
 
 
@@ -287,14 +319,28 @@ def method_label(spec: str) -> str:
 def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
     method, weight = parse_method(spec)
     return TrainConfig(
-        method=method, steps=p.steps, learning_rate=p.learning_rate, scale_lr_by_batch=False, instance_batch=p.instance_batch,
-        prior_batch=2, prior_images_per_class=p.prior_images, prior_sampling_steps=p.prior_steps,
-        instance_prompt="{concepts}", seed=seed, checkpoint_every=10**9, mixed_precision="fp32",
-        map_levels=p.train_map_levels if p.train_map_levels in ("all", "all_but_finest")
+        method=method,
+        steps=p.steps,
+        learning_rate=p.learning_rate,
+        scale_lr_by_batch=False,
+        instance_batch=p.instance_batch,
+        prior_batch=2,
+        prior_images_per_class=p.prior_images,
+        prior_sampling_steps=p.prior_steps,
+        instance_prompt="{concepts}",
+        seed=seed,
+        checkpoint_every=10**9,
+        mixed_precision="fp32",
+        map_levels=p.train_map_levels
+        if p.train_map_levels in ("all", "all_but_finest")
         else tuple(int(f) for f in p.train_map_levels.split(",")),
-        calibration_batches=p.calibration_batches, unmasked_weight=p.unmasked_weight,
-        token_warmup_steps=p.token_warmup_steps, token_warmup_learning_rate=p.token_warmup_lr, train_keys=p.train_keys,
-        union_sampling=p.union_sampling, class_prompt=p.class_prompt,
+        calibration_batches=p.calibration_batches,
+        unmasked_weight=p.unmasked_weight,
+        token_warmup_steps=p.token_warmup_steps,
+        token_warmup_learning_rate=p.token_warmup_lr,
+        train_keys=p.train_keys,
+        union_sampling=p.union_sampling,
+        class_prompt=p.class_prompt,
         **{"attention_fraction": p.attention_fraction, **weight},
     )
 
@@ -309,8 +355,14 @@ def warm_prior(p: Protocol, out: str, class_word: str, seed: int) -> str:
 
     w = world(p.random_weights)
     side = int(w["pipe"].unet.config.sample_size)
-    prior_latents(w["bundle"], p.class_prompt.format(class_word=class_word), p.prior_images, (side, side),
-                  train_config(p, "none", seed), cache_dir=_prior_cache(Path(out)))
+    prior_latents(
+        w["bundle"],
+        p.class_prompt.format(class_word=class_word),
+        p.prior_images,
+        (side, side),
+        train_config(p, "none", seed),
+        cache_dir=_prior_cache(Path(out)),
+    )
     return f"{class_word}/{seed}"
 
 
@@ -330,8 +382,16 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
     plan = generation_plan(concept, setting)
     images, prompts, expected, maps = [], [], [], []
     for k, (prompt, scene) in enumerate(plan):
-        gen = api.generate(bundle, prompt, adapters=[result], num_images=p.images_per_prompt, steps=p.sample_steps,
-                           guidance_scale=p.guidance_scale, seed=1000 * seed + k, maps_for=tokens)
+        gen = api.generate(
+            bundle,
+            prompt,
+            adapters=[result],
+            num_images=p.images_per_prompt,
+            steps=p.sample_steps,
+            guidance_scale=p.guidance_scale,
+            seed=1000 * seed + k,
+            maps_for=tokens,
+        )
         images.append(gen.images)
         maps.append(torch.stack([gen.token_maps[t] for t in tokens], 1))
         prompts += [prompt] * p.images_per_prompt
@@ -342,22 +402,38 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
     # localization on fresh renders with exact masks: training-style prompt, no background
     scenes, masks = _renders([concept.companion, concept.kind], p.n_iou_scenes, seed)
     attn_prompt = result.prompts[0]
-    attn = localization.attention_on_images(bundle, [result], scenes, [attn_prompt] * len(scenes), tokens,
-                                          map_levels=p.map_levels_eval, seed=seed)
+    attn = localization.attention_on_images(
+        bundle, [result], scenes, [attn_prompt] * len(scenes), tokens, map_levels=p.map_levels_eval, seed=seed
+    )
     own = {concept.name: 1, concept.companion_name: 0}  # mask index of each concept in the render
     ious, other_share = [], []
     for k, c in enumerate(concept_set.concepts):
         ious.append(metrics.attention_iou(attn[:, k], masks[:, own[c.name]]).mean().item())
         other_share.append(_mass_share(attn[:, k], masks[:, 1 - own[c.name]]))
     row.update(iou=sum(ious) / len(ious), attn_other=sum(other_share) / len(other_share))
-    row.update(pair=name, seed=seed, method=method, setting=setting, train_s=trained - began,
-               total_s=time.perf_counter() - began, final_loss=result.history[-1]["loss"],
-               lambda_attn_used=result.lambda_attn_used)
+    row.update(
+        pair=name,
+        seed=seed,
+        method=method,
+        setting=setting,
+        train_s=trained - began,
+        total_s=time.perf_counter() - began,
+        final_loss=result.history[-1]["loss"],
+        lambda_attn_used=result.lambda_attn_used,
+    )
     if seed == p.seeds[0]:
         keep = slice(0, None, max(1, p.images_per_prompt))  # one image per prompt
-        torch.save({"images": images[keep][:4].half(), "maps": maps[keep][:4].half(), "tokens": tokens,
-                    "prompts": prompts[::p.images_per_prompt][:4], "render": scenes[:2].half(), "render_maps": attn[:2].half()},
-                   Path(out) / "cache" / f"examples-{name}-{setting}-{method}.pt")
+        torch.save(
+            {
+                "images": images[keep][:4].half(),
+                "maps": maps[keep][:4].half(),
+                "tokens": tokens,
+                "prompts": prompts[:: p.images_per_prompt][:4],
+                "render": scenes[:2].half(),
+                "render_maps": attn[:2].half(),
+            },
+            Path(out) / "cache" / f"examples-{name}-{setting}-{method}.pt",
+        )
     return row
 
 
@@ -395,9 +471,16 @@ def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected
     judged = judge_scores.judge_scores(judgements, expected)
     # the same targets without texture: did the concept's colour and shape come through?
     loose = [replace(e, targets=[{k: v for k, v in t.items() if k != "texture"} for t in e.targets]) for e in expected]
-    return {"clip_i": sum(clip_is) / len(clip_is), "clip_i_pair": clip_i_pair, "clip_t": scores["clip_t"], "kid": 100 * scores["kid"],
-            "fidelity": judged.target_fidelity, "fidelity_cs": judge_scores.judge_scores(judgements, loose).target_fidelity,
-            "leakage": judged.leakage, "alignment": judged.prompt_alignment}
+    return {
+        "clip_i": sum(clip_is) / len(clip_is),
+        "clip_i_pair": clip_i_pair,
+        "clip_t": scores["clip_t"],
+        "kid": 100 * scores["kid"],
+        "fidelity": judged.target_fidelity,
+        "fidelity_cs": judge_scores.judge_scores(judgements, loose).target_fidelity,
+        "leakage": judged.leakage,
+        "alignment": judged.prompt_alignment,
+    }
 
 
 def context_job(p: Protocol, out: str, name: str, seed: int, setting: str, what: str) -> dict:
@@ -408,9 +491,19 @@ def context_job(p: Protocol, out: str, name: str, seed: int, setting: str, what:
     concept = held_out_concept(name)
     plan = generation_plan(concept, setting, tokens=False)
     if what == "base":
-        images = torch.cat([api.generate(w["bundle"], prompt, num_images=p.images_per_prompt, steps=p.sample_steps,
-                                         guidance_scale=p.guidance_scale, seed=1000 * seed + k).images
-                            for k, (prompt, _) in enumerate(plan)])
+        images = torch.cat(
+            [
+                api.generate(
+                    w["bundle"],
+                    prompt,
+                    num_images=p.images_per_prompt,
+                    steps=p.sample_steps,
+                    guidance_scale=p.guidance_scale,
+                    seed=1000 * seed + k,
+                ).images
+                for k, (prompt, _) in enumerate(plan)
+            ]
+        )
     else:
         kinds = [concept.kind] if setting == "single" else [concept.companion, concept.kind]
         images = _renders(kinds, len(plan) * p.images_per_prompt, seed + 900)[0]
@@ -425,6 +518,7 @@ def context_job(p: Protocol, out: str, name: str, seed: int, setting: str, what:
 
 # ----------------------------------------------------------------------------- reporting
 
+
 def _fmt(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -435,26 +529,34 @@ def _fmt(values: list[float]) -> str:
 
 
 def table(rows: list[dict], methods: tuple[str, ...]) -> str:
-    lines = ["| setting | method | n | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| setting | method | n | " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(COLUMNS),
+    ]
     for setting in SETTINGS:
         for method in (*methods, "base", "renders"):
             sel = [r for r in rows if r["setting"] == setting and r["method"] == method]
             if not sel:
                 continue
-            label = {"base": "base model, class word (context)", "renders": "real renders (context)"}.get(method) \
-                or method_label(method)
+            label = {"base": "base model, class word (context)", "renders": "real renders (context)"}.get(
+                method
+            ) or method_label(method)
             # renders are not made from the prompts: text and prompt-alignment columns do not apply
             skip = {"clip_t", "alignment"} if method == "renders" else set()
-            lines.append(f"| {setting} | {label} | {len(sel)} | "
-                         + " | ".join("–" if k in skip else _fmt([r[k] for r in sel]) for k, _ in COLUMNS) + " |")
+            lines.append(
+                f"| {setting} | {label} | {len(sel)} | "
+                + " | ".join("–" if k in skip else _fmt([r[k] for r in sel]) for k, _ in COLUMNS)
+                + " |"
+            )
     return "\n".join(lines)
 
 
 def per_pair_table(rows: list[dict], methods: tuple[str, ...]) -> str:
     pairs = sorted({r["pair"] for r in rows})
-    lines = ["| setting | pair | " + " | ".join(f"{method_label(m)} IoU / colour+shape / leakage" for m in methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
+    lines = [
+        "| setting | pair | " + " | ".join(f"{method_label(m)} IoU / colour+shape / leakage" for m in methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
     for setting in SETTINGS:
         for pair in pairs:
             cells = []
@@ -463,13 +565,22 @@ def per_pair_table(rows: list[dict], methods: tuple[str, ...]) -> str:
                 if not sel:
                     cells.append("–")
                     continue
-                cells.append(" / ".join(f"{statistics.fmean([r[k] for r in sel]):.2f}" for k in ("iou", "fidelity_cs", "leakage")))
+                cells.append(
+                    " / ".join(
+                        f"{statistics.fmean([r[k] for r in sel]):.2f}" for k in ("iou", "fidelity_cs", "leakage")
+                    )
+                )
             lines.append(f"| {setting} | {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-PAIRED = (("iou", "IoU"), ("clip_i", "CLIP-I"), ("clip_i_pair", "CLIP-I pair"),
-          ("fidelity_cs", "colour+shape"), ("leakage", "leakage"))
+PAIRED = (
+    ("iou", "IoU"),
+    ("clip_i", "CLIP-I"),
+    ("clip_i_pair", "CLIP-I pair"),
+    ("fidelity_cs", "colour+shape"),
+    ("leakage", "leakage"),
+)
 """The columns compared per (pair, seed) against ``none``."""
 IOU_GAIN = 0.10
 """The IoU gain over ``none`` whose share of runs the paired table counts (the issue's target)."""
@@ -483,8 +594,12 @@ def paired_table(rows: list[dict], methods: tuple[str, ...]) -> str:
     def values(setting, method, key):
         return {(r["pair"], r["seed"]): r[key] for r in rows if r["setting"] == setting and r["method"] == method}
 
-    lines = ["| setting | method vs none | n | " + " | ".join(f"Δ {title}" for _, title in PAIRED)
-             + f" | runs with IoU +{IOU_GAIN:g} |", "|---|---|---|" + "---|" * (len(PAIRED) + 1)]
+    lines = [
+        "| setting | method vs none | n | "
+        + " | ".join(f"Δ {title}" for _, title in PAIRED)
+        + f" | runs with IoU +{IOU_GAIN:g} |",
+        "|---|---|---|" + "---|" * (len(PAIRED) + 1),
+    ]
     for setting in SETTINGS:
         for method in methods:
             if method == "none" or not values(setting, method, "iou") or not values(setting, "none", "iou"):
@@ -496,8 +611,11 @@ def paired_table(rows: list[dict], methods: tuple[str, ...]) -> str:
                 cells.append(f"{c.mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.above}/{c.below} p={c.sign_p:.2g}")
             base = values(setting, "none", "iou")
             gains = [v - base[u] for u, v in values(setting, method, "iou").items() if u in base]
-            lines.append(f"| {setting} | {method_label(method)} | {n} | " + " | ".join(cells)
-                         + f" | {sum(g >= IOU_GAIN for g in gains)}/{len(gains)} |")
+            lines.append(
+                f"| {setting} | {method_label(method)} | {n} | "
+                + " | ".join(cells)
+                + f" | {sum(g >= IOU_GAIN for g in gains)}/{len(gains)} |"
+            )
     return "\n".join(lines)
 
 
@@ -533,7 +651,9 @@ def figure(out: Path, p: Protocol, path: Path) -> None:
             blocks.append(block)
     if not blocks:
         return
-    canvas = Image.new("RGB", (sum(b.width for b in blocks) + 10 * (len(blocks) - 1), max(b.height for b in blocks)), (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (sum(b.width for b in blocks) + 10 * (len(blocks) - 1), max(b.height for b in blocks)), (255, 255, 255)
+    )
     x = 0
     for b in blocks:
         canvas.paste(b, (x, 0))
@@ -570,83 +690,143 @@ def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers:
     runs = [r for r in rows if r["method"] in p.methods]
     mean_train = statistics.fmean([r["train_s"] for r in runs]) if runs else float("nan")
     mean_total = statistics.fmean([r["total_s"] for r in runs]) if runs else float("nan")
-    return "\n".join([
-        f"Command: `{command}`  ",
-        f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
-        f"Machine: {machine}  ",
-        f"Time: {len(runs)} training runs (mean {mean_train:.0f} s training, {mean_total:.0f} s with evaluation, "
-        f"one thread each) + {sum(r['method'] in ('base', 'renders') for r in rows)} context rows; "
-        f"{seconds / 60:.1f} min wall in all, class priors included" + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
-        "",
-        f"Protocol: `{json.dumps(asdict(p))}`",
-        "",
-        not_run(rows, p),
-        "",
-        "Mean ± standard deviation over concept pairs x seeds (n per row).",
-        "",
-        table(rows, p.methods),
-        "",
-        "Paired against `none` (same pair, seed and data): mean difference [bootstrap 95% CI] "
-        "runs above/below none, exact two-sided sign-test p.",
-        "",
-        paired_table(rows, p.methods),
-        "",
-        "Per pair (mean over seeds): attention IoU / judge target colour+shape / judge leakage.",
-        "",
-        per_pair_table(rows, p.methods),
-        "",
-        f"![generations and token attention per method]({figure_name})",
-    ])
+    return "\n".join(
+        [
+            f"Command: `{command}`  ",
+            f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
+            f"Machine: {machine}  ",
+            f"Time: {len(runs)} training runs (mean {mean_train:.0f} s training, {mean_total:.0f} s with evaluation, "
+            f"one thread each) + {sum(r['method'] in ('base', 'renders') for r in rows)} context rows; "
+            f"{seconds / 60:.1f} min wall in all, class priors included"
+            + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
+            "",
+            f"Protocol: `{json.dumps(asdict(p))}`",
+            "",
+            not_run(rows, p),
+            "",
+            "Mean ± standard deviation over concept pairs x seeds (n per row).",
+            "",
+            table(rows, p.methods),
+            "",
+            "Paired against `none` (same pair, seed and data): mean difference [bootstrap 95% CI] "
+            "runs above/below none, exact two-sided sign-test p.",
+            "",
+            paired_table(rows, p.methods),
+            "",
+            "Per pair (mean over seeds): attention IoU / judge target colour+shape / judge leakage.",
+            "",
+            per_pair_table(rows, p.methods),
+            "",
+            f"![generations and token attention per method]({figure_name})",
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default=",".join(Protocol.pairs))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(TABLE_METHODS),
-                        help=f"method specs: hard, soft, none; hard@<lambda> fixed weight, hard@{CALIBRATED} calibrated")
+    parser.add_argument(
+        "--methods",
+        default=",".join(TABLE_METHODS),
+        help=f"method specs: hard, soft, none; hard@<lambda> fixed weight, hard@{CALIBRATED} calibrated",
+    )
     parser.add_argument("--steps", type=int, default=Protocol.steps)
     parser.add_argument("--lr", type=float, default=Protocol.learning_rate)
-    parser.add_argument("--instance-batch", type=int, default=Protocol.instance_batch,
-                        help="instance images a training step")
+    parser.add_argument(
+        "--instance-batch", type=int, default=Protocol.instance_batch, help="instance images a training step"
+    )
     parser.add_argument("--images-per-prompt", type=int, default=Protocol.images_per_prompt)
     parser.add_argument("--settings", default=",".join(SETTINGS), help="single, multi or both")
-    parser.add_argument("--prior-images", type=int, default=Protocol.prior_images,
-                        help="class-prior images per class word (0: no prior preservation)")
-    parser.add_argument("--init-word", default=Protocol.init_word,
-                        help='the word every token starts from ("": its class word; e.g. sks, a rare token)')
-    parser.add_argument("--guidance-scale", type=float, default=Protocol.guidance_scale,
-                        help="classifier-free guidance of the generations the bench scores")
-    parser.add_argument("--attention-fraction", type=float, default=Protocol.attention_fraction,
-                        help="attention_fraction of the calibrated methods (hard@cal, soft@cal)")
-    parser.add_argument("--calibration-batches", type=int, default=Protocol.calibration_batches,
-                        help="batches the calibrated methods average the gradient norms over")
-    parser.add_argument("--train-map-levels", default=Protocol.train_map_levels,
-                        help='"all_but_finest" (paper), "all", or factors like 1,2')
-    parser.add_argument("--unmasked-weight", type=float, default=Protocol.unmasked_weight,
-                        help="weight of the pixels outside the masks in the denoising loss (0: masked loss, 1: plain)")
-    parser.add_argument("--token-warmup-steps", type=int, default=Protocol.token_warmup_steps,
-                        help="steps (of --steps) that train only the tokens, at --token-warmup-lr")
+    parser.add_argument(
+        "--prior-images",
+        type=int,
+        default=Protocol.prior_images,
+        help="class-prior images per class word (0: no prior preservation)",
+    )
+    parser.add_argument(
+        "--init-word",
+        default=Protocol.init_word,
+        help='the word every token starts from ("": its class word; e.g. sks, a rare token)',
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=Protocol.guidance_scale,
+        help="classifier-free guidance of the generations the bench scores",
+    )
+    parser.add_argument(
+        "--attention-fraction",
+        type=float,
+        default=Protocol.attention_fraction,
+        help="attention_fraction of the calibrated methods (hard@cal, soft@cal)",
+    )
+    parser.add_argument(
+        "--calibration-batches",
+        type=int,
+        default=Protocol.calibration_batches,
+        help="batches the calibrated methods average the gradient norms over",
+    )
+    parser.add_argument(
+        "--train-map-levels",
+        default=Protocol.train_map_levels,
+        help='"all_but_finest" (paper), "all", or factors like 1,2',
+    )
+    parser.add_argument(
+        "--unmasked-weight",
+        type=float,
+        default=Protocol.unmasked_weight,
+        help="weight of the pixels outside the masks in the denoising loss (0: masked loss, 1: plain)",
+    )
+    parser.add_argument(
+        "--token-warmup-steps",
+        type=int,
+        default=Protocol.token_warmup_steps,
+        help="steps (of --steps) that train only the tokens, at --token-warmup-lr",
+    )
     parser.add_argument("--token-warmup-lr", type=float, default=Protocol.token_warmup_lr)
     parser.add_argument("--v-only", action="store_true", help="tune only W_V's delta (W_K stays the base model's)")
-    parser.add_argument("--union-sampling", action="store_true",
-                        help="multi-concept runs train random subsets of the concepts each step (Break-A-Scene)")
-    parser.add_argument("--class-prompt", default=Protocol.class_prompt,
-                        help="class-prior prompt with {class_word} (used with --prior-images)")
-    parser.add_argument("--recipe", default="",
-                        help="name of this settings combination in the records (default: built from the levers)")
-    parser.add_argument("--records", type=Path, default=None,
-                        help="append one JSON line per finished run to this file (benchmarks/records/*.jsonl)")
-    parser.add_argument("--phase", default="dev", choices=("dev", "heldout"),
-                        help="what the runs are for in the records: choosing recipes (dev) or the evidence (heldout)")
-    parser.add_argument("--no-context", action="store_true",
-                        help="skip the context rows (base model, renders): another invocation has them")
+    parser.add_argument(
+        "--union-sampling",
+        action="store_true",
+        help="multi-concept runs train random subsets of the concepts each step (Break-A-Scene)",
+    )
+    parser.add_argument(
+        "--class-prompt",
+        default=Protocol.class_prompt,
+        help="class-prior prompt with {class_word} (used with --prior-images)",
+    )
+    parser.add_argument(
+        "--recipe", default="", help="name of this settings combination in the records (default: built from the levers)"
+    )
+    parser.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="append one JSON line per finished run to this file (benchmarks/records/*.jsonl)",
+    )
+    parser.add_argument(
+        "--phase",
+        default="dev",
+        choices=("dev", "heldout"),
+        help="what the runs are for in the records: choosing recipes (dev) or the evidence (heldout)",
+    )
+    parser.add_argument(
+        "--no-context",
+        action="store_true",
+        help="skip the context rows (base model, renders): another invocation has them",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
-    parser.add_argument("--work", type=Path, default=REPO / "build" / "bench_methods",
-                        help="prior cache, per-run rows and example tensors (not committed)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "build" / "bench_methods",
+        help="prior cache, per-run rows and example tensors (not committed)",
+    )
     parser.add_argument("--markdown", default="results.md")
     parser.add_argument("--figure", default="results_examples.png")
     parser.add_argument("--random-weights", action="store_true", help="TinyWorld architecture, random weights (smoke)")
@@ -655,22 +835,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="write the report from the rows that exist")
     args = parser.parse_args(argv)
 
-    p = Protocol(pairs=tuple(args.pairs.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
-                 methods=tuple(args.methods.split(",")), steps=args.steps, learning_rate=args.lr, instance_batch=args.instance_batch,
-                 images_per_prompt=args.images_per_prompt, random_weights=args.random_weights,
-                 train_map_levels=args.train_map_levels, settings=tuple(args.settings.split(",")),
-                 prior_images=args.prior_images, init_word=args.init_word, guidance_scale=args.guidance_scale,
-                 attention_fraction=args.attention_fraction, calibration_batches=args.calibration_batches,
-                 unmasked_weight=args.unmasked_weight, token_warmup_steps=args.token_warmup_steps,
-                 token_warmup_lr=args.token_warmup_lr, train_keys=not args.v_only, union_sampling=args.union_sampling,
-                 class_prompt=args.class_prompt)
+    p = Protocol(
+        pairs=tuple(args.pairs.split(",")),
+        seeds=tuple(int(s) for s in args.seeds.split(",")),
+        methods=tuple(args.methods.split(",")),
+        steps=args.steps,
+        learning_rate=args.lr,
+        instance_batch=args.instance_batch,
+        images_per_prompt=args.images_per_prompt,
+        random_weights=args.random_weights,
+        train_map_levels=args.train_map_levels,
+        settings=tuple(args.settings.split(",")),
+        prior_images=args.prior_images,
+        init_word=args.init_word,
+        guidance_scale=args.guidance_scale,
+        attention_fraction=args.attention_fraction,
+        calibration_batches=args.calibration_batches,
+        unmasked_weight=args.unmasked_weight,
+        token_warmup_steps=args.token_warmup_steps,
+        token_warmup_lr=args.token_warmup_lr,
+        train_keys=not args.v_only,
+        union_sampling=args.union_sampling,
+        class_prompt=args.class_prompt,
+    )
     for spec in p.methods:
         parse_method(spec)  # a bad spec fails here, not in a worker
     if not set(p.settings) <= set(SETTINGS):
         parser.error(f"--settings: {args.settings!r}; pick from {', '.join(SETTINGS)}")
     if args.quick:
-        p = replace(p, steps=min(p.steps, 2), prior_images=min(p.prior_images, 2), prior_steps=2, images_per_prompt=1, sample_steps=2,
-                    n_references=5, n_iou_scenes=2)
+        p = replace(
+            p,
+            steps=min(p.steps, 2),
+            prior_images=min(p.prior_images, 2),
+            prior_steps=2,
+            images_per_prompt=1,
+            sample_steps=2,
+            n_references=5,
+            n_iou_scenes=2,
+        )
     out, work = args.out, args.work
     (work / "cache").mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -682,12 +884,30 @@ def main(argv: list[str] | None = None) -> int:
 
     from textloc_core.tinyworld.world import held_out_concept
 
-    class_words = sorted({w for name in p.pairs for w in (held_out_concept(name).class_word, held_out_concept(name).companion.shape)})
+    class_words = sorted(
+        {w for name in p.pairs for w in (held_out_concept(name).class_word, held_out_concept(name).companion.shape)}
+    )
     # seed-major order: a run cut short still covers every pair, method and setting evenly
-    jobs = [(name, seed, method, setting) for seed in p.seeds for setting in p.settings for name in p.pairs for method in p.methods]
+    jobs = [
+        (name, seed, method, setting)
+        for seed in p.seeds
+        for setting in p.settings
+        for name in p.pairs
+        for method in p.methods
+    ]
     # context rows need no training: the base model once per pair (first seed), renders per seed
-    context = [(name, seed, setting, what) for seed in p.seeds for setting in p.settings for name in p.pairs
-               for what in ("base", "renders") if what == "renders" or seed == p.seeds[0]] if not args.no_context else []
+    context = (
+        [
+            (name, seed, setting, what)
+            for seed in p.seeds
+            for setting in p.settings
+            for name in p.pairs
+            for what in ("base", "renders")
+            if what == "renders" or seed == p.seeds[0]
+        ]
+        if not args.no_context
+        else []
+    )
     row_dir = work / "cache" / "rows"
     row_dir.mkdir(parents=True, exist_ok=True)
     if not args.resume:
@@ -704,15 +924,19 @@ def main(argv: list[str] | None = None) -> int:
             warm = [(p, str(work), w, s) for w in class_words for s in p.seeds] if p.prior_images > 0 else []
             for done in pool.map(warm_prior, *zip(*warm)) if warm else ():
                 print("prior", done, flush=True)
-            futures = {pool.submit(run_job if kind == "run" else context_job, p, str(work), *job): (kind, job)
-                       for kind, job in todo}
+            futures = {
+                pool.submit(run_job if kind == "run" else context_job, p, str(work), *job): (kind, job)
+                for kind, job in todo
+            }
             for future in as_completed(futures):
                 row = future.result()
                 row_file(*futures[future]).write_text(json.dumps(row))
                 if args.records is not None:  # context rows too: the base model's numbers are claims as well
                     config = train_config(p, row["method"], row["seed"]) if futures[future][0] == "run" else None
-                    records.append_record(args.records, records.record(row, p, config, args.recipe or records.recipe_name(p),
-                                                                      args.phase, version))
+                    records.append_record(
+                        args.records,
+                        records.record(row, p, config, args.recipe or records.recipe_name(p), args.phase, version),
+                    )
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     rows = [json.loads(f.read_text()) for f in sorted(row_dir.glob("*.json"))]
     expected = len(jobs) + len(context)

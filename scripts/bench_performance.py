@@ -99,30 +99,93 @@ class World:
 
 
 WORLDS = {
-    "tinyworld-cpu": World("tinyworld-cpu", "tinyworld", "cpu", 64, warmup=3, steps=15, sampling_steps=25, sampling_batch=4),
+    "tinyworld-cpu": World(
+        "tinyworld-cpu", "tinyworld", "cpu", 64, warmup=3, steps=15, sampling_steps=25, sampling_batch=4
+    ),
     # batch 1 + 1 and 2 timed steps: on the 2 shared cores of our CI-class machine one SD1.5
     # step at 256 px takes minutes; the ratios, not the absolute times, are the point here
-    "sd15-256-cpu": World("sd15-256-cpu", "sd15", "cpu", 256, instance_batch=1, prior_batch=1, warmup=1, steps=2,
-                          sampling_steps=2, sampling_batch=1, n_images=2, one_process=True),
+    "sd15-256-cpu": World(
+        "sd15-256-cpu",
+        "sd15",
+        "cpu",
+        256,
+        instance_batch=1,
+        prior_batch=1,
+        warmup=1,
+        steps=2,
+        sampling_steps=2,
+        sampling_batch=1,
+        n_images=2,
+        one_process=True,
+    ),
     "sd15-512-gpu": World("sd15-512-gpu", "sd15", "cuda", 512, warmup=3, steps=10, sampling_steps=25, sampling_batch=4),
     # SDXL on the CPU: the full UNet (2.6B) does not fit next to its 341M trainable K/V
     # parameters' fp32 AdamW state (5.1 GiB) in a ~10 GiB share of a 24 GiB machine, so the
     # 1280-channel transformer stacks are 2 deep instead of 10 (0.9B, 89M trainable); widths,
     # heads, context 2048, both full text towers, attention levels and conditioning are SDXL's.
     # bf16 weights + autocast as on the GPU: fp32 peaks above 10 GiB here and is 2x slower
-    "sdxl-256-cpu": World("sdxl-256-cpu", "sdxl", "cpu", 256, instance_batch=1, prior_batch=1, warmup=1, steps=3,
-                          sampling_steps=2, sampling_batch=1, n_images=2, one_process=True, transformer_depth=2,
-                          weights="bf16", modes=("none", "hard", "hard-coarse", "store")),
+    "sdxl-256-cpu": World(
+        "sdxl-256-cpu",
+        "sdxl",
+        "cpu",
+        256,
+        instance_batch=1,
+        prior_batch=1,
+        warmup=1,
+        steps=3,
+        sampling_steps=2,
+        sampling_batch=1,
+        n_images=2,
+        one_process=True,
+        transformer_depth=2,
+        weights="bf16",
+        modes=("none", "hard", "hard-coarse", "store"),
+    ),
     # the same at 512 px: attention grids 32 and 16, so guiding both (the default) adds a 1024-pixel level
-    "sdxl-512-cpu": World("sdxl-512-cpu", "sdxl", "cpu", 512, instance_batch=1, prior_batch=1, warmup=1, steps=2,
-                          sampling_steps=2, sampling_batch=1, n_images=2, one_process=True, transformer_depth=2,
-                          weights="bf16", modes=("none", "hard", "hard-coarse", "store")),
-    "sdxl-1024-gpu": World("sdxl-1024-gpu", "sdxl", "cuda", 1024, instance_batch=1, prior_batch=1, warmup=3, steps=10,
-                           sampling_steps=25, sampling_batch=2, modes=("none", "hard", "hard-coarse", "store")),
+    "sdxl-512-cpu": World(
+        "sdxl-512-cpu",
+        "sdxl",
+        "cpu",
+        512,
+        instance_batch=1,
+        prior_batch=1,
+        warmup=1,
+        steps=2,
+        sampling_steps=2,
+        sampling_batch=1,
+        n_images=2,
+        one_process=True,
+        transformer_depth=2,
+        weights="bf16",
+        modes=("none", "hard", "hard-coarse", "store"),
+    ),
+    "sdxl-1024-gpu": World(
+        "sdxl-1024-gpu",
+        "sdxl",
+        "cuda",
+        1024,
+        instance_batch=1,
+        prior_batch=1,
+        warmup=3,
+        steps=10,
+        sampling_steps=25,
+        sampling_batch=2,
+        modes=("none", "hard", "hard-coarse", "store"),
+    ),
 }
 TINY_TEST_WORLD = World("tiny-smoke", "tiny", "cpu", 16, warmup=1, steps=2, sampling_steps=2, sampling_batch=1)
-TINY_SDXL_TEST_WORLD = World("tiny-sdxl-smoke", "tiny-sdxl", "cpu", 32, warmup=1, steps=2, sampling_steps=2,
-                             sampling_batch=1, one_process=True, modes=("none", "hard", "hard-coarse", "store"))
+TINY_SDXL_TEST_WORLD = World(
+    "tiny-sdxl-smoke",
+    "tiny-sdxl",
+    "cpu",
+    32,
+    warmup=1,
+    steps=2,
+    sampling_steps=2,
+    sampling_batch=1,
+    one_process=True,
+    modes=("none", "hard", "hard-coarse", "store"),
+)
 """The test-suite-sized models (SD1.x- and SDXL-shaped); ``--configs tiny-smoke`` / ``tiny-sdxl-smoke``
 check the harness end to end in seconds."""
 TEST_WORLDS = {w.name: w for w in (TINY_TEST_WORLD, TINY_SDXL_TEST_WORLD)}
@@ -142,15 +205,21 @@ def build_bundle(world: World):
         from benchmarks import sdxl_models as xl
 
         with torch.device(world.device):  # initialise on the device: 3.5B parameters in all
-            unet = xl.build_sdxl_unet(sample_size=world.resolution // 8, transformer_depth=world.transformer_depth,
-                                      dtype=dtype, device=world.device)
+            unet = xl.build_sdxl_unet(
+                sample_size=world.resolution // 8,
+                transformer_depth=world.transformer_depth,
+                dtype=dtype,
+                device=world.device,
+            )
             vae = xl.build_sdxl_vae(dtype=dtype, device=world.device)
             text, text_2 = xl.build_sdxl_text_encoders(dtype=dtype, device=world.device)
         # SDXL's second tokenizer: the same BPE, padding with "!" (token 0) instead of end-of-text
-        tokenizer_2 = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"),
-                                                    pad_token="!")
-        return bundle_from_diffusers(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
-                                     text_encoder_2=text_2, tokenizer_2=tokenizer_2)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(
+            str(REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"), pad_token="!"
+        )
+        return bundle_from_diffusers(
+            unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, text_encoder_2=text_2, tokenizer_2=tokenizer_2
+        )
     if world.model == "sd15":
         from benchmarks import sd15_models as sd
 
@@ -159,8 +228,9 @@ def build_bundle(world: World):
             vae = sd.build_sd15_vae(dtype=dtype, device=world.device)
             text = sd.build_sd15_text_encoder(num_layers=world.text_layers, dtype=dtype, device=world.device)
     elif world.model == "tinyworld":
-        from textloc_core.tinyworld import model_configs as tw
         from transformers import CLIPTextModel
+
+        from textloc_core.tinyworld import model_configs as tw
 
         unet, vae = tw.build_unet(), tw.build_vae()
         text = CLIPTextModel(tw.clip_text_config())
@@ -352,9 +422,15 @@ def measure_sampling(world: World, bundle, adapter, repeats: int = 2) -> dict:
     def run(capture: bool) -> tuple[float, float]:
         _sync(world.device)
         began, cpu = time.perf_counter(), time.process_time()
-        generate(bundle, f"photo of a {TOKEN} doll", adapters=[adapter], num_images=world.sampling_batch,
-                 steps=world.sampling_steps, size=(world.resolution, world.resolution),
-                 maps_for=[TOKEN] if capture else ())
+        generate(
+            bundle,
+            f"photo of a {TOKEN} doll",
+            adapters=[adapter],
+            num_images=world.sampling_batch,
+            steps=world.sampling_steps,
+            size=(world.resolution, world.resolution),
+            maps_for=[TOKEN] if capture else (),
+        )
         _sync(world.device)
         return time.perf_counter() - began, time.process_time() - cpu
 
@@ -380,8 +456,9 @@ def measure_sampling(world: World, bundle, adapter, repeats: int = 2) -> dict:
     }
 
 
-def measure_concept_time(world: World, bundle, step_s: float, *, images: int = 200, sampling_steps: int = 50,
-                         generate: int = 16) -> dict:
+def measure_concept_time(
+    world: World, bundle, step_s: float, *, images: int = 200, sampling_steps: int = 50, generate: int = 16
+) -> dict:
     """Time of a full 400-step concept including prior generation, on the trainer's prior path.
 
     Generates ``generate`` of the ``images`` prior latents with ``prior.prior_latents``
@@ -393,7 +470,9 @@ def measure_concept_time(world: World, bundle, step_s: float, *, images: int = 2
     side = world.resolution // bundle.denoiser.vae_scale_factor
     config = TrainConfig(prior_sampling_steps=sampling_steps, seed=1)
     # warm-up call with a different seed, so the timed call is not served from the cache
-    prior.prior_latents(bundle, "doll", prior.GENERATION_BATCH, (side, side), TrainConfig(prior_sampling_steps=2, seed=2))
+    prior.prior_latents(
+        bundle, "doll", prior.GENERATION_BATCH, (side, side), TrainConfig(prior_sampling_steps=2, seed=2)
+    )
     _sync(world.device)
     began = time.perf_counter()
     prior.prior_latents(bundle, "doll", generate, (side, side), config)  # the trainer's own call
@@ -480,8 +559,11 @@ def run_worker(world: World, modes: list[str], extras: list[str], partial: Path 
         del trained
         per_round.setdefault(key, []).append(r)
         out["modes"][key] = _merge_rounds(per_round[key])
-        print(f"[{world.name}] {key}: {r['step_s_median']:.4f} s/step ({r['step_cpu_s_median']:.2f} CPU s), "
-              f"peak {r['peak_bytes'] / 2**30:.2f} GiB", flush=True)
+        print(
+            f"[{world.name}] {key}: {r['step_s_median']:.4f} s/step ({r['step_cpu_s_median']:.2f} CPU s), "
+            f"peak {r['peak_bytes'] / 2**30:.2f} GiB",
+            flush=True,
+        )
 
     def sampling() -> None:
         # any TrainResult is an adapter to sample with (timing does not depend on its values)
@@ -514,8 +596,17 @@ def run_worker(world: World, modes: list[str], extras: list[str], partial: Path 
     return out
 
 
-RATIOS = (("hard", "none"), ("soft", "none"), ("store", "hard"), ("store", "none"), ("hard", "hard-coarse"),
-          ("hard+ckpt", "none+ckpt"), ("hard+ckpt", "hard-coarse+ckpt"), ("none+ckpt", "none"), ("hard+ckpt", "hard"))
+RATIOS = (
+    ("hard", "none"),
+    ("soft", "none"),
+    ("store", "hard"),
+    ("store", "none"),
+    ("hard", "hard-coarse"),
+    ("hard+ckpt", "none+ckpt"),
+    ("hard+ckpt", "hard-coarse+ckpt"),
+    ("none+ckpt", "none"),
+    ("hard+ckpt", "hard"),
+)
 
 
 def _ratios(modes: dict) -> dict:
@@ -565,8 +656,18 @@ def run_world(world: World, modes: list[str], extras: list[str], rounds: int, pa
 
 
 def _subprocess(world: World, modes: list[str], extras: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--worker", world.name, "--modes", ",".join(modes) or "-", "--extras",
-           ",".join(extras) or "-", "--threads", str(torch.get_num_threads())]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        world.name,
+        "--modes",
+        ",".join(modes) or "-",
+        "--extras",
+        ",".join(extras) or "-",
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     sys.stderr.write(proc.stderr[-2000:] if proc.returncode else "")
     if proc.returncode:
@@ -600,38 +701,71 @@ def markdown(results: dict) -> str:
     for name, res in results.items():
         m = res["machine"]
         where = m.get("gpu") or f"{m['platform']}, {m['cpu_threads']} torch threads"
-        lines += [f"## {name}", "", f"{res['date']} on {m['host']} ({where}); torch {m['torch']}, "
-                  f"diffusers {m.get('diffusers', '?')}; load average {m['loadavg'][0]:.1f} at start.", ""]
+        lines += [
+            f"## {name}",
+            "",
+            f"{res['date']} on {m['host']} ({where}); torch {m['torch']}, "
+            f"diffusers {m.get('diffusers', '?')}; load average {m['loadavg'][0]:.1f} at start.",
+            "",
+        ]
         s = res["settings"]
-        model = s["model"] + (f" (transformer depth {s['transformer_depth']} at 1280 channels)" if s.get("transformer_depth") else "")
+        model = s["model"] + (
+            f" (transformer depth {s['transformer_depth']} at 1280 channels)" if s.get("transformer_depth") else ""
+        )
         precision = f", {s['precision']}" if "precision" in s else ""
-        lines += [f"Model {model}, {s['resolution']} px{precision}, batch {s['instance_batch']} instance + {s['prior_batch']} prior, "
-                  f"median of {s['steps']} warm steps after {s['warmup']}.", ""]
-        lines += ["| mode | step s (median) | steps/s | CPU s/step | peak GiB | resident GiB | step extra GiB | TFLOP/s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"Model {model}, {s['resolution']} px{precision}, batch {s['instance_batch']} instance + {s['prior_batch']} prior, "
+            f"median of {s['steps']} warm steps after {s['warmup']}.",
+            "",
+        ]
+        lines += [
+            "| mode | step s (median) | steps/s | CPU s/step | peak GiB | resident GiB | step extra GiB | TFLOP/s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for mode, r in res["modes"].items():
             tf = f"{r['tflops_achieved']:.1f}" if "tflops_achieved" in r else ""
-            lines.append(f"| {mode} | {r['step_s_median']:.4f} | {r['steps_per_s']:.2f} | {r['step_cpu_s_median']:.4f} | {_gib(r['peak_bytes'])} | "
-                         f"{_gib(r['resident_between_steps_bytes'])} | {_gib(r['step_extra_bytes'])} | {tf} |")
-        lines += ["", "| ratio | step time | step CPU time | peak memory | step extra memory |", "| --- | ---: | ---: | ---: | ---: |"]
+            lines.append(
+                f"| {mode} | {r['step_s_median']:.4f} | {r['steps_per_s']:.2f} | {r['step_cpu_s_median']:.4f} | {_gib(r['peak_bytes'])} | "
+                f"{_gib(r['resident_between_steps_bytes'])} | {_gib(r['step_extra_bytes'])} | {tf} |"
+            )
+        lines += [
+            "",
+            "| ratio | step time | step CPU time | peak memory | step extra memory |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
         for key, r in res["ratios"].items():
-            lines.append(f"| {key} | {r['step_time']:.3f} | {r['step_cpu_time']:.3f} | {r['peak_memory']:.3f} | {r['step_extra_memory']:.3f} |")
+            lines.append(
+                f"| {key} | {r['step_time']:.3f} | {r['step_cpu_time']:.3f} | {r['peak_memory']:.3f} | {r['step_extra_memory']:.3f} |"
+            )
         for key in sorted(k for k in res if k.endswith("_error")):
             lines += ["", f"{key[: -len('_error')]} failed: `{res[key]}`"]
         if "flops_per_step" in res:
-            lines += ["", "FLOPs per step: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP" for k, v in res["flops_per_step"].items())]
+            lines += [
+                "",
+                "FLOPs per step: " + ", ".join(f"{k} {v / 1e12:.2f} TFLOP" for k, v in res["flops_per_step"].items()),
+            ]
         if "sampling" in res:
             sm = res["sampling"]
-            lines += ["", f"Sampling ({sm['steps']} DDIM steps, CFG, batch {sm['batch']}): plain {sm['plain_s']:.3f} s, "
-                      f"with token-map capture {sm['capture_s']:.3f} s "
-                      f"(x{sm['capture_over_plain']:.3f})"
-                      + (f"; CPU time {sm['plain_cpu_s']:.3f} s vs {sm['capture_cpu_s']:.3f} s (x{sm['capture_over_plain_cpu']:.3f})"
-                         if "plain_cpu_s" in sm else "") + "."]
+            lines += [
+                "",
+                f"Sampling ({sm['steps']} DDIM steps, CFG, batch {sm['batch']}): plain {sm['plain_s']:.3f} s, "
+                f"with token-map capture {sm['capture_s']:.3f} s "
+                f"(x{sm['capture_over_plain']:.3f})"
+                + (
+                    f"; CPU time {sm['plain_cpu_s']:.3f} s vs {sm['capture_cpu_s']:.3f} s (x{sm['capture_over_plain_cpu']:.3f})"
+                    if "plain_cpu_s" in sm
+                    else ""
+                )
+                + ".",
+            ]
         if "concept_400" in res:
             c = res["concept_400"]
-            lines += ["", f"Full concept: {c['prior_images']} prior images x {c['prior_sampling_steps']} DDIM steps "
-                      f"{c['prior_extrapolated_s']:.0f} s ({c['note']}) + 400 steps {c['train_400_steps_s']:.0f} s "
-                      f"= **{c['concept_total_s']:.0f} s**."]
+            lines += [
+                "",
+                f"Full concept: {c['prior_images']} prior images x {c['prior_sampling_steps']} DDIM steps "
+                f"{c['prior_extrapolated_s']:.0f} s ({c['note']}) + 400 steps {c['train_400_steps_s']:.0f} s "
+                f"= **{c['concept_total_s']:.0f} s**.",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -652,18 +786,29 @@ def write_markdown(path: Path, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=["tinyworld-cpu", "sd15-256-cpu"],
-                        choices=sorted(WORLDS) + sorted(TEST_WORLDS))
+    parser.add_argument(
+        "--configs", nargs="+", default=["tinyworld-cpu", "sd15-256-cpu"], choices=sorted(WORLDS) + sorted(TEST_WORLDS)
+    )
     parser.add_argument("--modes", default=None, help=f"comma list of {','.join(MODES)} (default per config)")
-    parser.add_argument("--extras", default=None, help="comma list of sampling,flops,concept,checkpointing (default per config)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="repeat the training modes this often, interleaved (a subprocess per mode and round on "
-                        "CPU unless the config runs in one process); default 3 for the tiny CPU configs, else 1")
+    parser.add_argument(
+        "--extras", default=None, help="comma list of sampling,flops,concept,checkpointing (default per config)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="repeat the training modes this often, interleaved (a subprocess per mode and round on "
+        "CPU unless the config runs in one process); default 3 for the tiny CPU configs, else 1",
+    )
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "performance.json")
     parser.add_argument("--markdown", type=Path, default=None, help="default: the --json path with .md")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU: torch threads (default 1: on a shared CPU, spinning OpenMP threads make "
-                        "multi-threaded timings meaningless; the tests run single-threaded for the same reason)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU: torch threads (default 1: on a shared CPU, spinning OpenMP threads make "
+        "multi-threaded timings meaningless; the tests run single-threaded for the same reason)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -677,8 +822,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.configs:
         world = worlds[name]
         modes = [m for m in args.modes.split(",") if m] if args.modes else list(world.modes)
-        extras = args.extras.split(",") if args.extras else (
-            ["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"])
+        extras = (
+            args.extras.split(",")
+            if args.extras
+            else (["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"])
+        )
         rounds = args.rounds or (3 if world.model in ("tinyworld", "tiny") and world.device == "cpu" else 1)
         partial = args.json.with_suffix(f".{name}.partial.json")  # survives a crash or a time limit
         partial.parent.mkdir(parents=True, exist_ok=True)

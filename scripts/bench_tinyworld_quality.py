@@ -52,8 +52,9 @@ def sample(pipe, captions: list[str], guidance: float, steps: int, seed: int, ba
     images = []
     for i in range(0, len(captions), batch):
         gen = torch.Generator(device="cpu").manual_seed(seed + i)
-        out = pipe(captions[i:i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-                   output_type="pt")
+        out = pipe(
+            captions[i : i + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="pt"
+        )
         images.append(out.images.float().cpu())
     return torch.cat(images)
 
@@ -88,7 +89,7 @@ def with_interval(rate: float, n: int) -> str:
 def save_grid(images: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
-    rows = [torch.cat(list(images[i:i + 8]), 2) for i in range(0, len(images), 8)]
+    rows = [torch.cat(list(images[i : i + 8]), 2) for i in range(0, len(images), 8)]
     grid = torch.cat(rows, 1).permute(1, 2, 0).clamp(0, 1).mul(255).byte().numpy()
     Image.fromarray(grid).save(path)
 
@@ -103,8 +104,10 @@ def ceiling(pipe, judge, n: int, seed: int) -> dict[str, dict[str, float]]:
     x = to_float(images, device).to(pipe.vae.dtype)
     recon = ((pipe.vae.decode(pipe.vae.encode(x * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
     recon_u8 = (recon.float().permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()
-    out = {"renders": judge_accuracy(judge, images, specs, device),
-           "vae_round_trips": judge_accuracy(judge, recon_u8, specs, device)}
+    out = {
+        "renders": judge_accuracy(judge, images, specs, device),
+        "vae_round_trips": judge_accuracy(judge, recon_u8, specs, device),
+    }
     return {k: {m: round(v, 3) for m, v in r.items()} for k, r in out.items()}
 
 
@@ -115,29 +118,45 @@ def machine() -> str:
 
 
 def write_doc(doc: Path, results: dict) -> None:
-    lines = [START, "", f"Measured {results['date']} on {results['machine']} "
-             f"({results['steps']} sampling steps, {results['scheduler']}, n={results['n']} prompts per set, "
-             f"sampling seed {results['seed']}, judge threshold {results.get('judge_threshold')}; "
-             "95% Wilson intervals in brackets).", "",
-             "| guidance | single: colour+shape found | single: background right | two objects: both found | two objects: first found |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        START,
+        "",
+        f"Measured {results['date']} on {results['machine']} "
+        f"({results['steps']} sampling steps, {results['scheduler']}, n={results['n']} prompts per set, "
+        f"sampling seed {results['seed']}, judge threshold {results.get('judge_threshold')}; "
+        "95% Wilson intervals in brackets).",
+        "",
+        "| guidance | single: colour+shape found | single: background right | two objects: both found | two objects: first found |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for g, r in results["by_guidance"].items():
         single, double = r["single"], r["double"]
-        cells = [with_interval(single["all_objects"], single["n"]), with_interval(single["background"], single["n"]),
-                 with_interval(double["all_objects"], double["n"]), with_interval(double["first_object"], double["n"])]
+        cells = [
+            with_interval(single["all_objects"], single["n"]),
+            with_interval(single["background"], single["n"]),
+            with_interval(double["all_objects"], double["n"]),
+            with_interval(double["first_object"], double["n"]),
+        ]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     if "judge_ceiling" in results:
-        parts = [f"{label}: objects exact {r['objects_exact']:.1%}, object recall {r['object_recall']:.1%}, "
-                 f"textures exact {r['textures_exact']:.1%}, background {r['background']:.1%}"
-                 for label, r in (("renders", results["judge_ceiling"]["renders"]),
-                                  ("VAE round trips", results["judge_ceiling"]["vae_round_trips"]))]
-        lines += ["", f"Ceiling, the judge on {results['n']} renders of pretraining kinds and on their VAE round trips "
-                  "(what a perfect UNet could score): " + "; ".join(parts) + "."]
+        parts = [
+            f"{label}: objects exact {r['objects_exact']:.1%}, object recall {r['object_recall']:.1%}, "
+            f"textures exact {r['textures_exact']:.1%}, background {r['background']:.1%}"
+            for label, r in (
+                ("renders", results["judge_ceiling"]["renders"]),
+                ("VAE round trips", results["judge_ceiling"]["vae_round_trips"]),
+            )
+        ]
+        lines += [
+            "",
+            f"Ceiling, the judge on {results['n']} renders of pretraining kinds and on their VAE round trips "
+            "(what a perfect UNet could score): " + "; ".join(parts) + ".",
+        ]
     lines += ["", "Targets: single colour+shape >= 70%, background >= 80%, two objects >= 50%.", "", END]
     block = "\n".join(lines)
     text = doc.read_text() if doc.exists() else "# TinyWorld\n\n## Base model quality\n\n" + START + "\n" + END + "\n"
     if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
     else:
         text += "\n## Base model quality\n\n" + block + "\n"
     doc.write_text(text)
@@ -147,9 +166,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--weights", type=Path, default=None, help="pipeline folder (default: shipped weights)")
-    parser.add_argument("--judge-from", type=Path, default=None, metavar="FOLDER",
-                        help="weights folder whose judge/ scores the samples (default: --weights; give "
-                             "textloc_core/tinyworld/weights to score a build whose own judge is weaker, e.g. the cpu preset's)")
+    parser.add_argument(
+        "--judge-from",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="weights folder whose judge/ scores the samples (default: --weights; give "
+        "textloc_core/tinyworld/weights to score a build whose own judge is weaker, e.g. the cpu preset's)",
+    )
     parser.add_argument("--n", type=int, default=200, help="prompts per set")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, nargs="+", default=[5.0, 7.5])
@@ -163,10 +187,18 @@ def main() -> None:
     pipe = tinyworld.load_pipeline(args.device, path=args.weights)
     judge = tinyworld.load_judge(args.device, path=args.judge_from or args.weights)
     single, double = make_prompts(args.n, 1, args.seed), make_prompts(args.n, 2, args.seed)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(), "steps": args.steps,
-               "scheduler": type(pipe.scheduler).__name__, "n": args.n, "seed": args.seed, "judge_threshold": judge.threshold,
-               "weights": str(args.weights or "shipped"), "judge_from": str(args.judge_from or args.weights or "shipped"),
-               "by_guidance": {}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "steps": args.steps,
+        "scheduler": type(pipe.scheduler).__name__,
+        "n": args.n,
+        "seed": args.seed,
+        "judge_threshold": judge.threshold,
+        "weights": str(args.weights or "shipped"),
+        "judge_from": str(args.judge_from or args.weights or "shipped"),
+        "by_guidance": {},
+    }
     for g in args.guidance:
         t = time.time()
         r = {}

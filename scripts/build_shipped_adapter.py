@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from textloc_harness import demo  # noqa: E402
 from textloc_core.adapters.adapter import load_adapter  # noqa: E402
-from textloc_harness.comfy_launcher import load_workflow  # noqa: E402
 from textloc_core.tinyworld import shipped_adapters_dir  # noqa: E402
+from textloc_harness import demo  # noqa: E402
+from textloc_harness.comfy_launcher import load_workflow  # noqa: E402
 
 WORKFLOW = ROOT / "workflows" / "api" / "train_multi_concept_api.json"
 
@@ -49,10 +49,21 @@ def adapter_name(workflow: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--comfyui", type=Path, default=None, help="ComfyUI work tree (default: $COMFYUI_DIR, else ~/ComfyUI)")
-    parser.add_argument("--out", type=Path, default=shipped_adapters_dir(), help="folder for the adapter file (default: the shipped one)")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="keep the run here (ComfyUI's log, summary.md, every model file it wrote); default: a temporary folder")
+    parser.add_argument(
+        "--comfyui", type=Path, default=None, help="ComfyUI work tree (default: $COMFYUI_DIR, else ~/ComfyUI)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=shipped_adapters_dir(),
+        help="folder for the adapter file (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="keep the run here (ComfyUI's log, summary.md, every model file it wrote); default: a temporary folder",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for training")
     args = parser.parse_args(argv)
 
@@ -73,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         target = args.out / trained.name
         shutil.copyfile(trained, target)
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    print(f"wrote {target} ({target.stat().st_size} bytes, sha256 {digest[:16]}...): tokens {adapter.tokens}, "
-          f"{adapter.metadata.steps} steps, method {adapter.metadata.method}, base {adapter.metadata.base_fingerprint}")
+    print(
+        f"wrote {target} ({target.stat().st_size} bytes, sha256 {digest[:16]}...): tokens {adapter.tokens}, "
+        f"{adapter.metadata.steps} steps, method {adapter.metadata.method}, base {adapter.metadata.base_fingerprint}"
+    )
     return 0
 
 

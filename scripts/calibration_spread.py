@@ -25,15 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
+import bench_methods as bench  # noqa: E402
 import torch  # noqa: E402
 
-import bench_methods as bench  # noqa: E402
 from textloc_core.training.loop import train  # noqa: E402
 from textloc_core.training.setup import setup  # noqa: E402
 from textloc_core.training.step import gradient_norms, weight_from_norms  # noqa: E402
 
 
-def norms_per_batch(p: bench.Protocol, pair: str, seed: int, setting: str, method: str, batches: int) -> list[tuple[float, float]]:
+def norms_per_batch(
+    p: bench.Protocol, pair: str, seed: int, setting: str, method: str, batches: int
+) -> list[tuple[float, float]]:
     """(denoise, attention) gradient norms of steps 0..batches-1 of one bench run."""
     w = bench.world(False)
     config = replace(bench.train_config(p, f"{method}@cal", seed), calibration_batches=batches)
@@ -76,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     p = bench.Protocol()
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.batches]
     table: dict[tuple, list[float]] = {}
-    print(f"calibrated weight ({args.method}, fraction {args.fraction:g}) per run, by K batches averaged: "
-          + " ".join(f"K={k}" for k in ks), flush=True)
+    print(
+        f"calibrated weight ({args.method}, fraction {args.fraction:g}) per run, by K batches averaged: "
+        + " ".join(f"K={k}" for k in ks),
+        flush=True,
+    )
     for setting in args.settings.split(","):
         for pair in args.pairs.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
@@ -85,16 +90,20 @@ def main(argv: list[str] | None = None) -> int:
                 row = [weight_from_norms(norms[:k], args.fraction) for k in ks]
                 table[(setting, pair, seed)] = row
                 print(f"{setting:6s} {pair:9s} seed {seed}: " + " ".join(f"{w:9.4f}" for w in row), flush=True)
-    print(f"\none calibration batch costs {cost_in_steps(p, args.method, args.batches):.2f} training steps "
-          "(set-up included in both)")
+    print(
+        f"\none calibration batch costs {cost_in_steps(p, args.method, args.batches):.2f} training steps "
+        "(set-up included in both)"
+    )
     print("\nspread over runs: max/min, geometric sd (all runs; then the worst pair across its seeds)")
     for i, k in enumerate(ks):
         for setting in args.settings.split(","):
             runs = {key: row[i] for key, row in table.items() if key[0] == setting}
             overall = spread(list(runs.values()))
             within = max(spread([v for key, v in runs.items() if key[1] == pair])[0] for pair in args.pairs.split(","))
-            print(f"K={k:<3d} {setting:6s} all runs: max/min {overall[0]:6.2f}, geo sd {overall[1]:5.2f};"
-                  f" within a pair, worst max/min {within:6.2f}")
+            print(
+                f"K={k:<3d} {setting:6s} all runs: max/min {overall[0]:6.2f}, geo sd {overall[1]:5.2f};"
+                f" within a pair, worst max/min {within:6.2f}"
+            )
     return 0
 
 

@@ -36,8 +36,14 @@ def main(method: str = "hard", steps: int = 20) -> None:
         [Concept("doll", "<doll1>", "doll"), Concept("bucket", "<bucket1>", "bucket")],
         [ConceptImage(torch.rand(3, 16, 16), {"doll": masks[0], "bucket": masks[1]}) for _ in range(3)],
     )
-    config = TrainConfig(method=method, steps=steps, prior_images_per_class=4, prior_sampling_steps=2, map_levels="all",
-                         attention_weight_mode="fixed")  # step times only: no calibration batches before step 1
+    config = TrainConfig(
+        method=method,
+        steps=steps,
+        prior_images_per_class=4,
+        prior_sampling_steps=2,
+        map_levels="all",
+        attention_weight_mode="fixed",
+    )  # step times only: no calibration batches before step 1
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds: list[float] = []
     cpu: list[float] = [time.process_time()]

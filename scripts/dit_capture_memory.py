@@ -61,13 +61,17 @@ def main() -> None:
     k = torch.randn(1, args.heads, args.text, args.head_dim, requires_grad=True)
     slots = torch.tensor([[3, 4]])
     mib = 2**20
-    print(f"one block: {args.heads} heads x {args.head_dim}, {n_image} image tokens ({args.side} px), {args.text} text tokens")
+    print(
+        f"one block: {args.heads} heads x {args.head_dim}, {n_image} image tokens ({args.side} px), {args.text} text tokens"
+    )
     chunked = saved_bytes(image_text_map, q, k, slots)
     whole = saved_bytes(direct_map, q, k, slots)
     chunk_probs = min(HEADS_PER_CHUNK, args.heads) * n_image * args.text * 4
     all_probs = args.heads * n_image * args.text * 4
     print(f"kept for backward (measured): chunked {chunked / mib:.3f} MiB, in one piece {whole / mib:.1f} MiB")
-    print(f"largest transient (from the shapes): chunked {chunk_probs / mib:.1f} MiB ({HEADS_PER_CHUNK} heads), in one piece {all_probs / mib:.1f} MiB")
+    print(
+        f"largest transient (from the shapes): chunked {chunk_probs / mib:.1f} MiB ({HEADS_PER_CHUNK} heads), in one piece {all_probs / mib:.1f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,12 @@ from textloc_core.training.loop import train  # noqa: E402
 from textloc_core.training.result import make_adapter  # noqa: E402
 
 TOKEN = "<sq1>"
-TRAININGS = {"none": ("none", "all"), "hard, every block": ("hard", "all"),
-             "hard, first half": ("hard", "blocks:first_half"), "hard, second half": ("hard", "blocks:second_half")}
+TRAININGS = {
+    "none": ("none", "all"),
+    "hard, every block": ("hard", "all"),
+    "hard, first half": ("hard", "blocks:first_half"),
+    "hard, second half": ("hard", "blocks:second_half"),
+}
 READS = {"every block": "all", "first half": "blocks:first_half", "second half": "blocks:second_half"}
 
 
@@ -58,8 +62,16 @@ def measure(family: str, method: str, blocks_spec: str, seed: int, steps: int, b
     g = torch.Generator().manual_seed(100 + seed)
     photos = [scene(g) for _ in range(6)]
     concepts = ConceptSet([Concept("square", TOKEN, "square")], [ConceptImage(i, {"square": m}) for i, m in photos])
-    config = TrainConfig(method=method, steps=steps, learning_rate=2e-3, prior_images_per_class=0, seed=seed,
-                         map_levels=blocks_spec, instance_batch=2, attention_weight_mode="fixed")
+    config = TrainConfig(
+        method=method,
+        steps=steps,
+        learning_rate=2e-3,
+        prior_images_per_class=0,
+        seed=seed,
+        map_levels=blocks_spec,
+        instance_batch=2,
+        attention_weight_mode="fixed",
+    )
     start = time.perf_counter()
     result = train(bundle, concepts, config)
     out = {"s/step": (time.perf_counter() - start) / steps}
@@ -67,8 +79,9 @@ def measure(family: str, method: str, blocks_spec: str, seed: int, steps: int, b
     held_out = [scene(torch.Generator().manual_seed(1000 + seed * 50 + k)) for k in range(8)]
     images, masks = torch.stack([i for i, _ in held_out]), torch.stack([m for _, m in held_out])
     for read, spec in READS.items():
-        maps = attention_on_images(bundle, [adapter], images, [f"a {TOKEN} square"] * len(images), [TOKEN],
-                                   map_levels=spec, seed=seed)
+        maps = attention_on_images(
+            bundle, [adapter], images, [f"a {TOKEN} square"] * len(images), [TOKEN], map_levels=spec, seed=seed
+        )
         out[f"IoU {read}"] = float(attention_iou(maps[:, 0], masks).mean())
     return out
 
@@ -82,8 +95,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
-    report(TRAININGS, lambda choice, seed: measure(args.family, *choice, seed, args.steps, args.blocks), seeds,
-           f"{args.family}, {args.blocks} blocks, {args.steps} steps")
+    report(
+        TRAININGS,
+        lambda choice, seed: measure(args.family, *choice, seed, args.steps, args.blocks),
+        seeds,
+        f"{args.family}, {args.blocks} blocks, {args.steps} steps",
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from textloc_core import api  # noqa: E402
-from textloc_core.evaluation import features, localization, metrics, scoring  # noqa: E402
 from textloc_core.data import readers  # noqa: E402
+from textloc_core.evaluation import features, localization, metrics, scoring  # noqa: E402
 from textloc_core.training.config import TrainConfig  # noqa: E402
 
 METHODS = ("hard", "soft", "none")
@@ -77,13 +77,20 @@ class PaperSettings:
     def train_config(self, method: str, multi: bool) -> TrainConfig:
         batch = self.batch_multi if multi else self.batch_single
         values = dict(
-            method=method, steps=self.steps_multi if multi else self.steps_single,
-            learning_rate=self.lr_multi if multi else self.lr_single, scale_lr_by_batch=False,
-            instance_batch=batch, prior_batch=batch, prior_images_per_class=self.prior_images,
-            prior_sampling_steps=self.prior_steps, resolution=self.resolution, seed=self.seed,
+            method=method,
+            steps=self.steps_multi if multi else self.steps_single,
+            learning_rate=self.lr_multi if multi else self.lr_single,
+            scale_lr_by_batch=False,
+            instance_batch=batch,
+            prior_batch=batch,
+            prior_images_per_class=self.prior_images,
+            prior_sampling_steps=self.prior_steps,
+            resolution=self.resolution,
+            seed=self.seed,
             instance_prompt="photo of {concepts}",
             # the paper's attention weight, not the pack's calibrated default
-            attention_weight_mode="fixed", lambda_attn=1.0,
+            attention_weight_mode="fixed",
+            lambda_attn=1.0,
         )
         values.update(self.extra_train)  # the user's word wins
         return TrainConfig(**values)
@@ -97,8 +104,9 @@ def _image_batch(concept_set) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def run_entry(bundle, clip, kid_feature, dataset: Path, pair: str, targets: list[str], method: str,
-              s: PaperSettings, log=print) -> dict:
+def run_entry(
+    bundle, clip, kid_feature, dataset: Path, pair: str, targets: list[str], method: str, s: PaperSettings, log=print
+) -> dict:
     """Train ``targets`` (one or both concepts of ``pair``) with ``method``, generate, score."""
     multi = len(targets) > 1
     full = readers.read_paper_dataset(dataset, pair, resolution=s.resolution)
@@ -106,7 +114,9 @@ def run_entry(bundle, clip, kid_feature, dataset: Path, pair: str, targets: list
     tokens = [c.token for c in concept_set.concepts]
     config = s.train_config(method, multi)
     began = time.perf_counter()
-    result = api.train(bundle, concept_set, config, prior_cache_dir=Path(s.prior_cache_dir) if s.prior_cache_dir else None)
+    result = api.train(
+        bundle, concept_set, config, prior_cache_dir=Path(s.prior_cache_dir) if s.prior_cache_dir else None
+    )
     train_s = time.perf_counter() - began
 
     which = pair if multi else targets[0]
@@ -114,8 +124,16 @@ def run_entry(bundle, clip, kid_feature, dataset: Path, pair: str, targets: list
     prompts = readers.paper_prompts(dataset, which, ordered)[: s.n_prompts]
     images, all_prompts = [], []
     for k, prompt in enumerate(prompts):
-        gen = api.generate(bundle, prompt, adapters=[result], num_images=s.images_per_prompt, steps=s.sample_steps,
-                           guidance_scale=s.guidance_scale, seed=s.seed * 1000 + k, size=(s.resolution, s.resolution))
+        gen = api.generate(
+            bundle,
+            prompt,
+            adapters=[result],
+            num_images=s.images_per_prompt,
+            steps=s.sample_steps,
+            guidance_scale=s.guidance_scale,
+            seed=s.seed * 1000 + k,
+            size=(s.resolution, s.resolution),
+        )
         images.append(gen.images)
         all_prompts += [prompt] * s.images_per_prompt
     images = torch.cat(images)
@@ -124,21 +142,38 @@ def run_entry(bundle, clip, kid_feature, dataset: Path, pair: str, targets: list
     for concept in concept_set.concepts:
         refs = readers.read_paper_dataset(dataset, concept.name, resolution=s.resolution)
         ref_images, ref_masks = _image_batch(refs)
-        scores = scoring.image_scores(clip, images, all_prompts, ref_images, tokens=tokens, kid_feature=kid_feature,
-                                         kid_subset_size=s.kid_subset_size, seed=s.seed)
+        scores = scoring.image_scores(
+            clip,
+            images,
+            all_prompts,
+            ref_images,
+            tokens=tokens,
+            kid_feature=kid_feature,
+            kid_subset_size=s.kid_subset_size,
+            seed=s.seed,
+        )
         clip_i.append(scores["clip_i"])
         kid.append(scores["kid"])
         prompt = config.instance_prompt.format(
-            concepts=config.concept_phrase.format(token=concept.token, class_word=concept.class_word))
-        maps = localization.attention_on_images(bundle, [result], ref_images, [prompt] * len(ref_images), [concept.token],
-                                              seed=s.seed)
+            concepts=config.concept_phrase.format(token=concept.token, class_word=concept.class_word)
+        )
+        maps = localization.attention_on_images(
+            bundle, [result], ref_images, [prompt] * len(ref_images), [concept.token], seed=s.seed
+        )
         iou.append(metrics.attention_iou(maps[:, 0], ref_masks, threshold=s.iou_threshold).mean().item())
     texts = clip.encode_text([metrics.strip_identifier(p, tokens) for p in all_prompts])
     row = {
-        "pair": pair, "targets": targets, "setting": "multi" if multi else "single", "method": method,
-        "clip_i": statistics.fmean(clip_i), "clip_t": metrics.clip_t_from_features(clip.encode_image(images), texts),
-        "kid": statistics.fmean(kid), "iou": statistics.fmean(iou), "train_s": train_s,
-        "n_images": len(images), "steps": result.steps_done,
+        "pair": pair,
+        "targets": targets,
+        "setting": "multi" if multi else "single",
+        "method": method,
+        "clip_i": statistics.fmean(clip_i),
+        "clip_t": metrics.clip_t_from_features(clip.encode_image(images), texts),
+        "kid": statistics.fmean(kid),
+        "iou": statistics.fmean(iou),
+        "train_s": train_s,
+        "n_images": len(images),
+        "steps": result.steps_done,
     }
     log(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
     return row
@@ -147,6 +182,7 @@ def run_entry(bundle, clip, kid_feature, dataset: Path, pair: str, targets: list
 def paper_table(rows: list[dict], methods: tuple[str, ...]) -> str:
     """Rows: methods; columns: single / multi x CLIP-I, CLIP-T, KID, IoU (means over entries),
     and the change of CLIP-I / CLIP-T against Custom Diffusion (none) in %."""
+
     def mean(setting, method, key):
         values = [r[key] for r in rows if r["setting"] == setting and r["method"] == method and not math.isnan(r[key])]
         return statistics.fmean(values) if values else float("nan")
@@ -160,7 +196,11 @@ def paper_table(rows: list[dict], methods: tuple[str, ...]) -> str:
         for s in ("single", "multi"):
             for key in ("clip_i", "clip_t"):
                 base, value = mean(s, "none", key), mean(s, method, key)
-                cells.append("–" if method == "none" or math.isnan(base) or base == 0 else f"{100 * (value - base) / abs(base):+.2f}%")
+                cells.append(
+                    "–"
+                    if method == "none" or math.isnan(base) or base == 0
+                    else f"{100 * (value - base) / abs(base):+.2f}%"
+                )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -178,8 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception", help="local torchvision InceptionV3 .pth for KID (else CLIP image features)")
     parser.add_argument("--dataset", type=Path, default=readers.find_paper_dataset(REPO))
     parser.add_argument("--pairs", help="comma-separated pair folders (default: every multi_concept/ folder)")
-    parser.add_argument("--single", default="all", choices=("all", "first", "none"),
-                        help="which concepts of each pair get a single-concept run")
+    parser.add_argument(
+        "--single",
+        default="all",
+        choices=("all", "first", "none"),
+        help="which concepts of each pair get a single-concept run",
+    )
     parser.add_argument("--no-multi", action="store_true", help="skip the multi-concept runs")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -195,9 +239,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     fields = {k: getattr(args, k) for k in asdict(PaperSettings()) if k not in ("extra_train", "prior_cache_dir")}
-    settings = PaperSettings(**fields, extra_train=dict(args.extra_train), prior_cache_dir=str(args.out / "prior-cache"))
+    settings = PaperSettings(
+        **fields, extra_train=dict(args.extra_train), prior_cache_dir=str(args.out / "prior-cache")
+    )
     methods = tuple(args.methods.split(","))
-    pairs = args.pairs.split(",") if args.pairs else sorted(p.name for p in (args.dataset / "multi_concept").iterdir() if p.is_dir())
+    pairs = (
+        args.pairs.split(",")
+        if args.pairs
+        else sorted(p.name for p in (args.dataset / "multi_concept").iterdir() if p.is_dir())
+    )
 
     bundle = api.load_model(args.model, device=args.device)
     clip, kid_feature = load_feature_models(args.clip, args.inception, args.device)
@@ -219,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         f"# Paper protocol results\n\nCommand: `{command}`  \n"
         f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
         f"Device: {args.device}; wall time {(time.perf_counter() - began) / 60:.1f} min  \n"
-        f"Settings: `{json.dumps(asdict(settings))}`\n\n{table}\n", encoding="utf-8")
+        f"Settings: `{json.dumps(asdict(settings))}`\n\n{table}\n",
+        encoding="utf-8",
+    )
     print(f"wrote {args.out / 'results.md'}")
     return 0
 

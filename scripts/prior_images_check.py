@@ -32,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from textloc_core import tinyworld
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
+    from textloc_core.tinyworld.world import held_out_concept
     from textloc_core.training.config import TrainConfig
     from textloc_core.training.prior import prior_latents
-    from textloc_core.tinyworld.world import held_out_concept
 
     bundle, judge = bundle_from_diffusers(tinyworld.load_pipeline()), tinyworld.load_judge()
     side = int(bundle.denoiser.unet.config.sample_size) if hasattr(bundle.denoiser.unet, "config") else 16
     config = TrainConfig(prior_sampling_steps=args.steps, prior_guidance_scale=args.guidance, seed=0)
-    print(f"| class prompt | images with any object | images showing the class shape |\n|---|---|---|")
+    print("| class prompt | images with any object | images showing the class shape |\n|---|---|---|")
     for name in ("dotstar", "checkring", "stripebox"):
         word = held_out_concept(name).class_word
         for template in TEMPLATES:

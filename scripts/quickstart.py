@@ -19,6 +19,7 @@ A second call reuses both: the environment is rebuilt only when one of the files
 installed from changed. Everything is written under ``.textloc/`` (ignored by git). Runs on
 the Python it is started with (3.10 or newer) and needs only the standard library.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,10 @@ def pins_version_for(version: str) -> str:
         return version
     older = [v for v in SUPPORTED if version_key(v) <= version_key(version)]
     chosen = older[-1] if older else SUPPORTED[0]
-    say(f"ComfyUI {version} is not one of the tested versions {', '.join(SUPPORTED)}; "
-        f"installing with the pins of {chosen}")
+    say(
+        f"ComfyUI {version} is not one of the tested versions {', '.join(SUPPORTED)}; "
+        f"installing with the pins of {chosen}"
+    )
     return chosen
 
 
@@ -99,15 +102,22 @@ def lay_out_comfyui(version: str, dest: Path) -> None:
                 (tmp / "ComfyUI").rename(dest)
                 return
         if shutil.which("git") is None:
-            raise SetupError(f"no ComfyUI-{version}.tar.gz snapshot in {', '.join(map(str, snapshot_dirs()))} "
-                             f"and no git to clone it: install git, or point --comfyui-dir at a ComfyUI")
+            raise SetupError(
+                f"no ComfyUI-{version}.tar.gz snapshot in {', '.join(map(str, snapshot_dirs()))} "
+                f"and no git to clone it: install git, or point --comfyui-dir at a ComfyUI"
+            )
         say(f"cloning {UPSTREAM} at v{version}")
-        proc = subprocess.run(["git", "clone", "--quiet", "--depth", "1", "--branch", f"v{version}",
-                               UPSTREAM, str(tmp / "ComfyUI")], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["git", "clone", "--quiet", "--depth", "1", "--branch", f"v{version}", UPSTREAM, str(tmp / "ComfyUI")],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise SetupError(f"could not clone ComfyUI v{version} from {UPSTREAM}: {proc.stderr.strip()[-400:]}\n"
-                             f"Fix: connect to the network, put ComfyUI-{version}.tar.gz into "
-                             f"$TEXTLOC_COMFYUI_SNAPSHOTS, or point --comfyui-dir at a ComfyUI of your own")
+            raise SetupError(
+                f"could not clone ComfyUI v{version} from {UPSTREAM}: {proc.stderr.strip()[-400:]}\n"
+                f"Fix: connect to the network, put ComfyUI-{version}.tar.gz into "
+                f"$TEXTLOC_COMFYUI_SNAPSHOTS, or point --comfyui-dir at a ComfyUI of your own"
+            )
         (tmp / "ComfyUI").rename(dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,8 +127,10 @@ def own_comfyui(own_dir: str) -> Path:
     """A user's own ComfyUI tree (``--comfyui-dir``), checked and used as it is."""
     comfy = Path(own_dir).expanduser().resolve()
     if not (comfy / "main.py").is_file():
-        raise SetupError(f"--comfyui-dir / COMFYUI_DIR {comfy} holds no ComfyUI (no main.py); "
-                         f"point it at a ComfyUI work tree, or leave it unset to use a private one")
+        raise SetupError(
+            f"--comfyui-dir / COMFYUI_DIR {comfy} holds no ComfyUI (no main.py); "
+            f"point it at a ComfyUI work tree, or leave it unset to use a private one"
+        )
     return comfy
 
 
@@ -174,19 +186,28 @@ def ensure_environment(pins: str, comfy: Path, tested_tree: bool) -> Path:
         say(f"creating the virtual environment {venv}")
         if subprocess.run([sys.executable, "-m", "venv", str(venv)]).returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
-            raise SetupError(f"{sys.executable} could not create a virtual environment; install its venv "
-                             f"module (Debian/Ubuntu: apt-get install python3-venv) and run the command again")
+            raise SetupError(
+                f"{sys.executable} could not create a virtual environment; install its venv "
+                f"module (Debian/Ubuntu: apt-get install python3-venv) and run the command again"
+            )
     stamp.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         comfy_reqs = Path(tmp) / "comfyui-requirements.txt"
         comfy_requirements_without_torch(comfy, comfy_reqs)
-        cmd = pip_install_command(venv, [pin_file, comfy_reqs, REPO / "requirements-dev.txt"],
-                                  lock_file if tested_tree and lock_file.is_file() else None)
-        say(f"installing packages for ComfyUI {pins} (first time: several minutes, torch is large; pip's "
-            "progress follows)")
+        cmd = pip_install_command(
+            venv,
+            [pin_file, comfy_reqs, REPO / "requirements-dev.txt"],
+            lock_file if tested_tree and lock_file.is_file() else None,
+        )
+        say(
+            f"installing packages for ComfyUI {pins} (first time: several minutes, torch is large; pip's "
+            "progress follows)"
+        )
         if subprocess.run(cmd).returncode != 0:
-            raise SetupError(f"pip could not install the packages for ComfyUI {pins} (see above); "
-                             f"fix the network or index access and run the command again")
+            raise SetupError(
+                f"pip could not install the packages for ComfyUI {pins} (see above); "
+                f"fix the network or index access and run the command again"
+            )
     stamp.write_text(digest.hexdigest() + "\n")
     return venv
 
@@ -202,8 +223,10 @@ def chromium_hint() -> str | None:
         how = f"Install it with: {sudo}apt-get install -y chromium"
     else:
         how = "Install Chromium with your system's package manager"
-    return (f"no Chromium at {chromium}: the browser check will not run. {how} "
-            "(or set CHROMIUM_PATH to a Chromium binary), then run the tests again")
+    return (
+        f"no Chromium at {chromium}: the browser check will not run. {how} "
+        "(or set CHROMIUM_PATH to a Chromium binary), then run the tests again"
+    )
 
 
 def install_browser_tools() -> None:
@@ -221,18 +244,29 @@ def install_browser_tools() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Arguments after -- go to "
-                                     "pytest (test) or to textloc_harness.demo (demo).")
-    parser.add_argument("command", choices=("demo", "test", "setup"),
-                        help="demo: run the TinyWorld demo; test: run the tests; setup: only set up")
-    parser.add_argument("--comfyui-version", default=os.environ.get("TEXTLOC_COMFYUI_VERSION", SUPPORTED[-1]),
-                        help=f"ComfyUI to lay out in .textloc/ (tested: {', '.join(SUPPORTED)}; default %(default)s)")
-    parser.add_argument("--comfyui-dir", default=os.environ.get("COMFYUI_DIR"),
-                        help="use this ComfyUI work tree instead (it is read, never changed)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Arguments after -- go to pytest (test) or to textloc_harness.demo (demo).",
+    )
+    parser.add_argument(
+        "command",
+        choices=("demo", "test", "setup"),
+        help="demo: run the TinyWorld demo; test: run the tests; setup: only set up",
+    )
+    parser.add_argument(
+        "--comfyui-version",
+        default=os.environ.get("TEXTLOC_COMFYUI_VERSION", SUPPORTED[-1]),
+        help=f"ComfyUI to lay out in .textloc/ (tested: {', '.join(SUPPORTED)}; default %(default)s)",
+    )
+    parser.add_argument(
+        "--comfyui-dir",
+        default=os.environ.get("COMFYUI_DIR"),
+        help="use this ComfyUI work tree instead (it is read, never changed)",
+    )
     parser.add_argument("--out", default="textloc-output", help="demo: output folder (default %(default)s)")
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # for pytest (test) or the demo (demo)
-    opts = parser.parse_args(argv[:len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []  # for pytest (test) or the demo (demo)
+    opts = parser.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
 
     if sys.version_info < (3, 10):
         say(f"Python 3.10 or newer is needed, this is {sys.version.split()[0]}: run it with python3.10+")
@@ -244,8 +278,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             version = opts.comfyui_version
             if version not in SUPPORTED:
-                raise SetupError(f"--comfyui-version {version} is not one this pack lays out; "
-                                 f"choose one of {', '.join(SUPPORTED)} or use --comfyui-dir")
+                raise SetupError(
+                    f"--comfyui-version {version} is not one this pack lays out; "
+                    f"choose one of {', '.join(SUPPORTED)} or use --comfyui-dir"
+                )
             comfy = ensure_comfyui(version)
         pins = pins_version_for(version)
         venv = ensure_environment(pins, comfy, tested_tree=(version == pins))
@@ -258,7 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     if opts.command == "setup":
         return 0
     if opts.command == "demo":
-        cmd = [python, "-m", "textloc_harness.demo", "--comfyui", str(comfy), "--out", str(Path(opts.out).resolve()), *extra]
+        cmd = [
+            python,
+            "-m",
+            "textloc_harness.demo",
+            "--comfyui",
+            str(comfy),
+            "--out",
+            str(Path(opts.out).resolve()),
+            *extra,
+        ]
     else:
         install_browser_tools()
         # a laid-out ComfyUI means the integration suite must run, not skip

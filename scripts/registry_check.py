@@ -19,6 +19,7 @@ comfy-cli runs with telemetry off (``DO_NOT_TRACK``) and a temporary HOME, so it
 configuration of yours. Needs the package index once (for step 1); the tests call the same
 functions (tests/test_registry.py). Exit status 0 when everything passes, 1 otherwise.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,17 @@ TOOLS_VENV = Path(os.environ.get("TEXTLOC_REGISTRY_TOOLS") or REPO / ".textloc" 
 TOOLS_INPUTS = (REPO / "requirements" / "registry-tools.txt", REPO / "requirements" / "registry-tools.lock")
 PASSED = "All validation checks passed successfully"
 # published: what the pack runs inside ComfyUI, found by these prefixes among git's files
-MUST_SHIP = ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md", "CHANGELOG.md",
-             "nodes/", "textloc_core/", "workflows/api/")
+MUST_SHIP = (
+    "__init__.py",
+    "pyproject.toml",
+    "requirements.txt",
+    "LICENSE",
+    "README.md",
+    "CHANGELOG.md",
+    "nodes/",
+    "textloc_core/",
+    "workflows/api/",
+)
 MUST_NOT_SHIP = ("tests/", "benchmarks/", "scripts/", ".ci/", "requirements/", "textloc_harness/")
 _LINK = re.compile(r"\]\(([^)#\s]+)[^)]*\)")
 
@@ -71,13 +81,27 @@ def ensure_tools() -> Path:
     TOOLS_VENV.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix="registry-tools.", dir=TOOLS_VENV.parent))
     try:
-        steps = ([sys.executable, "-m", "venv", str(building)],
-                 [str(_python(building)), "-m", "pip", "install", "--disable-pip-version-check", "--quiet",
-                  "-r", str(TOOLS_INPUTS[0]), "-c", str(TOOLS_INPUTS[1])])
+        steps = (
+            [sys.executable, "-m", "venv", str(building)],
+            [
+                str(_python(building)),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+                "-r",
+                str(TOOLS_INPUTS[0]),
+                "-c",
+                str(TOOLS_INPUTS[1]),
+            ],
+        )
         for step in steps:
             if subprocess.run(step).returncode != 0:
-                raise ToolError(f"could not install comfy-cli ({' '.join(step[:4])} ... failed, see above): "
-                                "check access to the package index and run again")
+                raise ToolError(
+                    f"could not install comfy-cli ({' '.join(step[:4])} ... failed, see above): "
+                    "check access to the package index and run again"
+                )
         (building / stamp.name).write_text(digest + "\n")
         shutil.rmtree(TOOLS_VENV, ignore_errors=True)
         building.rename(TOOLS_VENV)
@@ -87,10 +111,19 @@ def ensure_tools() -> Path:
 
 
 def _run(python: Path, args: list[str], home: str, folder: Path = REPO) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HOME=home, USERPROFILE=home, XDG_CONFIG_HOME=os.path.join(home, ".config"),
-               DO_NOT_TRACK="1", COMFY_NO_TELEMETRY="1", NO_COLOR="1", COLUMNS="200")
-    return subprocess.run([str(python), *args], cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        HOME=home,
+        USERPROFILE=home,
+        XDG_CONFIG_HOME=os.path.join(home, ".config"),
+        DO_NOT_TRACK="1",
+        COMFY_NO_TELEMETRY="1",
+        NO_COLOR="1",
+        COLUMNS="200",
+    )
+    return subprocess.run(
+        [str(python), *args], cwd=folder, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300
+    )
 
 
 def validate(python: Path, folder: Path = REPO) -> tuple[str, list[str]]:
@@ -98,8 +131,7 @@ def validate(python: Path, folder: Path = REPO) -> tuple[str, list[str]]:
     with tempfile.TemporaryDirectory() as home:
         done = _run(python, ["-m", "comfy_cli", "--skip-prompt", "node", "validate"], home, folder)
     output = done.stdout + done.stderr
-    problems = [line.strip() for line in output.splitlines()
-                if re.search(r"\b(warning|error)\b", line, re.IGNORECASE)]
+    problems = [line.strip() for line in output.splitlines() if re.search(r"\b(warning|error)\b", line, re.IGNORECASE)]
     if done.returncode != 0:
         problems.append(f"comfy node validate exited with {done.returncode}")
     if PASSED not in output:
@@ -171,8 +203,10 @@ def main() -> int:
     print("\n".join(f"  {name}" for name in names))
     if not repository:
         # comfy-cli does not check it; the Registry links to it, and none exists yet to name
-        print("registry_check: NOTE [project.urls] Repository is not set: add the public repository's URL "
-              "before `comfy node publish`")
+        print(
+            "registry_check: NOTE [project.urls] Repository is not set: add the public repository's URL "
+            "before `comfy node publish`"
+        )
     problems += archive_problems(names, tracked_files())
     for problem in problems:
         print(f"registry_check: FAIL {problem}", file=sys.stderr)

@@ -25,8 +25,10 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from benchmarks import records  # noqa: E402
 
-PANELS = (("alignment", "fidelity_cs", "prompt alignment (editability)", "target colour+shape (fidelity)"),
-          ("clip_t", "clip_i", "CLIP-T (editability)", "CLIP-I (fidelity)"))
+PANELS = (
+    ("alignment", "fidelity_cs", "prompt alignment (editability)", "target colour+shape (fidelity)"),
+    ("clip_t", "clip_i", "CLIP-T (editability)", "CLIP-I (fidelity)"),
+)
 COLOURS = {"none": (110, 110, 110), "hard": (200, 40, 40), "soft": (40, 90, 200)}
 SIZE, MARGIN = 420, 60
 
@@ -52,9 +54,17 @@ def points(recs: list[dict], x: str, y: str) -> list[dict]:
 
 def frontier(pts: list[dict]) -> list[dict]:
     """The points no other point beats on both axes (the trade-off curve), by editability."""
-    return sorted((p for p in pts if not any(q["x"] >= p["x"] and q["y"] >= p["y"] and q is not p
-                                             and (q["x"], q["y"]) != (p["x"], p["y"]) for q in pts)),
-                  key=lambda p: p["x"])
+    return sorted(
+        (
+            p
+            for p in pts
+            if not any(
+                q["x"] >= p["x"] and q["y"] >= p["y"] and q is not p and (q["x"], q["y"]) != (p["x"], p["y"])
+                for q in pts
+            )
+        ),
+        key=lambda p: p["x"],
+    )
 
 
 def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
@@ -92,7 +102,12 @@ def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
                 d.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
             else:
                 d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2)
-            d.text((cx + 6, cy - 5), "base model" if method == "base" else f"{p['recipe']} [{p['n']}]", fill=colour, font=font)
+            d.text(
+                (cx + 6, cy - 5),
+                "base model" if method == "base" else f"{p['recipe']} [{p['n']}]",
+                fill=colour,
+                font=font,
+            )
     return img
 
 
@@ -109,8 +124,12 @@ def figure(recs: list[dict]) -> Image.Image:
         d.ellipse([x, 14, x + 8, 22], outline=colour, width=2)
         d.text((x + 12, 12), method, fill=colour, font=font)
         x += 70
-    d.text((x, 12), "hollow: dev seeds 0-2 (line: each method's trade-off curve); filled: held-out seeds; label: recipe [runs]; single-concept means",
-           fill="black", font=font)
+    d.text(
+        (x, 12),
+        "hollow: dev seeds 0-2 (line: each method's trade-off curve); filled: held-out seeds; label: recipe [runs]; single-concept means",
+        fill="black",
+        font=font,
+    )
     return canvas
 
 

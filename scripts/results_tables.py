@@ -26,14 +26,34 @@ from benchmarks.paired import compare  # noqa: E402
 PAGE = REPO / "docs" / "results.md"
 BLOCKS = ("dev", "heldout")
 COLUMNS = (
-    ("fidelity_cs", "colour+shape ↑"), ("leakage", "leakage ↓"), ("alignment", "prompt align ↑"), ("iou", "IoU ↑"),
-    ("clip_i", "CLIP-I ↑"), ("clip_i_pair", "CLIP-I pair ↑"), ("clip_t", "CLIP-T ↑"), ("kid", "KID ×100 ↓"),
-    ("attn_other", "attn on other ↓"), ("fidelity", "target exact ↑"),
+    ("fidelity_cs", "colour+shape ↑"),
+    ("leakage", "leakage ↓"),
+    ("alignment", "prompt align ↑"),
+    ("iou", "IoU ↑"),
+    ("clip_i", "CLIP-I ↑"),
+    ("clip_i_pair", "CLIP-I pair ↑"),
+    ("clip_t", "CLIP-T ↑"),
+    ("kid", "KID ×100 ↓"),
+    ("attn_other", "attn on other ↓"),
+    ("fidelity", "target exact ↑"),
 )
-PAIRED = (("iou", "IoU"), ("fidelity_cs", "colour+shape"), ("leakage", "leakage"), ("alignment", "prompt align"),
-          ("clip_i", "CLIP-I"), ("clip_t", "CLIP-T"))
+PAIRED = (
+    ("iou", "IoU"),
+    ("fidelity_cs", "colour+shape"),
+    ("leakage", "leakage"),
+    ("alignment", "prompt align"),
+    ("clip_i", "CLIP-I"),
+    ("clip_t", "CLIP-T"),
+)
 CONTEXT = {"base": "base model, class word (context)", "renders": "real renders (context)"}
-TARGETS = {"fidelity_cs": 0.60, "leakage": 0.30, "alignment": 0.70, "iou_gain": 0.10, "iou_share": 0.80, "none_fidelity_cs": 0.40}
+TARGETS = {
+    "fidelity_cs": 0.60,
+    "leakage": 0.30,
+    "alignment": 0.70,
+    "iou_gain": 0.10,
+    "iou_share": 0.80,
+    "none_fidelity_cs": 0.40,
+}
 """The issue's held-out targets for the default hard recipe (single-concept) and for ``none``."""
 
 
@@ -72,7 +92,9 @@ def groups(recs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
     out: dict[tuple[str, str, str], list[dict]] = {}
     order = {"none": 0, "base": 8, "renders": 9}
     seen = set()
-    for r in sorted(recs, key=lambda r: (r["setting"] != "single", order.get(r["method"], 1), r["recipe"], r["method"])):
+    for r in sorted(
+        recs, key=lambda r: (r["setting"] != "single", order.get(r["method"], 1), r["recipe"], r["method"])
+    ):
         if r["method"] in CONTEXT:
             # context rows do not depend on the recipe: every bench invocation records the same ones
             unit = (r["setting"], r["method"], r["pair"], r["seed"])
@@ -86,13 +108,18 @@ def groups(recs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
 
 
 def summary_table(recs: list[dict], spread: bool) -> str:
-    lines = ["| setting | recipe | method | n | " + " | ".join(t for _, t in COLUMNS) + " |",
-             "|---|---|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| setting | recipe | method | n | " + " | ".join(t for _, t in COLUMNS) + " |",
+        "|---|---|---|---|" + "---|" * len(COLUMNS),
+    ]
     for (setting, recipe, method), sel in groups(recs).items():
         # renders are not made from the prompts: the text columns do not apply (as in the bench's table)
         skip = {"clip_t", "alignment"} if method == "renders" else set()
-        lines.append(f"| {setting} | {recipe} | {label(sel[0])} | {len(sel)} | "
-                     + " | ".join("–" if k in skip else _fmt(sel, k, spread) for k, _ in COLUMNS) + " |")
+        lines.append(
+            f"| {setting} | {recipe} | {label(sel[0])} | {len(sel)} | "
+            + " | ".join("–" if k in skip else _fmt(sel, k, spread) for k, _ in COLUMNS)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -123,8 +150,12 @@ def paired_rows(recs: list[dict]) -> list[tuple[str, str, str, list[dict], str, 
 
 
 def paired_table(recs: list[dict]) -> str:
-    lines = ["| setting | recipe | method | vs none at | n | " + " | ".join(f"Δ {t}" for _, t in PAIRED)
-             + f" | runs with IoU +{TARGETS['iou_gain']:g} |", "|---|---|---|---|---|" + "---|" * (len(PAIRED) + 1)]
+    lines = [
+        "| setting | recipe | method | vs none at | n | "
+        + " | ".join(f"Δ {t}" for _, t in PAIRED)
+        + f" | runs with IoU +{TARGETS['iou_gain']:g} |",
+        "|---|---|---|---|---|" + "---|" * (len(PAIRED) + 1),
+    ]
     for setting, recipe, method, sel, base_recipe, base in paired_rows(recs):
         cells, n = [], 0
         for key, _ in PAIRED:
@@ -132,8 +163,11 @@ def paired_table(recs: list[dict]) -> str:
             n = max(n, c.n)
             cells.append(f"{c.mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.above}/{c.below}")
         gains = iou_gains(sel, base)
-        lines.append(f"| {setting} | {recipe} | {method} | {base_recipe} | {n} | " + " | ".join(cells)
-                     + f" | {sum(g >= TARGETS['iou_gain'] for g in gains)}/{len(gains)} |")
+        lines.append(
+            f"| {setting} | {recipe} | {method} | {base_recipe} | {n} | "
+            + " | ".join(cells)
+            + f" | {sum(g >= TARGETS['iou_gain'] for g in gains)}/{len(gains)} |"
+        )
     return "\n".join(lines)
 
 
@@ -154,23 +188,52 @@ def targets_table(recs: list[dict]) -> str:
     def check(what: str, value: float, target: float, higher: bool, shown: str) -> None:
         met = value >= target if higher else value <= target
         gap = "" if met else f" (by {abs(value - target):.3f})"
-        rows.append(f"| {what} | {shown} | {'≥' if higher else '≤'} {target:.3g} | {'met' if met else 'missed' + gap} |")
+        rows.append(
+            f"| {what} | {shown} | {'≥' if higher else '≤'} {target:.3g} | {'met' if met else 'missed' + gap} |"
+        )
 
-    check("hard: target colour+shape", _mean(hard, "fidelity_cs"), TARGETS["fidelity_cs"], True, f"{_mean(hard, 'fidelity_cs'):.3f}")
+    check(
+        "hard: target colour+shape",
+        _mean(hard, "fidelity_cs"),
+        TARGETS["fidelity_cs"],
+        True,
+        f"{_mean(hard, 'fidelity_cs'):.3f}",
+    )
     check("hard: leakage", _mean(hard, "leakage"), TARGETS["leakage"], False, f"{_mean(hard, 'leakage'):.3f}")
-    check("hard: prompt alignment", _mean(hard, "alignment"), TARGETS["alignment"], True, f"{_mean(hard, 'alignment'):.3f}")
+    check(
+        "hard: prompt alignment",
+        _mean(hard, "alignment"),
+        TARGETS["alignment"],
+        True,
+        f"{_mean(hard, 'alignment'):.3f}",
+    )
     gains = iou_gains(hard, baseline(single, "single", hard[0]["recipe"])[1])
     share = sum(g >= TARGETS["iou_gain"] for g in gains) / len(gains) if gains else math.nan
-    check(f"hard: share of runs with IoU +{TARGETS['iou_gain']:g} over none", share, TARGETS["iou_share"], True,
-          f"{sum(g >= TARGETS['iou_gain'] for g in gains)}/{len(gains)} = {share:.2f}")
-    check("none: target colour+shape", _mean(none, "fidelity_cs"), TARGETS["none_fidelity_cs"], True,
-          f"{_mean(none, 'fidelity_cs'):.3f}")
+    check(
+        f"hard: share of runs with IoU +{TARGETS['iou_gain']:g} over none",
+        share,
+        TARGETS["iou_share"],
+        True,
+        f"{sum(g >= TARGETS['iou_gain'] for g in gains)}/{len(gains)} = {share:.2f}",
+    )
+    check(
+        "none: target colour+shape",
+        _mean(none, "fidelity_cs"),
+        TARGETS["none_fidelity_cs"],
+        True,
+        f"{_mean(none, 'fidelity_cs'):.3f}",
+    )
     multi = [r for r in recs if r["setting"] == "multi"]
     m_hard = [r for r in multi if r["method"].startswith("hard")]
     m_none = [r for r in multi if r["method"] == "none"]
     if m_hard and m_none:
-        check("multi: hard attribute bleed, at most none's", _mean(m_hard, "leakage"), _mean(m_none, "leakage"), False,
-              f"{_mean(m_hard, 'leakage'):.3f} (none {_mean(m_none, 'leakage'):.3f})")
+        check(
+            "multi: hard attribute bleed, at most none's",
+            _mean(m_hard, "leakage"),
+            _mean(m_none, "leakage"),
+            False,
+            f"{_mean(m_hard, 'leakage'):.3f} (none {_mean(m_none, 'leakage'):.3f})",
+        )
     return "\n".join(["| target (held-out) | measured | target | result |", "|---|---|---|---|", *rows])
 
 
@@ -187,8 +250,11 @@ def score_table(recs: list[dict]) -> str:
         if setting != "single" or method in CONTEXT:
             continue
         first = [r for r in sel if r["seed"] == 0]
-        lines.append(f"| {recipe} | {method} | {len(sel)} | {score(sel):.3f} | {len(first)} | "
-                     + (f"{score(first):.3f}" if first else "–") + " |")
+        lines.append(
+            f"| {recipe} | {method} | {len(sel)} | {score(sel):.3f} | {len(first)} | "
+            + (f"{score(first):.3f}" if first else "–")
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -198,23 +264,37 @@ def provenance(recs: list[dict]) -> str:
     dates = sorted(r["date"] for r in recs)
     trained = [r for r in recs if r["method"] not in CONTEXT]
     secs = statistics.fmean([r["total_s"] for r in trained]) if trained else math.nan
-    return (f"{len(trained)} training runs + {len(recs) - len(trained)} context rows; seeds {', '.join(map(str, seeds))}; "
-            f"code {', '.join(codes)}; recorded {dates[0]} to {dates[-1]}; mean {secs:.0f} s a run with its evaluation.")
+    return (
+        f"{len(trained)} training runs + {len(recs) - len(trained)} context rows; seeds {', '.join(map(str, seeds))}; "
+        f"code {', '.join(codes)}; recorded {dates[0]} to {dates[-1]}; mean {secs:.0f} s a run with its evaluation."
+    )
 
 
 def block(recs: list[dict], which: str) -> str:
     sel = [r for r in recs if r["phase"] == which]
     if not sel:
         return "(no records yet)"
-    parts = [provenance(sel), "", "Mean" + (" ± standard deviation" if which == "heldout" else "")
-             + " over concept pairs x seeds (n per row).", "", summary_table(sel, spread=which == "heldout"), "",
-             "Paired against `none` of the same setting (same pair, seed and data): mean difference "
-             "[bootstrap 95% CI] runs above/below none.", "", paired_table(sel)]
+    parts = [
+        provenance(sel),
+        "",
+        "Mean" + (" ± standard deviation" if which == "heldout" else "") + " over concept pairs x seeds (n per row).",
+        "",
+        summary_table(sel, spread=which == "heldout"),
+        "",
+        "Paired against `none` of the same setting (same pair, seed and data): mean difference "
+        "[bootstrap 95% CI] runs above/below none.",
+        "",
+        paired_table(sel),
+    ]
     if which == "heldout":
         parts += ["", targets_table(sel)]
     else:
-        parts += ["", "Recipe scores (colour+shape + 1 - leakage + prompt alignment; the rule below):", "",
-                  score_table(sel)]
+        parts += [
+            "",
+            "Recipe scores (colour+shape + 1 - leakage + prompt alignment; the rule below):",
+            "",
+            score_table(sel),
+        ]
     return "\n".join(parts)
 
 

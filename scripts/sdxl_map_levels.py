@@ -37,8 +37,11 @@ from textloc_core.training.loop import train  # noqa: E402
 from textloc_core.training.result import make_adapter  # noqa: E402
 
 TOKEN = "<sq1>"
-TRAININGS = {"none": ("none", "all_but_finest"), "hard, coarse level only": ("hard", (2,)),
-             "hard, both levels (the default)": ("hard", "all_but_finest")}
+TRAININGS = {
+    "none": ("none", "all_but_finest"),
+    "hard, coarse level only": ("hard", (2,)),
+    "hard, both levels (the default)": ("hard", "all_but_finest"),
+}
 READS = {"coarse": (2,), "fine": (1,), "both": "all"}
 
 
@@ -48,8 +51,16 @@ def run(method: str, levels: str, seed: int, steps: int) -> dict[str, float]:
     g = torch.Generator().manual_seed(100 + seed)
     photos = [scene(g) for _ in range(6)]
     concepts = ConceptSet([Concept("square", TOKEN, "square")], [ConceptImage(i, {"square": m}) for i, m in photos])
-    config = TrainConfig(method=method, steps=steps, learning_rate=2e-3, prior_images_per_class=0, seed=seed,
-                         map_levels=levels, instance_batch=2, attention_weight_mode="fixed")  # λ = 1, as docs/sdxl.md measured
+    config = TrainConfig(
+        method=method,
+        steps=steps,
+        learning_rate=2e-3,
+        prior_images_per_class=0,
+        seed=seed,
+        map_levels=levels,
+        instance_batch=2,
+        attention_weight_mode="fixed",
+    )  # λ = 1, as docs/sdxl.md measured
     start = time.perf_counter()
     result = train(bundle, concepts, config)
     per_step = (time.perf_counter() - start) / steps
@@ -59,8 +70,9 @@ def run(method: str, levels: str, seed: int, steps: int) -> dict[str, float]:
     masks = torch.stack([m for _, m in held_out])
     out = {"s/step": per_step}
     for read, read_levels in READS.items():
-        maps = attention_on_images(bundle, [adapter], images, [f"a {TOKEN} square"] * len(images), [TOKEN],
-                                   map_levels=read_levels, seed=seed)
+        maps = attention_on_images(
+            bundle, [adapter], images, [f"a {TOKEN} square"] * len(images), [TOKEN], map_levels=read_levels, seed=seed
+        )
         out[f"IoU {read}"] = float(attention_iou(maps[:, 0], masks).mean())
     return out
 

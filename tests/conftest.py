@@ -64,7 +64,9 @@ def run_routed_block(bundle, block: str, slots: torch.Tensor, latent_side: int =
     during and after routing."""
     denoiser = bundle.denoiser
     bundle.text.check_token("<doll1>")
-    encoded = bundle.text.encode(["photo of a <doll1> doll", "a cat"], {"<doll1>": bundle.text.initial_embedding("doll")})
+    encoded = bundle.text.encode(
+        ["photo of a <doll1> doll", "a cat"], {"<doll1>": bundle.text.initial_embedding("doll")}
+    )
     latents, t = torch.randn(2, denoiser.latent_channels, latent_side, latent_side), torch.tensor([100, 800])
 
     def processors():
@@ -74,7 +76,9 @@ def run_routed_block(bundle, block: str, slots: torch.Tensor, latent_side: int =
 
     router = AttentionRouter(layers={block}, token_slots=slots, keep_grad=False)
     seen = {}
-    handle = denoiser.blocks()[block].register_forward_pre_hook(lambda _m, _a, kwargs: seen.update(kwargs), with_kwargs=True)
+    handle = denoiser.blocks()[block].register_forward_pre_hook(
+        lambda _m, _a, kwargs: seen.update(kwargs), with_kwargs=True
+    )
     found = {"before": processors()}
     try:
         with torch.no_grad():
@@ -104,7 +108,14 @@ def check_resume_is_bit_identical(bundle, concept_set, config, tmp_path: Path) -
 
     full = train(bundle, concept_set, config, checkpoint_dir=tmp_path / "a")
     done = []
-    train(bundle, concept_set, config, checkpoint_dir=tmp_path / "b", should_stop=lambda: len(done) >= 3, on_step=done.append)
+    train(
+        bundle,
+        concept_set,
+        config,
+        checkpoint_dir=tmp_path / "b",
+        should_stop=lambda: len(done) >= 3,
+        on_step=done.append,
+    )
     shutil.rmtree(tmp_path / "b" / "step-000000003")
     resumed = train(bundle, concept_set, config, checkpoint_dir=tmp_path / "b", resume=True)
     assert resumed.steps_done == 4 and len(resumed.history) == 4
@@ -193,9 +204,12 @@ def two_concepts_at(doll_bucket_set):
     """Builds the trainer tests' concept set at ``side`` pixels (default 16): three photos of a
     doll and a bucket, the doll not named in the second, squares and positions scaled with the
     side; a fresh set each call."""
+
     def at(side: int = 16):
         s = side // 16
-        placements = [{name: (top * s, left * s) for name, (top, left) in placed.items()} for placed in TWO_CONCEPT_PLACEMENTS]
+        placements = [
+            {name: (top * s, left * s) for name, (top, left) in placed.items()} for placed in TWO_CONCEPT_PLACEMENTS
+        ]
         return doll_bucket_set(placements, side=side, size=6 * s, seed=3)
 
     return at
@@ -272,9 +286,11 @@ def not_run(request):
     CI sets TEXTLOC_REQUIRE_COMFYUI=1 once it has laid ComfyUI out, so a harness that
     cannot find it fails instead of skipping.
     """
+
     def skip(area: str, reason: str, required_env: str | None = None):
         if required_env and os.environ.get(required_env):
             pytest.fail(f"{area} cannot run ({required_env} is set): {reason}", pytrace=False)
         request.config.stash[_NOT_RUN][area] = reason
         pytest.skip(f"{area} DID NOT RUN: {reason}")
+
     return skip

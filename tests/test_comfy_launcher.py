@@ -1,11 +1,18 @@
 """The parts of the ComfyUI launcher that need no running ComfyUI: layout, log reading,
 output-file mapping, and refusing bad workflows before any HTTP."""
+
 import json
 
 import pytest
 
 from textloc_harness.comfy_launcher import (
-    PACK_ROOT, ComfyClient, ComfyLayout, ComfyServer, is_api_workflow, missing_comfyui_reason, output_files,
+    PACK_ROOT,
+    ComfyClient,
+    ComfyLayout,
+    ComfyServer,
+    is_api_workflow,
+    missing_comfyui_reason,
+    output_files,
 )
 
 # Shape of ComfyUI 0.3.64's start-up log when a pack fails to import (trimmed from a real run).
@@ -57,7 +64,9 @@ def test_pack_import_failure_returns_our_traceback_only(tmp_path):
     failure = server.pack_import_failure()
     assert failure.startswith("Traceback") and "cannot import name 'world'" in failure
     assert "torchaudio" not in failure  # ComfyUI's own audio-node failure is not ours
-    layout.log_file.write_text(FAILED_LOG.split("Traceback (most recent call last):\n  File \"/root/ComfyUI/nodes.py\"")[0])
+    layout.log_file.write_text(
+        FAILED_LOG.split('Traceback (most recent call last):\n  File "/root/ComfyUI/nodes.py"')[0]
+    )
     assert server.pack_import_failure() is None
 
 
@@ -66,8 +75,10 @@ def test_pack_import_failure_names_a_failing_comfy_entrypoint(tmp_path):
     layout = ComfyLayout.create(tmp_path)
     server = ComfyServer(tmp_path / "no-comfy", layout)
     line = f"Error while calling comfy_entrypoint in {layout.base}/custom_nodes/textloc: Input ids must be unique"
-    layout.log_file.write_text(f"{line}\n\nImport times for custom nodes:\n"
-                               f"   0.2 seconds (IMPORT FAILED): {layout.base}/custom_nodes/textloc\n")
+    layout.log_file.write_text(
+        f"{line}\n\nImport times for custom nodes:\n"
+        f"   0.2 seconds (IMPORT FAILED): {layout.base}/custom_nodes/textloc\n"
+    )
     assert server.pack_import_failure() == line
 
 
@@ -79,11 +90,17 @@ def test_missing_comfyui_is_explained(tmp_path):
 
 def test_output_files_map_history_to_disk(tmp_path):
     layout = ComfyLayout.create(tmp_path)
-    history = {"outputs": {
-        "9": {"images": [{"filename": "a_00001_.png", "subfolder": "", "type": "output"},
-                         {"filename": "p_00001_.png", "subfolder": "x", "type": "temp"}]},
-        "4": {"text": ["loss 0.1"]},
-    }}
+    history = {
+        "outputs": {
+            "9": {
+                "images": [
+                    {"filename": "a_00001_.png", "subfolder": "", "type": "output"},
+                    {"filename": "p_00001_.png", "subfolder": "x", "type": "temp"},
+                ]
+            },
+            "4": {"text": ["loss 0.1"]},
+        }
+    }
     assert output_files(history, layout) == {"9": [layout.output / "a_00001_.png"]}
     both = output_files(history, layout, kinds=("output", "temp"))
     assert both["9"] == [layout.output / "a_00001_.png", layout.temp / "x" / "p_00001_.png"]

@@ -1,7 +1,9 @@
 """Packaging metadata a user or the Comfy Registry relies on: deps in sync, registry fields set."""
+
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +29,8 @@ def test_requirements_txt_matches_pyproject_dependencies():
     # the frontend entry declares what the workflows were checked with; pip must not install it
     runtime = [dep for dep in project["dependencies"] if _name(dep) != FRONTEND]
     assert sorted(runtime) == sorted(_requirement_lines(ROOT / "requirements.txt")), (
-        "requirements.txt and [project].dependencies in pyproject.toml differ: edit both together")
+        "requirements.txt and [project].dependencies in pyproject.toml differ: edit both together"
+    )
 
 
 def test_dev_requirements_cover_runtime_and_test_tools():
@@ -51,7 +54,8 @@ def test_every_supported_comfyui_has_torch_pins_and_a_matching_lock():
         lock = _pins(ROOT / "requirements" / f"comfyui-{version}.lock")
         for name, pinned in pins.items():
             assert lock.get(name, "").split("+")[0] == pinned, (
-                f"comfyui-{version}.lock holds {name}=={lock.get(name)} but the pin file says {pinned}: regenerate the lock")
+                f"comfyui-{version}.lock holds {name}=={lock.get(name)} but the pin file says {pinned}: regenerate the lock"
+            )
     # 0.33.0 imports torchaudio at start-up; 0.3.64 runs without it
     assert "torchaudio" in _pins(ROOT / "requirements" / "comfyui-0.33.0.txt")
 
@@ -87,7 +91,8 @@ def test_the_declared_frontend_range_is_the_frontends_the_workflows_were_checked
     oldest = _pins(ROOT / "requirements" / f"comfyui-{supported[0]}.lock")[FRONTEND]
     newest = _pins(ROOT / "requirements" / f"comfyui-{supported[-1]}.lock")[FRONTEND]
     assert declared[0] == f"{FRONTEND}>={oldest},<={newest}", (
-        f"the frontend range must be >={oldest},<={newest}, the frontends of ComfyUI {supported[0]} and {supported[-1]}")
+        f"the frontend range must be >={oldest},<={newest}, the frontends of ComfyUI {supported[0]} and {supported[-1]}"
+    )
 
 
 def test_license_is_declared_and_shipped():
@@ -107,6 +112,7 @@ def test_the_changelog_starts_with_the_version_in_pyproject():
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
     assert releases and releases[0] == version, (
-        f"CHANGELOG.md's newest section is {releases[:1]}, pyproject.toml says {version}: add a section for it")
+        f"CHANGELOG.md's newest section is {releases[:1]}, pyproject.toml says {version}: add a section for it"
+    )
     keys = [tuple(int(n) for n in r.split(".")) for r in releases]
     assert keys == sorted(keys, reverse=True) and len(set(keys)) == len(keys), f"sections out of order: {releases}"

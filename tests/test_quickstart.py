@@ -3,6 +3,7 @@
 The full set-up (virtual environment, pip) is what CI runs for real through this script;
 these tests cover its decisions on small fake trees in pytest's tmp folder.
 """
+
 import importlib.util
 import tarfile
 from pathlib import Path
@@ -82,7 +83,9 @@ def test_untested_versions_take_the_nearest_older_pins(quickstart):
 def test_comfyui_torch_lines_are_left_to_the_pin_file(quickstart, tmp_path):
     tree = tmp_path / "c"
     tree.mkdir()
-    (tree / "requirements.txt").write_text("torch\ntorchsde\ntorchvision>=0.20\nnumpy>=1.25.0\ntorchaudio ; sys_platform == 'linux'\n")
+    (tree / "requirements.txt").write_text(
+        "torch\ntorchsde\ntorchvision>=0.20\nnumpy>=1.25.0\ntorchaudio ; sys_platform == 'linux'\n"
+    )
     out = tmp_path / "r.txt"
     quickstart.comfy_requirements_without_torch(tree, out)
     assert out.read_text().split() == ["torchsde", "numpy>=1.25.0"]
@@ -95,7 +98,9 @@ def test_an_unsupported_version_is_refused_before_any_work(quickstart, capsys, m
 
 
 def test_pip_shows_its_progress_during_the_long_first_install(quickstart, tmp_path):
-    cmd = quickstart.pip_install_command(tmp_path / "venv", [tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "c.lock")
+    cmd = quickstart.pip_install_command(
+        tmp_path / "venv", [tmp_path / "a.txt", tmp_path / "b.txt"], tmp_path / "c.lock"
+    )
     assert "--quiet" not in cmd and "-q" not in cmd
     assert cmd[cmd.index("--progress-bar") + 1] == "on"
     assert cmd[-6:] == ["-r", str(tmp_path / "a.txt"), "-r", str(tmp_path / "b.txt"), "-c", str(tmp_path / "c.lock")]

@@ -1,6 +1,7 @@
 """The Comfy Registry's own tool (comfy-cli, scripts/registry_check.py) accepts pyproject.toml
 without a warning, and the archive it would publish holds what a user needs and nothing of
 development. comfy-cli is installed once into its own environment (.textloc/registry-tools)."""
+
 import importlib.util
 from pathlib import Path
 
@@ -46,9 +47,14 @@ def test_validation_fails_on_a_field_the_registry_would_drop(comfy_cli, tmp_path
 def test_the_published_archive_holds_what_a_user_needs(comfy_cli):
     names, _repository = check.build_archive(comfy_cli)
     assert not check.archive_problems(names, check.tracked_files())
-    for needed in ("LICENSE", "pyproject.toml", "textloc_core/tinyworld/adapters/tinyworld_pair.safetensors",
-                   "textloc_core/tinyworld/weights/unet/diffusion_pytorch_model.safetensors",
-                   "textloc_core/tinyworld/weights/tokenizer/NOTICE.md", "workflows/generate_with_adapter.json"):
+    for needed in (
+        "LICENSE",
+        "pyproject.toml",
+        "textloc_core/tinyworld/adapters/tinyworld_pair.safetensors",
+        "textloc_core/tinyworld/weights/unet/diffusion_pytorch_model.safetensors",
+        "textloc_core/tinyworld/weights/tokenizer/NOTICE.md",
+        "workflows/generate_with_adapter.json",
+    ):
         assert needed in names
     assert not [name for name in names if name.startswith(("tests/", "benchmarks/", "scripts/"))]
 
@@ -62,5 +68,5 @@ def test_the_archive_rules_catch_a_missing_weight_and_a_test_file():
     assert "in the archive but development-only: tests/conftest.py" in problems
     screenshot = "docs/screenshots/train_sdxl.png"  # the README shows it
     assert f"missing from the archive: {screenshot}" in check.archive_problems(
-        [f for f in shipped if f != screenshot], tracked)
-
+        [f for f in shipped if f != screenshot], tracked
+    )

@@ -38,6 +38,18 @@ from .training.loop import train
 from .training.result import StepReport, TrainResult, make_adapter
 
 __all__ = [
-    "Cancelled", "Generation", "TrainConfig", "StepReport", "TrainResult", "applied", "generate", "load_adapter", "load_model",
-    "make_adapter", "map_mask_error", "read_concepts", "save_adapter", "train",
+    "Cancelled",
+    "Generation",
+    "TrainConfig",
+    "StepReport",
+    "TrainResult",
+    "applied",
+    "generate",
+    "load_adapter",
+    "load_model",
+    "make_adapter",
+    "map_mask_error",
+    "read_concepts",
+    "save_adapter",
+    "train",
 ]

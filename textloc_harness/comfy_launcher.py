@@ -7,6 +7,7 @@ private directory layout (models/input/output/temp/user/custom_nodes), so nothin
 written into the user's ComfyUI tree, and the pack is installed by a symlink in that
 layout's custom_nodes folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,10 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 #: Where the textloc pack lives: the repository root (holds __init__.py, nodes/, textloc_core/).
 PACK_ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +55,7 @@ def comfyui_dir(explicit: str | os.PathLike | None = None) -> Path:
         return Path(env).expanduser().resolve()
     venv = Path(sys.prefix)
     if venv.parent == SETUP_DIR and venv.name.startswith("venv-"):
-        laid_out = SETUP_DIR / f"ComfyUI-{venv.name[len('venv-'):]}"
+        laid_out = SETUP_DIR / f"ComfyUI-{venv.name[len('venv-') :]}"
         if (laid_out / "main.py").is_file():
             return laid_out
     return Path.home() / "ComfyUI"
@@ -62,8 +64,10 @@ def comfyui_dir(explicit: str | os.PathLike | None = None) -> Path:
 def missing_comfyui_reason(comfy_dir: Path) -> str | None:
     """None when ``comfy_dir`` holds a runnable ComfyUI, else a sentence saying what is wrong."""
     if not (comfy_dir / "main.py").is_file():
-        return (f"no ComfyUI at {comfy_dir} (no main.py there); run `python3 scripts/quickstart.py test` "
-                f"(sets up ComfyUI and its environment), or set COMFYUI_DIR to a ComfyUI work tree")
+        return (
+            f"no ComfyUI at {comfy_dir} (no main.py there); run `python3 scripts/quickstart.py test` "
+            f"(sets up ComfyUI and its environment), or set COMFYUI_DIR to a ComfyUI work tree"
+        )
     return None
 
 
@@ -102,17 +106,22 @@ class ComfyLayout:
         return self.base / "comfyui.log"
 
     @classmethod
-    def create(cls, base: str | os.PathLike, pack_root: Path = PACK_ROOT) -> "ComfyLayout":
+    def create(cls, base: str | os.PathLike, pack_root: Path = PACK_ROOT) -> ComfyLayout:
         """Make the folders under ``base`` and install the pack by symlinking ``pack_root``."""
         layout = cls(Path(base).resolve())
-        for d in (layout.custom_nodes, layout.models, layout.input, layout.output,
-                  layout.temp, layout.user / "default"):
+        for d in (
+            layout.custom_nodes,
+            layout.models,
+            layout.input,
+            layout.output,
+            layout.temp,
+            layout.user / "default",
+        ):
             d.mkdir(parents=True, exist_ok=True)
         link = layout.custom_nodes / PACK_NAME
         if link.is_symlink() or link.exists():
             if not (link.is_symlink() and link.resolve() == pack_root.resolve()):
-                raise ValueError(f"{link} already exists and is not a link to {pack_root}: "
-                                 f"use an empty base directory")
+                raise ValueError(f"{link} already exists and is not a link to {pack_root}: use an empty base directory")
         else:
             link.symlink_to(pack_root.resolve(), target_is_directory=True)
         # A fresh user would get the template browser on first page load, a minimap over
@@ -120,9 +129,15 @@ class ComfyLayout:
         # check and screenshots want the plain, readable graph.
         settings = layout.user / "default" / "comfy.settings.json"
         if not settings.exists():
-            settings.write_text(json.dumps({"Comfy.TutorialCompleted": True,
-                                            "Comfy.Minimap.Visible": False,
-                                            "LiteGraph.Canvas.MinFontSizeForLOD": 0}))
+            settings.write_text(
+                json.dumps(
+                    {
+                        "Comfy.TutorialCompleted": True,
+                        "Comfy.Minimap.Visible": False,
+                        "LiteGraph.Canvas.MinFontSizeForLOD": 0,
+                    }
+                )
+            )
         return layout
 
 
@@ -141,8 +156,14 @@ class ComfyServer:
     process dies or the timeout passes.
     """
 
-    def __init__(self, comfy_dir: Path, layout: ComfyLayout, port: int | None = None,
-                 extra_args: Iterable[str] = (), python: str = sys.executable):
+    def __init__(
+        self,
+        comfy_dir: Path,
+        layout: ComfyLayout,
+        port: int | None = None,
+        extra_args: Iterable[str] = (),
+        python: str = sys.executable,
+    ):
         self.comfy_dir = Path(comfy_dir)
         self.layout = layout
         self.port = port or free_port()
@@ -154,40 +175,59 @@ class ComfyServer:
     def command(self) -> list[str]:
         lay = self.layout
         return [
-            self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            self.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
             # models/, input/, output/, temp/, user/ and custom_nodes/ all live under it
             # (--temp-directory would add a second "temp" level, so it is not passed)
-            "--base-directory", str(lay.base),
+            "--base-directory",
+            str(lay.base),
             # keep ComfyUI's own user/comfyui.db untouched
-            "--database-url", "sqlite:///:memory:",
-            "--disable-auto-launch", *self.extra_args,
+            "--database-url",
+            "sqlite:///:memory:",
+            "--disable-auto-launch",
+            *self.extra_args,
         ]
 
-    def start(self, timeout: float = 180.0) -> "ComfyServer":
+    def start(self, timeout: float = 180.0) -> ComfyServer:
         reason = missing_comfyui_reason(self.comfy_dir)
         if reason:
             raise ComfyError(reason)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         log = open(self.layout.log_file, "ab")
         try:
-            self.proc = subprocess.Popen(self.command(), cwd=self.comfy_dir, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=self.comfy_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             log.close()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ComfyError(f"ComfyUI exited with code {self.proc.returncode} while starting; "
-                                 f"log {self.layout.log_file}:\n{self.log_tail()}")
+                raise ComfyError(
+                    f"ComfyUI exited with code {self.proc.returncode} while starting; "
+                    f"log {self.layout.log_file}:\n{self.log_tail()}"
+                )
             try:
                 self.client.get_json("/system_stats", timeout=2)
                 return self
             except (OSError, ComfyError):
                 time.sleep(0.5)
         self.stop()
-        raise ComfyError(f"ComfyUI did not answer on port {self.port} within {timeout:.0f} s; "
-                         f"log {self.layout.log_file}:\n{self.log_tail()}")
+        raise ComfyError(
+            f"ComfyUI did not answer on port {self.port} within {timeout:.0f} s; "
+            f"log {self.layout.log_file}:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL after ``timeout``)."""
@@ -220,12 +260,12 @@ class ComfyServer:
         for i, ln in enumerate(lines):
             if ln.startswith("Cannot import") and ours in ln:
                 start = max((j for j in range(i) if lines[j].startswith("Traceback")), default=max(0, i - 40))
-                return "\n".join(lines[start:i + 1])
+                return "\n".join(lines[start : i + 1])
             if ln.startswith("Error while calling comfy_entrypoint in") and ours in ln:
                 return ln
         return self.log_tail(80)
 
-    def __enter__(self) -> "ComfyServer":
+    def __enter__(self) -> ComfyServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -238,17 +278,20 @@ def _format_node_errors(body: dict) -> str:
     lines = [f"{err.get('type', 'error')}: {err.get('message', '')} {err.get('details', '')}".strip()]
     for node_id, ne in (body.get("node_errors") or {}).items():
         for e in ne.get("errors", []):
-            lines.append(f"  node {node_id} ({ne.get('class_type', '?')}): {e.get('message', '')}"
-                         f" - {e.get('details', '')}")
+            lines.append(
+                f"  node {node_id} ({ne.get('class_type', '?')}): {e.get('message', '')} - {e.get('details', '')}"
+            )
     return "\n".join(lines)
 
 
 def _format_execution_error(messages: list) -> str:
     for event, data in messages:
         if event == "execution_error":
-            return (f"node {data.get('node_id')} ({data.get('node_type')}) raised "
-                    f"{data.get('exception_type')}: {data.get('exception_message')}\n"
-                    + "".join(data.get("traceback") or []))
+            return (
+                f"node {data.get('node_id')} ({data.get('node_type')}) raised "
+                f"{data.get('exception_type')}: {data.get('exception_message')}\n"
+                + "".join(data.get("traceback") or [])
+            )
         if event == "execution_interrupted":
             return f"interrupted at node {data.get('node_id')} ({data.get('node_type')})"
     return "no execution_error message in the history"
@@ -263,8 +306,7 @@ class ComfyClient:
 
     def _request(self, path: str, data: dict | None = None, timeout: float = 30.0) -> Any:
         body = None if data is None else json.dumps(data).encode()
-        req = urllib.request.Request(self.base_url + path, data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(self.base_url + path, data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 raw = r.read()
@@ -292,23 +334,30 @@ class ComfyClient:
         Raises ComfyError listing each node's validation error when ComfyUI refuses it.
         """
         if not isinstance(api_workflow, dict) or not api_workflow:
-            raise ValueError("api_workflow must be a non-empty dict in ComfyUI's API format "
-                             "({node_id: {'class_type': ..., 'inputs': {...}}})")
+            raise ValueError(
+                "api_workflow must be a non-empty dict in ComfyUI's API format "
+                "({node_id: {'class_type': ..., 'inputs': {...}}})"
+            )
         if "nodes" in api_workflow and "links" in api_workflow:
-            raise ValueError("this is a UI-format workflow; queue its API-format twin "
-                             "(workflows/api/*_api.json, or 'Export (API)' in ComfyUI)")
+            raise ValueError(
+                "this is a UI-format workflow; queue its API-format twin "
+                "(workflows/api/*_api.json, or 'Export (API)' in ComfyUI)"
+            )
         answer = self._request("/prompt", {"prompt": api_workflow, "client_id": self.client_id})
         if answer.get("node_errors"):
-            raise ComfyError("ComfyUI accepted the prompt with node errors:\n"
-                             + _format_node_errors({"node_errors": answer["node_errors"]}))
+            raise ComfyError(
+                "ComfyUI accepted the prompt with node errors:\n"
+                + _format_node_errors({"node_errors": answer["node_errors"]})
+            )
         return answer["prompt_id"]
 
     def history(self, prompt_id: str) -> dict | None:
         """The finished history entry of ``prompt_id``, or None while it is queued or running."""
         return self.get_json(f"/history/{prompt_id}").get(prompt_id)
 
-    def wait_for_completion(self, prompt_id: str, timeout: float = 600.0, poll: float = 0.5,
-                            on_poll: Callable[[float], None] | None = None) -> dict:
+    def wait_for_completion(
+        self, prompt_id: str, timeout: float = 600.0, poll: float = 0.5, on_poll: Callable[[float], None] | None = None
+    ) -> dict:
         """Block until ``prompt_id`` finishes; return its history entry.
 
         ``on_poll(elapsed_seconds)`` is called on every poll (progress reports).
@@ -325,8 +374,7 @@ class ComfyClient:
                 status = entry.get("status") or {}
                 if status.get("status_str") == "success" and status.get("completed", True):
                     return entry
-                raise ComfyError(f"prompt {prompt_id} failed: "
-                                 + _format_execution_error(status.get("messages", [])))
+                raise ComfyError(f"prompt {prompt_id} failed: " + _format_execution_error(status.get("messages", [])))
             time.sleep(poll)
         self.interrupt()
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s (interrupted)")
@@ -360,7 +408,7 @@ class ProgressWatcher:
         self._connected = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "ProgressWatcher":
+    def __enter__(self) -> ProgressWatcher:
         self._thread.start()
         # queue only once connected, or the first node's messages are missed
         self._connected.wait(timeout=5)
@@ -448,4 +496,3 @@ def load_workflow(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"workflow {path} does not exist") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"workflow {path} is not valid JSON: {e}") from None
-

@@ -11,6 +11,7 @@ trained adapter files (under models/) and a summary.md into --out. Nothing is do
 ComfyUI comes from --comfyui, else $COMFYUI_DIR, else the tree scripts/quickstart.py laid out
 for the running environment, else ~/ComfyUI.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .comfy_launcher import (
-    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyError, ComfyLayout, ComfyServer, ProgressWatcher,
-    comfyui_dir, load_workflow, missing_comfyui_reason, output_files,
+    PACK_PYTHON_MODULE,
+    PACK_ROOT,
+    ComfyClient,
+    ComfyError,
+    ComfyLayout,
+    ComfyServer,
+    ProgressWatcher,
+    comfyui_dir,
+    load_workflow,
+    missing_comfyui_reason,
+    output_files,
 )
 
 DEFAULT_WORKFLOW = PACK_ROOT / "workflows" / "api" / "tinyworld_demo_api.json"
@@ -114,13 +124,22 @@ def pack_settings(workflow: dict, pack_classes: set[str]) -> list[str]:
     for node_id, node in workflow.items():
         if node.get("class_type") in pack_classes:
             values = {k: v for k, v in node.get("inputs", {}).items() if not isinstance(v, list)}
-            lines.append(f"- **{_title(workflow, node_id)}** (`{node['class_type']}`): "
-                         + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+            lines.append(
+                f"- **{_title(workflow, node_id)}** (`{node['class_type']}`): "
+                + ", ".join(f"{k}={v!r}" for k, v in values.items())
+            )
     return lines
 
 
-def write_summary(out_dir: Path, workflow_path: Path, results: list[NodeResult], settings: list[str],
-                  seconds: float, comfy_version: str, model_files: list[Path] = ()) -> Path:
+def write_summary(
+    out_dir: Path,
+    workflow_path: Path,
+    results: list[NodeResult],
+    settings: list[str],
+    seconds: float,
+    comfy_version: str,
+    model_files: list[Path] = (),
+) -> Path:
     """summary.md: what ran, with which settings, how long, and every picture it made."""
     lines = [
         "# textloc demo run",
@@ -149,8 +168,9 @@ def write_summary(out_dir: Path, workflow_path: Path, results: list[NodeResult],
     return path
 
 
-def run_on_server(client: ComfyClient, layout: ComfyLayout, workflow_path: Path, out_dir: Path,
-                  timeout: float, log=print) -> Path:
+def run_on_server(
+    client: ComfyClient, layout: ComfyLayout, workflow_path: Path, out_dir: Path, timeout: float, log=print
+) -> Path:
     """Queue ``workflow_path`` on a running server, wait, collect outputs; returns summary.md."""
     workflow = load_workflow(workflow_path)
     started = time.monotonic()
@@ -170,27 +190,46 @@ def run_on_server(client: ComfyClient, layout: ComfyLayout, workflow_path: Path,
     pack_classes = {n for n, i in info.items() if i.get("python_module") == PACK_PYTHON_MODULE}
     results = collect_results(history, workflow, layout, out_dir)
     version = client.get_json("/system_stats").get("system", {}).get("comfyui_version", "?")
-    return write_summary(out_dir, workflow_path, results, pack_settings(workflow, pack_classes),
-                         seconds, version, collect_model_files(layout, out_dir))
+    return write_summary(
+        out_dir,
+        workflow_path,
+        results,
+        pack_settings(workflow, pack_classes),
+        seconds,
+        version,
+        collect_model_files(layout, out_dir),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m textloc_harness.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("textloc-output"),
-                        help="folder for images, overlays and summary.md (created)")
-    parser.add_argument("--workflow", type=Path, default=DEFAULT_WORKFLOW,
-                        help="API-format workflow to queue (default: the shipped TinyWorld demo)")
-    parser.add_argument("--comfyui", type=Path, default=None,
-                        help="ComfyUI work tree (default: $COMFYUI_DIR, else the one quickstart.py laid out, else ~/ComfyUI)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("textloc-output"), help="folder for images, overlays and summary.md (created)"
+    )
+    parser.add_argument(
+        "--workflow",
+        type=Path,
+        default=DEFAULT_WORKFLOW,
+        help="API-format workflow to queue (default: the shipped TinyWorld demo)",
+    )
+    parser.add_argument(
+        "--comfyui",
+        type=Path,
+        default=None,
+        help="ComfyUI work tree (default: $COMFYUI_DIR, else the one quickstart.py laid out, else ~/ComfyUI)",
+    )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the graph")
-    parser.add_argument("--keep-work-dir", action="store_true",
-                        help="keep ComfyUI's temporary base directory (models, outputs, log)")
+    parser.add_argument(
+        "--keep-work-dir", action="store_true", help="keep ComfyUI's temporary base directory (models, outputs, log)"
+    )
     args = parser.parse_args(argv)
 
     if not args.workflow.is_file():
-        print(f"textloc demo: workflow {args.workflow} does not exist. The shipped TinyWorld demo "
-              f"is {DEFAULT_WORKFLOW}; pass --workflow PATH to queue another API-format workflow.",
-              file=sys.stderr)
+        print(
+            f"textloc demo: workflow {args.workflow} does not exist. The shipped TinyWorld demo "
+            f"is {DEFAULT_WORKFLOW}; pass --workflow PATH to queue another API-format workflow.",
+            file=sys.stderr,
+        )
         return 2
     comfy_dir = comfyui_dir(args.comfyui)
     reason = missing_comfyui_reason(comfy_dir)
@@ -208,13 +247,11 @@ def main(argv: list[str] | None = None) -> int:
             if failure:
                 print(f"textloc demo: ComfyUI could not import the pack:\n{failure}", file=sys.stderr)
                 return 1
-            summary = run_on_server(server.client, server.layout, args.workflow.resolve(), out_dir,
-                                    args.timeout)
+            summary = run_on_server(server.client, server.layout, args.workflow.resolve(), out_dir, args.timeout)
         print(f"done: {summary}")
         return 0
     except (ComfyError, TimeoutError, ValueError) as e:
-        print(f"textloc demo failed: {e}\n--- last lines of ComfyUI's log ---\n{server.log_tail(40)}",
-              file=sys.stderr)
+        print(f"textloc demo failed: {e}\n--- last lines of ComfyUI's log ---\n{server.log_tail(40)}", file=sys.stderr)
         return 1
     finally:
         if server.layout.log_file.is_file():  # kept next to the results, run failed or not

@@ -20,9 +20,22 @@ from textloc_core.tinyworld.judge import Judge, JudgeNet
 
 from .build_state import BuildState
 from .train_world import (
-    JUDGE_THRESHOLD, PRESETS, Deadline, encode_all, encode_text, judge_accuracy, log, render_dataset, rescale_vae_latents,
-    tokenize, train_clip, train_judge, train_unet, train_vae,
+    JUDGE_THRESHOLD,
+    PRESETS,
+    Deadline,
+    encode_all,
+    encode_text,
+    judge_accuracy,
+    log,
+    render_dataset,
+    rescale_vae_latents,
+    tokenize,
+    train_clip,
+    train_judge,
+    train_unet,
+    train_vae,
 )
+
 
 def save_text_encoder(text, out: Path) -> None:
     """The text tower as a plain CLIPTextModel (what StableDiffusionPipeline and ComfyUI read,
@@ -36,8 +49,11 @@ def save_text_encoder(text, out: Path) -> None:
     proj = state.pop("text_projection.weight")
     state = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
     save_file(state, str(out / "text_encoder" / "model.safetensors"), metadata={"format": "pt"})
-    save_file({"text_projection.weight": proj}, str(out / "clip_vision" / "text_projection.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {"text_projection.weight": proj},
+        str(out / "clip_vision" / "text_projection.safetensors"),
+        metadata={"format": "pt"},
+    )
     config = text.config.to_dict()
     config.update(architectures=["CLIPTextModel"], dtype="float16")
     (out / "text_encoder" / "config.json").write_text(json.dumps(config, indent=2))
@@ -78,9 +94,18 @@ def save_all(out: Path, vae, text, vision, unet, judge: Judge | None, meta: dict
     (out / "tinyworld_build.json").write_text(json.dumps(meta, indent=2))
 
 
-def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: int | None = None,
-              skip_judge: bool = False, budgets: dict[str, float] | None = None,
-              state_dir: Path | None = None, resume: bool = False, unet_stop_step: int | None = None) -> dict:
+def build_all(
+    out: Path,
+    preset_name: str,
+    device: str,
+    seed: int = 0,
+    workers: int | None = None,
+    skip_judge: bool = False,
+    budgets: dict[str, float] | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
+    unet_stop_step: int | None = None,
+) -> dict:
     """Render data, train all networks in order, save them under ``out``; returns the build log.
 
     ``budgets``: optional wall-clock seconds per phase ("vae", "clip", "judge") and "total"
@@ -100,10 +125,20 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
     tokenizer = CLIPTokenizer.from_pretrained(tinyworld.weights_dir() / "tokenizer")
     state = None
     if state_dir is not None:
-        state = BuildState(state_dir, {"preset": preset_name, "preset_values": asdict(preset), "seed": seed,
-                                       "skip_judge": skip_judge}, resume)
-    meta: dict = {"preset": preset_name, "preset_values": asdict(preset), "seed": seed, "device": device,
-                  "torch": torch.__version__, "timings_s": {}, "steps_run": {}}
+        state = BuildState(
+            state_dir,
+            {"preset": preset_name, "preset_values": asdict(preset), "seed": seed, "skip_judge": skip_judge},
+            resume,
+        )
+    meta: dict = {
+        "preset": preset_name,
+        "preset_values": asdict(preset),
+        "seed": seed,
+        "device": device,
+        "torch": torch.__version__,
+        "timings_s": {},
+        "steps_run": {},
+    }
 
     def phase(name: str) -> Deadline:
         if name != "unet":
@@ -113,8 +148,9 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
 
     def done(name: str, t: float, deadline: Deadline, extra: dict | None = None) -> dict:
         meta["timings_s"][name] = round(time.time() - t, 1)
-        meta["steps_run"][name] = deadline.stopped_at if deadline.stopped_at is not None else getattr(
-            preset, f"{name}_steps")
+        meta["steps_run"][name] = (
+            deadline.stopped_at if deadline.stopped_at is not None else getattr(preset, f"{name}_steps")
+        )
         return {"seconds": meta["timings_s"][name], "steps": meta["steps_run"][name], **(extra or {})}
 
     def restored(name: str) -> dict[str, dict[str, torch.Tensor]] | None:
@@ -167,8 +203,9 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
             t, dl = time.time(), phase("judge")
             j_images, j_specs, _ = render_dataset(preset.n_judge, seed + 1000, any_kind=True, workers=workers)
             judge = train_judge(j_images, j_specs, preset, dev, seed, dl)
-            fresh_images, fresh_specs, _ = render_dataset(2000 if preset_name != "quick" else 64, seed + 2000,
-                                                          any_kind=True, workers=workers)
+            fresh_images, fresh_specs, _ = render_dataset(
+                2000 if preset_name != "quick" else 64, seed + 2000, any_kind=True, workers=workers
+            )
             meta["judge_accuracy_fresh"] = judge_accuracy(judge, fresh_images, fresh_specs, dev)
             log(f"judge on fresh renders: {meta['judge_accuracy_fresh']}")
             info = done("judge", t, dl, {"judge_accuracy_fresh": meta["judge_accuracy_fresh"]})
@@ -184,8 +221,10 @@ def build_all(out: Path, preset_name: str, device: str, seed: int = 0, workers: 
     unet = train_unet(mean, std, states, empty, preset, dev, seed, dl, state=state)
     done("unet", t, dl)
     if dl.stopped_at is not None and state is not None:
-        log(f"unet stopped at step {dl.stopped_at} of {preset.unet_steps}: weights are saved as they are; "
-            f"continue with --resume (state in {state.dir})")
+        log(
+            f"unet stopped at step {dl.stopped_at} of {preset.unet_steps}: weights are saved as they are; "
+            f"continue with --resume (state in {state.dir})"
+        )
 
     save_all(out, vae, text, vision, unet, judge, meta)
     log(f"saved to {out}: {meta['timings_s']} steps {meta['steps_run']}")

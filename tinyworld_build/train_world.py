@@ -10,7 +10,6 @@ the judge sees the whole world, held-out kinds included.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -57,25 +56,65 @@ PRESETS = {
     # the shipped weights: about 8 minutes on one H100. Step counts are those the shipped build
     # ran (it was started with 3000/2000/3000/20000 under --budget vae=60 clip=35 judge=80
     # total=470 and stopped at these; the lr schedules were laid out for the larger counts)
-    "gpu": Preset(n_pretrain=80_000, n_judge=40_000, vae_steps=1_121, clip_steps=553, unet_steps=3_088,
-                  judge_steps=1_137, vae_batch=256, clip_batch=1024, unet_batch=1024, judge_batch=512,
-                  unet_lr=5e-4, schedule_steps=(3_000, 2_000, 20_000, 3_000)),
+    "gpu": Preset(
+        n_pretrain=80_000,
+        n_judge=40_000,
+        vae_steps=1_121,
+        clip_steps=553,
+        unet_steps=3_088,
+        judge_steps=1_137,
+        vae_batch=256,
+        clip_batch=1024,
+        unet_batch=1024,
+        judge_batch=512,
+        unet_lr=5e-4,
+        schedule_steps=(3_000, 2_000, 20_000, 3_000),
+    ),
     # the same data and batches with the step counts the schedules were laid out for (better
     # quality; about 35 minutes on one H100, not yet run)
-    "gpu-long": Preset(n_pretrain=80_000, n_judge=40_000, vae_steps=3_000, clip_steps=2_000, unet_steps=20_000,
-                       judge_steps=3_000, vae_batch=256, clip_batch=1024, unet_batch=1024, judge_batch=512,
-                       unet_lr=5e-4),
+    "gpu-long": Preset(
+        n_pretrain=80_000,
+        n_judge=40_000,
+        vae_steps=3_000,
+        clip_steps=2_000,
+        unet_steps=20_000,
+        judge_steps=3_000,
+        vae_batch=256,
+        clip_batch=1024,
+        unet_batch=1024,
+        judge_batch=512,
+        unet_lr=5e-4,
+    ),
     # the same recipe cut to fit 2 CPU cores: measured 40 min end to end (docs/tinyworld.md). It
     # checks the recipe runs without a GPU; its UNet sees under 1% of the gpu preset's samples, and the
     # samples show it (prompted object found 3% of the time)
-    "cpu": Preset(n_pretrain=20_000, n_judge=10_000, vae_steps=600, clip_steps=500, unet_steps=800,
-                  judge_steps=400, vae_batch=32, clip_batch=128, unet_batch=32, judge_batch=64),
+    "cpu": Preset(
+        n_pretrain=20_000,
+        n_judge=10_000,
+        vae_steps=600,
+        clip_steps=500,
+        unet_steps=800,
+        judge_steps=400,
+        vae_batch=32,
+        clip_batch=128,
+        unet_batch=32,
+        judge_batch=64,
+    ),
     # a minute on a GPU: measures each phase's speed at the gpu preset's batch sizes
-    "probe": Preset(n_pretrain=8_000, n_judge=4_000, vae_steps=300, clip_steps=300, unet_steps=1_001,
-                    judge_steps=300),
+    "probe": Preset(n_pretrain=8_000, n_judge=4_000, vae_steps=300, clip_steps=300, unet_steps=1_001, judge_steps=300),
     # seconds: checks the whole path runs (tests, smoke runs)
-    "quick": Preset(n_pretrain=256, n_judge=128, vae_steps=3, clip_steps=3, unet_steps=3, judge_steps=3,
-                    vae_batch=8, clip_batch=16, unet_batch=8, judge_batch=8),
+    "quick": Preset(
+        n_pretrain=256,
+        n_judge=128,
+        vae_steps=3,
+        clip_steps=3,
+        unet_steps=3,
+        judge_steps=3,
+        vae_batch=8,
+        clip_batch=16,
+        unet_batch=8,
+        judge_batch=8,
+    ),
 }
 
 
@@ -163,8 +202,9 @@ def to_float(images_u8: np.ndarray | torch.Tensor, device) -> torch.Tensor:
 
 
 def tokenize(tokenizer, captions: list[str]) -> torch.Tensor:
-    return tokenizer(captions, padding="max_length", max_length=mc.MAX_TOKENS, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        captions, padding="max_length", max_length=mc.MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 # ---------------------------------------------------------------------------------- VAE
@@ -206,7 +246,7 @@ def rescale_vae_latents(vae, images_u8: np.ndarray, device, n: int = 4096) -> fl
     SD15 latent format (scale 0.18215) then suits these latents. Returns s.
     """
     x = to_float(images_u8[:n], device) * 2 - 1
-    mean = torch.cat([vae.encode(x[i:i + 512]).latent_dist.mean for i in range(0, len(x), 512)])
+    mean = torch.cat([vae.encode(x[i : i + 512]).latent_dist.mean for i in range(0, len(x), 512)])
     s = float(1.0 / (mean.std() * mc.SD_SCALING_FACTOR))
     c = mc.LATENT_CHANNELS
     qc, pqc = vae.quant_conv, vae.post_quant_conv
@@ -218,8 +258,15 @@ def rescale_vae_latents(vae, images_u8: np.ndarray, device, n: int = 4096) -> fl
 
 
 # ---------------------------------------------------------------------------------- CLIP
-def train_clip(images_u8: np.ndarray, captions: list[list[str]], tokenizer, preset: Preset, device, seed: int,
-               deadline: Deadline = NO_DEADLINE):
+def train_clip(
+    images_u8: np.ndarray,
+    captions: list[list[str]],
+    tokenizer,
+    preset: Preset,
+    device,
+    seed: int,
+    deadline: Deadline = NO_DEADLINE,
+):
     """Contrastive text + vision towers (CLIP loss with learned temperature)."""
     torch.manual_seed(seed)
     text = mc.build_text_encoder().to(device).train()
@@ -245,7 +292,10 @@ def train_clip(images_u8: np.ndarray, captions: list[list[str]], tokenizer, pres
         # identical captions in a batch are true positives for each other
         same = (ids[:, None, :] == ids[None, :, :]).all(-1).float()
         target = same / same.sum(1, keepdim=True)
-        loss = (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.T.log_softmax(1), 1).mean()) / 2
+        loss = (
+            torch.sum(-target * logits.log_softmax(1), 1).mean()
+            + torch.sum(-target * logits.T.log_softmax(1), 1).mean()
+        ) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -270,7 +320,7 @@ def encode_all(vae, images_u8: np.ndarray, device, batch: int = 1024) -> tuple[t
     """Posterior means and standard deviations of every image (scaled for the UNet)."""
     means, stds = [], []
     for i in range(0, len(images_u8), batch):
-        d = vae.encode(to_float(images_u8[i:i + batch], device) * 2 - 1).latent_dist
+        d = vae.encode(to_float(images_u8[i : i + batch], device) * 2 - 1).latent_dist
         means.append(d.mean * mc.SD_SCALING_FACTOR)
         stds.append(d.std * mc.SD_SCALING_FACTOR)
     return torch.cat(means), torch.cat(stds)
@@ -278,12 +328,23 @@ def encode_all(vae, images_u8: np.ndarray, device, batch: int = 1024) -> tuple[t
 
 @torch.no_grad()
 def encode_text(text_encoder, tokens: torch.Tensor, batch: int = 2048) -> torch.Tensor:
-    return torch.cat([text_encoder(input_ids=tokens[i:i + batch]).last_hidden_state.half()
-                      for i in range(0, len(tokens), batch)])
+    return torch.cat(
+        [text_encoder(input_ids=tokens[i : i + batch]).last_hidden_state.half() for i in range(0, len(tokens), batch)]
+    )
 
 
-def train_unet(latent_mean, latent_std, text_states, empty_state, preset: Preset, device, seed: int,
-               deadline: Deadline = NO_DEADLINE, state: BuildState | None = None, checkpoint_every: int = 500):
+def train_unet(
+    latent_mean,
+    latent_std,
+    text_states,
+    empty_state,
+    preset: Preset,
+    device,
+    seed: int,
+    deadline: Deadline = NO_DEADLINE,
+    state: BuildState | None = None,
+    checkpoint_every: int = 500,
+):
     """Latent diffusion, epsilon prediction, SD's scaled-linear 1000-step schedule, 10% caption dropout.
 
     ``text_states``: (N, 2, 77, D) precomputed frozen text encoder states (two caption orders);
@@ -317,9 +378,16 @@ def train_unet(latent_mean, latent_std, text_states, empty_state, preset: Preset
 
     def keep(step: int) -> None:
         if state is not None:
-            state.save_unet_checkpoint({"step": step, "unet": unet.state_dict(), "ema": ema.state_dict(),
-                                        "optimizer": opt.state_dict(), "lr_schedule": sched.state_dict(),
-                                        "generator": gen.get_state()})
+            state.save_unet_checkpoint(
+                {
+                    "step": step,
+                    "unet": unet.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "lr_schedule": sched.state_dict(),
+                    "generator": gen.get_state(),
+                }
+            )
 
     t0 = time.time()
     for step in range(first, preset.unet_steps):
@@ -350,15 +418,18 @@ def train_unet(latent_mean, latent_std, text_states, empty_state, preset: Preset
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, unet_params, 1 - decay)
         if step % 1000 == 0 or step == preset.unet_steps - 1:
-            log(f"unet step {step} loss {loss.item():.4f} ({(time.time() - t0) / (step + 1 - first) * 1000:.1f} ms/step)")
+            log(
+                f"unet step {step} loss {loss.item():.4f} ({(time.time() - t0) / (step + 1 - first) * 1000:.1f} ms/step)"
+            )
     else:
         keep(preset.unet_steps)
     return ema
 
 
 # ---------------------------------------------------------------------------------- judge
-def train_judge(images_u8: np.ndarray, specs, preset: Preset, device, seed: int,
-                deadline: Deadline = NO_DEADLINE) -> Judge:
+def train_judge(
+    images_u8: np.ndarray, specs, preset: Preset, device, seed: int, deadline: Deadline = NO_DEADLINE
+) -> Judge:
     """Multi-label CNN on whole-world renders; blur/noise augmentation so model samples (a bit
     soft after the VAE) are judged like renders."""
     torch.manual_seed(seed)
@@ -378,9 +449,11 @@ def train_judge(images_u8: np.ndarray, specs, preset: Preset, device, seed: int,
         x = augment(to_float(data[idx], device), gen)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             l_cs, l_ts, l_bg = net(x)
-        loss = (F.binary_cross_entropy_with_logits(l_cs.float(), cs[idx]) * 10
-                + F.binary_cross_entropy_with_logits(l_ts.float(), ts[idx]) * 10
-                + F.cross_entropy(l_bg.float(), bg[idx]))
+        loss = (
+            F.binary_cross_entropy_with_logits(l_cs.float(), cs[idx]) * 10
+            + F.binary_cross_entropy_with_logits(l_ts.float(), ts[idx]) * 10
+            + F.cross_entropy(l_bg.float(), bg[idx])
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -419,5 +492,9 @@ def judge_accuracy(judge: Judge, images_u8: np.ndarray, specs, device) -> dict[s
         found += len(v.objects & want)
         total += len(want)
     n = len(specs)
-    return {"objects_exact": obj_ok / n, "textures_exact": tex_ok / n, "background": bg_ok / n,
-            "object_recall": found / total}
+    return {
+        "objects_exact": obj_ok / n,
+        "textures_exact": tex_ok / n,
+        "background": bg_ok / n,
+        "object_recall": found / total,
+    }

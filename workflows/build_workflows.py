@@ -53,9 +53,12 @@ def _load_classes(comfy_dir: Path) -> dict:
 
     args.cpu = True
     import comfy_extras.nodes_mask
+
     import nodes as comfy_nodes
 
-    spec = importlib.util.spec_from_file_location("textloc", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
+    spec = importlib.util.spec_from_file_location(
+        "textloc", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
+    )
     pack = importlib.util.module_from_spec(spec)
     sys.modules["textloc"] = pack
     spec.loader.exec_module(pack)
@@ -146,7 +149,11 @@ def to_api(graph: Graph, classes: dict) -> dict:
         unknown = set(node.widgets) - {n for n, _, _ in _input_specs(classes[node.type])}
         if unknown:
             raise ValueError(f"{graph.name}: node {node.id} ({node.type}) has no inputs {sorted(unknown)}")
-        prompt[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or DISPLAY.get(node.type, node.type)}}
+        prompt[str(node.id)] = {
+            "class_type": node.type,
+            "inputs": inputs,
+            "_meta": {"title": node.title or DISPLAY.get(node.type, node.type)},
+        }
     return prompt
 
 
@@ -163,8 +170,14 @@ def to_ui(graph: Graph, classes: dict) -> dict:
     link_of = {(link[3], link[4]): link[0] for link in links}
     for order, node in enumerate(graph.nodes):
         entry = {
-            "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
-            "order": order, "mode": 0, "properties": {"Node name for S&R": node.type},
+            "id": node.id,
+            "type": node.type,
+            "pos": list(node.pos),
+            "size": list(node.size),
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "properties": {"Node name for S&R": node.type},
         }
         if node.type == "Note":
             entry["widgets_values"] = [node.widgets["text"]]
@@ -192,8 +205,14 @@ def to_ui(graph: Graph, classes: dict) -> dict:
             entry["title"] = node.title
         ui_nodes.append(entry)
     return {
-        "last_node_id": len(graph.nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-        "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+        "last_node_id": len(graph.nodes),
+        "last_link_id": len(links),
+        "nodes": ui_nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "version": 0.4,
     }
 
 
@@ -203,114 +222,255 @@ SAMPLE = {"seed": 0, "steps": 20, "cfg": 5.0, "sampler_name": "euler", "schedule
 
 def train_multi_concept() -> Graph:
     g = Graph("train_multi_concept")
-    g.add("Note", (20, 20), {"text": (
-        "Train one adapter on two concepts that appear together, each with its own mask.\n"
-        "The photos and masks here come from TinyWorld so the graph runs anywhere; for your own photos use "
-        "LoadImage (paint each object in the mask editor, one LoadImage per mask) or TextLoc Concept Folder "
-        "(e.g. paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
-        "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, "
-        "and embeddings embedding:textloc/tinyworld_pair/dotstar and .../bluecircle (the pack ships an adapter "
-        "trained exactly so: scripts/build_shipped_adapter.py). Training other photos under the same name needs "
-        "overwrite on.")}, size=(420, 240))
+    g.add(
+        "Note",
+        (20, 20),
+        {
+            "text": (
+                "Train one adapter on two concepts that appear together, each with its own mask.\n"
+                "The photos and masks here come from TinyWorld so the graph runs anywhere; for your own photos use "
+                "LoadImage (paint each object in the mask editor, one LoadImage per mask) or TextLoc Concept Folder "
+                "(e.g. paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
+                "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, "
+                "and embeddings embedding:textloc/tinyworld_pair/dotstar and .../bluecircle (the pack ships an adapter "
+                "trained exactly so: scripts/build_shipped_adapter.py). Training other photos under the same name needs "
+                "overwrite on."
+            )
+        },
+        size=(420, 240),
+    )
     loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0})
-    star = g.add("TextLocConceptFromMask", (440, 300), {"name": "dotstar", "token": "<dotstar1>", "class_word": "star"},
-                 {"images": (photos, 1), "masks": (photos, 2)})
-    circle = g.add("TextLocConceptFromMask", (440, 640), {"name": "bluecircle", "token": "<circle1>", "class_word": "circle"},
-                   {"images": (photos, 1), "masks": (photos, 3), "concepts": (star, 0)})
-    g.add("TextLocTrain", (860, 300), {
-        "guidance": "hard", "steps": 200, "learning_rate": 1e-4, "batch": 2, "prior_images": 0, "seed": 0,
-        "checkpoint_every": 50, "adapter_name": "tinyworld_pair",
-    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (circle, 0)}, size=(340, 420))
+    photos = g.add(
+        "TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0}
+    )
+    star = g.add(
+        "TextLocConceptFromMask",
+        (440, 300),
+        {"name": "dotstar", "token": "<dotstar1>", "class_word": "star"},
+        {"images": (photos, 1), "masks": (photos, 2)},
+    )
+    circle = g.add(
+        "TextLocConceptFromMask",
+        (440, 640),
+        {"name": "bluecircle", "token": "<circle1>", "class_word": "circle"},
+        {"images": (photos, 1), "masks": (photos, 3), "concepts": (star, 0)},
+    )
+    g.add(
+        "TextLocTrain",
+        (860, 300),
+        {
+            "guidance": "hard",
+            "steps": 200,
+            "learning_rate": 1e-4,
+            "batch": 2,
+            "prior_images": 0,
+            "seed": 0,
+            "checkpoint_every": 50,
+            "adapter_name": "tinyworld_pair",
+        },
+        {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (circle, 0)},
+        size=(340, 420),
+    )
     return g
 
 
 def generate_with_adapter() -> Graph:
     g = Graph("generate_with_adapter")
-    g.add("Note", (20, 20), {"text": (
-        "Load a trained adapter, generate with its tokens, and preview where each token attends.\n"
-        "adapter_file: tinyworld_pair.safetensors ships with the pack (textloc_core/tinyworld/adapters, trained "
-        "by train_multi_concept as shipped); running train_multi_concept writes your own into models/textloc, "
-        "which then takes its place. Pick any other adapter in the list.\nTokens work straight in prompts: "
-        "'a <dotstar1> star'. Stock nodes can use the same adapter too: LoraLoaderModelOnly "
-        "(textloc/<name>.safetensors) + 'embedding:textloc/<name>/<concept>' in CLIPTextEncode.")}, size=(420, 260))
+    g.add(
+        "Note",
+        (20, 20),
+        {
+            "text": (
+                "Load a trained adapter, generate with its tokens, and preview where each token attends.\n"
+                "adapter_file: tinyworld_pair.safetensors ships with the pack (textloc_core/tinyworld/adapters, trained "
+                "by train_multi_concept as shipped); running train_multi_concept writes your own into models/textloc, "
+                "which then takes its place. Pick any other adapter in the list.\nTokens work straight in prompts: "
+                "'a <dotstar1> star'. Stock nodes can use the same adapter too: LoraLoaderModelOnly "
+                "(textloc/<name>.safetensors) + 'embedding:textloc/<name>/<concept>' in CLIPTextEncode."
+            )
+        },
+        size=(420, 260),
+    )
     loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
-    apply = g.add("TextLocApplyAdapter", (440, 300), {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
-                  {"model": (loader, 0), "clip": (loader, 1)})
+    apply = g.add(
+        "TextLocApplyAdapter",
+        (440, 300),
+        {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
+        {"model": (loader, 0), "clip": (loader, 1)},
+    )
     prompt = "a <dotstar1> star and a <circle1> circle on sand"
     pos = g.add("CLIPTextEncode", (860, 40), {"text": prompt}, {"clip": (apply, 1)}, size=(400, 240))
     neg = g.add("CLIPTextEncode", (860, 330), {"text": ""}, {"clip": (apply, 1)}, size=(400, 240))
     # EmptyLatentImage assumes a VAE factor of 8; TinyWorld's is 4, so 128 here decodes to 64 px
-    latent = g.add("EmptyLatentImage", (860, 620), {"width": 128, "height": 128, "batch_size": 2},
-                   title="Empty Latent (128 = 64 px for TinyWorld)")
-    sampler = g.add("KSampler", (1300, 40), dict(SAMPLE), {"model": (apply, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (latent, 0)})
+    latent = g.add(
+        "EmptyLatentImage",
+        (860, 620),
+        {"width": 128, "height": 128, "batch_size": 2},
+        title="Empty Latent (128 = 64 px for TinyWorld)",
+    )
+    sampler = g.add(
+        "KSampler",
+        (1300, 40),
+        dict(SAMPLE),
+        {"model": (apply, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (latent, 0)},
+    )
     decode = g.add("VAEDecode", (1700, 40), {}, {"samples": (sampler, 0), "vae": (loader, 2)})
-    g.add("SaveImage", (1960, 40), {"filename_prefix": "textloc/generated"}, {"images": (decode, 0)}, title="Save: generated images")
-    preview = g.add("TextLocAttentionPreview", (1300, 560), {
-        "prompt": prompt, "negative": "", "tokens": "", **SAMPLE, "width": 64, "height": 64, "batch_size": 1,
-    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(360, 600))
-    g.add("SaveImage", (1700, 560), {"filename_prefix": "textloc/attention_overlay"}, {"images": (preview, 1)},
-          title="Save: attention overlays")
+    g.add(
+        "SaveImage",
+        (1960, 40),
+        {"filename_prefix": "textloc/generated"},
+        {"images": (decode, 0)},
+        title="Save: generated images",
+    )
+    preview = g.add(
+        "TextLocAttentionPreview",
+        (1300, 560),
+        {"prompt": prompt, "negative": "", "tokens": "", **SAMPLE, "width": 64, "height": 64, "batch_size": 1},
+        {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)},
+        size=(360, 600),
+    )
+    g.add(
+        "SaveImage",
+        (1700, 560),
+        {"filename_prefix": "textloc/attention_overlay"},
+        {"images": (preview, 1)},
+        title="Save: attention overlays",
+    )
     maps = g.add("MaskToImage", (1700, 940), {}, {"mask": (preview, 2)})
-    g.add("SaveImage", (1960, 940), {"filename_prefix": "textloc/attention_maps"}, {"images": (maps, 0)},
-          title="Save: attention maps")
+    g.add(
+        "SaveImage",
+        (1960, 940),
+        {"filename_prefix": "textloc/attention_maps"},
+        {"images": (maps, 0)},
+        title="Save: attention maps",
+    )
     return g
 
 
 def _tinyworld_dotstar_adapter(g: Graph, *, steps: int, checkpoint_every: int, adapter_name: str):
     """TinyWorld loader -> dotstar photos (token <tw1>) -> Train (hard) -> Apply: (loader, apply) nodes."""
     loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add("TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0})
-    train = g.add("TextLocTrain", (440, 300), {
-        # the tuned TinyWorld recipe (docs/results.md): 3e-3 a step, i.e. 1.5e-3 x the batch of 2
-        "guidance": "hard", "steps": steps, "learning_rate": 1.5e-3, "batch": 2, "prior_images": 0, "seed": 0,
-        "checkpoint_every": checkpoint_every, "adapter_name": adapter_name,
-    }, {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)}, size=(340, 420))
-    apply = g.add("TextLocApplyAdapter", (860, 300), {"adapter_file": "(none)", "strength": 1.0},
-                  {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)})
+    photos = g.add(
+        "TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0}
+    )
+    train = g.add(
+        "TextLocTrain",
+        (440, 300),
+        {
+            # the tuned TinyWorld recipe (docs/results.md): 3e-3 a step, i.e. 1.5e-3 x the batch of 2
+            "guidance": "hard",
+            "steps": steps,
+            "learning_rate": 1.5e-3,
+            "batch": 2,
+            "prior_images": 0,
+            "seed": 0,
+            "checkpoint_every": checkpoint_every,
+            "adapter_name": adapter_name,
+        },
+        {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)},
+        size=(340, 420),
+    )
+    apply = g.add(
+        "TextLocApplyAdapter",
+        (860, 300),
+        {"adapter_file": "(none)", "strength": 1.0},
+        {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)},
+    )
     return loader, apply
 
 
 def tinyworld_demo() -> Graph:
     g = Graph("tinyworld_demo")
-    g.add("Note", (20, 20), {"text": (
-        "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
-        "stands next to a blue circle; its mask guides the token's attention (hard guidance, its weight calibrated "
-        "from the gradients before the first step). Then the token is "
-        "used alone, in the training context, and in a new scene; each preview shows where <tw1> attends.")}, size=(420, 200))
+    g.add(
+        "Note",
+        (20, 20),
+        {
+            "text": (
+                "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
+                "stands next to a blue circle; its mask guides the token's attention (hard guidance, its weight calibrated "
+                "from the gradients before the first step). Then the token is "
+                "used alone, in the training context, and in a new scene; each preview shows where <tw1> attends."
+            )
+        },
+        size=(420, 200),
+    )
     loader, apply = _tinyworld_dotstar_adapter(g, steps=100, checkpoint_every=50, adapter_name="tinyworld_dotstar")
-    scenes = [("alone", "a <tw1> star on grass"), ("context", "a <tw1> star and a blue circle on sand"),
-              ("new_scene", "a <tw1> star and a red triangle on night")]
+    scenes = [
+        ("alone", "a <tw1> star on grass"),
+        ("context", "a <tw1> star and a blue circle on sand"),
+        ("new_scene", "a <tw1> star and a red triangle on night"),
+    ]
     for row, (label, prompt) in enumerate(scenes):
         y = 40 + row * 860
-        preview = g.add("TextLocAttentionPreview", (1280, y), {
-            "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 2,
-        }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, title=f"Preview: {label}", size=(360, 600))
-        g.add("SaveImage", (1700, y), {"filename_prefix": f"textloc/tinyworld_{label}"}, {"images": (preview, 0)},
-              title=f"Save: {label} images")
-        g.add("SaveImage", (2080, y), {"filename_prefix": f"textloc/tinyworld_{label}_attention"}, {"images": (preview, 1)},
-              title=f"Save: {label} attention")
+        preview = g.add(
+            "TextLocAttentionPreview",
+            (1280, y),
+            {"prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 2},
+            {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)},
+            title=f"Preview: {label}",
+            size=(360, 600),
+        )
+        g.add(
+            "SaveImage",
+            (1700, y),
+            {"filename_prefix": f"textloc/tinyworld_{label}"},
+            {"images": (preview, 0)},
+            title=f"Save: {label} images",
+        )
+        g.add(
+            "SaveImage",
+            (2080, y),
+            {"filename_prefix": f"textloc/tinyworld_{label}_attention"},
+            {"images": (preview, 1)},
+            title=f"Save: {label} attention",
+        )
     return g
 
 
 def tinyworld_evaluate() -> Graph:
     g = Graph("tinyworld_evaluate")
-    g.add("Note", (20, 20), {"text": (
-        "TinyWorld with numbers: teach the dotted star (hard guidance, 60 steps), generate it alone, and score the "
-        "images against fresh renders of the star alone: CLIP-I, CLIP-T (token removed from the prompt) and KID with "
-        "TinyWorld's own CLIP. The report is written to output/textloc/tinyworld_scores_*.md and shown on the node. "
-        "For SD1.5, set feature_model to a local CLIP folder (the paper uses CLIP ViT-L/14).")}, size=(420, 220))
+    g.add(
+        "Note",
+        (20, 20),
+        {
+            "text": (
+                "TinyWorld with numbers: teach the dotted star (hard guidance, 60 steps), generate it alone, and score the "
+                "images against fresh renders of the star alone: CLIP-I, CLIP-T (token removed from the prompt) and KID with "
+                "TinyWorld's own CLIP. The report is written to output/textloc/tinyworld_scores_*.md and shown on the node. "
+                "For SD1.5, set feature_model to a local CLIP folder (the paper uses CLIP ViT-L/14)."
+            )
+        },
+        size=(420, 220),
+    )
     loader, apply = _tinyworld_dotstar_adapter(g, steps=60, checkpoint_every=30, adapter_name="tinyworld_dotstar_eval")
     prompt = "a <tw1> star on grass"
-    preview = g.add("TextLocAttentionPreview", (1280, 40), {
-        "prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 5,
-    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)}, size=(360, 600))
-    g.add("SaveImage", (1700, 40), {"filename_prefix": "textloc/tinyworld_eval_attention"}, {"images": (preview, 1)},
-          title="Save: attention overlays")
+    preview = g.add(
+        "TextLocAttentionPreview",
+        (1280, 40),
+        {"prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 5},
+        {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)},
+        size=(360, 600),
+    )
+    g.add(
+        "SaveImage",
+        (1700, 40),
+        {"filename_prefix": "textloc/tinyworld_eval_attention"},
+        {"images": (preview, 1)},
+        title="Save: attention overlays",
+    )
     references = g.add("TextLocTinyWorldReferences", (860, 760), {"concept": "dotstar", "images": 8, "seed": 0})
-    g.add("TextLocScoreImages", (1700, 480), {
-        "prompt": prompt, "feature_model": "tinyworld", "kid_subset_size": 5, "filename_prefix": "textloc/tinyworld_scores",
-    }, {"images": (preview, 0), "references": (references, 0)}, size=(400, 420))
+    g.add(
+        "TextLocScoreImages",
+        (1700, 480),
+        {
+            "prompt": prompt,
+            "feature_model": "tinyworld",
+            "kid_subset_size": 5,
+            "filename_prefix": "textloc/tinyworld_scores",
+        },
+        {"images": (preview, 0), "references": (references, 0)},
+        size=(400, 420),
+    )
     return g
 
 
@@ -321,38 +481,89 @@ SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 
 def train_sdxl() -> Graph:
     g = Graph("train_sdxl")
-    g.add("Note", (20, 20), {"text": (
-        "Teach an SDXL model one concept from photos where it stands next to other things.\n"
-        f"1. Load Checkpoint: your SDXL checkpoint ({SDXL_CHECKPOINT} or any SDXL fine-tune).\n"
-        "2. Load Image: your photo; right-click it, Open in MaskEditor, and paint over the concept (the painted "
-        "area is the mask). For several photos, add a TextLoc Concept From Mask per photo and chain their "
-        "concepts inputs, or use TextLoc Concept Folder.\n"
-        "3. TextLoc Train: hard guidance keeps the token's attention on the mask, so the token learns the "
-        "concept and not its neighbours. 1024 px with gradient checkpointing and mixed precision auto (bf16) "
-        "fits a 24 GB card; Cancel keeps the last checkpoint and queueing again resumes.\n"
-        "4. Apply + Preview: the new token in a new scene, with the map of where it attends.\n"
-        "Outputs: models/textloc/sdxl_concept.safetensors, a stock LoRA (models/loras/textloc) and the embedding "
-        "embedding:textloc/sdxl_concept/concept (clip_l + clip_g) for stock nodes.")}, size=(460, 330))
+    g.add(
+        "Note",
+        (20, 20),
+        {
+            "text": (
+                "Teach an SDXL model one concept from photos where it stands next to other things.\n"
+                f"1. Load Checkpoint: your SDXL checkpoint ({SDXL_CHECKPOINT} or any SDXL fine-tune).\n"
+                "2. Load Image: your photo; right-click it, Open in MaskEditor, and paint over the concept (the painted "
+                "area is the mask). For several photos, add a TextLoc Concept From Mask per photo and chain their "
+                "concepts inputs, or use TextLoc Concept Folder.\n"
+                "3. TextLoc Train: hard guidance keeps the token's attention on the mask, so the token learns the "
+                "concept and not its neighbours. 1024 px with gradient checkpointing and mixed precision auto (bf16) "
+                "fits a 24 GB card; Cancel keeps the last checkpoint and queueing again resumes.\n"
+                "4. Apply + Preview: the new token in a new scene, with the map of where it attends.\n"
+                "Outputs: models/textloc/sdxl_concept.safetensors, a stock LoRA (models/loras/textloc) and the embedding "
+                "embedding:textloc/sdxl_concept/concept (clip_l + clip_g) for stock nodes."
+            )
+        },
+        size=(460, 330),
+    )
     checkpoint = g.add("CheckpointLoaderSimple", (20, 420), {"ckpt_name": SDXL_CHECKPOINT}, size=(320, 100))
     photo = g.add("LoadImage", (20, 580), {"image": "example.png"}, size=(320, 380))
-    concept = g.add("TextLocConceptFromMask", (500, 460), {"name": "concept", "token": "<concept1>", "class_word": "toy"},
-                    {"images": (photo, 0), "masks": (photo, 1)}, size=(340, 260))
-    train = g.add("TextLocTrain", (900, 40), {
-        "guidance": "hard", "steps": 400, "learning_rate": 1e-5, "batch": 1, "prior_images": 0, "seed": 0,
-        "checkpoint_every": 50, "adapter_name": "sdxl_concept", "resolution": 1024,
-        "gradient_checkpointing": True, "mixed_precision": "auto",
-    }, {"model": (checkpoint, 0), "clip": (checkpoint, 1), "vae": (checkpoint, 2), "concepts": (concept, 0)},
-        size=(360, 560))
-    apply = g.add("TextLocApplyAdapter", (1320, 40), {"adapter_file": "(none)", "strength": 1.0},
-                  {"model": (checkpoint, 0), "clip": (checkpoint, 1), "adapter": (train, 0)})
-    preview = g.add("TextLocAttentionPreview", (1320, 400), {
-        "prompt": "a photo of a <concept1> toy on a beach", "negative": "", "tokens": "<concept1>",
-        **dict(SAMPLE, steps=25, cfg=6.0), "width": 1024, "height": 1024, "batch_size": 1,
-    }, {"model": (apply, 0), "clip": (apply, 1), "vae": (checkpoint, 2)}, size=(360, 600))
-    g.add("SaveImage", (1740, 40), {"filename_prefix": "textloc/sdxl_concept"}, {"images": (preview, 0)},
-          title="Save: images")
-    g.add("SaveImage", (1740, 600), {"filename_prefix": "textloc/sdxl_concept_attention"}, {"images": (preview, 1)},
-          title="Save: attention")
+    concept = g.add(
+        "TextLocConceptFromMask",
+        (500, 460),
+        {"name": "concept", "token": "<concept1>", "class_word": "toy"},
+        {"images": (photo, 0), "masks": (photo, 1)},
+        size=(340, 260),
+    )
+    train = g.add(
+        "TextLocTrain",
+        (900, 40),
+        {
+            "guidance": "hard",
+            "steps": 400,
+            "learning_rate": 1e-5,
+            "batch": 1,
+            "prior_images": 0,
+            "seed": 0,
+            "checkpoint_every": 50,
+            "adapter_name": "sdxl_concept",
+            "resolution": 1024,
+            "gradient_checkpointing": True,
+            "mixed_precision": "auto",
+        },
+        {"model": (checkpoint, 0), "clip": (checkpoint, 1), "vae": (checkpoint, 2), "concepts": (concept, 0)},
+        size=(360, 560),
+    )
+    apply = g.add(
+        "TextLocApplyAdapter",
+        (1320, 40),
+        {"adapter_file": "(none)", "strength": 1.0},
+        {"model": (checkpoint, 0), "clip": (checkpoint, 1), "adapter": (train, 0)},
+    )
+    preview = g.add(
+        "TextLocAttentionPreview",
+        (1320, 400),
+        {
+            "prompt": "a photo of a <concept1> toy on a beach",
+            "negative": "",
+            "tokens": "<concept1>",
+            **dict(SAMPLE, steps=25, cfg=6.0),
+            "width": 1024,
+            "height": 1024,
+            "batch_size": 1,
+        },
+        {"model": (apply, 0), "clip": (apply, 1), "vae": (checkpoint, 2)},
+        size=(360, 600),
+    )
+    g.add(
+        "SaveImage",
+        (1740, 40),
+        {"filename_prefix": "textloc/sdxl_concept"},
+        {"images": (preview, 0)},
+        title="Save: images",
+    )
+    g.add(
+        "SaveImage",
+        (1740, 600),
+        {"filename_prefix": "textloc/sdxl_concept_attention"},
+        {"images": (preview, 1)},
+        title="Save: attention",
+    )
     return g
 
 

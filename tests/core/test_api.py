@@ -38,7 +38,9 @@ def test_train_save_load_generate_with_maps(tiny_bundle, tmp_path):
     again = api.generate(tiny_bundle, "photo of a doll", steps=3, seed=7, size=(16, 16), num_images=2)
     assert torch.equal(base.latents, again.latents)
     # strength 0 is the base model
-    zero = api.generate(tiny_bundle, "photo of a doll", adapters=[loaded], strengths=[0.0], steps=3, seed=7, size=(16, 16), num_images=2)
+    zero = api.generate(
+        tiny_bundle, "photo of a doll", adapters=[loaded], strengths=[0.0], steps=3, seed=7, size=(16, 16), num_images=2
+    )
     assert torch.allclose(zero.latents, base.latents, atol=1e-6)
 
 
@@ -53,8 +55,16 @@ def test_maps_find_the_attention_levels_once_per_latent_size(tiny_bundle, monkey
 
     def maps(size):
         calls.clear()
-        out = api.generate(tiny_bundle, "photo of a <doll1> doll", adapters=[result], steps=2, seed=3, size=size,
-                           maps_for=["<doll1>"], guidance_scale=5.0)
+        out = api.generate(
+            tiny_bundle,
+            "photo of a <doll1> doll",
+            adapters=[result],
+            steps=2,
+            seed=3,
+            size=size,
+            maps_for=["<doll1>"],
+            guidance_scale=5.0,
+        )
         return out.token_maps["<doll1>"], len(calls)
 
     first, first_calls = maps((24, 24))  # a size no other test generates at
@@ -74,8 +84,13 @@ def test_load_model_reads_a_local_diffusers_folder(tiny_parts, tmp_path):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        **tiny_parts, scheduler=DDIMScheduler(prediction_type="v_prediction", clip_sample=False, beta_schedule="scaled_linear", steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        **tiny_parts,
+        scheduler=DDIMScheduler(
+            prediction_type="v_prediction", clip_sample=False, beta_schedule="scaled_linear", steps_offset=1
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(tmp_path / "tiny-sd")
     bundle = api.load_model(tmp_path / "tiny-sd")
@@ -95,7 +110,12 @@ def test_adapters_are_checked_against_the_model_as_the_apply_node_does(tiny_bund
     kwargs = dict(steps=1, size=(16, 16))
     with pytest.raises(ValueError, match="trained on base model 0123456789abcdef.*allow_base_mismatch"):
         api.generate(tiny_bundle, "a <doll1> doll", adapters=[adapter], **kwargs)
-    assert api.generate(tiny_bundle, "a <doll1> doll", adapters=[adapter], allow_base_mismatch=True, **kwargs).images.shape[0] == 1
+    assert (
+        api.generate(
+            tiny_bundle, "a <doll1> doll", adapters=[adapter], allow_base_mismatch=True, **kwargs
+        ).images.shape[0]
+        == 1
+    )
     key = next(iter(result.kv_deltas))
     result.kv_deltas[key] = torch.zeros(3, 3)  # a layer of another shape
     with pytest.raises(ValueError, match="another model architecture"), api.applied(tiny_bundle, [result]):

@@ -43,4 +43,5 @@ def test_the_check_counts_a_function_from_def_to_its_last_line(tmp_path):
     found = too_long(tmp_path / "m.py", source)
     assert found == [f"{tmp_path / 'm.py'}:1 long: {MAX_FUNCTION_LINES + 1} lines (at most {MAX_FUNCTION_LINES})"]
     assert too_long(tmp_path / "m.py", "x = 1\n" * (MAX_MODULE_LINES + 1))[0].endswith(
-        f"{MAX_MODULE_LINES + 1} lines (at most {MAX_MODULE_LINES})")
+        f"{MAX_MODULE_LINES + 1} lines (at most {MAX_MODULE_LINES})"
+    )

@@ -18,8 +18,17 @@ from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "textloc_core"
 LAYERS = ["data", "attention", "backends", "adapters", "sampling", "training", "tinyworld", "evaluation", "api"]
-FOREIGN = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "textloc_harness", "benchmarks",
-           "tinyworld_build")
+FOREIGN = (
+    "comfy",
+    "comfy_api",
+    "comfy_extras",
+    "folder_paths",
+    "server",
+    "nodes",
+    "textloc_harness",
+    "benchmarks",
+    "tinyworld_build",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -90,7 +99,8 @@ def test_the_check_sees_upward_imports_lazy_or_not():
     )
     found = _upward("textloc_core.data.fake", fake, source)
     assert [f.split(" imports ")[1] for f in found] == [
-        "textloc_core.training.config (training)", "textloc_core.adapters.adapter (adapters)",
+        "textloc_core.training.config (training)",
+        "textloc_core.adapters.adapter (adapters)",
         "textloc_core.evaluation.metrics (evaluation)",
     ]
     assert not _upward("textloc_core.evaluation.fake", CORE / "evaluation" / "fake.py", source)
@@ -108,7 +118,9 @@ def test_the_core_never_imports_comfyui_the_nodes_the_harness_or_the_benchmarks(
 
 def test_no_import_cycles_between_modules():
     modules = _modules()
-    graph = {name: {t for _line, t in _imports(name, path) if t in modules and t != name} for name, path in modules.items()}
+    graph = {
+        name: {t for _line, t in _imports(name, path) if t in modules and t != name} for name, path in modules.items()
+    }
     # a package's __init__ is imported with each of its modules; only its own imports count
     state: dict[str, int] = {}
     cycles: list[list[str]] = []
@@ -117,7 +129,7 @@ def test_no_import_cycles_between_modules():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt])
+                cycles.append(trail[trail.index(nxt) :] + [nxt] if nxt in trail else [node, nxt])
             elif nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = 2
@@ -136,7 +148,10 @@ def test_the_core_and_tinyworld_tests_need_no_comfyui():
     found = []
     for path in sorted(p for folder in ("core", "tinyworld", "scripts") for p in (tests / folder).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            )
             found += [f"{path.relative_to(tests)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] in roots]
     assert not found, "\n".join(found)

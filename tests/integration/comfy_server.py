@@ -4,6 +4,7 @@ The launcher starts ComfyUI and speaks HTTP (shared with the demo); this harness
 test-side conveniences: run a workflow file end to end, list our node classes as ComfyUI
 registered them, and read the server log for import problems.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textloc_harness.comfy_launcher import (
-    PACK_PYTHON_MODULE, PACK_ROOT, ComfyClient, ComfyServer, is_api_workflow, load_workflow, output_files,
+    PACK_PYTHON_MODULE,
+    PACK_ROOT,
+    ComfyClient,
+    ComfyServer,
+    is_api_workflow,
+    load_workflow,
+    output_files,
 )
 
 WORKFLOWS_DIR = PACK_ROOT / "workflows"
@@ -48,8 +55,7 @@ class ComfyHarness:
 
     def pack_node_classes(self) -> set[str]:
         """Node classes ComfyUI registered from our pack (python_module custom_nodes.textloc)."""
-        return {name for name, info in self.object_info().items()
-                if info.get("python_module") == PACK_PYTHON_MODULE}
+        return {name for name, info in self.object_info().items() if info.get("python_module") == PACK_PYTHON_MODULE}
 
     def queue(self, workflow: dict | str | Path) -> str:
         if not isinstance(workflow, dict):
@@ -100,7 +106,9 @@ SAMPLER = {"seed": 3, "steps": 3, "cfg": 4.0, "sampler_name": "euler", "schedule
 """KSampler settings of the stock-node comparison graphs (few steps: CPU)."""
 
 
-def sample_graph(loader: dict, model_ref, clip_ref, text: str, prefix: str, extra: dict, sampler: dict = SAMPLER) -> dict:
+def sample_graph(
+    loader: dict, model_ref, clip_ref, text: str, prefix: str, extra: dict, sampler: dict = SAMPLER
+) -> dict:
     """An API graph: ``loader`` (node "1", MODEL/CLIP/VAE) -> CLIPTextEncode ``text`` -> KSampler
     (128 x 128 latent) -> VAEDecode -> SaveImage ``prefix``; ``extra`` adds or replaces nodes
     (e.g. node "2" applying an adapter, referenced by ``model_ref`` / ``clip_ref``)."""
@@ -109,8 +117,16 @@ def sample_graph(loader: dict, model_ref, clip_ref, text: str, prefix: str, extr
         "10": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": text}},
         "11": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": ""}},
         "12": {"class_type": "EmptyLatentImage", "inputs": {"width": 128, "height": 128, "batch_size": 1}},
-        "13": {"class_type": "KSampler", "inputs": {"model": model_ref, "positive": ["10", 0], "negative": ["11", 0],
-                                                    "latent_image": ["12", 0], **sampler}},
+        "13": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": model_ref,
+                "positive": ["10", 0],
+                "negative": ["11", 0],
+                "latent_image": ["12", 0],
+                **sampler,
+            },
+        },
         "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["1", 2]}},
         "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": prefix}},
     }
@@ -131,14 +147,36 @@ def stock_round_trip(comfy: ComfyHarness, loader: dict, adapter: str, concept: s
     """(ours, stock, base) images of one seed: TextLoc Apply Adapter with ``token`` in the
     prompt; stock LoraLoaderModelOnly + ``embedding:textloc/<adapter>/<concept>``; the base
     model with neither. ``scene`` is the prompt with ``{}`` where the token goes."""
-    ours = sample_graph(loader, ["2", 0], ["2", 1], scene.format(token), "textloc_test/ours", {
-        "2": {"class_type": "TextLocApplyAdapter", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{adapter}.safetensors", "strength": 1.0}},
-    })
-    stock = sample_graph(loader, ["2", 0], ["1", 1], scene.format(f"embedding:textloc/{adapter}/{concept}"),
-                         "textloc_test/stock", {
-        "2": {"class_type": "LoraLoaderModelOnly", "inputs": {
-            "model": ["1", 0], "lora_name": f"textloc/{adapter}.safetensors", "strength_model": 1.0}},
-    })
+    ours = sample_graph(
+        loader,
+        ["2", 0],
+        ["2", 1],
+        scene.format(token),
+        "textloc_test/ours",
+        {
+            "2": {
+                "class_type": "TextLocApplyAdapter",
+                "inputs": {
+                    "model": ["1", 0],
+                    "clip": ["1", 1],
+                    "adapter_file": f"{adapter}.safetensors",
+                    "strength": 1.0,
+                },
+            }
+        },
+    )
+    stock = sample_graph(
+        loader,
+        ["2", 0],
+        ["1", 1],
+        scene.format(f"embedding:textloc/{adapter}/{concept}"),
+        "textloc_test/stock",
+        {
+            "2": {
+                "class_type": "LoraLoaderModelOnly",
+                "inputs": {"model": ["1", 0], "lora_name": f"textloc/{adapter}.safetensors", "strength_model": 1.0},
+            }
+        },
+    )
     base = sample_graph(loader, ["1", 0], ["1", 1], scene.format("").replace("  ", " "), "textloc_test/base", {})
     return tuple(single_image(comfy.run(g, timeout=600)) for g in (ours, stock, base))

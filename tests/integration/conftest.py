@@ -5,6 +5,7 @@ environment, else ~/ComfyUI. Without it every integration test skips
 and the session ends with "INTEGRATION TESTS DID NOT RUN: ..." (or fails, when CI set
 TEXTLOC_REQUIRE_COMFYUI=1 after laying ComfyUI out).
 """
+
 import importlib.util
 import os
 import shutil
@@ -13,11 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from comfy_server import ComfyHarness
+
 from textloc_core.data.readers import find_paper_dataset
 from textloc_harness.comfy_launcher import (
-    PACK_ROOT, ComfyError, ComfyLayout, ComfyServer, comfyui_dir, missing_comfyui_reason,
+    PACK_ROOT,
+    ComfyError,
+    ComfyLayout,
+    ComfyServer,
+    comfyui_dir,
+    missing_comfyui_reason,
 )
 
 _HERE = Path(__file__).resolve().parent
@@ -89,7 +95,9 @@ def pack(comfy_tree):
     if not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True
     if "textloc_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("textloc_pack", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
+        spec = importlib.util.spec_from_file_location(
+            "textloc_pack", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules["textloc_pack"] = module
         spec.loader.exec_module(module)

@@ -31,7 +31,9 @@ COMFY = Path(os.environ.get("COMFYUI_DIR", Path.home() / "ComfyUI"))
 @pytest.fixture(scope="module")
 def comfy(not_run):
     if not (COMFY / "comfy" / "lora.py").is_file():
-        not_run("ComfyUI adapter-format tests", f"no ComfyUI tree at {COMFY}; set COMFYUI_DIR", "TEXTLOC_REQUIRE_COMFYUI")
+        not_run(
+            "ComfyUI adapter-format tests", f"no ComfyUI tree at {COMFY}; set COMFYUI_DIR", "TEXTLOC_REQUIRE_COMFYUI"
+        )
     if str(COMFY) not in sys.path:
         sys.path.insert(0, str(COMFY))
     import comfy.cli_args
@@ -56,7 +58,9 @@ def paths(comfy):
 
     root = Path(__file__).resolve().parents[2]
     if "textloc_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("textloc_pack", root / "__init__.py", submodule_search_locations=[str(root)])
+        spec = importlib.util.spec_from_file_location(
+            "textloc_pack", root / "__init__.py", submodule_search_locations=[str(root)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules["textloc_pack"] = module
         spec.loader.exec_module(module)

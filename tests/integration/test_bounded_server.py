@@ -5,6 +5,7 @@ theirs to measure and its disk budget (TEXTLOC_DISK_BUDGET_MB) small enough to b
 Measured numbers (server RSS, peak RSS, seconds, disk use against the budget) are printed:
 ``pytest -s`` shows them.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from comfy_server import ComfyHarness
 from PIL import Image
 from safetensors.torch import load_file, save_file
-
-from comfy_server import ComfyHarness
 from test_hostile_inputs import NOT_READABLE, _interrupt_when, _score_graph, _train_graph
 from test_hostile_inputs import _error as _error_and_traceback
+
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.tinyworld import shipped_adapters_dir
 from textloc_harness.comfy_launcher import ComfyLayout, ComfyServer
@@ -79,27 +80,38 @@ def _upload(comfy: ComfyHarness, path: Path, subfolder: str) -> None:
         f'--{boundary}\r\nContent-Disposition: form-data; name="subfolder"\r\n\r\n{subfolder}\r\n'.encode(),
         f'--{boundary}\r\nContent-Disposition: form-data; name="type"\r\n\r\ninput\r\n'.encode(),
         f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
-        (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
-         "Content-Type: image/png\r\n\r\n").encode() + path.read_bytes() + b"\r\n",
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + b"\r\n",
         f"--{boundary}--\r\n".encode(),
     ]
-    request = urllib.request.Request(comfy.client.base_url + "/upload/image", data=b"".join(parts),
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    request = urllib.request.Request(
+        comfy.client.base_url + "/upload/image",
+        data=b"".join(parts),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with urllib.request.urlopen(request, timeout=60) as answer:
         assert answer.status == 200
 
 
 def _folder_graph(folder: str, resolution: int) -> dict:
     return {
-        "1": {"class_type": "TextLocConceptFolder", "inputs": {"folder": folder, "resolution": resolution,
-                                                                "tokens": "", "class_words": ""}},
+        "1": {
+            "class_type": "TextLocConceptFolder",
+            "inputs": {"folder": folder, "resolution": resolution, "tokens": "", "class_words": ""},
+        },
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}},
     }
 
 
 def _small_prompt(seed: int) -> dict:
-    return {"1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 1, "seed": seed}},
-            "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    return {
+        "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 1, "seed": seed}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
 
 
 # ------------------------------------------------------------------ 1. decompression bombs
@@ -121,9 +133,11 @@ def test_uploaded_decompression_bombs_are_refused_from_their_headers(bounded, tm
         message = _error(bounded, _folder_graph("bomb", resolution), timeout=300)
         took = time.monotonic() - began
         after = _memory(bounded.server)
-        print(f"\nbomb (3 x 12000x12000 PNG, {sizes[0]} + {sizes[1]} bytes) at resolution {resolution}: refused in "
-              f"{took:.1f} s; server RSS {before['VmRSS'] / 2**20:.0f} -> {after['VmRSS'] / 2**20:.0f} MiB, "
-              f"peak {after['VmHWM'] / 2**20:.0f} MiB")
+        print(
+            f"\nbomb (3 x 12000x12000 PNG, {sizes[0]} + {sizes[1]} bytes) at resolution {resolution}: refused in "
+            f"{took:.1f} s; server RSS {before['VmRSS'] / 2**20:.0f} -> {after['VmRSS'] / 2**20:.0f} MiB, "
+            f"peak {after['VmHWM'] / 2**20:.0f} MiB"
+        )
         assert "images/0.png is 12000x12000 (144.0 megapixels), above the limit of 16.8 megapixels" in message, message
         assert str(bounded.layout.base) not in message
         assert after["VmHWM"] < RSS_LIMIT and took < 60
@@ -141,8 +155,10 @@ def test_a_large_photo_is_decoded_reduced(bounded, tmp_path, constant_png):
     began = time.monotonic()
     result = bounded.run(_folder_graph("large", 64), timeout=300)
     took, memory = time.monotonic() - began, _memory(bounded.server)
-    print(f"\n4096x4096 photo at resolution 64: read in {took:.1f} s (decoded at 1/32), server peak RSS "
-          f"{memory['VmHWM'] / 2**20:.0f} MiB")
+    print(
+        f"\n4096x4096 photo at resolution 64: read in {took:.1f} s (decoded at 1/32), server peak RSS "
+        f"{memory['VmHWM'] / 2**20:.0f} MiB"
+    )
     (preview,) = result.all_files()
     assert Image.open(preview).size == (64, 64) and memory["VmHWM"] < RSS_LIMIT
 
@@ -165,12 +181,22 @@ def test_a_manifest_listing_one_file_thousands_of_times_is_refused_before_readin
 def test_cancel_stops_score_images_within_a_chunk(bounded):
     """4096 images to score: Cancel, pressed while Score Images works, ends it within seconds."""
     graph = {
-        "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 8,
-                                                                      "seed": int(time.time()) % 100000}},
+        "1": {
+            "class_type": "TextLocTinyWorldReferences",
+            "inputs": {"concept": "dotstar", "images": 8, "seed": int(time.time()) % 100000},
+        },
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 512}},
-        "3": {"class_type": "TextLocScoreImages", "inputs": {
-            "images": ["2", 0], "references": ["2", 0], "prompt": "a <tw1> star", "feature_model": "tinyworld",
-            "kid_subset_size": 5, "filename_prefix": f"textloc_test/cancel_{uuid.uuid4().hex[:6]}"}},
+        "3": {
+            "class_type": "TextLocScoreImages",
+            "inputs": {
+                "images": ["2", 0],
+                "references": ["2", 0],
+                "prompt": "a <tw1> star",
+                "feature_model": "tinyworld",
+                "kid_subset_size": 5,
+                "filename_prefix": f"textloc_test/cancel_{uuid.uuid4().hex[:6]}",
+            },
+        },
     }
     took = _interrupt_when(bounded, graph, lambda watcher: watcher.node == "3", settle=2.0)
     print(f"\nScore Images on 4096 + 4096 images: stopped {took:.1f} s after Cancel")
@@ -195,8 +221,10 @@ def test_an_adapter_with_nan_values_is_refused_on_load_naming_the_file(bounded):
     save_file(tensors, str(bounded.layout.models / "textloc" / f"{name}.safetensors"), metadata)
     graph = {
         "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {"class_type": "TextLocApplyAdapter", "inputs": {"model": ["1", 0], "clip": ["1", 1],
-                                                               "adapter_file": f"{name}.safetensors", "strength": 1.0}},
+        "2": {
+            "class_type": "TextLocApplyAdapter",
+            "inputs": {"model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{name}.safetensors", "strength": 1.0},
+        },
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a star"}},
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
@@ -207,8 +235,10 @@ def test_an_adapter_with_nan_values_is_refused_on_load_naming_the_file(bounded):
 
 def test_training_under_the_shipped_adapters_name_is_refused_unless_overwrite(bounded):
     message = _error(bounded, _train_graph("tinyworld_pair", seed=5), timeout=120)
-    assert "adapter_name: 'tinyworld_pair' already names an adapter (textloc pack: tinyworld_pair.safetensors, which " \
-           "the pack ships and the shipped workflows use for every user of this server) trained with other" in message, message
+    assert (
+        "adapter_name: 'tinyworld_pair' already names an adapter (textloc pack: tinyworld_pair.safetensors, which "
+        "the pack ships and the shipped workflows use for every user of this server) trained with other" in message
+    ), message
     assert str(bounded.layout.base) not in message and str(shipped_adapters_dir()) not in message
     assert not (bounded.layout.models / "textloc" / "tinyworld_pair.safetensors").exists()
 
@@ -231,15 +261,24 @@ def test_messages_and_the_train_report_name_paths_relative_to_the_comfyui_folder
 def test_a_clip_index_naming_files_anywhere_is_refused_with_one_message(bounded):
     graph = _score_graph
     messages = set()
-    for index, shard in enumerate(["/etc/passwd", "/no/such/file.safetensors", "/etc", "../../../../etc/hostname",
-                                   "/usr/lib/os-release.safetensors"]):
+    for index, shard in enumerate(
+        [
+            "/etc/passwd",
+            "/no/such/file.safetensors",
+            "/etc",
+            "../../../../etc/hostname",
+            "/usr/lib/os-release.safetensors",
+        ]
+    ):
         folder = bounded.layout.input / f"clip_index_{index}"
         folder.mkdir()
         (folder / "config.json").write_text('{"model_type": "clip"}')
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"text_model.x": shard}}))
         message = _error(bounded, graph(folder.name))
         assert shard not in message and "passwd" not in message, message
-        assert not any(kind in message for kind in ("FileNotFound", "IsADirectory", "Unpickling", "RuntimeError", "OSError"))
+        assert not any(
+            kind in message for kind in ("FileNotFound", "IsADirectory", "Unpickling", "RuntimeError", "OSError")
+        )
         messages.add(re.sub(r"prompt \S+ failed", "prompt failed", message.replace(folder.name, "<folder>")))
     assert len(messages) == 1, messages  # what lies at the named paths changes nothing
     (message,) = messages
@@ -263,8 +302,11 @@ def test_the_next_train_finishes_or_rolls_back_a_commit_killed_halfway(bounded, 
     recovers and runs."""
     name = f"kill_{kill_at}_{uuid.uuid4().hex[:4]}"
     models = bounded.layout.models
-    finals = [models / "embeddings" / "textloc" / name / "dotstar.safetensors",
-              models / "loras" / "textloc" / f"{name}.safetensors", models / "textloc" / f"{name}.safetensors"]
+    finals = [
+        models / "embeddings" / "textloc" / name / "dotstar.safetensors",
+        models / "loras" / "textloc" / f"{name}.safetensors",
+        models / "textloc" / f"{name}.safetensors",
+    ]
     bounded.run(_train_graph(name, seed=21), timeout=300)
     set_a = [final.read_bytes() for final in finals]
     bounded.run(_train_graph(name, seed=21, steps=2), timeout=300)
@@ -275,8 +317,12 @@ def test_the_next_train_finishes_or_rolls_back_a_commit_killed_halfway(bounded, 
         final.write_bytes(set_a[index])
     journal = models / "textloc" / f".{name}.commit.textloc-tmp"
     pairs = [f"{final}={source}" for final, source in zip(finals, set_b)]
-    child = subprocess.run([sys.executable, str(COMMIT_CHILD), str(journal), str(kill_at), "0", *pairs],
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, str(COMMIT_CHILD), str(journal), str(kill_at), "0", *pairs],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert journal.exists() == (outcome is not None)
     if outcome:
@@ -330,32 +376,80 @@ def _soak_graph(kind: str, index: int, salt: int) -> dict:
     if kind == "apply":
         return {
             "1": loader,
-            "2": {"class_type": "TextLocApplyAdapter", "inputs": {"model": ["1", 0], "clip": ["1", 1],
-                                                                   "adapter_file": "tinyworld_pair.safetensors", "strength": 1.0}},
-            "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a <tw1> star and a <tw2> circle"}},
+            "2": {
+                "class_type": "TextLocApplyAdapter",
+                "inputs": {
+                    "model": ["1", 0],
+                    "clip": ["1", 1],
+                    "adapter_file": "tinyworld_pair.safetensors",
+                    "strength": 1.0,
+                },
+            },
+            "3": {
+                "class_type": "CLIPTextEncode",
+                "inputs": {"clip": ["2", 1], "text": "a <tw1> star and a <tw2> circle"},
+            },
             "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": ""}},
             "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-            "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0],
-                                                       "latent_image": ["5", 0], "seed": seed, "steps": 4, "cfg": 4.0,
-                                                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+            "6": {
+                "class_type": "KSampler",
+                "inputs": {
+                    "model": ["2", 0],
+                    "positive": ["3", 0],
+                    "negative": ["4", 0],
+                    "latent_image": ["5", 0],
+                    "seed": seed,
+                    "steps": 4,
+                    "cfg": 4.0,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "denoise": 1.0,
+                },
+            },
             "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
             "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
         }
     if kind == "preview":
         return {
             "1": loader,
-            "2": {"class_type": "TextLocAttentionPreview", "inputs": {
-                "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a star on grass", "negative": "",
-                "tokens": "star", "seed": seed, "steps": 4, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
-                "width": 64, "height": 64, "batch_size": 1}},
+            "2": {
+                "class_type": "TextLocAttentionPreview",
+                "inputs": {
+                    "model": ["1", 0],
+                    "clip": ["1", 1],
+                    "vae": ["1", 2],
+                    "prompt": "a star on grass",
+                    "negative": "",
+                    "tokens": "star",
+                    "seed": seed,
+                    "steps": 4,
+                    "cfg": 4.0,
+                    "sampler_name": "euler",
+                    "scheduler": "normal",
+                    "width": 64,
+                    "height": 64,
+                    "batch_size": 1,
+                },
+            },
             "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
         }
     return {
         "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 6, "seed": seed}},
-        "2": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 6, "seed": seed + 1}},
-        "3": {"class_type": "TextLocScoreImages", "inputs": {
-            "images": ["1", 0], "references": ["2", 0], "prompt": "a <tw1> star", "feature_model": "tinyworld",
-            "kid_subset_size": 5, "filename_prefix": f"textloc_test/soak_{seed}"}},
+        "2": {
+            "class_type": "TextLocTinyWorldReferences",
+            "inputs": {"concept": "dotstar", "images": 6, "seed": seed + 1},
+        },
+        "3": {
+            "class_type": "TextLocScoreImages",
+            "inputs": {
+                "images": ["1", 0],
+                "references": ["2", 0],
+                "prompt": "a <tw1> star",
+                "feature_model": "tinyworld",
+                "kid_subset_size": 5,
+                "filename_prefix": f"textloc_test/soak_{seed}",
+            },
+        },
     }
 
 
@@ -364,8 +458,12 @@ KINDS = ("train", "apply", "preview", "score")
 
 @pytest.mark.slow
 def test_soak_ten_mixed_workflows_keep_memory_and_disk_bounded(bounded):
-    from_disk = lambda: sum(p.stat().st_size for folder in ("checkpoints", "prior_cache")  # noqa: E731
-                            for p in (bounded.layout.models / "textloc" / folder).rglob("*") if p.is_file())
+    from_disk = lambda: sum(
+        p.stat().st_size
+        for folder in ("checkpoints", "prior_cache")  # noqa: E731
+        for p in (bounded.layout.models / "textloc" / folder).rglob("*")
+        if p.is_file()
+    )
     salt = int(time.time()) % 100000
     for index, kind in enumerate(KINDS):  # warm-up: every kind once (imports, model loads, caches)
         bounded.run(_soak_graph(kind, index, salt), timeout=600)
@@ -377,12 +475,17 @@ def test_soak_ten_mixed_workflows_keep_memory_and_disk_bounded(bounded):
         bounded.client.wait_for_completion(prompt_id, timeout=600)
     took, after, disk_after = time.monotonic() - began, _memory(bounded.server), from_disk()
     growth = after["VmRSS"] / before["VmRSS"] - 1
-    print(f"\nsoak: 10 workflows (train, apply, preview, score, ...) in {took:.0f} s; server RSS "
-          f"{before['VmRSS'] / 2**20:.0f} -> {after['VmRSS'] / 2**20:.0f} MiB ({growth:+.1%}), peak "
-          f"{after['VmHWM'] / 2**20:.0f} MiB; checkpoints + prior caches {disk_before / 2**20:.2f} -> "
-          f"{disk_after / 2**20:.2f} MiB, budget {BUDGET_MB} MiB")
+    print(
+        f"\nsoak: 10 workflows (train, apply, preview, score, ...) in {took:.0f} s; server RSS "
+        f"{before['VmRSS'] / 2**20:.0f} -> {after['VmRSS'] / 2**20:.0f} MiB ({growth:+.1%}), peak "
+        f"{after['VmHWM'] / 2**20:.0f} MiB; checkpoints + prior caches {disk_before / 2**20:.2f} -> "
+        f"{disk_after / 2**20:.2f} MiB, budget {BUDGET_MB} MiB"
+    )
     assert growth <= 0.10
     # the budget is checked before each training: at most the last training's checkpoints go over it
-    last_training = sum(p.stat().st_size for p in (bounded.layout.models / "textloc" / "checkpoints" / f"soak_{salt}_8").rglob("*")
-                        if p.is_file())
+    last_training = sum(
+        p.stat().st_size
+        for p in (bounded.layout.models / "textloc" / "checkpoints" / f"soak_{salt}_8").rglob("*")
+        if p.is_file()
+    )
     assert disk_after <= (BUDGET_MB << 20) + last_training

@@ -8,6 +8,7 @@ Needs node, tests/browser/node_modules (``npm ci`` there) and Chromium (Debian p
 "BROWSER CHECK DID NOT RUN: ...". Screenshots go to artifacts/browser/ (gitignored), and
 also to docs/screenshots/ when TEXTLOC_SAVE_SCREENSHOTS=1.
 """
+
 import json
 import os
 import shutil
@@ -15,8 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from comfy_server import USER_CHECKPOINTS, shipped_workflows
+
 from textloc_harness.comfy_launcher import PACK_ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -27,14 +28,39 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 PROBE_NODE_TYPE = "TextlocNoSuchNodeProbe"
 # A stock node beside a node type nobody registers: the check must flag exactly the latter.
 MISSING_NODE_PROBE = {
-    "last_node_id": 2, "last_link_id": 0, "links": [], "groups": [], "config": {}, "extra": {},
+    "last_node_id": 2,
+    "last_link_id": 0,
+    "links": [],
+    "groups": [],
+    "config": {},
+    "extra": {},
     "version": 0.4,
     "nodes": [
-        {"id": 1, "type": "EmptyImage", "pos": [80, 80], "size": [300, 150], "flags": {}, "order": 0,
-         "mode": 0, "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": None}],
-         "properties": {}, "widgets_values": [64, 64, 1, 0]},
-        {"id": 2, "type": PROBE_NODE_TYPE, "pos": [450, 80], "size": [200, 80], "flags": {},
-         "order": 1, "mode": 0, "inputs": [], "outputs": [], "properties": {}, "widgets_values": []},
+        {
+            "id": 1,
+            "type": "EmptyImage",
+            "pos": [80, 80],
+            "size": [300, 150],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": None}],
+            "properties": {},
+            "widgets_values": [64, 64, 1, 0],
+        },
+        {
+            "id": 2,
+            "type": PROBE_NODE_TYPE,
+            "pos": [450, 80],
+            "size": [200, 80],
+            "flags": {},
+            "order": 1,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [],
+            "properties": {},
+            "widgets_values": [],
+        },
     ],
 }
 
@@ -43,37 +69,88 @@ MISSING_NODE_PROBE = {
 # lacks). The checkpoint is also listed in the workflow's "models", the one way frontend 1.27
 # itself reports a missing model (a dialog); 1.49 reports all three on its own.
 PROBE_CHECKPOINT = "textloc_missing_model_probe.safetensors"
-PROBE_MODEL_FILES = (PROBE_CHECKPOINT, "textloc/textloc_missing_lora_probe.safetensors",
-                     "textloc_missing_adapter_probe.safetensors")
+PROBE_MODEL_FILES = (
+    PROBE_CHECKPOINT,
+    "textloc/textloc_missing_lora_probe.safetensors",
+    "textloc_missing_adapter_probe.safetensors",
+)
 MISSING_MODEL_PROBE = {
-    "last_node_id": 3, "last_link_id": 1, "links": [[1, 1, 0, 2, 0, "MODEL"]], "groups": [], "config": {},
-    "extra": {}, "version": 0.4,
+    "last_node_id": 3,
+    "last_link_id": 1,
+    "links": [[1, 1, 0, 2, 0, "MODEL"]],
+    "groups": [],
+    "config": {},
+    "extra": {},
+    "version": 0.4,
     "nodes": [
-        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [80, 80], "size": [320, 100], "flags": {}, "order": 0,
-         "mode": 0, "inputs": [],
-         "outputs": [{"name": "MODEL", "type": "MODEL", "links": [1]}, {"name": "CLIP", "type": "CLIP", "links": None},
-                     {"name": "VAE", "type": "VAE", "links": None}],
-         "properties": {}, "widgets_values": [PROBE_MODEL_FILES[0]]},
-        {"id": 2, "type": "LoraLoaderModelOnly", "pos": [450, 80], "size": [320, 100], "flags": {}, "order": 1,
-         "mode": 0, "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
-         "outputs": [{"name": "MODEL", "type": "MODEL", "links": None}],
-         "properties": {}, "widgets_values": [PROBE_MODEL_FILES[1], 1.0]},
-        {"id": 3, "type": "TextLocApplyAdapter", "pos": [820, 80], "size": [320, 130], "flags": {}, "order": 2,
-         "mode": 0, "inputs": [{"name": "model", "type": "MODEL", "link": None}, {"name": "clip", "type": "CLIP", "link": None}],
-         "outputs": [{"name": "MODEL", "type": "MODEL", "links": None}, {"name": "CLIP", "type": "CLIP", "links": None}],
-         "properties": {}, "widgets_values": [PROBE_MODEL_FILES[2], 1.0, False]},
+        {
+            "id": 1,
+            "type": "CheckpointLoaderSimple",
+            "pos": [80, 80],
+            "size": [320, 100],
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [
+                {"name": "MODEL", "type": "MODEL", "links": [1]},
+                {"name": "CLIP", "type": "CLIP", "links": None},
+                {"name": "VAE", "type": "VAE", "links": None},
+            ],
+            "properties": {},
+            "widgets_values": [PROBE_MODEL_FILES[0]],
+        },
+        {
+            "id": 2,
+            "type": "LoraLoaderModelOnly",
+            "pos": [450, 80],
+            "size": [320, 100],
+            "flags": {},
+            "order": 1,
+            "mode": 0,
+            "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
+            "outputs": [{"name": "MODEL", "type": "MODEL", "links": None}],
+            "properties": {},
+            "widgets_values": [PROBE_MODEL_FILES[1], 1.0],
+        },
+        {
+            "id": 3,
+            "type": "TextLocApplyAdapter",
+            "pos": [820, 80],
+            "size": [320, 130],
+            "flags": {},
+            "order": 2,
+            "mode": 0,
+            "inputs": [
+                {"name": "model", "type": "MODEL", "link": None},
+                {"name": "clip", "type": "CLIP", "link": None},
+            ],
+            "outputs": [
+                {"name": "MODEL", "type": "MODEL", "links": None},
+                {"name": "CLIP", "type": "CLIP", "links": None},
+            ],
+            "properties": {},
+            "widgets_values": [PROBE_MODEL_FILES[2], 1.0, False],
+        },
     ],
     # nothing listens on port 9: a frontend that looks the file up fails at once, offline
     "models": [{"name": PROBE_CHECKPOINT, "url": f"http://127.0.0.1:9/{PROBE_CHECKPOINT}", "directory": "checkpoints"}],
 }
-PROBES = {"textloc_probe_missing_node.json": MISSING_NODE_PROBE, "textloc_probe_missing_model.json": MISSING_MODEL_PROBE}
+PROBES = {
+    "textloc_probe_missing_node.json": MISSING_NODE_PROBE,
+    "textloc_probe_missing_model.json": MISSING_MODEL_PROBE,
+}
 
 
 def problems(result: dict) -> dict[str, list]:
     """Everything check_workflows.mjs found wrong with one loaded workflow (empty: it is clean)."""
-    found = {key: result[key] for key in ("unknownTypes", "missingModels", "widgetErrors", "nodesWithErrors", "dialogs")}
+    found = {
+        key: result[key] for key in ("unknownTypes", "missingModels", "widgetErrors", "nodesWithErrors", "dialogs")
+    }
     frontend = result["frontend"]
-    found.update({f"frontend {key}": frontend[key] for key in ("missingNodeTypes", "missingModels", "toasts", "errorOverlay")})
+    found.update(
+        {f"frontend {key}": frontend[key] for key in ("missingNodeTypes", "missingModels", "toasts", "errorOverlay")}
+    )
     return {key: value for key, value in found.items() if value}
 
 
@@ -105,10 +182,19 @@ def browser_report(comfy, not_run, tmp_path_factory):
     shots.mkdir(parents=True, exist_ok=True)
     workflows = [*probes, *shipped_workflows(api=False)]
     proc = subprocess.run(
-        ["node", str(BROWSER_DIR / "check_workflows.mjs"), comfy.client.base_url + "/", str(shots),
-         *map(str, workflows)],
-        cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, CHROMIUM_PATH=CHROMIUM))
+        [
+            "node",
+            str(BROWSER_DIR / "check_workflows.mjs"),
+            comfy.client.base_url + "/",
+            str(shots),
+            *map(str, workflows),
+        ],
+        cwd=BROWSER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, CHROMIUM_PATH=CHROMIUM),
+    )
     assert proc.returncode == 0, f"browser check crashed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     by_name = {Path(r["workflow"]).name: r for r in report["results"]}

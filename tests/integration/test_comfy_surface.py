@@ -15,6 +15,7 @@ public call gives, are read in nodes/comfy_internals.py only: any other module o
 that reads one fails (an object's type cannot be seen in the source, so the attribute's name
 is what counts).
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,44 +28,100 @@ from textloc_harness.comfy_launcher import PACK_ROOT
 
 SURFACE = {
     # the V3 node API
-    "comfy_api.latest.ComfyExtension", "comfy_api.latest.io.ComfyNode", "comfy_api.latest.io.Schema",
-    "comfy_api.latest.io.NodeOutput", "comfy_api.latest.io.Custom", "comfy_api.latest.io.Hidden.unique_id",
-    "comfy_api.latest.io.ComfyTypeIO", "comfy_api.latest.io.Output", "comfy_api.latest.ui.PreviewText",
-    "comfy_api.latest.io.Boolean.Input", "comfy_api.latest.io.Int.Input", "comfy_api.latest.io.Float.Input",
-    "comfy_api.latest.io.String.Input", "comfy_api.latest.io.Combo.Input", "comfy_api.latest.io.Image.Input",
-    "comfy_api.latest.io.Image.Output", "comfy_api.latest.io.Mask.Input", "comfy_api.latest.io.Mask.Output",
-    "comfy_api.latest.io.Model.Input", "comfy_api.latest.io.Model.Output", "comfy_api.latest.io.Clip.Input",
-    "comfy_api.latest.io.Clip.Output", "comfy_api.latest.io.Vae.Input", "comfy_api.latest.io.Vae.Output",
-    "comfy_api.latest.io.String.Output", "comfy_api.latest.io.Float.Output", "comfy_api.latest.io.Int.Output",
+    "comfy_api.latest.ComfyExtension",
+    "comfy_api.latest.io.ComfyNode",
+    "comfy_api.latest.io.Schema",
+    "comfy_api.latest.io.NodeOutput",
+    "comfy_api.latest.io.Custom",
+    "comfy_api.latest.io.Hidden.unique_id",
+    "comfy_api.latest.io.ComfyTypeIO",
+    "comfy_api.latest.io.Output",
+    "comfy_api.latest.ui.PreviewText",
+    "comfy_api.latest.io.Boolean.Input",
+    "comfy_api.latest.io.Int.Input",
+    "comfy_api.latest.io.Float.Input",
+    "comfy_api.latest.io.String.Input",
+    "comfy_api.latest.io.Combo.Input",
+    "comfy_api.latest.io.Image.Input",
+    "comfy_api.latest.io.Image.Output",
+    "comfy_api.latest.io.Mask.Input",
+    "comfy_api.latest.io.Mask.Output",
+    "comfy_api.latest.io.Model.Input",
+    "comfy_api.latest.io.Model.Output",
+    "comfy_api.latest.io.Clip.Input",
+    "comfy_api.latest.io.Clip.Output",
+    "comfy_api.latest.io.Vae.Input",
+    "comfy_api.latest.io.Vae.Output",
+    "comfy_api.latest.io.String.Output",
+    "comfy_api.latest.io.Float.Output",
+    "comfy_api.latest.io.Int.Output",
     # folders, server, progress, interruption
-    "folder_paths.get_input_directory", "folder_paths.get_output_directory", "folder_paths.get_save_image_path",
-    "folder_paths.models_dir", "folder_paths.base_path", "folder_paths.folder_names_and_paths", "folder_paths.get_folder_paths",
-    "folder_paths.get_filename_list", "folder_paths.get_full_path", "folder_paths.add_model_folder_path",
-    "server.PromptServer.send_progress_text", "comfy.utils.ProgressBar", "comfy.utils.ProgressBar.update_absolute",
-    "comfy.model_management.processing_interrupted", "comfy.model_management.throw_exception_if_processing_interrupted",
-    "comfy.model_management.InterruptProcessingException", "comfy.model_management.interrupt_current_processing",
-    "comfy.model_management.load_models_gpu", "comfy.model_management.soft_empty_cache",
-    "comfy.model_management.unet_offload_device", "comfy.model_management.get_torch_device",
-    "comfy.model_management.unet_dtype", "comfy.model_management.intermediate_device",
+    "folder_paths.get_input_directory",
+    "folder_paths.get_output_directory",
+    "folder_paths.get_save_image_path",
+    "folder_paths.models_dir",
+    "folder_paths.base_path",
+    "folder_paths.folder_names_and_paths",
+    "folder_paths.get_folder_paths",
+    "folder_paths.get_filename_list",
+    "folder_paths.get_full_path",
+    "folder_paths.add_model_folder_path",
+    "server.PromptServer.send_progress_text",
+    "comfy.utils.ProgressBar",
+    "comfy.utils.ProgressBar.update_absolute",
+    "comfy.model_management.processing_interrupted",
+    "comfy.model_management.throw_exception_if_processing_interrupted",
+    "comfy.model_management.InterruptProcessingException",
+    "comfy.model_management.interrupt_current_processing",
+    "comfy.model_management.load_models_gpu",
+    "comfy.model_management.soft_empty_cache",
+    "comfy.model_management.unet_offload_device",
+    "comfy.model_management.get_torch_device",
+    "comfy.model_management.unet_dtype",
+    "comfy.model_management.intermediate_device",
     # sampling (Attention Preview), model construction (TinyWorld Loader)
-    "comfy.sample.sample", "comfy.sample.prepare_noise", "comfy.samplers.KSampler.SAMPLERS",
-    "comfy.samplers.KSampler.SCHEDULERS", "comfy.model_base.ModelType.EPS", "comfy.model_base.ModelType.V_PREDICTION",
-    "comfy.supported_models.SD15", "comfy.model_patcher.ModelPatcher", "comfy.sd.CLIP", "comfy.sd.VAE",
-    "comfy.sd1_clip.SD1Tokenizer", "comfy.sd1_clip.SDTokenizer", "comfy.sd1_clip.SDClipModel", "comfy.sd1_clip.SD1ClipModel",
-    "comfy.supported_models_base.ClipTarget", "comfy.utils.unet_to_diffusers", "comfy.diffusers_convert.convert_vae_state_dict",
+    "comfy.sample.sample",
+    "comfy.sample.prepare_noise",
+    "comfy.samplers.KSampler.SAMPLERS",
+    "comfy.samplers.KSampler.SCHEDULERS",
+    "comfy.model_base.ModelType.EPS",
+    "comfy.model_base.ModelType.V_PREDICTION",
+    "comfy.supported_models.SD15",
+    "comfy.model_patcher.ModelPatcher",
+    "comfy.sd.CLIP",
+    "comfy.sd.VAE",
+    "comfy.sd1_clip.SD1Tokenizer",
+    "comfy.sd1_clip.SDTokenizer",
+    "comfy.sd1_clip.SDClipModel",
+    "comfy.sd1_clip.SD1ClipModel",
+    "comfy.supported_models_base.ClipTarget",
+    "comfy.utils.unet_to_diffusers",
+    "comfy.diffusers_convert.convert_vae_state_dict",
     "comfy.ldm.models.autoencoder.AutoencoderKL",
     # methods of the objects nodes receive (MODEL = ModelPatcher, CLIP = comfy.sd.CLIP, VAE = comfy.sd.VAE)
-    "comfy.model_patcher.ModelPatcher.clone", "comfy.model_patcher.ModelPatcher.set_model_attn2_replace",
-    "comfy.model_patcher.ModelPatcher.add_patches", "comfy.model_patcher.ModelPatcher.get_key_patches",
-    "comfy.sd.CLIP.clone", "comfy.sd.CLIP.tokenize", "comfy.sd.CLIP.encode_from_tokens",
-    "comfy.sd.CLIP.encode_from_tokens_scheduled", "comfy.sd.VAE.encode", "comfy.sd.VAE.decode",
+    "comfy.model_patcher.ModelPatcher.clone",
+    "comfy.model_patcher.ModelPatcher.set_model_attn2_replace",
+    "comfy.model_patcher.ModelPatcher.add_patches",
+    "comfy.model_patcher.ModelPatcher.get_key_patches",
+    "comfy.sd.CLIP.clone",
+    "comfy.sd.CLIP.tokenize",
+    "comfy.sd.CLIP.encode_from_tokens",
+    "comfy.sd.CLIP.encode_from_tokens_scheduled",
+    "comfy.sd.VAE.encode",
+    "comfy.sd.VAE.decode",
     # nodes/comfy_internals.py (no public surface; each function there says what it relies on)
-    "comfy.clip_model.CLIPLayer", "comfy.sd1_clip.SDClipModel.process_tokens",
-    "comfy.model_base.SDXL", "comfy.model_base.SDXL.encode_adm", "comfy.model_base.ModelType",
-    "comfy.model_base.BaseModel.get_dtype", "comfy.latent_formats.LatentFormat.process_in",
-    "comfy.latent_formats.LatentFormat.process_out", "comfy.latent_formats.LatentFormat.latent_channels",
+    "comfy.clip_model.CLIPLayer",
+    "comfy.sd1_clip.SDClipModel.process_tokens",
+    "comfy.model_base.SDXL",
+    "comfy.model_base.SDXL.encode_adm",
+    "comfy.model_base.ModelType",
+    "comfy.model_base.BaseModel.get_dtype",
+    "comfy.latent_formats.LatentFormat.process_in",
+    "comfy.latent_formats.LatentFormat.process_out",
+    "comfy.latent_formats.LatentFormat.latent_channels",
     "comfy.sd.VAE.spacial_compression_encode",
-    "comfy.ldm.modules.attention.BasicTransformerBlock", "comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock",
+    "comfy.ldm.modules.attention.BasicTransformerBlock",
+    "comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock",
 }
 
 # Attributes ComfyUI's classes (or a base class of theirs) assign to their objects, read or set in
@@ -87,7 +144,13 @@ INTERNALS_MODULE = "comfy_internals.py"
 
 # Signatures the pack calls with keywords or positions that would break silently.
 SIGNATURES = {
-    "comfy.model_patcher.ModelPatcher.set_model_attn2_replace": ["self", "patch", "block_name", "number", "transformer_index"],
+    "comfy.model_patcher.ModelPatcher.set_model_attn2_replace": [
+        "self",
+        "patch",
+        "block_name",
+        "number",
+        "transformer_index",
+    ],
     "comfy.sd.CLIP.tokenize": ["self", "text", "return_word_ids"],
     "comfy.model_patcher.ModelPatcher.get_key_patches": ["self", "filter_prefix"],
     "comfy.sd.CLIP.encode_from_tokens": ["self", "tokens", "return_pooled", "return_dict"],
@@ -148,17 +211,33 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def _attributes_for(version: str) -> dict[str, list[str]]:
     """INSTANCE_ATTRIBUTES this ComfyUI version must assign (versioned ones from their version on)."""
-    return {cls: [a if isinstance(a, str) else a[0] for a in names
-                  if isinstance(a, str) or _version_key(version) >= _version_key(a[1])]
-            for cls, names in INSTANCE_ATTRIBUTES.items()}
+    return {
+        cls: [
+            a if isinstance(a, str) else a[0]
+            for a in names
+            if isinstance(a, str) or _version_key(version) >= _version_key(a[1])
+        ]
+        for cls, names in INSTANCE_ATTRIBUTES.items()
+    }
 
 
 def test_every_comfyui_symbol_the_pack_relies_on_exists(comfy_tree):
     version = (comfy_tree / "comfyui_version.py").read_text().split('"')[1]
-    proc = subprocess.run([sys.executable, "-c", _CHECK, json.dumps(sorted(SURFACE)), json.dumps(SIGNATURES),
-                           json.dumps(_attributes_for(version))],
-                          cwd=comfy_tree, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHECK,
+            json.dumps(sorted(SURFACE)),
+            json.dumps(SIGNATURES),
+            json.dumps(_attributes_for(version)),
+        ],
+        cwd=comfy_tree,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert not report["missing"], f"ComfyUI {version} lacks: " + "; ".join(report["missing"])
@@ -204,10 +283,15 @@ def test_the_list_covers_every_comfyui_name_the_pack_uses():
 
 def test_the_scan_sees_references_through_aliases(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("import comfy.model_management as mm\nfrom comfy_api.latest import io\n"
-                      "import folder_paths\nx = io.Int.Input\nmm.soft_empty_cache()\nfolder_paths.models_dir\n")
-    assert _comfy_references(sample) >= {"comfy_api.latest.io.Int.Input", "comfy.model_management.soft_empty_cache",
-                                         "folder_paths.models_dir"}
+    sample.write_text(
+        "import comfy.model_management as mm\nfrom comfy_api.latest import io\n"
+        "import folder_paths\nx = io.Int.Input\nmm.soft_empty_cache()\nfolder_paths.models_dir\n"
+    )
+    assert _comfy_references(sample) >= {
+        "comfy_api.latest.io.Int.Input",
+        "comfy.model_management.soft_empty_cache",
+        "folder_paths.models_dir",
+    }
 
 
 def _internal_reads(path, source: str | None = None) -> list[str]:
@@ -219,10 +303,18 @@ def _internal_reads(path, source: str | None = None) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in names:
             found.append((node.lineno, node.attr))
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in OPTION_KEYS:
+        elif (
+            isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in OPTION_KEYS
+        ):
             found.append((node.lineno, node.slice.value))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-              and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in OPTION_KEYS):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value in OPTION_KEYS
+        ):
             found.append((node.lineno, node.args[0].value))
     return [f"{path.name}:{line} {name}" for line, name in sorted(found)]
 
@@ -230,14 +322,23 @@ def _internal_reads(path, source: str | None = None) -> list[str]:
 def test_comfyuis_internals_are_read_in_comfy_internals_only():
     sources = [PACK_ROOT / "__init__.py", *sorted((PACK_ROOT / "nodes").glob("*.py"))]
     found = [line for path in sources if path.name != INTERNALS_MODULE for line in _internal_reads(path)]
-    assert not found, ("ComfyUI internals read outside nodes/comfy_internals.py (add a function there saying what "
-                       "it relies on, and list the name in INSTANCE_ATTRIBUTES / OPTION_KEYS): " + "; ".join(found))
+    assert not found, (
+        "ComfyUI internals read outside nodes/comfy_internals.py (add a function there saying what "
+        "it relies on, and list the name in INSTANCE_ATTRIBUTES / OPTION_KEYS): " + "; ".join(found)
+    )
     assert _internal_reads(PACK_ROOT / "nodes" / INTERNALS_MODULE), "the scan finds nothing where the internals are"
 
 
 def test_the_internals_scan_sees_attributes_and_option_keys(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("def f(model, opts, clip):\n    a = model.model.diffusion_model\n    h = opts['n_heads']\n"
-                      "    c = opts.get('cond_or_uncond')\n    clip.patcher = None\n    return model.clone()\n")
-    assert _internal_reads(sample) == ["sample.py:2 diffusion_model", "sample.py:2 model", "sample.py:3 n_heads",
-                                       "sample.py:4 cond_or_uncond", "sample.py:5 patcher"]
+    sample.write_text(
+        "def f(model, opts, clip):\n    a = model.model.diffusion_model\n    h = opts['n_heads']\n"
+        "    c = opts.get('cond_or_uncond')\n    clip.patcher = None\n    return model.clone()\n"
+    )
+    assert _internal_reads(sample) == [
+        "sample.py:2 diffusion_model",
+        "sample.py:2 model",
+        "sample.py:3 n_heads",
+        "sample.py:4 cond_or_uncond",
+        "sample.py:5 patcher",
+    ]

@@ -3,6 +3,7 @@
 The full TinyWorld demo takes minutes, so here the runner drives a small stock graph on the
 session's ComfyUI; the command-line checks need no ComfyUI at all.
 """
+
 import json
 import time
 
@@ -12,12 +13,17 @@ from textloc_harness import demo
 from textloc_harness.comfy_launcher import ComfyLayout, ProgressWatcher
 
 STOCK_GRAPH = {
-    "1": {"class_type": "EmptyImage", "_meta": {"title": "Blue square"},
-          "inputs": {"width": 32, "height": 32, "batch_size": 2, "color": 0x0000FF}},
-    "2": {"class_type": "SaveImage", "_meta": {"title": "Saved scene"},
-          "inputs": {"images": ["1", 0], "filename_prefix": "demo_test"}},
-    "3": {"class_type": "PreviewImage", "_meta": {"title": "Heat map overlay"},
-          "inputs": {"images": ["1", 0]}},
+    "1": {
+        "class_type": "EmptyImage",
+        "_meta": {"title": "Blue square"},
+        "inputs": {"width": 32, "height": 32, "batch_size": 2, "color": 0x0000FF},
+    },
+    "2": {
+        "class_type": "SaveImage",
+        "_meta": {"title": "Saved scene"},
+        "inputs": {"images": ["1", 0], "filename_prefix": "demo_test"},
+    },
+    "3": {"class_type": "PreviewImage", "_meta": {"title": "Heat map overlay"}, "inputs": {"images": ["1", 0]}},
 }
 
 
@@ -52,14 +58,20 @@ def test_progress_watcher_follows_the_running_graph(comfy):
 
 def test_trained_files_are_kept_but_not_checkpoints(tmp_path):
     layout = ComfyLayout.create(tmp_path / "base")
-    for rel in ("textloc/a.safetensors", "loras/textloc/a.safetensors",
-                "textloc/checkpoints/a/step-000000001/tensors.safetensors", "textloc/prior_cache/p.safetensors"):
+    for rel in (
+        "textloc/a.safetensors",
+        "loras/textloc/a.safetensors",
+        "textloc/checkpoints/a/step-000000001/tensors.safetensors",
+        "textloc/prior_cache/p.safetensors",
+    ):
         (layout.models / rel).parent.mkdir(parents=True, exist_ok=True)
         (layout.models / rel).write_bytes(b"x")
     out = tmp_path / "out"
     copied = demo.collect_model_files(layout, out)
     assert sorted(p.relative_to(out).as_posix() for p in copied) == [
-        "models/loras/textloc/a.safetensors", "models/textloc/a.safetensors"]
+        "models/loras/textloc/a.safetensors",
+        "models/textloc/a.safetensors",
+    ]
 
 
 def test_the_summary_names_the_kept_copies_not_the_temporary_layout(tmp_path):

@@ -9,6 +9,7 @@
    replacement of another training's adapter, all of an adapter's files or none.
 4. Names that would fail when the files are written fail before training.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,17 +34,20 @@ def _concept_folder(root: Path, concept: str = "thing", size: int = 64, count: i
     (root / "masks" / concept).mkdir(parents=True)
     for i in range(count):
         photo = np.full((size, size, 3), 40 + 30 * i, np.uint8)
-        photo[size // 8: size // 2, size // 8: size // 2] = 230
+        photo[size // 8 : size // 2, size // 8 : size // 2] = 230
         Image.fromarray(photo).save(root / "images" / f"{i}.png")
         mask = np.zeros((size, size), np.uint8)
-        mask[size // 8: size // 2, size // 8: size // 2] = 255
+        mask[size // 8 : size // 2, size // 8 : size // 2] = 255
         Image.fromarray(mask).save(root / "masks" / concept / f"{i}.png")
     return root
 
 
 def _folder_graph(folder: str, resolution: int = 64) -> dict:
     return {
-        "1": {"class_type": "TextLocConceptFolder", "inputs": {"folder": folder, "resolution": resolution, "tokens": "", "class_words": ""}},
+        "1": {
+            "class_type": "TextLocConceptFolder",
+            "inputs": {"folder": folder, "resolution": resolution, "tokens": "", "class_words": ""},
+        },
         "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 1]}},
     }
 
@@ -79,8 +83,9 @@ def places(comfy, tmp_path_factory):
 # ------------------------------------------------------------------ 1. confined reads
 
 
-@pytest.mark.parametrize("case", ["absolute_outside", "absolute_missing", "dotdot", "tilde", "missing", "dirlink",
-                                  "secret_outside", "etc"])
+@pytest.mark.parametrize(
+    "case", ["absolute_outside", "absolute_missing", "dotdot", "tilde", "missing", "dirlink", "secret_outside", "etc"]
+)
 def test_concept_folder_refuses_paths_outside_the_readable_folders_with_one_message(comfy, places, case):
     folder = {
         "absolute_outside": str(places["outside"] / "set"),
@@ -122,16 +127,26 @@ def test_paper_pairs_load_when_the_owner_lists_the_dataset(comfy, paper_dataset)
     assert "cup+cat_figurine" in pairs
     for pair in pairs:
         result = comfy.run(_folder_graph(f"paper:{pair}"), timeout=300)
-        assert len(result.all_files()) == len(list((paper_dataset / "multi_concept" / pair / "resized").glob("*.png"))), pair
+        assert len(result.all_files()) == len(
+            list((paper_dataset / "multi_concept" / pair / "resized").glob("*.png"))
+        ), pair
 
 
 def _score_graph(feature_model: str) -> dict:
     """Score Images on two TinyWorld renders with ``feature_model``."""
     return {
         "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 2, "seed": 1}},
-        "2": {"class_type": "TextLocScoreImages", "inputs": {
-            "images": ["1", 0], "references": ["1", 0], "prompt": "a star", "feature_model": feature_model,
-            "kid_subset_size": 2, "filename_prefix": f"textloc_test/{uuid.uuid4().hex[:6]}"}},
+        "2": {
+            "class_type": "TextLocScoreImages",
+            "inputs": {
+                "images": ["1", 0],
+                "references": ["1", 0],
+                "prompt": "a star",
+                "feature_model": feature_model,
+                "kid_subset_size": 2,
+                "filename_prefix": f"textloc_test/{uuid.uuid4().hex[:6]}",
+            },
+        },
     }
 
 
@@ -154,14 +169,32 @@ def test_score_images_reads_a_clip_folder_only_where_nodes_may_read(comfy, place
 def _train_graph(name: str, concept: str = "dotstar", seed: int = 0, steps: int = 1, **train) -> dict:
     return {
         "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {"class_type": "TextLocTinyWorldConceptSet",
-              "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": seed, "include_companion": False}},
-        "4": {"class_type": "TextLocConceptFromMask", "inputs": {
-            "images": ["2", 1], "masks": ["2", 2], "name": concept, "token": "<tw7>", "class_word": "star"}},
-        "3": {"class_type": "TextLocTrain", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concepts": ["4", 0], "guidance": "hard",
-            "steps": steps, "learning_rate": 5e-3, "batch": 2, "prior_images": 0, "seed": 0,
-            "checkpoint_every": 1, "adapter_name": name, **train}},
+        "2": {
+            "class_type": "TextLocTinyWorldConceptSet",
+            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": seed, "include_companion": False},
+        },
+        "4": {
+            "class_type": "TextLocConceptFromMask",
+            "inputs": {"images": ["2", 1], "masks": ["2", 2], "name": concept, "token": "<tw7>", "class_word": "star"},
+        },
+        "3": {
+            "class_type": "TextLocTrain",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "concepts": ["4", 0],
+                "guidance": "hard",
+                "steps": steps,
+                "learning_rate": 5e-3,
+                "batch": 2,
+                "prior_images": 0,
+                "seed": 0,
+                "checkpoint_every": 1,
+                "adapter_name": name,
+                **train,
+            },
+        },
     }
 
 
@@ -192,8 +225,10 @@ def test_train_refuses_large_photos_kept_at_their_size_and_trains_when_allowed(c
     big = _concept_folder(places["inside"] / "big_photos", size=256)
     name = f"large_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name)
-    graph["4"] = {"class_type": "TextLocConceptFolder", "inputs": {
-        "folder": str(big), "resolution": 0, "tokens": "thing=<thing7>", "class_words": "thing=square"}}
+    graph["4"] = {
+        "class_type": "TextLocConceptFolder",
+        "inputs": {"folder": str(big), "resolution": 0, "tokens": "thing=<thing7>", "class_words": "thing=square"},
+    }
     message = _error(comfy, graph)
     assert "resolution: 0 keeps the photos' size, 256 px" in message, message
     graph["3"]["inputs"].update(resolution=192, allow_large_resolution=True)
@@ -220,17 +255,37 @@ def _interrupt_when(comfy, graph: dict, started, settle: float = 0.0) -> float:
 def test_cancel_stops_attention_preview_sampling(comfy):
     graph = {
         "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {"class_type": "TextLocAttentionPreview", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompt": "a star on grass", "negative": "",
-            "tokens": "star", "seed": int(time.time()) % 100000, "steps": 1000, "cfg": 4.0, "sampler_name": "euler",
-            "scheduler": "normal", "width": 64, "height": 64, "batch_size": 1}},
+        "2": {
+            "class_type": "TextLocAttentionPreview",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "prompt": "a star on grass",
+                "negative": "",
+                "tokens": "star",
+                "seed": int(time.time()) % 100000,
+                "steps": 1000,
+                "cfg": 4.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "width": 64,
+                "height": 64,
+                "batch_size": 1,
+            },
+        },
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
     }
     # the preview reports its steps now: Cancel lands in the middle of the sampling
     took = _interrupt_when(comfy, graph, lambda w: w.node == "2" and w.step is not None and w.step[0] >= 2)
     assert took < 30, f"sampling went on {took:.0f} s after Cancel"
-    after = {"1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 1, "seed": graph["2"]["inputs"]["seed"]}},
-             "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    after = {
+        "1": {
+            "class_type": "TextLocTinyWorldReferences",
+            "inputs": {"concept": "dotstar", "images": 1, "seed": graph["2"]["inputs"]["seed"]},
+        },
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
     comfy.run(after, timeout=60)  # the next prompt is not cancelled too
 
 
@@ -257,7 +312,10 @@ def test_embedding_files_of_two_adapters_never_collide(comfy):
     # and the stock loader finds each under the name the node reports
     graph = {
         "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": f"a embedding:textloc/{first}/p_q star"}},
+        "2": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"clip": ["1", 1], "text": f"a embedding:textloc/{first}/p_q star"},
+        },
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
     }
     comfy.run(graph, timeout=120)
@@ -317,25 +375,44 @@ def test_long_names_fail_before_training(comfy, places):
     folder = _concept_folder(places["inside"] / "long_concept", concept=concept)
     name = f"lc_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name)
-    graph["4"] = {"class_type": "TextLocConceptFolder", "inputs": {
-        "folder": str(folder), "resolution": 64, "tokens": f"{concept}=<long7>", "class_words": f"{concept}=square"}}
+    graph["4"] = {
+        "class_type": "TextLocConceptFolder",
+        "inputs": {
+            "folder": str(folder),
+            "resolution": 64,
+            "tokens": f"{concept}=<long7>",
+            "class_words": f"{concept}=square",
+        },
+    }
     message = _error(comfy, graph)
     assert "concept name" in message and "200 bytes long" in message, message
     assert _files_of(comfy, name) == []
 
 
-@pytest.mark.parametrize("adapter_name, expected", [
-    ("my adapter", "which a prompt's embedding:NAME cannot carry"),
-    ("x(1)", "which a prompt's embedding:NAME cannot carry"),
-])
+@pytest.mark.parametrize(
+    "adapter_name, expected",
+    [
+        ("my adapter", "which a prompt's embedding:NAME cannot carry"),
+        ("x(1)", "which a prompt's embedding:NAME cannot carry"),
+    ],
+)
 def test_adapter_names_a_prompt_cannot_use_are_refused(comfy, adapter_name, expected):
     assert expected in _error(comfy, _train_graph(adapter_name))
 
 
 def test_concepts_sharing_an_embedding_file_are_refused(comfy):
     graph = _train_graph(f"share_{uuid.uuid4().hex[:6]}", concept="a+b")
-    graph["5"] = {"class_type": "TextLocConceptFromMask", "inputs": {
-        "images": ["2", 1], "masks": ["2", 2], "name": "ab", "token": "<tw8>", "class_word": "star", "concepts": ["4", 0]}}
+    graph["5"] = {
+        "class_type": "TextLocConceptFromMask",
+        "inputs": {
+            "images": ["2", 1],
+            "masks": ["2", 2],
+            "name": "ab",
+            "token": "<tw8>",
+            "class_word": "star",
+            "concepts": ["4", 0],
+        },
+    }
     graph["3"]["inputs"]["concepts"] = ["5", 0]
     message = _error(comfy, graph)
     assert "would share the embedding file ab.safetensors" in message, message
@@ -357,8 +434,10 @@ def test_a_paper_pair_with_a_two_word_class_trains_with_default_settings(comfy, 
     name = f"paper_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name)
     # the photos at TinyWorld's native size; every other Concept Folder / Train setting as shipped
-    graph["4"] = {"class_type": "TextLocConceptFolder", "inputs": {
-        "folder": "paper:cup+cat_figurine", "resolution": 64, "tokens": "", "class_words": ""}}
+    graph["4"] = {
+        "class_type": "TextLocConceptFolder",
+        "inputs": {"folder": "paper:cup+cat_figurine", "resolution": 64, "tokens": "", "class_words": ""},
+    }
     comfy.run(graph, timeout=600)
     adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
     assert sorted(c["class_word"] for c in adapter.metadata.concepts) == ["cat figurine", "cup"]

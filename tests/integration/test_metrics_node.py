@@ -1,6 +1,7 @@
 """The shipped tinyworld_evaluate workflow, queued headless in a real ComfyUI: train (2 steps),
 generate, score; the score node's markdown report must land in the output folder with finite
 CLIP-I, CLIP-T and KID."""
+
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import re
 import uuid
 
 from comfy_server import WORKFLOWS_DIR
+
 from textloc_harness.comfy_launcher import load_workflow
 
 

@@ -2,6 +2,7 @@
 
 Graphs are built here in API format around the TinyWorld model (CPU-fast).
 """
+
 from __future__ import annotations
 
 import time
@@ -9,10 +10,10 @@ import uuid
 
 import numpy as np
 import pytest
-
 from comfy_server import stock_round_trip
-from textloc_core.training import checkpoint as ckpt
+
 from textloc_core.adapters.adapter import load_adapter
+from textloc_core.training import checkpoint as ckpt
 from textloc_harness.comfy_launcher import ComfyError
 
 TINYWORLD = {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}}
@@ -21,13 +22,28 @@ TINYWORLD = {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_
 def _train_graph(name: str, steps: int, checkpoint_every: int) -> dict:
     return {
         "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {"class_type": "TextLocTinyWorldConceptSet",
-              "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False}},
-        "3": {"class_type": "TextLocTrain", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "concepts": ["2", 0], "guidance": "hard",
-            # a large learning rate so two steps visibly change the images
-            "steps": steps, "learning_rate": 5e-3, "batch": 2, "prior_images": 0, "seed": 0,
-            "checkpoint_every": checkpoint_every, "adapter_name": name}},
+        "2": {
+            "class_type": "TextLocTinyWorldConceptSet",
+            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False},
+        },
+        "3": {
+            "class_type": "TextLocTrain",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "concepts": ["2", 0],
+                "guidance": "hard",
+                # a large learning rate so two steps visibly change the images
+                "steps": steps,
+                "learning_rate": 5e-3,
+                "batch": 2,
+                "prior_images": 0,
+                "seed": 0,
+                "checkpoint_every": checkpoint_every,
+                "adapter_name": name,
+            },
+        },
     }
 
 
@@ -40,7 +56,9 @@ def adapter_name(comfy):
 
 def test_stock_nodes_reproduce_our_loader_exactly(comfy, adapter_name):
     """LoraLoaderModelOnly + 'embedding:NAME' (stock) == TextLoc Apply Adapter + '<tw1>'."""
-    ours_img, stock_img, base_img = stock_round_trip(comfy, TINYWORLD, adapter_name, "dotstar", "<tw1>", "a {} star on grass")
+    ours_img, stock_img, base_img = stock_round_trip(
+        comfy, TINYWORLD, adapter_name, "dotstar", "<tw1>", "a {} star on grass"
+    )
     assert np.array_equal(ours_img, stock_img), f"max pixel difference {np.abs(ours_img - stock_img).max()}"
     assert not np.array_equal(ours_img, base_img), "the adapter changed nothing"
 
@@ -78,13 +96,25 @@ def test_adapter_name_cannot_write_outside_the_models_folder(comfy):
 
 def test_bad_masks_fail_before_training_with_a_clear_error(comfy):
     graph = {
-        "1": {"class_type": "TextLocTinyWorldConceptSet",
-              "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False}},
-        "2": {"class_type": "TextLocTinyWorldConceptSet",
-              "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False}},
+        "1": {
+            "class_type": "TextLocTinyWorldConceptSet",
+            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False},
+        },
+        "2": {
+            "class_type": "TextLocTinyWorldConceptSet",
+            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False},
+        },
         # three photos, two masks
-        "3": {"class_type": "TextLocConceptFromMask", "inputs": {
-            "images": ["1", 1], "masks": ["2", 2], "name": "dotstar", "token": "<tw2>", "class_word": "star"}},
+        "3": {
+            "class_type": "TextLocConceptFromMask",
+            "inputs": {
+                "images": ["1", 1],
+                "masks": ["2", 2],
+                "name": "dotstar",
+                "token": "<tw2>",
+                "class_word": "star",
+            },
+        },
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
     with pytest.raises(ComfyError, match=r"3 image\(s\) but the MASK for concept 'dotstar' has 2"):
@@ -95,8 +125,15 @@ def test_concept_folder_trains_on_the_paper_layout(comfy, paper_dataset):
     """TextLoc Concept Folder reads the published layout (two concepts, two mask folders)."""
     name = f"paper_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name, steps=1, checkpoint_every=1)
-    graph["2"] = {"class_type": "TextLocConceptFolder", "inputs": {
-        "folder": "paper:bucket+doll", "resolution": 64, "tokens": "bucket=<bucket1>, doll=<doll1>", "class_words": ""}}
+    graph["2"] = {
+        "class_type": "TextLocConceptFolder",
+        "inputs": {
+            "folder": "paper:bucket+doll",
+            "resolution": 64,
+            "tokens": "bucket=<bucket1>, doll=<doll1>",
+            "class_words": "",
+        },
+    }
     comfy.run(graph, timeout=600)
     adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
     assert sorted(adapter.tokens) == ["<bucket1>", "<doll1>"]

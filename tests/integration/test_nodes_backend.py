@@ -3,6 +3,7 @@
 ComfyUI is imported from $COMFYUI_DIR / ~/ComfyUI (CPU), and the pack is imported as a
 package the way ComfyUI imports it, so its relative imports resolve as they do in a server.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -52,8 +53,11 @@ def test_route_attention_keeps_another_packs_patch_and_restores_exactly(pack, ti
     patched.set_model_attn2_replace(other_pack, "input", 1, 0)
     denoiser = comfy_backend.ComfyDenoiserBackend(patched, vae)
     before = denoiser.working_model.model_options["transformer_options"]
-    router = AttentionRouter(layers={"input_blocks.1.1.transformer_blocks.0.attn2", "middle_block.1.transformer_blocks.0.attn2"},
-                             token_slots=torch.tensor([[1]]), keep_grad=False)
+    router = AttentionRouter(
+        layers={"input_blocks.1.1.transformer_blocks.0.attn2", "middle_block.1.transformer_blocks.0.attn2"},
+        token_slots=torch.tensor([[1]]),
+        keep_grad=False,
+    )
     x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([500]), torch.randn(1, 77, 64)
     with torch.no_grad(), denoiser.route_attention(router):
         denoiser.predict(x, t, ctx)
@@ -83,7 +87,11 @@ def test_identifier_tokens_are_placed_through_the_public_tokenizer(pack, tiny):
         assert not torch.is_tensor(entries[1][0])  # the literal "sks" stays a word
         assert [m.group(1) for m in identifier_pattern(["sks"]).finditer("sks asks sks2 (sks:1.2)")] == ["sks", "sks"]
     assert comfy_backend.attn2_patch_key("output_blocks.3.1.transformer_blocks.0.attn2") == ("output", 3, 0)
-    assert comfy_backend.attn2_patch_key("diffusion_model.middle_block.1.transformer_blocks.1.attn2") == ("middle", 0, 1)
+    assert comfy_backend.attn2_patch_key("diffusion_model.middle_block.1.transformer_blocks.1.attn2") == (
+        "middle",
+        0,
+        1,
+    )
     with pytest.raises(ValueError, match="path separator"):
         placer.check_new_token("../x")
     with pytest.raises(ValueError, match="already exists in the clip_l vocabulary"):
@@ -109,8 +117,12 @@ def test_tinyworld_loader_reads_diffusers_weights_like_diffusers(pack, tmp_path)
         clip = tinyworld_models.build_clip(0, tmp_path)
         comfy_vae = tinyworld_models.build_vae(0, tmp_path)
         x, t, ctx = torch.randn(1, 4, 16, 16), torch.tensor([300.0]), torch.randn(1, 77, 64)
-        torch.testing.assert_close(model.model.diffusion_model(x, timesteps=t, context=ctx),
-                                   unet(x, t, encoder_hidden_states=ctx).sample, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model.model.diffusion_model(x, timesteps=t, context=ctx),
+            unet(x, t, encoder_hidden_states=ctx).sample,
+            atol=1e-4,
+            rtol=1e-4,
+        )
         ids = clip.tokenizer.clip_l.tokenizer("a red star")["input_ids"]
         ids = torch.tensor([ids + [49407] * (77 - len(ids))])
         ours = clip.encode_from_tokens(clip.tokenize("a red star"))
@@ -129,9 +141,12 @@ def _adapter(model, token: str, fingerprint: str | None = None, scale: float = 0
     base, kv = base_fingerprint_and_weights(model)
     g = torch.Generator().manual_seed(seed)
     deltas = {k: torch.randn(w.shape, generator=g) * scale for k, w in kv.items()}
-    meta = AdapterMetadata(base_fingerprint=fingerprint or base, architecture=architecture_signature(kv),
-                           concepts=[{"name": token.strip("<>"), "token": token, "class_word": "star", "init_word": ""}],
-                           method="hard")
+    meta = AdapterMetadata(
+        base_fingerprint=fingerprint or base,
+        architecture=architecture_signature(kv),
+        concepts=[{"name": token.strip("<>"), "token": token, "class_word": "star", "init_word": ""}],
+        method="hard",
+    )
     return Adapter(deltas, {token: torch.randn(1, 64, generator=g)}, meta)
 
 
@@ -149,12 +164,17 @@ def test_apply_adapter_stacks_tokens_and_checks_the_base(pack, tiny):
         assert [i for i, e in enumerate(tokens["l"][0]) if torch.is_tensor(e[0])] == [2, 6]
         embeddings, adapters = applied_identifiers(c2)
         assert sorted(embeddings) == ["<a1>", "<b1>"] and adapters == [first, second]
-        assert IdentifierPlacer.for_clip(c2).tokenize("a <a1> star and a <b1> star", embeddings)[1] == {"<a1>": [2], "<b1>": [6]}
+        assert IdentifierPlacer.for_clip(c2).tokenize("a <a1> star and a <b1> star", embeddings)[1] == {
+            "<a1>": [2],
+            "<b1>": [6],
+        }
         assert isinstance(c2.tokenizer, IdentifierTokenizer) and not isinstance(c2.tokenizer.inner, IdentifierTokenizer)
         base = clip.encode_from_tokens(clip.tokenize("a star and a star"))
         assert not torch.equal(c2.encode_from_tokens(tokens), base)
         assert len(m2.patches) == 2 * 7  # K and V of 7 attn2 layers, both adapters on each
-        assert not isinstance(clip.tokenizer, IdentifierTokenizer) and applied_identifiers(c1)[0].keys() == {"<a1>"}  # inputs untouched
+        assert not isinstance(clip.tokenizer, IdentifierTokenizer) and applied_identifiers(c1)[0].keys() == {
+            "<a1>"
+        }  # inputs untouched
         # an adapter trained on other base weights is refused unless asked for
         foreign = _adapter(model, "<c1>", fingerprint="0123456789abcdef")
         with pytest.raises(ValueError, match="ignore base mismatch"):
@@ -199,7 +219,9 @@ def test_training_leaves_the_input_model_and_clip_exactly_as_they_were(pack, tin
         before_eps = model.model.diffusion_model(x, timesteps=t, context=ctx)
         before_ctx = clip.encode_from_tokens(clip.tokenize("a <tw9> star"))
         with comfy_backend.training_session(model, clip, vae) as bundle:
-            config = TrainConfig(steps=2, learning_rate=1e-2, prior_images_per_class=0, lambda_prior=0.0, checkpoint_every=100)
+            config = TrainConfig(
+                steps=2, learning_rate=1e-2, prior_images_per_class=0, lambda_prior=0.0, checkpoint_every=100
+            )
             result = trainer.train(bundle, concepts, config, checkpoint_dir=tmp_path)
         assert result.steps_done == 2
         assert torch.equal(model.model.diffusion_model(x, timesteps=t, context=ctx), before_eps)
@@ -217,7 +239,9 @@ def test_non_finite_widget_values_are_refused_naming_the_input(pack, tiny):
     with pytest.raises(ValueError, match="strength: nan is not a finite number"):
         ApplyAdapter.execute(model, clip, "tinyworld_pair.safetensors", float("nan"))
     with pytest.raises(ValueError, match="cfg: inf is not a finite number"):
-        AttentionPreview.execute(model, clip, vae, "a star", "", "star", 0, 1, float("inf"), "euler", "normal", 64, 64, 1)
+        AttentionPreview.execute(
+            model, clip, vae, "a star", "", "star", 0, 1, float("inf"), "euler", "normal", 64, 64, 1
+        )
 
 
 def test_multi_piece_class_words_start_from_the_mean_of_their_pieces(pack, tiny):

@@ -6,12 +6,12 @@ positions in both encoders, gradients to both slices of a token, the adm vector 
 pooled output, training with every guidance (with prior images through the file cache), and
 gradient checkpointing that changes memory, not gradients.
 """
+
 from __future__ import annotations
 
 import pytest
-import torch
-
 import tiny_sdxl_comfy as tiny
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,10 @@ def test_both_encoders_place_the_token_and_the_adm_carries_the_pooled_vector(pac
         token = torch.nn.Parameter(bundle.text.initial_embedding("star"))
         encoded = bundle.text.encode(["a <tw1> star on grass", "<tw1>, and a <tw1>"], {"<tw1>": token})
         assert encoded.token_positions == [{"<tw1>": [2]}, {"<tw1>": [1, 5]}]
-        assert encoded.context.shape == (2, 77, tiny.WIDTH_L + tiny.WIDTH_G) and encoded.pooled.shape == (2, tiny.POOLED)
+        assert encoded.context.shape == (2, 77, tiny.WIDTH_L + tiny.WIDTH_G) and encoded.pooled.shape == (
+            2,
+            tiny.POOLED,
+        )
         latents = bundle.denoiser.encode_images(torch.rand(2, 3, 64, 64))
         router = AttentionRouter(layers=None, token_slots=torch.tensor([[2], [1]]))
         with KVDeltaInjector(bundle.denoiser.unet) as deltas, bundle.denoiser.route_attention(router):
@@ -45,7 +48,7 @@ def test_both_encoders_place_the_token_and_the_adm_carries_the_pooled_vector(pac
             loss = out.square().mean() + sum(m.probs.mean() for m in router.captured)
             loss.backward()
         assert len(router.captured) == 11  # every attn2 of the tiny SDXL UNet
-        assert token.grad[0, :tiny.WIDTH_L].abs().sum() > 0 and token.grad[0, tiny.WIDTH_L:].abs().sum() > 0
+        assert token.grad[0, : tiny.WIDTH_L].abs().sum() > 0 and token.grad[0, tiny.WIDTH_L :].abs().sum() > 0
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in deltas.parameters())
         # the pooled vector reaches the UNet (through the adm vector), and is required
         with torch.no_grad():
@@ -75,18 +78,30 @@ def test_every_guidance_trains_sdxl_in_comfyui(pack, sdxl, method, tmp_path, mon
 
     monkeypatch.setattr(prior, "_MEMORY", {})
     torch.manual_seed(1)
-    concepts = ConceptSet([Concept("star", "<star1>", "star")], [
-        ConceptImage(torch.rand(3, 64, 64), {"star": _square(4, 4)}),
-        ConceptImage(torch.rand(3, 64, 64), {"star": _square(30, 20)}),
-    ])
-    config = TrainConfig(method=method, steps=2, learning_rate=1e-3, instance_batch=1, prior_batch=1,
-                         prior_images_per_class=2, prior_sampling_steps=2)
+    concepts = ConceptSet(
+        [Concept("star", "<star1>", "star")],
+        [
+            ConceptImage(torch.rand(3, 64, 64), {"star": _square(4, 4)}),
+            ConceptImage(torch.rand(3, 64, 64), {"star": _square(30, 20)}),
+        ],
+    )
+    config = TrainConfig(
+        method=method,
+        steps=2,
+        learning_rate=1e-3,
+        instance_batch=1,
+        prior_batch=1,
+        prior_images_per_class=2,
+        prior_sampling_steps=2,
+    )
     model, clip, vae = sdxl
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
         result = train(bundle, concepts, config, prior_cache_dir=tmp_path)
     assert result.steps_done == 2 and len(list(tmp_path.glob("prior-*.safetensors"))) == 1
     assert (result.history[0]["attention"] > 0) == (method != "none") and result.history[0]["prior"] > 0
-    assert len(result.kv_deltas) == 22 and all(d.shape[1] == tiny.WIDTH_L + tiny.WIDTH_G for d in result.kv_deltas.values())
+    assert len(result.kv_deltas) == 22 and all(
+        d.shape[1] == tiny.WIDTH_L + tiny.WIDTH_G for d in result.kv_deltas.values()
+    )
     assert result.token_embeddings["<star1>"].shape == (1, tiny.WIDTH_L + tiny.WIDTH_G)
 
 

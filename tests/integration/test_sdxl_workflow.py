@@ -7,6 +7,7 @@ test-only loader of a tiny SDXL-architecture model (same MODEL / CLIP / VAE outp
 Load Image gets a photo whose painted (transparent) square is the concept, and step counts
 and sizes are turned down. Everything else runs as shipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,13 @@ import uuid
 
 import numpy as np
 import pytest
+import tiny_sdxl_comfy as tiny
+from comfy_server import WORKFLOWS_DIR, stock_round_trip
 from PIL import Image
 from safetensors import safe_open
 
-from comfy_server import WORKFLOWS_DIR, stock_round_trip
 from textloc_core.adapters.adapter import load_adapter
 from textloc_harness.comfy_launcher import load_workflow
-
-import tiny_sdxl_comfy as tiny
 
 TINY_LOADER = {"class_type": "TextLocTestTinySDXLLoader", "inputs": {"seed": 0}}
 
@@ -35,7 +35,7 @@ def _photo(path, square=(8, 8, 32)) -> None:
     rng = np.random.default_rng(0)
     rgba = np.concatenate([rng.integers(0, 255, (64, 64, 3)), np.full((64, 64, 1), 255)], -1).astype(np.uint8)
     top, left, size = square
-    rgba[top:top + size, left:left + size, 3] = 0
+    rgba[top : top + size, left : left + size, 3] = 0
     Image.fromarray(rgba, "RGBA").save(path)
 
 
@@ -76,7 +76,10 @@ def test_train_sdxl_runs_headless_and_writes_every_file(comfy, trained_sdxl):
     with safe_open(str(models / "embeddings" / "textloc" / name / f"{concept}.safetensors"), "pt") as f:
         shapes = {k: tuple(f.get_tensor(k).shape) for k in f.keys()}
     assert shapes == {"clip_l": (1, tiny.WIDTH_L), "clip_g": (1, tiny.WIDTH_G)}
-    saved = {trained_sdxl["workflow"][n]["inputs"]["filename_prefix"]: paths for n, paths in trained_sdxl["result"].files.items()}
+    saved = {
+        trained_sdxl["workflow"][n]["inputs"]["filename_prefix"]: paths
+        for n, paths in trained_sdxl["result"].files.items()
+    }
     images, overlays = saved["textloc/sdxl_concept"], saved["textloc/sdxl_concept_attention"]
     assert len(images) == 1 and len(overlays) == 1
     assert Image.open(images[0]).size == (64, 64)

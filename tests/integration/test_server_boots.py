@@ -3,14 +3,15 @@
 These also test the harness itself (queue, wait, errors, output files), since every other
 integration test leans on it.
 """
+
 import ast
 import os
 from pathlib import Path
 
 import pytest
+from comfy_server import FRONTEND_ONLY_NODE_TYPES, shipped_workflows, ui_workflow_node_types
 from PIL import Image
 
-from comfy_server import FRONTEND_ONLY_NODE_TYPES, shipped_workflows, ui_workflow_node_types
 from textloc_harness.comfy_launcher import PACK_NAME, PACK_ROOT, ComfyError, load_workflow
 
 
@@ -25,8 +26,9 @@ def _declared_node_names() -> set[str]:
                 continue
             called = getattr(node.func, "attr", getattr(node.func, "id", None))
             if called == "Schema":
-                names.update(k.value.value for k in node.keywords
-                             if k.arg == "node_id" and isinstance(k.value, ast.Constant))
+                names.update(
+                    k.value.value for k in node.keywords if k.arg == "node_id" and isinstance(k.value, ast.Constant)
+                )
             elif called == "pack_schema" and node.args and isinstance(node.args[0], ast.Constant):
                 names.add(node.args[0].value)
     return names
@@ -50,8 +52,9 @@ def test_object_info_lists_every_pack_node(comfy):
     ours = comfy.pack_node_classes()
     declared = _declared_node_names()
     assert declared, "nodes/*.py declare no io.Schema(node_id=...)"
-    assert ours == declared, (f"declared but not served: {sorted(declared - ours)}; "
-                              f"served but not declared: {sorted(ours - declared)}")
+    assert ours == declared, (
+        f"declared but not served: {sorted(declared - ours)}; served but not declared: {sorted(ours - declared)}"
+    )
     for name in ours:
         assert info[name]["input"], f"node {name} declares no inputs"
 
@@ -74,8 +77,7 @@ def test_shipped_ui_workflows_use_registered_nodes(comfy):
 
 def test_queue_run_and_collect_outputs(comfy):
     wf = {
-        "1": {"class_type": "EmptyImage",
-              "inputs": {"width": 40, "height": 24, "batch_size": 1, "color": 0xFF0000}},
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 40, "height": 24, "batch_size": 1, "color": 0xFF0000}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "harness"}},
     }
     result = comfy.run(wf, timeout=120)
@@ -88,18 +90,20 @@ def test_queue_run_and_collect_outputs(comfy):
 
 
 def test_validation_errors_name_the_node(comfy):
-    wf = {"7": {"class_type": "EmptyImage",
-                "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}},
-          "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}}}
+    wf = {
+        "7": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["7", 0]}},
+    }
     with pytest.raises(ComfyError, match=r"node 7 \(EmptyImage\)"):
         comfy.queue(wf)
 
 
 def test_execution_errors_surface_node_and_exception(comfy):
-    wf = {"1": {"class_type": "EmptyImage",
-                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
-          # ComfyUI refuses to save outside its output folder at run time
-          "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "../../escape"}}}
+    wf = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        # ComfyUI refuses to save outside its output folder at run time
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "../../escape"}},
+    }
     with pytest.raises(ComfyError, match=r"node 2 \(SaveImage\) raised"):
         comfy.run(wf, timeout=120)
 

@@ -8,11 +8,12 @@ folder (``app/custom_node_manager.py``) under ``GET /workflow_templates`` and se
 under test, that the listing and the files are what the pack ships, and that at the default log
 level nothing about the folder is printed at all, and at DEBUG level only that hint.
 """
+
 import json
 
 import pytest
-
 from comfy_server import WORKFLOWS_DIR, shipped_workflows
+
 from textloc_harness.comfy_launcher import PACK_NAME, ComfyLayout, ComfyServer
 
 
@@ -21,7 +22,8 @@ def test_the_template_browser_lists_every_shipped_ui_workflow(comfy):
     shipped = sorted(path.stem for path in shipped_workflows(api=False))
     assert shipped, f"no UI-format workflows in {WORKFLOWS_DIR}"
     assert sorted(listed.get(PACK_NAME, [])) == shipped, (
-        f"/workflow_templates lists {listed.get(PACK_NAME)} for {PACK_NAME}, the pack ships {shipped}")
+        f"/workflow_templates lists {listed.get(PACK_NAME)} for {PACK_NAME}, the pack ships {shipped}"
+    )
     # the API-format twins live in workflows/api/, which the browser does not list
     assert not [name for name in listed[PACK_NAME] if name.endswith("_api")]
 
@@ -35,8 +37,9 @@ def test_the_template_files_served_are_the_shipped_files(comfy):
 def test_the_workflows_folder_costs_no_log_line_at_the_default_level(comfy):
     log = comfy.log_text()
     assert "example_workflows" not in log
-    mentions = [line for line in log.splitlines()
-                if "example workflow folder" in line.lower() or "workflow_templates" in line]
+    mentions = [
+        line for line in log.splitlines() if "example workflow folder" in line.lower() or "workflow_templates" in line
+    ]
     assert not mentions, "ComfyUI logged about the pack's workflows:\n" + "\n".join(mentions)
 
 
@@ -52,7 +55,8 @@ def test_at_debug_level_the_rename_hint_is_the_only_line_about_the_folder(comfy_
     about_folder = [line for line in server.log_text().splitlines() if "'workflows'" in line]
     assert len(about_folder) == 1 and about_folder[0].endswith(
         f"Found example workflow folder 'workflows' for custom node '{PACK_NAME}', "
-        "consider renaming it to 'example_workflows'"), about_folder
+        "consider renaming it to 'example_workflows'"
+    ), about_folder
 
 
 def test_comfyui_reads_the_packs_pyproject(comfy):

@@ -3,6 +3,7 @@
 Each API twin is queued over POST /prompt as shipped, with only the step counts (and the
 adapter name) turned down so the suite stays fast; outputs are checked on disk.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import uuid
 
 import numpy as np
 import pytest
+from comfy_server import USER_CHECKPOINTS, WORKFLOWS_DIR, shipped_workflows
 from PIL import Image
 
-from comfy_server import USER_CHECKPOINTS, WORKFLOWS_DIR, shipped_workflows
 from textloc_core.adapters.adapter import load_adapter
 from textloc_harness.comfy_launcher import load_workflow
 
@@ -42,7 +43,9 @@ def trained(comfy):
         "history": result.history,
         "adapter": models / "textloc" / f"{name}.safetensors",
         "lora": models / "loras" / "textloc" / f"{name}.safetensors",
-        "embeddings": {c: models / "embeddings" / "textloc" / name / f"{c}.safetensors" for c in ("dotstar", "bluecircle")},
+        "embeddings": {
+            c: models / "embeddings" / "textloc" / name / f"{c}.safetensors" for c in ("dotstar", "bluecircle")
+        },
         "checkpoints": models / "textloc" / "checkpoints" / name,
     }
 
@@ -110,8 +113,10 @@ def test_shipped_workflows_name_only_values_a_fresh_install_offers(comfy):
     problems = []
     for path in shipped_workflows(api=True):
         for node_id, node in load_workflow(path).items():
-            specs = {**info[node["class_type"]]["input"].get("required", {}),
-                     **info[node["class_type"]]["input"].get("optional", {})}
+            specs = {
+                **info[node["class_type"]]["input"].get("required", {}),
+                **info[node["class_type"]]["input"].get("optional", {}),
+            }
             for name, value in node["inputs"].items():
                 options = _combo_options(specs[name]) if name in specs else None
                 if name == "ckpt_name" and value in USER_CHECKPOINTS:

@@ -13,6 +13,7 @@ The pack's loaders are not involved: stock CheckpointLoaderSimple cannot detect 
 small as SDXL, so the headless workflow test loads it through a test-only node
 (``tiny_sdxl_nodes``). Import only with ComfyUI on ``sys.path``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,9 +27,17 @@ IMAGE_SIZE = 64
 
 def _text_config(width: int, projection: int | None = None) -> dict:
     config = {
-        "vocab_size": 49408, "hidden_size": width, "intermediate_size": 2 * width, "num_hidden_layers": 3,
-        "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
-        "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407,
+        "vocab_size": 49408,
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
     }
     if projection is not None:
         config["projection_dim"] = projection
@@ -36,15 +45,27 @@ def _text_config(width: int, projection: int | None = None) -> dict:
 
 
 UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
-    "num_classes": "sequential", "adm_in_channels": ADM_CHANNELS,
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-    "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2, 2],
+    "use_checkpoint": False,
+    "image_size": 32,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "num_classes": "sequential",
+    "adm_in_channels": ADM_CHANNELS,
+    "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 32,
+    "channel_mult": [1, 2, 2],
     "num_res_blocks": [1, 1, 1],
     # SDXL's pattern: no attention at the finest level, then two levels with attention
-    "transformer_depth": [0, 1, 2], "transformer_depth_output": [0, 0, 1, 1, 2, 2], "transformer_depth_middle": 2,
-    "use_linear_in_transformer": True, "context_dim": WIDTH_L + WIDTH_G,
-    "num_heads": -1, "num_head_channels": 16,
+    "transformer_depth": [0, 1, 2],
+    "transformer_depth_output": [0, 0, 1, 1, 2, 2],
+    "transformer_depth_middle": 2,
+    "use_linear_in_transformer": True,
+    "context_dim": WIDTH_L + WIDTH_G,
+    "num_heads": -1,
+    "num_head_channels": 16,
 }
 
 
@@ -71,7 +92,9 @@ def build_model(seed: int = 0):
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({}, "", device=torch.device("cpu"))
     _init(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def _clip_classes():
@@ -81,23 +104,43 @@ def _clip_classes():
     class TinySDXLTokenizer(comfy.sdxl_clip.SDXLTokenizer):
         def __init__(self, embedding_directory=None, tokenizer_data={}):
             self.clip_l = comfy.sd1_clip.SDTokenizer(
-                embedding_directory=embedding_directory, embedding_size=WIDTH_L, embedding_key="clip_l",
-                tokenizer_data=tokenizer_data)
+                embedding_directory=embedding_directory,
+                embedding_size=WIDTH_L,
+                embedding_key="clip_l",
+                tokenizer_data=tokenizer_data,
+            )
             self.clip_g = comfy.sd1_clip.SDTokenizer(
-                pad_with_end=False, embedding_directory=embedding_directory, embedding_size=WIDTH_G,
-                embedding_key="clip_g", tokenizer_data=tokenizer_data)
+                pad_with_end=False,
+                embedding_directory=embedding_directory,
+                embedding_size=WIDTH_G,
+                embedding_key="clip_g",
+                tokenizer_data=tokenizer_data,
+            )
 
     class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
         def __init__(self, device="cpu", dtype=None, model_options={}):
             nn.Module.__init__(self)
             self.clip_l = comfy.sd1_clip.SDClipModel(
-                layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
-                textmodel_json_config=_text_config(WIDTH_L), return_projected_pooled=False, model_options=model_options)
+                layer="hidden",
+                layer_idx=-2,
+                device=device,
+                dtype=dtype,
+                layer_norm_hidden_state=False,
+                textmodel_json_config=_text_config(WIDTH_L),
+                return_projected_pooled=False,
+                model_options=model_options,
+            )
             self.clip_g = comfy.sd1_clip.SDClipModel(
-                layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False,
-                textmodel_json_config=_text_config(WIDTH_G, POOLED), return_projected_pooled=True,
+                layer="hidden",
+                layer_idx=-2,
+                device=device,
+                dtype=dtype,
+                layer_norm_hidden_state=False,
+                textmodel_json_config=_text_config(WIDTH_G, POOLED),
+                return_projected_pooled=True,
                 special_tokens={"start": 49406, "end": 49407, "pad": 0},
-                model_options={**model_options, "model_name": "clip_g"})
+                model_options={**model_options, "model_name": "clip_g"},
+            )
             self.dtypes = {dtype}
 
     return TinySDXLTokenizer, TinySDXLClipModel
@@ -108,8 +151,11 @@ def build_clip(seed: int = 0, embedding_directory=None):
     import comfy.supported_models_base
 
     tokenizer, model = _clip_classes()
-    clip = comfy.sd.CLIP(comfy.supported_models_base.ClipTarget(tokenizer, model),
-                         embedding_directory=embedding_directory, model_options={"dtype": torch.float32})
+    clip = comfy.sd.CLIP(
+        comfy.supported_models_base.ClipTarget(tokenizer, model),
+        embedding_directory=embedding_directory,
+        model_options={"dtype": torch.float32},
+    )
     _init(clip.cond_stage_model, seed + 1)
     return clip
 

@@ -79,8 +79,17 @@ def test_method_specs_set_the_attention_weight(bench):
 
 def test_paired_table_compares_each_method_with_none_on_the_same_runs(bench):
     def row(method, seed, iou, clip_i):
-        return {"setting": "single", "pair": "dotstar", "seed": seed, "method": method, "iou": iou,
-                "clip_i": clip_i, "clip_i_pair": clip_i, "fidelity_cs": 0.5, "leakage": 0.5}
+        return {
+            "setting": "single",
+            "pair": "dotstar",
+            "seed": seed,
+            "method": method,
+            "iou": iou,
+            "clip_i": clip_i,
+            "clip_i_pair": clip_i,
+            "fidelity_cs": 0.5,
+            "leakage": 0.5,
+        }
 
     rows = [row("none", s, 0.05, 0.2) for s in range(3)]
     rows += [row("hard@cal", 0, 0.30, 0.25), row("hard@cal", 1, 0.10, 0.15), row("hard@cal", 2, 0.20, 0.21)]
@@ -96,13 +105,33 @@ def test_paired_table_compares_each_method_with_none_on_the_same_runs(bench):
 @pytest.mark.slow
 def test_quick_run_end_to_end(bench, tmp_path):
     out, work = tmp_path / "docs", tmp_path / "work"
-    code = bench.main(["--quick", "--random-weights", "--pairs", "dotstar", "--seeds", "0", "--methods", "hard,none",
-                       "--workers", "1", "--out", str(out), "--work", str(work)])
+    code = bench.main(
+        [
+            "--quick",
+            "--random-weights",
+            "--pairs",
+            "dotstar",
+            "--seeds",
+            "0",
+            "--methods",
+            "hard,none",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+        ]
+    )
     assert code == 0
     rows = json.loads((work / "rows.json").read_text())
     runs = [r for r in rows if r["method"] in ("hard", "none")]
     assert sorted((r["setting"], r["method"]) for r in runs) == [
-        ("multi", "hard"), ("multi", "none"), ("single", "hard"), ("single", "none")]
+        ("multi", "hard"),
+        ("multi", "none"),
+        ("single", "hard"),
+        ("single", "none"),
+    ]
     for r in runs:
         assert 0 <= r["iou"] <= 1 and 0 <= r["attn_other"] <= 1 and 0 <= r["fidelity"] <= 1
     text = (out / "results.md").read_text()
@@ -113,8 +142,15 @@ def test_quick_run_end_to_end(bench, tmp_path):
 def test_lever_flags_reach_the_config_and_name_the_recipe(bench):
     from benchmarks import records
 
-    p = bench.Protocol(unmasked_weight=0.0, token_warmup_steps=30, token_warmup_lr=1e-2, train_keys=False,
-                       union_sampling=True, prior_images=50, class_prompt="a {class_word} on grass")
+    p = bench.Protocol(
+        unmasked_weight=0.0,
+        token_warmup_steps=30,
+        token_warmup_lr=1e-2,
+        train_keys=False,
+        union_sampling=True,
+        prior_images=50,
+        class_prompt="a {class_word} on grass",
+    )
     config = bench.train_config(p, "hard@cal", 3)
     assert (config.unmasked_weight, config.token_warmup_steps, config.token_warmup_learning_rate) == (0.0, 30, 1e-2)
     assert not config.train_keys and config.union_sampling and config.class_prompt == "a {class_word} on grass"

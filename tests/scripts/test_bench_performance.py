@@ -71,8 +71,16 @@ def test_modes_become_trainer_settings(bench):
 
 
 def test_rounds_keep_the_median_round(bench):
-    rounds = [{"step_s_median": s, "step_cpu_s_median": s, "peak_bytes": p, "step_extra_bytes": 1,
-               "resident_between_steps_bytes": 2} for s, p in ((3.0, 10), (1.0, 30), (2.0, 20))]
+    rounds = [
+        {
+            "step_s_median": s,
+            "step_cpu_s_median": s,
+            "peak_bytes": p,
+            "step_extra_bytes": 1,
+            "resident_between_steps_bytes": 2,
+        }
+        for s, p in ((3.0, 10), (1.0, 30), (2.0, 20))
+    ]
     merged = bench._merge_rounds(rounds)
     assert merged["step_s_median"] == 2.0 and merged["peak_bytes"] == 20
     assert merged["rounds_step_s_median"] == [1.0, 2.0, 3.0]
@@ -82,12 +90,24 @@ def test_rounds_keep_the_median_round(bench):
 @pytest.mark.slow
 def test_sdxl_modes_run_end_to_end(bench, tmp_path):
     out = tmp_path / "performance.json"
-    bench.main(["--configs", "tiny-sdxl-smoke", "--extras", "checkpointing", "--json", str(out),
-                "--markdown", str(tmp_path / "performance.md")])
+    bench.main(
+        [
+            "--configs",
+            "tiny-sdxl-smoke",
+            "--extras",
+            "checkpointing",
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "performance.md"),
+        ]
+    )
     res = json.loads(out.read_text())["tiny-sdxl-smoke"]
     assert set(res["modes"]) == {"none", "hard", "hard-coarse", "store", "none+ckpt", "hard+ckpt", "hard-coarse+ckpt"}
     assert not [k for k in res if k.endswith("_error")]
-    assert {"hard/none", "store/none", "hard/hard-coarse", "hard+ckpt/none+ckpt", "hard+ckpt/hard-coarse+ckpt"} <= set(res["ratios"])
+    assert {"hard/none", "store/none", "hard/hard-coarse", "hard+ckpt/none+ckpt", "hard+ckpt/hard-coarse+ckpt"} <= set(
+        res["ratios"]
+    )
     for r in res["modes"].values():
         assert r["step_s_median"] > 0 and r["peak_bytes"] > 0
     text = (tmp_path / "performance.md").read_text()

@@ -32,9 +32,16 @@ def local_models(tmp_path_factory):
     torch.manual_seed(0)
     tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core/tinyworld/weights/tokenizer"))
     text = mc.build_text_encoder()
-    pipe = StableDiffusionPipeline(vae=mc.build_vae(), text_encoder=text, tokenizer=tokenizer, unet=mc.build_unet(),
-                                   scheduler=mc.build_scheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=mc.build_vae(),
+        text_encoder=text,
+        tokenizer=tokenizer,
+        unet=mc.build_unet(),
+        scheduler=mc.build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(root / "sd")
     text.save_pretrained(root / "clip" / "text")
     mc.build_vision_encoder().save_pretrained(root / "clip" / "vision")
@@ -45,18 +52,51 @@ def local_models(tmp_path_factory):
 def test_paper_protocol_end_to_end(local_models, tmp_path, capsys, load_script):
     script = load_script("paper_protocol")
     out = tmp_path / "out"
-    code = script.main([
-        "--model", str(local_models / "sd"), "--clip", str(local_models / "clip"), "--dataset", str(DATASET),
-        "--pairs", "bucket+doll", "--single", "first", "--methods", "hard,none", "--device", "cpu",
-        "--out", str(out), "--resolution", "64", "--steps-single", "2", "--steps-multi", "2",
-        "--prior-images", "2", "--prior-steps", "2", "--images-per-prompt", "3", "--n-prompts", "2",
-        "--sample-steps", "2",
-    ])
+    code = script.main(
+        [
+            "--model",
+            str(local_models / "sd"),
+            "--clip",
+            str(local_models / "clip"),
+            "--dataset",
+            str(DATASET),
+            "--pairs",
+            "bucket+doll",
+            "--single",
+            "first",
+            "--methods",
+            "hard,none",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--resolution",
+            "64",
+            "--steps-single",
+            "2",
+            "--steps-multi",
+            "2",
+            "--prior-images",
+            "2",
+            "--prior-steps",
+            "2",
+            "--images-per-prompt",
+            "3",
+            "--n-prompts",
+            "2",
+            "--sample-steps",
+            "2",
+        ]
+    )
     assert code == 0
     rows = json.loads((out / "rows.json").read_text())
     # bucket alone (single) and bucket+doll (multi), each with hard and none
     assert sorted((r["setting"], r["method"]) for r in rows) == [
-        ("multi", "hard"), ("multi", "none"), ("single", "hard"), ("single", "none")]
+        ("multi", "hard"),
+        ("multi", "none"),
+        ("single", "hard"),
+        ("single", "none"),
+    ]
     for row in rows:
         assert row["n_images"] == 6 and row["steps"] == 2
         assert -1 <= row["clip_i"] <= 1 and -1 <= row["clip_t"] <= 1

@@ -12,10 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from textloc_core.attention.cross_attention import AttentionRouter, KVDeltaInjector, find_cross_attention
 from benchmarks.reference_mode import (
-    StoreEverythingDenoiser, StoreEverythingRouter, explicit_self_attention, store_everything_bundle,
+    StoreEverythingDenoiser,
+    StoreEverythingRouter,
+    explicit_self_attention,
+    store_everything_bundle,
 )
+from textloc_core.attention.cross_attention import AttentionRouter, KVDeltaInjector, find_cross_attention
 
 TOKEN = "<doll1>"
 
@@ -79,7 +82,9 @@ def test_reference_mode_stores_every_map_and_explicit_self_attention(tiny_bundle
     unet = tiny_bundle.denoiser.unet
     original = {name: m.processor for name, m in unet.named_modules() if name.endswith("attn1")}
     reference = StoreEverythingDenoiser(tiny_bundle.denoiser)
-    target = AttentionRouter(layers={"input_blocks.1.1.transformer_blocks.0.attn2"}, token_slots=torch.tensor([[1], [1]]))
+    target = AttentionRouter(
+        layers={"input_blocks.1.1.transformer_blocks.0.attn2"}, token_slots=torch.tensor([[1], [1]])
+    )
     context = torch.randn(2, 77, 32)
     with reference.route_attention(target):
         assert all(isinstance(m.processor, AttnProcessor) for n, m in unet.named_modules() if n.endswith("attn1"))
@@ -140,6 +145,8 @@ def test_the_trainer_trains_the_reference_like_the_efficient_path(tiny_parts):
     # (learning_rate x images per step, 4e-3 here)
     for key, delta in efficient.kv_deltas.items():
         assert delta.abs().sum() > 0
-        torch.testing.assert_close(reference.kv_deltas[key], delta, rtol=1e-3, atol=0.1 * config.effective_learning_rate)
+        torch.testing.assert_close(
+            reference.kv_deltas[key], delta, rtol=1e-3, atol=0.1 * config.effective_learning_rate
+        )
     for token, vector in efficient.token_embeddings.items():
         torch.testing.assert_close(reference.token_embeddings[token], vector, rtol=1e-4, atol=1e-6)

@@ -17,15 +17,40 @@ def test_committed_tables_are_the_records(tables):
     from benchmarks import records
 
     page = tables.PAGE.read_text(encoding="utf-8")
-    assert tables.render(page, records.load()) == page, "run python scripts/results_tables.py and commit docs/results.md"
+    assert tables.render(page, records.load()) == page, (
+        "run python scripts/results_tables.py and commit docs/results.md"
+    )
 
 
 def _rec(phase, method, seed, pair="dotstar", setting="single", recipe="plain", **metrics):
-    base = {k: 0.5 for k in ("clip_i", "clip_i_pair", "clip_t", "kid", "iou", "attn_other", "fidelity", "fidelity_cs",
-                              "leakage", "alignment")}
+    base = {
+        k: 0.5
+        for k in (
+            "clip_i",
+            "clip_i_pair",
+            "clip_t",
+            "kid",
+            "iou",
+            "attn_other",
+            "fidelity",
+            "fidelity_cs",
+            "leakage",
+            "alignment",
+        )
+    }
     base.update(metrics)
-    return {"phase": phase, "recipe": recipe, "setting": setting, "pair": pair, "seed": seed, "method": method,
-            "metrics": base, "total_s": 10.0, "code": "abc", "date": f"2026-01-0{seed + 1}T00:00:00Z"}
+    return {
+        "phase": phase,
+        "recipe": recipe,
+        "setting": setting,
+        "pair": pair,
+        "seed": seed,
+        "method": method,
+        "metrics": base,
+        "total_s": 10.0,
+        "code": "abc",
+        "date": f"2026-01-0{seed + 1}T00:00:00Z",
+    }
 
 
 def test_heldout_block_pairs_and_checks_the_targets(tables):
@@ -33,8 +58,18 @@ def test_heldout_block_pairs_and_checks_the_targets(tables):
     for seed in range(5):
         recs.append(_rec("heldout", "none", seed, iou=0.1, fidelity_cs=0.5, leakage=0.6, alignment=0.6))
         # IoU gain 0.2 in four runs, 0.05 in one: 4/5 = 0.8 meets the share
-        recs.append(_rec("heldout", "hard@cal", seed, recipe="masked 0", iou=0.3 if seed else 0.15, fidelity_cs=0.7,
-                         leakage=0.4, alignment=0.5))
+        recs.append(
+            _rec(
+                "heldout",
+                "hard@cal",
+                seed,
+                recipe="masked 0",
+                iou=0.3 if seed else 0.15,
+                fidelity_cs=0.7,
+                leakage=0.4,
+                alignment=0.5,
+            )
+        )
     text = tables.block(recs, "heldout")
     assert "| single | masked 0 | hard@cal | 5 | 0.700 ± 0.000 | 0.400 ± 0.000 |" in text
     line = next(x for x in text.splitlines() if x.startswith("| single | masked 0 | hard@cal | plain | 5 | +"))
@@ -48,7 +83,9 @@ def test_heldout_block_pairs_and_checks_the_targets(tables):
 
 
 def test_dev_rows_pair_with_none_at_their_own_recipe(tables):
-    recs = [_rec("dev", "none", s, recipe=r, iou=base) for s in range(3) for r, base in (("plain", 0.1), ("masked 0", 0.0))]
+    recs = [
+        _rec("dev", "none", s, recipe=r, iou=base) for s in range(3) for r, base in (("plain", 0.1), ("masked 0", 0.0))
+    ]
     recs += [_rec("dev", "hard@cal", s, recipe="masked 0", iou=0.3) for s in range(3)]
     recs += [_rec("dev", "hard@cal", s, recipe="V only", iou=0.3) for s in range(3)]
     pairs = {(recipe, base_recipe) for _, recipe, _, _, base_recipe, _ in tables.paired_rows(recs)}

@@ -21,9 +21,16 @@ def test_report_replaces_only_its_block(load_script, tmp_path):
     doc = tmp_path / "tinyworld.md"
     doc.write_text(f"# TinyWorld\n\nprose before\n\n{bench.START}\nold numbers\n{bench.END}\n\nprose after\n")
     rates = {"all_objects": 0.58, "first_object": 0.58, "background": 0.97, "n": 100}
-    results = {"date": "d", "machine": "m", "steps": 25, "scheduler": "PNDMScheduler", "n": 100, "seed": 0,
-               "judge_threshold": 0.3,
-               "by_guidance": {"3.0": {"single": rates, "double": {**rates, "all_objects": 0.1, "first_object": 0.41}}}}
+    results = {
+        "date": "d",
+        "machine": "m",
+        "steps": 25,
+        "scheduler": "PNDMScheduler",
+        "n": 100,
+        "seed": 0,
+        "judge_threshold": 0.3,
+        "by_guidance": {"3.0": {"single": rates, "double": {**rates, "all_objects": 0.1, "first_object": 0.41}}},
+    }
     bench.write_doc(doc, results)
     text = doc.read_text()
     assert "old numbers" not in text and "prose before" in text and "prose after" in text

@@ -73,10 +73,13 @@ def test_held_out_kinds_never_appear_in_pretraining():
 
 
 def test_captions_name_every_object_and_the_background():
-    spec = world.SceneSpec("grass", (
-        world.PlacedObject(world.ObjectKind("ring", "red"), 20, 20, 9),
-        world.PlacedObject(world.ObjectKind("star", "blue", "striped"), 44, 44, 9),
-    ))
+    spec = world.SceneSpec(
+        "grass",
+        (
+            world.PlacedObject(world.ObjectKind("ring", "red"), 20, 20, 9),
+            world.PlacedObject(world.ObjectKind("star", "blue", "striped"), 44, 44, 9),
+        ),
+    )
     assert spec.caption() == "a red ring and a blue striped star on grass"
     assert spec.caption((1, 0)) == "a blue striped star and a red ring on grass"
     three = world.SceneSpec("sky", spec.objects + (world.PlacedObject(world.ObjectKind("cross", "orange"), 10, 50, 8),))

@@ -59,8 +59,13 @@ def test_pipeline_loads_offline_and_samples_64px():
     assert pipe.safety_checker is None
     assert pipe.vae_scale_factor == mc.VAE_SCALE_FACTOR
     assert pipe.tokenizer.model_max_length == mc.MAX_TOKENS
-    out = pipe("a red star on grass", num_inference_steps=2, guidance_scale=3.0, output_type="pt",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        "a red star on grass",
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.images.shape == (1, 3, 64, 64)
     assert torch.isfinite(out.images).all()
 

@@ -58,8 +58,12 @@ def _saved_tensors(folder) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     tensors = {}
-    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                 "text_encoder/model.safetensors", "judge/judge.safetensors"):
+    for part in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "judge/judge.safetensors",
+    ):
         tensors.update({f"{part}:{k}": v for k, v in load_file(str(folder / part)).items()})
     return tensors
 
@@ -68,12 +72,14 @@ def test_a_stopped_build_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp
     whole = build.build_all(tmp_path / "whole", "quick", "cpu", workers=1, state_dir=tmp_path / "state_whole")
     assert whole["steps_run"]["unet"] == 3
 
-    first = build.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
-                         unet_stop_step=2)
+    first = build.build_all(
+        tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split", unet_stop_step=2
+    )
     assert first["steps_run"]["unet"] == 2
     assert (tmp_path / "split" / "unet").is_dir(), "a stopped build still saves usable weights"
-    second = build.build_all(tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split",
-                          resume=True)
+    second = build.build_all(
+        tmp_path / "split", "quick", "cpu", workers=1, state_dir=tmp_path / "state_split", resume=True
+    )
     assert second["steps_run"]["unet"] == 3
     # finished phases were taken from the state, with the first run's log entries
     assert second["timings_s"]["vae"] == first["timings_s"]["vae"]

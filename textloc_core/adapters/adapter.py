@@ -104,7 +104,7 @@ class AdapterMetadata:
         return header
 
     @classmethod
-    def from_header(cls, header: Mapping[str, str], path: str | os.PathLike = "adapter") -> "AdapterMetadata":
+    def from_header(cls, header: Mapping[str, str], path: str | os.PathLike = "adapter") -> AdapterMetadata:
         if header.get("format") != FORMAT_NAME:
             raise ValueError(
                 f"adapter file {path} is not a textloc adapter (format {header.get('format')!r}): "
@@ -116,7 +116,9 @@ class AdapterMetadata:
         try:
             version = int(header["format_version"])
         except ValueError:
-            raise ValueError(f"adapter file {path}: format_version {header['format_version']!r} is not a number") from None
+            raise ValueError(
+                f"adapter file {path}: format_version {header['format_version']!r} is not a number"
+            ) from None
         if version > FORMAT_VERSION:
             raise ValueError(
                 f"adapter file {path} has format version {version}, newer than this textloc "
@@ -134,7 +136,7 @@ class AdapterMetadata:
                 data_hashes=json.loads(header.get("data_hashes", "{}")),
                 textloc_version=header.get("textloc_version", UNKNOWN),
                 format_version=version,
-                extra={k[len("extra."):]: v for k, v in header.items() if k.startswith("extra.")},
+                extra={k[len("extra.") :]: v for k, v in header.items() if k.startswith("extra.")},
             )
             meta.check_types()
         except (json.JSONDecodeError, ValueError, TypeError) as exc:
@@ -221,8 +223,8 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     """
     tensors, header = safe_io.load_tensors(path, "adapter file", _FIX_CORRUPT)
     metadata = AdapterMetadata.from_header(header, path)
-    deltas = {k[len(_KV_PREFIX):]: v for k, v in tensors.items() if k.startswith(_KV_PREFIX)}
-    embeddings = {k[len(_EMB_PREFIX):]: v for k, v in tensors.items() if k.startswith(_EMB_PREFIX)}
+    deltas = {k[len(_KV_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_KV_PREFIX)}
+    embeddings = {k[len(_EMB_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_EMB_PREFIX)}
     check_finite(tensors, path)
     adapter = Adapter.__new__(Adapter)
     adapter.kv_deltas, adapter.token_embeddings, adapter.metadata = deltas, embeddings, metadata

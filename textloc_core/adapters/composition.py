@@ -134,7 +134,9 @@ def applied(
     denoiser = bundle.denoiser
     projections = kv_projections(denoiser)
     total = composed_deltas(
-        zip(adapters, strengths), {k: m.weight for k, m in projections.items()}, bundle.fingerprint,
+        zip(adapters, strengths),
+        {k: m.weight for k, m in projections.items()},
+        bundle.fingerprint,
         allow_base_mismatch=allow_base_mismatch,
     )
     embeddings = composed_embeddings(adapters)

@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
+from ..backends.unet_names import diffusers_to_ldm_attn2, ldm_to_diffusers_attn2
 from ..data import safe_io
 from .adapter import Adapter, AdapterMetadata, architecture_signature
-from ..backends.unet_names import ldm_to_diffusers_attn2, diffusers_to_ldm_attn2
 
 COMFY_UNET_PREFIX = "diffusion_model."
 CUSTOM_DIFFUSION_WEIGHTS = "pytorch_custom_diffusion_weights.safetensors"
@@ -55,6 +55,7 @@ _CD_SUFFIX = "_custom_diffusion.weight"
 
 COMFY_EMBEDDING_FORMAT = "textloc.comfy_embedding"
 """The ``format`` metadata of the embedding files ``write_comfy_embedding`` writes."""
+
 
 def comfy_unet_patch(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The tensors of a ComfyUI UNet patch file: ``diffusion_model.<key>.diff`` -> delta."""
@@ -198,7 +199,12 @@ def read_custom_diffusion(
             base_fingerprint=base_fingerprint,
             architecture=architecture_signature(base_kv),
             concepts=[
-                {"name": safe_io.safe_filename(t, "token"), "token": t, "class_word": words.get(t, ""), "init_word": None}
+                {
+                    "name": safe_io.safe_filename(t, "token"),
+                    "token": t,
+                    "class_word": words.get(t, ""),
+                    "init_word": None,
+                }
                 for t in embeddings
             ],
             method="none",
@@ -220,8 +226,9 @@ def _custom_diffusion_weights(directory: Path) -> tuple[dict, dict[str, str], Pa
     raise FileNotFoundError(f"{directory}: no {CUSTOM_DIFFUSION_WEIGHTS} (or .bin) in this folder")
 
 
-def _custom_diffusion_deltas(state: Mapping, weights_path: Path, base_kv: Mapping[str, torch.Tensor],
-                             unet_config: Any) -> dict[str, torch.Tensor]:
+def _custom_diffusion_deltas(
+    state: Mapping, weights_path: Path, base_kv: Mapping[str, torch.Tensor], unet_config: Any
+) -> dict[str, torch.Tensor]:
     """Canonical K/V key -> ``W - W0`` for each trained attn2 processor weight in ``state``."""
     deltas: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -250,12 +257,17 @@ def _custom_diffusion_embeddings(directory: Path) -> dict[str, torch.Tensor]:
     token (or one per SDXL encoder, CLIP-L's first)."""
     embeddings: dict[str, torch.Tensor] = {}
     for path in sorted(directory.iterdir()):
-        if path.name in (CUSTOM_DIFFUSION_WEIGHTS, CUSTOM_DIFFUSION_WEIGHTS_BIN) or path.suffix not in (".safetensors", ".bin"):
+        if path.name in (CUSTOM_DIFFUSION_WEIGHTS, CUSTOM_DIFFUSION_WEIGHTS_BIN) or path.suffix not in (
+            ".safetensors",
+            ".bin",
+        ):
             continue
         content, file_header = _load_any(path, "embedding file")
         if set(content) == set(SDXL_ENCODER_KEYS):
             token = file_header.get("token") or path.stem
-            embeddings[token] = torch.cat([content[k].float().reshape(-1, content[k].shape[-1]) for k in SDXL_ENCODER_KEYS], -1)
+            embeddings[token] = torch.cat(
+                [content[k].float().reshape(-1, content[k].shape[-1]) for k in SDXL_ENCODER_KEYS], -1
+            )
             continue
         if len(content) != 1:
             continue

@@ -65,11 +65,19 @@ class KVDeltaInjector:
     contexts (77-token chunks opening with SOT); a T5 context has no such position.
     """
 
-    def __init__(self, unet: nn.Module | None, layers: dict[str, nn.Module] | None = None, *,
-                 detach_start_token: bool = True, projections: dict[str, nn.Module] | None = None):
+    def __init__(
+        self,
+        unet: nn.Module | None,
+        layers: dict[str, nn.Module] | None = None,
+        *,
+        detach_start_token: bool = True,
+        projections: dict[str, nn.Module] | None = None,
+    ):
         if projections is None:
             self.layers = layers if layers is not None else find_cross_attention(unet)
-            projections = {f"{name}.{proj}": getattr(attn, proj) for name, attn in self.layers.items() for proj in ("to_k", "to_v")}
+            projections = {
+                f"{name}.{proj}": getattr(attn, proj) for name, attn in self.layers.items() for proj in ("to_k", "to_v")
+            }
         else:
             self.layers = {}
         self.detach_start_token = detach_start_token
@@ -110,7 +118,7 @@ class KVDeltaInjector:
             handle.remove()
         self._handles.clear()
 
-    def __enter__(self) -> "KVDeltaInjector":
+    def __enter__(self) -> KVDeltaInjector:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -205,8 +213,9 @@ class AveragingRouter(AttentionRouter):
     keeps no row adds nothing.
     """
 
-    def __init__(self, layers: set[str] | None = None, token_slots: torch.Tensor | None = None,
-                 keep_rows: slice | None = None):
+    def __init__(
+        self, layers: set[str] | None = None, token_slots: torch.Tensor | None = None, keep_rows: slice | None = None
+    ):
         super().__init__(layers=layers, token_slots=token_slots, keep_grad=False)
         self.keep_rows = keep_rows
         self.sums: dict[str, torch.Tensor] = {}

@@ -40,7 +40,7 @@ def image_text_map(
     slots = slots.to(q_image.device)
     total = None
     for start in range(0, heads, max(1, heads_per_chunk)):
-        q, k = q_image[:, start:start + heads_per_chunk], k_text[:, start:start + heads_per_chunk]
+        q, k = q_image[:, start : start + heads_per_chunk], k_text[:, start : start + heads_per_chunk]
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
             part = checkpoint(_chunk_sum, q, k, slots, use_reentrant=False)
         else:

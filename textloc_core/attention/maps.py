@@ -39,7 +39,9 @@ class SlotLayout:
 
 def slot_layout(token_positions: list[dict[str, list[int]]], tokens: list[str]) -> SlotLayout:
     """Track every position of every token in ``tokens`` for each prompt's positions dict."""
-    rows = [[(k, p) for k, token in enumerate(tokens) for p in positions.get(token, [])] for positions in token_positions]
+    rows = [
+        [(k, p) for k, token in enumerate(tokens) for p in positions.get(token, [])] for positions in token_positions
+    ]
     width = max([len(r) for r in rows] + [1])
     batch, n_concepts = len(rows), len(tokens)
     slots = torch.zeros(batch, width, dtype=torch.long)
@@ -56,7 +58,7 @@ def slot_layout(token_positions: list[dict[str, list[int]]], tokens: list[str]) 
     return SlotLayout(slots, weights, present, list(tokens))
 
 
-_QUERY_COUNTS: "weakref.WeakKeyDictionary[object, dict[tuple[int, ...], dict[str, int]]]" = weakref.WeakKeyDictionary()
+_QUERY_COUNTS: weakref.WeakKeyDictionary[object, dict[tuple[int, ...], dict[str, int]]] = weakref.WeakKeyDictionary()
 """Per denoiser, per latent size: the counts ``attn2_query_counts`` measured (adapters change no shape)."""
 
 
@@ -150,7 +152,7 @@ def choose_blocks(layers: list[str], spec: str) -> set[str]:
     """The layers of ``layers`` (in forward order) that ``spec`` names: ``"blocks:first_half"``
     / ``"blocks:second_half"`` (the middle block of an odd count goes with the first half), or
     0-based positions and ranges, ``"blocks:0,2-4"``."""
-    body = spec[len(BLOCKS_PREFIX):].strip()
+    body = spec[len(BLOCKS_PREFIX) :].strip()
     middle = (len(layers) + 1) // 2
     if body in BLOCK_HALVES:
         return set(layers[:middle] if body == "first_half" else layers[middle:])
@@ -165,7 +167,9 @@ def choose_blocks(layers: list[str], spec: str) -> set[str]:
         ) from None
     outside = sorted(i for i in picked if not 0 <= i < len(layers))
     if outside or not picked:
-        raise ValueError(f"map_levels: {spec!r} names blocks {outside or 'none'}; this model's are 0 to {len(layers) - 1}")
+        raise ValueError(
+            f"map_levels: {spec!r} names blocks {outside or 'none'}; this model's are 0 to {len(layers) - 1}"
+        )
     return {layers[i] for i in sorted(picked)}
 
 

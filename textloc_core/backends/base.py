@@ -104,7 +104,10 @@ class DenoiserBackend(Protocol):
     ``predict`` then needs ``pooled``; the size conditioning it derives from the latents."""
 
     def predict(
-        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
         pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The UNet's raw output for DDPM-noised latents at integer ``timesteps`` (0..999).
@@ -114,7 +117,7 @@ class DenoiserBackend(Protocol):
         runs the UNet in, so callers pass it as encoded. SDXL's size conditioning is taken as
         uncropped images of the latents' own size (original = target = latent side x factor)."""
 
-    def route_attention(self, router: "AttentionRouter") -> AbstractContextManager:
+    def route_attention(self, router: AttentionRouter) -> AbstractContextManager:
         """While the context is open, every ``attn2`` call whose layer the router selects goes
         through ``router`` (explicit softmax + capture); all others keep the framework's own
         fused attention. Must restore the model exactly on exit."""

@@ -12,7 +12,7 @@ which are below training in the import order, raise it too.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 StopCheck = Callable[[], bool]
 """A host's "should I stop now?" poll; None where the host never stops a run."""

@@ -11,18 +11,19 @@ every other attention keeps diffusers' own (SDPA) processor.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..attention.cross_attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
 from ..data.tokens import check_token_text
-from .unet_names import diffusers_to_ldm_attn2
 from .base import EncodedPrompts, ModelBundle, check_embedding_width, mean_of_pieces
 from .fingerprint import base_model_fingerprint, kv_weights
+from .unet_names import diffusers_to_ldm_attn2
 
 
 class _Encoder:
@@ -73,7 +74,9 @@ class _Encoder:
             token = added.get(piece)
             if token is None:
                 if piece >= self.embedding.num_embeddings:
-                    raise ValueError(f"prompt {prompt!r}: token id {piece} is an added token this encoder has no vector for")
+                    raise ValueError(
+                        f"prompt {prompt!r}: token id {piece} is an added token this encoder has no vector for"
+                    )
                 ids.append(piece)
                 continue
             for j in range(token_embeddings[token].shape[0]):
@@ -121,8 +124,15 @@ class DiffusersText:
     parameter per concept and still gives every encoder its own embedding.
     """
 
-    def __init__(self, tokenizer: Any, text_encoder: nn.Module, max_length: int = TOKENS_PER_CHUNK,
-                 tokenizer_2: Any = None, text_encoder_2: nn.Module | None = None, pool_both: bool = False):
+    def __init__(
+        self,
+        tokenizer: Any,
+        text_encoder: nn.Module,
+        max_length: int = TOKENS_PER_CHUNK,
+        tokenizer_2: Any = None,
+        text_encoder_2: nn.Module | None = None,
+        pool_both: bool = False,
+    ):
         if (tokenizer_2 is None) != (text_encoder_2 is None):
             raise ValueError("text: SDXL needs both tokenizer_2 and text_encoder_2 (or neither for SD1.x/SD2.x)")
         sdxl = text_encoder_2 is not None
@@ -150,8 +160,7 @@ class DiffusersText:
 
     def initial_embedding(self, init_word: str, what: str = "init_word") -> torch.Tensor:
         parts = [
-            mean_of_pieces([e.embedding.weight[i] for i in e.pieces(init_word)], init_word, what)
-            for e in self.encoders
+            mean_of_pieces([e.embedding.weight[i] for i in e.pieces(init_word)], init_word, what) for e in self.encoders
         ]
         return torch.cat(parts).clone().unsqueeze(0)
 
@@ -173,7 +182,7 @@ class DiffusersText:
                 positions = where
             elif where != positions:
                 raise ValueError(f"prompts {prompts!r}: the two tokenizers place the identifier tokens differently")
-            sliced = {t: v[:, start:start + encoder.width] for t, v in token_embeddings.items()}
+            sliced = {t: v[:, start : start + encoder.width] for t, v in token_embeddings.items()}
             states, pooled_one = encoder.run([ids for ids, _, _ in laid], [f for _, _, f in laid], sliced)
             hidden.append(states)
             pooled.append(pooled_one)
@@ -190,7 +199,9 @@ class _RoutedProcessor:
         self.router = router
         self.layer = layer
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         if attention_mask is not None:
             raise ValueError(f"{self.layer}: attention masks are not supported while capturing token maps")
         residual = hidden_states
@@ -242,14 +253,22 @@ class DiffusersDenoiser:
         return ((images.float() + 1) / 2).clamp(0, 1)
 
     def predict(
-        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
         pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
         added = None
         if self.needs_pooled:
             if pooled is None:
-                raise ValueError("this UNet (SDXL) needs the pooled text embedding; encode prompts with its two text encoders")
-            added = {"text_embeds": pooled.to(context.dtype), "time_ids": self.size_conditioning(noisy_latents).to(context.dtype)}
+                raise ValueError(
+                    "this UNet (SDXL) needs the pooled text embedding; encode prompts with its two text encoders"
+                )
+            added = {
+                "text_embeds": pooled.to(context.dtype),
+                "time_ids": self.size_conditioning(noisy_latents).to(context.dtype),
+            }
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=context, added_cond_kwargs=added).sample
 
     def size_conditioning(self, latents: torch.Tensor) -> torch.Tensor:
@@ -316,12 +335,15 @@ def bundle_from_diffusers(
     pipeline scheduler's (else "epsilon"). The models are put in eval mode; their weights are
     never modified by training.
     """
+
     def part(name, given):
         return given if given is not None else getattr(pipeline, name, None)
 
     parts = {
-        "unet": part("unet", unet), "vae": part("vae", vae),
-        "text_encoder": part("text_encoder", text_encoder), "tokenizer": part("tokenizer", tokenizer),
+        "unet": part("unet", unet),
+        "vae": part("vae", vae),
+        "text_encoder": part("text_encoder", text_encoder),
+        "tokenizer": part("tokenizer", tokenizer),
     }
     second = {"text_encoder_2": part("text_encoder_2", text_encoder_2), "tokenizer_2": part("tokenizer_2", tokenizer_2)}
     missing = [name for name, value in parts.items() if value is None]
@@ -333,7 +355,9 @@ def bundle_from_diffusers(
     denoiser = DiffusersDenoiser(parts["unet"], parts["vae"], prediction_type)
     has_second = all(v is not None for v in second.values())
     if denoiser.needs_pooled and not has_second:
-        raise ValueError("diffusers bundle: this UNet is SDXL-style (text_time conditioning); pass text_encoder_2 and tokenizer_2 too")
+        raise ValueError(
+            "diffusers bundle: this UNet is SDXL-style (text_time conditioning); pass text_encoder_2 and tokenizer_2 too"
+        )
     if not denoiser.needs_pooled:
         second = {"text_encoder_2": None, "tokenizer_2": None}
     for model in (parts["unet"], parts["vae"], parts["text_encoder"], second["text_encoder_2"]):
@@ -349,7 +373,9 @@ def bundle_from_diffusers(
     )
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ModelBundle:
+def load_model(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> ModelBundle:
     """A ``ModelBundle`` from a local diffusers folder or a single-file SD1.x/SD2.x/SDXL checkpoint.
 
     Never downloads: a folder must hold the pipeline, a file must be a full checkpoint. A file

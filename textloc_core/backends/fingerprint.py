@@ -32,7 +32,11 @@ def kv_projections(denoiser) -> dict[str, torch.nn.Module]:
     own = getattr(denoiser, "text_kv_projections", None)
     if own is not None:
         return own()
-    return {f"{name}.{proj}": getattr(attn, proj) for name, attn in canonical_layers(denoiser).items() for proj in PROJECTIONS}
+    return {
+        f"{name}.{proj}": getattr(attn, proj)
+        for name, attn in canonical_layers(denoiser).items()
+        for proj in PROJECTIONS
+    }
 
 
 def kv_weights(denoiser) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from .diffusers_backend import kv_fingerprint
 from .flow_matching import FLUX_SHIFT, FlowMatching
 from .joint_blocks import JointBlockDenoiser
 from .t5_text import FluxText
+
 PATCH = 2
 """Flux packs 2 x 2 latent cells into one image token."""
 
@@ -85,9 +86,7 @@ class MappedFluxProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         n_text = encoder_hidden_states.shape[1]
-        self.router.capture_text_map(
-            self.layer, query[:, n_text:].transpose(1, 2), key[:, :n_text].transpose(1, 2)
-        )
+        self.router.capture_text_map(self.layer, query[:, n_text:].transpose(1, 2), key[:, :n_text].transpose(1, 2))
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
         text_out, image_out = out[:, :n_text], out[:, n_text:]
@@ -103,14 +102,21 @@ class FluxDenoiser(JointBlockDenoiser):
     text_attention = "txt_attn"
 
     def __init__(self, transformer: nn.Module, vae: nn.Module, guidance: float = 1.0):
-        super().__init__(transformer, vae, FlowMatching(FLUX_SHIFT), int(transformer.config.in_channels) // (PATCH * PATCH), PATCH)
+        super().__init__(
+            transformer, vae, FlowMatching(FLUX_SHIFT), int(transformer.config.in_channels) // (PATCH * PATCH), PATCH
+        )
         self.guidance = float(guidance)
 
     def map_processor(self, router: AttentionRouter, block: str) -> MappedFluxProcessor:
         return MappedFluxProcessor(router, block)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The velocity for latents at the objective's ``timesteps`` (0..999 or the sampler's floats)."""
         if pooled is None:
             raise ValueError("Flux needs the pooled CLIP-L embedding; encode prompts with its text backend")
@@ -120,16 +126,28 @@ class FluxDenoiser(JointBlockDenoiser):
         if getattr(self.unet.config, "guidance_embeds", False):
             guidance = torch.full((noisy_latents.shape[0],), self.guidance, device=device, dtype=torch.float32)
         out = self.unet(
-            hidden_states=pack(noisy_latents), encoder_hidden_states=context, pooled_projections=pooled.to(dtype),
-            timestep=self.objective.sigmas(timesteps).to(device, dtype), img_ids=image_ids(hw, device),
-            txt_ids=torch.zeros(context.shape[1], 3, device=device), guidance=guidance, return_dict=False,
+            hidden_states=pack(noisy_latents),
+            encoder_hidden_states=context,
+            pooled_projections=pooled.to(dtype),
+            timestep=self.objective.sigmas(timesteps).to(device, dtype),
+            img_ids=image_ids(hw, device),
+            txt_ids=torch.zeros(context.shape[1], 3, device=device),
+            guidance=guidance,
+            return_dict=False,
         )[0]
         return unpack(out, hw)
 
 
 def bundle_from_flux(
-    *, transformer: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any,
-    text_encoder_2: nn.Module, tokenizer_2: Any, max_sequence_length: int = 512, guidance: float = 1.0,
+    *,
+    transformer: nn.Module,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    text_encoder_2: nn.Module,
+    tokenizer_2: Any,
+    max_sequence_length: int = 512,
+    guidance: float = 1.0,
 ) -> ModelBundle:
     """A ``ModelBundle`` from FluxPipeline's components (its names: ``text_encoder`` /
     ``tokenizer`` are CLIP-L, ``text_encoder_2`` / ``tokenizer_2`` T5). The models are put in

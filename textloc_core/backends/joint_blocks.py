@@ -12,8 +12,8 @@ sequences have no start token, so no K/V position is detached.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 
@@ -36,7 +36,9 @@ class JointBlockDenoiser(DiffusersDenoiser):
     block_prefix = ""
     text_attention = ""
 
-    def __init__(self, transformer: nn.Module, vae: nn.Module, objective: FlowMatching, latent_channels: int, patch: int):
+    def __init__(
+        self, transformer: nn.Module, vae: nn.Module, objective: FlowMatching, latent_channels: int, patch: int
+    ):
         self.unet = transformer
         self.vae = vae
         self.objective = objective

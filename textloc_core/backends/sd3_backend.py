@@ -74,21 +74,39 @@ class SD3Denoiser(JointBlockDenoiser):
     def map_processor(self, router: AttentionRouter, block: str) -> MappedJointProcessor:
         return MappedJointProcessor(router, block)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The velocity for latents at the objective's ``timesteps`` (0..999 or the sampler's floats)."""
         if pooled is None:
             raise ValueError("SD3 needs the pooled CLIP-L + CLIP-G embedding; encode prompts with its text backend")
         dtype = noisy_latents.dtype
         # the SD3 pipeline passes the noise level x 1000 as the timestep
         sigma = self.objective.sigmas(timesteps).to(noisy_latents.device, dtype) * 1000
-        return self.unet(hidden_states=noisy_latents, encoder_hidden_states=context, pooled_projections=pooled.to(dtype),
-                         timestep=sigma, return_dict=False)[0]
+        return self.unet(
+            hidden_states=noisy_latents,
+            encoder_hidden_states=context,
+            pooled_projections=pooled.to(dtype),
+            timestep=sigma,
+            return_dict=False,
+        )[0]
 
 
 def bundle_from_sd3(
-    *, transformer: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer: Any, text_encoder_2: nn.Module,
-    tokenizer_2: Any, text_encoder_3: nn.Module, tokenizer_3: Any, max_sequence_length: int = 256,
+    *,
+    transformer: nn.Module,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    text_encoder_2: nn.Module,
+    tokenizer_2: Any,
+    text_encoder_3: nn.Module,
+    tokenizer_3: Any,
+    max_sequence_length: int = 256,
 ) -> ModelBundle:
     """A ``ModelBundle`` from StableDiffusion3Pipeline's components (CLIP-L, CLIP-G, T5 in its
     order). The models are put in eval mode; their weights are never modified by training."""
@@ -97,7 +115,9 @@ def bundle_from_sd3(
     denoiser = SD3Denoiser(transformer, vae)
     weight = next(transformer.parameters())
     return ModelBundle(
-        text=SD3Text(tokenizer, text_encoder, tokenizer_2, text_encoder_2, tokenizer_3, text_encoder_3, max_sequence_length),
+        text=SD3Text(
+            tokenizer, text_encoder, tokenizer_2, text_encoder_2, tokenizer_3, text_encoder_3, max_sequence_length
+        ),
         denoiser=denoiser,
         fingerprint=kv_fingerprint(denoiser),
         device=weight.device,

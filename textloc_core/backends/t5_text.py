@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attention.cross_attention import TOKENS_PER_CHUNK
 from ..data.tokens import check_token_text
 from .base import EncodedPrompts, check_embedding_width, mean_of_pieces
-from ..attention.cross_attention import TOKENS_PER_CHUNK
 from .diffusers_backend import DiffusersText, _Encoder
 
 
@@ -41,7 +41,9 @@ class T5Sequence:
     def check_token(self, token: str) -> None:
         added = set(getattr(self.tokenizer, "added_tokens_encoder", {}))
         if token not in added and token in self.tokenizer.get_vocab():
-            raise ValueError(f"token {token!r} is already a word of the T5 vocabulary; an identifier must be new, e.g. '<{token}1>'")
+            raise ValueError(
+                f"token {token!r} is already a word of the T5 vocabulary; an identifier must be new, e.g. '<{token}1>'"
+            )
         if token not in added:
             self.tokenizer.add_tokens([token])
         self.token_ids[token] = self.tokenizer.convert_tokens_to_ids(token)
@@ -66,10 +68,14 @@ class T5Sequence:
                 ids.append(self.tokenizer.pad_token_id)
         ids.append(self.tokenizer.eos_token_id)
         if len(ids) > self.max_length:
-            raise ValueError(f"prompt {prompt!r} is {len(ids)} T5 tokens long; this model reads {self.max_length}. Shorten it.")
+            raise ValueError(
+                f"prompt {prompt!r} is {len(ids)} T5 tokens long; this model reads {self.max_length}. Shorten it."
+            )
         return ids + [self.tokenizer.pad_token_id] * (self.max_length - len(ids)), where
 
-    def encode(self, prompts: list[str], vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[dict[str, list[int]]]]:
+    def encode(
+        self, prompts: list[str], vectors: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[dict[str, list[int]]]]:
         """((B, max_length, width) sequence with ``vectors`` (slices of the token rows) at the
         identifier positions, differentiable w.r.t. them; the positions per prompt)."""
         laid = [self.layout(p, vectors) for p in prompts]
@@ -84,8 +90,10 @@ class T5Sequence:
                     columns.append(position)
                     values.append(vectors[token][i % vectors[token].shape[0]])
         if values:
-            hidden = hidden.index_put((torch.tensor(rows, device=device), torch.tensor(columns, device=device)),
-                                      torch.stack(values).to(device, hidden.dtype))
+            hidden = hidden.index_put(
+                (torch.tensor(rows, device=device), torch.tensor(columns, device=device)),
+                torch.stack(values).to(device, hidden.dtype),
+            )
         return hidden, [where for _, where in laid]
 
     def initial_vector(self, word: str, what: str) -> torch.Tensor:
@@ -143,10 +151,20 @@ class SD3Text:
     An identifier's vector is one row ``[CLIP-L input | CLIP-G input | T5 output]``; the CLIP
     part is SDXL's two-encoder text (``DiffusersText``) with both pooled outputs."""
 
-    def __init__(self, tokenizer: Any, text_encoder: nn.Module, tokenizer_2: Any, text_encoder_2: nn.Module,
-                 tokenizer_3: Any, text_encoder_3: nn.Module, max_length: int = 256):
+    def __init__(
+        self,
+        tokenizer: Any,
+        text_encoder: nn.Module,
+        tokenizer_2: Any,
+        text_encoder_2: nn.Module,
+        tokenizer_3: Any,
+        text_encoder_3: nn.Module,
+        max_length: int = 256,
+    ):
         self.clip_l_encoder, self.clip_g_encoder, self.t5_encoder = text_encoder, text_encoder_2, text_encoder_3
-        self.clip = DiffusersText(tokenizer, text_encoder, TOKENS_PER_CHUNK, tokenizer_2, text_encoder_2, pool_both=True)
+        self.clip = DiffusersText(
+            tokenizer, text_encoder, TOKENS_PER_CHUNK, tokenizer_2, text_encoder_2, pool_both=True
+        )
         self.t5 = T5Sequence(tokenizer_3, text_encoder_3, max_length)
         if self.clip.embedding_dim > self.t5.width:
             raise ValueError(
@@ -175,5 +193,6 @@ class SD3Text:
             {t: clip_at.get(t, []) + [offset + p for p in t5_at.get(t, [])] for t in {*clip_at, *t5_at}}
             for clip_at, t5_at in zip(clip.token_positions, t5_positions)
         ]
-        return EncodedPrompts(context=torch.cat([context, t5.to(context.dtype)], dim=1), token_positions=merged,
-                              pooled=clip.pooled)
+        return EncodedPrompts(
+            context=torch.cat([context, t5.to(context.dtype)], dim=1), token_positions=merged, pooled=clip.pooled
+        )

@@ -72,7 +72,9 @@ def ldm_to_diffusers_attn2(name: str, config: Any) -> str:
         return f"mid_block.attentions.{(int(mid[1]) - 1) // 2}.{mid[2]}"
     match = re.match(r"^(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(transformer_blocks\.\d+\.attn2)$", name)
     if not match:
-        raise ValueError(f"layer name {name!r} is not an LDM attn2 path (input_blocks.N.1.transformer_blocks.K.attn2, ...)")
+        raise ValueError(
+            f"layer name {name!r} is not an LDM attn2 path (input_blocks.N.1.transformer_blocks.K.attn2, ...)"
+        )
     kind, block, tail = match[1], int(match[2]), match[4]
     if kind == "input_blocks":
         start = 1

@@ -95,9 +95,7 @@ class ConceptSet:
             masks = masks[None]
         # A MASK (B, H, W), or black-and-white mask pictures loaded as an IMAGE (B, H, W, C).
         if not (masks.dim() == 3 or (masks.dim() == 4 and masks.shape[-1] in (1, 3, 4))):
-            raise ValueError(
-                f"MASK for concept {concept.name!r}: expected (B, H, W), got shape {tuple(masks.shape)}"
-            )
+            raise ValueError(f"MASK for concept {concept.name!r}: expected (B, H, W), got shape {tuple(masks.shape)}")
         height, width = images.shape[1:3]
         if tuple(masks.shape[1:3]) != (height, width) and _is_empty_placeholder(masks):
             raise ValueError(
@@ -146,9 +144,7 @@ class ConceptSet:
                 )
             for concept in other.concepts:
                 if any(c.name == concept.name for c in concepts):
-                    raise ValueError(
-                        f"merge: concept {concept.name!r} is given twice: give each concept a unique name"
-                    )
+                    raise ValueError(f"merge: concept {concept.name!r} is given twice: give each concept a unique name")
                 concepts.append(concept)
             for index, (mine, theirs) in enumerate(zip(images, other.images)):
                 if mine.image.shape != theirs.image.shape or not torch.equal(mine.image, theirs.image):
@@ -213,9 +209,7 @@ def _as_image_batch(images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 3:
         images = images[None]
     if images.dim() != 4 or images.shape[-1] not in (3, 4) or images.shape[0] < 1:
-        raise ValueError(
-            f"IMAGE: expected a ComfyUI image batch (B, H, W, 3), got shape {tuple(images.shape)}"
-        )
+        raise ValueError(f"IMAGE: expected a ComfyUI image batch (B, H, W, 3), got shape {tuple(images.shape)}")
     images = images[..., :3].detach().to("cpu", torch.float32)
     if not torch.isfinite(images).all():
         raise ValueError("IMAGE has NaN or infinite values: check the node that produced it")

@@ -105,7 +105,9 @@ def recover(journal: Path, finals: list[Path]) -> str | None:
 
 
 def _write_journal(journal: Path, state: str, entries) -> None:
-    files = [[str(final), str(temporary), None if backup is None else str(backup)] for final, temporary, backup in entries]
+    files = [
+        [str(final), str(temporary), None if backup is None else str(backup)] for final, temporary, backup in entries
+    ]
     atomic_write_text(journal, json.dumps({"version": JOURNAL_VERSION, "state": state, "files": files}))
 
 

@@ -142,11 +142,15 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a (3, H, W) image to ``size = (height, width)`` (bicubic, antialiased), clamped to [0, 1]."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image
-    out = F.interpolate(image[None].to(torch.float32), size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
+    out = F.interpolate(
+        image[None].to(torch.float32), size=tuple(size), mode="bicubic", antialias=True, align_corners=False
+    )
     return out[0].clamp(0.0, 1.0)
 
 
-def fit_size(height: int, width: int, resolution: int, center_crop: bool) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+def fit_size(
+    height: int, width: int, resolution: int, center_crop: bool
+) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
     """Where an image of ``height x width`` goes for a ``resolution`` square.
 
     With ``center_crop`` the shorter side is scaled to ``resolution`` and the centre square

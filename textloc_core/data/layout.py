@@ -51,7 +51,6 @@ def default_class_word(name: str) -> str:
     return name.replace("_", " ").strip()
 
 
-
 def natural_key(text: str) -> tuple:
     """Sort key that puts "2" before "10", as a person numbering photos expects. Names equal
     as numbers ("0" and "00") fall back to their text, so the order never depends on the
@@ -78,9 +77,7 @@ def image_listing(folder: Path, root: Path, confine: Path | None = None) -> dict
                 f"{shown} is not an image file ({', '.join(IMAGE_SUFFIXES)}): move it out of {shown_path(folder, root)}/"
             )
         if entry.stem in found:
-            raise ValueError(
-                f"{shown_path(found[entry.stem], root)} and {shown} have the same name: keep one of them"
-            )
+            raise ValueError(f"{shown_path(found[entry.stem], root)} and {shown} have the same name: keep one of them")
         found[entry.stem] = entry
     return found
 
@@ -138,7 +135,7 @@ class PhotoReader:
         limit = pixel_limit(self.resolution)
         shown_image = shown_path(image_path, self.root)
         width, height = picture_size(image_path, shown_image, limit)
-        self.budget.take(self.resolution ** 2 if self.resolution else width * height, shown_image)
+        self.budget.take(self.resolution**2 if self.resolution else width * height, shown_image)
         factor = reduce_factor(width, height, self.resolution)
         image = picture_to_image(open_picture(image_path, shown_image, limit, factor))
         masks = {}

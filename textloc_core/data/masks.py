@@ -22,7 +22,6 @@ is read the same way with ``invert=True, channel="alpha"``.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F

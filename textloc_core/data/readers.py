@@ -39,8 +39,16 @@ from pathlib import Path, PurePosixPath
 
 from .concepts import Concept, ConceptSet
 from .layout import (
-    MAX_CONCEPTS, MAX_IMAGES, PhotoReader, check_count, default_class_word, default_token, image_listing, make_concepts,
-    natural_key, shown_path,
+    MAX_CONCEPTS,
+    MAX_IMAGES,
+    PhotoReader,
+    check_count,
+    default_class_word,
+    default_token,
+    image_listing,
+    make_concepts,
+    natural_key,
+    shown_path,
 )
 from .masks import MASK_CHANNELS
 from .safe_io import is_inside
@@ -73,7 +81,9 @@ def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
         raise ValueError(f"{path} has several manifests ({', '.join(m.name for m in manifests)}): keep one")
     if manifests:
         if not is_inside(path, manifests[0]):
-            raise ValueError(f"{manifests[0].name} leads outside the dataset folder through a link: copy the file in instead")
+            raise ValueError(
+                f"{manifests[0].name} leads outside the dataset folder through a link: copy the file in instead"
+            )
         return read_manifest(manifests[0], **options)
     if (path / "resized").is_dir():
         return read_paper_folder(path, **options)
@@ -108,9 +118,7 @@ def read_folder(
     if not images:
         raise ValueError(f"{shown_path(images_dir, root)}/ holds no images: add the photos of your concepts")
     check_count(len(images), MAX_IMAGES, "photos", f"{shown_path(images_dir, root)}/")
-    names = sorted(
-        (p.name for p in masks_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key
-    )
+    names = sorted((p.name for p in masks_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
     if not names:
         raise ValueError("masks/ has no concept subfolders: put each concept's masks in masks/<concept name>/")
     check_count(len(names), MAX_CONCEPTS, "concept folders", "masks/")
@@ -179,7 +187,9 @@ def safe_relative_path(root: Path, raw, what: str) -> Path:
         )
     path = (root / Path(*pure.parts)).resolve()
     if not is_inside(root, path):
-        raise ValueError(f"{what}: {quoted(raw)} leads outside the dataset folder through a link: copy the file in instead")
+        raise ValueError(
+            f"{what}: {quoted(raw)} leads outside the dataset folder through a link: copy the file in instead"
+        )
     return path
 
 
@@ -200,7 +210,9 @@ def _load_manifest_data(path: Path) -> dict:
         try:
             import yaml  # PyYAML ships with ComfyUI
         except ImportError:  # pragma: no cover - depends on the installation
-            raise ValueError(f"manifest {path.name} is YAML but PyYAML is not installed: pip install pyyaml, or use JSON") from None
+            raise ValueError(
+                f"manifest {path.name} is YAML but PyYAML is not installed: pip install pyyaml, or use JSON"
+            ) from None
         try:
             data = yaml.safe_load(text)  # safe_load: a manifest can never build Python objects
         except yaml.YAMLError as error:
@@ -212,7 +224,9 @@ def _load_manifest_data(path: Path) -> dict:
     if text_error is not None:
         raise ValueError(f"manifest {path.name} is not valid {path.suffix[1:].upper()}: {text_error}")
     if not isinstance(data, dict):
-        raise ValueError(f"manifest {path.name}: expected a mapping with 'concepts' and 'images', got {type(data).__name__}")
+        raise ValueError(
+            f"manifest {path.name}: expected a mapping with 'concepts' and 'images', got {type(data).__name__}"
+        )
     return data
 
 
@@ -321,7 +335,13 @@ def paper_concept_folder(root: str | os.PathLike, which: str) -> Path:
         raise ValueError(f"paper dataset entry {which!r}: give a folder name like 'bucket+doll' or 'doll'")
     folder = root / ("multi_concept" if "+" in which else "single_concept") / which
     if not folder.is_dir():
-        available = sorted(p.name for sub in ("multi_concept", "single_concept") if (root / sub).is_dir() for p in (root / sub).iterdir() if p.is_dir())
+        available = sorted(
+            p.name
+            for sub in ("multi_concept", "single_concept")
+            if (root / sub).is_dir()
+            for p in (root / sub).iterdir()
+            if p.is_dir()
+        )
         raise ValueError(f"paper dataset {root} has no {which!r}; available: {available}")
     return folder
 

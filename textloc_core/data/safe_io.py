@@ -205,7 +205,9 @@ def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+def save_tensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write ``tensors`` + string ``metadata`` as safetensors, atomically, with a content digest."""
     prepared = _prepare(tensors)
     header = {str(k): str(v) for k, v in (metadata or {}).items()}

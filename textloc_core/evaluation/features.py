@@ -16,14 +16,16 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..data.imaging import fit_size
+
 
 @runtime_checkable
 class FeatureModel(Protocol):
@@ -54,10 +56,7 @@ def check_images(images: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def clip_preprocess(
-    images: torch.Tensor,
-    size: int,
-    mean: Sequence[float] = OPENAI_CLIP_MEAN,
-    std: Sequence[float] = OPENAI_CLIP_STD,
+    images: torch.Tensor, size: int, mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD
 ) -> torch.Tensor:
     """CLIP's image preprocessing on tensors: resize the short side to ``size`` (bicubic,
     antialiased), centre-crop ``size`` x ``size``, normalise. Same steps as CLIPImageProcessor,
@@ -98,8 +97,10 @@ def check_weight_index(directory: Path, shown: str) -> None:
             if not isinstance(weight_map, dict) or not weight_map:
                 problem = "has no weight_map of tensor names to shard files"
             elif not all(_plain_shard_name(shard) and _stays_in(directory, shard) for shard in weight_map.values()):
-                problem = ("names a shard that is not a .safetensors file in the folder itself (a path with a "
-                           "separator, '..', another suffix, or a link leading out)")
+                problem = (
+                    "names a shard that is not a .safetensors file in the folder itself (a path with a "
+                    "separator, '..', another suffix, or a link leading out)"
+                )
         if problem is not None:
             raise ValueError(
                 f"CLIP directory {shown!r}: {index.name} {problem}; keep the index transformers wrote, whose "
@@ -108,8 +109,16 @@ def check_weight_index(directory: Path, shown: str) -> None:
 
 
 def _plain_shard_name(shard) -> bool:
-    return (isinstance(shard, str) and shard.endswith(".safetensors") and "/" not in shard and "\\" not in shard
-            and ":" not in shard and "\x00" not in shard and shard not in (".", "..") and not shard.startswith("."))
+    return (
+        isinstance(shard, str)
+        and shard.endswith(".safetensors")
+        and "/" not in shard
+        and "\\" not in shard
+        and ":" not in shard
+        and "\x00" not in shard
+        and shard not in (".", "..")
+        and not shard.startswith(".")
+    )
 
 
 def _stays_in(directory: Path, shard: str) -> bool:
@@ -133,9 +142,18 @@ class ClipFeatureModel:
     pair"; the paper's CLIP-I uses the projected image features, ``projected=True``).
     """
 
-    def __init__(self, vision: nn.Module, text: nn.Module, tokenizer, *, image_size: int | None = None,
-                 mean: Sequence[float] = OPENAI_CLIP_MEAN, std: Sequence[float] = OPENAI_CLIP_STD,
-                 batch_size: int = 32, projected: bool = True):
+    def __init__(
+        self,
+        vision: nn.Module,
+        text: nn.Module,
+        tokenizer,
+        *,
+        image_size: int | None = None,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
+        batch_size: int = 32,
+        projected: bool = True,
+    ):
         self.projected = projected
         self.vision = vision.eval()
         self.text = text.eval()
@@ -149,8 +167,9 @@ class ClipFeatureModel:
         self.max_length = int(text_config.max_position_embeddings)
 
     @classmethod
-    def from_directory(cls, path: str | Path, *, device: str | torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32) -> "ClipFeatureModel":
+    def from_directory(
+        cls, path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> ClipFeatureModel:
         """Load from a local directory, never from the network.
 
         Accepted layouts: a saved ``CLIPModel`` (config.json with model_type "clip", tokenizer
@@ -159,8 +178,7 @@ class ClipFeatureModel:
         ``tokenizer/`` sub-folders. A ``preprocessor_config.json`` found there sets the crop size
         and normalisation.
         """
-        from transformers import (CLIPModel, CLIPTextModelWithProjection, CLIPTokenizer,
-                                  CLIPVisionModelWithProjection)
+        from transformers import CLIPModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
         root = Path(path)
         if not root.is_dir():
@@ -196,12 +214,15 @@ class ClipFeatureModel:
                 crop = pre.get("crop_size")
                 if isinstance(crop, dict):
                     crop = crop.get("height")
-                extra = {k: v for k, v in (("image_size", crop), ("mean", pre.get("image_mean")),
-                                           ("std", pre.get("image_std"))) if v}
+                extra = {
+                    k: v
+                    for k, v in (("image_size", crop), ("mean", pre.get("image_mean")), ("std", pre.get("image_std")))
+                    if v
+                }
                 break
         return cls(vision, text, tokenizer, **extra)
 
-    def unprojected(self) -> "ClipFeatureModel":
+    def unprojected(self) -> ClipFeatureModel:
         """The same towers, image features taken before the visual projection (the pooler
         output: the bench's "CLIP-I pair", not the paper's CLIP-I); text features stay projected."""
         twin = copy.copy(self)
@@ -229,10 +250,16 @@ class ClipFeatureModel:
         device, _ = self._device_dtype(self.text)
         out = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(list(texts[start : start + self.batch_size]), padding="max_length",
-                                   truncation=True, max_length=self.max_length, return_tensors="pt")
-            pooled = self.text.text_model(input_ids=batch["input_ids"].to(device),
-                                          attention_mask=batch["attention_mask"].to(device)).pooler_output
+            batch = self.tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
+            pooled = self.text.text_model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).pooler_output
             out.append(self.text.text_projection(pooled).float().cpu())
         return torch.cat(out)
 
@@ -289,7 +316,9 @@ def inception_from_file(path: str | Path | None) -> InceptionPoolFeatures:
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"inception weights {str(path)!r} not found: pass the local torchvision InceptionV3 .pth file")
+            raise ValueError(
+                f"inception weights {str(path)!r} not found: pass the local torchvision InceptionV3 .pth file"
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     net.aux_logits, net.AuxLogits = False, None

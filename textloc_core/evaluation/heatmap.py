@@ -8,7 +8,7 @@ the attention grid, any scale.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -73,7 +73,9 @@ def overlay(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.5, normal
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha: {alpha} must be in [0, 1]")
     if images.shape[0] != maps.shape[0] and 1 not in (images.shape[0], maps.shape[0]):
-        raise ValueError(f"images/maps: {images.shape[0]} images and {maps.shape[0]} maps; give equal counts or one of either")
+        raise ValueError(
+            f"images/maps: {images.shape[0]} images and {maps.shape[0]} maps; give equal counts or one of either"
+        )
     colours = colorize(maps.to(images.device), tuple(images.shape[-2:]), normalize)
     return ((1 - alpha) * images.detach().float().clamp(0, 1) + alpha * colours).clamp(0, 1)
 
@@ -119,17 +121,16 @@ def token_grid(
     """
     _check_images(images)
     if maps.dim() != 4 or maps.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"maps: expected (B, K, h, w) with B = {images.shape[0]} images, got {tuple(maps.shape)}"
-        )
+        raise ValueError(f"maps: expected (B, K, h, w) with B = {images.shape[0]} images, got {tuple(maps.shape)}")
     if len(labels) != maps.shape[1]:
         raise ValueError(f"labels: {len(labels)} labels for {maps.shape[1]} token maps; give one per token")
     if row_labels is not None and len(row_labels) != images.shape[0]:
         raise ValueError(f"row_labels: {len(row_labels)} labels for {images.shape[0]} rows")
     batch, n_tokens = maps.shape[:2]
     cell = cell or max(64, images.shape[-2])
-    pictures = F.interpolate(images.detach().float().clamp(0, 1), size=(cell, cell), mode="bilinear",
-                             antialias=True, align_corners=False)
+    pictures = F.interpolate(
+        images.detach().float().clamp(0, 1), size=(cell, cell), mode="bilinear", antialias=True, align_corners=False
+    )
     font_size = max(10, cell // 8)
     header = font_size + 2 * pad
     side = 0

@@ -8,8 +8,8 @@ content (prompt alignment).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 ObjectSpec = Mapping[str, str]
 """An object by its attributes, e.g. {"shape": "star", "colour": "orange", "texture": "dotted"}."""

@@ -11,8 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import torch
 
@@ -54,7 +54,9 @@ def attention_on_images(
     with torch.no_grad(), applied(bundle, list(adapters)) as embeddings:
         missing = [t for t in tokens if t not in embeddings]
         if missing:
-            raise ValueError(f"tokens: {missing} are not identifier tokens of the applied adapters {sorted(embeddings)}")
+            raise ValueError(
+                f"tokens: {missing} are not identifier tokens of the applied adapters {sorted(embeddings)}"
+            )
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size].to(bundle.device)
             encoded = bundle.text.encode(list(prompts[start : start + batch_size]), embeddings)
@@ -68,7 +70,12 @@ def attention_on_images(
                 t_batch = torch.full((len(latents),), int(t), dtype=torch.long, device=latents.device)
                 noisy, _ = schedule.noised_and_target(denoiser, latents, noise, t_batch)
                 with denoiser.route_attention(router):
-                    denoiser.predict(noisy.to(bundle.compute_dtype), t_batch, encoded.context.to(bundle.compute_dtype), encoded.pooled)
+                    denoiser.predict(
+                        noisy.to(bundle.compute_dtype),
+                        t_batch,
+                        encoded.context.to(bundle.compute_dtype),
+                        encoded.pooled,
+                    )
                 layers = choose_layers({m.layer: m.probs.shape[1] for m in router.captured}, map_levels)
                 chosen = [m for m in router.captured if m.layer in layers]
                 maps = token_maps(chosen, layout, tuple(latents.shape[-2:]))

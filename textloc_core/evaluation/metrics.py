@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..attention.maps import normalize_maps
-from ..data.masks import mask_to_grid
 from ..backends.cancel import check_stop
+from ..data.masks import mask_to_grid
 from .features import FeatureModel, Float64Features, ImageFeatureExtractor, check_images
 
 # --------------------------------------------------------------------------------------
@@ -30,7 +30,9 @@ from .features import FeatureModel, Float64Features, ImageFeatureExtractor, chec
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, D) x (M, D) -> (N, M) cosine similarities."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"features: expected (N, D) and (M, D) with equal D, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"features: expected (N, D) and (M, D) with equal D, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     return F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T
 
 
@@ -75,15 +77,21 @@ def clip_i(model: FeatureModel, generated: torch.Tensor, references: torch.Tenso
     return clip_i_from_features(gen, ref)
 
 
-def clip_t(model: FeatureModel, images: torch.Tensor, prompts: Sequence[str] | str,
-           identifier_tokens: Sequence[str] | None = None) -> float:
+def clip_t(
+    model: FeatureModel,
+    images: torch.Tensor,
+    prompts: Sequence[str] | str,
+    identifier_tokens: Sequence[str] | None = None,
+) -> float:
     """CLIP-T of images against their prompts with the identifier tokens removed.
 
     ``prompts``: one per image, or one string for all images."""
     images = check_images(images, "images")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if len(prompts) not in (1, images.shape[0]):
-        raise ValueError(f"prompts: {len(prompts)} prompts for {images.shape[0]} images; give one per image or one for all")
+        raise ValueError(
+            f"prompts: {len(prompts)} prompts for {images.shape[0]} images; give one per image or one for all"
+        )
     text = model.encode_text([strip_identifier(p, identifier_tokens) for p in prompts])
     return clip_t_from_features(model.encode_image(images), text)
 
@@ -104,9 +112,16 @@ KID_CHUNK = 16
 """Images per KID feature call; ``should_stop`` is polled before each."""
 
 
-def kid(generated: torch.Tensor, references: torch.Tensor, feature: nn.Module | FeatureModel, *,
-        subset_size: int = 5, subsets: int = 100, seed: int = 0,
-        should_stop: Callable[[], bool] | None = None) -> KIDResult:
+def kid(
+    generated: torch.Tensor,
+    references: torch.Tensor,
+    feature: nn.Module | FeatureModel,
+    *,
+    subset_size: int = 5,
+    subsets: int = 100,
+    seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> KIDResult:
     """Kernel Inception Distance between generated and reference images.
 
     ``feature``: an ``nn.Module`` images -> (N, D) (e.g. ``inception_from_file(...)``), or a
@@ -135,7 +150,9 @@ def kid(generated: torch.Tensor, references: torch.Tensor, feature: nn.Module | 
     with torch.no_grad():
         for images, real in ((references, True), (generated, False)):
             for start in range(0, len(images), KID_CHUNK):
-                check_stop(should_stop, f"during KID at {'reference' if real else 'generated'} image {start} of {len(images)}")
+                check_stop(
+                    should_stop, f"during KID at {'reference' if real else 'generated'} image {start} of {len(images)}"
+                )
                 metric.update(images[start : start + KID_CHUNK], real=real)
     check_stop(should_stop, "before KID's subset statistics")
     with torch.random.fork_rng(devices=[]):
@@ -164,8 +181,9 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return float((index + 1) / bins)  # values above bin `index` form the foreground
 
 
-def attention_iou(maps: torch.Tensor, masks: torch.Tensor, threshold: float | str = 0.5,
-                  normalize: bool = True) -> torch.Tensor:
+def attention_iou(
+    maps: torch.Tensor, masks: torch.Tensor, threshold: float | str = 0.5, normalize: bool = True
+) -> torch.Tensor:
     """Per-sample IoU between thresholded token maps and target masks.
 
     ``maps``: (B, h, w) or (h, w) attention maps; ``masks``: (B, H, W) or (H, W) binary
@@ -178,7 +196,9 @@ def attention_iou(maps: torch.Tensor, masks: torch.Tensor, threshold: float | st
     if masks.dim() == 2:
         masks = masks.unsqueeze(0)
     if maps.dim() != 3 or masks.dim() != 3:
-        raise ValueError(f"maps/masks: expected (B, h, w) and (B, H, W), got {tuple(maps.shape)} and {tuple(masks.shape)}")
+        raise ValueError(
+            f"maps/masks: expected (B, h, w) and (B, H, W), got {tuple(maps.shape)} and {tuple(masks.shape)}"
+        )
     if masks.shape[0] != maps.shape[0]:
         if masks.shape[0] != 1:
             raise ValueError(f"masks: {masks.shape[0]} masks for {maps.shape[0]} maps; give one per map or one for all")

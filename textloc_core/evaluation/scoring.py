@@ -11,14 +11,14 @@ Where a token looks is measured in ``localization``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..data.concepts import ConceptSet
 from ..backends.cancel import check_stop
+from ..data.concepts import ConceptSet
 from . import features, metrics
 
 SCORE_CHUNK = 16
@@ -42,8 +42,11 @@ def only_concepts(concept_set: ConceptSet, names: Sequence[str]) -> ConceptSet:
     if unknown:
         raise ValueError(f"concepts {unknown} are not in this set ({[c.name for c in concept_set.concepts]})")
     images = [
-        replace(item, masks={n: m for n, m in item.masks.items() if n in names},
-                mask_sources={n: m for n, m in item.mask_sources.items() if n in names})
+        replace(
+            item,
+            masks={n: m for n, m in item.masks.items() if n in names},
+            mask_sources={n: m for n, m in item.mask_sources.items() if n in names},
+        )
         for item in concept_set.images
         if any(n in item.masks for n in names)
     ]
@@ -70,7 +73,9 @@ def image_scores(
     """
     generated = _chunked(feature_model.encode_image, images, "generated image", should_stop)
     reference = _chunked(feature_model.encode_image, references, "reference image", should_stop)
-    texts = _chunked(feature_model.encode_text, [metrics.strip_identifier(p, tokens) for p in prompts], "prompt", should_stop)
+    texts = _chunked(
+        feature_model.encode_text, [metrics.strip_identifier(p, tokens) for p in prompts], "prompt", should_stop
+    )
     scores = {
         "clip_i": metrics.clip_i_from_features(generated, reference),
         "clip_t": metrics.clip_t_from_features(generated, texts),
@@ -78,8 +83,14 @@ def image_scores(
     }
     if min(len(images), len(references)) >= kid_subset_size:
         check_stop(should_stop, "before KID")
-        result = metrics.kid(images, references, kid_feature or feature_model, subset_size=kid_subset_size, seed=seed,
-                             should_stop=should_stop)
+        result = metrics.kid(
+            images,
+            references,
+            kid_feature or feature_model,
+            subset_size=kid_subset_size,
+            seed=seed,
+            should_stop=should_stop,
+        )
         scores["kid"] = result.mean
     return scores
 
@@ -120,17 +131,26 @@ def score_images(
     """
     if (attention_maps is None) != (target_masks is None):
         raise ValueError("attention_maps/target_masks: give both to score IoU, or neither")
-    scores = image_scores(feature_model, images, [prompt] * len(images), references,
-                          kid_subset_size=kid_subset_size, seed=seed, should_stop=should_stop)
+    scores = image_scores(
+        feature_model,
+        images,
+        [prompt] * len(images),
+        references,
+        kid_subset_size=kid_subset_size,
+        seed=seed,
+        should_stop=should_stop,
+    )
     scores["iou"] = -1.0
     if attention_maps is not None:
         scores["iou"] = metrics.attention_iou(attention_maps, target_masks, threshold).mean().item()
     return scores
 
 
-def score_report(scores: dict[str, float], *, n_images: int, n_references: int, prompt: str,
-                 kid_subset_size: int) -> str:
+def score_report(
+    scores: dict[str, float], *, n_images: int, n_references: int, prompt: str, kid_subset_size: int
+) -> str:
     """The scores as a markdown table, saying why a score is missing instead of printing nan."""
+
     def show(name: str, value: float) -> str:
         if name == "kid" and value != value:
             return f"n/a (needs >= {kid_subset_size} generated and reference images)"
@@ -139,7 +159,12 @@ def score_report(scores: dict[str, float], *, n_images: int, n_references: int, 
         return f"{value:.4f}"
 
     rows = [("CLIP-I", "clip_i"), ("CLIP-T", "clip_t"), ("KID", "kid"), ("Attention IoU", "iou")]
-    lines = [f"Scores of {n_images} generated images against {n_references} references; "
-             f"CLIP-T prompt: {metrics.strip_identifier(prompt)!r}", "", "| metric | value |", "| --- | --- |"]
+    lines = [
+        f"Scores of {n_images} generated images against {n_references} references; "
+        f"CLIP-T prompt: {metrics.strip_identifier(prompt)!r}",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
     lines += [f"| {label} | {show(key, scores[key])} |" for label, key in rows]
     return "\n".join(lines) + "\n"

@@ -8,8 +8,8 @@ folded into one map per token (``maps.token_maps``), the same maps the trainer g
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -54,10 +54,15 @@ def generate(
         side = int(getattr(getattr(denoiser.unet, "config", None), "sample_size", 64)) * denoiser.vae_scale_factor
         size = (side, side)
     latent_hw = (size[0] // denoiser.vae_scale_factor, size[1] // denoiser.vae_scale_factor)
-    with torch.no_grad(), applied(bundle, list(adapters), strengths, allow_base_mismatch=allow_base_mismatch) as embeddings:
+    with (
+        torch.no_grad(),
+        applied(bundle, list(adapters), strengths, allow_base_mismatch=allow_base_mismatch) as embeddings,
+    ):
         unknown = [t for t in maps_for if t not in embeddings]
         if unknown:
-            raise ValueError(f"maps_for: {unknown} are not identifier tokens of the applied adapters {sorted(embeddings)}")
+            raise ValueError(
+                f"maps_for: {unknown} are not identifier tokens of the applied adapters {sorted(embeddings)}"
+            )
         encoded = bundle.text.encode([prompt, negative_prompt], embeddings)
         missing = [t for t in maps_for if t not in encoded.token_positions[0]]
         if missing:
@@ -74,7 +79,7 @@ def generate(
             cond_rows = slice(num_images, None) if guidance_scale != 1.0 else None
             router = AveragingRouter(layers=layers, token_slots=layout.slots[:1].to(bundle.device), keep_rows=cond_rows)
         latents = ddim_sample(
-            denoiser, latents=noise, steps=steps, guidance_scale=guidance_scale, router=router, **conditioning,
+            denoiser, latents=noise, steps=steps, guidance_scale=guidance_scale, router=router, **conditioning
         )
         images = denoiser.decode_latents(latents)
     result = Generation(images=images.float().cpu(), latents=latents.float().cpu())

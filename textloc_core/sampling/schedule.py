@@ -9,7 +9,8 @@ SD pipelines configure it) for sampling. The sampler can route cross-attention t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -53,7 +54,9 @@ def add_noise(latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tenso
     return (sa * latents.float() + sb * noise.float()).to(latents.dtype)
 
 
-def training_target(prediction_type: str, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def training_target(
+    prediction_type: str, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """What the UNet should output: the noise ("epsilon") or v = sqrt(a) noise - sqrt(1-a) x0."""
     if prediction_type == "epsilon":
         return noise.float()
@@ -63,7 +66,9 @@ def training_target(prediction_type: str, latents: torch.Tensor, noise: torch.Te
     raise ValueError(f"prediction_type: {prediction_type!r} is not 'epsilon' or 'v_prediction'")
 
 
-def noised_and_target(denoiser, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def noised_and_target(
+    denoiser, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(noisy latents, training target) for the denoiser's objective: its own ``objective``
     (flow matching for Flux / SD3: ``backends.flow_matching``) when it has one, else DDPM
     noising with the epsilon / v target of its ``prediction_type``."""
@@ -157,7 +162,9 @@ def ddim_sample(
         for i, t in enumerate(timesteps):
             check_stop(should_stop, f"at sampling step {i} of {len(timesteps)}")
             model_in = torch.cat([x, x]) if use_cfg else x
-            t_batch = torch.full((model_in.shape[0],), t, dtype=torch.long if objective is None else torch.float32, device=x.device)
+            t_batch = torch.full(
+                (model_in.shape[0],), t, dtype=torch.long if objective is None else torch.float32, device=x.device
+            )
             out = denoiser.predict(model_in.to(dtype), t_batch, context.to(dtype), pooled).float()
             if use_cfg:
                 out_uncond, out_cond = out.chunk(2)

@@ -36,9 +36,24 @@ from .world import (
 )
 
 __all__ = [
-    "BACKGROUNDS", "COLOURS", "HELD_OUT", "SHAPES", "TEXTURES", "ObjectKind", "SceneSpec", "RenderedScene",
-    "weights_dir", "shipped_adapters_dir", "load_pipeline", "load_judge", "load_clip", "render_scene", "make_scene",
-    "personalization_set", "personalization_prompts", "concept_names",
+    "BACKGROUNDS",
+    "COLOURS",
+    "HELD_OUT",
+    "SHAPES",
+    "TEXTURES",
+    "ObjectKind",
+    "SceneSpec",
+    "RenderedScene",
+    "weights_dir",
+    "shipped_adapters_dir",
+    "load_pipeline",
+    "load_judge",
+    "load_clip",
+    "render_scene",
+    "make_scene",
+    "personalization_set",
+    "personalization_prompts",
+    "concept_names",
 ]
 
 
@@ -62,16 +77,21 @@ def _require_weights(sub: str, root: str | Path | None = None) -> Path:
     return path
 
 
-def load_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                  path: str | Path | None = None):
+def load_pipeline(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path: str | Path | None = None
+):
     """The shipped model (or the one at ``path``) as a diffusers StableDiffusionPipeline
     (offline, no safety checker)."""
     from diffusers import StableDiffusionPipeline
 
     root = _require_weights("model_index.json", path).parent
     pipe = StableDiffusionPipeline.from_pretrained(
-        str(root), dtype=dtype, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False, local_files_only=True,
+        str(root),
+        dtype=dtype,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        local_files_only=True,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -148,10 +168,17 @@ def personalization_set(name: str, seed: int = 0, n_images: int = 5) -> ConceptS
     for i, spec in enumerate(personalization_specs(name, seed, n_images)):
         scene = _render_spec(spec)
         # objects are (companion, concept) in paint order, see world.personalization_specs
-        masks = {companion.name: torch.from_numpy(scene.masks[0].astype(np.float32)),
-                 target.name: torch.from_numpy(scene.masks[1].astype(np.float32))}
-        images.append(ConceptImage(torch.from_numpy(scene.image).permute(2, 0, 1).contiguous(), masks,
-                                   source=f"tinyworld:{name}/seed{seed}/{i} ({spec.background})"))
+        masks = {
+            companion.name: torch.from_numpy(scene.masks[0].astype(np.float32)),
+            target.name: torch.from_numpy(scene.masks[1].astype(np.float32)),
+        }
+        images.append(
+            ConceptImage(
+                torch.from_numpy(scene.image).permute(2, 0, 1).contiguous(),
+                masks,
+                source=f"tinyworld:{name}/seed{seed}/{i} ({spec.background})",
+            )
+        )
     return ConceptSet([target, companion], images)
 
 

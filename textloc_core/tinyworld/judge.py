@@ -50,14 +50,23 @@ class JudgeNet(nn.Module):
 
         def block(cin, cout):
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.SiLU(),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.SiLU(),
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.SiLU(),
             )
 
         w = width
         # keep full resolution for the first block: 3-pixel stripes and dots must survive
         self.features = nn.Sequential(
-            block(3, w), nn.MaxPool2d(2), block(w, 2 * w), nn.MaxPool2d(2), block(2 * w, 4 * w), nn.MaxPool2d(2),
+            block(3, w),
+            nn.MaxPool2d(2),
+            block(w, 2 * w),
+            nn.MaxPool2d(2),
+            block(2 * w, 4 * w),
+            nn.MaxPool2d(2),
             block(4 * w, 4 * w),
         )
         self.head = nn.Linear(4 * w * 2, N_COLOUR_SHAPE + N_TEXTURE_SHAPE + len(BACKGROUNDS))
@@ -67,7 +76,11 @@ class JudgeNet(nn.Module):
         f = self.features(images * 2 - 1)
         pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)
         out = self.head(pooled)
-        return out[:, :N_COLOUR_SHAPE], out[:, N_COLOUR_SHAPE:N_COLOUR_SHAPE + N_TEXTURE_SHAPE], out[:, -len(BACKGROUNDS):]
+        return (
+            out[:, :N_COLOUR_SHAPE],
+            out[:, N_COLOUR_SHAPE : N_COLOUR_SHAPE + N_TEXTURE_SHAPE],
+            out[:, -len(BACKGROUNDS) :],
+        )
 
 
 @dataclass
@@ -104,17 +117,21 @@ class Judge:
         device = next(self.net.parameters()).device
         verdicts = []
         for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].float().to(device)
+            x = images[start : start + batch_size].float().to(device)
             if x.shape[-2:] != (64, 64):
                 x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True)
             cs, ts, bg = self.net(x.clamp(0, 1))
             cs, ts = cs.sigmoid().cpu().numpy(), ts.sigmoid().cpu().numpy()
             bg = bg.argmax(1).cpu().numpy()
             for i in range(len(x)):
-                objects = {(COLOUR_NAMES[j // len(SHAPES)], SHAPES[j % len(SHAPES)])
-                           for j in np.flatnonzero(cs[i] > self.threshold)}
-                textures = {(TEXTURES[j // len(SHAPES)], SHAPES[j % len(SHAPES)])
-                            for j in np.flatnonzero(ts[i] > self.threshold)}
+                objects = {
+                    (COLOUR_NAMES[j // len(SHAPES)], SHAPES[j % len(SHAPES)])
+                    for j in np.flatnonzero(cs[i] > self.threshold)
+                }
+                textures = {
+                    (TEXTURES[j // len(SHAPES)], SHAPES[j % len(SHAPES)])
+                    for j in np.flatnonzero(ts[i] > self.threshold)
+                }
                 verdicts.append(Verdict(objects, textures, BACKGROUNDS[bg[i]], cs[i]))
         return verdicts
 
@@ -123,13 +140,15 @@ class Judge:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
-                 for k, v in self.net.state_dict().items()}
+        state = {
+            k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous().cpu()
+            for k, v in self.net.state_dict().items()
+        }
         save_file(state, str(directory / "judge.safetensors"))
         (directory / "config.json").write_text(json.dumps({"width": self.net.width, "threshold": self.threshold}))
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Judge":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Judge:
         from safetensors.torch import load_file
 
         directory = Path(directory)

@@ -229,7 +229,7 @@ def shift_vae_up_blocks_for_comfy(diffusers_vae_state_dict: dict) -> dict:
     out = {}
     for key, value in diffusers_vae_state_dict.items():
         if key.startswith("decoder.up_blocks."):
-            rest = key[len("decoder.up_blocks."):]
+            rest = key[len("decoder.up_blocks.") :]
             index, _, tail = rest.partition(".")
             key = f"decoder.up_blocks.{int(index) + shift}.{tail}"
         out[key] = value

@@ -91,7 +91,9 @@ def render_scene(spec: SceneSpec) -> RenderedScene:
     for k, obj in enumerate(spec.objects, start=1):
         visible = ids == k
         image[visible] = _object_pixels(obj)[visible]
-    masks = np.stack([ids == k for k in range(1, len(spec.objects) + 1)]) if spec.objects else np.zeros(
-        (0, IMAGE_SIZE, IMAGE_SIZE), bool
+    masks = (
+        np.stack([ids == k for k in range(1, len(spec.objects) + 1)])
+        if spec.objects
+        else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), bool)
     )
     return RenderedScene(spec, image, masks, ids)

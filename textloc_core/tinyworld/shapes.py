@@ -6,7 +6,7 @@ The lowest module of the world: ``world`` places objects so that each stays visi
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -20,7 +20,7 @@ def pixel_centres() -> tuple[np.ndarray, np.ndarray]:
     return _ys, _xs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _star_polygon() -> np.ndarray:
     angles = -np.pi / 2 + np.arange(10) * np.pi / 5
     radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)

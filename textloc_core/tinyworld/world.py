@@ -112,14 +112,32 @@ class HeldOutConcept:
 
 HELD_OUT: tuple[HeldOutConcept, ...] = (
     # a texture on a shape: no dotted star is ever shown
-    HeldOutConcept("dotstar", "star", ObjectKind("star", "orange", "dotted"), ("star", None, "dotted"),
-                   ObjectKind("circle", "blue"), "bluecircle"),
+    HeldOutConcept(
+        "dotstar",
+        "star",
+        ObjectKind("star", "orange", "dotted"),
+        ("star", None, "dotted"),
+        ObjectKind("circle", "blue"),
+        "bluecircle",
+    ),
     # a texture on a shape: no checkered ring is ever shown
-    HeldOutConcept("checkring", "ring", ObjectKind("ring", "green", "checkered"), ("ring", None, "checkered"),
-                   ObjectKind("triangle", "red"), "redtriangle"),
+    HeldOutConcept(
+        "checkring",
+        "ring",
+        ObjectKind("ring", "green", "checkered"),
+        ("ring", None, "checkered"),
+        ObjectKind("triangle", "red"),
+        "redtriangle",
+    ),
     # a colour pairing: no purple square is ever shown
-    HeldOutConcept("stripebox", "square", ObjectKind("square", "purple", "striped"), ("square", "purple", None),
-                   ObjectKind("circle", "yellow"), "yellowcircle"),
+    HeldOutConcept(
+        "stripebox",
+        "square",
+        ObjectKind("square", "purple", "striped"),
+        ("square", "purple", None),
+        ObjectKind("circle", "yellow"),
+        "yellowcircle",
+    ),
 )
 
 
@@ -139,9 +157,7 @@ def is_held_out(kind: ObjectKind) -> bool:
     return False
 
 
-ALL_KINDS: tuple[ObjectKind, ...] = tuple(
-    ObjectKind(s, c, t) for s in SHAPES for c in COLOURS for t in TEXTURES
-)
+ALL_KINDS: tuple[ObjectKind, ...] = tuple(ObjectKind(s, c, t) for s in SHAPES for c in COLOURS for t in TEXTURES)
 PRETRAINING_KINDS: tuple[ObjectKind, ...] = tuple(k for k in ALL_KINDS if not is_held_out(k))
 
 
@@ -166,7 +182,7 @@ def place_objects(rng: np.random.Generator, kinds: list[ObjectKind], tries: int 
         ok = True
         for i, cover in enumerate(covers):
             hidden = np.zeros_like(cover)
-            for later in covers[i + 1:]:
+            for later in covers[i + 1 :]:
                 hidden |= later
             if (cover & ~hidden).sum() < MIN_VISIBLE_FRACTION * cover.sum():
                 ok = False

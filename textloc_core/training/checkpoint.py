@@ -48,7 +48,7 @@ def step_dir_name(step: int) -> str:
 def _step_of(name: str) -> int | None:
     if not name.startswith(STEP_PREFIX) or safe_io.is_temp_name(name):
         return None
-    digits = name[len(STEP_PREFIX):]
+    digits = name[len(STEP_PREFIX) :]
     return int(digits) if digits.isdigit() else None
 
 
@@ -90,7 +90,9 @@ def encode_state(obj: Any, tensors: dict[str, torch.Tensor], path: str = "s") ->
                 raise TypeError(f"checkpoint state: key {key!r} at {path} is a {type(key).__name__}; use str or int")
             pairs.append([encode_state(key, tensors, f"{path}.k{i}"), encode_state(value, tensors, f"{path}.{i}")])
         return {"__dict__": pairs}
-    raise TypeError(f"checkpoint state: value at {path} is a {type(obj).__name__}, which cannot be saved without pickle")
+    raise TypeError(
+        f"checkpoint state: value at {path} is a {type(obj).__name__}, which cannot be saved without pickle"
+    )
 
 
 def decode_state(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
@@ -178,8 +180,7 @@ def _write_step_files(work: Path, step: int, tensors, optimizer_state, config_js
         "format_version": FORMAT_VERSION,
         "step": step,
         "files": {
-            name: {"sha256": safe_io.sha256_file(work / name), "bytes": (work / name).stat().st_size}
-            for name in _FILES
+            name: {"sha256": safe_io.sha256_file(work / name), "bytes": (work / name).stat().st_size} for name in _FILES
         },
     }
     safe_io.atomic_write_text(work / _MANIFEST, json.dumps(manifest, indent=1))
@@ -260,8 +261,9 @@ def _settings(text: str):
         return data
 
 
-def config_difference(saved: str, current: str, ignore: tuple[str, ...] = CONTINUED_KEYS,
-                      saved_in: str = "the checkpoint") -> list[str]:
+def config_difference(
+    saved: str, current: str, ignore: tuple[str, ...] = CONTINUED_KEYS, saved_in: str = "the checkpoint"
+) -> list[str]:
     """The settings in which the run of config JSON ``saved`` differs from ``current``, as
     "key: saved value in <saved_in>, current value now" (empty: the same run), leaving out
     ``ignore``, the settings a continued run may change. Checkpoints and the adapter files a
@@ -313,9 +315,7 @@ def _refuse_other_run(directory, step: int, saved_json: str, config_json: str, i
 
 
 def check_resumable(
-    directory: str | os.PathLike,
-    config_json: str,
-    ignore_config_keys: tuple[str, ...] = CONTINUED_KEYS,
+    directory: str | os.PathLike, config_json: str, ignore_config_keys: tuple[str, ...] = CONTINUED_KEYS
 ) -> None:
     """Refuse, before any expensive set-up, to resume a run written with other settings or
     already past ``steps``: reads only the newest readable step's ``state.json`` (no tensors).
@@ -334,9 +334,7 @@ def check_resumable(
 
 
 def load_latest_checkpoint(
-    directory: str | os.PathLike,
-    config_json: str | None = None,
-    ignore_config_keys: tuple[str, ...] = CONTINUED_KEYS,
+    directory: str | os.PathLike, config_json: str | None = None, ignore_config_keys: tuple[str, ...] = CONTINUED_KEYS
 ) -> Checkpoint | None:
     """The newest checkpoint in ``directory`` that verifies, or None when there is none.
 
@@ -360,4 +358,3 @@ def load_latest_checkpoint(
         checkpoint.skipped = skipped
         return checkpoint
     return None
-

@@ -123,8 +123,11 @@ class TrainConfig:
                 f"attention_weight_mode: {self.attention_weight_mode!r} is not one of {ATTENTION_WEIGHT_MODES}; "
                 "fixed uses lambda_attn, calibrated sets the weight from attention_fraction"
             )
-        if not (isinstance(self.attention_fraction, (int, float)) and math.isfinite(self.attention_fraction)
-                and self.attention_fraction > 0):
+        if not (
+            isinstance(self.attention_fraction, (int, float))
+            and math.isfinite(self.attention_fraction)
+            and self.attention_fraction > 0
+        ):
             raise ValueError(
                 f"attention_fraction: {self.attention_fraction!r} must be a finite number above 0 (e.g. 1: the "
                 "attention gradient is as large as the denoising gradient)"
@@ -133,7 +136,9 @@ class TrainConfig:
             raise ValueError(
                 f"calibration_batches: {self.calibration_batches!r} must be a whole number, 1 or more (default 8)"
             )
-        if not (isinstance(self.lambda_attn, (int, float)) and math.isfinite(self.lambda_attn) and self.lambda_attn >= 0):
+        if not (
+            isinstance(self.lambda_attn, (int, float)) and math.isfinite(self.lambda_attn) and self.lambda_attn >= 0
+        ):
             raise ValueError(f"lambda_attn: {self.lambda_attn!r} must be a finite number, 0 or above (paper: 1)")
         if not (isinstance(self.unmasked_weight, (int, float)) and 0 <= self.unmasked_weight <= 1):
             raise ValueError(
@@ -183,12 +188,24 @@ class TrainConfig:
 
     @classmethod
     def from_widgets(
-        cls, *, guidance: str, steps: int, learning_rate: float, batch: int, prior_images: int, seed: int,
-        checkpoint_every: int, resolution: int = 0, attention_weight: float = 1.0,
-        attention_weight_mode: str = "calibrated", attention_fraction: float = 1.0,
-        gradient_checkpointing: bool = False, mixed_precision: str = "auto", optimizer: str = "adamw",
+        cls,
+        *,
+        guidance: str,
+        steps: int,
+        learning_rate: float,
+        batch: int,
+        prior_images: int,
+        seed: int,
+        checkpoint_every: int,
+        resolution: int = 0,
+        attention_weight: float = 1.0,
+        attention_weight_mode: str = "calibrated",
+        attention_fraction: float = 1.0,
+        gradient_checkpointing: bool = False,
+        mixed_precision: str = "auto",
+        optimizer: str = "adamw",
         unmasked_weight: float = 1.0,
-    ) -> "TrainConfig":
+    ) -> TrainConfig:
         """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
         ``guidance`` is ``method``, ``attention_weight`` is ``lambda_attn``, ``batch`` is the
         instance batch (and the prior batch when ``prior_images`` > 0, which turns prior
@@ -201,21 +218,31 @@ class TrainConfig:
             raise ValueError(f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         prior = prior_images > 0
         return cls(
-            method=guidance, steps=steps, learning_rate=learning_rate, instance_batch=batch,
-            prior_batch=batch if prior else 0, prior_images_per_class=prior_images,
-            lambda_prior=1.0 if prior else 0.0, lambda_attn=attention_weight, seed=seed,
-            checkpoint_every=checkpoint_every, resolution=resolution or None,
-            attention_weight_mode=attention_weight_mode, attention_fraction=attention_fraction,
-            gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,
-            use_8bit_adam=optimizer == "adamw_8bit", unmasked_weight=unmasked_weight,
+            method=guidance,
+            steps=steps,
+            learning_rate=learning_rate,
+            instance_batch=batch,
+            prior_batch=batch if prior else 0,
+            prior_images_per_class=prior_images,
+            lambda_prior=1.0 if prior else 0.0,
+            lambda_attn=attention_weight,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
+            resolution=resolution or None,
+            attention_weight_mode=attention_weight_mode,
+            attention_fraction=attention_fraction,
+            gradient_checkpointing=gradient_checkpointing,
+            mixed_precision=mixed_precision,
+            use_8bit_adam=optimizer == "adamw_8bit",
+            unmasked_weight=unmasked_weight,
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "TrainConfig":
+    def from_json(cls, text: str) -> TrainConfig:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def from_dict(cls, saved: dict) -> "TrainConfig":
+    def from_dict(cls, saved: dict) -> TrainConfig:
         """The config of a saved run's settings (``to_json``'s dict, from any version): keys a
         version did not write read as what that version ran, keys no longer known are dropped."""
         data = dict(saved)

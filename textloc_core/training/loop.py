@@ -17,14 +17,14 @@ replaying any RNG.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..backends.base import ModelBundle
-from ..data.concepts import ConceptSet
 from ..backends.cancel import Cancelled, check_stop
+from ..data.concepts import ConceptSet
 from . import checkpoint
 from .config import TrainConfig
 from .result import StepReport, TrainResult
@@ -83,8 +83,14 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
         run = setup(bundle, concept_set, config, should_stop)
     except Cancelled:  # stopped while encoding the photos: nothing trained, nothing installed
         return TrainResult(
-            kv_deltas={}, token_embeddings={}, history=[], stopped_early=True, steps_done=0,
-            fingerprint=bundle.fingerprint, config=config, prompts=[],
+            kv_deltas={},
+            token_embeddings={},
+            history=[],
+            stopped_early=True,
+            steps_done=0,
+            fingerprint=bundle.fingerprint,
+            config=config,
+            prompts=[],
         )
     stopped = False
     try:
@@ -149,8 +155,9 @@ def _resumed(run: TrainingRun, optimization: Optimization, checkpoint_dir, resum
     return state.step, list(state.extra.get("history", []))
 
 
-def _steps(run: TrainingRun, optimization: Optimization, start: int, history: list, checkpoint_dir, on_step,
-           should_stop) -> bool:
+def _steps(
+    run: TrainingRun, optimization: Optimization, start: int, history: list, checkpoint_dir, on_step, should_stop
+) -> bool:
     """Calibrate (a fresh run) and take steps ``start``.. into ``history``; True when stopped.
 
     A stop is a ``Cancelled``: from ``should_stop`` before a step, or raised inside one by a

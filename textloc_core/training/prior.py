@@ -11,16 +11,16 @@ size. A second run, or a resumed one, reuses the file.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..backends.base import ModelBundle
-from .config import TrainConfig
-from ..data.safe_io import load_tensors, save_tensors
 from ..backends.cancel import Cancelled, check_stop
+from ..data.safe_io import load_tensors, save_tensors
 from ..sampling.schedule import ddim_sample, guided_conditioning
+from .config import TrainConfig
 
 _MEMORY: dict[str, torch.Tensor] = {}
 """Process-wide cache in order of use (least recently used first), so a server reuses the latents of its
@@ -39,7 +39,15 @@ def prior_key(fingerprint: str, prompt: str, count: int, latent_hw: tuple[int, i
     """Short hash naming one set of prior latents."""
     text = "|".join(
         str(x)
-        for x in (fingerprint, prompt, count, config.seed, config.prior_sampling_steps, config.prior_guidance_scale, *latent_hw)
+        for x in (
+            fingerprint,
+            prompt,
+            count,
+            config.seed,
+            config.prior_sampling_steps,
+            config.prior_guidance_scale,
+            *latent_hw,
+        )
     )
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -57,7 +65,10 @@ def _generate(
         # One generator per image index: the k-th prior image does not depend on the batch size.
         noise = torch.stack(
             [
-                torch.randn((denoiser.latent_channels, *latent_hw), generator=torch.Generator().manual_seed(config.seed * 100_003 + start + i))
+                torch.randn(
+                    (denoiser.latent_channels, *latent_hw),
+                    generator=torch.Generator().manual_seed(config.seed * 100_003 + start + i),
+                )
                 for i in range(n)
             ]
         ).to(bundle.device)
@@ -110,7 +121,9 @@ def prior_latents(
     latents = _generate(bundle, prompt, count, latent_hw, config, should_stop)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_tensors(path, {"latents": latents}, {"prompt": prompt, "fingerprint": bundle.fingerprint, "count": str(count)})
+        save_tensors(
+            path, {"latents": latents}, {"prompt": prompt, "fingerprint": bundle.fingerprint, "count": str(count)}
+        )
     remember(key, latents)
     return latents
 

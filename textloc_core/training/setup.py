@@ -10,9 +10,9 @@ and installs the trainable K/V deltas last, so nothing that can fail leaves a ho
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -20,11 +20,11 @@ from torch import nn
 from ..attention.cross_attention import AttentionRouter, KVDeltaInjector
 from ..attention.maps import attn2_query_counts, choose_layers
 from ..backends.base import ModelBundle
+from ..backends.cancel import check_stop
 from ..backends.fingerprint import kv_projections
 from ..data.concepts import ConceptSet
 from ..data.imaging import fit_pair
 from ..data.validation import validate_concept_set
-from ..backends.cancel import check_stop
 from .config import MIXED_PRECISIONS, TrainConfig
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
@@ -60,8 +60,8 @@ class Trainables:
         return out
 
     def load_checkpoint(self, tensors: dict[str, torch.Tensor]) -> None:
-        kv = {k[len(_KV_KEY):]: v for k, v in tensors.items() if k.startswith(_KV_KEY)}
-        emb = {k[len(_EMB_KEY):]: v for k, v in tensors.items() if k.startswith(_EMB_KEY)}
+        kv = {k[len(_KV_KEY) :]: v for k, v in tensors.items() if k.startswith(_KV_KEY)}
+        emb = {k[len(_EMB_KEY) :]: v for k, v in tensors.items() if k.startswith(_EMB_KEY)}
         try:
             self.load(kv, emb)
         except ValueError as error:
@@ -69,6 +69,7 @@ class Trainables:
 
     def copies(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Detached float32 CPU copies (kv_deltas, token_embeddings) for a result."""
+
         def copy(params):
             return {k: v.detach().float().cpu().clone() for k, v in params.items()}
 
@@ -174,13 +175,17 @@ def optimizer_class(config: TrainConfig):
     return bitsandbytes.optim.AdamW8bit
 
 
-def training_images(bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def training_images(
+    bundle: ModelBundle, concept_set: ConceptSet, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) images and (N, K, H, W) masks in concept order, checked and sized.
 
     The checks are ``validate_concept_set``'s, with the text backend's vocabulary check and
     the model's side rule (``size_multiple``)."""
     validate_concept_set(
-        concept_set, vocabulary_check=bundle.text.check_token, resolution=config.resolution,
+        concept_set,
+        vocabulary_check=bundle.text.check_token,
+        resolution=config.resolution,
         size_multiple=size_multiple(bundle),
     )
     names = [c.name for c in concept_set.concepts]
@@ -222,7 +227,9 @@ def setup(
     images, masks = training_images(bundle, concept_set, config)
     embeddings = {
         c.token: nn.Parameter(
-            bundle.text.initial_embedding(c.initializer, what=f"concept {c.name!r} {c.initializer_input}").to(device, torch.float32)
+            bundle.text.initial_embedding(c.initializer, what=f"concept {c.name!r} {c.initializer_input}").to(
+                device, torch.float32
+            )
         )
         for c in concept_set.concepts
     }
@@ -239,7 +246,9 @@ def setup(
         # only the layers map_levels asks for are routed; all others keep fused attention
         with torch.no_grad():
             first = bundle.text.encode(prompts[:1], {t: e.detach() for t, e in embeddings.items()})
-        layers = choose_layers(attn2_query_counts(denoiser, latents[:1], first, bundle.compute_dtype), config.map_levels)
+        layers = choose_layers(
+            attn2_query_counts(denoiser, latents[:1], first, bundle.compute_dtype), config.map_levels
+        )
         router = AttentionRouter(layers=layers, keep_grad=True)
     injector = KVDeltaInjector(
         None, projections=kv_projections(denoiser), detach_start_token=getattr(denoiser, "detach_start_token", True)
@@ -263,8 +272,13 @@ def setup_prior(run: TrainingRun, cache_dir: Path | None, should_stop: Callable[
         prompt = config.class_prompt.format(class_word=class_word)
         latents.append(
             prior_latents(
-                run.bundle, prompt, config.prior_images_per_class, run.latent_hw, config,
-                cache_dir=cache_dir, should_stop=should_stop,
+                run.bundle,
+                prompt,
+                config.prior_images_per_class,
+                run.latent_hw,
+                config,
+                cache_dir=cache_dir,
+                should_stop=should_stop,
             )
         )
         prompts.append(prompt)

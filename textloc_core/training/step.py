@@ -47,7 +47,9 @@ def epoch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     picks = []
     for position in range(step * batch, (step + 1) * batch):
         epoch, offset = divmod(position, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch * 104_729 + 7) % (2**63)))
+        order = torch.randperm(
+            n, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch * 104_729 + 7) % (2**63))
+        )
         picks.append(int(order[offset]))
     return torch.tensor(picks, dtype=torch.long)
 
@@ -69,7 +71,9 @@ def draw(run: TrainingRun, step: int):
     return inst, prior, timesteps, noise, subsets
 
 
-def losses(run: TrainingRun, inst, prior, timesteps, noise, subsets=None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+def losses(
+    run: TrainingRun, inst, prior, timesteps, noise, subsets=None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """The loss terms of one forward over [instance rows ``inst``; prior rows ``prior``],
     and the instance rows' (B, K, h, w) token maps (None when not guided). ``subsets``: the
     concepts each instance row names (union sampling), else every concept its photo shows."""
@@ -110,8 +114,12 @@ def losses(run: TrainingRun, inst, prior, timesteps, noise, subsets=None) -> tup
     maps = None
     if router is not None:
         maps = token_maps(
-            router.captured, layout, run.latent_hw, rows=slice(0, n_inst),
-            map_size=config.map_size, normalize=config.normalize_maps,
+            router.captured,
+            layout,
+            run.latent_hw,
+            rows=slice(0, n_inst),
+            map_size=config.map_size,
+            normalize=config.normalize_maps,
         )
         present = layout.present[:n_inst].to(dev)
         terms["attention"] = attention_loss(config.method, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
@@ -181,7 +189,9 @@ def calibrate_attention_weight(run: TrainingRun) -> float:
     return weight
 
 
-def instance_loss(unmasked_weight: float, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def instance_loss(
+    unmasked_weight: float, pred: torch.Tensor, target: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
     """Weighted MSE of the instance rows: pixels inside the union of the named concepts' masks
     weigh 1, the others ``unmasked_weight`` (1: plain MSE; 0: Break-A-Scene's masked loss, only
     the concepts' pixels count), divided by the total weight so the loss keeps its scale."""
@@ -201,7 +211,7 @@ class Optimization:
     max_grad_norm: float
 
     @classmethod
-    def for_run(cls, run: TrainingRun) -> "Optimization":
+    def for_run(cls, run: TrainingRun) -> Optimization:
         config = run.config
         phases.freeze_untrained(run)
         optimizer = optimizer_class(config)(

@@ -65,7 +65,9 @@ def test_metadata_is_readable_from_the_header_alone(tmp_path):
 def test_truncated_adapter_gets_the_documented_error(tmp_path):
     path = ad.save_adapter(make_adapter(), tmp_path / "doll.safetensors")
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"adapter file .*doll.safetensors is truncated or corrupt.*re-save it or retrain"):
+    with pytest.raises(
+        ValueError, match=r"adapter file .*doll.safetensors is truncated or corrupt.*re-save it or retrain"
+    ):
         ad.load_adapter(path)
 
 
@@ -187,7 +189,9 @@ def test_non_finite_values_are_refused_on_load_naming_the_file(tmp_path, where, 
     else:
         adapter.token_embeddings["<doll1>"][0, 3] = value
     path = ad.save_adapter(adapter, tmp_path / "broken_doll.safetensors")
-    with pytest.raises(ValueError, match=r"adapter file broken_doll.safetensors holds NaN or infinite values") as caught:
+    with pytest.raises(
+        ValueError, match=r"adapter file broken_doll.safetensors holds NaN or infinite values"
+    ) as caught:
         ad.load_adapter(path)
     assert str(tmp_path) not in str(caught.value)
     assert ("emb.<doll1>" if where == "token" else "kv.") in str(caught.value)

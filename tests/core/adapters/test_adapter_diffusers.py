@@ -16,8 +16,8 @@ import torch
 from textloc_core.adapters import adapter as ad
 from textloc_core.adapters import formats as fmt
 from textloc_core.attention.cross_attention import find_cross_attention
-from textloc_core.tinyworld import model_configs as mc
 from textloc_core.backends.unet_names import diffusers_to_ldm_attn2
+from textloc_core.tinyworld import model_configs as mc
 
 TOKENIZER_DIR = Path(mc.__file__).parent / "weights" / "tokenizer"
 
@@ -130,17 +130,23 @@ def test_files_written_by_diffusers_itself_are_read(unet, tmp_path, safe):
             layer = diffusers_to_ldm_attn2(attn2[name], trained.config)
             k = base[f"{layer}.to_k"] + adapter.kv_deltas[f"{layer}.to_k"]
             v = base[f"{layer}.to_v"] + adapter.kv_deltas[f"{layer}.to_v"]
-            proc = CustomDiffusionAttnProcessor(train_kv=True, train_q_out=False, hidden_size=k.shape[0], cross_attention_dim=k.shape[1])
+            proc = CustomDiffusionAttnProcessor(
+                train_kv=True, train_q_out=False, hidden_size=k.shape[0], cross_attention_dim=k.shape[1]
+            )
             proc.to_k_custom_diffusion.weight.data.copy_(k)
             proc.to_v_custom_diffusion.weight.data.copy_(v)
         else:
-            proc = CustomDiffusionAttnProcessor(train_kv=False, train_q_out=False, hidden_size=None, cross_attention_dim=None)
+            proc = CustomDiffusionAttnProcessor(
+                train_kv=False, train_q_out=False, hidden_size=None, cross_attention_dim=None
+            )
         processors[name] = proc
     trained.set_attn_processor(processors)
     trained.save_attn_procs(str(tmp_path), safe_serialization=safe)
     torch.save({"<doll1>": adapter.token_embeddings["<doll1>"][0]}, tmp_path / "<doll1>.bin")
 
-    back = fmt.read_custom_diffusion(tmp_path, base, unet.config, base_fingerprint="tiny", class_words={"<doll1>": "doll"})
+    back = fmt.read_custom_diffusion(
+        tmp_path, base, unet.config, base_fingerprint="tiny", class_words={"<doll1>": "doll"}
+    )
     assert back.metadata.method == "none" and back.metadata.class_words == ["doll"]
     for key, delta in adapter.kv_deltas.items():
         torch.testing.assert_close(back.kv_deltas[key], delta, atol=1e-6, rtol=0)

@@ -1,12 +1,13 @@
 """The pack's version comes from pyproject.toml, adapter files record it, and a file written by
 a newer major version is refused with the fix while older files (versioned or not) load."""
+
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from textloc_core.adapters import adapter as ad
 from textloc_core.adapters import pack_version as pv

@@ -1,6 +1,7 @@
 """The generalisation from attn2 layers to blocks with text K/V and an image-to-text map:
 the chunked map of a joint-attention block, the injector on named projections, and the
 flow-matching objective a transformer backend brings."""
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,9 @@ def test_routers_record_block_maps_and_the_averaging_router_averages_them():
 
 def test_the_injector_takes_named_projections_and_keeps_every_position_trainable_without_sot():
     text_k, text_v = nn.Linear(6, 4, bias=False), nn.Linear(6, 4, bias=False)
-    with KVDeltaInjector(None, projections={"b.0.to_k": text_k, "b.0.to_v": text_v}, detach_start_token=False) as injector:
+    with KVDeltaInjector(
+        None, projections={"b.0.to_k": text_k, "b.0.to_v": text_v}, detach_start_token=False
+    ) as injector:
         assert list(injector.deltas) == ["b.0.to_k", "b.0.to_v"] and injector.layers == {}
         context = torch.randn(1, 80, 6)
         (text_k(context) + text_v(context)).sum().backward()

@@ -4,10 +4,10 @@ attn2-only routing that leaves outputs unchanged, canonical names and the finger
 import pytest
 import torch
 
-from textloc_core.backends.fingerprint import base_model_fingerprint, kv_weights_of
 from textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
 from textloc_core.backends.base import DenoiserBackend, TextBackend
 from textloc_core.backends.diffusers_backend import kv_fingerprint
+from textloc_core.backends.fingerprint import base_model_fingerprint, kv_weights_of
 
 
 def test_bundle_satisfies_the_protocols(tiny_bundle):
@@ -18,7 +18,12 @@ def test_bundle_satisfies_the_protocols(tiny_bundle):
 def test_token_positions_found_anywhere_for_several_concepts(tiny_bundle):
     text = tiny_bundle.text
     a, b = text.initial_embedding("doll"), torch.cat([text.initial_embedding("red"), text.initial_embedding("cup")])
-    prompts = ["<a1> doll", "photo of a small red <b2> cup next to a <a1> doll", "a <b2> cup, a <a1> doll and <a1>", "a chair"]
+    prompts = [
+        "<a1> doll",
+        "photo of a small red <b2> cup next to a <a1> doll",
+        "a <b2> cup, a <a1> doll and <a1>",
+        "a chair",
+    ]
     encoded = text.encode(prompts, {"<a1>": a, "<b2>": b})
     # context index 0 is SOT; "<b2>" has two vectors, so it fills two positions
     assert encoded.token_positions == [
@@ -82,7 +87,11 @@ def test_routing_matches_fused_attention_and_restores_processors(tiny_bundle):
     assert [m.layer for m in router.captured] == [canonical[0]]
     assert {name: attn.processor for name, attn in layers.items()} == before
     # self-attention (attn1) is never routed
-    assert all(type(m.processor).__name__ != "_RoutedProcessor" for n, m in denoiser.unet.named_modules() if n.endswith("attn1"))
+    assert all(
+        type(m.processor).__name__ != "_RoutedProcessor"
+        for n, m in denoiser.unet.named_modules()
+        if n.endswith("attn1")
+    )
 
 
 def test_fingerprint_tracks_kv_weights_only(tiny_bundle):

@@ -3,13 +3,13 @@ token as T5 output-space vectors plus a CLIP-L slice for the pooled vector, and 
 double-stream blocks' image-to-text maps (rotary, [text, image]) against their definition.
 Training, resume, adapters and sampling: tests/core/training/test_dit.py, for Flux and SD3 alike.
 """
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-
 
 T5_WIDTH, CLIP_WIDTH = 32, 32
 
@@ -21,8 +21,10 @@ def test_token_positions_are_the_t5_positions_and_known_words_are_refused(tiny_f
     doll = text.initial_embedding("doll")
     assert doll.shape == (1, T5_WIDTH + CLIP_WIDTH)
     two = torch.cat([doll, doll])
-    encoded = text.encode(["photo of a <doll1> doll and a <bucket1> bucket", "a <doll1> <doll1>", "a red cat"],
-                          {"<doll1>": doll, "<bucket1>": two})
+    encoded = text.encode(
+        ["photo of a <doll1> doll and a <bucket1> bucket", "a <doll1> <doll1>", "a red cat"],
+        {"<doll1>": doll, "<bucket1>": two},
+    )
     # T5 has no start token: "photo"=0 "of"=1 "a"=2 "<doll1>"=3 ...; a two-vector token takes two positions
     assert encoded.token_positions == [{"<doll1>": [3], "<bucket1>": [7, 8]}, {"<doll1>": [1, 2]}, {}]
     assert encoded.context.shape == (3, 16, T5_WIDTH) and encoded.pooled.shape == (3, CLIP_WIDTH)
@@ -67,6 +69,11 @@ def test_a_captured_map_is_the_direct_softmax_over_the_text_keys(tiny_flux_bundl
     assert captured.layer == "double_blocks.1" and captured.probs.shape == (2, 16, 2)  # 4 x 4 image tokens
     inputs = found["inputs"]
     with torch.no_grad():
-        expected = _direct_map(tiny_flux_bundle.denoiser.blocks()["double_blocks.1"], inputs["hidden_states"],
-                               inputs["encoder_hidden_states"], inputs["image_rotary_emb"], slots)
+        expected = _direct_map(
+            tiny_flux_bundle.denoiser.blocks()["double_blocks.1"],
+            inputs["hidden_states"],
+            inputs["encoder_hidden_states"],
+            inputs["image_rotary_emb"],
+            slots,
+        )
     torch.testing.assert_close(captured.probs, expected)

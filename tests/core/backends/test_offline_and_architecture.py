@@ -32,7 +32,10 @@ def test_a_hub_model_id_is_refused_not_downloaded(no_network):
 def test_training_and_generation_never_touch_the_network(no_network, tiny_bundle):
     mask = torch.zeros(16, 16)
     mask[4:12, 4:12] = 1
-    images = [ConceptImage(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)), {"doll": mask}) for i in range(2)]
+    images = [
+        ConceptImage(torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)), {"doll": mask})
+        for i in range(2)
+    ]
     concepts = ConceptSet([Concept("doll", "<doll1>", "doll")], images)
     config = TrainConfig(steps=2, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2)
     result = train(tiny_bundle, concepts, config)

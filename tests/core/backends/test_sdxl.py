@@ -5,6 +5,7 @@ vector and the size conditioning into a ``text_time`` UNet; training with every 
 the map levels SDXL's two attention resolutions leave, sampling with maps, the adapter file
 and diffusers' Custom Diffusion / textual-inversion loaders.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,9 @@ WIDTH_L, WIDTH_G = 32, 48
 @pytest.fixture
 def pair(doll_bucket_set):
     """Two 32-pixel photos, each naming the doll and the bucket (12-pixel squares)."""
-    return doll_bucket_set([{"doll": (2, 2), "bucket": (16, 16)}, {"doll": (16, 4), "bucket": (3, 18)}],
-                           side=32, size=12, seed=5)
+    return doll_bucket_set(
+        [{"doll": (2, 2), "bucket": (16, 16)}, {"doll": (16, 4), "bucket": (3, 18)}], side=32, size=12, seed=5
+    )
 
 
 def test_two_encoders_concatenate_and_each_gets_its_slice(tiny_sdxl_bundle):
@@ -92,15 +94,23 @@ def test_map_levels_keep_both_of_sdxls_two_attention_resolutions(tiny_sdxl_bundl
 
 
 @pytest.mark.parametrize("method", ["hard", "soft", "none"])
-def test_every_guidance_trains_sdxl_with_prior_and_leaves_the_base_unchanged(tiny_sdxl_bundle, pair, method, tmp_path,
-                                                                           monkeypatch):
+def test_every_guidance_trains_sdxl_with_prior_and_leaves_the_base_unchanged(
+    tiny_sdxl_bundle, pair, method, tmp_path, monkeypatch
+):
     from textloc_core.training import prior
 
     monkeypatch.setattr(prior, "_MEMORY", {})  # the prior images come from the file cache, not this process's
     bundle = tiny_sdxl_bundle
     before = {k: v.clone() for k, v in bundle.denoiser.unet.state_dict().items()}
-    config = TrainConfig(method=method, steps=2, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2,
-                         instance_batch=1, prior_batch=1)
+    config = TrainConfig(
+        method=method,
+        steps=2,
+        learning_rate=1e-3,
+        prior_images_per_class=2,
+        prior_sampling_steps=2,
+        instance_batch=1,
+        prior_batch=1,
+    )
     result = train(bundle, pair, config, prior_cache_dir=tmp_path / "prior")
     assert result.steps_done == 2
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history)
@@ -144,16 +154,20 @@ def test_custom_diffusion_export_loads_in_diffusers_sdxl(pair, tmp_path, tiny_sd
     unet = bundle.denoiser.unet
     modules = {
         f"{diffusers_to_ldm_attn2(name, unet.config)}.{proj}": getattr(attn, proj)
-        for name, attn in find_cross_attention(unet).items() for proj in ("to_k", "to_v")
+        for name, attn in find_cross_attention(unet).items()
+        for proj in ("to_k", "to_v")
     }
     base = {k: m.weight.detach().clone() for k, m in modules.items()}
-    files = fmt.write_custom_diffusion(adapter, tmp_path, base, unet.config, encoder_dims=dict(bundle.text.encoder_sizes))
+    files = fmt.write_custom_diffusion(
+        adapter, tmp_path, base, unet.config, encoder_dims=dict(bundle.text.encoder_sizes)
+    )
 
     # the UNet: diffusers' own loader gives what W0 + delta gives
     reference = copy.deepcopy(unet)
     ref_modules = {
         f"{diffusers_to_ldm_attn2(name, reference.config)}.{proj}": getattr(attn, proj)
-        for name, attn in find_cross_attention(reference).items() for proj in ("to_k", "to_v")
+        for name, attn in find_cross_attention(reference).items()
+        for proj in ("to_k", "to_v")
     }
     with torch.no_grad():
         for key, delta in adapter.kv_deltas.items():
@@ -174,10 +188,16 @@ def test_custom_diffusion_export_loads_in_diffusers_sdxl(pair, tmp_path, tiny_sd
 
     state = load_file(str(files["embeddings"]["<doll1>"]))
     assert set(state) == {"clip_l", "clip_g"}
-    pipe.load_textual_inversion(state["clip_l"], token="<doll1>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
-    pipe.load_textual_inversion(state["clip_g"], token="<doll1>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
-    rows = [enc.get_input_embeddings().weight[tok.convert_tokens_to_ids("<doll1>")]
-            for enc, tok in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2))]
+    pipe.load_textual_inversion(
+        state["clip_l"], token="<doll1>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    pipe.load_textual_inversion(
+        state["clip_g"], token="<doll1>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
+    rows = [
+        enc.get_input_embeddings().weight[tok.convert_tokens_to_ids("<doll1>")]
+        for enc, tok in ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2))
+    ]
     torch.testing.assert_close(torch.cat(rows), adapter.token_embeddings["<doll1>"][0])
 
     back = fmt.read_custom_diffusion(tmp_path, base, unet.config)
@@ -200,8 +220,14 @@ def test_load_model_reads_a_local_sdxl_pipeline_folder(tmp_path, tiny_sdxl_parts
 
 def test_sdxl_trains_with_the_memory_options(tiny_sdxl_bundle, pair):
     """bf16 autocast (the CPU path of what "auto" picks on a GPU) with gradient checkpointing."""
-    config = TrainConfig(method="hard", steps=2, learning_rate=1e-3, prior_images_per_class=0,
-                         mixed_precision="bf16", gradient_checkpointing=True)
+    config = TrainConfig(
+        method="hard",
+        steps=2,
+        learning_rate=1e-3,
+        prior_images_per_class=0,
+        mixed_precision="bf16",
+        gradient_checkpointing=True,
+    )
     result = train(tiny_sdxl_bundle, pair, config)
     assert result.steps_done == 2 and all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history)
     assert all(d.dtype == torch.float32 and d.abs().sum() > 0 for d in result.kv_deltas.values())

@@ -37,6 +37,7 @@ def main(journal: Path, kill_at: int, fail_at: int, pairs: list[str]) -> None:
             if changes == fail_at:
                 raise OSError(28, "No space left on device (injected)")
             return operation(*args, **kwargs)
+
         return run
 
     os.replace, os.link, os.unlink = counted(os.replace), counted(os.link), counted(os.unlink)

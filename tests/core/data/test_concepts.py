@@ -68,7 +68,9 @@ def test_from_tensors_rejects_non_image_shapes():
 
 def test_merge_combines_concepts_over_the_same_photos():
     images, left, right = comfy_batch()
-    merged = ConceptSet.merge(ConceptSet.from_tensors(images, left, DOLL), ConceptSet.from_tensors(images, right, BUCKET))
+    merged = ConceptSet.merge(
+        ConceptSet.from_tensors(images, left, DOLL), ConceptSet.from_tensors(images, right, BUCKET)
+    )
     assert [c.name for c in merged.concepts] == ["doll", "bucket"]
     for index, item in enumerate(merged.images):
         assert set(item.masks) == {"doll", "bucket"}
@@ -127,10 +129,20 @@ def test_data_hash_tracks_every_pixel_and_mask_bit():
     assert len(digest) == 64 and digest == base.data_hash()
     flipped = left.clone()
     flipped[2, 5, 5] = 1 - flipped[2, 5, 5]
-    assert ConceptSet.merge(ConceptSet.from_tensors(images, flipped, DOLL), ConceptSet.from_tensors(images, right, BUCKET)).data_hash() != digest
+    assert (
+        ConceptSet.merge(
+            ConceptSet.from_tensors(images, flipped, DOLL), ConceptSet.from_tensors(images, right, BUCKET)
+        ).data_hash()
+        != digest
+    )
     brighter = images.clone()
     brighter[0, 0, 0, 0] = (brighter[0, 0, 0, 0] * 255 + 1) % 256 / 255
-    assert ConceptSet.merge(ConceptSet.from_tensors(brighter, left, DOLL), ConceptSet.from_tensors(brighter, right, BUCKET)).data_hash() != digest
+    assert (
+        ConceptSet.merge(
+            ConceptSet.from_tensors(brighter, left, DOLL), ConceptSet.from_tensors(brighter, right, BUCKET)
+        ).data_hash()
+        != digest
+    )
 
 
 def test_data_hash_is_the_same_from_files_and_from_comfy_tensors(tmp_path):
@@ -142,6 +154,8 @@ def test_data_hash_is_the_same_from_files_and_from_comfy_tensors(tmp_path):
         # An RGBA photo: the alpha is dropped exactly as ComfyUI's LoadImage drops it.
         rgba = np.concatenate([pixels, np.full(pixels.shape[:2] + (1,), 255, np.uint8)], axis=-1)
         Image.fromarray(rgba, "RGBA").save(tmp_path / "images" / f"{index}.png")
-        Image.fromarray(left[index].numpy().astype(np.uint8) * 255, "L").save(tmp_path / "masks" / "doll" / f"{index}.png")
+        Image.fromarray(left[index].numpy().astype(np.uint8) * 255, "L").save(
+            tmp_path / "masks" / "doll" / f"{index}.png"
+        )
     from_files = read_folder(tmp_path, concepts=[DOLL])
     assert from_files.data_hash() == ConceptSet.from_tensors(images, left, DOLL).data_hash()

@@ -25,11 +25,17 @@ def _old_set(folder: Path) -> None:
         (folder / name).write_bytes(b"old " + name.encode())
 
 
-def commit_in_child(journal: Path, kill_at: int, fail_at: int, sources: dict[Path, Path]) -> subprocess.CompletedProcess:
+def commit_in_child(
+    journal: Path, kill_at: int, fail_at: int, sources: dict[Path, Path]
+) -> subprocess.CompletedProcess:
     """Run file_commit_child.py: commit ``sources`` (final -> file whose bytes it gets)."""
     pairs = [f"{final}={source}" for final, source in sources.items()]
-    return subprocess.run([sys.executable, str(CHILD), str(journal), str(kill_at), str(fail_at), *pairs],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(CHILD), str(journal), str(kill_at), str(fail_at), *pairs],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _new_file(folder: Path, name: str) -> Path:
@@ -63,8 +69,12 @@ def test_a_kill_before_any_change_of_the_commit_leaves_the_old_or_the_new_set(tm
     for kill_at in range(fail_at + 1, 40):
         folder = tmp_path / f"kill{kill_at}"
         _old_set(folder)
-        child = commit_in_child(folder / "textloc" / ".journal.textloc-tmp", kill_at, fail_at,
-                                {folder / name: _new_file(tmp_path, name) for name in NAMES})
+        child = commit_in_child(
+            folder / "textloc" / ".journal.textloc-tmp",
+            kill_at,
+            fail_at,
+            {folder / name: _new_file(tmp_path, name) for name in NAMES},
+        )
         if child.returncode == 0:
             break  # the commit (or its roll-back) ended before the kill_at-th change
         assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]

@@ -10,13 +10,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from textloc_core.data.masks import (
-    mask_area, mask_coverage, mask_to_grid, resize_mask, to_binary_mask,
-)
+from textloc_core.data.masks import mask_area, mask_coverage, mask_to_grid, resize_mask, to_binary_mask
 
-binary_planes = st.tuples(st.integers(1, 12), st.integers(1, 12)).flatmap(
-    lambda hw: arrays(np.bool_, hw)
-)
+binary_planes = st.tuples(st.integers(1, 12), st.integers(1, 12)).flatmap(lambda hw: arrays(np.bool_, hw))
 
 
 def encodings(plane: np.ndarray) -> dict[str, object]:

@@ -92,7 +92,10 @@ def test_hidden_and_os_files_are_skipped(folder):
             lambda f: save_mask(f / "masks" / "doll" / "2.png", np.ones((4, 4), bool)),
             r"mask 1 of concept 'doll' \(masks/doll/2.png\) is 4x4 but its image images/2.png is 12x8",
         ),
-        (lambda f: (f / "masks" / "doll" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n"), r"masks/doll/1.png is not a readable image"),
+        (
+            lambda f: (f / "masks" / "doll" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n"),
+            r"masks/doll/1.png is not a readable image",
+        ),
     ],
 )
 def test_bad_folders_name_the_file_and_the_fix(folder, damage, message):
@@ -147,7 +150,10 @@ def test_manifest_round_trip(tmp_path, name):
         name,
     )
     cs = read_concepts(tmp_path)
-    assert cs.concepts == [Concept("doll", "<d1>", "doll", "toy"), Concept("cat_figurine", "<cat_figurine>", "cat figurine")]
+    assert cs.concepts == [
+        Concept("doll", "<d1>", "doll", "toy"),
+        Concept("cat_figurine", "<cat_figurine>", "cat figurine"),
+    ]
     overridden = read_concepts(tmp_path, tokens={"doll": "<d2>"}, class_words={"cat_figurine": "figurine"}).concepts
     assert overridden == [Concept("doll", "<d2>", "doll", "toy"), Concept("cat_figurine", "<cat_figurine>", "figurine")]
     assert torch.equal(cs.images[0].image, expected)  # RGBA photo -> its RGB
@@ -158,20 +164,34 @@ def test_manifest_invert_masks(tmp_path):
     manifest_folder(tmp_path)
     path = write_manifest(
         tmp_path,
-        {"concepts": [{"name": "doll"}], "images": [{"file": "photos/a.png", "masks": {"doll": "m/a_doll.png"}}], "invert_masks": True},
+        {
+            "concepts": [{"name": "doll"}],
+            "images": [{"file": "photos/a.png", "masks": {"doll": "m/a_doll.png"}}],
+            "invert_masks": True,
+        },
     )
     assert torch.equal(read_manifest(path).images[0].masks["doll"], torch.from_numpy((~half_mask()).astype(np.float32)))
 
 
 @pytest.mark.parametrize(
     "hostile",
-    ["../outside.png", "photos/../../outside.png", "/etc/passwd", "C:\\Windows\\x.png", "..\\x.png", "\\\\server\\share\\x.png"],
+    [
+        "../outside.png",
+        "photos/../../outside.png",
+        "/etc/passwd",
+        "C:\\Windows\\x.png",
+        "..\\x.png",
+        "\\\\server\\share\\x.png",
+    ],
 )
 def test_manifest_paths_cannot_leave_the_folder(tmp_path, hostile):
     (tmp_path / "data").mkdir()
     manifest_folder(tmp_path / "data")
     save_photo(tmp_path / "outside.png")
-    path = write_manifest(tmp_path / "data", {"concepts": [{"name": "doll"}], "images": [{"file": hostile, "masks": {"doll": "m/a_doll.png"}}]})
+    path = write_manifest(
+        tmp_path / "data",
+        {"concepts": [{"name": "doll"}], "images": [{"file": hostile, "masks": {"doll": "m/a_doll.png"}}]},
+    )
     with pytest.raises(ValueError, match=r"images\[0\].file: .* outside the dataset folder"):
         read_manifest(path)
 
@@ -181,7 +201,10 @@ def test_manifest_symlink_cannot_leave_the_folder(tmp_path):
     manifest_folder(tmp_path / "data")
     save_photo(tmp_path / "secret.png")
     os.symlink(tmp_path / "secret.png", tmp_path / "data" / "link.png")
-    path = write_manifest(tmp_path / "data", {"concepts": [{"name": "doll"}], "images": [{"file": "link.png", "masks": {"doll": "m/a_doll.png"}}]})
+    path = write_manifest(
+        tmp_path / "data",
+        {"concepts": [{"name": "doll"}], "images": [{"file": "link.png", "masks": {"doll": "m/a_doll.png"}}]},
+    )
     with pytest.raises(ValueError, match="outside the dataset folder through a link"):
         read_manifest(path)
 
@@ -191,11 +214,27 @@ def test_manifest_symlink_cannot_leave_the_folder(tmp_path):
     [
         ({"concepts": [{"name": "doll", "tokn": "<d>"}], "images": []}, r"concepts\[0\]: unknown key\(s\) \['tokn'\]"),
         ({"concepts": [], "images": []}, "'concepts' must be a non-empty list"),
-        ({"concepts": [{"name": "doll"}], "images": [{"file": "photos/a.png", "masks": {"cat": "m/a_doll.png"}}]}, "names concept 'cat'"),
-        ({"concepts": [{"name": "doll"}], "images": [{"file": "photos/zz.png", "masks": {"doll": "m/a_doll.png"}}]}, "photos/zz.png does not exist"),
+        (
+            {"concepts": [{"name": "doll"}], "images": [{"file": "photos/a.png", "masks": {"cat": "m/a_doll.png"}}]},
+            "names concept 'cat'",
+        ),
+        (
+            {"concepts": [{"name": "doll"}], "images": [{"file": "photos/zz.png", "masks": {"doll": "m/a_doll.png"}}]},
+            "photos/zz.png does not exist",
+        ),
         ({"concepts": [{"name": 3}], "images": [{}]}, r"concepts\[0\].name: expected text"),
-        ({"concepts": [{"name": "doll"}], "images": [{"file": "photos/a.png", "masks": {}}]}, r"images\[0\].masks: expected"),
-        ({"concepts": [{"name": "doll"}], "images": [{"file": "photos/a.png", "masks": {"doll": "m/a_doll.png"}}], "invert_masks": "yes"}, "invert_masks must be true or false"),
+        (
+            {"concepts": [{"name": "doll"}], "images": [{"file": "photos/a.png", "masks": {}}]},
+            r"images\[0\].masks: expected",
+        ),
+        (
+            {
+                "concepts": [{"name": "doll"}],
+                "images": [{"file": "photos/a.png", "masks": {"doll": "m/a_doll.png"}}],
+                "invert_masks": "yes",
+            },
+            "invert_masks must be true or false",
+        ),
         ([1, 2], "expected a mapping"),
     ],
 )
@@ -232,7 +271,9 @@ def test_paper_layout_requires_every_mask(tmp_path):
         save_photo(pair / "resized" / f"{stem}.png", mode="RGBA")
         save_mask(pair / "mask_1" / f"{stem}.png", half_mask())
     save_mask(pair / "mask_2" / "a.png", half_mask(left=False))
-    with pytest.raises(ValueError, match=r"2 photos but 1 masks of 'penbag': pot\+penbag/resized/b.png has no mask in mask_2/"):
+    with pytest.raises(
+        ValueError, match=r"2 photos but 1 masks of 'penbag': pot\+penbag/resized/b.png has no mask in mask_2/"
+    ):
         read_paper_folder(pair)
     save_mask(pair / "mask_2" / "b.png", half_mask(left=False))
     cs = read_concepts(pair)

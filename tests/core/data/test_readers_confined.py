@@ -7,10 +7,9 @@ import json
 import os
 
 import pytest
+from test_readers import half_mask, manifest_folder, save_mask, save_photo
 
 from textloc_core.data.readers import read_concepts, read_folder, read_manifest, read_paper_folder
-
-from test_readers import half_mask, manifest_folder, save_mask, save_photo
 
 SECRET = "hunter2-secret-value"
 

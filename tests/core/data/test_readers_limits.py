@@ -70,8 +70,11 @@ def test_manifest_entries_and_concepts_are_limited_before_any_photo_is_read(tmp_
     entry = {"file": "images/0.png", "masks": {"thing": "masks/thing/0.png"}}
     manifest = root / "textloc.json"
     manifest.write_text(json.dumps({"concepts": [{"name": "thing"}], "images": [entry] * (layout.MAX_IMAGES + 1)}))
-    with pytest.raises(ValueError, match=rf"manifest textloc.json has {layout.MAX_IMAGES + 1} images, more than the "
-                                         rf"{layout.MAX_IMAGES} one concept set may hold"):
+    with pytest.raises(
+        ValueError,
+        match=rf"manifest textloc.json has {layout.MAX_IMAGES + 1} images, more than the "
+        rf"{layout.MAX_IMAGES} one concept set may hold",
+    ):
         read_manifest(manifest, resolution=64)
     concepts = [{"name": f"c{i}"} for i in range(layout.MAX_CONCEPTS + 1)]
     manifest.write_text(json.dumps({"concepts": concepts, "images": [entry]}))
@@ -85,7 +88,9 @@ def test_the_same_small_file_listed_many_times_at_a_large_resolution_hits_the_se
     manifest = root / "textloc.json"
     manifest.write_text(json.dumps({"concepts": [{"name": "thing"}], "images": [entry] * 500}))
     fits = layout.MAX_SET_PIXELS // (2048 * 2048)
-    with pytest.raises(ValueError, match=r"images/0.png: the photos read so far and this one hold more than 33.6 megapixels"):
+    with pytest.raises(
+        ValueError, match=r"images/0.png: the photos read so far and this one hold more than 33.6 megapixels"
+    ):
         read_manifest(manifest, resolution=2048)
     manifest.write_text(json.dumps({"concepts": [{"name": "thing"}], "images": [entry] * fits}))
     assert len(read_manifest(manifest, resolution=2048).images) == fits

@@ -28,7 +28,9 @@ ENCODINGS = ("L", "RGB", "RGBA", "1")
 @st.composite
 def datasets(draw):
     """A small dataset: photos with random stems/sizes, masks of 1-3 concepts in random encodings."""
-    names = draw(st.lists(st.sampled_from(["doll", "bucket", "cat_figurine", "cup"]), min_size=1, max_size=3, unique=True))
+    names = draw(
+        st.lists(st.sampled_from(["doll", "bucket", "cat_figurine", "cup"]), min_size=1, max_size=3, unique=True)
+    )
     stems = draw(
         st.lists(
             st.text("abcXYZ0123456789_-", min_size=1, max_size=6).filter(lambda s: not s.startswith(".")),
@@ -159,8 +161,12 @@ def test_manifest_paths_never_escape(parts, lead):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.sampled_from(["concepts", "images", "name", "file", "masks", "token", "x"]), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["concepts", "images", "name", "file", "masks", "token", "x"]), children, max_size=4
+        )
+    ),
     max_leaves=12,
 )
 

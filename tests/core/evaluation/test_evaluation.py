@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from textloc_core.evaluation import localization, metrics, scoring
 from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
+from textloc_core.evaluation import localization, metrics, scoring
 from textloc_core.training.result import TrainResult
 
 
@@ -62,7 +62,9 @@ def test_attention_on_images_shapes_presence_and_determinism(tiny_bundle):
     assert maps[0].max() > 0 and maps[2].max() > 0
     again = localization.attention_on_images(tiny_bundle, [result], images, prompts, ["<doll>"], timesteps=(300, 700))
     torch.testing.assert_close(maps, again)
-    coarse = localization.attention_on_images(tiny_bundle, [result], images[:1], prompts[:1], ["<doll>"], map_levels=(2,))
+    coarse = localization.attention_on_images(
+        tiny_bundle, [result], images[:1], prompts[:1], ["<doll>"], map_levels=(2,)
+    )
     assert coarse.shape == (1, 1, 4, 4)
     iou = metrics.attention_iou(maps[0, 0], torch.ones(16, 16))
     assert 0 < iou.item() <= 1

@@ -27,7 +27,9 @@ class MeanColourFeatures:
 
     def encode_text(self, texts):
         self.seen_texts.extend(texts)
-        return torch.tensor([[sum(self.words.get(w, [0.0] * 3)[i] for w in t.split()) for i in range(3)] for t in texts])
+        return torch.tensor(
+            [[sum(self.words.get(w, [0.0] * 3)[i] for w in t.split()) for i in range(3)] for t in texts]
+        )
 
 
 def solid(colours):
@@ -39,6 +41,7 @@ RED, GREEN, BLUE = [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]
 
 
 # ---------------------------------------------------------------- CLIP-I / CLIP-T
+
 
 def test_clip_i_identical_images_is_one_and_orthogonal_is_zero():
     model = MeanColourFeatures()
@@ -94,6 +97,7 @@ def test_images_must_be_channels_first():
 
 # ---------------------------------------------------------------- KID
 
+
 class Flatten(nn.Module):
     """Deterministic feature extractor: mean colour per channel."""
 
@@ -146,6 +150,7 @@ def test_inception_features_shape_with_random_weights():
 
 
 # ---------------------------------------------------------------- attention IoU
+
 
 def test_iou_of_known_masks():
     attention = torch.zeros(1, 4, 4)
@@ -229,8 +234,14 @@ def test_judge_scores_rejects_mismatched_lengths():
 
 def test_partial_detections_bind_attributes_through_the_shape():
     # the TinyWorld judge reports (colour, shape) and (texture, shape) pairs separately
-    judgement = Judgement([{"colour": "red", "shape": "star"}, {"texture": "dotted", "shape": "star"},
-                           {"colour": "blue", "shape": "ring"}, {"texture": "plain", "shape": "ring"}])
+    judgement = Judgement(
+        [
+            {"colour": "red", "shape": "star"},
+            {"texture": "dotted", "shape": "star"},
+            {"colour": "blue", "shape": "ring"},
+            {"texture": "plain", "shape": "ring"},
+        ]
+    )
     assert judge_scores.object_present(judgement, RED_STAR)
     assert judge_scores.object_present(judgement, BLUE_RING)
     # a dotted ring is not there although "dotted" and "ring" each are

@@ -9,17 +9,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer,
-                          CLIPVisionConfig, CLIPVisionModelWithProjection)
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from textloc_core.evaluation import features, metrics
 
 TOKENIZER = Path(__file__).resolve().parents[3] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
 
-TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-              image_size=32, patch_size=8)
+TEXT = dict(
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    eos_token_id=49407,
+)
+VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +82,8 @@ def test_separate_towers_and_preprocessor_config(tmp_path, tiny_clip):
     text.save_pretrained(tmp_path / "text")
     shutil.copytree(TOKENIZER, tmp_path / "tokenizer")
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"crop_size": {"height": 24, "width": 24}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
+        json.dumps({"crop_size": {"height": 24, "width": 24}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    )
     model = features.ClipFeatureModel.from_directory(tmp_path)
     assert model.image_size == 24 and model.mean == (0.5, 0.5, 0.5)
     assert model.encode_image(torch.rand(2, 3, 50, 50)).shape == (2, 16)
@@ -116,8 +132,17 @@ def test_a_sharded_checkpoint_loads_when_its_index_names_only_shards_beside_it(t
     assert model.encode_image(torch.rand(1, 3, 32, 32)).shape == (1, 16)
 
 
-@pytest.mark.parametrize("shard", ["/etc/passwd", "../outside.safetensors", "sub/model.safetensors",
-                                   "model-00001-of-00002.bin", "/no/such/file.safetensors", "link.safetensors"])
+@pytest.mark.parametrize(
+    "shard",
+    [
+        "/etc/passwd",
+        "../outside.safetensors",
+        "sub/model.safetensors",
+        "model-00001-of-00002.bin",
+        "/no/such/file.safetensors",
+        "link.safetensors",
+    ],
+)
 def test_an_index_naming_files_outside_the_folder_is_refused_with_one_message(tmp_path, tiny_clip, shard):
     folder = tmp_path / "clip"
     index = _sharded_clip(folder, tiny_clip)
@@ -132,7 +157,8 @@ def test_an_index_naming_files_outside_the_folder_is_refused_with_one_message(tm
     assert str(caught.value) == (
         f"CLIP directory {str(folder)!r}: model.safetensors.index.json names a shard that is not a .safetensors file in "
         "the folder itself (a path with a separator, '..', another suffix, or a link leading out); keep the index "
-        "transformers wrote, whose shards are .safetensors files beside it")
+        "transformers wrote, whose shards are .safetensors files beside it"
+    )
 
 
 def test_a_pickle_index_is_refused(tmp_path, tiny_clip):

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from test_evaluation import MeanColour  # mean colour vs colour words: scores known by hand
 
 from textloc_core.backends.cancel import Cancelled
 from textloc_core.evaluation import scoring
-
-from test_evaluation import MeanColour  # mean colour vs colour words: scores known by hand
 
 
 def _solid(colour, n):
@@ -33,8 +32,15 @@ def test_kid_is_finite_with_enough_images_and_iou_scores_maps_against_masks():
     images, references = torch.rand(6, 3, 8, 8), torch.rand(6, 3, 8, 8)
     mask = torch.zeros(8, 8)
     mask[:4] = 1
-    scores = scoring.score_images(MeanColour(), images, references, "red", kid_subset_size=5,
-                                     attention_maps=torch.stack([mask, 1 - mask]), target_masks=mask)
+    scores = scoring.score_images(
+        MeanColour(),
+        images,
+        references,
+        "red",
+        kid_subset_size=5,
+        attention_maps=torch.stack([mask, 1 - mask]),
+        target_masks=mask,
+    )
     assert math.isfinite(scores["kid"])
     assert scores["iou"] == pytest.approx(0.5)  # one map on the target (1), one beside it (0)
     with pytest.raises(ValueError, match="give both"):
@@ -42,8 +48,13 @@ def test_kid_is_finite_with_enough_images_and_iou_scores_maps_against_masks():
 
 
 def test_report_is_a_markdown_table_naming_missing_scores():
-    report = scoring.score_report({"clip_i": 0.9, "clip_t": 0.25, "kid": float("nan"), "iou": -1.0},
-                                     n_images=3, n_references=8, prompt="a <tw1> star", kid_subset_size=5)
+    report = scoring.score_report(
+        {"clip_i": 0.9, "clip_t": 0.25, "kid": float("nan"), "iou": -1.0},
+        n_images=3,
+        n_references=8,
+        prompt="a <tw1> star",
+        kid_subset_size=5,
+    )
     assert "| CLIP-I | 0.9000 |" in report and "| CLIP-T | 0.2500 |" in report
     assert "needs >= 5" in report and "no attention maps" in report
     assert "'a star'" in report and "nan" not in report
@@ -72,11 +83,16 @@ def test_scoring_polls_per_chunk(monkeypatch):
     assert plain.keys() == chunked.keys()
 
 
-@pytest.mark.parametrize("calls, phase", [
-    (6, "prompt 0 of 6"), (8, "prompt 4 of 6"),
-    (10, "during KID at reference image 0 of 6"), (14, "during KID at generated image 2 of 6"),
-    (16, "before KID's subset statistics"),
-])
+@pytest.mark.parametrize(
+    "calls, phase",
+    [
+        (6, "prompt 0 of 6"),
+        (8, "prompt 4 of 6"),
+        (10, "during KID at reference image 0 of 6"),
+        (14, "during KID at generated image 2 of 6"),
+        (16, "before KID's subset statistics"),
+    ],
+)
 def test_cancel_is_polled_in_every_phase_of_scoring(monkeypatch, calls, phase):
     """Prompts are encoded and KID's features taken in chunks too, each chunk after a poll, so
     a large batch stops within one chunk whichever phase it is in."""
@@ -96,6 +112,9 @@ def test_cancel_is_polled_in_every_phase_of_scoring(monkeypatch, calls, phase):
         scoring.image_scores(MeanColour(), images, ["red"] * 6, images, kid_subset_size=5, should_stop=should_stop)
     assert len(polls) == calls + 1
     polls.clear()
-    finished = scoring.image_scores(MeanColour(), images, ["red"] * 6, images, kid_subset_size=5,
-                                    should_stop=lambda: bool(polls.append(1)))
-    assert math.isfinite(finished["kid"]) and len(polls) == 17  # 3 + 3 image chunks, 3 prompt chunks, before KID, 3 + 3 KID chunks, 1
+    finished = scoring.image_scores(
+        MeanColour(), images, ["red"] * 6, images, kid_subset_size=5, should_stop=lambda: bool(polls.append(1))
+    )
+    assert (
+        math.isfinite(finished["kid"]) and len(polls) == 17
+    )  # 3 + 3 image chunks, 3 prompt chunks, before KID, 3 + 3 KID chunks, 1

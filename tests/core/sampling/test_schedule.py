@@ -14,7 +14,9 @@ def test_add_noise_and_v_target_match_ddpm():
     x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     t = torch.tensor([0, 500, 999])
     assert torch.allclose(schedule.add_noise(x0, noise, t), ddpm.add_noise(x0, noise, t), atol=1e-5)
-    assert torch.allclose(schedule.training_target("v_prediction", x0, noise, t), ddpm.get_velocity(x0, noise, t), atol=1e-5)
+    assert torch.allclose(
+        schedule.training_target("v_prediction", x0, noise, t), ddpm.get_velocity(x0, noise, t), atol=1e-5
+    )
     assert torch.equal(schedule.training_target("epsilon", x0, noise, t), noise)
     with pytest.raises(ValueError, match="prediction_type"):
         schedule.training_target("sample", x0, noise, t)

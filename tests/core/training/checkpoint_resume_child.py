@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+
 def concept_set():
     from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 
@@ -38,7 +39,12 @@ def config():
     from textloc_core.training.config import TrainConfig
 
     return TrainConfig(
-        steps=6, checkpoint_every=1, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2, map_levels="all"
+        steps=6,
+        checkpoint_every=1,
+        learning_rate=1e-3,
+        prior_images_per_class=2,
+        prior_sampling_steps=2,
+        map_levels="all",
     )
 
 
@@ -50,8 +56,8 @@ def bundle():
 
 
 def _kill_during_write_of(step: int) -> None:
-    from textloc_core.training import checkpoint
     from textloc_core.data import safe_io
+    from textloc_core.training import checkpoint
 
     original = safe_io.commit_temp
     marker = f".{checkpoint.step_dir_name(step)}."
@@ -72,8 +78,14 @@ def main() -> None:
     directory = Path(sys.argv[1])
     if len(sys.argv) > 2:
         _kill_during_write_of(int(sys.argv[2]))
-    train(bundle(), concept_set(), config(), checkpoint_dir=directory, resume=True,
-          on_step=lambda report: print(f"step {report.step}", flush=True))
+    train(
+        bundle(),
+        concept_set(),
+        config(),
+        checkpoint_dir=directory,
+        resume=True,
+        on_step=lambda report: print(f"step {report.step}", flush=True),
+    )
     print("done", flush=True)
 
 

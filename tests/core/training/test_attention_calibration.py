@@ -18,8 +18,15 @@ from textloc_core.training.step import calibrate_attention_weight, draw, losses
 
 
 def _config(**kw):
-    base = dict(steps=3, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2, map_levels="all",
-                attention_weight_mode="calibrated", attention_fraction=0.1)
+    base = dict(
+        steps=3,
+        learning_rate=1e-3,
+        prior_images_per_class=2,
+        prior_sampling_steps=2,
+        map_levels="all",
+        attention_weight_mode="calibrated",
+        attention_fraction=0.1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -38,7 +45,11 @@ def _grad_norm(run, which: str, step: int = 0) -> float:
     for p in params:
         p.grad = None
     terms, _ = losses(run, *draw(run, step))
-    term = terms["instance"] + run.config.lambda_prior * terms["prior"] if which == "denoise" else run.lambda_attn_used * terms["attention"]
+    term = (
+        terms["instance"] + run.config.lambda_prior * terms["prior"]
+        if which == "denoise"
+        else run.lambda_attn_used * terms["attention"]
+    )
     term.backward()
     run.router.clear()
     norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
@@ -74,7 +85,9 @@ def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle, two_
     assert weight != pytest.approx(0.5 * denoise[0] / attention[0], rel=1e-3)
 
 
-def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(tiny_bundle, tiny_parts, tiny_unet_builder, two_concepts_at):
+def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(
+    tiny_bundle, tiny_parts, tiny_unet_builder, two_concepts_at
+):
     config = _config(steps=1, lambda_prior=0.0)
     base = train(tiny_bundle, two_concepts_at(16), config).lambda_attn_used
     other_model = train(_other_bundle(tiny_parts, tiny_unet_builder), two_concepts_at(16), config).lambda_attn_used
@@ -83,7 +96,9 @@ def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(t
     assert abs(other_model / base - 1) > 0.05, (base, other_model)
     assert abs(other_side / base - 1) > 0.05, (base, other_side)
     # twice the fraction, twice the weight (same model, same batch)
-    double = train(tiny_bundle, two_concepts_at(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)).lambda_attn_used
+    double = train(
+        tiny_bundle, two_concepts_at(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)
+    ).lambda_attn_used
     assert double == pytest.approx(2 * base, rel=1e-6)
 
 
@@ -96,7 +111,14 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
     assert json.loads(saved["config_json"])["attention_weight_mode"] == "calibrated"
 
     done = []
-    train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "b", should_stop=lambda: len(done) >= 3, on_step=done.append)
+    train(
+        tiny_bundle,
+        concepts,
+        config,
+        checkpoint_dir=tmp_path / "b",
+        should_stop=lambda: len(done) >= 3,
+        on_step=done.append,
+    )
     shutil.rmtree(tmp_path / "b" / "step-000000003")  # as if killed before step 3's checkpoint landed
 
     def no_recalibration(*args, **kwargs):
@@ -127,7 +149,9 @@ def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle, two_
     assert train(tiny_bundle, two_concepts_at(), config).lambda_attn_used == 0.25
     fixed = TrainConfig(attention_weight_mode="fixed")
     data = json.loads(fixed.to_json())
-    assert not {"attention_weight_mode", "attention_fraction", "calibration_batches"} & set(data)  # older checkpoints match
+    assert not {"attention_weight_mode", "attention_fraction", "calibration_batches"} & set(
+        data
+    )  # older checkpoints match
     assert TrainConfig.from_json(fixed.to_json()) == fixed  # a JSON without the mode is a fixed run's
     assert TrainConfig.from_json(TrainConfig().to_json()) == TrainConfig()
     assert TrainConfig().calibrated and TrainConfig().attention_weight_mode == "calibrated"
@@ -154,12 +178,19 @@ def test_bad_calibration_settings_name_the_field():
 
 def test_widgets_carry_the_calibration_settings():
     config = TrainConfig.from_widgets(
-        guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5,
-        attention_weight_mode="calibrated", attention_fraction=0.05,
+        guidance="hard",
+        steps=10,
+        learning_rate=1e-5,
+        batch=2,
+        prior_images=0,
+        seed=0,
+        checkpoint_every=5,
+        attention_weight_mode="calibrated",
+        attention_fraction=0.05,
     )
     assert (config.attention_weight_mode, config.attention_fraction, config.calibrated) == ("calibrated", 0.05, True)
     default = TrainConfig.from_widgets(
-        guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5,
+        guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5
     )
     # the mode and fraction the TinyWorld table supports (docs/results.md): the node, the widgets and the API agree
     assert default.attention_weight_mode == TrainConfig().attention_weight_mode == "calibrated" and default.calibrated

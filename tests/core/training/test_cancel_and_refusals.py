@@ -7,16 +7,15 @@ import pickle
 
 import pytest
 import torch
+from test_trainer import _config
 
 from textloc_core.adapters import formats
+from textloc_core.backends.cancel import Cancelled
 from textloc_core.data import safe_io
 from textloc_core.data.validation import ConceptSetError, validate_concept_set
-from textloc_core.backends.cancel import Cancelled
 from textloc_core.sampling.schedule import ddim_sample
 from textloc_core.training import loop, prior, setup
 from textloc_core.training.loop import train
-
-from test_trainer import _config
 
 
 class StopAfter:
@@ -100,14 +99,19 @@ def test_one_side_rule_named_in_validation(tiny_bundle, two_concepts):
     )
     side = multiple + multiple // 2  # the model cannot take it
     assert side % multiple
-    with pytest.raises(ConceptSetError, match=rf"resolution {side} must be a positive multiple of {multiple} pixels \(the VAE's factor times"):
+    with pytest.raises(
+        ConceptSetError,
+        match=rf"resolution {side} must be a positive multiple of {multiple} pixels \(the VAE's factor times",
+    ):
         validate_concept_set(two_concepts, resolution=side, size_multiple=multiple)
     with pytest.raises(ConceptSetError, match=rf"resolution {side} must be a positive multiple of {multiple} pixels"):
         train(tiny_bundle, two_concepts, _config(steps=1, resolution=side))
     two_concepts.images = [item for item in two_concepts.images[:1]]
     two_concepts.images[0].image = two_concepts.images[0].image[:, :side, :side]
     two_concepts.images[0].masks = {k: v[:side, :side] for k, v in two_concepts.images[0].masks.items()}
-    with pytest.raises(ConceptSetError, match=rf"image 0 is {side}x{side}: photo sides must be a positive multiple of {multiple}"):
+    with pytest.raises(
+        ConceptSetError, match=rf"image 0 is {side}x{side}: photo sides must be a positive multiple of {multiple}"
+    ):
         train(tiny_bundle, two_concepts, _config(steps=1))
 
 

@@ -88,8 +88,10 @@ def test_checkpoints_of_the_previous_layout_still_resume(tmp_path):
     state.update(rng=None, config_json=json.dumps(config, sort_keys=True))
     (step_dir / "state.json").write_text(json.dumps(state))
     manifest = json.loads((step_dir / "manifest.json").read_text())
-    manifest["files"]["state.json"] = {"sha256": safe_io.sha256_file(step_dir / "state.json"),
-                                       "bytes": (step_dir / "state.json").stat().st_size}
+    manifest["files"]["state.json"] = {
+        "sha256": safe_io.sha256_file(step_dir / "state.json"),
+        "bytes": (step_dir / "state.json").stat().st_size,
+    }
     (step_dir / "manifest.json").write_text(json.dumps(manifest))
     restored = ck.load_latest_checkpoint(tmp_path, CONFIG)
     assert restored.step == 10 and torch.equal(restored.tensors["w"], torch.ones(4))
@@ -156,7 +158,9 @@ def test_a_checkpoint_written_before_a_setting_existed_reads_as_what_it_ran(tmp_
     ck.save_checkpoint(tmp_path, 10, {"w": torch.zeros(4)}, {}, json.dumps(older))
     with pytest.raises(ValueError, match=r"attention_weight_mode: 'fixed' in the checkpoint, 'calibrated' now"):
         ck.load_latest_checkpoint(tmp_path, TrainConfig(steps=10).to_json())
-    assert ck.load_latest_checkpoint(tmp_path, TrainConfig(steps=10, attention_weight_mode="fixed").to_json()).step == 10
+    assert (
+        ck.load_latest_checkpoint(tmp_path, TrainConfig(steps=10, attention_weight_mode="fixed").to_json()).step == 10
+    )
 
 
 def test_unpicklable_state_is_refused_not_pickled(tmp_path):
@@ -197,4 +201,7 @@ def test_sigkill_during_checkpoint_writes_leaves_a_verifying_checkpoint(tmp_path
     # the next save still works and cleans up whatever the kill left behind
     ck.save_checkpoint(tmp_path, restored.step + 100, {"w": torch.zeros(1)}, {}, "{}")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".textloc-tmp")]
-    assert json.loads((tmp_path / ck.step_dir_name(restored.step + 100) / "manifest.json").read_text())["step"] == restored.step + 100
+    assert (
+        json.loads((tmp_path / ck.step_dir_name(restored.step + 100) / "manifest.json").read_text())["step"]
+        == restored.step + 100
+    )

@@ -23,9 +23,9 @@ tensors = st.builds(
 keys = st.text(max_size=6) | st.integers(-5, 50)
 state = st.recursive(
     scalars | tensors,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.lists(inner, max_size=4).map(tuple)
-    | st.dictionaries(keys, inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.lists(inner, max_size=4).map(tuple) | st.dictionaries(keys, inner, max_size=4)
+    ),
     max_leaves=20,
 )
 

@@ -28,10 +28,25 @@ def test_json_round_trip_keeps_tuples():
 
 def test_the_train_nodes_widgets_map_onto_the_config_in_one_place():
     """Saved workflows keep the widget names; ``from_widgets`` is the one translation."""
-    widgets = dict(guidance="soft", steps=300, learning_rate=2e-5, batch=3, prior_images=0, seed=7,
-                   checkpoint_every=25, resolution=0, attention_weight=0.5)
+    widgets = dict(
+        guidance="soft",
+        steps=300,
+        learning_rate=2e-5,
+        batch=3,
+        prior_images=0,
+        seed=7,
+        checkpoint_every=25,
+        resolution=0,
+        attention_weight=0.5,
+    )
     config = TrainConfig.from_widgets(**widgets)
-    assert (config.method, config.steps, config.learning_rate, config.seed, config.checkpoint_every) == ("soft", 300, 2e-5, 7, 25)
+    assert (config.method, config.steps, config.learning_rate, config.seed, config.checkpoint_every) == (
+        "soft",
+        300,
+        2e-5,
+        7,
+        25,
+    )
     assert (config.instance_batch, config.lambda_attn, config.resolution) == (3, 0.5, None)
     assert not config.uses_prior and config.prior_batch == 0 and config.lambda_prior == 0.0
     with_prior = TrainConfig.from_widgets(**{**widgets, "prior_images": 200, "resolution": 512})

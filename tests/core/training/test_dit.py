@@ -3,6 +3,7 @@ the one trainer: only the text-stream K/V and the tokens get gradient, hard / so
 with prior and leave the base unchanged, hard pulls the block maps onto the masks, resume is
 bit-identical, the adapter is keyed by block, round-trips and generates with maps.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,15 +41,20 @@ def _keys(prefix: str, attention: str, blocks: int) -> list[str]:
 def family(request, tiny_flux_bundle, tiny_sd3_bundle) -> Family:
     if request.param == "flux":
         return Family(tiny_flux_bundle, _keys("double_blocks", "txt_attn", 2), [(0, 32), (32, 64)], ["T5", "CLIP-L"])
-    return Family(tiny_sd3_bundle, _keys("joint_blocks", "context_block.attn", 3), [(0, 32), (32, 80), (80, 176)],
-                  ["clip_l", "clip_g", "t5"])
+    return Family(
+        tiny_sd3_bundle,
+        _keys("joint_blocks", "context_block.attn", 3),
+        [(0, 32), (32, 80), (80, 176)],
+        ["clip_l", "clip_g", "t5"],
+    )
 
 
 @pytest.fixture
 def pair(doll_bucket_set):
     """Two 32-pixel photos, each naming the doll and the bucket (12-pixel squares)."""
-    return doll_bucket_set([{"doll": (2, 2), "bucket": (16, 16)}, {"doll": (16, 4), "bucket": (3, 18)}],
-                           side=32, size=12, seed=5)
+    return doll_bucket_set(
+        [{"doll": (2, 2), "bucket": (16, 16)}, {"doll": (16, 4), "bucket": (3, 18)}], side=32, size=12, seed=5
+    )
 
 
 def _config(**overrides) -> TrainConfig:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from textloc_core.training.config import TrainConfig
 from textloc_core.data.readers import read_paper_dataset
+from textloc_core.training.config import TrainConfig
 from textloc_core.training.loop import train
 
 
@@ -42,7 +42,11 @@ def test_every_paper_pair_trains_with_default_init(tiny_bundle, paper_dataset, p
 def test_cat_figurine_is_the_mean_of_cat_and_figurine(tiny_bundle):
     text = tiny_bundle.text
     assert len(text._pieces("cat figurine")) >= 2
-    rows = torch.cat([text.initial_embedding(w) for w in ("cat", "figurine")]) if len(text._pieces("figurine")) == 1 else None
+    rows = (
+        torch.cat([text.initial_embedding(w) for w in ("cat", "figurine")])
+        if len(text._pieces("figurine")) == 1
+        else None
+    )
     start = text.initial_embedding("cat figurine", what="class_word")
     assert start.shape == (1, text.embedding_dim) and torch.isfinite(start).all()
     if rows is not None:

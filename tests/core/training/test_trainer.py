@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from textloc_core.backends.cancel import Cancelled
 from textloc_core.attention.cross_attention import KVDeltaInjector, find_cross_attention
-from textloc_core.training.config import TrainConfig
+from textloc_core.backends.cancel import Cancelled
 from textloc_core.evaluation.localization import map_mask_error
+from textloc_core.training.config import TrainConfig
 from textloc_core.training.loop import TrainingDiverged, train
 
 
@@ -92,7 +92,9 @@ def test_hard_guidance_moves_maps_onto_masks(tiny_bundle, two_concepts):
 
 def test_should_stop_cancels_within_a_step(tiny_bundle, two_concepts):
     calls = []
-    result = train(tiny_bundle, two_concepts, _config(steps=10), should_stop=lambda: len(calls) >= 2, on_step=calls.append)
+    result = train(
+        tiny_bundle, two_concepts, _config(steps=10), should_stop=lambda: len(calls) >= 2, on_step=calls.append
+    )
     assert result.stopped_early and result.steps_done == 2 and len(result.history) == 2
 
 
@@ -116,8 +118,9 @@ def test_a_stop_raised_from_inside_a_step_keeps_the_steps_before_it(tiny_bundle,
     monkeypatch.setattr(tiny_bundle.denoiser, "predict", interrupted_predict)
     config = _config(steps=6, checkpoint_every=100, prior_images_per_class=0, lambda_prior=0.0)
     error.append(Cancelled("cancelled inside a UNet layer"))
-    result = train(tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path, on_step=on_step,
-                   should_stop=lambda: False)
+    result = train(
+        tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path, on_step=on_step, should_stop=lambda: False
+    )
     assert result.stopped_early and result.steps_done == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000003"]  # the cancel wrote the 3 steps done
     # any other error is the user's to see, even when the host asks to stop right after it
@@ -127,8 +130,10 @@ def test_a_stop_raised_from_inside_a_step_keeps_the_steps_before_it(tiny_bundle,
         train(tiny_bundle, two_concepts, config, on_step=on_step, should_stop=lambda: bool(raised))
 
 
-@pytest.mark.parametrize("mode, message", [("fixed", "step 1: loss is nan"),
-                                           ("calibrated", "attention calibration: .* give no finite weight")])
+@pytest.mark.parametrize(
+    "mode, message",
+    [("fixed", "step 1: loss is nan"), ("calibrated", "attention calibration: .* give no finite weight")],
+)
 def test_nan_loss_stops_with_a_clear_error(tiny_bundle, two_concepts, monkeypatch, mode, message):
     predict = tiny_bundle.denoiser.predict
     monkeypatch.setattr(tiny_bundle.denoiser, "predict", lambda *args: predict(*args) * float("nan"))
@@ -206,10 +211,17 @@ def test_sd2_style_model_with_v_prediction_trains(tiny_parts, two_concepts):
 
     torch.manual_seed(1)
     tiny_parts["unet"] = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(4, 8), use_linear_projection=True, norm_num_groups=8,
+        cross_attention_dim=32,
+        attention_head_dim=(4, 8),
+        use_linear_projection=True,
+        norm_num_groups=8,
     )
     bundle = bundle_from_diffusers(**tiny_parts, prediction_type="v_prediction")
     result = train(bundle, two_concepts, _config(steps=2, map_levels="all_but_finest"))
@@ -236,7 +248,9 @@ def test_cancel_during_prior_generation_returns_promptly(tiny_bundle, two_concep
     prior._MEMORY.clear()
     polls = []
     result = train(
-        tiny_bundle, two_concepts, _config(prior_images_per_class=9, steps=5),
+        tiny_bundle,
+        two_concepts,
+        _config(prior_images_per_class=9, steps=5),
         should_stop=lambda: polls.append(1) or len(polls) > 1,  # stop at the second poll: mid-generation
     )
     assert result.stopped_early and result.steps_done == 0 and len(polls) == 2

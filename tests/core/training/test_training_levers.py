@@ -39,14 +39,24 @@ def test_saved_masked_switch_reads_as_the_weight_it_ran():
         assert TrainConfig.from_dict(old).unmasked_weight == weight
     del fresh["unmasked_weight"], fresh["token_warmup_steps"], fresh["train_keys"], fresh["union_sampling"]
     read = TrainConfig.from_dict(fresh)  # a version before the levers ran all of them off
-    assert (read.unmasked_weight, read.token_warmup_steps, read.train_keys, read.union_sampling) == (1.0, 0, True, False)
+    assert (read.unmasked_weight, read.token_warmup_steps, read.train_keys, read.union_sampling) == (
+        1.0,
+        0,
+        True,
+        False,
+    )
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(unmasked_weight=1.5), "unmasked_weight"), (dict(unmasked_weight=-0.1), "unmasked_weight"),
-    (dict(token_warmup_steps=3), "token_warmup_steps"), (dict(token_warmup_steps=-1), "token_warmup_steps"),
-    (dict(token_warmup_learning_rate=0.0), "token_warmup_learning_rate"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(unmasked_weight=1.5), "unmasked_weight"),
+        (dict(unmasked_weight=-0.1), "unmasked_weight"),
+        (dict(token_warmup_steps=3), "token_warmup_steps"),
+        (dict(token_warmup_steps=-1), "token_warmup_steps"),
+        (dict(token_warmup_learning_rate=0.0), "token_warmup_learning_rate"),
+    ],
+)
 def test_bad_lever_values_are_named(bad, match):
     with pytest.raises(ValueError, match=match):
         _config(**bad)
@@ -74,9 +84,12 @@ def test_warmup_trains_only_the_tokens_at_their_own_rate(tiny_bundle, two_concep
     def warm_steps_only(rate):
         """The run stopped after its two warm-up steps."""
         done = []
-        config = _config(token_warmup_steps=2, token_warmup_learning_rate=rate, weight_decay=0.0, scale_lr_by_batch=False)
-        return train(tiny_bundle, two_concepts, config, on_step=lambda r: done.append(r.step),
-                     should_stop=lambda: len(done) >= 2)
+        config = _config(
+            token_warmup_steps=2, token_warmup_learning_rate=rate, weight_decay=0.0, scale_lr_by_batch=False
+        )
+        return train(
+            tiny_bundle, two_concepts, config, on_step=lambda r: done.append(r.step), should_stop=lambda: len(done) >= 2
+        )
 
     small = warm_steps_only(1e-4)
     assert small.steps_done == 2
@@ -112,7 +125,9 @@ def test_union_sampling_names_random_subsets_with_their_masks(tiny_bundle, two_c
                 assert names and set(names) <= shown
                 assert ("<doll1>" in prompt) == ("doll" in names) and ("<bucket1>" in prompt) == ("bucket" in names)
                 for k, concept in enumerate(two_concepts.concepts):
-                    assert torch.equal(rows[k], union.masks[i, k] if concept.name in names else torch.zeros_like(rows[k]))
+                    assert torch.equal(
+                        rows[k], union.masks[i, k] if concept.name in names else torch.zeros_like(rows[k])
+                    )
                 if len(shown) == 2:
                     seen.add(tuple(names))
         assert seen == {("doll",), ("bucket",), ("doll", "bucket")}

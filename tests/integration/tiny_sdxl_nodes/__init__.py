@@ -6,6 +6,7 @@ The integration tests link this folder into the test server's custom_nodes, so a
 SDXL workflow can run headless: its CheckpointLoaderSimple (a user's SDXL checkpoint) is
 swapped for this node, which has the same outputs. Never installed for users.
 """
+
 import sys
 from pathlib import Path
 
@@ -62,5 +63,7 @@ class DeepCopy:
 
 
 NODE_CLASS_MAPPINGS = {"TextLocTestTinySDXLLoader": TinySDXLLoader, "TextLocTestDeepCopy": DeepCopy}
-NODE_DISPLAY_NAME_MAPPINGS = {"TextLocTestTinySDXLLoader": "TextLoc Test Tiny SDXL Loader",
-                              "TextLocTestDeepCopy": "TextLoc Test Deep Copy"}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "TextLocTestTinySDXLLoader": "TextLoc Test Tiny SDXL Loader",
+    "TextLocTestDeepCopy": "TextLoc Test Deep Copy",
+}
