@@ -31,13 +31,12 @@
 // The page loads a graph of its own while it starts, after window.app exists: a new user
 // (Comfy.TutorialCompleted unset) gets a blank graph and the template browser, everyone else
 // the frontend's default graph (on 1.49 a text-to-image template naming qwen_3_4b and
-// z_image_turbo), and the first visit marks the server's user as not new. That load is
-// asynchronous and awaits the server (validation, model folders), so under load it could end
-// after the check's own and leave its graph or its missing models in the stores. Hence: the
-// user is marked not new before any page opens (every visit starts the same way, no dialog),
-// every loadGraphData call of the page is counted from the moment window.app is set, the check
-// loads its workflow only once the start-up's load has settled, and the report says whether
-// the page still holds the workflow it was given.
+// z_image_turbo). That load is asynchronous and awaits the server, so a check that loads as
+// soon as window.app exists can overlap it, and the start-up's graph or its missing models can
+// end up in the report. Hence: the server's user must not be new (every visit starts the same
+// way, no dialog), every loadGraphData call of the page is counted from the moment window.app
+// is set, the check loads its workflow only once the start-up's load has settled, and the
+// report says whether the page still holds the workflow it was given.
 import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -52,11 +51,15 @@ if (!url || !shotDir) {
 const objectInfo = await (await fetch(new URL('object_info', url))).json();
 const serverTypes = Object.keys(objectInfo);
 
-// The server keeps the settings of its (single) user; a user who finished the tutorial starts
-// with the default graph and no template browser, on every visit alike.
-const marked = await fetch(new URL('settings/Comfy.TutorialCompleted', url),
-                           { method: 'POST', body: 'true', headers: { 'Content-Type': 'application/json' } });
-if (!marked.ok) throw new Error(`could not mark the user as not new: POST settings -> ${marked.status}`);
+// The server keeps the settings of its (single) user. A user who finished the tutorial starts
+// with the default graph and no template browser, on every visit alike; a new user's first
+// visit would differ from the next ones. The test layout sets the flag (ComfyLayout.create);
+// the check reads it and does not change a server's settings itself.
+const tutorial = await (await fetch(new URL('settings/Comfy.TutorialCompleted', url))).json();
+if (tutorial !== true) {
+  throw new Error('the server\'s user is new (Comfy.TutorialCompleted is not true): its pages would open '
+                  + 'the template browser; start the server with ComfyLayout.create, which sets it');
+}
 
 // The network is closed: nothing may try to reach out. Playwright itself gives every launch a
 // fresh, empty --user-data-dir (it refuses one passed in args).
