@@ -19,12 +19,24 @@
 //   missingModels  model file names (a combo value ending in .safetensors, .ckpt, ...) that are
 //                  not among the options, plus every file a frontend reports missing
 //   nodesWithErrors nodes the page marks with has_errors
+//   graphMismatch  node ids/types of the page's graph that differ from the workflow file's
+//                  (the page replaced the workflow with a graph of its own)
 //   frontend       what the frontend reported: missing node types and models from its stores
 //                  (the dialog stack on 1.27, missingNodesError / missingModel on 1.49),
 //                  visible dialogs, error and warning toasts, the error overlay
 //
 // Each workflow gets a fresh browser context (own storage, page loaded anew), so nothing a
 // previous workflow opened or stored can leak into the next report.
+//
+// The page loads a graph of its own while it starts, after window.app exists: a new user
+// (Comfy.TutorialCompleted unset) gets a blank graph and the template browser, everyone else
+// the frontend's default graph (on 1.49 a text-to-image template naming qwen_3_4b and
+// z_image_turbo). That load is asynchronous and awaits the server, so a check that loads as
+// soon as window.app exists can overlap it, and the start-up's graph or its missing models can
+// end up in the report. Hence: the server's user must not be new (every visit starts the same
+// way, no dialog), every loadGraphData call of the page is counted from the moment window.app
+// is set, the check loads its workflow only once the start-up's load has settled, and the
+// report says whether the page still holds the workflow it was given.
 import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -39,6 +51,16 @@ if (!url || !shotDir) {
 const objectInfo = await (await fetch(new URL('object_info', url))).json();
 const serverTypes = Object.keys(objectInfo);
 
+// The server keeps the settings of its (single) user. A user who finished the tutorial starts
+// with the default graph and no template browser, on every visit alike; a new user's first
+// visit would differ from the next ones. The test layout sets the flag (ComfyLayout.create);
+// the check reads it and does not change a server's settings itself.
+const tutorial = await (await fetch(new URL('settings/Comfy.TutorialCompleted', url))).json();
+if (tutorial !== true) {
+  throw new Error('the server\'s user is new (Comfy.TutorialCompleted is not true): its pages would open '
+                  + 'the template browser; start the server with ComfyLayout.create, which sets it');
+}
+
 // The network is closed: nothing may try to reach out. Playwright itself gives every launch a
 // fresh, empty --user-data-dir (it refuses one passed in args).
 const browser = await chromium.launch({
@@ -48,6 +70,46 @@ const browser = await chromium.launch({
          '--disable-dev-shm-usage', '--disable-extensions'],
 });
 const pageErrors = [];
+
+// Runs in the page before its own scripts: wraps window.app.loadGraphData as soon as the
+// frontend publishes the app, so the start-up's load is counted as well as the check's.
+function countGraphLoads() {
+  const loads = { started: 0, settled: 0 };
+  let app;
+  Object.defineProperty(window, '__textlocGraphLoads', { value: loads });
+  Object.defineProperty(window, 'app', {
+    configurable: true,
+    get: () => app,
+    set: (value) => {
+      app = value;
+      if (!value || value.__textlocCounted) return;
+      const load = value.loadGraphData;
+      value.loadGraphData = async function countedLoadGraphData(...args) {
+        loads.started += 1;
+        try { return await load.apply(this, args); } finally { loads.settled += 1; }
+      };
+      value.__textlocCounted = true;
+    },
+  });
+}
+
+// True once the page has started: the app is set up, its start-up load (at least one) has
+// settled, none is in flight, and the workspace's start-up spinner (1.49) is off.
+function startedAndIdle() {
+  const loads = window.__textlocGraphLoads;
+  return Boolean(window.app?.graph && window.LiteGraph?.registered_node_types
+    && loads.started > 0 && loads.settled === loads.started && !window.app.extensionManager?.spinner);
+}
+
+// Node ids and types of the workflow file against those of the page's root graph: anything
+// listed means the page holds a graph other than the one the check loaded.
+function graphMismatch(workflow) {
+  const key = (n) => `${n.id}:${n.type}`;
+  const given = new Set(workflow.nodes.map(key));
+  const held = new Set((window.app.graph._nodes || window.app.graph.nodes || []).map(key));
+  return [...[...given].filter((k) => !held.has(k)).map((k) => `not in the page: ${k}`),
+          ...[...held].filter((k) => !given.has(k)).map((k) => `not in the workflow: ${k}`)];
+}
 
 // Runs in the page after the workflow loaded: the report of the graph and of the frontend.
 function inspectPage(serverTypes) {
@@ -120,15 +182,20 @@ try {
     const workflow = JSON.parse(readFileSync(path, 'utf8'));
     const context = await browser.newContext({ viewport: { width: 2400, height: 1350 } });
     try {
+      await context.addInitScript(countGraphLoads);
       const page = await context.newPage();
       page.on('pageerror', (e) => pageErrors.push(`${basename(path)}: ${e}`));
       await page.goto(url, { waitUntil: 'domcontentloaded', timeout: 60000 });
-      await page.waitForFunction(() => window.app?.graph && window.LiteGraph?.registered_node_types,
-                                 null, { timeout: 90000 });
+      await page.waitForFunction(startedAndIdle, null, { timeout: 90000 }).catch((e) => {
+        throw new Error(`${basename(path)}: the page did not finish its own start-up load: ${e.message}`);
+      });
       await page.evaluate(async (wf) => { await window.app.loadGraphData(wf); }, workflow);
-      // dialogs, toasts and the missing-model scan may settle after the load resolves
+      // dialogs and toasts (1.27) may open after the load resolves; a load of the page's own
+      // would show in graphMismatch
       await page.waitForTimeout(1500);
+      await page.waitForFunction(startedAndIdle, null, { timeout: 30000 });
       const report = await page.evaluate(inspectPage, serverTypes);
+      report.graphMismatch = await page.evaluate(graphMismatch, workflow);
       try {  // frame the whole graph for the screenshot; the command id is the frontend's
         await page.evaluate(() => window.app.extensionManager?.command?.execute('Comfy.Canvas.FitView'));
         await page.waitForTimeout(300);

@@ -145,7 +145,8 @@ PROBES = {
 def problems(result: dict) -> dict[str, list]:
     """Everything check_workflows.mjs found wrong with one loaded workflow (empty: it is clean)."""
     found = {
-        key: result[key] for key in ("unknownTypes", "missingModels", "widgetErrors", "nodesWithErrors", "dialogs")
+        key: result[key]
+        for key in ("graphMismatch", "unknownTypes", "missingModels", "widgetErrors", "nodesWithErrors", "dialogs")
     }
     frontend = result["frontend"]
     found.update(
@@ -210,6 +211,7 @@ def browser_report(comfy, not_run, tmp_path_factory):
 def test_browser_check_flags_a_missing_node(browser_report):
     results, _ = browser_report
     probe = results["textloc_probe_missing_node.json"]
+    assert not probe["graphMismatch"], probe["graphMismatch"]  # the page holds the probe, nothing else
     assert probe["unknownTypes"] == [PROBE_NODE_TYPE]  # against the server's /object_info
     # and the frontend itself said so (1.27: its dialog; 1.49: its missing-nodes store)
     assert probe["frontend"]["missingNodeTypes"] == [PROBE_NODE_TYPE], probe["frontend"]
@@ -220,6 +222,7 @@ def test_browser_check_flags_a_missing_node(browser_report):
 def test_browser_check_flags_missing_models(browser_report):
     results, _ = browser_report
     probe = results["textloc_probe_missing_model.json"]
+    assert not probe["graphMismatch"], probe["graphMismatch"]  # not the frontend's default graph
     assert not probe["unknownTypes"]
     assert set(PROBE_MODEL_FILES) <= set(probe["missingModels"]), probe["missingModels"]
     assert len(probe["widgetErrors"]) == len(PROBE_MODEL_FILES), probe["widgetErrors"]
