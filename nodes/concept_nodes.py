@@ -16,6 +16,7 @@ from comfy_api.latest import io
 from ..textloc_core.data.concepts import Concept, ConceptSet
 from ..textloc_core.data.tokens import check_token_text
 from ..textloc_core.data.validation import validate_concept_set
+from .comfy_cancel import end_if_cancelled
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
 from .schema import CONCEPTS, named, pack_schema
@@ -217,10 +218,9 @@ class ConceptFolder(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:
-        import comfy.model_management as mm
-
         path = resolve_folder(folder)
-        options = {"resolution": resolution or None, "cancel_check": mm.throw_exception_if_processing_interrupted}
+        # the readers poll before each photo; Cancel ends the prompt there as between any node's phases
+        options = {"resolution": resolution or None, "cancel_check": end_if_cancelled}
         if tokens.strip():
             options["tokens"] = _parse_pairs(tokens, "tokens")
         if class_words.strip():
