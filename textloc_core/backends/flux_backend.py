@@ -27,6 +27,7 @@ from ..attention.cross_attention import AttentionRouter
 from .base import ModelBundle
 from .diffusers_backend import kv_fingerprint
 from .flow_matching import FLUX_SHIFT, FlowMatching
+from .fp8_base import apply_weight_dtype, compute_dtype_of
 from .joint_blocks import JointBlockDenoiser
 from .t5_text import FluxText
 
@@ -148,18 +149,21 @@ def bundle_from_flux(
     tokenizer_2: Any,
     max_sequence_length: int = 512,
     guidance: float = 1.0,
+    weight_dtype: str = "default",
 ) -> ModelBundle:
     """A ``ModelBundle`` from FluxPipeline's components (its names: ``text_encoder`` /
     ``tokenizer`` are CLIP-L, ``text_encoder_2`` / ``tokenizer_2`` T5). The models are put in
-    eval mode; their weights are never modified by training."""
+    eval mode; their weights are never modified by training. ``weight_dtype`` "fp8_e4m3fn" stores the
+    transformer's linear weights in float8, computing in their loaded dtype (``fp8_base``)."""
     for model in (transformer, vae, text_encoder, text_encoder_2):
         model.eval()
     denoiser = FluxDenoiser(transformer, vae, guidance)
+    apply_weight_dtype([transformer], weight_dtype)
     weight = next(transformer.parameters())
     return ModelBundle(
         text=FluxText(tokenizer_2, text_encoder_2, tokenizer, text_encoder, max_sequence_length),
         denoiser=denoiser,
         fingerprint=kv_fingerprint(denoiser),
         device=weight.device,
-        compute_dtype=weight.dtype,
+        compute_dtype=compute_dtype_of(transformer),
     )

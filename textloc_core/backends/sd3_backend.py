@@ -22,6 +22,7 @@ from ..attention.cross_attention import AttentionRouter
 from .base import ModelBundle
 from .diffusers_backend import kv_fingerprint
 from .flow_matching import SD3_SHIFT, FlowMatching
+from .fp8_base import apply_weight_dtype, compute_dtype_of
 from .joint_blocks import JointBlockDenoiser
 from .t5_text import SD3Text
 
@@ -107,12 +108,15 @@ def bundle_from_sd3(
     text_encoder_3: nn.Module,
     tokenizer_3: Any,
     max_sequence_length: int = 256,
+    weight_dtype: str = "default",
 ) -> ModelBundle:
     """A ``ModelBundle`` from StableDiffusion3Pipeline's components (CLIP-L, CLIP-G, T5 in its
-    order). The models are put in eval mode; their weights are never modified by training."""
+    order). The models are put in eval mode; their weights are never modified by training. ``weight_dtype`` "fp8_e4m3fn" stores the
+    transformer's linear weights in float8, computing in their loaded dtype (``fp8_base``)."""
     for model in (transformer, vae, text_encoder, text_encoder_2, text_encoder_3):
         model.eval()
     denoiser = SD3Denoiser(transformer, vae)
+    apply_weight_dtype([transformer], weight_dtype)
     weight = next(transformer.parameters())
     return ModelBundle(
         text=SD3Text(
@@ -121,5 +125,5 @@ def bundle_from_sd3(
         denoiser=denoiser,
         fingerprint=kv_fingerprint(denoiser),
         device=weight.device,
-        compute_dtype=weight.dtype,
+        compute_dtype=compute_dtype_of(transformer),
     )

@@ -160,11 +160,17 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
-def optimizer_class(config: TrainConfig):
+def optimizer_class(config: TrainConfig, device: torch.device | None = None):
     """torch's AdamW, or bitsandbytes' 8-bit AdamW when ``use_8bit_adam``; checked in ``setup``
-    before any work, so a missing package is named before the photos are encoded."""
+    before any work, so a missing package or a device without CUDA is named before the photos
+    are encoded."""
     if not config.use_8bit_adam:
         return torch.optim.AdamW
+    if device is not None and device.type != "cuda":
+        raise ValueError(
+            f"optimizer: adamw_8bit (bitsandbytes' 8-bit AdamW) runs on CUDA only and this model is on {device.type}; "
+            "use adamw, or load the model on a CUDA GPU"
+        )
     try:
         import bitsandbytes
     except ImportError:
@@ -223,7 +229,7 @@ def setup(
     between VAE batches (``backends.cancel.Cancelled``; nothing is installed yet)."""
     device, denoiser = bundle.device, bundle.denoiser
     amp = amp_dtype(config, device)
-    optimizer_class(config)
+    optimizer_class(config, device)
     images, masks = training_images(bundle, concept_set, config)
     embeddings = {
         c.token: nn.Parameter(
