@@ -23,6 +23,11 @@ compares the two, so the reference must run through *the same trainer*: this mod
   whose ``route_attention`` does both, so ``train(store_everything_bundle(bundle), ...)``
   trains the reference without any change to the trainer.
 
+On a diffusion transformer (Flux, SD3) the same wrapper routes every joint block, stores each
+block's image-to-text probabilities of all heads and all text tokens in one piece
+(``StoreEverythingRouter.capture_text_map``, no head chunks, no recomputation) and computes
+every attention in the transformer's forward explicitly (``explicit_joint_attention``).
+
 It exists for measurement and for tests of fairness; nobody should train with it.
 """
 
@@ -94,6 +99,17 @@ class StoreEverythingRouter(AttentionRouter):
         self._deliver(layer, full, batch, n_query)
         return out
 
+    def capture_text_map(self, layer: str, q_image: torch.Tensor, k_text: torch.Tensor) -> None:
+        """A joint-attention block (diffusion transformer): its image-to-text probabilities for
+        all heads and all text tokens in one piece, stored and kept on the autograd graph (no
+        head chunks, no recomputation), and the tracked slots' head mean delivered from them."""
+        scores = torch.matmul(q_image, k_text.transpose(-1, -2)) * q_image.shape[-1] ** -0.5
+        full = scores.float().softmax(dim=-1)  # (B, heads, N, T)
+        if layer in self.stored:
+            self.stored.clear()
+        self.stored[layer] = full
+        self._deliver(layer, full, q_image.shape[0], q_image.shape[2])
+
     def _deliver(self, layer: str, full: torch.Tensor, batch: int, n_query: int) -> None:
         """Give the wrapped router the slice of the store it would have captured itself."""
         target = self.target
@@ -135,6 +151,45 @@ def explicit_self_attention(unet: nn.Module):
     finally:
         for name, module in modules.items():
             module.set_processor(previous[name])
+
+
+def _explicit_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    """``scaled_dot_product_attention`` computed the classic way: the probabilities materialised
+    (float32 softmax) and saved for backward."""
+    if dropout_p or is_causal:
+        raise ValueError("the explicit reference attention has no dropout or causal mask")
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (scale or query.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return torch.matmul(scores.float().softmax(dim=-1).to(value.dtype), value)
+
+
+@contextmanager
+def explicit_joint_attention(transformer: nn.Module):
+    """While open, every attention inside ``transformer``'s forward (a diffusion transformer's
+    joint and single-stream blocks, whichever processor runs them) computes its softmax
+    explicitly (``_explicit_sdpa``) instead of the fused kernel; calls outside its forward (text
+    encoders, VAE) keep the fused kernel. Restored on exit."""
+    fused = torch.nn.functional.scaled_dot_product_attention
+    inside = [0]
+
+    def sdpa(*args, **kwargs):
+        return (_explicit_sdpa if inside[0] else fused)(*args, **kwargs)
+
+    def enter(*_):
+        inside[0] += 1
+
+    def leave(*_):
+        inside[0] -= 1
+
+    handles = [transformer.register_forward_pre_hook(enter), transformer.register_forward_hook(leave)]
+    torch.nn.functional.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = fused
+        for handle in handles:
+            handle.remove()
 
 
 class StoreEverythingDenoiser:
@@ -194,7 +249,9 @@ class StoreEverythingDenoiser:
         # resets itself per forward, so its maps do not accumulate across steps either
         with ExitStack() as stack:
             stack.enter_context(self.inner.route_attention(store))
-            stack.enter_context(explicit_self_attention(self.inner.unet))
+            # a diffusion transformer names its text K/V blocks; its attention is joint, not attn1
+            joint = hasattr(self.inner, "text_kv_projections")
+            stack.enter_context((explicit_joint_attention if joint else explicit_self_attention)(self.inner.unet))
             yield
 
 

@@ -28,6 +28,19 @@ Configurations (``--configs``):
                     (SDXL: 10; the full model does not fit), 256 px, batch 1 + 1, CPU, bf16
     sdxl-512-cpu    the same at 512 px
     sdxl-1024-gpu   SDXL architecture (random init, full), 1024 px, batch 1 + 1, CUDA, bf16
+    flux-256-cpu    Flux.1-dev architecture (random init), 2 double-stream + 4 single-stream blocks
+                    (Flux: 19 + 38) at full width, T5-XXL 1 layer deep, 512 T5 tokens, 256 px,
+                    batch 1 + 1, CPU, bf16
+    sd35-256-cpu    SD3.5 Medium architecture (random init), 4 joint blocks (24), T5-XXL 1 layer
+                    deep, 77 + 256 text tokens, 256 px, batch 1 + 1, CPU, bf16
+    flux-1024-gpu   Flux.1-dev architecture (random init, full), 1024 px, batch 1 + 1, CUDA: base
+                    transformer and T5 stored in fp8 (e4m3fn), bf16 compute, gradient
+                    checkpointing in every mode, 8-bit AdamW where bitsandbytes is installed
+    sd35-large-1024-gpu  SD3.5 Large architecture (random init, full), the same settings
+
+The diffusion-transformer configurations compare none, hard and store (hard guides the second
+half of the text K/V blocks, the default; store computes every attention of the transformer
+explicitly and keeps every block's image-to-text probabilities, all heads and text tokens).
 
 ``--extras checkpointing`` repeats none / hard / hard-coarse with gradient checkpointing (``+ckpt``);
 ``--rounds N`` repeats the training modes N times, interleaved, and keeps each one's median round.
@@ -40,11 +53,14 @@ and ``docs/performance.md`` is regenerated from it:
     python scripts/bench_performance.py --configs sd15-512-gpu --json $OUT/performance.json
     python scripts/bench_performance.py --configs sdxl-256-cpu sdxl-512-cpu --extras checkpointing,sampling --rounds 2
     python scripts/bench_performance.py --configs sdxl-1024-gpu --json $OUT/performance.json
+    python scripts/bench_performance.py --configs flux-256-cpu sd35-256-cpu --extras -
+    python scripts/bench_performance.py --configs flux-1024-gpu --json $OUT/performance.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import gc
 import json
@@ -92,6 +108,11 @@ class World:
     modes: tuple[str, ...] = ("none", "hard", "soft", "store")  # the default of --modes
     n_images: int = 5  # training photos (only the VAE encoding at setup depends on it)
     one_process: bool = False  # CPU: all modes in one process (VmHWM is reset per mode anyway)
+    blocks: tuple[int, ...] | None = None  # DiT depths: Flux (double, single), SD3.5 (joint,); None: published
+    weight_dtype: str = "default"  # DiT: "fp8_e4m3fn" stores transformer + T5 linear weights in float8
+    gradient_checkpointing: bool = False  # every mode recomputes activations (the 1024 px DiT configs)
+    eight_bit_adam: bool = False  # bitsandbytes' 8-bit AdamW where it is installed (CUDA), else AdamW
+    extras: tuple[str, ...] | None = None  # the default of --extras (None: by device)
 
     @property
     def precision(self) -> str:
@@ -173,6 +194,26 @@ WORLDS = {
         modes=("none", "hard", "hard-coarse", "store"),
     ),
 }
+DIT_MODES = ("none", "hard", "store")
+# Diffusion transformers on the CPU: full widths, heads and sequence lengths, shorter stacks
+# (the full Flux is 12 B parameters); Flux keeps its double : single block ratio (19 : 38), so
+# hard (the second half of the double-stream blocks) captures 1 of 6 blocks as 10 of 57 at full size
+DIT_SHARED = dict(instance_batch=1, prior_batch=1, sampling_batch=1, weights="bf16", modes=DIT_MODES)
+DIT_CPU = dict(
+    DIT_SHARED, device="cpu", resolution=256, warmup=1, steps=2, sampling_steps=2, n_images=2, one_process=True
+)
+DIT_CPU["text_layers"] = 1
+# 1024 px on a GPU: what a 24 GB card needs for Flux (docs/dit.md, "Memory")
+DIT_GPU = dict(DIT_SHARED, device="cuda", resolution=1024, warmup=2, steps=6, sampling_steps=20, extras=("sampling",))
+DIT_GPU.update(weight_dtype="fp8_e4m3fn", gradient_checkpointing=True, eight_bit_adam=True)
+WORLDS.update(
+    {
+        "flux-256-cpu": World("flux-256-cpu", "flux", blocks=(2, 4), **DIT_CPU),
+        "sd35-256-cpu": World("sd35-256-cpu", "sd35-medium", blocks=(4,), **DIT_CPU),
+        "flux-1024-gpu": World("flux-1024-gpu", "flux", **DIT_GPU),
+        "sd35-large-1024-gpu": World("sd35-large-1024-gpu", "sd35-large", **DIT_GPU),
+    }
+)
 TINY_TEST_WORLD = World("tiny-smoke", "tiny", "cpu", 16, warmup=1, steps=2, sampling_steps=2, sampling_batch=1)
 TINY_SDXL_TEST_WORLD = World(
     "tiny-sdxl-smoke",
@@ -186,9 +227,13 @@ TINY_SDXL_TEST_WORLD = World(
     one_process=True,
     modes=("none", "hard", "hard-coarse", "store"),
 )
-"""The test-suite-sized models (SD1.x- and SDXL-shaped); ``--configs tiny-smoke`` / ``tiny-sdxl-smoke``
-check the harness end to end in seconds."""
-TEST_WORLDS = {w.name: w for w in (TINY_TEST_WORLD, TINY_SDXL_TEST_WORLD)}
+TINY_DIT_TEST_WORLDS = tuple(
+    dataclasses.replace(TINY_SDXL_TEST_WORLD, name=f"tiny-{family}-smoke", model=f"tiny-{family}", modes=DIT_MODES)
+    for family in ("flux", "sd3")
+)
+"""The test-suite-sized models (SD1.x-, SDXL-, Flux- and SD3.5-shaped); ``--configs tiny-smoke`` /
+``tiny-sdxl-smoke`` / ``tiny-flux-smoke`` / ``tiny-sd3-smoke`` check the harness end to end in seconds."""
+TEST_WORLDS = {w.name: w for w in (TINY_TEST_WORLD, TINY_SDXL_TEST_WORLD, *TINY_DIT_TEST_WORLDS)}
 
 
 # ----------------------------------------------------------------------------- model + data
@@ -201,6 +246,8 @@ def build_bundle(world: World):
     tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core" / "tinyworld" / "weights" / "tokenizer"))
     dtype = torch.bfloat16 if world.precision == "bf16" else torch.float32
     torch.manual_seed(0)
+    if world.model in ("flux", "sd35-medium", "sd35-large"):
+        return build_dit_bundle(world, dtype)
     if world.model == "sdxl":
         from benchmarks import sdxl_models as xl
 
@@ -235,16 +282,39 @@ def build_bundle(world: World):
         unet, vae = tw.build_unet(), tw.build_vae()
         text = CLIPTextModel(tw.clip_text_config())
         unet, vae, text = (m.to(world.device, dtype) for m in (unet, vae, text))
-    elif world.model in ("tiny", "tiny-sdxl"):
+    elif world.model.startswith("tiny"):
         from benchmarks import tiny_models
 
         if world.model == "tiny-sdxl":
             return bundle_from_diffusers(**tiny_models.build_tiny_sdxl_parts())
+        if world.model == "tiny-flux":
+            from textloc_core.backends.flux_backend import bundle_from_flux
+
+            return bundle_from_flux(**tiny_models.build_tiny_flux_parts())
+        if world.model == "tiny-sd3":
+            from textloc_core.backends.sd3_backend import bundle_from_sd3
+
+            return bundle_from_sd3(**tiny_models.build_tiny_sd3_parts())
         parts = tiny_models.build_tiny_pipeline_parts()
         unet, vae, text, tokenizer = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
     else:
         raise ValueError(f"world {world.name}: unknown model {world.model!r}")
     return bundle_from_diffusers(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer)
+
+
+def build_dit_bundle(world: World, dtype: torch.dtype):
+    """Flux.1-dev or SD3.5 architecture (``benchmarks.dit_models``), initialised on the device."""
+    from benchmarks import dit_models
+
+    depth = world.blocks or ()
+    common = dict(t5_layers=world.text_layers, dtype=dtype, device=world.device, weight_dtype=world.weight_dtype)
+    with torch.device(world.device):
+        if world.model == "flux":
+            return dit_models.build_flux_bundle(
+                double_blocks=depth[0] if depth else None, single_blocks=depth[1] if depth else None, **common
+            )
+        size = world.model.split("-", 1)[1]
+        return dit_models.build_sd35_bundle(size=size, joint_blocks=depth[0] if depth else None, **common)
 
 
 def synthetic_concept_set(resolution: int, n_images: int = 5):
@@ -264,6 +334,9 @@ def synthetic_concept_set(resolution: int, n_images: int = 5):
 def train_config(world: World, mode: str, steps: int, **overrides):
     from textloc_core.training.config import TrainConfig
 
+    # a world that always recomputes activations does so in every mode, the +ckpt ones too
+    checkpointing = world.gradient_checkpointing or overrides.pop("gradient_checkpointing", False)
+    overrides = {"gradient_checkpointing": checkpointing, "use_8bit_adam": eight_bit_adam(world), **overrides}
     if mode == "hard-coarse":
         overrides = {"map_levels": (2,), **overrides}
     return TrainConfig(
@@ -280,6 +353,14 @@ def train_config(world: World, mode: str, steps: int, **overrides):
         attention_weight_mode="fixed",
         **overrides,
     )
+
+
+def eight_bit_adam(world: World) -> bool:
+    """Whether ``world`` trains with bitsandbytes' 8-bit AdamW: when it asks for it and the
+    package is installed (the settings record the optimizer used)."""
+    import importlib.util
+
+    return world.eight_bit_adam and importlib.util.find_spec("bitsandbytes") is not None
 
 
 def train_short(world: World, bundle, concept_set):
@@ -628,7 +709,11 @@ def run_world(world: World, modes: list[str], extras: list[str], rounds: int, pa
     result: dict = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": {**world.__dict__, "precision": world.precision},
+        "settings": {
+            **world.__dict__,
+            "precision": world.precision,
+            "optimizer": "adamw_8bit" if eight_bit_adam(world) else "adamw",
+        },
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
     if world.device == "cuda" or world.one_process:
@@ -712,6 +797,14 @@ def markdown(results: dict) -> str:
         model = s["model"] + (
             f" (transformer depth {s['transformer_depth']} at 1280 channels)" if s.get("transformer_depth") else ""
         )
+        if s.get("blocks"):
+            model += f" (blocks {' + '.join(map(str, s['blocks']))}, text depth {s.get('text_layers') or 'full'})"
+        if s.get("weight_dtype", "default") != "default":
+            model += f", base weights {s['weight_dtype']}"
+        if s.get("gradient_checkpointing"):
+            model += ", gradient checkpointing"
+        if s.get("optimizer", "adamw") != "adamw":
+            model += f", {s['optimizer']}"
         precision = f", {s['precision']}" if "precision" in s else ""
         lines += [
             f"Model {model}, {s['resolution']} px{precision}, batch {s['instance_batch']} instance + {s['prior_batch']} prior, "
@@ -822,11 +915,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.configs:
         world = worlds[name]
         modes = [m for m in args.modes.split(",") if m] if args.modes else list(world.modes)
-        extras = (
-            args.extras.split(",")
-            if args.extras
-            else (["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"])
-        )
+        by_device = ["sampling", "flops", "concept", "checkpointing"] if world.device == "cuda" else ["sampling"]
+        extras = args.extras.split(",") if args.extras else list(world.extras or by_device)
         rounds = args.rounds or (3 if world.model in ("tinyworld", "tiny") and world.device == "cpu" else 1)
         partial = args.json.with_suffix(f".{name}.partial.json")  # survives a crash or a time limit
         partial.parent.mkdir(parents=True, exist_ok=True)

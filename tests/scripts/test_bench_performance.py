@@ -112,3 +112,80 @@ def test_sdxl_modes_run_end_to_end(bench, tmp_path):
         assert r["step_s_median"] > 0 and r["peak_bytes"] > 0
     text = (tmp_path / "performance.md").read_text()
     assert "## tiny-sdxl-smoke" in text and "| hard/hard-coarse |" in text and "fp32" in text
+
+
+def test_dit_architectures_are_the_published_ones():
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from benchmarks import dit_models as dit
+
+    with torch.device("meta"):
+        flux = FluxTransformer2DModel(**dit.FLUX_DEV_CONFIG)
+        medium = SD3Transformer2DModel(**dit.SD35_CONFIGS["medium"])
+        large = SD3Transformer2DModel(**dit.SD35_CONFIGS["large"])
+        t5 = T5EncoderModel(T5Config(**dit.T5_XXL_CONFIG))
+    assert _parameters(flux) == 11_901_408_320 and len(flux.transformer_blocks) == 19
+    assert _parameters(medium) == 2_243_171_520 and _parameters(large) == 8_056_627_520
+    assert _parameters(t5) == 4_762_310_656
+    with pytest.raises(ValueError, match="num_layers: 20 must be between 1 and 19"):
+        dit.build_flux_bundle(double_blocks=20)
+
+
+def test_dit_worlds_recompute_and_store_fp8_at_full_size(bench):
+    world = bench.WORLDS["flux-1024-gpu"]
+    assert (world.weight_dtype, world.blocks, world.text_layers) == ("fp8_e4m3fn", None, None)
+    for mode in bench.DIT_MODES:
+        assert bench.train_config(world, mode, 3).gradient_checkpointing
+    cpu = bench.WORLDS["flux-256-cpu"]
+    assert not bench.train_config(cpu, "hard", 3).gradient_checkpointing
+    assert bench.train_config(cpu, "hard", 3, gradient_checkpointing=True).gradient_checkpointing
+
+
+def test_a_shortened_flux_builds_with_fp8_weights_and_the_published_widths():
+    from benchmarks import dit_models as dit
+    from textloc_core.backends.fp8_base import FP8
+
+    bundle = dit.build_flux_bundle(double_blocks=1, single_blocks=1, t5_layers=1, weight_dtype="fp8_e4m3fn")
+    transformer = bundle.denoiser.unet
+    assert bundle.compute_dtype == torch.bfloat16 and transformer.inner_dim == 3072
+    assert transformer.transformer_blocks[0].attn.add_k_proj.weight.dtype == FP8
+    assert bundle.text.t5.width == 4096 and bundle.text.t5.max_length == 512
+    assert bundle.text.t5_encoder.encoder.block[0].layer[1].DenseReluDense.wi_0.weight.dtype == FP8
+
+
+def test_store_on_a_diffusion_transformer_keeps_every_block_and_delivers_the_same_map(tiny_flux_bundle):
+    from benchmarks.reference_mode import store_everything_bundle
+    from textloc_core.attention.cross_attention import AttentionRouter
+
+    def forward(bundle, router):
+        torch.manual_seed(0)
+        latents = torch.randn(2, 4, 8, 8)
+        encoded = bundle.text.encode(["photo of a doll", "a cat"], {})
+        router.token_slots = torch.tensor([[3], [1]])
+        with bundle.denoiser.route_attention(router):
+            return bundle.denoiser.predict(latents, torch.tensor([500, 500]), encoded.context, encoded.pooled)
+
+    fused = torch.nn.functional.scaled_dot_product_attention
+    efficient = AttentionRouter(layers={"double_blocks.1"}, keep_grad=False)
+    want = forward(tiny_flux_bundle, efficient)
+    store_bundle = store_everything_bundle(tiny_flux_bundle)
+    stored = AttentionRouter(layers={"double_blocks.1"}, keep_grad=False)
+    got = forward(store_bundle, stored)
+    store = store_bundle.denoiser.last_router
+    assert set(store.stored) == {"double_blocks.0", "double_blocks.1"}
+    assert store.stored["double_blocks.0"].shape == (2, 2, 16, 16)  # all heads, every text token
+    assert [m.layer for m in stored.captured] == ["double_blocks.1"]
+    torch.testing.assert_close(stored.captured[0].probs, efficient.captured[0].probs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # explicit attention, same model
+    assert torch.nn.functional.scaled_dot_product_attention is fused  # restored on exit
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_dit_modes_run_end_to_end(bench, tmp_path, family):
+    out = tmp_path / "performance.json"
+    name = f"tiny-{family}-smoke"
+    bench.main(["--configs", name, "--extras", "-", "--json", str(out), "--markdown", str(tmp_path / "perf.md")])
+    res = json.loads(out.read_text())[name]
+    assert set(res["modes"]) == {"none", "hard", "store"} and not [k for k in res if k.endswith("_error")]
+    assert {"hard/none", "store/hard", "store/none"} <= set(res["ratios"])
