@@ -8,10 +8,20 @@ ComfyUI (read from comfy/lora.py and comfy/sd1_clip.py, ComfyUI 0.3.x):
   as ``W + strength * diff``. So the file holds
   ``diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.diff`` -> delta, and
   nothing else (any other key is logged as "lora key not loaded").
+* **Diffusion transformers** (Flux, SD3 / SD3.5): ComfyUI fuses a block's text-stream Q, K and V
+  into one ``qkv`` linear (rows: Q, then K, then V), and both 0.3.64 and 0.33.0 map
+  ``diffusion_model.<module>`` to every weight of the model, this one included. The K/V deltas of
+  a block become one ``("diff", ...)`` patch on that fused weight, its Q rows zero:
+  ``diffusion_model.double_blocks.i.txt_attn.qkv.diff`` (Flux) or
+  ``diffusion_model.joint_blocks.i.context_block.attn.qkv.diff`` (SD3), so stock
+  ``LoraLoader`` / ``LoraLoaderModelOnly`` at strength s add ``s * [0; dK; dV]``.
 * **Embedding file** for ``embedding:NAME`` in the stock ``CLIPTextEncode``: ``load_embed``
   reads ``<embeddings dir>/NAME.safetensors``; a file with one tensor is used as is (its key
   does not matter; we write ``emb_params``); SDXL-style models look up their encoder's key
   (``clip_l``, ``clip_g``), so a multi-encoder embedding is written with one key per encoder.
+  A diffusion transformer's T5 slice is a vector in T5's *output* space (docs/dit.md), which no
+  stock embedding (an input embedding) can hold: the file leaves it out (ComfyUI's T5 tokenizer,
+  finding no ``t5xxl`` tensor of its width, ignores the file) and the adapter file carries it.
 
 diffusers Custom Diffusion (read from diffusers 0.42 loaders/unet.py, train_custom_diffusion.py):
 
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,9 +68,44 @@ COMFY_EMBEDDING_FORMAT = "textloc.comfy_embedding"
 """The ``format`` metadata of the embedding files ``write_comfy_embedding`` writes."""
 
 
+FUSED_TEXT_QKV = re.compile(r"^(double_blocks\.\d+\.txt_attn|joint_blocks\.\d+\.context_block\.attn)$")
+"""Adapter layers whose K and V are rows of one fused ``qkv`` weight in ComfyUI (Flux's
+double-stream text attention, SD3's context-block attention)."""
+QKV_ROWS = {"to_k": 1, "to_v": 2}
+"""Which third of a fused ``qkv`` weight's rows each projection is (Q is the first)."""
+OUTPUT_SPACE_ENCODERS = ("t5",)
+"""Slices of a token's vector that live in an encoder's output space (docs/dit.md): no stock
+embedding file can hold them; the adapter file does."""
+
+
+def fused_qkv_diff(parts: Mapping[str, torch.Tensor], layer: str) -> torch.Tensor:
+    """``[0; dK; dV]``: a fused ``qkv`` weight's delta from its K and V deltas (a missing one is zero)."""
+    if not parts or set(parts) - set(QKV_ROWS):
+        raise ValueError(f"{layer}: a fused qkv patch takes to_k / to_v deltas, got {sorted(parts)}")
+    shapes = {tuple(d.shape) for d in parts.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"{layer}: to_k and to_v deltas differ in shape {sorted(shapes)}")
+    rows, columns = shapes.pop()
+    fused = torch.zeros(3 * rows, columns, dtype=next(iter(parts.values())).dtype)
+    for proj, delta in parts.items():
+        fused[QKV_ROWS[proj] * rows : (QKV_ROWS[proj] + 1) * rows] = delta
+    return fused
+
+
 def comfy_unet_patch(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """The tensors of a ComfyUI UNet patch file: ``diffusion_model.<key>.diff`` -> delta."""
-    return {f"{COMFY_UNET_PREFIX}{key}.diff": delta.to(dtype) for key, delta in adapter.kv_deltas.items()}
+    """The tensors of a ComfyUI model patch file: ``diffusion_model.<key>.diff`` -> delta, or,
+    for a diffusion transformer's fused text ``qkv``, ``diffusion_model.<layer>.qkv.diff`` ->
+    ``[0; dK; dV]`` (``fused_qkv_diff``)."""
+    tensors, fused = {}, {}
+    for key, delta in adapter.kv_deltas.items():
+        layer, proj = key.rsplit(".", 1)
+        if FUSED_TEXT_QKV.match(layer):
+            fused.setdefault(layer, {})[proj] = delta.float()
+        else:
+            tensors[f"{COMFY_UNET_PREFIX}{key}.diff"] = delta.to(dtype)
+    for layer, parts in fused.items():
+        tensors[f"{COMFY_UNET_PREFIX}{layer}.qkv.diff"] = fused_qkv_diff(parts, layer).to(dtype)
+    return tensors
 
 
 def write_comfy_unet_patch(adapter: Adapter, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
@@ -80,12 +126,23 @@ def write_comfy_embedding(
 
     ``encoder_dims``: for models with several text encoders whose contexts are concatenated
     (SDXL: ``{"clip_l": 768, "clip_g": 1280}``), split ``D`` into one tensor per encoder key
-    in that order. None: one tensor under ``emb_params`` (SD1.x, SD2.x).
+    in that order. None: one tensor under ``emb_params`` (SD1.x, SD2.x). Slices of
+    ``OUTPUT_SPACE_ENCODERS`` (a diffusion transformer's T5 part) are left out: no stock
+    embedding can hold them (the adapter file does).
     """
     embedding = embedding.detach().float()
     if embedding.dim() == 1:
         embedding = embedding.unsqueeze(0)
-    tensors = {"emb_params": embedding} if encoder_dims is None else split_embedding(embedding, encoder_dims)
+    if encoder_dims is None:
+        tensors = {"emb_params": embedding}
+    else:
+        parts = split_embedding(embedding, encoder_dims)
+        tensors = {key: part for key, part in parts.items() if key not in OUTPUT_SPACE_ENCODERS}
+        if not tensors:
+            raise ValueError(
+                f"embedding: every part ({', '.join(parts)}) is in a text encoder's output space; no stock "
+                "embedding file can hold it, the adapter file does"
+            )
     return safe_io.save_tensors(path, tensors, {"format": COMFY_EMBEDDING_FORMAT})
 
 
