@@ -336,16 +336,16 @@ def train_config(world: World, mode: str, steps: int, **overrides):
 
     # a world that always recomputes activations does so in every mode, the +ckpt ones too
     checkpointing = world.gradient_checkpointing or overrides.pop("gradient_checkpointing", False)
-    overrides = {"gradient_checkpointing": checkpointing, "use_8bit_adam": eight_bit_adam(world), **overrides}
+    overrides = {"gradient_checkpointing": checkpointing, "optimizer": optimizer_for(world), **overrides}
     if mode == "hard-coarse":
         overrides = {"map_levels": (2,), **overrides}
     return TrainConfig(
-        method="hard" if mode in ("store", "hard-coarse") else mode,
+        guidance="hard" if mode in ("store", "hard-coarse") else mode,
         steps=steps,
         instance_batch=world.instance_batch,
         prior_batch=world.prior_batch,
         # a handful of cheap prior latents: prior generation is timed separately (concept_time)
-        prior_images_per_class=max(4, world.prior_batch) if world.device == "cuda" else world.prior_batch,
+        prior_images=max(4, world.prior_batch) if world.device == "cuda" else world.prior_batch,
         prior_sampling_steps=2 if world.device == "cuda" else 1,
         mixed_precision=world.precision,
         checkpoint_every=10**9,
@@ -355,12 +355,13 @@ def train_config(world: World, mode: str, steps: int, **overrides):
     )
 
 
-def eight_bit_adam(world: World) -> bool:
-    """Whether ``world`` trains with bitsandbytes' 8-bit AdamW: when it asks for it and the
-    package is installed (the settings record the optimizer used)."""
+def optimizer_for(world: World) -> str:
+    """``world``'s optimizer: bitsandbytes' 8-bit AdamW ("adamw_8bit") when it asks for it and the
+    package is installed, else torch's AdamW (the settings record which)."""
     import importlib.util
 
-    return world.eight_bit_adam and importlib.util.find_spec("bitsandbytes") is not None
+    wanted = world.eight_bit_adam and importlib.util.find_spec("bitsandbytes") is not None
+    return "adamw_8bit" if wanted else "adamw"
 
 
 def train_short(world: World, bundle, concept_set):
@@ -709,11 +710,7 @@ def run_world(world: World, modes: list[str], extras: list[str], rounds: int, pa
     result: dict = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
-        "settings": {
-            **world.__dict__,
-            "precision": world.precision,
-            "optimizer": "adamw_8bit" if eight_bit_adam(world) else "adamw",
-        },
+        "settings": {**world.__dict__, "precision": world.precision, "optimizer": optimizer_for(world)},
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
     }
     if world.device == "cuda" or world.one_process:

@@ -147,10 +147,15 @@ def _clip_classes():
 
 
 def build_clip(seed: int = 0, embedding_directory=None):
+    return clip_of(*_clip_classes(), seed, embedding_directory)
+
+
+def clip_of(tokenizer, model, seed: int, embedding_directory=None):
+    """A ComfyUI CLIP object of a tokenizer class and a text-encoder class, as its loaders make
+    it (float32), the encoder initialised from ``seed``."""
     import comfy.sd
     import comfy.supported_models_base
 
-    tokenizer, model = _clip_classes()
     clip = comfy.sd.CLIP(
         comfy.supported_models_base.ClipTarget(tokenizer, model),
         embedding_directory=embedding_directory,
@@ -160,20 +165,26 @@ def build_clip(seed: int = 0, embedding_directory=None):
     return clip
 
 
-def build_vae(seed: int = 0):
-    """The TinyWorld VAE architecture with random weights (64 px <-> 4 x 16 x 16)."""
+def build_vae(seed: int = 0, latent_channels: int | None = None):
+    """The TinyWorld VAE architecture with random weights (64 px <-> 4 x 16 x 16; or
+    ``latent_channels`` instead of 4, e.g. the 16 of Flux and SD3)."""
     import comfy.sd
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
     from textloc_core.tinyworld import model_configs as cfg
 
     config = {"params": dict(cfg.COMFY_VAE_CONFIG["params"])}
+    if latent_channels is not None:
+        config["params"]["embed_dim"] = latent_channels
+        config["params"]["ddconfig"] = dict(config["params"]["ddconfig"], z_channels=latent_channels)
     with torch.device("cpu"):
         fresh = AutoencoderKL(**config["params"])
     _init(fresh, seed + 2)
     vae = comfy.sd.VAE(sd=fresh.state_dict(), config=config)
     vae.downscale_ratio = cfg.VAE_SCALE_FACTOR
     vae.upscale_ratio = cfg.VAE_SCALE_FACTOR
+    if latent_channels is not None:
+        vae.latent_channels = latent_channels
     return vae
 
 

@@ -32,7 +32,7 @@ def _adapter(family: str, blocks: int = 2, embedding_width: int = 8) -> ad.Adapt
         base_fingerprint="tiny",
         architecture=ad.architecture_signature(deltas),
         concepts=[{"name": "doll", "token": "<doll1>", "class_word": "doll", "init_word": None}],
-        method="hard",
+        guidance="hard",
     )
     return ad.Adapter(deltas, {"<doll1>": torch.randn(1, embedding_width, generator=gen)}, meta)
 
@@ -68,7 +68,7 @@ def test_a_flux_patch_adds_to_the_diffusers_projections_it_was_trained_on(tiny_f
 def test_unet_keys_keep_their_own_diff():
     deltas = {"input_blocks.1.1.transformer_blocks.0.attn2.to_k": torch.ones(2, 3)}
     meta = ad.AdapterMetadata(
-        base_fingerprint="x", architecture=ad.architecture_signature(deltas), concepts=[], method="none"
+        base_fingerprint="x", architecture=ad.architecture_signature(deltas), concepts=[], guidance="none"
     )
     patch = fmt.comfy_unet_patch(ad.Adapter(deltas, {}, meta))
     assert list(patch) == ["diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.diff"]

@@ -24,7 +24,7 @@ BUILDERS = {"flux": (build_tiny_flux_parts, bundle_from_flux), "sd3": (build_tin
 
 def _config(**overrides) -> TrainConfig:
     values = dict(
-        method="hard", steps=2, learning_rate=1e-3, prior_images_per_class=0, instance_batch=2, checkpoint_every=10**9
+        guidance="hard", steps=2, learning_rate=1e-3, prior_images=0, instance_batch=2, checkpoint_every=10**9
     )
     return TrainConfig(**{**values, **overrides})
 
@@ -111,7 +111,7 @@ def test_8bit_adamw_on_cpu_is_refused_before_any_work(family, pair_at_32):
     bundle = bundle_from(**build())
     hooks_before = sum(len(m._forward_hooks) for m in bundle.denoiser.unet.modules())
     with pytest.raises(ValueError, match=r"optimizer: adamw_8bit .*CUDA.* cpu.*use adamw"):
-        train(bundle, pair_at_32, _config(use_8bit_adam=True))
+        train(bundle, pair_at_32, _config(optimizer="adamw_8bit"))
     assert sum(len(m._forward_hooks) for m in bundle.denoiser.unet.modules()) == hooks_before
 
 

@@ -1,5 +1,6 @@
 """A test-only ComfyUI node pack: "TextLoc Test Tiny SDXL Loader" gives the tiny, randomly
-initialised SDXL-architecture MODEL / CLIP / VAE of ``tiny_sdxl_comfy``; "TextLoc Test Deep
+initialised SDXL-architecture MODEL / CLIP / VAE of ``tiny_sdxl_comfy``, "TextLoc Test Tiny DiT
+Loader" the Flux- or SD3.5-architecture ones of ``tiny_dit_comfy``; "TextLoc Test Deep
 Copy" deep-copies a MODEL / CLIP / VAE the way ComfyUI 0.33's own nodes do (TrainLoraNode).
 
 The integration tests link this folder into the test server's custom_nodes, so a shipped
@@ -62,8 +63,42 @@ class DeepCopy:
         return {"ui": {"text": [report]}, "result": (report,)}
 
 
-NODE_CLASS_MAPPINGS = {"TextLocTestTinySDXLLoader": TinySDXLLoader, "TextLocTestDeepCopy": DeepCopy}
+class TinyDiTLoader:
+    """The tiny Flux- or SD3.5-architecture model of ``tiny_dit_comfy``, built from a seed, its
+    weights optionally stored as UNETLoader's ``weight_dtype`` option stores them."""
+
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
+    FUNCTION = "load"
+    CATEGORY = "textloc/testing"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "family": (["flux", "sd3"],),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 1000}),
+                "weight_dtype": (["default", "fp8_e4m3fn"],),
+            }
+        }
+
+    def load(self, family, seed, weight_dtype):
+        import folder_paths
+        import tiny_dit_comfy
+        import torch
+
+        dtype = torch.float8_e4m3fn if weight_dtype == "fp8_e4m3fn" else None
+        return tiny_dit_comfy.build_all(
+            family, seed, embedding_directory=folder_paths.get_folder_paths("embeddings"), weight_dtype=dtype
+        )
+
+
+NODE_CLASS_MAPPINGS = {
+    "TextLocTestTinySDXLLoader": TinySDXLLoader,
+    "TextLocTestTinyDiTLoader": TinyDiTLoader,
+    "TextLocTestDeepCopy": DeepCopy,
+}
 NODE_DISPLAY_NAME_MAPPINGS = {
     "TextLocTestTinySDXLLoader": "TextLoc Test Tiny SDXL Loader",
+    "TextLocTestTinyDiTLoader": "TextLoc Test Tiny DiT Loader",
     "TextLocTestDeepCopy": "TextLoc Test Deep Copy",
 }
