@@ -18,8 +18,9 @@ from comfy_api.latest import io
 
 from ..textloc_core.adapters.adapter import Adapter, load_adapter
 from ..textloc_core.adapters.composition import check_compatible, composed_embeddings
+from ..textloc_core.adapters.formats import comfy_unet_patch
 from . import paths
-from .comfy_backend import base_fingerprint_and_weights
+from .apply_dit import model_fingerprint_and_weights
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
 from .schema import ADAPTER, pack_schema, require_finite
 
@@ -32,10 +33,12 @@ def apply_adapter(
     model, clip, adapter: Adapter, strength: float, allow_base_mismatch: bool = False, name: str = "adapter"
 ):
     """(MODEL, CLIP) clones carrying ``adapter`` at ``strength``."""
-    fingerprint, kv = base_fingerprint_and_weights(model)
+    fingerprint, kv = model_fingerprint_and_weights(model)
     check_compatible(adapter, kv, fingerprint, allow_base_mismatch=allow_base_mismatch, name=name)
     new_model = model.clone()
-    patches = {f"diffusion_model.{key}.weight": (delta,) for key, delta in adapter.kv_deltas.items()}
+    # the stock patch file's tensors (a diffusion transformer's K/V as one diff on its fused
+    # text qkv), so Apply and ComfyUI's own LoRA loaders patch with the same numbers
+    patches = {key[: -len(".diff")] + ".weight": (delta,) for key, delta in comfy_unet_patch(adapter).items()}
     applied = new_model.add_patches(patches, strength)
     if len(applied) != len(patches):
         raise ValueError(f"{name}: only {len(applied)} of {len(patches)} K/V patches matched this model's weights")

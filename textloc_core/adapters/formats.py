@@ -92,6 +92,20 @@ def fused_qkv_diff(parts: Mapping[str, torch.Tensor], layer: str) -> torch.Tenso
     return fused
 
 
+def text_kv_from_fused(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Canonical text K/V weights (``<layer>.to_k`` / ``.to_v``) from a diffusion transformer's
+    state dict in ComfyUI's names (``<layer>.qkv.weight``, the K and V thirds of its rows); other
+    keys are ignored, so a UNet gives {}. The inverse of ``fused_qkv_diff``'s layout."""
+    out = {}
+    for key, weight in weights.items():
+        layer, _, rest = key.rpartition(".qkv.")
+        if rest == "weight" and FUSED_TEXT_QKV.match(layer):
+            rows = weight.shape[0] // 3
+            for proj, third in QKV_ROWS.items():
+                out[f"{layer}.{proj}"] = weight[third * rows : (third + 1) * rows]
+    return out
+
+
 def comfy_unet_patch(adapter: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """The tensors of a ComfyUI model patch file: ``diffusion_model.<key>.diff`` -> delta, or,
     for a diffusion transformer's fused text ``qkv``, ``diffusion_model.<layer>.qkv.diff`` ->

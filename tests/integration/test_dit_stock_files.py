@@ -1,0 +1,136 @@
+"""A diffusion-transformer adapter's stock file (one ``diff`` per block on the fused text ``qkv``
+weight, zero Q rows) loads through ComfyUI's own LoRA loading, unmodified, on the tiny Flux.1-
+and SD3.5-architecture models of ``tiny_dit_comfy``: every key loads, the patched weight is
+``W0 + s * [0; dK; dV]`` (fp8-stored weights included), and TextLoc Apply Adapter patches the
+model with exactly the same tensors, so a model from either path computes the same output bit
+for bit. ``comfy.sd.load_lora_for_models`` is what the stock LoraLoader and
+LoraLoaderModelOnly nodes run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import tiny_dit_comfy as tiny
+import torch
+from torch import nn
+
+LAYERS = {
+    "flux": ("double_blocks.{}.txt_attn", tiny.FLUX_DOUBLE_BLOCKS),
+    "sd3": ("joint_blocks.{}.context_block.attn", tiny.SD3_JOINT_BLOCKS),
+}
+
+
+def _filled(model):
+    """``model`` with every tensor its builder leaves as ComfyUI allocated it (``torch.empty``: RMS
+    norm scales, SD3's positional table) set deterministically, so outputs are finite and
+    reproducible (the builder initialises the linear, convolution, embedding and norm layers)."""
+    covered = (nn.Linear, nn.Conv2d, nn.Embedding, nn.GroupNorm, nn.LayerNorm)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for module in model.model.diffusion_model.modules():
+            if isinstance(module, covered):
+                continue
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, tensor in tensors:
+                if tensor.is_floating_point():
+                    value = (
+                        torch.ones(tensor.shape) if "scale" in name else 0.02 * torch.randn(tensor.shape, generator=gen)
+                    )
+                    tensor.copy_(value.to(tensor.dtype))
+    return model
+
+
+def _adapter(model, family: str):
+    """An adapter with random K/V deltas for every joint block of ``model`` (base fingerprint and
+    architecture its own, as Train would record them) and one random token."""
+    from textloc_core.adapters import adapter as ad
+    from textloc_core.adapters.formats import text_kv_from_fused
+    from textloc_core.backends.fingerprint import base_model_fingerprint
+
+    base = text_kv_from_fused(model.model.diffusion_model.state_dict())
+    layer, blocks = LAYERS[family]
+    assert sorted(base) == sorted(f"{layer.format(i)}.{p}" for i in range(blocks) for p in ("to_k", "to_v"))
+    gen = torch.Generator().manual_seed(7)
+    deltas = {key: 0.05 * torch.randn(w.shape, generator=gen) for key, w in base.items()}
+    meta = ad.AdapterMetadata(
+        base_fingerprint=base_model_fingerprint(base),
+        architecture=ad.architecture_signature(base),
+        concepts=[{"name": "doll", "token": "<doll1>", "class_word": "doll", "init_word": None}],
+        guidance="hard",
+    )
+    return ad.Adapter(deltas, {"<doll1>": torch.randn(1, 8, generator=gen)}, meta)
+
+
+def _output(model, family: str) -> torch.Tensor:
+    """The patched diffusion model's output on fixed inputs (ComfyUI patches, computes, unpatches)."""
+    import comfy.model_management as mm
+
+    base = model.model
+    gen = torch.Generator().manual_seed(1)
+    side = tiny.IMAGE_SIZE // tiny.VAE_FACTOR
+    x = torch.randn(1, tiny.LATENT_CHANNELS, side, side, generator=gen)
+    if family == "flux":
+        context, pooled = torch.randn(1, 12, tiny.FLUX_T5, generator=gen), torch.randn(1, tiny.WIDTH_L, generator=gen)
+        extra = {"guidance": torch.tensor([3.5])}
+    else:
+        context = torch.randn(1, 20, tiny.SD3_T5, generator=gen)
+        pooled, extra = torch.randn(1, tiny.WIDTH_L + tiny.WIDTH_G, generator=gen), {}
+    with torch.inference_mode():  # as ComfyUI runs nodes
+        mm.load_models_gpu([model], force_full_load=True)
+        return base.diffusion_model(
+            x, base.model_sampling.timestep(torch.tensor([0.6])), context=context, y=pooled, **extra
+        )
+
+
+@pytest.mark.parametrize("weight_dtype", [None, torch.float8_e4m3fn], ids=["fp32", "fp8"])
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_stock_lora_loading_applies_the_qkv_patch_as_apply_adapter_does(pack, family, weight_dtype, tmp_path, caplog):
+    import comfy.sd
+    import comfy.utils
+    from textloc_pack.nodes.apply_node import apply_adapter
+
+    from textloc_core.adapters import formats as fmt
+
+    with torch.inference_mode():
+        model = _filled(tiny.build_model(family, seed=2, weight_dtype=weight_dtype))
+    adapter = _adapter(model, family)
+    path = fmt.write_comfy_unet_patch(adapter, tmp_path / "loras" / f"{family}.safetensors")
+    lora = comfy.utils.load_torch_file(str(path), safe_load=True)
+    layer, blocks = LAYERS[family]
+    assert sorted(lora) == [f"diffusion_model.{layer.format(i)}.qkv.diff" for i in range(blocks)]
+
+    with caplog.at_level(logging.WARNING):
+        stock, _ = comfy.sd.load_lora_for_models(model, None, lora, 0.7, 0)
+    assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower() or "MISMATCH" in r.getMessage()]
+    assert set(stock.patches) == {f"diffusion_model.{layer.format(i)}.qkv.weight" for i in range(blocks)}
+    ours, _ = apply_adapter(model, None, adapter, 0.7)
+    assert set(ours.patches) == set(stock.patches)
+
+    base = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    with torch.inference_mode():  # as ComfyUI runs nodes (0.3.64's fp8 rounding needs it)
+        stock.patch_model()
+    try:
+        state = stock.model.diffusion_model.state_dict()
+        for i in range(blocks):
+            key = f"{layer.format(i)}.qkv.weight"
+            w0 = base[key].float()
+            rows = w0.shape[0] // 3
+            got = state[key].float()
+            if weight_dtype is None:  # Q rows untouched (fp8: 0.3.64 re-rounds the whole weight)
+                torch.testing.assert_close(got[:rows], w0[:rows], rtol=0, atol=0)
+            want = w0 + 0.7 * fmt.fused_qkv_diff(
+                {p: adapter.kv_deltas[f"{layer.format(i)}.{p}"] for p in ("to_k", "to_v")}, layer.format(i)
+            )
+            if weight_dtype is None:
+                torch.testing.assert_close(got, want)
+            else:  # ComfyUI rounds the patched weight back to fp8 (stochastically): within one step
+                torch.testing.assert_close(got, want, rtol=2**-3, atol=2**-9)
+    finally:
+        with torch.inference_mode():
+            stock.unpatch_model()
+    assert all(torch.equal(v, model.model.diffusion_model.state_dict()[k]) for k, v in base.items())
+    stock_out = _output(stock, family)
+    assert torch.isfinite(stock_out).all() and torch.equal(stock_out, _output(ours, family))
+    assert not torch.equal(stock_out, _output(model, family))
