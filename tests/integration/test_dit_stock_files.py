@@ -4,16 +4,21 @@ and SD3.5-architecture models of ``tiny_dit_comfy``: every key loads, the patche
 ``W0 + s * [0; dK; dV]`` (fp8-stored weights included), and TextLoc Apply Adapter patches the
 model with exactly the same tensors, so a model from either path computes the same output bit
 for bit. ``comfy.sd.load_lora_for_models`` is what the stock LoraLoader and
-LoraLoaderModelOnly nodes run.
+LoraLoaderModelOnly nodes run. In a real ComfyUI server, images sampled through the stock
+LoraLoader and through Apply Adapter are pixel-identical (a prompt without the token: the stock
+embedding cannot hold the token's T5 part, docs/adapters.md).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 
+import numpy as np
 import pytest
 import tiny_dit_comfy as tiny
 import torch
+from comfy_server import sample_graph, single_image
 from torch import nn
 
 LAYERS = {
@@ -42,9 +47,13 @@ def _filled(model):
     return model
 
 
+TOKEN_WIDTH = {"flux": tiny.FLUX_T5 + tiny.WIDTH_L, "sd3": tiny.WIDTH_L + tiny.WIDTH_G + tiny.SD3_T5}
+
+
 def _adapter(model, family: str):
     """An adapter with random K/V deltas for every joint block of ``model`` (base fingerprint and
-    architecture its own, as Train would record them) and one random token."""
+    architecture its own, as Train would record them) and one random token of the family's
+    width (``[T5 | CLIP-L]`` or ``[CLIP-L | CLIP-G | T5]``)."""
     from textloc_core.adapters import adapter as ad
     from textloc_core.adapters.formats import text_kv_from_fused
     from textloc_core.backends.fingerprint import base_model_fingerprint
@@ -60,7 +69,7 @@ def _adapter(model, family: str):
         concepts=[{"name": "doll", "token": "<doll1>", "class_word": "doll", "init_word": None}],
         guidance="hard",
     )
-    return ad.Adapter(deltas, {"<doll1>": torch.randn(1, 8, generator=gen)}, meta)
+    return ad.Adapter(deltas, {"<doll1>": torch.randn(1, TOKEN_WIDTH[family], generator=gen)}, meta)
 
 
 def _output(model, family: str) -> torch.Tensor:
@@ -134,3 +143,51 @@ def test_stock_lora_loading_applies_the_qkv_patch_as_apply_adapter_does(pack, fa
     stock_out = _output(stock, family)
     assert torch.isfinite(stock_out).all() and torch.equal(stock_out, _output(ours, family))
     assert not torch.equal(stock_out, _output(model, family))
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_stock_lora_loader_and_apply_adapter_sample_the_same_pixels(comfy, pack, family):
+    """The stock patch file through ComfyUI's own LoraLoader node == the adapter file through
+    TextLoc Apply Adapter, sampled in a real ComfyUI (and different from the base model)."""
+    from textloc_core.adapters.adapter import save_adapter
+    from textloc_core.adapters.formats import write_comfy_unet_patch
+
+    seed = 4  # the loader builds the same weights from it; the server caches the loaded model
+    with torch.inference_mode():
+        adapter = _adapter(tiny.build_model(family, seed=seed), family)
+    name = f"dit_{family}_{uuid.uuid4().hex[:6]}"
+    models = comfy.layout.models
+    save_adapter(adapter, models / "textloc" / f"{name}.safetensors")
+    write_comfy_unet_patch(adapter, models / "loras" / "textloc" / f"{name}.safetensors")
+    loader = {
+        "class_type": "TextLocTestTinyDiTLoader",
+        "inputs": {"family": family, "seed": seed, "weight_dtype": "default"},
+    }
+    apply = {"model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{name}.safetensors", "strength": 0.8}
+    stock = {"model": ["1", 0], "clip": ["1", 1], "lora_name": f"textloc/{name}.safetensors"}
+    stock.update(strength_model=0.8, strength_clip=0.8)
+    text = "a photo of a doll on the table"
+    graphs = {
+        "ours": sample_graph(
+            loader,
+            ["2", 0],
+            ["2", 1],
+            text,
+            f"dit_test/ours_{family}",
+            {"2": {"class_type": "TextLocApplyAdapter", "inputs": apply}},
+        ),
+        "stock": sample_graph(
+            loader,
+            ["2", 0],
+            ["2", 1],
+            text,
+            f"dit_test/stock_{family}",
+            {"2": {"class_type": "LoraLoader", "inputs": stock}},
+        ),
+        "base": sample_graph(loader, ["1", 0], ["1", 1], text, f"dit_test/base_{family}", {}),
+    }
+    images = {what: single_image(comfy.run(graph, timeout=600)) for what, graph in graphs.items()}
+    assert np.array_equal(images["ours"], images["stock"]), np.abs(images["ours"] - images["stock"]).max()
+    assert not np.array_equal(images["ours"], images["base"]), "the adapter changed nothing"
+    lines = [line for line in comfy.log_text().splitlines() if name in line or "lora key" in line]
+    assert not [line for line in lines if "not loaded" in line.lower()], lines
