@@ -20,7 +20,7 @@ from ..textloc_core.adapters.adapter import Adapter, load_adapter
 from ..textloc_core.adapters.composition import check_compatible, composed_embeddings
 from ..textloc_core.adapters.formats import comfy_unet_patch
 from . import paths
-from .apply_dit import model_fingerprint_and_weights
+from .comfy_dit_apply import dit_family, model_fingerprint_and_weights, with_dit_identifiers
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
 from .schema import ADAPTER, pack_schema, require_finite
 
@@ -50,7 +50,11 @@ def apply_adapter(
             if token not in known:  # an applied token was checked then; a clash is refused below
                 placer.check_new_token(token, f"{name}: token")
         composed_embeddings(stacked + [adapter])  # raises when two adapters define one token differently
-        new_clip = with_identifiers(clip, adapter.token_embeddings, adapter)
+        family = dit_family(kv)
+        if family is None:
+            new_clip = with_identifiers(clip, adapter.token_embeddings, adapter)
+        else:  # Flux / SD3: the token's T5 part too
+            new_clip = with_dit_identifiers(clip, adapter.token_embeddings, adapter, family)
     return new_model, new_clip
 
 

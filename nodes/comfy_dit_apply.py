@@ -1,0 +1,123 @@
+"""Apply Adapter on Flux.1 and SD3 / SD3.5: the MODEL's K/V as rows of its fused text ``qkv``, and
+the whole token on the CLIP, T5 part included.
+
+MODEL: ComfyUI keeps a block's text Q, K and V as one fused ``qkv`` weight; its K and V rows are
+the canonical ``double_blocks.i.txt_attn.to_k`` / ``joint_blocks.i.context_block.attn.to_v``
+weights the diffusers backend keys the same way (``formats.text_kv_from_fused``), so both
+backends fingerprint the same values.
+
+CLIP:
+An identifier's vector is laid out as both backends train it: ``[T5 | CLIP-L]`` for Flux,
+``[CLIP-L | CLIP-G | T5]`` for SD3 (``textloc_core.backends.t5_text``). Its CLIP slices are
+input embeddings, placed as tensors in the CLIP token lists as for SD1.x / SDXL
+(``comfy_tokens``). Its T5 slice is a vector in T5's output space: the placeholder word's T5
+pieces become one pad entry (as in training, where T5 reads its pad id there), T5 runs as
+usual, and its output row there is overwritten with the vector (``comfy_t5_rows``). The pad
+entry is a ``T5Vector``, an int that carries the vector from the tokenizer to the encoder.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..textloc_core.adapters.formats import COMFY_UNET_PREFIX, text_kv_from_fused
+from ..textloc_core.backends.fingerprint import base_model_fingerprint
+from .comfy_backend import base_fingerprint_and_weights
+from .comfy_t5_rows import T5_KEY, with_t5_rows
+from .comfy_tokens import IdentifierPlacer, IdentifierTokenizer, with_identifiers
+
+FAMILIES = {"double_blocks": "flux", "joint_blocks": "sd3"}
+"""The first name of a diffusion transformer's K/V keys -> its family."""
+
+
+def model_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
+    """(fingerprint, canonical K/V weights) of a MODEL's *base* weights: ``get_key_patches`` (the
+    call ComfyUI's model-merging nodes use) gives each weight as its base value plus patches.
+    A MODEL without fused text ``qkv`` weights is a UNet (``comfy_backend``'s answer, or its
+    error naming the models the pack trains)."""
+    bases = {}
+    for key, patches in model.get_key_patches(COMFY_UNET_PREFIX).items():
+        base = patches[0]
+        bases[key[len(COMFY_UNET_PREFIX) :]] = base[0] if isinstance(base, tuple) else base
+    weights = text_kv_from_fused(bases)
+    if not weights:
+        return base_fingerprint_and_weights(model)
+    return base_model_fingerprint(weights), weights
+
+
+def dit_family(kv_keys) -> str | None:
+    """ "flux" or "sd3" for a MODEL whose canonical K/V keys are a diffusion transformer's, else None."""
+    prefixes = {key.split(".", 1)[0] for key in kv_keys}
+    return FAMILIES.get(prefixes.pop()) if len(prefixes) == 1 else None
+
+
+class T5Vector(int):
+    """T5's pad id at an identifier's T5 position, carrying the token's T5 output vector."""
+
+    vector: torch.Tensor
+
+    def __new__(cls, pad_id: int, vector: torch.Tensor):
+        entry = super().__new__(cls, pad_id)
+        entry.vector = vector
+        return entry
+
+
+class DiTIdentifierTokenizer(IdentifierTokenizer):
+    """An ``IdentifierTokenizer`` for a Flux / SD3 CLIP: CLIP slices as tensors in the CLIP lists,
+    the T5 slice as a ``T5Vector`` in T5's list. ``t5_first``: the vector is ``[T5 | CLIP]`` (Flux)."""
+
+    def __init__(self, inner, placer_dims, embeddings, adapters, t5_first: bool = False):
+        super().__init__(inner, placer_dims, embeddings, adapters)
+        self.t5_first = t5_first
+        self.t5 = IdentifierPlacer(lambda text: inner.tokenize_with_weights(text, False), {})
+        self.t5.dims = {T5_KEY: 0}  # its vocabulary reading (``pieces``) for T5's token list
+
+    def _parts(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CLIP slices, T5 slice) of a (1, D) token vector."""
+        clip = self.placer.total_dim
+        return (vector[:, -clip:], vector[:, :-clip]) if self.t5_first else (vector[:, :clip], vector[:, clip:])
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
+        clip = {name: self._parts(vector)[0] for name, vector in self.embeddings.items()}
+        tokenize = lambda t: self.inner.tokenize_with_weights(t, return_word_ids, **kwargs)  # noqa: E731
+        tokens, placed, words = self.placer.tokenize_placed(text, clip, tokenize)
+        for name, word in words.items():
+            found = self._place_t5(tokens, self.t5.pieces(word)[T5_KEY], self._parts(self.embeddings[name])[1][0])
+            if found != len(placed.get(name, [])):
+                raise ValueError(f"prompt: could not place the token {name!r} in T5's tokens of {text!r}; rephrase it")
+        return tokens
+
+    def _pad_id(self) -> int:
+        empty = self.inner.tokenize_with_weights("", False)[T5_KEY][0]
+        if len(empty) < 2:
+            raise ValueError("clip: this T5 tokenizer does not pad prompts; TextLoc cannot place a token's T5 part")
+        return int(empty[-1][0])
+
+    def _place_t5(self, tokens: dict, pieces: list[int], vector: torch.Tensor) -> int:
+        """Each run of ``pieces`` in T5's list -> one ``T5Vector`` (the chunk keeps its length)."""
+        pad, found = self._pad_id(), 0
+        for c, chunk in enumerate(tokens[T5_KEY]):
+            ids = [int(entry[0]) if not torch.is_tensor(entry[0]) else None for entry in chunk]
+            out, index = [], 0
+            while index < len(chunk):
+                if pieces and ids[index : index + len(pieces)] == pieces:
+                    out.append((T5Vector(pad, vector), *chunk[index][1:]))
+                    index += len(pieces)
+                    found += 1
+                else:
+                    out.append(chunk[index])
+                    index += 1
+            tokens[T5_KEY][c] = out + [(pad, *chunk[-1][1:])] * (len(chunk) - len(out))
+        return found
+
+
+def t5_rows(tokens: dict) -> list[tuple[int, torch.Tensor]]:
+    """The ``T5Vector`` entries of a token dict's T5 list: (flat position, vector)."""
+    entries = [entry[0] for chunk in tokens.get(T5_KEY, []) for entry in chunk]
+    return [(i, e.vector) for i, e in enumerate(entries) if isinstance(e, T5Vector)]
+
+
+def with_dit_identifiers(clip, embeddings: dict[str, torch.Tensor], adapter, family: str):
+    """A clone of a Flux / SD3 ``clip`` that turns ``embeddings``' tokens into their whole vectors."""
+    tokenized = with_identifiers(clip, embeddings, adapter, DiTIdentifierTokenizer, t5_first=family == "flux")
+    return with_t5_rows(tokenized, t5_rows)
