@@ -567,7 +567,72 @@ def train_sdxl() -> Graph:
     return g
 
 
-WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo, tinyworld_evaluate, train_sdxl)
+FLUX_FILES = {
+    "unet_name": "flux1-dev.safetensors",
+    "clip_name1": "clip_l.safetensors",
+    "clip_name2": "t5xxl_fp8_e4m3fn.safetensors",
+    "vae_name": "ae.safetensors",
+}
+"""The files train_flux names: Flux.1-dev and its text encoders and VAE under the names ComfyUI's
+own Flux examples use (any Flux.1 model can be picked in their place)."""
+
+
+def _with_note(name: str, text: str, size: tuple[int, int]) -> Graph:
+    """A new graph ``name`` whose first node is a Note with ``text`` in the top-left corner."""
+    g = Graph(name)
+    g.add("Note", (20, 20), {"text": text}, size=size)
+    return g
+
+
+def train_flux() -> Graph:
+    g = _with_note(
+        "train_flux",
+        (
+            "Teach a Flux.1 model one concept from photos where it stands next to other things.\n"
+            "1. Load Diffusion Model: your Flux.1 model (fp8_e4m3fn keeps the 12 B weights in 8 bits); Dual CLIP "
+            "Loader: clip_l and t5xxl (type flux); Load VAE: Flux's ae.\n"
+            "2. Load Image: your photo; right-click it, Open in MaskEditor, and paint over the concept.\n"
+            "3. TextLoc Train: hard guidance keeps the token's attention on the mask. 1024 px with gradient "
+            "checkpointing and mixed precision auto (bf16); optimizer adamw_8bit (pip install bitsandbytes) "
+            "saves most of the optimizer's memory on a 24 GB card.\n"
+            "4. Apply + Preview: the new token in a new scene at CFG 1 (Flux dev is guidance-distilled: no "
+            "negative prompt), with the map of where it attends.\n"
+            "Outputs: models/textloc/flux_concept.safetensors (everything, the token's T5 part included), a stock "
+            "LoRA (models/loras/textloc) and embedding:textloc/flux_concept/concept (CLIP-L part only)."
+        ),
+        (460, 360),
+    )
+    names = FLUX_FILES
+    unet = g.add("UNETLoader", (20, 420), {"unet_name": names["unet_name"], "weight_dtype": "fp8_e4m3fn"})
+    clips = {"clip_name1": names["clip_name1"], "clip_name2": names["clip_name2"], "type": "flux"}
+    clip = g.add("DualCLIPLoader", (20, 540), clips, size=(320, 130))
+    vae = g.add("VAELoader", (20, 700), {"vae_name": names["vae_name"]}, size=(320, 60))
+    photo = g.add("LoadImage", (20, 800), {"image": "example.png"}, size=(320, 380))
+    painted = {"images": (photo, 0), "masks": (photo, 1)}
+    named = {"name": "concept", "token": "<concept1>", "class_word": "toy"}
+    concept = g.add("TextLocConceptFromMask", (500, 460), named, painted, size=(340, 260))
+    settings = {"guidance": "hard", "steps": 400, "learning_rate": 1e-5, "batch": 1, "prior_images": 0}
+    settings.update(checkpoint_every=50, adapter_name="flux_concept", resolution=1024, gradient_checkpointing=True)
+    base = {"model": (unet, 0), "clip": (clip, 0)}
+    train = g.add(
+        "TextLocTrain", (900, 40), settings, {**base, "vae": (vae, 0), "concepts": (concept, 0)}, size=(360, 560)
+    )
+    apply = g.add("TextLocApplyAdapter", (1320, 40), {"adapter_file": "(none)"}, {**base, "adapter": (train, 0)})
+    scene = {"prompt": "a photo of a <concept1> toy on a beach", "negative": "", "tokens": "<concept1>"}
+    preview = g.add(
+        "TextLocAttentionPreview",
+        (1320, 400),
+        {**scene, **dict(SAMPLE, steps=20, cfg=1.0), "width": 1024, "height": 1024},
+        {"model": (apply, 0), "clip": (apply, 1), "vae": (vae, 0)},
+        size=(360, 600),
+    )
+    for i, (what, y) in enumerate((("images", 40), ("attention", 600))):
+        prefix = "textloc/flux_concept" + ("" if i == 0 else "_attention")
+        g.add("SaveImage", (1740, y), {"filename_prefix": prefix}, {"images": (preview, i)}, title=f"Save: {what}")
+    return g
+
+
+WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo, tinyworld_evaluate, train_sdxl, train_flux)
 
 
 def main() -> None:

@@ -85,6 +85,29 @@ USER_CHECKPOINTS = ("sd_xl_base_1.0.safetensors",)
 """Checkpoints shipped workflows name that stand for the user's own base model (train_sdxl:
 SDXL base 1.0 under its published name). The browser check installs an empty file of each
 name, as a user who owns the model has it; nothing loads them (headless runs swap the loader)."""
+USER_MODELS = {
+    ("checkpoints", "ckpt_name"): USER_CHECKPOINTS,
+    ("diffusion_models", "unet_name"): ("flux1-dev.safetensors",),
+    ("text_encoders", "clip_name1"): ("clip_l.safetensors",),
+    ("text_encoders", "clip_name2"): ("t5xxl_fp8_e4m3fn.safetensors",),
+    ("vae", "vae_name"): ("ae.safetensors",),
+}
+"""(models folder, loader input) -> the user's own model files shipped workflows name there
+(train_flux: Flux.1-dev, its text encoders and VAE under the names ComfyUI's examples use); the
+browser check installs each as an empty file, as for ``USER_CHECKPOINTS``."""
+
+
+def painted_photo(path, seed: int = 0, square=(8, 8, 32)) -> None:
+    """A 64 px RGBA photo of random pixels; LoadImage's mask is 1 - alpha, so the transparent
+    ``square`` (top, left, size) is the painted concept."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rgba = np.concatenate([rng.integers(0, 255, (64, 64, 3)), np.full((64, 64, 1), 255)], -1).astype(np.uint8)
+    top, left, size = square
+    rgba[top : top + size, left : left + size, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(path)
 
 
 def shipped_workflows(api: bool) -> list[Path]:

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from comfy_server import USER_CHECKPOINTS, shipped_workflows
+from comfy_server import USER_MODELS, shipped_workflows
 
 from textloc_harness.comfy_launcher import PACK_ROOT
 
@@ -176,9 +176,10 @@ def browser_report(comfy, not_run, tmp_path_factory):
     for name, workflow in PROBES.items():
         probes.append(work / name)
         probes[-1].write_text(json.dumps(workflow))
-    for checkpoint in USER_CHECKPOINTS:  # the user's own base model, by name (comfy_server.USER_CHECKPOINTS)
-        (comfy.layout.models / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (comfy.layout.models / "checkpoints" / checkpoint).touch()
+    for (folder, _), files in USER_MODELS.items():  # the user's own base models, by name (comfy_server.USER_MODELS)
+        (comfy.layout.models / folder).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (comfy.layout.models / folder / name).touch()
     shots = PACK_ROOT / "artifacts" / "browser"
     shots.mkdir(parents=True, exist_ok=True)
     workflows = [*probes, *shipped_workflows(api=False)]

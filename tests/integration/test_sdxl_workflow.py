@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 import tiny_sdxl_comfy as tiny
-from comfy_server import WORKFLOWS_DIR, stock_round_trip
+from comfy_server import WORKFLOWS_DIR, painted_photo, stock_round_trip
 from PIL import Image
 from safetensors import safe_open
 
@@ -30,15 +30,6 @@ def _of_type(workflow: dict, class_type: str) -> list[tuple[str, dict]]:
     return [(node_id, node) for node_id, node in workflow.items() if node["class_type"] == class_type]
 
 
-def _photo(path, square=(8, 8, 32)) -> None:
-    """A 64 px RGBA photo; LoadImage's mask is 1 - alpha, so the transparent square is the concept."""
-    rng = np.random.default_rng(0)
-    rgba = np.concatenate([rng.integers(0, 255, (64, 64, 3)), np.full((64, 64, 1), 255)], -1).astype(np.uint8)
-    top, left, size = square
-    rgba[top : top + size, left : left + size, 3] = 0
-    Image.fromarray(rgba, "RGBA").save(path)
-
-
 @pytest.fixture(scope="module")
 def trained_sdxl(comfy, tmp_path_factory):
     workflow = load_workflow(WORKFLOWS_DIR / "api" / "train_sdxl_api.json")
@@ -46,7 +37,7 @@ def trained_sdxl(comfy, tmp_path_factory):
     assert loader["inputs"]["ckpt_name"].startswith("sd_xl_base")  # a user's SDXL checkpoint, as shipped
     workflow[loader_id] = dict(TINY_LOADER, _meta=loader.get("_meta", {}))
     photo = tmp_path_factory.mktemp("sdxl_photo") / f"sdxl_photo_{uuid.uuid4().hex[:6]}.png"
-    _photo(photo)
+    painted_photo(photo)
     ((_, load_image),) = _of_type(workflow, "LoadImage")
     load_image["inputs"]["image"] = comfy.copy_to_input(photo)
     ((_, train),) = _of_type(workflow, "TextLocTrain")

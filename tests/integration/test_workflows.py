@@ -11,7 +11,7 @@ import uuid
 
 import numpy as np
 import pytest
-from comfy_server import USER_CHECKPOINTS, WORKFLOWS_DIR, shipped_workflows
+from comfy_server import USER_MODELS, WORKFLOWS_DIR, shipped_workflows
 from PIL import Image
 
 from textloc_core.adapters.adapter import load_adapter
@@ -107,8 +107,8 @@ def _combo_options(spec) -> list | None:
 def test_shipped_workflows_name_only_values_a_fresh_install_offers(comfy):
     """No shipped graph names a model file (or any combo value) a fresh install lacks: the page
     would flag it as missing and the queue would refuse it. The pack's own adapter counts, and
-    so does ComfyUI's input/example.png. The one exception is train_sdxl's base checkpoint,
-    which is the user's own SDXL model (``USER_CHECKPOINTS``)."""
+    so does ComfyUI's input/example.png. The exceptions are the user's own base models
+    (``USER_MODELS``: train_sdxl's SDXL checkpoint, train_flux's Flux files)."""
     info = comfy.object_info()
     problems = []
     for path in shipped_workflows(api=True):
@@ -119,7 +119,7 @@ def test_shipped_workflows_name_only_values_a_fresh_install_offers(comfy):
             }
             for name, value in node["inputs"].items():
                 options = _combo_options(specs[name]) if name in specs else None
-                if name == "ckpt_name" and value in USER_CHECKPOINTS:
+                if any(name == input_name and value in files for (_, input_name), files in USER_MODELS.items()):
                     continue
                 if options is not None and not isinstance(value, list) and value not in options:
                     problems.append(f"{path.name} node {node_id} ({node['class_type']}) {name}={value!r}")
