@@ -80,6 +80,18 @@ def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae}
 
 
+TINY_SDXL_TRAINING = {
+    "steps": 2,
+    "learning_rate": 1e-3,
+    "instance_batch": 1,
+    "prior_batch": 1,
+    "prior_images_per_class": 2,
+    "prior_sampling_steps": 2,
+}
+"""``TrainConfig`` fields (all but ``method``) of a two-step training with prior images on a tiny
+SDXL-shaped model: the diffusers and the ComfyUI backend's tests train alike."""
+
+
 def build_tiny_sdxl_parts(seed: int = 0) -> dict:
     """tokenizer(_2), text_encoder(_2), unet, vae: an SDXL-shaped model for unit tests.
 

@@ -177,21 +177,10 @@ def test_bad_calibration_settings_name_the_field():
 
 
 def test_widgets_carry_the_calibration_settings():
-    config = TrainConfig.from_widgets(
-        guidance="hard",
-        steps=10,
-        learning_rate=1e-5,
-        batch=2,
-        prior_images=0,
-        seed=0,
-        checkpoint_every=5,
-        attention_weight_mode="calibrated",
-        attention_fraction=0.05,
-    )
+    widgets = dict(guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5)
+    config = TrainConfig.from_widgets(**widgets, attention_weight_mode="calibrated", attention_fraction=0.05)
     assert (config.attention_weight_mode, config.attention_fraction, config.calibrated) == ("calibrated", 0.05, True)
-    default = TrainConfig.from_widgets(
-        guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5
-    )
+    default = TrainConfig.from_widgets(**widgets)
     # the mode and fraction the TinyWorld table supports (docs/results.md): the node, the widgets and the API agree
     assert default.attention_weight_mode == TrainConfig().attention_weight_mode == "calibrated" and default.calibrated
     assert default.attention_fraction == TrainConfig().attention_fraction == 1.0
