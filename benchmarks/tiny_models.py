@@ -42,6 +42,25 @@ def build_tiny_unet(cross_attention: bool = True):
     )
 
 
+def tiny_clip_text_config(width: int, layers: int, **extra):
+    """A ``CLIPTextConfig`` ``width`` wide (MLP twice that, 2 heads) over CLIP's own vocabulary,
+    77 positions and special tokens: the tokenizer TinyWorld ships reads it."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        **extra,
+    )
+
+
 def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     """tokenizer, text_encoder, unet, vae: an SD-shaped model small enough for unit tests.
 
@@ -49,23 +68,11 @@ def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     a 2-layer 32-wide CLIP text encoder, and a VAE with scale factor 2.
     """
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_clip_text_config(32, layers=2))
     unet = build_tiny_unet()
     vae = AutoencoderKL(
         in_channels=3,
@@ -101,23 +108,12 @@ def build_tiny_sdxl_parts(seed: int = 0) -> dict:
     numbers; no attention at the finest level and attention at two coarser levels.
     """
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     parts = build_tiny_pipeline_parts(seed)
     torch.manual_seed(seed + 1)
-    common = dict(
-        vocab_size=49408,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, **common))
-    parts["text_encoder_2"] = CLIPTextModelWithProjection(
-        CLIPTextConfig(hidden_size=48, intermediate_size=96, projection_dim=48, **common)
-    )
+    parts["text_encoder"] = CLIPTextModel(tiny_clip_text_config(32, layers=3))
+    parts["text_encoder_2"] = CLIPTextModelWithProjection(tiny_clip_text_config(48, layers=3, projection_dim=48))
     parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token="!")
     parts["unet"] = UNet2DConditionModel(
         sample_size=16,
@@ -183,6 +179,17 @@ def build_tiny_t5(width: int):
     return tokenizer, model
 
 
+def _dit_parts(base: dict, seed: int, t5_width: int, t5_slot: str, make_transformer) -> dict:
+    """A DiT pipeline's parts: ``base``'s tokenizers, text encoders and VAE (its UNet dropped),
+    a ``t5_width``-wide T5 as ``text_encoder<t5_slot>`` (sequence 16) and ``make_transformer()``,
+    both drawn after seeding torch with ``seed``."""
+    torch.manual_seed(seed)
+    t5_tokenizer, t5 = build_tiny_t5(t5_width)
+    parts = {name: part for name, part in base.items() if name != "unet"}
+    parts.update({f"text_encoder{t5_slot}": t5, f"tokenizer{t5_slot}": t5_tokenizer, "max_sequence_length": 16})
+    return {"transformer": make_transformer(), **parts}
+
+
 def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     """FluxPipeline-named parts of a Flux-architecture model for unit tests: a
     ``FluxTransformer2DModel`` with ``double_blocks`` double-stream and 1 single-stream blocks
@@ -191,30 +198,21 @@ def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     (4 latent channels, factor 2; the transformer reads 2 x 2 patches)."""
     from diffusers import FluxTransformer2DModel
 
-    parts = build_tiny_pipeline_parts(seed)
-    torch.manual_seed(seed + 2)
-    t5_tokenizer, t5 = build_tiny_t5(32)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=double_blocks,
-        num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=True,
-        axes_dims_rope=(2, 2, 4),
-    )
-    return {
-        "transformer": transformer,
-        "vae": parts["vae"],
-        "text_encoder": parts["text_encoder"],
-        "tokenizer": parts["tokenizer"],
-        "text_encoder_2": t5,
-        "tokenizer_2": t5_tokenizer,
-        "max_sequence_length": 16,
-    }
+    def transformer():
+        return FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=double_blocks,
+            num_single_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            guidance_embeds=True,
+            axes_dims_rope=(2, 2, 4),
+        )
+
+    return _dit_parts(build_tiny_pipeline_parts(seed), seed + 2, 32, "_2", transformer)
 
 
 def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
@@ -224,32 +222,21 @@ def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
     and CLIP-G (48, projected) and a 96-wide T5 (sequence 16), the tiny VAE."""
     from diffusers import SD3Transformer2DModel
 
-    parts = build_tiny_sdxl_parts(seed)
-    torch.manual_seed(seed + 3)
-    t5_tokenizer, t5 = build_tiny_t5(96)
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=joint_blocks,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=96,
-        caption_projection_dim=16,
-        pooled_projection_dim=32 + 48,
-        pos_embed_max_size=16,
-        dual_attention_layers=(0,),
-        qk_norm="rms_norm",
-    )
-    return {
-        "transformer": transformer,
-        "vae": parts["vae"],
-        "text_encoder": parts["text_encoder"],
-        "tokenizer": parts["tokenizer"],
-        "text_encoder_2": parts["text_encoder_2"],
-        "tokenizer_2": parts["tokenizer_2"],
-        "text_encoder_3": t5,
-        "tokenizer_3": t5_tokenizer,
-        "max_sequence_length": 16,
-    }
+    def transformer():
+        return SD3Transformer2DModel(
+            sample_size=16,
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=joint_blocks,
+            attention_head_dim=8,
+            num_attention_heads=2,
+            joint_attention_dim=96,
+            caption_projection_dim=16,
+            pooled_projection_dim=32 + 48,
+            pos_embed_max_size=16,
+            dual_attention_layers=(0,),
+            qk_norm="rms_norm",
+        )
+
+    return _dit_parts(build_tiny_sdxl_parts(seed), seed + 3, 96, "_3", transformer)

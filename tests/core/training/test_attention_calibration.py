@@ -5,7 +5,6 @@ run reuses it) and is a no-op with method "none". "fixed" is what it always was,
 JSON is unchanged."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -102,7 +101,9 @@ def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(
     assert double == pytest.approx(2 * base, rel=1e-6)
 
 
-def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch, two_concepts_at):
+def test_resume_after_calibration_reproduces_the_uninterrupted_run(
+    tiny_bundle, tmp_path, monkeypatch, two_concepts_at, killed_after_step_3
+):
     concepts, config = two_concepts_at(), _config(steps=4, checkpoint_every=2)
     reports = []
     full = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "a", on_step=reports.append)
@@ -110,16 +111,7 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
     saved = json.loads((tmp_path / "a" / "step-000000004" / "state.json").read_text())
     assert json.loads(saved["config_json"])["attention_weight_mode"] == "calibrated"
 
-    done = []
-    train(
-        tiny_bundle,
-        concepts,
-        config,
-        checkpoint_dir=tmp_path / "b",
-        should_stop=lambda: len(done) >= 3,
-        on_step=done.append,
-    )
-    shutil.rmtree(tmp_path / "b" / "step-000000003")  # as if killed before step 3's checkpoint landed
+    killed_after_step_3(tiny_bundle, concepts, config, tmp_path / "b")
 
     def no_recalibration(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the recorded weight, not recalibrate")
