@@ -47,16 +47,15 @@ def tiny_clip_text_config(width: int, layers: int, **extra):
     77 positions and special tokens: the tokenizer TinyWorld ships reads it."""
     from transformers import CLIPTextConfig
 
+    vocab = dict(
+        vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407
+    )
     return CLIPTextConfig(
-        vocab_size=49408,
         hidden_size=width,
         intermediate_size=2 * width,
         num_hidden_layers=layers,
         num_attention_heads=2,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
+        **vocab,
         **extra,
     )
 
@@ -179,15 +178,15 @@ def build_tiny_t5(width: int):
     return tokenizer, model
 
 
-def _dit_parts(base: dict, seed: int, t5_width: int, t5_slot: str, make_transformer) -> dict:
-    """A DiT pipeline's parts: ``base``'s tokenizers, text encoders and VAE (its UNet dropped),
-    a ``t5_width``-wide T5 as ``text_encoder<t5_slot>`` (sequence 16) and ``make_transformer()``,
-    both drawn after seeding torch with ``seed``."""
+def _with_t5(base: dict, seed: int, t5_width: int, t5_slot: str) -> dict:
+    """A DiT pipeline's parts but its transformer: ``base``'s tokenizers, text encoders and VAE
+    (its UNet dropped) and a ``t5_width``-wide T5 as ``text_encoder<t5_slot>`` (sequence 16),
+    drawn after seeding torch with ``seed`` (the transformer is drawn next)."""
     torch.manual_seed(seed)
     t5_tokenizer, t5 = build_tiny_t5(t5_width)
     parts = {name: part for name, part in base.items() if name != "unet"}
     parts.update({f"text_encoder{t5_slot}": t5, f"tokenizer{t5_slot}": t5_tokenizer, "max_sequence_length": 16})
-    return {"transformer": make_transformer(), **parts}
+    return parts
 
 
 def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
@@ -198,21 +197,20 @@ def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     (4 latent channels, factor 2; the transformer reads 2 x 2 patches)."""
     from diffusers import FluxTransformer2DModel
 
-    def transformer():
-        return FluxTransformer2DModel(
-            patch_size=1,
-            in_channels=16,
-            num_layers=double_blocks,
-            num_single_layers=1,
-            attention_head_dim=8,
-            num_attention_heads=2,
-            joint_attention_dim=32,
-            pooled_projection_dim=32,
-            guidance_embeds=True,
-            axes_dims_rope=(2, 2, 4),
-        )
-
-    return _dit_parts(build_tiny_pipeline_parts(seed), seed + 2, 32, "_2", transformer)
+    parts = _with_t5(build_tiny_pipeline_parts(seed), seed + 2, 32, "_2")
+    parts["transformer"] = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=double_blocks,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    return parts
 
 
 def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
@@ -222,21 +220,20 @@ def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
     and CLIP-G (48, projected) and a 96-wide T5 (sequence 16), the tiny VAE."""
     from diffusers import SD3Transformer2DModel
 
-    def transformer():
-        return SD3Transformer2DModel(
-            sample_size=16,
-            patch_size=2,
-            in_channels=4,
-            out_channels=4,
-            num_layers=joint_blocks,
-            attention_head_dim=8,
-            num_attention_heads=2,
-            joint_attention_dim=96,
-            caption_projection_dim=16,
-            pooled_projection_dim=32 + 48,
-            pos_embed_max_size=16,
-            dual_attention_layers=(0,),
-            qk_norm="rms_norm",
-        )
-
-    return _dit_parts(build_tiny_sdxl_parts(seed), seed + 3, 96, "_3", transformer)
+    parts = _with_t5(build_tiny_sdxl_parts(seed), seed + 3, 96, "_3")
+    parts["transformer"] = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=joint_blocks,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=96,
+        caption_projection_dim=16,
+        pooled_projection_dim=32 + 48,
+        pos_embed_max_size=16,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    return parts
