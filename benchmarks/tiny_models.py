@@ -1,5 +1,5 @@
 """Tiny, randomly initialised Stable-Diffusion-architecture models, built in code: the one
-home of the tiny builders the tests (tests/conftest.py), the benchmarks and the scripts use.
+home of the tiny builders the tests, the benchmarks and the scripts use.
 
 Built with the real CLIP BPE vocabulary (textloc_core/tinyworld/weights/tokenizer), so
 tokenisation, token positions and layer discovery behave as with SD1.5, while a forward pass
@@ -39,6 +39,28 @@ def build_tiny_unet(cross_attention: bool = True):
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=8,
+    )
+
+
+def build_random_tinyworld_pipeline():
+    """A StableDiffusionPipeline of TinyWorld's architecture (``textloc_core.tinyworld.model_configs``)
+    with random weights drawn from seed 0, and its tokenizer: the whole path runs, numbers mean nothing."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from textloc_core.tinyworld import model_configs as mc
+
+    torch.manual_seed(0)
+    text_encoder = mc.build_text_encoder()
+    return StableDiffusionPipeline(
+        vae=mc.build_vae(),
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR)),
+        unet=mc.build_unet(),
+        scheduler=mc.build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
+from benchmarks.tiny_models import build_random_tinyworld_pipeline
 from textloc_core.data import readers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,29 +23,14 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def local_models(tmp_path_factory):
     """A TinyWorld-architecture StableDiffusionPipeline folder and a CLIP folder (random weights)."""
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
     from textloc_core.tinyworld import model_configs as mc
 
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core/tinyworld/weights/tokenizer"))
-    text = mc.build_text_encoder()
-    pipe = StableDiffusionPipeline(
-        vae=mc.build_vae(),
-        text_encoder=text,
-        tokenizer=tokenizer,
-        unet=mc.build_unet(),
-        scheduler=mc.build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = build_random_tinyworld_pipeline()
     pipe.save_pretrained(root / "sd")
-    text.save_pretrained(root / "clip" / "text")
+    pipe.text_encoder.save_pretrained(root / "clip" / "text")
     mc.build_vision_encoder().save_pretrained(root / "clip" / "vision")
-    tokenizer.save_pretrained(root / "clip" / "tokenizer")
+    pipe.tokenizer.save_pretrained(root / "clip" / "tokenizer")
     return root
 
 
