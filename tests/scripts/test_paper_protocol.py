@@ -37,51 +37,15 @@ def local_models(tmp_path_factory):
 def test_paper_protocol_end_to_end(local_models, tmp_path, capsys, load_script):
     script = load_script("paper_protocol")
     out = tmp_path / "out"
-    code = script.main(
-        [
-            "--model",
-            str(local_models / "sd"),
-            "--clip",
-            str(local_models / "clip"),
-            "--dataset",
-            str(DATASET),
-            "--pairs",
-            "bucket+doll",
-            "--single",
-            "first",
-            "--methods",
-            "hard,none",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-            "--resolution",
-            "64",
-            "--steps-single",
-            "2",
-            "--steps-multi",
-            "2",
-            "--prior-images",
-            "2",
-            "--prior-steps",
-            "2",
-            "--images-per-prompt",
-            "3",
-            "--n-prompts",
-            "2",
-            "--sample-steps",
-            "2",
-        ]
-    )
+    paths = ["--model", str(local_models / "sd"), "--clip", str(local_models / "clip"), "--dataset", str(DATASET)]
+    tiny = "--resolution 64 --steps-single 2 --steps-multi 2 --prior-images 2 --prior-steps 2 --images-per-prompt 3"
+    run = f"--pairs bucket+doll --single first --methods hard,none --device cpu {tiny} --n-prompts 2 --sample-steps 2"
+    code = script.main([*paths, "--out", str(out), *run.split()])
     assert code == 0
     rows = json.loads((out / "rows.json").read_text())
     # bucket alone (single) and bucket+doll (multi), each with hard and none
-    assert sorted((r["setting"], r["method"]) for r in rows) == [
-        ("multi", "hard"),
-        ("multi", "none"),
-        ("single", "hard"),
-        ("single", "none"),
-    ]
+    both = [("multi", "hard"), ("multi", "none"), ("single", "hard"), ("single", "none")]
+    assert sorted((r["setting"], r["method"]) for r in rows) == both
     for row in rows:
         assert row["n_images"] == 6 and row["steps"] == 2
         assert -1 <= row["clip_i"] <= 1 and -1 <= row["clip_t"] <= 1
