@@ -61,6 +61,16 @@ def comfyui_dir(explicit: str | os.PathLike | None = None) -> Path:
     return Path.home() / "ComfyUI"
 
 
+def add_comfyui_option(parser) -> None:
+    """``--comfyui PATH`` on an argparse parser: the work tree ``comfyui_dir`` resolves (None: its default)."""
+    parser.add_argument(
+        "--comfyui",
+        type=Path,
+        default=None,
+        help="ComfyUI work tree (default: $COMFYUI_DIR, else the one quickstart.py laid out, else ~/ComfyUI)",
+    )
+
+
 def missing_comfyui_reason(comfy_dir: Path) -> str | None:
     """None when ``comfy_dir`` holds a runnable ComfyUI, else a sentence saying what is wrong."""
     if not (comfy_dir / "main.py").is_file():
