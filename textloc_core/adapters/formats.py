@@ -20,8 +20,9 @@ ComfyUI (read from comfy/lora.py and comfy/sd1_clip.py, ComfyUI 0.3.x):
   does not matter; we write ``emb_params``); SDXL-style models look up their encoder's key
   (``clip_l``, ``clip_g``), so a multi-encoder embedding is written with one key per encoder.
   A diffusion transformer's T5 slice is a vector in T5's *output* space (docs/dit.md), which no
-  stock embedding (an input embedding) can hold: the file leaves it out (ComfyUI's T5 tokenizer,
-  finding no ``t5xxl`` tensor of its width, ignores the file) and the adapter file carries it.
+  stock embedding (an input embedding) can hold: the file leaves it out and the adapter file
+  carries it. (ComfyUI's T5 tokenizer, finding no ``t5xxl`` tensor, takes the file's first one,
+  a CLIP slice narrower than T5, which T5 drops with a "shape mismatch" warning.)
 
 diffusers Custom Diffusion (read from diffusers 0.42 loaders/unet.py, train_custom_diffusion.py):
 
