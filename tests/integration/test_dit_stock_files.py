@@ -191,3 +191,24 @@ def test_stock_lora_loader_and_apply_adapter_sample_the_same_pixels(comfy, pack,
     assert not np.array_equal(images["ours"], images["base"]), "the adapter changed nothing"
     lines = [line for line in comfy.log_text().splitlines() if name in line or "lora key" in line]
     assert not [line for line in lines if "not loaded" in line.lower()], lines
+
+
+def test_the_stock_embedding_gives_the_clip_parts_and_t5_drops_it(pack, tmp_path, caplog):
+    """SD3.5: ``embedding:NAME`` with our file puts the CLIP-L and CLIP-G slices in their token
+    lists; T5 finds no ``t5xxl`` tensor, takes the file's first one (narrower than T5) and drops
+    it with ComfyUI's "shape mismatch" warning (docs/adapters.md)."""
+    from textloc_core.adapters import formats as fmt
+
+    token = torch.randn(1, TOKEN_WIDTH["sd3"])
+    sizes = {"clip_l": tiny.WIDTH_L, "clip_g": tiny.WIDTH_G, "t5": tiny.SD3_T5}
+    fmt.write_comfy_embedding(token, tmp_path / "doll.safetensors", sizes)
+    clip = tiny.build_clip("sd3", seed=1, embedding_directory=str(tmp_path))
+    tokens = clip.tokenize("a photo of embedding:doll toy")
+    placed = {key: [e[0] for chunk in tokens[key] for e in chunk if torch.is_tensor(e[0])] for key in tokens}
+    assert torch.equal(placed["l"][0], token[0, : tiny.WIDTH_L])
+    assert torch.equal(placed["g"][0], token[0, tiny.WIDTH_L : tiny.WIDTH_L + tiny.WIDTH_G])
+    ((first,),) = [placed["t5xxl"]]  # the file's first tensor, a CLIP slice
+    assert first.shape[-1] in (tiny.WIDTH_L, tiny.WIDTH_G)
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        clip.encode_from_tokens(tokens)
+    assert any("shape mismatch" in r.getMessage() for r in caplog.records)
