@@ -46,7 +46,8 @@ def model_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 def dit_family(kv_keys) -> str | None:
-    """ "flux" or "sd3" for a MODEL whose canonical K/V keys are a diffusion transformer's, else None."""
+    """The family of a MODEL whose canonical K/V keys are a diffusion transformer's ("flux" or
+    "sd3"), else None."""
     prefixes = {key.split(".", 1)[0] for key in kv_keys}
     return FAMILIES.get(prefixes.pop()) if len(prefixes) == 1 else None
 
@@ -71,6 +72,7 @@ class DiTIdentifierTokenizer(IdentifierTokenizer):
         self.t5_first = t5_first
         self.t5 = IdentifierPlacer(lambda text: inner.tokenize_with_weights(text, False), {})
         self.t5.dims = {T5_KEY: 0}  # its vocabulary reading (``pieces``) for T5's token list
+        self._pad: int | None = None
 
     def _parts(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CLIP slices, T5 slice) of a (1, D) token vector."""
@@ -88,10 +90,13 @@ class DiTIdentifierTokenizer(IdentifierTokenizer):
         return tokens
 
     def _pad_id(self) -> int:
-        empty = self.inner.tokenize_with_weights("", False)[T5_KEY][0]
-        if len(empty) < 2:
-            raise ValueError("clip: this T5 tokenizer does not pad prompts; TextLoc cannot place a token's T5 part")
-        return int(empty[-1][0])
+        """T5's pad id, read off the empty prompt's padded token list."""
+        if self._pad is None:
+            empty = self.inner.tokenize_with_weights("", False)[T5_KEY][0]
+            if len(empty) < 2:
+                raise ValueError("clip: this T5 tokenizer does not pad prompts; TextLoc cannot place a token's T5 part")
+            self._pad = int(empty[-1][0])
+        return self._pad
 
     def _place_t5(self, tokens: dict, pieces: list[int], vector: torch.Tensor) -> int:
         """Each run of ``pieces`` in T5's list -> one ``T5Vector`` (the chunk keeps its length)."""
