@@ -93,6 +93,15 @@ def _t5_config(width: int, heads: int) -> dict:
     }
 
 
+def _unit_norms(module: nn.Module) -> None:
+    """RMS norms (T5's, the DiTs' q/k norms), which neither torch nor ComfyUI's ops initialise, at 1."""
+    with torch.no_grad():
+        for sub in module.modules():
+            weight = getattr(sub, "weight", None)
+            if ("RMSNorm" in type(sub).__name__ or "T5LayerNorm" in type(sub).__name__) and weight is not None:
+                weight.fill_(1.0)
+
+
 def _flux_unet_config() -> dict:
     """FLUX_CONFIG plus the fields this ComfyUI's ``FluxParams`` requires (0.33 added some)."""
     from comfy.ldm.flux.model import FluxParams
@@ -123,6 +132,7 @@ def build_model(family: str, seed: int = 0, weight_dtype: torch.dtype | None = N
 
     model = make(torch.float32, None)
     _init(model.diffusion_model, seed)
+    _unit_norms(model.diffusion_model)
     if weight_dtype is not None:
         # as comfy.sd.load_diffusion_model_state_dict: weights stored in weight_dtype, computed in
         # the manual-cast dtype, loaded from the (here: random float32) state dict
@@ -211,7 +221,9 @@ def _clip_classes(family: str):
 
 
 def build_clip(family: str, seed: int = 0, embedding_directory=None):
-    return clip_of(*_clip_classes(family), seed, embedding_directory)
+    clip = clip_of(*_clip_classes(family), seed, embedding_directory)
+    _unit_norms(clip.cond_stage_model)
+    return clip
 
 
 def build_all(family: str, seed: int = 0, embedding_directory=None, weight_dtype: torch.dtype | None = None):
