@@ -40,6 +40,7 @@ from .comfy_internals import (
     attn2_replacements,
     checkpointed_blocks,
     differentiable_text_encoder,
+    dit_layout,
     latents_in,
     latents_out,
     model_parts,
@@ -260,13 +261,16 @@ class ComfyDenoiserBackend:
 
             return checkpointed
 
+        before = [block.__dict__.get("forward") for block in blocks]  # another wrapper stays
         for block in blocks:
             block.forward = wrap(block)
         try:
             yield
         finally:
-            for block in blocks:
+            for block, forward in zip(blocks, before):
                 block.__dict__.pop("forward", None)
+                if forward is not None:
+                    block.forward = forward
 
     @contextmanager
     def route_attention(self, router: AttentionRouter):
@@ -319,20 +323,34 @@ def training_session(model, clip, vae) -> Iterator[ModelBundle]:
     """
     import comfy.model_management as mm
 
+    if dit_layout(model_parts(model)) is not None:  # Flux / SD3: their own backend
+        from .comfy_dit_backend import dit_training_session
+
+        with dit_training_session(model, clip, vae) as bundle:
+            yield bundle
+        return
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = ComfyDenoiserBackend(model, vae)
         mm.load_models_gpu(patchers(denoiser.working_model, clip), force_full_load=True)
         encoder = text_encoder(clip)
         with ordinary_weights(denoiser.unet, encoder), differentiable_text_encoder(encoder):
             text = ComfyTextBackend(clip, pooled=denoiser.needs_pooled)
-            bundle = ModelBundle(
-                text=text,
-                denoiser=denoiser,
-                fingerprint=base_fingerprint_and_weights(denoiser.working_model)[0],
-                device=torch.device(denoiser.device),
-                compute_dtype=denoiser.dtype,
-            )
-            try:
+            with bundle_of(text, denoiser, base_fingerprint_and_weights(denoiser.working_model)[0]) as bundle:
                 yield bundle
-            finally:
-                mm.soft_empty_cache()
+
+
+@contextmanager
+def bundle_of(text, denoiser, fingerprint: str) -> Iterator[ModelBundle]:
+    """The session's ModelBundle; on exit, the cache ComfyUI's allocator holds is freed."""
+    import comfy.model_management as mm
+
+    try:
+        yield ModelBundle(
+            text=text,
+            denoiser=denoiser,
+            fingerprint=fingerprint,
+            device=torch.device(denoiser.device),
+            compute_dtype=denoiser.dtype,
+        )
+    finally:
+        mm.soft_empty_cache()

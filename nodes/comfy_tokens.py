@@ -122,10 +122,18 @@ class IdentifierPlacer:
 
         ``tokenize`` overrides the tokenizer call (e.g. one that also returns word ids).
         """
+        tokens, positions, _ = self.tokenize_placed(text, embeddings, tokenize)
+        return tokens, positions
+
+    def tokenize_placed(
+        self, text: str, embeddings: dict[str, torch.Tensor], tokenize: Tokenize | None = None
+    ) -> tuple[Tokens, dict[str, list[int]], dict[str, str]]:
+        """``tokenize``, plus the placeholder word each identifier was written as (encoders
+        without a tensor entry, such as T5, still hold that word's pieces there)."""
         tokenize = tokenize or self._tokenize
         present = sorted({m.group(1) for m in identifier_pattern(embeddings).finditer(text)}) if embeddings else []
         if not present:
-            return tokenize(text), {}
+            return tokenize(text), {}, {}
         for name in present:
             if embeddings[name].shape[0] != 1 or embeddings[name].shape[-1] != self.total_dim:
                 raise ValueError(
@@ -145,7 +153,7 @@ class IdentifierPlacer:
             tokens = tokenize(pattern.sub(swap, text))
             placed = self._place(tokens, {n: (chosen[n][1], embeddings[n]) for n in present})
             if all(len(placed.get(n, [])) == written[n] for n in present):
-                return tokens, placed
+                return tokens, placed, {n: chosen[n][0] for n in present}
         raise ValueError(f"prompt: could not place the tokens {present} in {text!r}; rephrase the prompt")
 
     def _place(self, tokens: Tokens, wanted: dict[str, tuple[dict[str, int], torch.Tensor]]) -> dict[str, list[int]]:
