@@ -25,7 +25,7 @@ from .comfy_internals import (
     text_encoder,
     text_encoder_tables,
 )
-from .comfy_tokens import IdentifierPlacer
+from .comfy_tokens import IdentifierPlacer, identifier_pattern
 
 
 class ComfyDiTText:
@@ -111,6 +111,9 @@ class ComfyDiTText:
     def _encode_one(self, prompt: str, token_embeddings: dict[str, torch.Tensor]):
         clip_vectors = {t: v[:, self._clip_at] for t, v in token_embeddings.items()}
         tokens, clip_positions, words = self.placer.tokenize_placed(prompt, clip_vectors)
+        if words:  # T5 reads the placeholder as written, without the spaces CLIP's placing adds
+            as_written = identifier_pattern(words).sub(lambda m: words[m.group(1)], prompt)
+            t5_tokens(tokens)[:] = t5_tokens(self.clip.tokenize(as_written))
         t5_positions = self._place_t5(tokens, words)
         if any(len(t5_positions.get(t, [])) != len(at) for t, at in clip_positions.items()):
             raise ValueError(f"prompt: could not place the tokens {sorted(words)} in T5's tokens of {prompt!r}")
