@@ -101,14 +101,14 @@ class FusedRows:
     projection: ``weight`` (a view of those rows) and ``register_forward_hook``, whose hook gets
     and returns just those output columns."""
 
-    def __init__(self, qkv: nn.Module, third: int):
-        self.qkv = qkv
-        self.width = int(qkv.weight.shape[0]) // 3
+    def __init__(self, fused: nn.Module, third: int):
+        self.fused = fused
+        self.width = int(fused.weight.shape[0]) // 3
         self.rows = slice(third * self.width, (third + 1) * self.width)
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.qkv.weight[self.rows]
+        return self.fused.weight[self.rows]
 
     def register_forward_hook(self, hook):
         rows = self.rows
@@ -117,7 +117,7 @@ class FusedRows:
             changed = hook(self, inputs, output[..., rows])
             return torch.cat([output[..., : rows.start], changed, output[..., rows.stop :]], dim=-1)
 
-        return self.qkv.register_forward_hook(on_qkv)
+        return self.fused.register_forward_hook(on_qkv)
 
 
 class ComfyDiTDenoiser(ComfyDenoiserBackend):
@@ -134,7 +134,7 @@ class ComfyDiTDenoiser(ComfyDenoiserBackend):
         layout = dit_layout(parts)
         if layout is None:
             raise ValueError(f"model: {type(parts.base_model).__name__} is not a Flux.1 or SD3 / SD3.5 model")
-        self.family, self.qkv, patch = layout
+        self.family, self.text_qkv, patch = layout
         self.unet = parts.unet
         self.vae = vae
         self.objective = ComfyFlowObjective(model_sampling(model))
@@ -151,7 +151,7 @@ class ComfyDiTDenoiser(ComfyDenoiserBackend):
     def text_kv_projections(self) -> dict[str, FusedRows]:
         return {
             f"{name}.{proj}": FusedRows(qkv, third)
-            for name, qkv in self.qkv.items()
+            for name, qkv in self.text_qkv.items()
             for proj, third in (("to_k", 1), ("to_v", 2))
         }
 
@@ -181,7 +181,7 @@ class ComfyDiTDenoiser(ComfyDenoiserBackend):
         previous = self.working_model
         routed = previous.clone()
         existing = dit_block_replacements(routed)
-        for i, block in enumerate(self.canonical_layer_name(name) for name in self.qkv):
+        for i, block in enumerate(self.canonical_layer_name(name) for name in self.text_qkv):
             if router.selects(block):
                 key = ("double_block", i)
 

@@ -160,7 +160,7 @@ def test_gradients_reach_only_the_text_kv_rows_and_the_tokens(pack, models, fami
                 (out.square().mean() + sum(m.probs.mean() for m in router.captured)).backward()
             assert all(float(p.grad.abs().sum()) > 0 for p in deltas.parameters())
             # a delta moves only its own third of the fused qkv output
-            qkv = next(iter(projections.values())).qkv
+            qkv = next(iter(projections.values())).fused
             probe = torch.randn(1, 3, qkv.weight.shape[1])
             before = qkv(probe).detach()
             with torch.no_grad():
@@ -218,9 +218,9 @@ def test_every_guidance_trains_with_prior(pack, models, family, method, tmp_path
     monkeypatch.setattr(prior, "_MEMORY", {})
     model, clip, vae = models[family]
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
-        base = {k: w.weight.detach().clone() for k, w in bundle.denoiser.qkv.items()}
+        base = {k: w.weight.detach().clone() for k, w in bundle.denoiser.text_qkv.items()}
         result = train(bundle, _concepts(), _config(method=method), prior_cache_dir=tmp_path)
-        assert all(torch.equal(base[k], w.weight) for k, w in bundle.denoiser.qkv.items())  # the base is untouched
+        assert all(torch.equal(base[k], w.weight) for k, w in bundle.denoiser.text_qkv.items())  # the base is untouched
     assert result.steps_done == 2 and len(list(tmp_path.glob("prior-*.safetensors"))) == 1
     assert (result.history[0]["attention"] > 0) == (method != "none") and result.history[0]["prior"] > 0
     assert sorted(result.kv_deltas) == sorted(KV_KEYS[family])
@@ -265,7 +265,7 @@ def test_an_fp8_base_trains_on_the_cpu(pack):
     with torch.inference_mode():
         model, clip, vae = tiny.build_all("flux", weight_dtype=torch.float8_e4m3fn)
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
-        assert next(iter(bundle.denoiser.qkv.values())).weight.dtype == torch.float8_e4m3fn
+        assert next(iter(bundle.denoiser.text_qkv.values())).weight.dtype == torch.float8_e4m3fn
         result = train(bundle, _concepts(), _config(prior_images_per_class=0, prior_batch=0))
     assert result.steps_done == 2 and all(math.isfinite(h["loss"]) for h in result.history)
     assert all(float(d.abs().sum()) > 0 for d in result.kv_deltas.values())
