@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from textloc_core.training.config import current_keys
+
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "benchmarks" / "records"
 """Where the committed records live, one ``*.jsonl`` file per invocation of a bench."""
@@ -58,7 +60,7 @@ def record(row: dict, protocol, config, recipe: str, phase: str, code: str) -> d
         "recipe": recipe,
         **{k: row[k] for k in KEYS},
         "metrics": {k: _number(row[k]) for k in METRICS if k in row},
-        "lambda_attn_used": row.get("lambda_attn_used"),  # records before the rename call it attention_weight
+        "effective_attention_weight": row.get("effective_attention_weight"),
         "train_s": row.get("train_s"),
         "total_s": row.get("total_s"),
         "config": None if config is None else json.loads(config.to_json()),
@@ -83,11 +85,28 @@ def load(folder: Path = RECORDS) -> list[dict]:
     for path in sorted(Path(folder).glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                rec = json.loads(line)
-                if "clip_i_paper" in rec["metrics"]:  # the same metric, recorded under its former name
-                    rec["metrics"]["clip_i_pair"] = rec["metrics"].pop("clip_i_paper")
+                rec = current_names(json.loads(line))
                 found[(rec["phase"], rec["recipe"], *(rec[k] for k in KEYS))] = rec
     return list(found.values())
+
+
+WEIGHT_NAMES = ("effective_attention_weight", "lambda_attn_used", "attention_weight")
+"""The record's key of the attention weight a run used, today's first, then its former names."""
+
+
+def current_names(rec: dict) -> dict:
+    """A record as today's code names its fields: committed records are never rewritten, so a
+    metric, the weight or a TrainConfig setting recorded under a former name is renamed here."""
+    rec = dict(rec, metrics=dict(rec["metrics"]))
+    if "clip_i_paper" in rec["metrics"]:  # the same metric, recorded under its former name
+        rec["metrics"]["clip_i_pair"] = rec["metrics"].pop("clip_i_paper")
+    weight = next((rec.pop(k) for k in WEIGHT_NAMES if k in rec), None)
+    for k in WEIGHT_NAMES:
+        rec.pop(k, None)
+    rec["effective_attention_weight"] = weight
+    if isinstance(rec.get("config"), dict):
+        rec["config"] = current_keys(rec["config"])
+    return rec
 
 
 def recipe_name(protocol) -> str:

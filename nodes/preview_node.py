@@ -15,7 +15,7 @@ import torch
 from comfy_api.latest import io
 
 from ..textloc_core.attention.cross_attention import AveragingRouter
-from ..textloc_core.attention.maps import NAMED_MAP_LEVELS, choose_layers, slot_layout, token_maps
+from ..textloc_core.attention.maps import DEFAULT_MAP_LEVELS, NAMED_MAP_LEVELS, choose_layers, slot_layout, token_maps
 from ..textloc_core.evaluation import heatmap
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_cancel import end_if_cancelled
@@ -195,7 +195,7 @@ def _preview_inputs() -> list:
         io.Combo.Input(
             "levels",
             options=list(NAMED_MAP_LEVELS),
-            default="all_but_finest",
+            default=DEFAULT_MAP_LEVELS,
             optional=True,
             tooltip="Attention resolutions averaged into the map (paper: all but the finest).",
         ),

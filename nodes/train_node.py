@@ -101,12 +101,13 @@ def loss_curve(history: list[dict[str, float]], size: tuple[int, int] = (256, 12
 
 
 def attention_weight_line(config: TrainConfig, weight: float | None) -> str:
-    """The report's line naming the attention loss's weight (lambda) the run used."""
-    if config.method == "none":
-        return "attention weight (lambda): none (guidance none has no attention loss)"
-    used = config.lambda_attn if weight is None else weight
+    """The report's line naming the attention loss's weight the run used (its
+    ``effective_attention_weight``: the ``attention_weight`` widget's when fixed)."""
+    if config.guidance == "none":
+        return "effective attention weight: none (guidance none has no attention loss)"
+    used = config.attention_weight if weight is None else weight
     how = f"calibrated to attention_fraction {config.attention_fraction:g}" if config.calibrated else "fixed"
-    return f"attention weight (lambda): {used:.6g} ({how})"
+    return f"effective attention weight: {used:.6g} ({how})"
 
 
 def _progress_text(node_id, text: str) -> None:
@@ -416,5 +417,5 @@ def train_report(files, adapter, result, history, config: TrainConfig, name: str
             for c in adapter.metadata.concepts
         ]
         + [f"steps: {result.steps_done}, last losses: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())]
-        + [attention_weight_line(config, result.lambda_attn_used)]
+        + [attention_weight_line(config, result.effective_attention_weight)]
     )

@@ -13,7 +13,7 @@ steps and seeds:
 * multi-concept: learn both (two tokens), then generate both together on every background.
 
 A method is a spec: ``none``, ``hard`` / ``soft`` (TrainConfig's default attention weight),
-``hard@0.1`` (fixed lambda_attn), ``hard@cal`` (calibrated, ``--attention-fraction``) or
+``hard@0.1`` (fixed attention_weight), ``hard@cal`` (calibrated, ``--attention-fraction``) or
 ``hard@cal=1`` (calibrated with its own fraction).
 
 Scored with ``textloc_core.evaluation``: CLIP-I, the paper's definition and the one
@@ -284,7 +284,7 @@ def concept_set_for(name: str, seed: int, setting: str, init_word: str = "") -> 
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """A method spec as the bench's rows name it: ``hard`` (TrainConfig's default attention
-    weight), ``hard@0.1`` (fixed lambda_attn 0.1), ``hard@cal`` (calibrated, the protocol's
+    weight), ``hard@0.1`` (fixed attention_weight 0.1), ``hard@cal`` (calibrated, the protocol's
     fraction) or ``hard@cal=0.5`` (calibrated, fraction 0.5), and ``none``; returns
     (guidance method, TrainConfig fields of the weight)."""
     method, _, weight = spec.partition("@")
@@ -301,7 +301,7 @@ def parse_method(spec: str) -> tuple[str, dict]:
             "attention_weight_mode": "calibrated",
             **({"attention_fraction": float(fraction)} if fraction else {}),
         }
-    return method, {"attention_weight_mode": "fixed", "lambda_attn": float(weight)}
+    return method, {"attention_weight_mode": "fixed", "attention_weight": float(weight)}
 
 
 def method_label(spec: str) -> str:
@@ -313,19 +313,19 @@ def method_label(spec: str) -> str:
     if weight.get("attention_weight_mode") == "calibrated":
         own = weight.get("attention_fraction")
         return f"{method} (calibrated)" if own is None else f"{method} (calibrated, fraction {own:g})"
-    return f"{method} (λ={weight['lambda_attn']:g})" if weight else method
+    return f"{method} (λ={weight['attention_weight']:g})" if weight else method
 
 
 def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
     method, weight = parse_method(spec)
     return TrainConfig(
-        method=method,
+        guidance=method,
         steps=p.steps,
         learning_rate=p.learning_rate,
         scale_lr_by_batch=False,
         instance_batch=p.instance_batch,
         prior_batch=2,
-        prior_images_per_class=p.prior_images,
+        prior_images=p.prior_images,
         prior_sampling_steps=p.prior_steps,
         instance_prompt="{concepts}",
         seed=seed,
@@ -419,7 +419,7 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
         train_s=trained - began,
         total_s=time.perf_counter() - began,
         final_loss=result.history[-1]["loss"],
-        lambda_attn_used=result.lambda_attn_used,
+        effective_attention_weight=result.effective_attention_weight,
     )
     if seed == p.seeds[0]:
         keep = slice(0, None, max(1, p.images_per_prompt))  # one image per prompt
@@ -626,7 +626,7 @@ def figure(out: Path, p: Protocol, path: Path) -> None:
     blocks = []
     pair = p.pairs[0]
     # the fixed-weight sweep would make the figure too tall: none, default-weight and calibrated methods
-    shown = [m for m in p.methods if "lambda_attn" not in parse_method(m)[1]]
+    shown = [m for m in p.methods if "attention_weight" not in parse_method(m)[1]]
     for setting in SETTINGS:
         grids = []
         for method in shown:

@@ -267,12 +267,12 @@ def train_config(world: World, mode: str, steps: int, **overrides):
     if mode == "hard-coarse":
         overrides = {"map_levels": (2,), **overrides}
     return TrainConfig(
-        method="hard" if mode in ("store", "hard-coarse") else mode,
+        guidance="hard" if mode in ("store", "hard-coarse") else mode,
         steps=steps,
         instance_batch=world.instance_batch,
         prior_batch=world.prior_batch,
         # a handful of cheap prior latents: prior generation is timed separately (concept_time)
-        prior_images_per_class=max(4, world.prior_batch) if world.device == "cuda" else world.prior_batch,
+        prior_images=max(4, world.prior_batch) if world.device == "cuda" else world.prior_batch,
         prior_sampling_steps=2 if world.device == "cuda" else 1,
         mixed_precision=world.precision,
         checkpoint_every=10**9,

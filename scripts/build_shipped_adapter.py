@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     print(
         f"wrote {target} ({target.stat().st_size} bytes, sha256 {digest[:16]}...): tokens {adapter.tokens}, "
-        f"{adapter.metadata.steps} steps, method {adapter.metadata.method}, base {adapter.metadata.base_fingerprint}"
+        f"{adapter.metadata.steps} steps, guidance {adapter.metadata.guidance}, base {adapter.metadata.base_fingerprint}"
     )
     return 0
 

@@ -37,9 +37,9 @@ def main(method: str = "hard", steps: int = 20) -> None:
         [ConceptImage(torch.rand(3, 16, 16), {"doll": masks[0], "bucket": masks[1]}) for _ in range(3)],
     )
     config = TrainConfig(
-        method=method,
+        guidance=method,
         steps=steps,
-        prior_images_per_class=4,
+        prior_images=4,
         prior_sampling_steps=2,
         map_levels="all",
         attention_weight_mode="fixed",

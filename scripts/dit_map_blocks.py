@@ -63,10 +63,10 @@ def measure(family: str, method: str, blocks_spec: str, seed: int, steps: int, b
     photos = [scene(g) for _ in range(6)]
     concepts = ConceptSet([Concept("square", TOKEN, "square")], [ConceptImage(i, {"square": m}) for i, m in photos])
     config = TrainConfig(
-        method=method,
+        guidance=method,
         steps=steps,
         learning_rate=2e-3,
-        prior_images_per_class=0,
+        prior_images=0,
         seed=seed,
         map_levels=blocks_spec,
         instance_batch=2,

@@ -77,20 +77,20 @@ class PaperSettings:
     def train_config(self, method: str, multi: bool) -> TrainConfig:
         batch = self.batch_multi if multi else self.batch_single
         values = dict(
-            method=method,
+            guidance=method,
             steps=self.steps_multi if multi else self.steps_single,
             learning_rate=self.lr_multi if multi else self.lr_single,
             scale_lr_by_batch=False,
             instance_batch=batch,
             prior_batch=batch,
-            prior_images_per_class=self.prior_images,
+            prior_images=self.prior_images,
             prior_sampling_steps=self.prior_steps,
             resolution=self.resolution,
             seed=self.seed,
             instance_prompt="photo of {concepts}",
             # the paper's attention weight, not the pack's calibrated default
             attention_weight_mode="fixed",
-            lambda_attn=1.0,
+            attention_weight=1.0,
         )
         values.update(self.extra_train)  # the user's word wins
         return TrainConfig(**values)

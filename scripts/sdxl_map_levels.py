@@ -52,10 +52,10 @@ def run(method: str, levels: str, seed: int, steps: int) -> dict[str, float]:
     photos = [scene(g) for _ in range(6)]
     concepts = ConceptSet([Concept("square", TOKEN, "square")], [ConceptImage(i, {"square": m}) for i, m in photos])
     config = TrainConfig(
-        method=method,
+        guidance=method,
         steps=steps,
         learning_rate=2e-3,
-        prior_images_per_class=0,
+        prior_images=0,
         seed=seed,
         map_levels=levels,
         instance_batch=2,

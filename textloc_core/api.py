@@ -5,7 +5,7 @@ No ComfyUI needed; everything runs on a diffusers Stable Diffusion model::
     from textloc_core import api
     bundle = api.load_model("/models/stable-diffusion-v1-5")          # local folder or .safetensors
     concepts = api.read_concepts("/data/bucket+doll")                  # paper layout, folder or manifest
-    result = api.train(bundle, concepts, api.TrainConfig(method="hard", steps=800))
+    result = api.train(bundle, concepts, api.TrainConfig(guidance="hard", steps=800))
     adapter = api.make_adapter(result, concepts, bundle)
     api.save_adapter(adapter, "bucket_doll.safetensors")
     out = api.generate(bundle, "a <bucket> bucket in the desert", adapters=[adapter], maps_for=["<bucket>"])
@@ -14,7 +14,7 @@ No ComfyUI needed; everything runs on a diffusers Stable Diffusion model::
 The attention loss's weight is calibrated by default: before the first step it is set so that
 the attention gradient is ``attention_fraction`` (1) x the denoising gradient, averaged over the
 first ``calibration_batches`` (8) batches; ``TrainConfig(attention_weight_mode="fixed",
-lambda_attn=1.0)`` is the paper's fixed weight instead (``result.lambda_attn_used`` is the weight
+attention_weight=1.0)`` is the paper's fixed weight instead (``result.effective_attention_weight`` is the weight
 used; docs/api.md, "The training step").
 
 ``generate`` captures the named tokens' cross-attention maps while sampling (averaged over

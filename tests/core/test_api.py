@@ -17,7 +17,7 @@ def _concepts():
 
 def test_train_save_load_generate_with_maps(tiny_bundle, tmp_path):
     concepts = _concepts()
-    config = api.TrainConfig(steps=2, learning_rate=1e-2, prior_images_per_class=0, instance_batch=1)
+    config = api.TrainConfig(steps=2, learning_rate=1e-2, prior_images=0, instance_batch=1)
     result = api.train(tiny_bundle, concepts, config)
     adapter = api.make_adapter(result, concepts, tiny_bundle)
     path = api.save_adapter(adapter, tmp_path / "doll.safetensors")
@@ -48,7 +48,7 @@ def test_maps_find_the_attention_levels_once_per_latent_size(tiny_bundle, monkey
     """generate(maps_for=...) walks the UNet once per latent size to find its attn2 levels; later
     generations of that size reuse the walk, and give the same maps as the first."""
     concepts = _concepts()
-    result = api.train(tiny_bundle, concepts, api.TrainConfig(steps=1, prior_images_per_class=0, instance_batch=1))
+    result = api.train(tiny_bundle, concepts, api.TrainConfig(steps=1, prior_images=0, instance_batch=1))
     calls = []
     predict = tiny_bundle.denoiser.predict
     monkeypatch.setattr(tiny_bundle.denoiser, "predict", lambda *a: calls.append(a[0].shape) or predict(*a))
@@ -104,7 +104,7 @@ def test_load_model_reads_a_local_diffusers_folder(tiny_parts, tmp_path):
 
 def test_adapters_are_checked_against_the_model_as_the_apply_node_does(tiny_bundle):
     concepts = _concepts()
-    result = api.train(tiny_bundle, concepts, api.TrainConfig(steps=1, prior_images_per_class=0, instance_batch=1))
+    result = api.train(tiny_bundle, concepts, api.TrainConfig(steps=1, prior_images=0, instance_batch=1))
     adapter = api.make_adapter(result, concepts, tiny_bundle)
     adapter.metadata.base_fingerprint = "0123456789abcdef"  # trained on other weights of this architecture
     kwargs = dict(steps=1, size=(16, 16))

@@ -94,7 +94,7 @@ def make_adapter(weights, seed=5) -> ad.Adapter:
         base_fingerprint="tiny",
         architecture=ad.architecture_signature(weights),
         concepts=[{"name": "doll", "token": "<doll1>", "class_word": "doll", "init_word": None}],
-        method="hard",
+        guidance="hard",
     )
     deltas = {k: torch.randn(w.shape, generator=gen) for k, w in weights.items()}
     return ad.Adapter(deltas, {"<doll1>": torch.randn(1, 768, generator=gen)}, meta)

@@ -140,15 +140,15 @@ def test_concept_folder_trains_on_the_paper_layout(comfy, paper_dataset):
     assert [c["class_word"] for c in adapter.metadata.concepts] == ["bucket", "doll"]
 
 
-def test_calibrated_attention_weight_trains_and_the_report_names_lambda(comfy):
+def test_calibrated_attention_weight_trains_and_the_report_names_the_effective_weight(comfy):
     """attention_weight_mode=calibrated: the weight is chosen from attention_fraction before the
-    first step, and the node's report says which weight (lambda) the run used."""
+    first step, and the node's report says which weight the run used (its effective attention weight)."""
     name = f"calib_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name, steps=1, checkpoint_every=1)
     graph["3"]["inputs"].update(attention_weight_mode="calibrated", attention_fraction=0.1)
     result = comfy.run(graph, timeout=600)
     (report,) = result.history["outputs"]["3"]["text"]
-    line = next(text for text in report.splitlines() if text.startswith("attention weight (lambda): "))
+    line = next(text for text in report.splitlines() if text.startswith("effective attention weight: "))
     weight = float(line.split(": ", 1)[1].split()[0])
     assert weight > 0 and weight != 1.0 and "calibrated to attention_fraction 0.1" in line, report
     adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")

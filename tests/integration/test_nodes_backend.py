@@ -145,7 +145,7 @@ def _adapter(model, token: str, fingerprint: str | None = None, scale: float = 0
         base_fingerprint=fingerprint or base,
         architecture=architecture_signature(kv),
         concepts=[{"name": token.strip("<>"), "token": token, "class_word": "star", "init_word": ""}],
-        method="hard",
+        guidance="hard",
     )
     return Adapter(deltas, {token: torch.randn(1, 64, generator=g)}, meta)
 
@@ -219,9 +219,7 @@ def test_training_leaves_the_input_model_and_clip_exactly_as_they_were(pack, tin
         before_eps = model.model.diffusion_model(x, timesteps=t, context=ctx)
         before_ctx = clip.encode_from_tokens(clip.tokenize("a <tw9> star"))
         with comfy_backend.training_session(model, clip, vae) as bundle:
-            config = TrainConfig(
-                steps=2, learning_rate=1e-2, prior_images_per_class=0, lambda_prior=0.0, checkpoint_every=100
-            )
+            config = TrainConfig(steps=2, learning_rate=1e-2, prior_images=0, lambda_prior=0.0, checkpoint_every=100)
             result = trainer.train(bundle, concepts, config, checkpoint_dir=tmp_path)
         assert result.steps_done == 2
         assert torch.equal(model.model.diffusion_model(x, timesteps=t, context=ctx), before_eps)

@@ -86,12 +86,12 @@ def test_every_guidance_trains_sdxl_in_comfyui(pack, sdxl, method, tmp_path, mon
         ],
     )
     config = TrainConfig(
-        method=method,
+        guidance=method,
         steps=2,
         learning_rate=1e-3,
         instance_batch=1,
         prior_batch=1,
-        prior_images_per_class=2,
+        prior_images=2,
         prior_sampling_steps=2,
     )
     model, clip, vae = sdxl

@@ -68,7 +68,7 @@ def test_train_sdxl_runs_headless_and_writes_every_file(comfy, trained_sdxl):
     name, concept = trained_sdxl["name"], trained_sdxl["concept"]
     models = comfy.layout.models
     adapter = load_adapter(models / "textloc" / f"{name}.safetensors")
-    assert adapter.metadata.method == "hard" and adapter.metadata.steps == 2
+    assert adapter.metadata.guidance == "hard" and adapter.metadata.steps == 2
     (token,) = adapter.tokens
     assert adapter.token_embeddings[token].shape == (1, tiny.WIDTH_L + tiny.WIDTH_G)
     assert len(adapter.kv_deltas) == 22 and all(float(d.abs().sum()) > 0 for d in adapter.kv_deltas.values())

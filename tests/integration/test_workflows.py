@@ -53,7 +53,7 @@ def trained(comfy):
 def test_train_workflow_writes_adapter_lora_embeddings_and_checkpoints(trained):
     adapter = load_adapter(trained["adapter"])
     assert sorted(adapter.tokens) == ["<circle1>", "<dotstar1>"]
-    assert adapter.metadata.method == "hard" and adapter.metadata.steps == 2
+    assert adapter.metadata.guidance == "hard" and adapter.metadata.steps == 2
     assert adapter.kv_deltas and all(float(d.abs().sum()) > 0 for d in adapter.kv_deltas.values()), "K/V did not train"
     assert trained["lora"].is_file()
     assert all(p.is_file() for p in trained["embeddings"].values())

@@ -62,9 +62,9 @@ def test_init_word_reaches_every_token(bench):
 def test_method_specs_set_the_attention_weight(bench):
     p = bench.Protocol(attention_fraction=0.25)
     calibrated = bench.train_config(p, "hard@cal", 0)
-    assert calibrated.method == "hard" and calibrated.calibrated and calibrated.attention_fraction == 0.25
+    assert calibrated.guidance == "hard" and calibrated.calibrated and calibrated.attention_fraction == 0.25
     fixed = bench.train_config(p, "soft@0.03", 1)
-    assert fixed.method == "soft" and fixed.attention_weight_mode == "fixed" and fixed.lambda_attn == 0.03
+    assert fixed.guidance == "soft" and fixed.attention_weight_mode == "fixed" and fixed.attention_weight == 0.03
     assert not bench.train_config(p, "none", 0).calibrated
     own = bench.train_config(p, "hard@cal=1", 0)
     assert own.calibrated and own.attention_fraction == 1.0
@@ -154,6 +154,6 @@ def test_lever_flags_reach_the_config_and_name_the_recipe(bench):
     config = bench.train_config(p, "hard@cal", 3)
     assert (config.unmasked_weight, config.token_warmup_steps, config.token_warmup_learning_rate) == (0.0, 30, 1e-2)
     assert not config.train_keys and config.union_sampling and config.class_prompt == "a {class_word} on grass"
-    assert config.prior_images_per_class == 50 and config.seed == 3
+    assert config.prior_images == 50 and config.seed == 3
     assert records.recipe_name(p) == "masked 0, warm-up 30 @ 0.01, V only, union, prior 50 'a {class_word} on grass'"
     assert records.recipe_name(bench.Protocol()) == "plain"

@@ -64,9 +64,9 @@ def test_modes_become_trainer_settings(bench):
     assert world.precision == "bf16" and bench.WORLDS["sd15-256-cpu"].precision == "fp32"
     assert bench.WORLDS["sdxl-256-cpu"].precision == "bf16"  # bf16 weights by choice on the CPU
     hard, coarse = bench.train_config(world, "hard", 3), bench.train_config(world, "hard-coarse", 3)
-    assert (hard.method, hard.map_levels) == ("hard", "all_but_finest")  # SDXL: both grids
-    assert (coarse.method, coarse.map_levels) == ("hard", (2,))  # SDXL: the coarser grid only
-    assert bench.train_config(world, "store", 3).method == "hard"
+    assert (hard.guidance, hard.map_levels) == ("hard", "all_but_finest")  # SDXL: both grids
+    assert (coarse.guidance, coarse.map_levels) == ("hard", (2,))  # SDXL: the coarser grid only
+    assert bench.train_config(world, "store", 3).guidance == "hard"
     assert bench.train_config(world, "none", 3, gradient_checkpointing=True).gradient_checkpointing
 
 

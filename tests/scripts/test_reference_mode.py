@@ -129,7 +129,7 @@ def test_the_trainer_trains_the_reference_like_the_efficient_path(tiny_parts):
         ConceptImage(torch.rand(3, 16, 16), {"doll": square(1, 1), "bucket": square(9, 8)}),
         ConceptImage(torch.rand(3, 16, 16), {"bucket": square(2, 9)}),
     ]
-    config = TrainConfig(method="hard", steps=2, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2)
+    config = TrainConfig(guidance="hard", steps=2, learning_rate=1e-3, prior_images=2, prior_sampling_steps=2)
     bundle = bundle_from_diffusers(**tiny_parts)
     efficient = train(bundle, ConceptSet(concepts, images), config)
     reference_bundle = store_everything_bundle(bundle)

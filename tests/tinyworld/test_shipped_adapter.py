@@ -36,7 +36,7 @@ def test_shipped_adapter_is_small(adapter):
 def test_it_is_what_the_shipped_train_workflow_trains(adapter):
     (train,) = _inputs("train_multi_concept_api.json", "TextLocTrain")
     assert ADAPTER.stem == train["adapter_name"]
-    assert adapter.metadata.method == train["guidance"] and adapter.metadata.steps == train["steps"]
+    assert adapter.metadata.guidance == train["guidance"] and adapter.metadata.steps == train["steps"]
     config = TrainConfig.from_json(adapter.metadata.train_config)
     assert config.attention_weight_mode == train["attention_weight_mode"]
     assert config.learning_rate == train["learning_rate"] and config.seed == train["seed"]

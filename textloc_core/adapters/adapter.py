@@ -6,7 +6,7 @@ An ``Adapter`` holds
   keyed by the LDM / ComfyUI layer names (``input_blocks.1.1.transformer_blocks.0.attn2``);
 * ``token_embeddings``: identifier token -> ``(n_vectors, D)`` embedding;
 * ``metadata``: ``AdapterMetadata`` (base fingerprint, architecture signature, concepts,
-  method, TrainConfig JSON, steps, data hashes, versions).
+  guidance, TrainConfig JSON, steps, data hashes, versions).
 
 It is stored as one safetensors file whose header carries the metadata as strings, so a
 node can list adapters (``read_adapter_metadata``) without loading a tensor. Saving is
@@ -62,7 +62,9 @@ class AdapterMetadata:
     base_fingerprint: str
     architecture: dict[str, list[int]]
     concepts: list[dict]
-    method: str
+    guidance: str
+    """The run's ``TrainConfig.guidance``; the file header keeps its key "method", which every
+    version of the pack reads (a required field), so files stay readable both ways."""
     train_config: str = "{}"
     steps: int = 0
     data_hashes: dict[str, str] = field(default_factory=dict)
@@ -94,7 +96,7 @@ class AdapterMetadata:
             # duplicated for listing tools that read one field only
             "tokens": json.dumps(self.tokens),
             "class_words": json.dumps(self.class_words),
-            "method": self.method,
+            "method": self.guidance,
             "train_config": self.train_config,
             "steps": str(self.steps),
             "data_hashes": json.dumps(self.data_hashes, sort_keys=True),
@@ -130,7 +132,7 @@ class AdapterMetadata:
                 base_fingerprint=header["base_fingerprint"],
                 architecture=json.loads(header["architecture"]),
                 concepts=json.loads(header["concepts"]),
-                method=header["method"],
+                guidance=header["method"],
                 train_config=header.get("train_config", "{}"),
                 steps=int(header.get("steps", "0")),
                 data_hashes=json.loads(header.get("data_hashes", "{}")),

@@ -185,7 +185,7 @@ def read_custom_diffusion(
     Deltas are ``W - W0`` against ``base_kv`` (canonical key -> base weight). Token
     embeddings come from every other ``*.safetensors`` / ``*.bin`` file holding exactly one
     tensor keyed by its token. Files written by textloc keep their full metadata; foreign
-    ones get ``method="none"`` (Custom Diffusion) and ``base_fingerprint``.
+    ones get ``guidance="none"`` (Custom Diffusion) and ``base_fingerprint``.
     """
     directory = Path(directory)
     state, header, weights_path = _custom_diffusion_weights(directory)
@@ -207,7 +207,7 @@ def read_custom_diffusion(
                 }
                 for t in embeddings
             ],
-            method="none",
+            guidance="none",
             extra={"source": f"diffusers Custom Diffusion: {json.dumps(str(directory))}"},
         )
     return Adapter(deltas, embeddings, metadata)

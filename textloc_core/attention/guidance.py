@@ -52,17 +52,17 @@ def soft_loss(maps: torch.Tensor, masks: torch.Tensor, present: torch.Tensor) ->
     return _average_present(_per_concept_soft(maps, masks), present)
 
 
-def attention_loss(method: str, maps: torch.Tensor, masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-    """Dispatch on the config's ``method`` ("hard", "soft" or "none")."""
+def attention_loss(guidance: str, maps: torch.Tensor, masks: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Dispatch on the config's ``guidance`` ("hard", "soft" or "none")."""
     if maps.shape != masks.shape or maps.shape[:2] != present.shape:
         raise ValueError(
             f"attention loss: maps {tuple(maps.shape)}, masks {tuple(masks.shape)} and present "
             f"{tuple(present.shape)} must agree as (B, K, h, w) / (B, K)"
         )
-    if method == "hard":
+    if guidance == "hard":
         return hard_loss(maps, masks, present)
-    if method == "soft":
+    if guidance == "soft":
         return soft_loss(maps, masks, present)
-    if method == "none":
+    if guidance == "none":
         return maps.sum() * 0.0
-    raise ValueError(f"method: {method!r} is not one of {GUIDANCE_METHODS}")
+    raise ValueError(f"guidance: {guidance!r} is not one of {GUIDANCE_METHODS}")

@@ -95,7 +95,10 @@ KEEP_ALL_LEVELS_UP_TO = 2
 
 
 NAMED_MAP_LEVELS = ("all_but_finest", "all")
-"""The named choices of ``map_levels`` (a tuple of factors is the third kind): the paper's, and all."""
+"""The named choices of ``map_levels`` (a tuple of factors is the third kind): the paper's, and all.
+The Attention Preview's ``levels`` widget offers these."""
+DEFAULT_MAP_LEVELS = NAMED_MAP_LEVELS[0]
+"""The paper's choice, the default of training (``TrainConfig.map_levels``) and the preview."""
 
 
 def choose_layers(query_counts: dict[str, int], map_levels: tuple[int, ...] | str) -> set[str]:

@@ -98,7 +98,7 @@ def map_mask_error(
     ``result``'s deltas and tokens applied (None: the untrained initial tokens), at fixed
     timesteps and noise, so two results can be compared: how well each token's map sits
     on its mask."""
-    probe = replace(config, method="hard", lambda_attn=1.0, lambda_prior=0.0)
+    probe = replace(config, guidance="hard", attention_weight=1.0, lambda_prior=0.0)
     with torch.inference_mode(False), torch.no_grad():
         run = setup(bundle, concept_set, probe)
         with run.hooks():

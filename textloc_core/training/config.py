@@ -7,23 +7,48 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..attention.guidance import GUIDANCE_METHODS
+from ..attention.maps import DEFAULT_MAP_LEVELS
 
 ATTENTION_WEIGHT_MODES = ("fixed", "calibrated")
-"""How the attention term's weight is set: calibrated at the start (the default), or ``lambda_attn`` as given."""
+"""How the attention term's weight is set: calibrated at the start (the default), or ``attention_weight`` as given."""
 MIXED_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """Autocast modes (``TrainConfig.mixed_precision``); "auto" is bf16 on CUDA when supported, else fp16, fp32 on CPU."""
 CONTINUED_KEYS = ("steps", "checkpoint_every", "gradient_checkpointing")
 """Settings a continued run may change: more steps, other checkpoint spacing, or recomputing
 activations (memory only; the numbers are the same)."""
 OPTIMIZERS = ("adamw", "adamw_8bit")
-"""The Train node's optimizer choice: torch's AdamW, or bitsandbytes' 8-bit AdamW (CUDA; ``use_8bit_adam``)."""
+"""``TrainConfig.optimizer``: torch's AdamW, or bitsandbytes' 8-bit AdamW (CUDA)."""
+
+
+FORMER_KEYS = {
+    "method": ("guidance", lambda value: value),
+    "lambda_attn": ("attention_weight", lambda value: value),
+    "prior_images_per_class": ("prior_images", lambda value: value),
+    "use_8bit_adam": ("optimizer", lambda on: "adamw_8bit" if on else "adamw"),
+    "masked_denoise_loss": ("unmasked_weight", lambda on: 0.0 if on else 1.0),
+}
+"""The one table of settings saved under a former name (adapters, checkpoints, run records):
+former key -> (today's field, its value as that field). ``masked_denoise_loss`` was the switch
+``unmasked_weight`` generalises (on is weight 0); ``use_8bit_adam`` became ``optimizer``."""
+
+
+def current_keys(saved: dict) -> dict:
+    """``saved`` (a TrainConfig JSON dict of any version) with every former key of
+    ``FORMER_KEYS`` replaced by today's field; a key present under both names keeps today's."""
+    data = dict(saved)
+    for former, (field_name, convert) in FORMER_KEYS.items():
+        if former in data:
+            value = data.pop(former)
+            data.setdefault(field_name, convert(value))
+    return data
 
 
 @dataclass
 class TrainConfig:
     """Everything that changes what a training run computes. Saved into every adapter."""
 
-    method: str = "hard"
+    guidance: str = "hard"
+    """The attention loss: "hard" or "soft" (the paper's two), or "none" (plain Custom Diffusion)."""
     steps: int = 400
     learning_rate: float = 1e-5
     scale_lr_by_batch: bool = True
@@ -32,7 +57,7 @@ class TrainConfig:
     instance_batch: int = 2
     prior_batch: int = 2
     lambda_prior: float = 1.0
-    lambda_attn: float = 1.0
+    attention_weight: float = 1.0
     """The attention term's weight when ``attention_weight_mode`` is "fixed" (paper: 1; ignored when "calibrated")."""
     attention_weight_mode: str = "calibrated"
     """"calibrated" (the default): before the first step the weight is set so that the norm of
@@ -40,8 +65,9 @@ class TrainConfig:
     denoising loss's (instance + lambda_prior x prior), both averaged over the batches of the
     first ``calibration_batches`` steps; the weight is then kept for the whole run (and recorded
     in checkpoints, so a resumed run reuses it). Scale-free: one fraction suits any model,
-    resolution and map grid, where a plain lambda_attn does not; on TinyWorld it kept CLIP-I
-    where the paper's fixed 1 lowered it (docs/results.md). "fixed": the weight is ``lambda_attn``."""
+    resolution and map grid, where a plain attention_weight does not; on TinyWorld it kept CLIP-I
+    where the paper's fixed 1 lowered it (docs/results.md). "fixed": the weight is ``attention_weight``. The weight a run used is
+    ``TrainResult.effective_attention_weight``."""
     attention_fraction: float = 1.0
     """With "calibrated": the attention gradient's norm as a fraction of the denoising gradient's.
     1 (equal): of 0.5, 1 and 2 on TinyWorld, the one that kept CLIP-I, measured both ways, in
@@ -52,11 +78,11 @@ class TrainConfig:
     averaged over. The norms swing with each batch's random timesteps, so one batch gives a
     weight that varies widely between seeds (56x on TinyWorld with one batch, 2.1x with eight;
     docs/results.md); each batch costs about 1.2 training steps."""
-    prior_images_per_class: int = 200
+    prior_images: int = 200
     """Class-prior images generated once by the base model and cached (0 disables prior loss)."""
     prior_sampling_steps: int = 50
     prior_guidance_scale: float = 6.0
-    map_levels: tuple[int, ...] | str = "all_but_finest"
+    map_levels: tuple[int, ...] | str = DEFAULT_MAP_LEVELS
     """Which attention resolutions form the token map, as downsampling factors relative to the
     finest attn2 resolution (1 = finest, 2 = half, ...), or "all_but_finest" (paper) / "all"."""
     map_size: int | None = None
@@ -100,11 +126,14 @@ class TrainConfig:
     mixed_precision: str = "auto"
     """"auto" (bf16 on CUDA when supported, fp16 otherwise, fp32 on CPU), "fp32", "bf16", "fp16"."""
     gradient_checkpointing: bool = False
-    use_8bit_adam: bool = False
+    optimizer: str = "adamw"
+    """One of ``OPTIMIZERS``: "adamw" (torch) or "adamw_8bit" (bitsandbytes, CUDA only)."""
 
     def __post_init__(self) -> None:
-        if self.method not in GUIDANCE_METHODS:
-            raise ValueError(f"method: {self.method!r} is not one of {GUIDANCE_METHODS}; pick hard, soft or none")
+        if self.guidance not in GUIDANCE_METHODS:
+            raise ValueError(f"guidance: {self.guidance!r} is not one of {GUIDANCE_METHODS}; pick hard, soft or none")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.steps < 1:
             raise ValueError(f"steps: {self.steps} must be at least 1")
         if not (self.learning_rate > 0):
@@ -121,7 +150,7 @@ class TrainConfig:
         if self.attention_weight_mode not in ATTENTION_WEIGHT_MODES:
             raise ValueError(
                 f"attention_weight_mode: {self.attention_weight_mode!r} is not one of {ATTENTION_WEIGHT_MODES}; "
-                "fixed uses lambda_attn, calibrated sets the weight from attention_fraction"
+                "fixed uses attention_weight, calibrated sets the weight from attention_fraction"
             )
         if not (
             isinstance(self.attention_fraction, (int, float))
@@ -137,9 +166,13 @@ class TrainConfig:
                 f"calibration_batches: {self.calibration_batches!r} must be a whole number, 1 or more (default 8)"
             )
         if not (
-            isinstance(self.lambda_attn, (int, float)) and math.isfinite(self.lambda_attn) and self.lambda_attn >= 0
+            isinstance(self.attention_weight, (int, float))
+            and math.isfinite(self.attention_weight)
+            and self.attention_weight >= 0
         ):
-            raise ValueError(f"lambda_attn: {self.lambda_attn!r} must be a finite number, 0 or above (paper: 1)")
+            raise ValueError(
+                f"attention_weight: {self.attention_weight!r} must be a finite number, 0 or above (paper: 1)"
+            )
         if not (isinstance(self.unmasked_weight, (int, float)) and 0 <= self.unmasked_weight <= 1):
             raise ValueError(
                 f"unmasked_weight: {self.unmasked_weight!r} must be a number from 0 (masked loss: only the "
@@ -160,7 +193,7 @@ class TrainConfig:
     @property
     def uses_prior(self) -> bool:
         """Prior preservation is on: prior images are generated and each step trains on some."""
-        return self.lambda_prior > 0 and self.prior_images_per_class > 0 and self.prior_batch > 0
+        return self.lambda_prior > 0 and self.prior_images > 0 and self.prior_batch > 0
 
     @property
     def effective_learning_rate(self) -> float:
@@ -176,7 +209,7 @@ class TrainConfig:
     @property
     def calibrated(self) -> bool:
         """The attention weight is calibrated at the start (and the run is guided at all)."""
-        return self.attention_weight_mode == "calibrated" and self.method != "none"
+        return self.attention_weight_mode == "calibrated" and self.guidance != "none"
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -187,54 +220,19 @@ class TrainConfig:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_widgets(
-        cls,
-        *,
-        guidance: str,
-        steps: int,
-        learning_rate: float,
-        batch: int,
-        prior_images: int,
-        seed: int,
-        checkpoint_every: int,
-        resolution: int = 0,
-        attention_weight: float = 1.0,
-        attention_weight_mode: str = "calibrated",
-        attention_fraction: float = 1.0,
-        gradient_checkpointing: bool = False,
-        mixed_precision: str = "auto",
-        optimizer: str = "adamw",
-        unmasked_weight: float = 1.0,
-    ) -> TrainConfig:
-        """The config of the ComfyUI Train node's widgets, whose names saved workflows keep:
-        ``guidance`` is ``method``, ``attention_weight`` is ``lambda_attn``, ``batch`` is the
-        instance batch (and the prior batch when ``prior_images`` > 0, which turns prior
-        preservation on), ``resolution`` 0 is the photos' own size; ``attention_weight_mode`` and
-        ``attention_fraction`` keep their names (with "calibrated", ``attention_weight`` is unused);
-        the memory options ``gradient_checkpointing`` and ``mixed_precision`` keep theirs, and
-        ``optimizer`` "adamw_8bit" is ``use_8bit_adam``; ``unmasked_weight`` (the masked loss) keeps
-        its name, and a workflow saved before it existed reads as 1, what it trained with."""
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-        prior = prior_images > 0
+    def from_widgets(cls, *, batch: int, resolution: int = 0, **widgets) -> TrainConfig:
+        """The config of the ComfyUI Train node's widgets. Each widget is the field of its name
+        (``guidance``, ``steps``, ``attention_weight``, ``prior_images``, ``optimizer``, ...)
+        except the one deliberate mapping: ``batch`` sets both ``instance_batch`` and, when
+        ``prior_images`` > 0 (which turns prior preservation on, ``lambda_prior`` 1),
+        ``prior_batch``; and ``resolution`` 0 is the photos' own size (None)."""
+        prior = widgets.get("prior_images", cls.prior_images) > 0
         return cls(
-            method=guidance,
-            steps=steps,
-            learning_rate=learning_rate,
+            **widgets,
             instance_batch=batch,
             prior_batch=batch if prior else 0,
-            prior_images_per_class=prior_images,
             lambda_prior=1.0 if prior else 0.0,
-            lambda_attn=attention_weight,
-            seed=seed,
-            checkpoint_every=checkpoint_every,
             resolution=resolution or None,
-            attention_weight_mode=attention_weight_mode,
-            attention_fraction=attention_fraction,
-            gradient_checkpointing=gradient_checkpointing,
-            mixed_precision=mixed_precision,
-            use_8bit_adam=optimizer == "adamw_8bit",
-            unmasked_weight=unmasked_weight,
         )
 
     @classmethod
@@ -243,15 +241,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, saved: dict) -> TrainConfig:
-        """The config of a saved run's settings (``to_json``'s dict, from any version): keys a
-        version did not write read as what that version ran, keys no longer known are dropped."""
-        data = dict(saved)
+        """The config of a saved run's settings (``to_json``'s dict, from any version): former
+        names read as today's (``current_keys``), keys a version did not write read as what that
+        version ran, keys no longer known are dropped."""
+        data = current_keys(saved)
         # a JSON without the mode is a fixed run's (to_json leaves it out; older files never had it)
         data.setdefault("attention_weight_mode", "fixed")
         if data["attention_weight_mode"] == "calibrated":
             # calibrated runs saved before the averaging existed measured one batch
             data.setdefault("calibration_batches", 1)
-        if "masked_denoise_loss" in data:  # the switch unmasked_weight generalises: on is weight 0
-            data.setdefault("unmasked_weight", 0.0 if data.pop("masked_denoise_loss") else 1.0)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,10 +1,10 @@
-"""One training loop for every method (hard, soft, none): Textual Localization / Custom Diffusion.
+"""One training loop for every guidance (hard, soft, none): Textual Localization / Custom Diffusion.
 
 Trainable: an additive delta on every text W_K and W_V (``KVDeltaInjector``: a UNet's attn2, a
 transformer's text stream) and one new embedding per concept token (``setup.Trainables``).
 ``setup`` builds the run, ``step.train_step`` is one optimiser step (the loss is in ``step``'s
 module doc), and ``train`` here runs the steps: freezing the base model, polling for a stop,
-writing and resuming checkpoints. With method "none" nothing is routed or captured, so the baseline
+writing and resuming checkpoints. With guidance "none" nothing is routed or captured, so the baseline
 costs exactly a Custom Diffusion step. With ``attention_weight_mode="calibrated"`` the
 attention term's weight is set once before the first step (``step.calibrate_attention_weight``)
 and recorded in every checkpoint; a resumed run reuses it rather than recalibrating.
@@ -117,18 +117,18 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
             fingerprint=bundle.fingerprint,
             config=config,
             prompts=list(run.prompts),
-            lambda_attn_used=run.lambda_attn_used,
+            effective_attention_weight=run.effective_attention_weight,
         )
 
 
-CHECKPOINT_LAMBDA_KEY = "lambda_attn_used"
-"""Where a checkpoint records the attention weight the run used; checkpoints written before
-the name was settled call it "attention_weight" (still read)."""
+CHECKPOINT_WEIGHT_KEY = "effective_attention_weight"
+"""Where a checkpoint records the attention weight the run used; older checkpoints call it
+"lambda_attn_used" or, earlier still, "attention_weight" (both still read)."""
 
 
-def recorded_lambda_attn(extra: dict) -> float | None:
+def recorded_effective_weight(extra: dict) -> float | None:
     """The attention weight a checkpoint's ``extra`` recorded (None: none recorded)."""
-    for key in (CHECKPOINT_LAMBDA_KEY, "attention_weight"):
+    for key in (CHECKPOINT_WEIGHT_KEY, "lambda_attn_used", "attention_weight"):
         if key in extra:
             return float(extra[key])
     return None
@@ -144,14 +144,14 @@ def _resumed(run: TrainingRun, optimization: Optimization, checkpoint_dir, resum
         return 0, []
     run.trainables.load_checkpoint(state.tensors)
     optimization.optimizer.load_state_dict(state.optimizer_state)
-    recorded = recorded_lambda_attn(state.extra)
+    recorded = recorded_effective_weight(state.extra)
     if config.calibrated and recorded is None:
         raise ValueError(
             f"checkpoint {state.path} has no recorded attention weight, which a calibrated run "
             "needs to continue; train into a new folder (or turn resume off)"
         )
     if recorded is not None:  # never recalibrate: the run continues exactly
-        run.lambda_attn_used = recorded
+        run.effective_attention_weight = recorded
     return state.step, list(state.extra.get("history", []))
 
 
@@ -177,7 +177,9 @@ def _steps(
             if checkpoint_dir is not None and (done % max(1, config.checkpoint_every) == 0 or done == config.steps):
                 _save(checkpoint_dir, done, run, optimization, history)
             if on_step is not None:
-                on_step(StepReport(done, config.steps, losses, time.perf_counter() - began, run.lambda_attn_used))
+                on_step(
+                    StepReport(done, config.steps, losses, time.perf_counter() - began, run.effective_attention_weight)
+                )
     except Cancelled:
         return True
     return False
@@ -191,5 +193,5 @@ def _save(checkpoint_dir, step: int, run: TrainingRun, optimization: Optimizatio
         run.trainables.to_checkpoint(),
         optimization.optimizer.state_dict(),
         run.config.to_json(),
-        extra={"history": history, CHECKPOINT_LAMBDA_KEY: run.lambda_attn_used},
+        extra={"history": history, CHECKPOINT_WEIGHT_KEY: run.effective_attention_weight},
     )

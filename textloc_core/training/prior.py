@@ -104,7 +104,7 @@ def prior_latents(
     sampling step (raising ``Cancelled``; nothing is cached).
     """
     if count < 1:
-        raise ValueError(f"prior_images_per_class: {count} must be at least 1 (or set lambda_prior to 0)")
+        raise ValueError(f"prior_images: {count} must be at least 1 (or set lambda_prior to 0)")
     key = prior_key(bundle.fingerprint, prompt, count, latent_hw, config)
     if key in _MEMORY:
         latents = _MEMORY.pop(key)

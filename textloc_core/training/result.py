@@ -23,8 +23,8 @@ class StepReport:
     losses: dict[str, float]
     """"loss" (total), "instance", "prior", "attention"."""
     seconds: float
-    lambda_attn_used: float | None = None
-    """The attention term's weight in this step's loss (calibrated or ``lambda_attn``)."""
+    effective_attention_weight: float | None = None
+    """The attention term's weight in this step's loss (calibrated or ``attention_weight``)."""
 
 
 @dataclass
@@ -42,8 +42,8 @@ class TrainResult:
     config: TrainConfig | None = None
     prompts: list[str] = field(default_factory=list)
     """The instance prompts used, one per training image."""
-    lambda_attn_used: float | None = None
-    """The attention term's weight the run used: ``lambda_attn``, or the calibrated one."""
+    effective_attention_weight: float | None = None
+    """The attention term's weight the run used: ``attention_weight``, or the calibrated one."""
 
 
 def make_adapter(result: TrainResult, concept_set: ConceptSet, bundle: ModelBundle) -> Adapter:
@@ -56,7 +56,7 @@ def make_adapter(result: TrainResult, concept_set: ConceptSet, bundle: ModelBund
             {"name": c.name, "token": c.token, "class_word": c.class_word, "init_word": c.init_word or ""}
             for c in concept_set.concepts
         ],
-        method=config.method,
+        guidance=config.guidance,
         train_config=config.to_json(),
         steps=result.steps_done,
         data_hashes={"concept_set": concept_set.data_hash()} if hasattr(concept_set, "data_hash") else {},

@@ -100,16 +100,16 @@ class TrainingRun:
     prior_pooled: torch.Tensor | None = None
     """(P, D) pooled embeddings of the class prompts, for UNets that take them (SDXL)."""
     prior_prompt_index: torch.Tensor | None = None
-    lambda_attn_used: float | None = None
-    """The attention term's weight in the loss: ``config.lambda_attn`` (fixed mode; the
+    effective_attention_weight: float | None = None
+    """The attention term's weight in the loss: ``config.attention_weight`` (fixed mode; the
     ``attention_weight`` widget), or the calibrated one (``step.calibrate_attention_weight``,
     or a resumed checkpoint's)."""
     tokens: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = [c.token for c in self.concept_set.concepts]
-        if self.lambda_attn_used is None:
-            self.lambda_attn_used = float(self.config.lambda_attn)
+        if self.effective_attention_weight is None:
+            self.effective_attention_weight = float(self.config.attention_weight)
 
     @property
     def device(self) -> torch.device:
@@ -161,9 +161,9 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def optimizer_class(config: TrainConfig):
-    """torch's AdamW, or bitsandbytes' 8-bit AdamW when ``use_8bit_adam``; checked in ``setup``
+    """torch's AdamW, or bitsandbytes' 8-bit AdamW when ``optimizer`` is "adamw_8bit"; checked in ``setup``
     before any work, so a missing package is named before the photos are encoded."""
-    if not config.use_8bit_adam:
+    if config.optimizer == "adamw":
         return torch.optim.AdamW
     try:
         import bitsandbytes
@@ -242,7 +242,7 @@ def setup(
             encoded.append(denoiser.encode_images(images[i : i + ENCODE_BATCH].to(device)).float())
     latents = torch.cat(encoded)
     router = None
-    if config.method != "none" and (config.lambda_attn > 0 or config.calibrated):
+    if config.guidance != "none" and (config.attention_weight > 0 or config.calibrated):
         # only the layers map_levels asks for are routed; all others keep fused attention
         with torch.no_grad():
             first = bundle.text.encode(prompts[:1], {t: e.detach() for t, e in embeddings.items()})
@@ -274,7 +274,7 @@ def setup_prior(run: TrainingRun, cache_dir: Path | None, should_stop: Callable[
             prior_latents(
                 run.bundle,
                 prompt,
-                config.prior_images_per_class,
+                config.prior_images,
                 run.latent_hw,
                 config,
                 cache_dir=cache_dir,

@@ -2,9 +2,9 @@
 
 Each step, in one forward over [instance; prior]:
 
-    loss = mse(instance) + lambda_prior * mse(prior) + lambda_attn * attention_loss(maps, masks)
+    loss = mse(instance) + lambda_prior * mse(prior) + attention_weight * attention_loss(maps, masks)
 
-where lambda_attn is ``run.lambda_attn_used``: the config's, or with
+where attention_weight is ``run.effective_attention_weight``: the config's, or with
 ``attention_weight_mode="calibrated"`` the one ``calibrate_attention_weight`` sets before the
 first step, ``attention_fraction * ||grad denoise|| / ||grad attention||`` on the trainables,
 averaged over the first ``calibration_batches`` steps' batches.
@@ -122,10 +122,12 @@ def losses(
             normalize=config.normalize_maps,
         )
         present = layout.present[:n_inst].to(dev)
-        terms["attention"] = attention_loss(config.method, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
+        terms["attention"] = attention_loss(config.guidance, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
     else:
         terms["attention"] = pred.sum() * 0.0
-    terms["loss"] = terms["instance"] + config.lambda_prior * terms["prior"] + run.lambda_attn_used * terms["attention"]
+    terms["loss"] = (
+        terms["instance"] + config.lambda_prior * terms["prior"] + run.effective_attention_weight * terms["attention"]
+    )
     return terms, maps
 
 
@@ -161,7 +163,7 @@ def weight_from_norms(norms: list[tuple[float, float]], fraction: float) -> floa
 
 
 def calibrate_attention_weight(run: TrainingRun) -> float:
-    """Set (and return) ``run.lambda_attn_used`` so that the attention term's gradient on the
+    """Set (and return) ``run.effective_attention_weight`` so that the attention term's gradient on the
     trainables is ``attention_fraction`` x the denoising loss's, on average over the batches of
     the first ``calibration_batches`` steps:
 
@@ -173,11 +175,11 @@ def calibrate_attention_weight(run: TrainingRun) -> float:
     The batches are the ones training draws for those steps (``draw`` is a pure function of
     (seed, step)), so calibrating changes no step's data.
 
-    A no-op (the config's ``lambda_attn`` stays) unless ``attention_weight_mode`` is
-    "calibrated" and the run is guided (method "none" has no attention term)."""
+    A no-op (the config's ``attention_weight`` stays) unless ``attention_weight_mode`` is
+    "calibrated" and the run is guided (guidance "none" has no attention term)."""
     config = run.config
     if not config.calibrated or run.router is None:
-        return run.lambda_attn_used
+        return run.effective_attention_weight
     norms = [gradient_norms(run, step) for step in range(config.calibration_batches)]
     weight = weight_from_norms(norms, config.attention_fraction)
     if not math.isfinite(weight):
@@ -185,7 +187,7 @@ def calibrate_attention_weight(run: TrainingRun) -> float:
             f"attention calibration: gradient norms (denoise, attention) per batch {norms} give no finite "
             "weight; check the images for NaN, or use attention_weight_mode='fixed'"
         )
-    run.lambda_attn_used = weight
+    run.effective_attention_weight = weight
     return weight
 
 

@@ -35,7 +35,7 @@ def make_adapter(seed: int = 1, token: str = "<doll1>", fingerprint: str = "base
         base_fingerprint=fingerprint,
         architecture=ad.architecture_signature(weights),
         concepts=[{"name": "doll", "token": token, "class_word": "doll", "init_word": None}],
-        method="hard",
+        guidance="hard",
         train_config=TrainConfig(steps=7).to_json(),
         steps=7,
         data_hashes={"img0.png": "ab" * 32},
@@ -58,7 +58,7 @@ def test_round_trip_is_exact(tmp_path):
 def test_metadata_is_readable_from_the_header_alone(tmp_path):
     path = ad.save_adapter(make_adapter(), tmp_path / "doll.safetensors")
     meta = ad.read_adapter_metadata(path)
-    assert meta.tokens == ["<doll1>"] and meta.class_words == ["doll"] and meta.method == "hard"
+    assert meta.tokens == ["<doll1>"] and meta.class_words == ["doll"] and meta.guidance == "hard"
     assert meta.concept_names == ["doll"] and meta.steps == 7 and meta.format_version == ad.FORMAT_VERSION
 
 

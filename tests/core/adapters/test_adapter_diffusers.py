@@ -60,7 +60,7 @@ def make_adapter(unet, seed=3):
         base_fingerprint="tiny",
         architecture=ad.architecture_signature(base),
         concepts=[{"name": "doll", "token": "<doll1>", "class_word": "doll", "init_word": None}],
-        method="soft",
+        guidance="soft",
         steps=3,
     )
     return base, ad.Adapter(deltas, {"<doll1>": torch.randn(1, mc.TEXT_HIDDEN, generator=gen)}, meta)
@@ -147,7 +147,7 @@ def test_files_written_by_diffusers_itself_are_read(unet, tmp_path, safe):
     back = fmt.read_custom_diffusion(
         tmp_path, base, unet.config, base_fingerprint="tiny", class_words={"<doll1>": "doll"}
     )
-    assert back.metadata.method == "none" and back.metadata.class_words == ["doll"]
+    assert back.metadata.guidance == "none" and back.metadata.class_words == ["doll"]
     for key, delta in adapter.kv_deltas.items():
         torch.testing.assert_close(back.kv_deltas[key], delta, atol=1e-6, rtol=0)
     torch.testing.assert_close(back.token_embeddings["<doll1>"], adapter.token_embeddings["<doll1>"])

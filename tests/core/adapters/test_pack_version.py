@@ -46,7 +46,7 @@ def test_an_unreadable_pyproject_gives_no_version(tmp_path):
 
 
 def test_a_new_adapter_records_the_pack_version(tmp_path):
-    meta = ad.AdapterMetadata(base_fingerprint="b", architecture={}, concepts=[], method="hard")
+    meta = ad.AdapterMetadata(base_fingerprint="b", architecture={}, concepts=[], guidance="hard")
     assert meta.textloc_version == pv.pack_version()
     adapter = ad.load_adapter(SHIPPED)
     adapter.metadata = dataclasses.replace(adapter.metadata, textloc_version=pv.pack_version())

@@ -47,5 +47,5 @@ def test_absent_concepts_get_no_gradient_and_none_is_zero():
 def test_bad_shapes_and_methods_are_named():
     with pytest.raises(ValueError, match="must agree"):
         attention_loss("hard", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 4, 4), torch.ones(1, 1, dtype=torch.bool))
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="guidance"):
         attention_loss("medium", torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.ones(1, 1, dtype=torch.bool))

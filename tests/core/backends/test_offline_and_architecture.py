@@ -37,7 +37,7 @@ def test_training_and_generation_never_touch_the_network(no_network, tiny_bundle
         for i in range(2)
     ]
     concepts = ConceptSet([Concept("doll", "<doll1>", "doll")], images)
-    config = TrainConfig(steps=2, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2)
+    config = TrainConfig(steps=2, learning_rate=1e-3, prior_images=2, prior_sampling_steps=2)
     result = train(tiny_bundle, concepts, config)
     adapter = api.make_adapter(result, concepts, tiny_bundle)
     out = api.generate(tiny_bundle, "a <doll1> doll", adapters=[adapter], steps=2, maps_for=["<doll1>"])

@@ -103,10 +103,10 @@ def test_every_guidance_trains_sdxl_with_prior_and_leaves_the_base_unchanged(
     bundle = tiny_sdxl_bundle
     before = {k: v.clone() for k, v in bundle.denoiser.unet.state_dict().items()}
     config = TrainConfig(
-        method=method,
+        guidance=method,
         steps=2,
         learning_rate=1e-3,
-        prior_images_per_class=2,
+        prior_images=2,
         prior_sampling_steps=2,
         instance_batch=1,
         prior_batch=1,
@@ -129,7 +129,7 @@ def test_every_guidance_trains_sdxl_with_prior_and_leaves_the_base_unchanged(
 
 def test_an_sdxl_adapter_round_trips_and_generates_with_maps(tiny_sdxl_bundle, pair, tmp_path):
     bundle = tiny_sdxl_bundle
-    result = train(bundle, pair, TrainConfig(method="hard", steps=1, learning_rate=1e-3, prior_images_per_class=0))
+    result = train(bundle, pair, TrainConfig(guidance="hard", steps=1, learning_rate=1e-3, prior_images=0))
     adapter = make_adapter(result, pair, bundle)
     back = load_adapter(save_adapter(adapter, tmp_path / "a.safetensors"))
     assert back.token_embeddings["<doll1>"].shape == (1, WIDTH_L + WIDTH_G)
@@ -149,7 +149,7 @@ def test_custom_diffusion_export_loads_in_diffusers_sdxl(pair, tmp_path, tiny_sd
     from textloc_core.backends.diffusers_backend import bundle_from_diffusers
 
     bundle = bundle_from_diffusers(**parts)
-    result = train(bundle, pair, TrainConfig(method="soft", steps=1, learning_rate=1e-2, prior_images_per_class=0))
+    result = train(bundle, pair, TrainConfig(guidance="soft", steps=1, learning_rate=1e-2, prior_images=0))
     adapter = make_adapter(result, pair, bundle)
     unet = bundle.denoiser.unet
     modules = {
@@ -221,10 +221,10 @@ def test_load_model_reads_a_local_sdxl_pipeline_folder(tmp_path, tiny_sdxl_parts
 def test_sdxl_trains_with_the_memory_options(tiny_sdxl_bundle, pair):
     """bf16 autocast (the CPU path of what "auto" picks on a GPU) with gradient checkpointing."""
     config = TrainConfig(
-        method="hard",
+        guidance="hard",
         steps=2,
         learning_rate=1e-3,
-        prior_images_per_class=0,
+        prior_images=0,
         mixed_precision="bf16",
         gradient_checkpointing=True,
     )

@@ -39,12 +39,7 @@ def config():
     from textloc_core.training.config import TrainConfig
 
     return TrainConfig(
-        steps=6,
-        checkpoint_every=1,
-        learning_rate=1e-3,
-        prior_images_per_class=2,
-        prior_sampling_steps=2,
-        map_levels="all",
+        steps=6, checkpoint_every=1, learning_rate=1e-3, prior_images=2, prior_sampling_steps=2, map_levels="all"
     )
 
 

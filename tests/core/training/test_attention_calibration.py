@@ -21,7 +21,7 @@ def _config(**kw):
     base = dict(
         steps=3,
         learning_rate=1e-3,
-        prior_images_per_class=2,
+        prior_images=2,
         prior_sampling_steps=2,
         map_levels="all",
         attention_weight_mode="calibrated",
@@ -48,7 +48,7 @@ def _grad_norm(run, which: str, step: int = 0) -> float:
     term = (
         terms["instance"] + run.config.lambda_prior * terms["prior"]
         if which == "denoise"
-        else run.lambda_attn_used * terms["attention"]
+        else run.effective_attention_weight * terms["attention"]
     )
     term.backward()
     run.router.clear()
@@ -60,12 +60,12 @@ def _grad_norm(run, which: str, step: int = 0) -> float:
 
 @pytest.mark.parametrize("method", ["hard", "soft"])
 def test_calibrated_weight_makes_the_gradient_ratio_the_fraction(tiny_bundle, method, two_concepts_at):
-    config = _config(method=method, lambda_prior=0.0, attention_fraction=0.1, calibration_batches=1)
+    config = _config(guidance=method, lambda_prior=0.0, attention_fraction=0.1, calibration_batches=1)
     with torch.enable_grad():
         run = setup(tiny_bundle, two_concepts_at(), config)
         with run.hooks():
             weight = calibrate_attention_weight(run)
-            assert weight == run.lambda_attn_used and weight > 0 and weight != config.lambda_attn
+            assert weight == run.effective_attention_weight and weight > 0 and weight != config.attention_weight
             ratio = _grad_norm(run, "attention") / _grad_norm(run, "denoise")
     assert ratio == pytest.approx(0.1, rel=1e-4)
 
@@ -78,7 +78,7 @@ def test_calibration_averages_the_norms_over_the_first_batches(tiny_bundle, two_
         run = setup(tiny_bundle, two_concepts_at(), config)
         with run.hooks():
             weight = calibrate_attention_weight(run)
-            run.lambda_attn_used = 1.0
+            run.effective_attention_weight = 1.0
             denoise = [_grad_norm(run, "denoise", step) for step in range(4)]
             attention = [_grad_norm(run, "attention", step) for step in range(4)]
     assert weight == pytest.approx(0.5 * sum(denoise) / sum(attention), rel=1e-4)
@@ -89,16 +89,18 @@ def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(
     tiny_bundle, tiny_parts, tiny_unet_builder, two_concepts_at
 ):
     config = _config(steps=1, lambda_prior=0.0)
-    base = train(tiny_bundle, two_concepts_at(16), config).lambda_attn_used
-    other_model = train(_other_bundle(tiny_parts, tiny_unet_builder), two_concepts_at(16), config).lambda_attn_used
-    other_side = train(tiny_bundle, two_concepts_at(32), config).lambda_attn_used
+    base = train(tiny_bundle, two_concepts_at(16), config).effective_attention_weight
+    other_model = train(
+        _other_bundle(tiny_parts, tiny_unet_builder), two_concepts_at(16), config
+    ).effective_attention_weight
+    other_side = train(tiny_bundle, two_concepts_at(32), config).effective_attention_weight
     assert all(w is not None and w > 0 for w in (base, other_model, other_side))
     assert abs(other_model / base - 1) > 0.05, (base, other_model)
     assert abs(other_side / base - 1) > 0.05, (base, other_side)
     # twice the fraction, twice the weight (same model, same batch)
     double = train(
         tiny_bundle, two_concepts_at(16), _config(steps=1, lambda_prior=0.0, attention_fraction=0.2)
-    ).lambda_attn_used
+    ).effective_attention_weight
     assert double == pytest.approx(2 * base, rel=1e-6)
 
 
@@ -106,7 +108,9 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
     concepts, config = two_concepts_at(), _config(steps=4, checkpoint_every=2)
     reports = []
     full = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "a", on_step=reports.append)
-    assert {r.lambda_attn_used for r in reports} == {full.lambda_attn_used} and full.lambda_attn_used != 1.0
+    assert {r.effective_attention_weight for r in reports} == {
+        full.effective_attention_weight
+    } and full.effective_attention_weight != 1.0
     saved = json.loads((tmp_path / "a" / "step-000000004" / "state.json").read_text())
     assert json.loads(saved["config_json"])["attention_weight_mode"] == "calibrated"
 
@@ -127,7 +131,7 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
     monkeypatch.setattr(step_module, "gradient_norms", no_recalibration)
     resumed = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "b", resume=True)
     assert resumed.steps_done == 4 and resumed.history == full.history
-    assert resumed.lambda_attn_used == full.lambda_attn_used
+    assert resumed.effective_attention_weight == full.effective_attention_weight
     for key in full.kv_deltas:
         assert torch.equal(full.kv_deltas[key], resumed.kv_deltas[key]), key
     for token in full.token_embeddings:
@@ -136,17 +140,17 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
 
 def test_calibration_is_a_no_op_without_guidance(tiny_bundle, two_concepts_at):
     concepts = two_concepts_at()
-    calibrated = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7))
-    fixed = train(tiny_bundle, concepts, _config(method="none", lambda_attn=0.7, attention_weight_mode="fixed"))
-    assert calibrated.lambda_attn_used == fixed.lambda_attn_used == 0.7
+    calibrated = train(tiny_bundle, concepts, _config(guidance="none", attention_weight=0.7))
+    fixed = train(tiny_bundle, concepts, _config(guidance="none", attention_weight=0.7, attention_weight_mode="fixed"))
+    assert calibrated.effective_attention_weight == fixed.effective_attention_weight == 0.7
     assert calibrated.history == fixed.history
     for key in fixed.kv_deltas:
         assert torch.equal(fixed.kv_deltas[key], calibrated.kv_deltas[key]), key
 
 
-def test_fixed_mode_uses_lambda_attn_and_its_json_is_unchanged(tiny_bundle, two_concepts_at):
-    config = _config(steps=1, attention_weight_mode="fixed", lambda_attn=0.25)
-    assert train(tiny_bundle, two_concepts_at(), config).lambda_attn_used == 0.25
+def test_fixed_mode_uses_attention_weight_and_its_json_is_unchanged(tiny_bundle, two_concepts_at):
+    config = _config(steps=1, attention_weight_mode="fixed", attention_weight=0.25)
+    assert train(tiny_bundle, two_concepts_at(), config).effective_attention_weight == 0.25
     fixed = TrainConfig(attention_weight_mode="fixed")
     data = json.loads(fixed.to_json())
     assert not {"attention_weight_mode", "attention_fraction", "calibration_batches"} & set(
@@ -169,8 +173,8 @@ def test_bad_calibration_settings_name_the_field():
     for bad in (0.0, -0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="attention_fraction"):
             TrainConfig(attention_weight_mode="calibrated", attention_fraction=bad)
-    with pytest.raises(ValueError, match="lambda_attn"):
-        TrainConfig(lambda_attn=float("nan"))
+    with pytest.raises(ValueError, match="attention_weight"):
+        TrainConfig(attention_weight=float("nan"))
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="calibration_batches"):
             TrainConfig(attention_weight_mode="calibrated", calibration_batches=bad)
@@ -198,8 +202,9 @@ def test_widgets_carry_the_calibration_settings():
 
 
 def test_checkpoints_of_either_name_give_the_recorded_weight():
-    from textloc_core.training.loop import CHECKPOINT_LAMBDA_KEY, recorded_lambda_attn
+    from textloc_core.training.loop import CHECKPOINT_WEIGHT_KEY, recorded_effective_weight
 
-    assert recorded_lambda_attn({CHECKPOINT_LAMBDA_KEY: 0.25, "history": []}) == 0.25
-    assert recorded_lambda_attn({"attention_weight": 0.5}) == 0.5  # written before the name was settled
-    assert recorded_lambda_attn({"history": []}) is None
+    assert recorded_effective_weight({CHECKPOINT_WEIGHT_KEY: 0.25, "history": []}) == 0.25
+    assert recorded_effective_weight({"attention_weight": 0.5}) == 0.5  # written before the name was settled
+    assert recorded_effective_weight({"lambda_attn_used": 0.75}) == 0.75  # the name before this one
+    assert recorded_effective_weight({"history": []}) is None

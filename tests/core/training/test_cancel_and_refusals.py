@@ -44,7 +44,7 @@ def test_ddim_sample_polls_before_every_step(tiny_bundle):
 
 
 def test_prior_generation_stops_within_a_batch(tiny_bundle, two_concepts):
-    config = _config(steps=2, lambda_prior=1.0, prior_images_per_class=2, prior_sampling_steps=6, seed=1234)
+    config = _config(steps=2, lambda_prior=1.0, prior_images=2, prior_sampling_steps=6, seed=1234)
     stop = StopAfter(3)  # one poll before the batch, then one per sampling step
     with pytest.raises(Cancelled, match="sampling step 2 of 6 of prior images 0-2 of 2"):
         prior.prior_latents(tiny_bundle, "a fresh prompt 1234", 2, (4, 4), config, should_stop=stop)

@@ -58,7 +58,7 @@ def pair(doll_bucket_set):
 
 
 def _config(**overrides) -> TrainConfig:
-    values = dict(method="hard", steps=2, learning_rate=1e-3, prior_images_per_class=0, instance_batch=2)
+    values = dict(guidance="hard", steps=2, learning_rate=1e-3, prior_images=0, instance_batch=2)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -109,7 +109,7 @@ def test_gradients_reach_only_the_text_stream_kv_and_the_tokens(family, pair):
 def test_every_guidance_trains_with_prior_and_leaves_the_base_unchanged(family, pair, method, tmp_path):
     bundle = family.bundle
     before = {k: v.clone() for k, v in bundle.denoiser.unet.state_dict().items()}
-    config = _config(method=method, prior_images_per_class=2, prior_sampling_steps=2, instance_batch=1, prior_batch=1)
+    config = _config(guidance=method, prior_images=2, prior_sampling_steps=2, instance_batch=1, prior_batch=1)
     result = train(bundle, pair, config, prior_cache_dir=tmp_path / "prior")
     assert result.steps_done == 2 and result.history[0]["prior"] > 0
     assert (result.history[0]["attention"] > 0) == (method != "none")
@@ -131,7 +131,7 @@ def test_hard_guidance_pulls_the_block_maps_onto_the_masks(family, pair):
     bundle = family.bundle
     base = _attention_loss(bundle, pair)
     hard = _attention_loss(bundle, pair, train(bundle, pair, _config(steps=30, learning_rate=1e-2)))
-    none = _attention_loss(bundle, pair, train(bundle, pair, _config(method="none", steps=30, learning_rate=1e-2)))
+    none = _attention_loss(bundle, pair, train(bundle, pair, _config(guidance="none", steps=30, learning_rate=1e-2)))
     assert hard < 0.8 * base and hard < 0.8 * none
 
 

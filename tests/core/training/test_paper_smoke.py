@@ -14,7 +14,7 @@ def test_trains_on_two_paper_images_at_32px(tiny_bundle, paper_dataset, method):
     concepts.images = concepts.images[:2]
     assert [c.name for c in concepts.concepts] == ["bucket", "doll"]
     assert concepts.images[0].image.shape == (3, 32, 32)
-    config = TrainConfig(method=method, steps=2, instance_batch=2, prior_images_per_class=2, prior_sampling_steps=2)
+    config = TrainConfig(guidance=method, steps=2, instance_batch=2, prior_images=2, prior_sampling_steps=2)
     result = train(tiny_bundle, concepts, config)
     assert result.steps_done == 2
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history)
@@ -35,7 +35,7 @@ def test_every_paper_pair_trains_with_default_init(tiny_bundle, paper_dataset, p
         pieces = text._pieces(concept.class_word)
         expected = text.encoders[0].embedding.weight[pieces].detach().float().mean(0, keepdim=True)
         assert torch.allclose(text.initial_embedding(concept.initializer), expected)
-    result = train(tiny_bundle, concepts, TrainConfig(steps=1, prior_images_per_class=1, prior_sampling_steps=1))
+    result = train(tiny_bundle, concepts, TrainConfig(steps=1, prior_images=1, prior_sampling_steps=1))
     assert result.steps_done == 1
 
 

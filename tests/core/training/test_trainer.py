@@ -14,7 +14,7 @@ from textloc_core.training.loop import TrainingDiverged, train
 
 
 def _config(**kw):
-    base = dict(steps=3, learning_rate=1e-3, prior_images_per_class=2, prior_sampling_steps=2, map_levels="all")
+    base = dict(steps=3, learning_rate=1e-3, prior_images=2, prior_sampling_steps=2, map_levels="all")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -31,7 +31,7 @@ def test_every_method_trains_and_only_kv_and_tokens_change(tiny_bundle, two_conc
     with torch.no_grad():
         out_before = tiny_bundle.denoiser.predict(x, t, ctx)
     reports = []
-    result = train(tiny_bundle, two_concepts, _config(method=method), on_step=reports.append)
+    result = train(tiny_bundle, two_concepts, _config(guidance=method), on_step=reports.append)
 
     assert result.steps_done == 3 and not result.stopped_early and [r.step for r in reports] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(list(r.losses.values()))).all() for r in reports)
@@ -55,8 +55,8 @@ def test_attention_loss_reaches_every_concept_token(tiny_bundle, two_concepts):
     """Same seed, same draws: hard and none differ only by the attention loss, so a token whose
     embedding ends equal in both got no gradient from it (the paper code's second-token bug)."""
     cfg = dict(steps=1, lambda_prior=0.0, max_grad_norm=0.0)
-    hard = train(tiny_bundle, two_concepts, _config(method="hard", **cfg))
-    none = train(tiny_bundle, two_concepts, _config(method="none", **cfg))
+    hard = train(tiny_bundle, two_concepts, _config(guidance="hard", **cfg))
+    none = train(tiny_bundle, two_concepts, _config(guidance="none", **cfg))
     for token in ("<doll1>", "<bucket1>"):
         assert not torch.equal(hard.token_embeddings[token], none.token_embeddings[token]), token
 
@@ -82,10 +82,10 @@ def tiny_unet_injector(tiny_parts):
 
 def test_hard_guidance_moves_maps_onto_masks(tiny_bundle, two_concepts):
     """Measured: error 0.23 -> 0.11 with hard guidance, 0.23 -> 0.22 with none (same steps)."""
-    config = _config(method="hard", steps=25, learning_rate=3e-3, lambda_prior=0.0, lambda_attn=10.0)
+    config = _config(guidance="hard", steps=25, learning_rate=3e-3, lambda_prior=0.0, attention_weight=10.0)
     before = map_mask_error(tiny_bundle, two_concepts, config)
     hard = map_mask_error(tiny_bundle, two_concepts, config, train(tiny_bundle, two_concepts, config))
-    baseline = replace(config, method="none")
+    baseline = replace(config, guidance="none")
     none = map_mask_error(tiny_bundle, two_concepts, config, train(tiny_bundle, two_concepts, baseline))
     assert hard < 0.7 * before and hard < 0.7 * none, (before, hard, none)
 
@@ -116,7 +116,7 @@ def test_a_stop_raised_from_inside_a_step_keeps_the_steps_before_it(tiny_bundle,
             stop.append(True)  # the user presses Cancel during step 4
 
     monkeypatch.setattr(tiny_bundle.denoiser, "predict", interrupted_predict)
-    config = _config(steps=6, checkpoint_every=100, prior_images_per_class=0, lambda_prior=0.0)
+    config = _config(steps=6, checkpoint_every=100, prior_images=0, lambda_prior=0.0)
     error.append(Cancelled("cancelled inside a UNet layer"))
     result = train(
         tiny_bundle, two_concepts, config, checkpoint_dir=tmp_path, on_step=on_step, should_stop=lambda: False
@@ -153,7 +153,7 @@ def test_runs_under_inference_mode_like_comfyui(tiny_bundle, two_concepts):
             item.image = item.image.clone()
             item.masks = {k: v.clone() for k, v in item.masks.items()}
         assert two_concepts.images[0].image.is_inference()
-        result = train(tiny_bundle, two_concepts, _config(steps=1, prior_images_per_class=0))
+        result = train(tiny_bundle, two_concepts, _config(steps=1, prior_images=0))
     assert result.steps_done == 1 and not result.kv_deltas[next(iter(result.kv_deltas))].is_inference()
 
 
@@ -188,7 +188,7 @@ def test_missing_8bit_adam_is_explained_and_leaves_no_hooks(tiny_bundle, two_con
     except ImportError:
         pass
     with pytest.raises(ValueError, match="bitsandbytes"):
-        train(tiny_bundle, two_concepts, _config(use_8bit_adam=True))
+        train(tiny_bundle, two_concepts, _config(optimizer="adamw_8bit"))
     layers = find_cross_attention(tiny_bundle.denoiser.unet)
     assert all(not attn.to_k._forward_hooks for attn in layers.values())
 
@@ -250,7 +250,7 @@ def test_cancel_during_prior_generation_returns_promptly(tiny_bundle, two_concep
     result = train(
         tiny_bundle,
         two_concepts,
-        _config(prior_images_per_class=9, steps=5),
+        _config(prior_images=9, steps=5),
         should_stop=lambda: polls.append(1) or len(polls) > 1,  # stop at the second poll: mid-generation
     )
     assert result.stopped_early and result.steps_done == 0 and len(polls) == 2

@@ -63,7 +63,7 @@ def test_bad_lever_values_are_named(bad, match):
 
 
 def test_v_only_leaves_w_k_as_the_base_models(tiny_bundle, two_concepts):
-    result = train(tiny_bundle, two_concepts, _config(method="hard", train_keys=False))
+    result = train(tiny_bundle, two_concepts, _config(guidance="hard", train_keys=False))
     keys = [k for k in result.kv_deltas if k.endswith(".to_k")]
     values = [k for k in result.kv_deltas if k.endswith(".to_v")]
     assert keys and values
@@ -73,9 +73,11 @@ def test_v_only_leaves_w_k_as_the_base_models(tiny_bundle, two_concepts):
 
 def test_calibration_measures_only_what_trains(tiny_bundle, two_concepts):
     """V-only calibration sees the W_V gradients alone, so it picks another weight than K+V."""
-    both = train(tiny_bundle, two_concepts, _config(method="hard", steps=1, calibration_batches=1))
-    v_only = train(tiny_bundle, two_concepts, _config(method="hard", steps=1, calibration_batches=1, train_keys=False))
-    assert both.lambda_attn_used != pytest.approx(v_only.lambda_attn_used, rel=1e-3)
+    both = train(tiny_bundle, two_concepts, _config(guidance="hard", steps=1, calibration_batches=1))
+    v_only = train(
+        tiny_bundle, two_concepts, _config(guidance="hard", steps=1, calibration_batches=1, train_keys=False)
+    )
+    assert both.effective_attention_weight != pytest.approx(v_only.effective_attention_weight, rel=1e-3)
 
 
 def test_warmup_trains_only_the_tokens_at_their_own_rate(tiny_bundle, two_concepts):
@@ -134,7 +136,7 @@ def test_union_sampling_names_random_subsets_with_their_masks(tiny_bundle, two_c
     finally:
         plain.injector.remove()
         union.injector.remove()
-    result = train(tiny_bundle, two_concepts, _config(method="hard", union_sampling=True, unmasked_weight=0.0))
+    result = train(tiny_bundle, two_concepts, _config(guidance="hard", union_sampling=True, unmasked_weight=0.0))
     assert all(torch.isfinite(d).all() and d.abs().sum() > 0 for d in result.kv_deltas.values())
 
 
