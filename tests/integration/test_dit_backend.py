@@ -59,9 +59,7 @@ def _concepts():
 def _config(**overrides):
     from textloc_pack.textloc_core.training.config import TrainConfig
 
-    settings = dict(
-        method="hard", steps=2, learning_rate=1e-3, instance_batch=1, prior_batch=1, prior_images_per_class=2
-    )
+    settings = dict(guidance="hard", steps=2, learning_rate=1e-3, instance_batch=1, prior_batch=1, prior_images=2)
     settings.update(prior_sampling_steps=2, **overrides)
     return TrainConfig(**settings)
 
@@ -219,7 +217,7 @@ def test_every_guidance_trains_with_prior(pack, models, family, method, tmp_path
     model, clip, vae = models[family]
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
         base = {k: w.weight.detach().clone() for k, w in bundle.denoiser.text_qkv.items()}
-        result = train(bundle, _concepts(), _config(method=method), prior_cache_dir=tmp_path)
+        result = train(bundle, _concepts(), _config(guidance=method), prior_cache_dir=tmp_path)
         assert all(torch.equal(base[k], w.weight) for k, w in bundle.denoiser.text_qkv.items())  # the base is untouched
     assert result.steps_done == 2 and len(list(tmp_path.glob("prior-*.safetensors"))) == 1
     assert (result.history[0]["attention"] > 0) == (method != "none") and result.history[0]["prior"] > 0
@@ -232,7 +230,7 @@ def test_every_guidance_trains_with_prior(pack, models, family, method, tmp_path
 def test_resume_is_bit_identical(pack, models, family, tmp_path, resume_is_bit_identical):
     comfy_backend, _ = pack
     model, clip, vae = models[family]
-    config = _config(steps=4, checkpoint_every=2, prior_images_per_class=0, prior_batch=0)
+    config = _config(steps=4, checkpoint_every=2, prior_images=0, prior_batch=0)
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
         resume_is_bit_identical(bundle, _concepts(), config, tmp_path)
 
@@ -245,7 +243,7 @@ def test_gradient_checkpointing_trains_the_same(pack, models, family):
     model, clip, vae = models[family]
     results = []
     for checkpointing in (False, True):
-        config = _config(gradient_checkpointing=checkpointing, prior_images_per_class=0, prior_batch=0)
+        config = _config(gradient_checkpointing=checkpointing, prior_images=0, prior_batch=0)
         with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
             results.append(train(bundle, _concepts(), config))
     plain, recomputed = results
@@ -266,6 +264,6 @@ def test_an_fp8_base_trains_on_the_cpu(pack):
         model, clip, vae = tiny.build_all("flux", weight_dtype=torch.float8_e4m3fn)
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
         assert next(iter(bundle.denoiser.text_qkv.values())).weight.dtype == torch.float8_e4m3fn
-        result = train(bundle, _concepts(), _config(prior_images_per_class=0, prior_batch=0))
+        result = train(bundle, _concepts(), _config(prior_images=0, prior_batch=0))
     assert result.steps_done == 2 and all(math.isfinite(h["loss"]) for h in result.history)
     assert all(float(d.abs().sum()) > 0 for d in result.kv_deltas.values())
