@@ -94,6 +94,10 @@ def base_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
     base value plus its patches, whatever LoRAs or adapters are applied or loaded at the
     moment; the base values are what identifies the base model.
     """
+    if dit_layout(model_parts(model)) is not None:  # Flux / SD3: the text K/V rows of the fused qkv
+        from .comfy_dit_backend import dit_fingerprint_and_weights
+
+        return dit_fingerprint_and_weights(model)
     weights = {}
     key_patches = None
     for name in find_cross_attention(model_parts(model).unet):
@@ -176,7 +180,7 @@ class ComfyDenoiserBackend:
         if training and parts.prediction not in ("epsilon", "v_prediction"):
             raise ValueError(
                 f"model: prediction type {parts.prediction.upper()} is not supported; Textual Localization trains "
-                "epsilon- or v-prediction UNets (SD1.x, SD2.x, SDXL)"
+                "epsilon- or v-prediction UNets (SD1.x, SD2.x, SDXL) and the flow models Flux.1 and SD3 / SD3.5"
             )
         self.needs_pooled = getattr(self.unet, "num_classes", None) is not None
         if training and self.needs_pooled and not parts.is_sdxl:

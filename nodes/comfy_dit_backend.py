@@ -196,15 +196,17 @@ class ComfyDiTDenoiser(ComfyDenoiserBackend):
             self.working_model = previous
 
 
-def dit_fingerprint_and_weights(model, denoiser: ComfyDiTDenoiser) -> tuple[str, dict[str, torch.Tensor]]:
-    """Fingerprint and text K/V weights of a MODEL's *base* weights (``get_key_patches``: base value
-    plus patches), keyed as ``text_kv_projections``, so the diffusers backend hashes the same."""
+def dit_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
+    """Fingerprint and text K/V weights of a Flux / SD3 MODEL's *base* weights (``get_key_patches``:
+    base value plus patches), keyed as ``text_kv_projections``, so the diffusers backend hashes the same."""
+    _, layers, _ = dit_layout(model_parts(model))
     key_patches = model.get_key_patches("diffusion_model.")
     weights = {}
-    for name, rows in denoiser.text_kv_projections().items():
-        attention = name.rsplit(".", 1)[0]
+    for attention, fused in layers.items():
         base = key_patches[f"diffusion_model.{attention}.qkv.weight"][0]
-        weights[name] = (base[0] if isinstance(base, tuple) else base)[rows.rows]
+        base = base[0] if isinstance(base, tuple) else base
+        for proj, third in (("to_k", 1), ("to_v", 2)):
+            weights[f"{attention}.{proj}"] = base[FusedRows(fused, third).rows]
     return base_model_fingerprint(weights), weights
 
 
@@ -224,5 +226,5 @@ def dit_training_session(model, clip, vae) -> Iterator[ModelBundle]:
             text.differentiable(),
             differentiable_dit_blocks(denoiser.unet),
         ):
-            with bundle_of(text, denoiser, dit_fingerprint_and_weights(denoiser.working_model, denoiser)[0]) as bundle:
+            with bundle_of(text, denoiser, dit_fingerprint_and_weights(denoiser.working_model)[0]) as bundle:
                 yield bundle

@@ -36,13 +36,13 @@ class ComfyDiTText:
         self.family = family
         self.tables = text_encoder_tables(clip)
         self.placer = IdentifierPlacer.for_clip(clip)
-        self.pad_id, self.end_id = t5_special_ids(clip)
         empty = self.clip.tokenize("")
         if t5_tokens(empty) is None:
             raise ValueError(
-                "clip: this text encoder has no T5; Flux and SD3 training need it (load it with "
-                "DualCLIPLoader (Flux: clip_l + t5xxl) or TripleCLIPLoader (SD3: clip_l, clip_g, t5xxl))"
+                f"clip: this text encoder has no T5, which {family} training needs; load the model's own: "
+                "DualCLIPLoader (Flux: clip_l + t5xxl) or TripleCLIPLoader (SD3: clip_l, clip_g, t5xxl)"
             )
+        self.pad_id, self.end_id = t5_special_ids(clip)
         with torch.no_grad():
             self.t5_width = int(self.clip.encode_from_tokens(empty).shape[-1])
         self.clip_width = self.placer.total_dim

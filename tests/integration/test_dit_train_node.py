@@ -1,0 +1,113 @@
+"""TextLoc Train with Flux.1- and SD3.5-architecture models in a real ComfyUI server: the node runs
+on the tiny models of ``tiny_dit_comfy`` (test-only loader node "TextLoc Test Tiny DiT Loader"),
+writes an adapter keyed as the diffusers backend keys it, resumes bit-identically from its
+checkpoints, stops on Cancel keeping the last checkpoint, and trains an fp8 base.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import tiny_dit_comfy as tiny
+import torch
+
+from textloc_core.adapters.adapter import load_adapter
+from textloc_core.training import checkpoint as ckpt
+from textloc_harness.comfy_launcher import ComfyError
+
+KV_BLOCKS = {
+    "flux": [f"double_blocks.{i}.txt_attn" for i in range(tiny.FLUX_DOUBLE_BLOCKS)],
+    "sd3": [f"joint_blocks.{i}.context_block.attn" for i in range(tiny.SD3_JOINT_BLOCKS)],
+}
+
+
+def _train_graph(name: str, family: str, steps: int, checkpoint_every: int = 1, **train) -> dict:
+    return {
+        "1": {
+            "class_type": "TextLocTestTinyDiTLoader",
+            "inputs": {"family": family, "seed": 0, "weight_dtype": "default"},
+        },
+        "2": {
+            "class_type": "TextLocTinyWorldConceptSet",
+            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False},
+        },
+        "3": {
+            "class_type": "TextLocTrain",
+            "inputs": {
+                "model": ["1", 0],
+                "clip": ["1", 1],
+                "vae": ["1", 2],
+                "concepts": ["2", 0],
+                "guidance": "hard",
+                "steps": steps,
+                "learning_rate": 5e-3,
+                "batch": 1,
+                "prior_images": 0,
+                "seed": 0,
+                "checkpoint_every": checkpoint_every,
+                "adapter_name": name,
+                **train,
+            },
+        },
+    }
+
+
+def _adapter(comfy, name: str):
+    return load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_train_runs_on_flux_and_sd3_and_resumes_bit_identically(comfy, family):
+    straight, resumed = (f"{family}_{what}_{uuid.uuid4().hex[:6]}" for what in ("straight", "resumed"))
+    comfy.run(_train_graph(straight, family, steps=3), timeout=900)
+    comfy.run(_train_graph(resumed, family, steps=2), timeout=900)
+    comfy.run(_train_graph(resumed, family, steps=3), timeout=900)  # resume on (default): from step 2
+    a, b = _adapter(comfy, straight), _adapter(comfy, resumed)
+    assert a.metadata.steps == b.metadata.steps == 3 and a.metadata.guidance == "hard"
+    assert sorted(a.kv_deltas) == sorted(f"{block}.{p}" for block in KV_BLOCKS[family] for p in ("to_k", "to_v"))
+    assert all(float(d.abs().sum()) > 0 for d in a.kv_deltas.values())
+    (token,) = a.tokens
+    t5 = tiny.FLUX_T5 if family == "flux" else tiny.SD3_T5
+    clip_width = tiny.WIDTH_L if family == "flux" else tiny.WIDTH_L + tiny.WIDTH_G
+    assert a.token_embeddings[token].shape == (1, t5 + clip_width)
+    for key in a.kv_deltas:
+        assert torch.equal(a.kv_deltas[key], b.kv_deltas[key]), key
+    assert torch.equal(a.token_embeddings[token], b.token_embeddings[token])
+
+
+def test_cancel_stops_a_flux_run_and_keeps_its_checkpoint(comfy):
+    name = f"flux_cancel_{uuid.uuid4().hex[:6]}"
+    runs = comfy.layout.models / "textloc" / "checkpoints" / name
+    prompt_id = comfy.queue(_train_graph(name, "flux", steps=1000))
+    deadline, folder = time.monotonic() + 600, None
+    while time.monotonic() < deadline and (folder is None or len(ckpt.list_checkpoints(folder)) < 2):
+        folder = next(iter(runs.glob("*")), None) if runs.is_dir() else None
+        time.sleep(0.2)
+    seen = max(ckpt.list_checkpoints(folder))
+    comfy.interrupt()
+    with pytest.raises(ComfyError, match="interrupted"):
+        comfy.client.wait_for_completion(prompt_id, timeout=300)
+    kept = ckpt.load_latest_checkpoint(folder)
+    assert kept is not None and seen <= kept.step <= seen + 2, (seen, kept)
+    assert not (comfy.layout.models / "textloc" / f"{name}.safetensors").exists()
+
+
+def test_train_refuses_a_flux_clip_without_t5_before_training(comfy):
+    """A CLIP without T5 (here: TinyWorld's CLIP-L) is named, with the loader that gives T5."""
+    name = f"flux_no_t5_{uuid.uuid4().hex[:6]}"
+    graph = _train_graph(name, "flux", steps=1)
+    graph["9"] = {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}}
+    graph["3"]["inputs"]["clip"] = ["9", 1]
+    with pytest.raises(ComfyError, match="DualCLIPLoader"):
+        comfy.run(graph, timeout=300)
+
+
+def test_an_fp8_flux_base_trains_in_the_node(comfy):
+    name = f"flux_fp8_{uuid.uuid4().hex[:6]}"
+    graph = _train_graph(name, "flux", steps=1)
+    graph["1"]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    comfy.run(graph, timeout=900)
+    adapter = _adapter(comfy, name)
+    assert adapter.metadata.steps == 1 and all(torch.isfinite(d).all() for d in adapter.kv_deltas.values())
