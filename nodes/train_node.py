@@ -128,17 +128,21 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
+MODEL_TOOLTIP = (
+    "The base diffusion model from any loader: SD1.x, SD2.x, SDXL, or Flux.1 / SD3 / SD3.5 (Load Diffusion "
+    "Model, its fp8 weight_dtype included, or a checkpoint)."
+)
+CLIP_TOOLTIP = (
+    "Its text encoder. Flux: DualCLIPLoader with clip_l + t5xxl; SD3 / SD3.5: TripleCLIPLoader (clip_l, clip_g, "
+    "t5xxl). With Flux and SD3 a token also gets a vector in T5's output."
+)
+
+
 def _model_inputs() -> list:
     """The model to train and what it learns: MODEL, CLIP, VAE and the concept set."""
     return [
-        io.Model.Input(
-            "model",
-            tooltip="The base diffusion model from any loader: SD1.x, SD2.x, SDXL, or Flux.1 / SD3 / SD3.5 (Load Diffusion Model, weight_dtype fp8 included, or a checkpoint).",
-        ),
-        io.Clip.Input(
-            "clip",
-            tooltip="Its text encoder. Flux: DualCLIPLoader with clip_l + t5xxl; SD3 / SD3.5: TripleCLIPLoader (clip_l, clip_g, t5xxl). Flux and SD3 tokens are placed in T5's output as well.",
-        ),
+        io.Model.Input("model", tooltip=MODEL_TOOLTIP),
+        io.Clip.Input("clip", tooltip=CLIP_TOOLTIP),
         io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
         CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
     ]

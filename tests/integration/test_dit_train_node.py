@@ -6,12 +6,12 @@ checkpoints, stops on Cancel keeping the last checkpoint, and trains an fp8 base
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 import tiny_dit_comfy as tiny
 import torch
+from comfy_server import cancel_once_checkpointed
 
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.training import checkpoint as ckpt
@@ -23,34 +23,17 @@ KV_BLOCKS = {
 }
 
 
-def _train_graph(name: str, family: str, steps: int, checkpoint_every: int = 1, **train) -> dict:
+def _train_graph(name: str, family: str, steps: int, checkpoint_every: int = 1) -> dict:
+    """Tiny ``family`` model + two TinyWorld photos with masks -> TextLoc Train (hard, batch 1)."""
+    loader = {"family": family, "seed": 0, "weight_dtype": "default"}
+    photos = {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False}
+    links = {part: ["1", i] for i, part in enumerate(("model", "clip", "vae"))} | {"concepts": ["2", 0]}
+    widgets = dict(guidance="hard", steps=steps, learning_rate=5e-3, batch=1, prior_images=0, seed=0)
+    widgets.update(checkpoint_every=checkpoint_every, adapter_name=name)
     return {
-        "1": {
-            "class_type": "TextLocTestTinyDiTLoader",
-            "inputs": {"family": family, "seed": 0, "weight_dtype": "default"},
-        },
-        "2": {
-            "class_type": "TextLocTinyWorldConceptSet",
-            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False},
-        },
-        "3": {
-            "class_type": "TextLocTrain",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["1", 2],
-                "concepts": ["2", 0],
-                "guidance": "hard",
-                "steps": steps,
-                "learning_rate": 5e-3,
-                "batch": 1,
-                "prior_images": 0,
-                "seed": 0,
-                "checkpoint_every": checkpoint_every,
-                "adapter_name": name,
-                **train,
-            },
-        },
+        "1": {"class_type": "TextLocTestTinyDiTLoader", "inputs": loader},
+        "2": {"class_type": "TextLocTinyWorldConceptSet", "inputs": photos},
+        "3": {"class_type": "TextLocTrain", "inputs": links | widgets},
     }
 
 
@@ -81,14 +64,7 @@ def test_cancel_stops_a_flux_run_and_keeps_its_checkpoint(comfy):
     name = f"flux_cancel_{uuid.uuid4().hex[:6]}"
     runs = comfy.layout.models / "textloc" / "checkpoints" / name
     prompt_id = comfy.queue(_train_graph(name, "flux", steps=1000))
-    deadline, folder = time.monotonic() + 600, None
-    while time.monotonic() < deadline and (folder is None or len(ckpt.list_checkpoints(folder)) < 2):
-        folder = next(iter(runs.glob("*")), None) if runs.is_dir() else None
-        time.sleep(0.2)
-    seen = max(ckpt.list_checkpoints(folder))
-    comfy.interrupt()
-    with pytest.raises(ComfyError, match="interrupted"):
-        comfy.client.wait_for_completion(prompt_id, timeout=300)
+    folder, seen = cancel_once_checkpointed(comfy, prompt_id, runs)
     kept = ckpt.load_latest_checkpoint(folder)
     assert kept is not None and seen <= kept.step <= seen + 2, (seen, kept)
     assert not (comfy.layout.models / "textloc" / f"{name}.safetensors").exists()
