@@ -122,7 +122,8 @@ class FusedRows:
 
 class ComfyDiTDenoiser(ComfyDenoiserBackend):
     """``DenoiserBackend`` over a ComfyUI Flux / SD3 ModelPatcher and VAE (``JointBlockDenoiser``'s
-    protocol: ``text_kv_projections``, ``objective``, ``size_multiple``, ``detach_start_token``)."""
+    protocol: ``text_kv_projections``, ``objective``, ``size_multiple``, ``detach_start_token``).
+    The preview samples ``working_model`` with ComfyUI's sampler while ``route_attention`` is open."""
 
     prediction_type = "flow"
     detach_start_token = False  # T5 has no start token; SD3's CLIP part keeps its own as diffusers does
@@ -181,6 +182,7 @@ class ComfyDiTDenoiser(ComfyDenoiserBackend):
         previous = self.working_model
         routed = previous.clone()
         existing = dit_block_replacements(routed)
+        before = getattr(router, "before_call", None)  # e.g. the preview learns which rows are conditional
         for i, block in enumerate(self.canonical_layer_name(name) for name in self.text_qkv):
             if router.selects(block):
                 key = ("double_block", i)
@@ -188,7 +190,7 @@ class ComfyDiTDenoiser(ComfyDenoiserBackend):
                 def capture(q_image, k_text, block=block):
                     router.capture_text_map(block, q_image, k_text)
 
-                routed.set_model_patch_replace(joint_attention_patch(capture, existing.get(key)), "dit", *key)
+                routed.set_model_patch_replace(joint_attention_patch(capture, existing.get(key), before), "dit", *key)
         self.working_model = routed
         try:
             yield router

@@ -62,7 +62,8 @@ class ComfyDiTText:
         return differentiable_text_encoder(text_encoder(self.clip))
 
     # -- vocabulary
-    def _t5_pieces(self, word: str) -> list[int]:
+    def t5_pieces(self, word: str) -> list[int]:
+        """The T5 ids ``word`` becomes (ComfyUI's tokenizer, end and padding removed)."""
         entries = [e[0] for chunk in t5_tokens(self.clip.tokenize(word)) for e in chunk]
         return [int(i) for i in entries[: entries.index(self.end_id)]] if self.end_id in entries else []
 
@@ -71,7 +72,7 @@ class ComfyDiTText:
             mean_of_pieces([self.tables[key][p] for p in pieces], init_word, what)
             for key, pieces in self.placer.pieces(init_word).items()
         ]
-        n_pieces = len(self._t5_pieces(init_word))
+        n_pieces = len(self.t5_pieces(init_word))
         tokens = self.clip.tokenize(init_word)
         with torch.no_grad(), cancel_as_core("text encoding"):
             context = self.clip.encode_from_tokens(tokens)
@@ -89,7 +90,7 @@ class ComfyDiTText:
         """Each placeholder word's T5 pieces -> one pad entry (the chunk keeps its length);
         returns every identifier's T5 positions."""
         positions: dict[str, list[int]] = {}
-        pieces = {name: self._t5_pieces(word) for name, word in words.items()}
+        pieces = {name: self.t5_pieces(word) for name, word in words.items()}
         flat = 0
         for c, chunk in enumerate(t5_tokens(tokens)):
             ids = [int(e[0]) for e in chunk]

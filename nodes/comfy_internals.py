@@ -263,9 +263,8 @@ def attention_heads(extra_options: dict) -> int:
 
 
 def conditional_chunks(extra_options: dict) -> list[int]:
-    """Which chunks of an attn2 call's batch are conditional (0) or unconditional (1).
-
-    Relies on: the sampler's ``extra_options["cond_or_uncond"]`` (absent: one conditional chunk)."""
+    """Which chunks of an attn2 call's (or dit block's) batch are conditional (0) or unconditional
+    (1). Relies on: the sampler's ``extra_options["cond_or_uncond"]`` (absent: one conditional chunk)."""
     return list(extra_options.get("cond_or_uncond") or [0])
 
 
@@ -287,8 +286,7 @@ def patchers(*objects) -> list:
 
 
 def vae_scale_factor(vae) -> int:
-    """Pixels per latent cell of a VAE (8 for SD's). Relies on:
-    ``comfy.sd.VAE.spacial_compression_encode()``; without a VAE, SD's 8."""
+    """Pixels per latent cell of a VAE. Relies on: ``comfy.sd.VAE.spacial_compression_encode()``; none: SD's 8."""
     return int(vae.spacial_compression_encode()) if vae is not None else 8
 
 
@@ -301,9 +299,8 @@ def set_vae_scale_factor(vae, factor: int) -> None:
 
 
 # ----------------------------------------------------------------------------- diffusion transformers (Flux, SD3)
-#: family -> (the diffusion model's joint blocks, their text attention); T5's key in a CLIP token dict
+#: family -> (the diffusion model's joint blocks, their text attention)
 DIT_BLOCKS = {"flux": ("double_blocks", "txt_attn"), "sd3": ("joint_blocks", "context_block.attn")}
-T5_KEY = "t5xxl"
 
 
 def dit_layout(parts: ModelParts) -> tuple[str, dict[str, nn.Module], int] | None:
@@ -353,9 +350,9 @@ def dit_block_replacements(model) -> dict:
 
 
 def _residual_safe(forward):
-    """``forward`` of a Flux block on copies of its residual streams, each tensor autograd saves
-    that shares their storage saved as a copy: the block adds residuals in place (``img +=``,
-    ``txt +=``, ``x +=``), which autograd and a checkpoint's saved inputs cannot survive."""
+    """``forward`` of a Flux block on copies of its residual streams, saving copies of what shares their
+    storage: it adds residuals in place (``img +=``, ``txt +=``, ``x +=``), which autograd and a
+    checkpoint's saved inputs cannot survive."""
 
     def run(*args, **kwargs):
         if not torch.is_grad_enabled():
@@ -388,7 +385,7 @@ def differentiable_dit_blocks(unet: nn.Module) -> Iterator[None]:
             block.__dict__.pop("forward", None)
 
 
-def joint_attention_patch(on_attention, existing=None):
+def joint_attention_patch(on_attention, existing=None, before=None):
     """A ``patches_replace["dit"]`` block function running the block (through ``existing``, another
     pack's replacement, if any) with an ``optimized_attention_override`` that hands the joint
     attention's image queries (B, H, N, d) and text keys (B, H, T, d) as the kernel gets them
@@ -397,11 +394,14 @@ def joint_attention_patch(on_attention, existing=None):
     Relies on: both models calling ``replace(args, {"original_block": fn})`` with ``args["txt"]``,
     ``["img"]``, ``["transformer_options"]``, handing those options to ``optimized_attention``,
     which calls ``options["optimized_attention_override"](func, q, k, v, heads, ...,
-    skip_reshape=)``, over ``[text, image]``; SD3.5's image-only attention is passed through."""
+    skip_reshape=)``, over ``[text, image]``; SD3.5's image-only attention is passed through.
+    ``before(options)`` first sees each call's options (the sampler's ``cond_or_uncond`` is there)."""
 
     def block(args, extra):
         n_text, n_joint = args["txt"].shape[1], args["txt"].shape[1] + args["img"].shape[1]
         options = dict(args.get("transformer_options") or {})
+        if before is not None:
+            before(options)
         previous = options.get("optimized_attention_override")
 
         def override(func, *call, **kwargs):
@@ -435,8 +435,8 @@ def comfy_training_mode() -> Iterator[None]:
 
 
 def t5_tokens(tokens: dict) -> list | None:
-    """T5's token list in a CLIP token dict (None without T5). Relies on: the key ``"t5xxl"``."""
-    return tokens.get(T5_KEY)
+    """T5's token list in a CLIP token dict (None without T5). Relies on: its key ``"t5xxl"``."""
+    return tokens.get("t5xxl")
 
 
 def t5_special_ids(clip) -> tuple[int, int]:

@@ -80,7 +80,7 @@ def test_token_positions_in_each_text_part_and_its_t5_vector_in_the_context(pack
         t5 = token[0, :t5_width] if family == "flux" else token[0, -t5_width:]
         # the layout of the same prompt with a one-piece word where the token is, in ComfyUI's own
         # tokens: the word's T5 positions (and, SD3, its CLIP-L positions, T5's after the CLIP rows)
-        (word,) = text._t5_pieces("dog")
+        (word,) = text.t5_pieces("dog")
         for prompt, where in zip(prompts, encoded.token_positions):
             tokens = clip.tokenize(prompt.replace("<tw1>", "dog"))
             t5_at = [i for i, e in enumerate(tokens["t5xxl"][0]) if e[0] == word]
@@ -267,3 +267,36 @@ def test_an_fp8_base_trains_on_the_cpu(pack):
         result = train(bundle, _concepts(), _config(prior_images=0, prior_batch=0))
     assert result.steps_done == 2 and all(math.isfinite(h["loss"]) for h in result.history)
     assert all(float(d.abs().sum()) > 0 for d in result.kv_deltas.values())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention_preview_maps_a_word_while_comfyui_samples(pack, models, family):
+    """ComfyUI's own sampler (Flux at CFG 1, SD3 with a negative prompt) with the word's maps
+    captured in the routed blocks: an image per seed, a map per word, one heat map per pair."""
+    from textloc_pack.nodes import preview_node
+
+    model, clip, vae = models[family]
+    cfg, negative = (1.0, "") if family == "flux" else (3.0, "blurry")
+    with torch.inference_mode():
+        images, overlays, masks, mapped = preview_node.attention_preview(
+            model,
+            clip,
+            vae,
+            "a photo of a star and a dog",
+            negative,
+            "star, dog",
+            0,
+            2,
+            cfg,
+            "euler",
+            "simple",
+            64,
+            48,
+            2,
+        )
+    assert mapped == "star, dog" and images.shape == (2, 48, 64, 3) and overlays.shape == (4, 48, 64, 3)
+    assert masks.shape == (4, 48, 64) and torch.isfinite(masks).all()
+    assert all(float(m.max()) == 1.0 and float(m.min()) == 0.0 for m in masks)  # min-max normalised maps
+    assert not torch.equal(masks[0], masks[1])  # the two words look at different places
+    with pytest.raises(ValueError, match="do not occur in the prompt"), torch.inference_mode():
+        preview_node.attention_preview(model, clip, vae, "a photo", "", "star", 0, 1, cfg, "euler", "simple", 64, 64, 1)
