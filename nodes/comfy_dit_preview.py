@@ -4,7 +4,7 @@ model's context, and the denoiser whose block patches capture their maps while C
 A Flux context is T5's output alone, so a word's positions are its T5 pieces; an SD3 context is
 [CLIP-L | CLIP-G] then T5, so a word has CLIP positions and T5 positions, and its map averages
 both (as in training). Flux dev is guidance-distilled: at CFG 1 ComfyUI samples the positive
-prompt only, so a negative prompt has no effect there (said in the log and the tokens output).
+prompt only, so a negative prompt has no effect there (the log says so).
 """
 
 from __future__ import annotations
