@@ -1,5 +1,5 @@
 """Tiny, randomly initialised Stable-Diffusion-architecture models, built in code: the one
-home of the tiny builders the tests (tests/conftest.py), the benchmarks and the scripts use.
+home of the tiny builders the tests, the benchmarks and the scripts use.
 
 Built with the real CLIP BPE vocabulary (textloc_core/tinyworld/weights/tokenizer), so
 tokenisation, token positions and layer discovery behave as with SD1.5, while a forward pass
@@ -42,6 +42,46 @@ def build_tiny_unet(cross_attention: bool = True):
     )
 
 
+def build_random_tinyworld_pipeline():
+    """A StableDiffusionPipeline of TinyWorld's architecture (``textloc_core.tinyworld.model_configs``)
+    with random weights drawn from seed 0, and its tokenizer: the whole path runs, numbers mean nothing."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    from textloc_core.tinyworld import model_configs as mc
+
+    torch.manual_seed(0)
+    text_encoder = mc.build_text_encoder()
+    return StableDiffusionPipeline(
+        vae=mc.build_vae(),
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR)),
+        unet=mc.build_unet(),
+        scheduler=mc.build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def tiny_clip_text_config(width: int, layers: int, **extra):
+    """A ``CLIPTextConfig`` ``width`` wide (MLP twice that, 2 heads) over CLIP's own vocabulary,
+    77 positions and special tokens: the tokenizer TinyWorld ships reads it."""
+    from transformers import CLIPTextConfig
+
+    vocab = dict(
+        vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407
+    )
+    return CLIPTextConfig(
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        **vocab,
+        **extra,
+    )
+
+
 def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     """tokenizer, text_encoder, unet, vae: an SD-shaped model small enough for unit tests.
 
@@ -49,23 +89,11 @@ def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     a 2-layer 32-wide CLIP text encoder, and a VAE with scale factor 2.
     """
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_clip_text_config(32, layers=2))
     unet = build_tiny_unet()
     vae = AutoencoderKL(
         in_channels=3,
@@ -80,6 +108,18 @@ def build_tiny_pipeline_parts(seed: int = 0) -> dict:
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": unet, "vae": vae}
 
 
+TINY_SDXL_TRAINING = {
+    "steps": 2,
+    "learning_rate": 1e-3,
+    "instance_batch": 1,
+    "prior_batch": 1,
+    "prior_images": 2,
+    "prior_sampling_steps": 2,
+}
+"""``TrainConfig`` fields (all but ``guidance``) of a two-step training with prior images on a tiny
+SDXL-shaped model: the diffusers and the ComfyUI backend's tests train alike."""
+
+
 def build_tiny_sdxl_parts(seed: int = 0) -> dict:
     """tokenizer(_2), text_encoder(_2), unet, vae: an SDXL-shaped model for unit tests.
 
@@ -89,23 +129,12 @@ def build_tiny_sdxl_parts(seed: int = 0) -> dict:
     numbers; no attention at the finest level and attention at two coarser levels.
     """
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     parts = build_tiny_pipeline_parts(seed)
     torch.manual_seed(seed + 1)
-    common = dict(
-        vocab_size=49408,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        max_position_embeddings=77,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, **common))
-    parts["text_encoder_2"] = CLIPTextModelWithProjection(
-        CLIPTextConfig(hidden_size=48, intermediate_size=96, projection_dim=48, **common)
-    )
+    parts["text_encoder"] = CLIPTextModel(tiny_clip_text_config(32, layers=3))
+    parts["text_encoder_2"] = CLIPTextModelWithProjection(tiny_clip_text_config(48, layers=3, projection_dim=48))
     parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token="!")
     parts["unet"] = UNet2DConditionModel(
         sample_size=16,
@@ -171,6 +200,17 @@ def build_tiny_t5(width: int):
     return tokenizer, model
 
 
+def _with_t5(base: dict, seed: int, t5_width: int, t5_slot: str) -> dict:
+    """A DiT pipeline's parts but its transformer: ``base``'s tokenizers, text encoders and VAE
+    (its UNet dropped) and a ``t5_width``-wide T5 as ``text_encoder<t5_slot>`` (sequence 16),
+    drawn after seeding torch with ``seed`` (the transformer is drawn next)."""
+    torch.manual_seed(seed)
+    t5_tokenizer, t5 = build_tiny_t5(t5_width)
+    parts = {name: part for name, part in base.items() if name != "unet"}
+    parts.update({f"text_encoder{t5_slot}": t5, f"tokenizer{t5_slot}": t5_tokenizer, "max_sequence_length": 16})
+    return parts
+
+
 def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     """FluxPipeline-named parts of a Flux-architecture model for unit tests: a
     ``FluxTransformer2DModel`` with ``double_blocks`` double-stream and 1 single-stream blocks
@@ -179,10 +219,8 @@ def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     (4 latent channels, factor 2; the transformer reads 2 x 2 patches)."""
     from diffusers import FluxTransformer2DModel
 
-    parts = build_tiny_pipeline_parts(seed)
-    torch.manual_seed(seed + 2)
-    t5_tokenizer, t5 = build_tiny_t5(32)
-    transformer = FluxTransformer2DModel(
+    parts = _with_t5(build_tiny_pipeline_parts(seed), seed + 2, 32, "_2")
+    parts["transformer"] = FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,
         num_layers=double_blocks,
@@ -194,15 +232,7 @@ def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
         guidance_embeds=True,
         axes_dims_rope=(2, 2, 4),
     )
-    return {
-        "transformer": transformer,
-        "vae": parts["vae"],
-        "text_encoder": parts["text_encoder"],
-        "tokenizer": parts["tokenizer"],
-        "text_encoder_2": t5,
-        "tokenizer_2": t5_tokenizer,
-        "max_sequence_length": 16,
-    }
+    return parts
 
 
 def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
@@ -212,10 +242,8 @@ def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
     and CLIP-G (48, projected) and a 96-wide T5 (sequence 16), the tiny VAE."""
     from diffusers import SD3Transformer2DModel
 
-    parts = build_tiny_sdxl_parts(seed)
-    torch.manual_seed(seed + 3)
-    t5_tokenizer, t5 = build_tiny_t5(96)
-    transformer = SD3Transformer2DModel(
+    parts = _with_t5(build_tiny_sdxl_parts(seed), seed + 3, 96, "_3")
+    parts["transformer"] = SD3Transformer2DModel(
         sample_size=16,
         patch_size=2,
         in_channels=4,
@@ -230,14 +258,4 @@ def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
     )
-    return {
-        "transformer": transformer,
-        "vae": parts["vae"],
-        "text_encoder": parts["text_encoder"],
-        "tokenizer": parts["tokenizer"],
-        "text_encoder_2": parts["text_encoder_2"],
-        "tokenizer_2": parts["tokenizer_2"],
-        "text_encoder_3": t5,
-        "tokenizer_3": t5_tokenizer,
-        "max_sequence_length": 16,
-    }
+    return parts

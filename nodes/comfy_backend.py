@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch import Tensor
 
 from ..textloc_core.attention.cross_attention import AttentionRouter, find_cross_attention
 from ..textloc_core.backends.base import EncodedPrompts, ModelBundle, mean_of_pieces
@@ -216,12 +217,8 @@ class ComfyDenoiserBackend:
         return transformer_options(self.working_model)
 
     def predict(
-        self,
-        noisy_latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        context: torch.Tensor,
-        pooled: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        self, noisy_latents: Tensor, timesteps: Tensor, context: Tensor, pooled: Tensor | None = None
+    ) -> Tensor:
         y = None
         if self.needs_pooled:
             if pooled is None:

@@ -52,7 +52,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,19 +61,20 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks import records  # noqa: E402
+from benchmarks.tinyworld_protocol import (  # noqa: E402
+    CALIBRATED,
+    SETTINGS,
+    TABLE_METHODS,
+    Protocol,
+    concept_set_for,
+    method_label,
+    parse_method,
+    train_config,
+    world,
+)
 from textloc_core import api  # noqa: E402
-from textloc_core.data.concepts import ConceptSet  # noqa: E402
-from textloc_core.evaluation import features, heatmap, judge_scores, localization, metrics, scoring  # noqa: E402
-from textloc_core.training.config import TrainConfig  # noqa: E402
+from textloc_core.evaluation import heatmap, judge_scores, localization, metrics, scoring  # noqa: E402
 
-METHODS = ("hard", "soft", "none")
-LAMBDAS = ("1", "0.3", "0.1", "0.03")
-TABLE_METHODS = ("none", "hard@cal", "soft@cal", *(f"{m}@{w}" for m in ("hard", "soft") for w in LAMBDAS))
-"""The committed table's rows: the baseline, both guidances calibrated, and both at every fixed weight."""
-SETTINGS = ("single", "multi")
-CALIBRATED = "cal"
-"""The weight part of a method spec ``hard@cal``: attention_weight_mode "calibrated" (with
-``--attention-fraction``); ``hard@cal=0.5`` sets the fraction of that row itself."""
 BEGIN, END = "<!-- bench_methods:begin -->", "<!-- bench_methods:end -->"
 COLUMNS = (
     ("clip_i", "CLIP-I ↑"),
@@ -87,100 +88,6 @@ COLUMNS = (
     ("leakage", "leakage ↓"),
     ("alignment", "prompt align ↑"),
 )
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Everything that decides the numbers (written into results.md)."""
-
-    pairs: tuple[str, ...] = ("dotstar", "checkring", "stripebox")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = TABLE_METHODS
-    steps: int = 100
-    learning_rate: float = 3e-3
-    """The tuned recipe (docs/results.md, "Tuning the baseline"): 3e-3 without prior preservation."""
-    instance_batch: int = 2
-    """Instance images a step (of the five photos; the learning rate is not scaled by it)."""
-    prior_images: int = 0
-    prior_steps: int = 20
-    images_per_prompt: int = 4
-    sample_steps: int = 20
-    guidance_scale: float = 5.0
-    n_references: int = 16
-    n_iou_scenes: int = 8
-    map_levels_eval: str = "all"
-    train_map_levels: str = "all_but_finest"
-    """Attention resolutions the guidance uses (TrainConfig.map_levels; the paper: all but the finest)."""
-    settings: tuple[str, ...] = SETTINGS
-    init_word: str = ""
-    """The word every identifier token starts from ("": its class word, TrainConfig's default)."""
-    attention_fraction: float = TrainConfig.attention_fraction
-    """The fraction of plain ``@cal`` methods, the table's "hard (calibrated)" rows (TrainConfig's default)."""
-    calibration_batches: int = TrainConfig.calibration_batches
-    """Batches the calibrated methods average the gradient norms over (TrainConfig's default)."""
-    unmasked_weight: float = 1.0
-    """TrainConfig.unmasked_weight: 1 the plain denoising loss, 0 Break-A-Scene's masked loss."""
-    token_warmup_steps: int = 0
-    """TrainConfig.token_warmup_steps: steps (of ``steps``) that train only the tokens."""
-    token_warmup_lr: float = TrainConfig.token_warmup_learning_rate
-    train_keys: bool = True
-    """False: V only (TrainConfig.train_keys)."""
-    union_sampling: bool = False
-    """Break-A-Scene's union sampling of the concepts (multi-concept runs)."""
-    class_prompt: str = "{class_word}"
-    """The class-prior prompt (TrainConfig.class_prompt), with prior images only."""
-    random_weights: bool = False
-
-
-# ----------------------------------------------------------------------------- the world
-
-_WORLD: dict = {}
-
-
-def _random_world() -> dict:
-    """TinyWorld's architecture with random weights: the whole path runs, numbers mean nothing."""
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
-    from textloc_core.tinyworld import model_configs as mc
-    from textloc_core.tinyworld.judge import Judge, JudgeNet
-
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core/tinyworld/weights/tokenizer"))
-    text = mc.build_text_encoder().eval()
-    pipe = StableDiffusionPipeline(
-        vae=mc.build_vae(),
-        text_encoder=text,
-        tokenizer=tokenizer,
-        unet=mc.build_unet(),
-        scheduler=mc.build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    vision = mc.build_vision_encoder().eval()
-    return {"pipe": pipe, "clip": features.ClipFeatureModel(vision, text, tokenizer), "judge": Judge(JudgeNet(8))}
-
-
-def world(random_weights: bool) -> dict:
-    """The TinyWorld bundle, CLIP feature model and judge, loaded once per process."""
-    if not _WORLD:
-        if random_weights:
-            parts = _random_world()
-        else:
-            from textloc_core import tinyworld
-
-            text, vision, tokenizer = tinyworld.load_clip()
-            parts = {
-                "pipe": tinyworld.load_pipeline(),
-                "judge": tinyworld.load_judge(),
-                "clip": features.ClipFeatureModel(vision, text, tokenizer),
-            }
-        from textloc_core.backends.diffusers_backend import bundle_from_diffusers
-
-        parts["bundle"] = bundle_from_diffusers(parts["pipe"])
-        _WORLD.update(parts)
-    return _WORLD
 
 
 def _init_worker() -> None:
@@ -268,81 +175,6 @@ def generation_plan(concept, setting: str, tokens: bool = True):
                 )
             )
     return plan
-
-
-def concept_set_for(name: str, seed: int, setting: str, init_word: str = "") -> ConceptSet:
-    """The pair's personalisation set (single: only ``name`` is named), every token starting
-    from ``init_word`` ("": its class word)."""
-    from textloc_core import tinyworld
-
-    full = tinyworld.personalization_set(name, seed)
-    chosen = full if setting == "multi" else scoring.only_concepts(full, [name])
-    if init_word:
-        chosen = replace(chosen, concepts=[replace(c, init_word=init_word) for c in chosen.concepts])
-    return chosen
-
-
-def parse_method(spec: str) -> tuple[str, dict]:
-    """A method spec as the bench's rows name it: ``hard`` (TrainConfig's default attention
-    weight), ``hard@0.1`` (fixed attention_weight 0.1), ``hard@cal`` (calibrated, the protocol's
-    fraction) or ``hard@cal=0.5`` (calibrated, fraction 0.5), and ``none``; returns
-    (guidance method, TrainConfig fields of the weight)."""
-    method, _, weight = spec.partition("@")
-    mode, _, fraction = weight.partition("=")
-    if method not in METHODS or (method == "none" and weight) or (fraction and mode != CALIBRATED):
-        raise ValueError(
-            f"method {spec!r}: expected hard, soft or none, optionally hard@<lambda>, "
-            f"hard@{CALIBRATED} or hard@{CALIBRATED}=<fraction>"
-        )
-    if not weight:
-        return method, {}
-    if mode == CALIBRATED:
-        return method, {
-            "attention_weight_mode": "calibrated",
-            **({"attention_fraction": float(fraction)} if fraction else {}),
-        }
-    return method, {"attention_weight_mode": "fixed", "attention_weight": float(weight)}
-
-
-def method_label(spec: str) -> str:
-    """The table's name of a method spec: ``hard (calibrated)``, ``hard (calibrated, fraction 1)``,
-    ``hard (λ=0.1)``, ``none (Custom Diffusion)``."""
-    method, weight = parse_method(spec)
-    if method == "none":
-        return "none (Custom Diffusion)"
-    if weight.get("attention_weight_mode") == "calibrated":
-        own = weight.get("attention_fraction")
-        return f"{method} (calibrated)" if own is None else f"{method} (calibrated, fraction {own:g})"
-    return f"{method} (λ={weight['attention_weight']:g})" if weight else method
-
-
-def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
-    method, weight = parse_method(spec)
-    return TrainConfig(
-        guidance=method,
-        steps=p.steps,
-        learning_rate=p.learning_rate,
-        scale_lr_by_batch=False,
-        instance_batch=p.instance_batch,
-        prior_batch=2,
-        prior_images=p.prior_images,
-        prior_sampling_steps=p.prior_steps,
-        instance_prompt="{concepts}",
-        seed=seed,
-        checkpoint_every=10**9,
-        mixed_precision="fp32",
-        map_levels=p.train_map_levels
-        if p.train_map_levels in ("all", "all_but_finest")
-        else tuple(int(f) for f in p.train_map_levels.split(",")),
-        calibration_batches=p.calibration_batches,
-        unmasked_weight=p.unmasked_weight,
-        token_warmup_steps=p.token_warmup_steps,
-        token_warmup_learning_rate=p.token_warmup_lr,
-        train_keys=p.train_keys,
-        union_sampling=p.union_sampling,
-        class_prompt=p.class_prompt,
-        **{"attention_fraction": p.attention_fraction, **weight},
-    )
 
 
 def _prior_cache(out: Path) -> Path:
@@ -725,6 +557,46 @@ def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers:
 # ----------------------------------------------------------------------------- main
 
 
+PROTOCOL_OPTIONS = (
+    ("--steps", "steps", int, None),
+    ("--lr", "learning_rate", float, None),
+    ("--instance-batch", "instance_batch", int, "instance images a training step"),
+    ("--images-per-prompt", "images_per_prompt", int, None),
+    ("--prior-images", "prior_images", int, "class-prior images per class word (0: no prior preservation)"),
+    ("--init-word", "init_word", str, 'the word every token starts from ("": its class word; e.g. sks, a rare token)'),
+    ("--guidance-scale", "guidance_scale", float, "classifier-free guidance of the generations the bench scores"),
+    (
+        "--attention-fraction",
+        "attention_fraction",
+        float,
+        "attention_fraction of the calibrated methods (hard@cal, soft@cal)",
+    ),
+    (
+        "--calibration-batches",
+        "calibration_batches",
+        int,
+        "batches the calibrated methods average the gradient norms over",
+    ),
+    ("--train-map-levels", "train_map_levels", str, '"all_but_finest" (paper), "all", or factors like 1,2'),
+    (
+        "--unmasked-weight",
+        "unmasked_weight",
+        float,
+        "weight of the pixels outside the masks in the denoising loss (0: masked loss, 1: plain)",
+    ),
+    (
+        "--token-warmup-steps",
+        "token_warmup_steps",
+        int,
+        "steps (of --steps) that train only the tokens, at --token-warmup-lr",
+    ),
+    ("--token-warmup-lr", "token_warmup_lr", float, None),
+    ("--class-prompt", "class_prompt", str, "class-prior prompt with {class_word} (used with --prior-images)"),
+)
+"""The command line's options that set a ``Protocol`` field: (option, field, type, help), the
+default the field's own."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default=",".join(Protocol.pairs))
@@ -734,70 +606,14 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(TABLE_METHODS),
         help=f"method specs: hard, soft, none; hard@<lambda> fixed weight, hard@{CALIBRATED} calibrated",
     )
-    parser.add_argument("--steps", type=int, default=Protocol.steps)
-    parser.add_argument("--lr", type=float, default=Protocol.learning_rate)
-    parser.add_argument(
-        "--instance-batch", type=int, default=Protocol.instance_batch, help="instance images a training step"
-    )
-    parser.add_argument("--images-per-prompt", type=int, default=Protocol.images_per_prompt)
     parser.add_argument("--settings", default=",".join(SETTINGS), help="single, multi or both")
-    parser.add_argument(
-        "--prior-images",
-        type=int,
-        default=Protocol.prior_images,
-        help="class-prior images per class word (0: no prior preservation)",
-    )
-    parser.add_argument(
-        "--init-word",
-        default=Protocol.init_word,
-        help='the word every token starts from ("": its class word; e.g. sks, a rare token)',
-    )
-    parser.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=Protocol.guidance_scale,
-        help="classifier-free guidance of the generations the bench scores",
-    )
-    parser.add_argument(
-        "--attention-fraction",
-        type=float,
-        default=Protocol.attention_fraction,
-        help="attention_fraction of the calibrated methods (hard@cal, soft@cal)",
-    )
-    parser.add_argument(
-        "--calibration-batches",
-        type=int,
-        default=Protocol.calibration_batches,
-        help="batches the calibrated methods average the gradient norms over",
-    )
-    parser.add_argument(
-        "--train-map-levels",
-        default=Protocol.train_map_levels,
-        help='"all_but_finest" (paper), "all", or factors like 1,2',
-    )
-    parser.add_argument(
-        "--unmasked-weight",
-        type=float,
-        default=Protocol.unmasked_weight,
-        help="weight of the pixels outside the masks in the denoising loss (0: masked loss, 1: plain)",
-    )
-    parser.add_argument(
-        "--token-warmup-steps",
-        type=int,
-        default=Protocol.token_warmup_steps,
-        help="steps (of --steps) that train only the tokens, at --token-warmup-lr",
-    )
-    parser.add_argument("--token-warmup-lr", type=float, default=Protocol.token_warmup_lr)
+    for option, field, kind, text in PROTOCOL_OPTIONS:
+        parser.add_argument(option, dest=field, type=kind, default=getattr(Protocol, field), help=text)
     parser.add_argument("--v-only", action="store_true", help="tune only W_V's delta (W_K stays the base model's)")
     parser.add_argument(
         "--union-sampling",
         action="store_true",
         help="multi-concept runs train random subsets of the concepts each step (Break-A-Scene)",
-    )
-    parser.add_argument(
-        "--class-prompt",
-        default=Protocol.class_prompt,
-        help="class-prior prompt with {class_word} (used with --prior-images)",
     )
     parser.add_argument(
         "--recipe", default="", help="name of this settings combination in the records (default: built from the levers)"
@@ -839,24 +655,11 @@ def main(argv: list[str] | None = None) -> int:
         pairs=tuple(args.pairs.split(",")),
         seeds=tuple(int(s) for s in args.seeds.split(",")),
         methods=tuple(args.methods.split(",")),
-        steps=args.steps,
-        learning_rate=args.lr,
-        instance_batch=args.instance_batch,
-        images_per_prompt=args.images_per_prompt,
-        random_weights=args.random_weights,
-        train_map_levels=args.train_map_levels,
         settings=tuple(args.settings.split(",")),
-        prior_images=args.prior_images,
-        init_word=args.init_word,
-        guidance_scale=args.guidance_scale,
-        attention_fraction=args.attention_fraction,
-        calibration_batches=args.calibration_batches,
-        unmasked_weight=args.unmasked_weight,
-        token_warmup_steps=args.token_warmup_steps,
-        token_warmup_lr=args.token_warmup_lr,
+        random_weights=args.random_weights,
         train_keys=not args.v_only,
         union_sampling=args.union_sampling,
-        class_prompt=args.class_prompt,
+        **{field: getattr(args, field) for _, field, _, _ in PROTOCOL_OPTIONS},
     )
     for spec in p.methods:
         parse_method(spec)  # a bad spec fails here, not in a worker

@@ -55,7 +55,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,67 +98,36 @@ class World:
         return self.weights or ("bf16" if self.device == "cuda" else "fp32")
 
 
+SDXL_MODES = ("none", "hard", "hard-coarse", "store")
+"""The modes of the SDXL configurations: ``hard-coarse`` too (SDXL has two attention grids)."""
+SMALL_CPU_RUN = {
+    "instance_batch": 1,
+    "prior_batch": 1,
+    "warmup": 1,
+    "sampling_steps": 2,
+    "sampling_batch": 1,
+    "n_images": 2,
+    "one_process": True,
+}
+"""Batch 1 + 1, one warm-up step, two sampling steps, two photos, one process: the full-size
+models on the CPU, where one step takes minutes; the ratios, not the absolute times, are the point."""
+SDXL_ON_CPU = {**SMALL_CPU_RUN, "transformer_depth": 2, "weights": "bf16", "modes": SDXL_MODES}
+"""SDXL on the CPU: the full UNet (2.6B) does not fit next to its 341M trainable K/V
+parameters' fp32 AdamW state (5.1 GiB) in a ~10 GiB share of a 24 GiB machine, so the
+1280-channel transformer stacks are 2 deep instead of 10 (0.9B, 89M trainable); widths,
+heads, context 2048, both full text towers, attention levels and conditioning are SDXL's.
+bf16 weights + autocast as on the GPU: fp32 peaks above 10 GiB here and is 2x slower."""
+
 WORLDS = {
     "tinyworld-cpu": World(
         "tinyworld-cpu", "tinyworld", "cpu", 64, warmup=3, steps=15, sampling_steps=25, sampling_batch=4
     ),
-    # batch 1 + 1 and 2 timed steps: on the 2 shared cores of our CI-class machine one SD1.5
-    # step at 256 px takes minutes; the ratios, not the absolute times, are the point here
-    "sd15-256-cpu": World(
-        "sd15-256-cpu",
-        "sd15",
-        "cpu",
-        256,
-        instance_batch=1,
-        prior_batch=1,
-        warmup=1,
-        steps=2,
-        sampling_steps=2,
-        sampling_batch=1,
-        n_images=2,
-        one_process=True,
-    ),
+    # 2 timed steps: on the 2 shared cores of our CI-class machine one SD1.5 step at 256 px takes minutes
+    "sd15-256-cpu": World("sd15-256-cpu", "sd15", "cpu", 256, steps=2, **SMALL_CPU_RUN),
     "sd15-512-gpu": World("sd15-512-gpu", "sd15", "cuda", 512, warmup=3, steps=10, sampling_steps=25, sampling_batch=4),
-    # SDXL on the CPU: the full UNet (2.6B) does not fit next to its 341M trainable K/V
-    # parameters' fp32 AdamW state (5.1 GiB) in a ~10 GiB share of a 24 GiB machine, so the
-    # 1280-channel transformer stacks are 2 deep instead of 10 (0.9B, 89M trainable); widths,
-    # heads, context 2048, both full text towers, attention levels and conditioning are SDXL's.
-    # bf16 weights + autocast as on the GPU: fp32 peaks above 10 GiB here and is 2x slower
-    "sdxl-256-cpu": World(
-        "sdxl-256-cpu",
-        "sdxl",
-        "cpu",
-        256,
-        instance_batch=1,
-        prior_batch=1,
-        warmup=1,
-        steps=3,
-        sampling_steps=2,
-        sampling_batch=1,
-        n_images=2,
-        one_process=True,
-        transformer_depth=2,
-        weights="bf16",
-        modes=("none", "hard", "hard-coarse", "store"),
-    ),
+    "sdxl-256-cpu": World("sdxl-256-cpu", "sdxl", "cpu", 256, steps=3, **SDXL_ON_CPU),
     # the same at 512 px: attention grids 32 and 16, so guiding both (the default) adds a 1024-pixel level
-    "sdxl-512-cpu": World(
-        "sdxl-512-cpu",
-        "sdxl",
-        "cpu",
-        512,
-        instance_batch=1,
-        prior_batch=1,
-        warmup=1,
-        steps=2,
-        sampling_steps=2,
-        sampling_batch=1,
-        n_images=2,
-        one_process=True,
-        transformer_depth=2,
-        weights="bf16",
-        modes=("none", "hard", "hard-coarse", "store"),
-    ),
+    "sdxl-512-cpu": World("sdxl-512-cpu", "sdxl", "cpu", 512, steps=2, **SDXL_ON_CPU),
     "sdxl-1024-gpu": World(
         "sdxl-1024-gpu",
         "sdxl",
@@ -170,21 +139,12 @@ WORLDS = {
         steps=10,
         sampling_steps=25,
         sampling_batch=2,
-        modes=("none", "hard", "hard-coarse", "store"),
+        modes=SDXL_MODES,
     ),
 }
 TINY_TEST_WORLD = World("tiny-smoke", "tiny", "cpu", 16, warmup=1, steps=2, sampling_steps=2, sampling_batch=1)
-TINY_SDXL_TEST_WORLD = World(
-    "tiny-sdxl-smoke",
-    "tiny-sdxl",
-    "cpu",
-    32,
-    warmup=1,
-    steps=2,
-    sampling_steps=2,
-    sampling_batch=1,
-    one_process=True,
-    modes=("none", "hard", "hard-coarse", "store"),
+TINY_SDXL_TEST_WORLD = replace(
+    TINY_TEST_WORLD, name="tiny-sdxl-smoke", model="tiny-sdxl", resolution=32, one_process=True, modes=SDXL_MODES
 )
 """The test-suite-sized models (SD1.x- and SDXL-shaped); ``--configs tiny-smoke`` / ``tiny-sdxl-smoke``
 check the harness end to end in seconds."""

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from textloc_core.adapters.adapter import load_adapter  # noqa: E402
 from textloc_core.tinyworld import shipped_adapters_dir  # noqa: E402
 from textloc_harness import demo  # noqa: E402
-from textloc_harness.comfy_launcher import load_workflow  # noqa: E402
+from textloc_harness.comfy_launcher import add_comfyui_option, load_workflow  # noqa: E402
 
 WORKFLOW = ROOT / "workflows" / "api" / "train_multi_concept_api.json"
 
@@ -49,9 +49,7 @@ def adapter_name(workflow: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--comfyui", type=Path, default=None, help="ComfyUI work tree (default: $COMFYUI_DIR, else ~/ComfyUI)"
-    )
+    add_comfyui_option(parser)
     parser.add_argument(
         "--out",
         type=Path,

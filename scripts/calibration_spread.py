@@ -23,39 +23,38 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-import bench_methods as bench  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import tinyworld_protocol as protocol  # noqa: E402
 from textloc_core.training.loop import train  # noqa: E402
 from textloc_core.training.setup import setup  # noqa: E402
 from textloc_core.training.step import gradient_norms, weight_from_norms  # noqa: E402
 
 
 def norms_per_batch(
-    p: bench.Protocol, pair: str, seed: int, setting: str, method: str, batches: int
+    p: protocol.Protocol, pair: str, seed: int, setting: str, method: str, batches: int
 ) -> list[tuple[float, float]]:
     """(denoise, attention) gradient norms of steps 0..batches-1 of one bench run."""
-    w = bench.world(False)
-    config = replace(bench.train_config(p, f"{method}@cal", seed), calibration_batches=batches)
+    w = protocol.world(False)
+    config = replace(protocol.train_config(p, f"{method}@cal", seed), calibration_batches=batches)
     with torch.enable_grad():
-        run = setup(w["bundle"], bench.concept_set_for(pair, seed, setting, p.init_word), config)
+        run = setup(w["bundle"], protocol.concept_set_for(pair, seed, setting, p.init_word), config)
         with run.hooks():
             return [gradient_norms(run, step) for step in range(batches)]
 
 
-def cost_in_steps(p: bench.Protocol, method: str, batches: int, steps: int = 20) -> float:
+def cost_in_steps(p: protocol.Protocol, method: str, batches: int, steps: int = 20) -> float:
     """Seconds of one calibration batch over seconds of one training step, timed side by side
     in this process (dotstar, seed 0, single-concept; the weight fixed so training has no
     calibration of its own)."""
-    concepts = bench.concept_set_for("dotstar", 0, "single", p.init_word)
+    concepts = protocol.concept_set_for("dotstar", 0, "single", p.init_word)
     began = time.perf_counter()
     norms_per_batch(p, "dotstar", 0, "single", method, batches)
     per_batch = (time.perf_counter() - began) / batches
-    config = replace(bench.train_config(p, f"{method}@0.1", 0), steps=steps)
+    config = replace(protocol.train_config(p, f"{method}@0.1", 0), steps=steps)
     began = time.perf_counter()
-    train(bench.world(False)["bundle"], concepts, config)
+    train(protocol.world(False)["bundle"], concepts, config)
     return per_batch / ((time.perf_counter() - began) / steps)
 
 
@@ -67,7 +66,7 @@ def spread(values: list[float]) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", default=",".join(bench.Protocol.pairs))
+    parser.add_argument("--pairs", default=",".join(protocol.Protocol.pairs))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--settings", default="single,multi")
     parser.add_argument("--method", default="hard", choices=("hard", "soft"))
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=1.0, help="attention_fraction")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    p = bench.Protocol()
+    p = protocol.Protocol()
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.batches]
     table: dict[tuple, list[float]] = {}
     print(

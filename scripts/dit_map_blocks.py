@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,18 +26,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from benchmarks.map_probe import report, scene  # noqa: E402
+from benchmarks.map_probe import report, train_and_read  # noqa: E402
 from benchmarks.tiny_models import build_tiny_flux_parts, build_tiny_sd3_parts  # noqa: E402
 from textloc_core.backends.flux_backend import bundle_from_flux  # noqa: E402
 from textloc_core.backends.sd3_backend import bundle_from_sd3  # noqa: E402
-from textloc_core.data.concepts import Concept, ConceptImage, ConceptSet  # noqa: E402
-from textloc_core.evaluation.localization import attention_on_images  # noqa: E402
-from textloc_core.evaluation.metrics import attention_iou  # noqa: E402
-from textloc_core.training.config import TrainConfig  # noqa: E402
-from textloc_core.training.loop import train  # noqa: E402
-from textloc_core.training.result import make_adapter  # noqa: E402
 
-TOKEN = "<sq1>"
 TRAININGS = {
     "none": ("none", "all"),
     "hard, every block": ("hard", "all"),
@@ -58,32 +50,7 @@ def tiny_bundle(family: str, seed: int, blocks: int):
 def measure(family: str, method: str, blocks_spec: str, seed: int, steps: int, blocks: int) -> dict[str, float]:
     """Train one choice on one seed; its per-step time and held-out IoU per read."""
     torch.manual_seed(seed)
-    bundle = tiny_bundle(family, seed, blocks)
-    g = torch.Generator().manual_seed(100 + seed)
-    photos = [scene(g) for _ in range(6)]
-    concepts = ConceptSet([Concept("square", TOKEN, "square")], [ConceptImage(i, {"square": m}) for i, m in photos])
-    config = TrainConfig(
-        guidance=method,
-        steps=steps,
-        learning_rate=2e-3,
-        prior_images=0,
-        seed=seed,
-        map_levels=blocks_spec,
-        instance_batch=2,
-        attention_weight_mode="fixed",
-    )
-    start = time.perf_counter()
-    result = train(bundle, concepts, config)
-    out = {"s/step": (time.perf_counter() - start) / steps}
-    adapter = make_adapter(result, concepts, bundle)
-    held_out = [scene(torch.Generator().manual_seed(1000 + seed * 50 + k)) for k in range(8)]
-    images, masks = torch.stack([i for i, _ in held_out]), torch.stack([m for _, m in held_out])
-    for read, spec in READS.items():
-        maps = attention_on_images(
-            bundle, [adapter], images, [f"a {TOKEN} square"] * len(images), [TOKEN], map_levels=spec, seed=seed
-        )
-        out[f"IoU {read}"] = float(attention_iou(maps[:, 0], masks).mean())
-    return out
+    return train_and_read(tiny_bundle(family, seed, blocks), method, blocks_spec, seed, steps, READS)
 
 
 def main() -> None:

@@ -61,6 +61,16 @@ def comfyui_dir(explicit: str | os.PathLike | None = None) -> Path:
     return Path.home() / "ComfyUI"
 
 
+def add_comfyui_option(parser) -> None:
+    """``--comfyui PATH`` on an argparse parser: the work tree ``comfyui_dir`` resolves (None: its default)."""
+    parser.add_argument(
+        "--comfyui",
+        type=Path,
+        default=None,
+        help="ComfyUI work tree (default: $COMFYUI_DIR, else the one quickstart.py laid out, else ~/ComfyUI)",
+    )
+
+
 def missing_comfyui_reason(comfy_dir: Path) -> str | None:
     """None when ``comfy_dir`` holds a runnable ComfyUI, else a sentence saying what is wrong."""
     if not (comfy_dir / "main.py").is_file():
@@ -71,39 +81,23 @@ def missing_comfyui_reason(comfy_dir: Path) -> str | None:
     return None
 
 
+def _under_base(name: str) -> property:
+    """A read-only attribute: the path ``name`` under the layout's base directory."""
+    return property(lambda layout: layout.base / name)
+
+
 @dataclass(frozen=True)
 class ComfyLayout:
     """A private ComfyUI base directory: models, inputs, outputs, user settings, custom nodes."""
 
     base: Path
-
-    @property
-    def custom_nodes(self) -> Path:
-        return self.base / "custom_nodes"
-
-    @property
-    def models(self) -> Path:
-        return self.base / "models"
-
-    @property
-    def input(self) -> Path:
-        return self.base / "input"
-
-    @property
-    def output(self) -> Path:
-        return self.base / "output"
-
-    @property
-    def temp(self) -> Path:
-        return self.base / "temp"
-
-    @property
-    def user(self) -> Path:
-        return self.base / "user"
-
-    @property
-    def log_file(self) -> Path:
-        return self.base / "comfyui.log"
+    custom_nodes = _under_base("custom_nodes")
+    models = _under_base("models")
+    input = _under_base("input")
+    output = _under_base("output")
+    temp = _under_base("temp")
+    user = _under_base("user")
+    log_file = _under_base("comfyui.log")
 
     @classmethod
     def create(cls, base: str | os.PathLike, pack_root: Path = PACK_ROOT) -> ComfyLayout:

@@ -32,6 +32,7 @@ from .comfy_launcher import (
     ComfyLayout,
     ComfyServer,
     ProgressWatcher,
+    add_comfyui_option,
     comfyui_dir,
     load_workflow,
     missing_comfyui_reason,
@@ -212,12 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_WORKFLOW,
         help="API-format workflow to queue (default: the shipped TinyWorld demo)",
     )
-    parser.add_argument(
-        "--comfyui",
-        type=Path,
-        default=None,
-        help="ComfyUI work tree (default: $COMFYUI_DIR, else the one quickstart.py laid out, else ~/ComfyUI)",
-    )
+    add_comfyui_option(parser)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds to wait for the graph")
     parser.add_argument(
         "--keep-work-dir", action="store_true", help="keep ComfyUI's temporary base directory (models, outputs, log)"

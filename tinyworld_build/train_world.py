@@ -27,6 +27,9 @@ from textloc_core.tinyworld.world import sample_any_scene, sample_pretraining_sc
 
 from .build_state import BuildState
 
+PHASES = ("vae", "clip", "unet", "judge")
+"""The networks a rebuild trains, in order."""
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -46,75 +49,45 @@ class Preset:
     schedule_steps: tuple[int, int, int, int] | None = None
     """(vae, clip, unet, judge) lengths the lr schedules are laid out for; None: the step counts."""
 
+    @classmethod
+    def of(cls, scenes: tuple[int, int], steps: tuple[int, ...], batches: tuple[int, ...] | None = None, **rest):
+        """A preset from its (pretraining, judge) scene counts and the step counts and batch sizes
+        of the phases in ``PHASES`` order (batches None: the defaults); ``rest`` sets the others."""
+        fields = {f"{phase}_steps": n for phase, n in zip(PHASES, steps, strict=True)}
+        if batches is not None:
+            fields.update({f"{phase}_batch": n for phase, n in zip(PHASES, batches, strict=True)})
+        return cls(n_pretrain=scenes[0], n_judge=scenes[1], **fields, **rest)
+
     def schedule_length(self, phase: str) -> int:
         if self.schedule_steps is None:
             return getattr(self, f"{phase}_steps")
-        return self.schedule_steps[("vae", "clip", "unet", "judge").index(phase)]
+        return self.schedule_steps[PHASES.index(phase)]
 
 
 PRESETS = {
     # the shipped weights: about 8 minutes on one H100. Step counts are those the shipped build
     # ran (it was started with 3000/2000/3000/20000 under --budget vae=60 clip=35 judge=80
     # total=470 and stopped at these; the lr schedules were laid out for the larger counts)
-    "gpu": Preset(
-        n_pretrain=80_000,
-        n_judge=40_000,
-        vae_steps=1_121,
-        clip_steps=553,
-        unet_steps=3_088,
-        judge_steps=1_137,
-        vae_batch=256,
-        clip_batch=1024,
-        unet_batch=1024,
-        judge_batch=512,
+    "gpu": Preset.of(
+        (80_000, 40_000),
+        steps=(1_121, 553, 3_088, 1_137),
+        batches=(256, 1024, 1024, 512),
         unet_lr=5e-4,
         schedule_steps=(3_000, 2_000, 20_000, 3_000),
     ),
     # the same data and batches with the step counts the schedules were laid out for (better
     # quality; about 35 minutes on one H100, not yet run)
-    "gpu-long": Preset(
-        n_pretrain=80_000,
-        n_judge=40_000,
-        vae_steps=3_000,
-        clip_steps=2_000,
-        unet_steps=20_000,
-        judge_steps=3_000,
-        vae_batch=256,
-        clip_batch=1024,
-        unet_batch=1024,
-        judge_batch=512,
-        unet_lr=5e-4,
+    "gpu-long": Preset.of(
+        (80_000, 40_000), steps=(3_000, 2_000, 20_000, 3_000), batches=(256, 1024, 1024, 512), unet_lr=5e-4
     ),
     # the same recipe cut to fit 2 CPU cores: measured 40 min end to end (docs/tinyworld.md). It
     # checks the recipe runs without a GPU; its UNet sees under 1% of the gpu preset's samples, and the
     # samples show it (prompted object found 3% of the time)
-    "cpu": Preset(
-        n_pretrain=20_000,
-        n_judge=10_000,
-        vae_steps=600,
-        clip_steps=500,
-        unet_steps=800,
-        judge_steps=400,
-        vae_batch=32,
-        clip_batch=128,
-        unet_batch=32,
-        judge_batch=64,
-    ),
+    "cpu": Preset.of((20_000, 10_000), steps=(600, 500, 800, 400), batches=(32, 128, 32, 64)),
     # a minute on a GPU: measures each phase's speed at the gpu preset's batch sizes
-    "probe": Preset(n_pretrain=8_000, n_judge=4_000, vae_steps=300, clip_steps=300, unet_steps=1_001, judge_steps=300),
+    "probe": Preset.of((8_000, 4_000), steps=(300, 300, 1_001, 300)),
     # seconds: checks the whole path runs (tests, smoke runs)
-    "quick": Preset(
-        n_pretrain=256,
-        n_judge=128,
-        vae_steps=3,
-        clip_steps=3,
-        unet_steps=3,
-        judge_steps=3,
-        vae_batch=8,
-        clip_batch=16,
-        unet_batch=8,
-        judge_batch=8,
-    ),
+    "quick": Preset.of((256, 128), steps=(3, 3, 3, 3), batches=(8, 16, 8, 8)),
 }
 
 

@@ -216,33 +216,75 @@ def to_ui(graph: Graph, classes: dict) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- the workflows
+# ----------------------------------------------------------------------------- the nodes they use
 SAMPLE = {"seed": 0, "steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
+
+
+def note(g: Graph, text: str, size: tuple[int, int]) -> Node:
+    """The workflow's explanation, top left."""
+    return g.add("Note", (20, 20), {"text": text}, size=size)
+
+
+def tinyworld_loader(g: Graph, pos) -> Node:
+    """TextLoc TinyWorld Loader with the shipped weights: MODEL, CLIP, VAE."""
+    return g.add("TextLocTinyWorldLoader", pos, {"seed": 0, "use_shipped_weights": True})
+
+
+def tinyworld_photos(g: Graph, token: str) -> Node:
+    """Five TinyWorld photos of the dotted star beside its companion, with masks, below the loader."""
+    return g.add(
+        "TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": token, "images": 5, "seed": 0}
+    )
+
+
+def train(g: Graph, pos, model: Node, concepts: Node, size=(340, 420), **widgets) -> Node:
+    """TextLoc Train with hard guidance, no prior images and seed 0 on ``model``'s MODEL, CLIP and
+    VAE (outputs 0, 1, 2); ``widgets`` give the rest."""
+    widgets = {"guidance": "hard", "prior_images": 0, "seed": 0, **widgets}
+    inputs = {"model": (model, 0), "clip": (model, 1), "vae": (model, 2), "concepts": (concepts, 0)}
+    return g.add("TextLocTrain", pos, widgets, inputs, size=size)
+
+
+def apply_adapter(g: Graph, pos, model: Node, adapter: Node | None = None, adapter_file: str = "(none)") -> Node:
+    """TextLoc Apply Adapter at strength 1 on ``model``'s MODEL and CLIP: ``adapter_file``, or the
+    ADAPTER a Train node gives."""
+    inputs = {"model": (model, 0), "clip": (model, 1)}
+    if adapter is not None:
+        inputs["adapter"] = (adapter, 0)
+    return g.add("TextLocApplyAdapter", pos, {"adapter_file": adapter_file, "strength": 1.0}, inputs)
+
+
+def attention_preview(g: Graph, pos, prompt: str, model: Node, vae: Node, title=None, **widgets) -> Node:
+    """TextLoc Attention Preview of ``prompt`` (no negative, ``SAMPLE``'s sampling, 64 px) on the
+    adapted ``model``'s MODEL and CLIP and ``vae``'s VAE (output 2); ``widgets`` replace or add."""
+    values = {"prompt": prompt, "negative": "", "tokens": "", **SAMPLE, "width": 64, "height": 64, **widgets}
+    inputs = {"model": (model, 0), "clip": (model, 1), "vae": (vae, 2)}
+    return g.add("TextLocAttentionPreview", pos, values, inputs, title=title, size=(360, 600))
+
+
+def save_image(g: Graph, pos, filename_prefix: str, images: tuple[Node, int], title: str) -> Node:
+    return g.add("SaveImage", pos, {"filename_prefix": filename_prefix}, {"images": images}, title=title)
+
+
+# ----------------------------------------------------------------------------- the workflows
 
 
 def train_multi_concept() -> Graph:
     g = Graph("train_multi_concept")
-    g.add(
-        "Note",
-        (20, 20),
-        {
-            "text": (
-                "Train one adapter on two concepts that appear together, each with its own mask.\n"
-                "The photos and masks here come from TinyWorld so the graph runs anywhere; for your own photos use "
-                "LoadImage (paint each object in the mask editor, one LoadImage per mask) or TextLoc Concept Folder "
-                "(e.g. paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
-                "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, "
-                "and embeddings embedding:textloc/tinyworld_pair/dotstar and .../bluecircle (the pack ships an adapter "
-                "trained exactly so: scripts/build_shipped_adapter.py). Training other photos under the same name needs "
-                "overwrite on."
-            )
-        },
+    note(
+        g,
+        "Train one adapter on two concepts that appear together, each with its own mask.\n"
+        "The photos and masks here come from TinyWorld so the graph runs anywhere; for your own photos use "
+        "LoadImage (paint each object in the mask editor, one LoadImage per mask) or TextLoc Concept Folder (e.g. "
+        "paper:bucket+doll), and Load Checkpoint (SD1.5) instead of the TinyWorld loader.\n"
+        "Outputs: models/textloc/tinyworld_pair.safetensors, models/loras/textloc/tinyworld_pair.safetensors, and "
+        "embeddings embedding:textloc/tinyworld_pair/dotstar and .../bluecircle (the pack ships an adapter trained "
+        "exactly so: scripts/build_shipped_adapter.py). Training other photos under the same name needs overwrite "
+        "on.",
         size=(420, 240),
     )
-    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add(
-        "TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<dotstar1>", "images": 5, "seed": 0}
-    )
+    loader = tinyworld_loader(g, (20, 300))
+    photos = tinyworld_photos(g, "<dotstar1>")
     star = g.add(
         "TextLocConceptFromMask",
         (440, 300),
@@ -255,49 +297,34 @@ def train_multi_concept() -> Graph:
         {"name": "bluecircle", "token": "<circle1>", "class_word": "circle"},
         {"images": (photos, 1), "masks": (photos, 3), "concepts": (star, 0)},
     )
-    g.add(
-        "TextLocTrain",
+    train(
+        g,
         (860, 300),
-        {
-            "guidance": "hard",
-            "steps": 200,
-            "learning_rate": 1e-4,
-            "batch": 2,
-            "prior_images": 0,
-            "seed": 0,
-            "checkpoint_every": 50,
-            "adapter_name": "tinyworld_pair",
-        },
-        {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (circle, 0)},
-        size=(340, 420),
+        loader,
+        circle,
+        steps=200,
+        learning_rate=1e-4,
+        batch=2,
+        checkpoint_every=50,
+        adapter_name="tinyworld_pair",
     )
     return g
 
 
 def generate_with_adapter() -> Graph:
     g = Graph("generate_with_adapter")
-    g.add(
-        "Note",
-        (20, 20),
-        {
-            "text": (
-                "Load a trained adapter, generate with its tokens, and preview where each token attends.\n"
-                "adapter_file: tinyworld_pair.safetensors ships with the pack (textloc_core/tinyworld/adapters, trained "
-                "by train_multi_concept as shipped); running train_multi_concept writes your own into models/textloc, "
-                "which then takes its place. Pick any other adapter in the list.\nTokens work straight in prompts: "
-                "'a <dotstar1> star'. Stock nodes can use the same adapter too: LoraLoaderModelOnly "
-                "(textloc/<name>.safetensors) + 'embedding:textloc/<name>/<concept>' in CLIPTextEncode."
-            )
-        },
+    note(
+        g,
+        "Load a trained adapter, generate with its tokens, and preview where each token attends.\n"
+        "adapter_file: tinyworld_pair.safetensors ships with the pack (textloc_core/tinyworld/adapters, trained by "
+        "train_multi_concept as shipped); running train_multi_concept writes your own into models/textloc, which "
+        "then takes its place. Pick any other adapter in the list.\n"
+        "Tokens work straight in prompts: 'a <dotstar1> star'. Stock nodes can use the same adapter too: "
+        "LoraLoaderModelOnly (textloc/<name>.safetensors) + 'embedding:textloc/<name>/<concept>' in CLIPTextEncode.",
         size=(420, 260),
     )
-    loader = g.add("TextLocTinyWorldLoader", (20, 260), {"seed": 0, "use_shipped_weights": True})
-    apply = g.add(
-        "TextLocApplyAdapter",
-        (440, 300),
-        {"adapter_file": "tinyworld_pair.safetensors", "strength": 1.0},
-        {"model": (loader, 0), "clip": (loader, 1)},
-    )
+    loader = tinyworld_loader(g, (20, 260))
+    apply = apply_adapter(g, (440, 300), loader, adapter_file="tinyworld_pair.safetensors")
     prompt = "a <dotstar1> star and a <circle1> circle on sand"
     pos = g.add("CLIPTextEncode", (860, 40), {"text": prompt}, {"clip": (apply, 1)}, size=(400, 240))
     neg = g.add("CLIPTextEncode", (860, 330), {"text": ""}, {"clip": (apply, 1)}, size=(400, 240))
@@ -315,83 +342,41 @@ def generate_with_adapter() -> Graph:
         {"model": (apply, 0), "positive": (pos, 0), "negative": (neg, 0), "latent_image": (latent, 0)},
     )
     decode = g.add("VAEDecode", (1700, 40), {}, {"samples": (sampler, 0), "vae": (loader, 2)})
-    g.add(
-        "SaveImage",
-        (1960, 40),
-        {"filename_prefix": "textloc/generated"},
-        {"images": (decode, 0)},
-        title="Save: generated images",
-    )
-    preview = g.add(
-        "TextLocAttentionPreview",
-        (1300, 560),
-        {"prompt": prompt, "negative": "", "tokens": "", **SAMPLE, "width": 64, "height": 64, "batch_size": 1},
-        {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)},
-        size=(360, 600),
-    )
-    g.add(
-        "SaveImage",
-        (1700, 560),
-        {"filename_prefix": "textloc/attention_overlay"},
-        {"images": (preview, 1)},
-        title="Save: attention overlays",
-    )
+    save_image(g, (1960, 40), "textloc/generated", (decode, 0), "Save: generated images")
+    preview = attention_preview(g, (1300, 560), prompt, apply, loader, batch_size=1)
+    save_image(g, (1700, 560), "textloc/attention_overlay", (preview, 1), "Save: attention overlays")
     maps = g.add("MaskToImage", (1700, 940), {}, {"mask": (preview, 2)})
-    g.add(
-        "SaveImage",
-        (1960, 940),
-        {"filename_prefix": "textloc/attention_maps"},
-        {"images": (maps, 0)},
-        title="Save: attention maps",
-    )
+    save_image(g, (1960, 940), "textloc/attention_maps", (maps, 0), "Save: attention maps")
     return g
 
 
 def _tinyworld_dotstar_adapter(g: Graph, *, steps: int, checkpoint_every: int, adapter_name: str):
     """TinyWorld loader -> dotstar photos (token <tw1>) -> Train (hard) -> Apply: (loader, apply) nodes."""
-    loader = g.add("TextLocTinyWorldLoader", (20, 300), {"seed": 0, "use_shipped_weights": True})
-    photos = g.add(
-        "TextLocTinyWorldConceptSet", (20, 540), {"concept": "dotstar", "token": "<tw1>", "images": 5, "seed": 0}
-    )
-    train = g.add(
-        "TextLocTrain",
+    loader = tinyworld_loader(g, (20, 300))
+    photos = tinyworld_photos(g, "<tw1>")
+    # the tuned TinyWorld recipe (docs/results.md): 3e-3 a step, i.e. 1.5e-3 x the batch of 2
+    trained = train(
+        g,
         (440, 300),
-        {
-            # the tuned TinyWorld recipe (docs/results.md): 3e-3 a step, i.e. 1.5e-3 x the batch of 2
-            "guidance": "hard",
-            "steps": steps,
-            "learning_rate": 1.5e-3,
-            "batch": 2,
-            "prior_images": 0,
-            "seed": 0,
-            "checkpoint_every": checkpoint_every,
-            "adapter_name": adapter_name,
-        },
-        {"model": (loader, 0), "clip": (loader, 1), "vae": (loader, 2), "concepts": (photos, 0)},
-        size=(340, 420),
+        loader,
+        photos,
+        steps=steps,
+        learning_rate=1.5e-3,
+        batch=2,
+        checkpoint_every=checkpoint_every,
+        adapter_name=adapter_name,
     )
-    apply = g.add(
-        "TextLocApplyAdapter",
-        (860, 300),
-        {"adapter_file": "(none)", "strength": 1.0},
-        {"model": (loader, 0), "clip": (loader, 1), "adapter": (train, 0)},
-    )
-    return loader, apply
+    return loader, apply_adapter(g, (860, 300), loader, trained)
 
 
 def tinyworld_demo() -> Graph:
     g = Graph("tinyworld_demo")
-    g.add(
-        "Note",
-        (20, 20),
-        {
-            "text": (
-                "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
-                "stands next to a blue circle; its mask guides the token's attention (hard guidance, its weight calibrated "
-                "from the gradients before the first step). Then the token is "
-                "used alone, in the training context, and in a new scene; each preview shows where <tw1> attends."
-            )
-        },
+    note(
+        g,
+        "TinyWorld end to end: a star the base model never saw (dotted, orange) is taught from 5 photos where it "
+        "stands next to a blue circle; its mask guides the token's attention (hard guidance, its weight calibrated "
+        "from the gradients before the first step). Then the token is used alone, in the training context, and in "
+        "a new scene; each preview shows where <tw1> attends.",
         size=(420, 200),
     )
     loader, apply = _tinyworld_dotstar_adapter(g, steps=100, checkpoint_every=50, adapter_name="tinyworld_dotstar")
@@ -402,62 +387,28 @@ def tinyworld_demo() -> Graph:
     ]
     for row, (label, prompt) in enumerate(scenes):
         y = 40 + row * 860
-        preview = g.add(
-            "TextLocAttentionPreview",
-            (1280, y),
-            {"prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 2},
-            {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)},
-            title=f"Preview: {label}",
-            size=(360, 600),
+        preview = attention_preview(
+            g, (1280, y), prompt, apply, loader, title=f"Preview: {label}", tokens="<tw1>", batch_size=2
         )
-        g.add(
-            "SaveImage",
-            (1700, y),
-            {"filename_prefix": f"textloc/tinyworld_{label}"},
-            {"images": (preview, 0)},
-            title=f"Save: {label} images",
-        )
-        g.add(
-            "SaveImage",
-            (2080, y),
-            {"filename_prefix": f"textloc/tinyworld_{label}_attention"},
-            {"images": (preview, 1)},
-            title=f"Save: {label} attention",
-        )
+        save_image(g, (1700, y), f"textloc/tinyworld_{label}", (preview, 0), f"Save: {label} images")
+        save_image(g, (2080, y), f"textloc/tinyworld_{label}_attention", (preview, 1), f"Save: {label} attention")
     return g
 
 
 def tinyworld_evaluate() -> Graph:
     g = Graph("tinyworld_evaluate")
-    g.add(
-        "Note",
-        (20, 20),
-        {
-            "text": (
-                "TinyWorld with numbers: teach the dotted star (hard guidance, 60 steps), generate it alone, and score the "
-                "images against fresh renders of the star alone: CLIP-I, CLIP-T (token removed from the prompt) and KID with "
-                "TinyWorld's own CLIP. The report is written to output/textloc/tinyworld_scores_*.md and shown on the node. "
-                "For SD1.5, set feature_model to a local CLIP folder (the paper uses CLIP ViT-L/14)."
-            )
-        },
+    note(
+        g,
+        "TinyWorld with numbers: teach the dotted star (hard guidance, 60 steps), generate it alone, and score the "
+        "images against fresh renders of the star alone: CLIP-I, CLIP-T (token removed from the prompt) and KID "
+        "with TinyWorld's own CLIP. The report is written to output/textloc/tinyworld_scores_*.md and shown on the "
+        "node. For SD1.5, set feature_model to a local CLIP folder (the paper uses CLIP ViT-L/14).",
         size=(420, 220),
     )
     loader, apply = _tinyworld_dotstar_adapter(g, steps=60, checkpoint_every=30, adapter_name="tinyworld_dotstar_eval")
     prompt = "a <tw1> star on grass"
-    preview = g.add(
-        "TextLocAttentionPreview",
-        (1280, 40),
-        {"prompt": prompt, "negative": "", "tokens": "<tw1>", **SAMPLE, "width": 64, "height": 64, "batch_size": 5},
-        {"model": (apply, 0), "clip": (apply, 1), "vae": (loader, 2)},
-        size=(360, 600),
-    )
-    g.add(
-        "SaveImage",
-        (1700, 40),
-        {"filename_prefix": "textloc/tinyworld_eval_attention"},
-        {"images": (preview, 1)},
-        title="Save: attention overlays",
-    )
+    preview = attention_preview(g, (1280, 40), prompt, apply, loader, tokens="<tw1>", batch_size=5)
+    save_image(g, (1700, 40), "textloc/tinyworld_eval_attention", (preview, 1), "Save: attention overlays")
     references = g.add("TextLocTinyWorldReferences", (860, 760), {"concept": "dotstar", "images": 8, "seed": 0})
     g.add(
         "TextLocScoreImages",
@@ -481,24 +432,19 @@ SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 
 def train_sdxl() -> Graph:
     g = Graph("train_sdxl")
-    g.add(
-        "Note",
-        (20, 20),
-        {
-            "text": (
-                "Teach an SDXL model one concept from photos where it stands next to other things.\n"
-                f"1. Load Checkpoint: your SDXL checkpoint ({SDXL_CHECKPOINT} or any SDXL fine-tune).\n"
-                "2. Load Image: your photo; right-click it, Open in MaskEditor, and paint over the concept (the painted "
-                "area is the mask). For several photos, add a TextLoc Concept From Mask per photo and chain their "
-                "concepts inputs, or use TextLoc Concept Folder.\n"
-                "3. TextLoc Train: hard guidance keeps the token's attention on the mask, so the token learns the "
-                "concept and not its neighbours. 1024 px with gradient checkpointing and mixed precision auto (bf16) "
-                "fits a 24 GB card; Cancel keeps the last checkpoint and queueing again resumes.\n"
-                "4. Apply + Preview: the new token in a new scene, with the map of where it attends.\n"
-                "Outputs: models/textloc/sdxl_concept.safetensors, a stock LoRA (models/loras/textloc) and the embedding "
-                "embedding:textloc/sdxl_concept/concept (clip_l + clip_g) for stock nodes."
-            )
-        },
+    note(
+        g,
+        "Teach an SDXL model one concept from photos where it stands next to other things.\n"
+        f"1. Load Checkpoint: your SDXL checkpoint ({SDXL_CHECKPOINT} or any SDXL fine-tune).\n"
+        "2. Load Image: your photo; right-click it, Open in MaskEditor, and paint over the concept (the painted "
+        "area is the mask). For several photos, add a TextLoc Concept From Mask per photo and chain their concepts "
+        "inputs, or use TextLoc Concept Folder.\n"
+        "3. TextLoc Train: hard guidance keeps the token's attention on the mask, so the token learns the concept "
+        "and not its neighbours. 1024 px with gradient checkpointing and mixed precision auto (bf16) fits a 24 GB "
+        "card; Cancel keeps the last checkpoint and queueing again resumes.\n"
+        "4. Apply + Preview: the new token in a new scene, with the map of where it attends.\n"
+        "Outputs: models/textloc/sdxl_concept.safetensors, a stock LoRA (models/loras/textloc) and the embedding "
+        "embedding:textloc/sdxl_concept/concept (clip_l + clip_g) for stock nodes.",
         size=(460, 330),
     )
     checkpoint = g.add("CheckpointLoaderSimple", (20, 420), {"ckpt_name": SDXL_CHECKPOINT}, size=(320, 100))
@@ -510,60 +456,37 @@ def train_sdxl() -> Graph:
         {"images": (photo, 0), "masks": (photo, 1)},
         size=(340, 260),
     )
-    train = g.add(
-        "TextLocTrain",
+    trained = train(
+        g,
         (900, 40),
-        {
-            "guidance": "hard",
-            "steps": 400,
-            "learning_rate": 1e-5,
-            "batch": 1,
-            "prior_images": 0,
-            "seed": 0,
-            "checkpoint_every": 50,
-            "adapter_name": "sdxl_concept",
-            "resolution": 1024,
-            "gradient_checkpointing": True,
-            "mixed_precision": "auto",
-        },
-        {"model": (checkpoint, 0), "clip": (checkpoint, 1), "vae": (checkpoint, 2), "concepts": (concept, 0)},
+        checkpoint,
+        concept,
         size=(360, 560),
+        steps=400,
+        learning_rate=1e-5,
+        batch=1,
+        checkpoint_every=50,
+        adapter_name="sdxl_concept",
+        resolution=1024,
+        gradient_checkpointing=True,
+        mixed_precision="auto",
     )
-    apply = g.add(
-        "TextLocApplyAdapter",
-        (1320, 40),
-        {"adapter_file": "(none)", "strength": 1.0},
-        {"model": (checkpoint, 0), "clip": (checkpoint, 1), "adapter": (train, 0)},
-    )
-    preview = g.add(
-        "TextLocAttentionPreview",
+    apply = apply_adapter(g, (1320, 40), checkpoint, trained)
+    preview = attention_preview(
+        g,
         (1320, 400),
-        {
-            "prompt": "a photo of a <concept1> toy on a beach",
-            "negative": "",
-            "tokens": "<concept1>",
-            **dict(SAMPLE, steps=25, cfg=6.0),
-            "width": 1024,
-            "height": 1024,
-            "batch_size": 1,
-        },
-        {"model": (apply, 0), "clip": (apply, 1), "vae": (checkpoint, 2)},
-        size=(360, 600),
+        "a photo of a <concept1> toy on a beach",
+        apply,
+        checkpoint,
+        tokens="<concept1>",
+        steps=25,
+        cfg=6.0,
+        width=1024,
+        height=1024,
+        batch_size=1,
     )
-    g.add(
-        "SaveImage",
-        (1740, 40),
-        {"filename_prefix": "textloc/sdxl_concept"},
-        {"images": (preview, 0)},
-        title="Save: images",
-    )
-    g.add(
-        "SaveImage",
-        (1740, 600),
-        {"filename_prefix": "textloc/sdxl_concept_attention"},
-        {"images": (preview, 1)},
-        title="Save: attention",
-    )
+    save_image(g, (1740, 40), "textloc/sdxl_concept", (preview, 0), "Save: images")
+    save_image(g, (1740, 600), "textloc/sdxl_concept_attention", (preview, 1), "Save: attention")
     return g
 
 

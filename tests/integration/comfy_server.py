@@ -7,7 +7,9 @@ registered them, and read the server log for import problems.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from textloc_harness.comfy_launcher import (
 )
 
 WORKFLOWS_DIR = PACK_ROOT / "workflows"
+PACK_PACKAGE = "textloc_pack"
+"""The name the pack is imported under in the test process (``import_pack``)."""
 
 # UI-only node types the frontend provides (no Python class behind them).
 FRONTEND_ONLY_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -80,6 +84,18 @@ class ComfyHarness:
 
     def log_text(self) -> str:
         return self.server.log_text()
+
+
+def import_pack() -> None:
+    """Import the pack as package ``textloc_pack`` the way ComfyUI imports it (relative imports
+    resolve as in a server), once per session; its modules are then ``textloc_pack.nodes.*``."""
+    if PACK_PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            PACK_PACKAGE, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_PACKAGE] = module
+        spec.loader.exec_module(module)
 
 
 USER_CHECKPOINTS = ("sd_xl_base_1.0.safetensors",)

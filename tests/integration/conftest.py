@@ -6,7 +6,6 @@ and the session ends with "INTEGRATION TESTS DID NOT RUN: ..." (or fails, when C
 TEXTLOC_REQUIRE_COMFYUI=1 after laying ComfyUI out).
 """
 
-import importlib.util
 import os
 import shutil
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfy_server import ComfyHarness
+from comfy_server import ComfyHarness, import_pack
 
 from textloc_core.data.readers import find_paper_dataset
 from textloc_harness.comfy_launcher import (
@@ -94,13 +93,7 @@ def pack(comfy_tree):
 
     if not torch.cuda.is_available():
         comfy.cli_args.args.cpu = True
-    if "textloc_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "textloc_pack", PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["textloc_pack"] = module
-        spec.loader.exec_module(module)
+    import_pack()
     from textloc_pack.nodes import comfy_backend, tinyworld_models
 
     return comfy_backend, tinyworld_models

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from comfy_server import import_pack
 
 from textloc_core.adapters import adapter as ad
 from textloc_core.adapters import formats as fmt
@@ -54,16 +55,7 @@ def comfy(not_run):
 def paths(comfy):
     """nodes/paths.py (where Train writes and what it tells the user to type), imported the way
     ComfyUI imports the pack: as a package, so its relative imports resolve."""
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[2]
-    if "textloc_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "textloc_pack", root / "__init__.py", submodule_search_locations=[str(root)]
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["textloc_pack"] = module
-        spec.loader.exec_module(module)
+    import_pack()
     from textloc_pack.nodes import paths
 
     return paths

@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_hostile_inputs import NOT_READABLE, _interrupt_when, _score_graph, _train_graph
 from test_hostile_inputs import _error as _error_and_traceback
+from tinyworld_graphs import TINYWORLD, apply_adapter, attention_preview, score_images
 
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.tinyworld import shipped_adapters_dir
@@ -186,17 +187,7 @@ def test_cancel_stops_score_images_within_a_chunk(bounded):
             "inputs": {"concept": "dotstar", "images": 8, "seed": int(time.time()) % 100000},
         },
         "2": {"class_type": "RepeatImageBatch", "inputs": {"image": ["1", 0], "amount": 512}},
-        "3": {
-            "class_type": "TextLocScoreImages",
-            "inputs": {
-                "images": ["2", 0],
-                "references": ["2", 0],
-                "prompt": "a <tw1> star",
-                "feature_model": "tinyworld",
-                "kid_subset_size": 5,
-                "filename_prefix": f"textloc_test/cancel_{uuid.uuid4().hex[:6]}",
-            },
-        },
+        "3": score_images(["2", 0], ["2", 0], "a <tw1> star", f"textloc_test/cancel_{uuid.uuid4().hex[:6]}"),
     }
     took = _interrupt_when(bounded, graph, lambda watcher: watcher.node == "3", settle=2.0)
     print(f"\nScore Images on 4096 + 4096 images: stopped {took:.1f} s after Cancel")
@@ -220,11 +211,8 @@ def test_an_adapter_with_nan_values_is_refused_on_load_naming_the_file(bounded):
     (bounded.layout.models / "textloc").mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(bounded.layout.models / "textloc" / f"{name}.safetensors"), metadata)
     graph = {
-        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {
-            "class_type": "TextLocApplyAdapter",
-            "inputs": {"model": ["1", 0], "clip": ["1", 1], "adapter_file": f"{name}.safetensors", "strength": 1.0},
-        },
+        "1": TINYWORLD,
+        "2": apply_adapter(f"{name}.safetensors"),
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a star"}},
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
@@ -370,21 +358,12 @@ def test_the_disk_budget_prunes_finished_checkpoints_and_refuses_when_spent(boun
 def _soak_graph(kind: str, index: int, salt: int) -> dict:
     """One of the four kinds of work a server does with the pack, made unique by ``salt``."""
     seed = salt * 100 + index
-    loader = {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}}
     if kind == "train":
         return _train_graph(f"soak_{salt}_{index}", seed=seed, prior_images=2 if index == 0 else 0)
     if kind == "apply":
         return {
-            "1": loader,
-            "2": {
-                "class_type": "TextLocApplyAdapter",
-                "inputs": {
-                    "model": ["1", 0],
-                    "clip": ["1", 1],
-                    "adapter_file": "tinyworld_pair.safetensors",
-                    "strength": 1.0,
-                },
-            },
+            "1": TINYWORLD,
+            "2": apply_adapter("tinyworld_pair.safetensors"),
             "3": {
                 "class_type": "CLIPTextEncode",
                 "inputs": {"clip": ["2", 1], "text": "a <tw1> star and a <tw2> circle"},
@@ -411,26 +390,8 @@ def _soak_graph(kind: str, index: int, salt: int) -> dict:
         }
     if kind == "preview":
         return {
-            "1": loader,
-            "2": {
-                "class_type": "TextLocAttentionPreview",
-                "inputs": {
-                    "model": ["1", 0],
-                    "clip": ["1", 1],
-                    "vae": ["1", 2],
-                    "prompt": "a star on grass",
-                    "negative": "",
-                    "tokens": "star",
-                    "seed": seed,
-                    "steps": 4,
-                    "cfg": 4.0,
-                    "sampler_name": "euler",
-                    "scheduler": "normal",
-                    "width": 64,
-                    "height": 64,
-                    "batch_size": 1,
-                },
-            },
+            "1": TINYWORLD,
+            "2": attention_preview("a star on grass", seed=seed, steps=4, tokens="star"),
             "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
         }
     return {
@@ -439,17 +400,7 @@ def _soak_graph(kind: str, index: int, salt: int) -> dict:
             "class_type": "TextLocTinyWorldReferences",
             "inputs": {"concept": "dotstar", "images": 6, "seed": seed + 1},
         },
-        "3": {
-            "class_type": "TextLocScoreImages",
-            "inputs": {
-                "images": ["1", 0],
-                "references": ["2", 0],
-                "prompt": "a <tw1> star",
-                "feature_model": "tinyworld",
-                "kid_subset_size": 5,
-                "filename_prefix": f"textloc_test/soak_{seed}",
-            },
-        },
+        "3": score_images(["1", 0], ["2", 0], "a <tw1> star", f"textloc_test/soak_{seed}"),
     }
 
 

@@ -25,44 +25,52 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 BROWSER_DIR = PACK_ROOT / "tests" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
+
+def _ui_node(node_id: int, node_type: str, x: int, size: list, inputs: list, outputs: list, widgets: list) -> dict:
+    """One node of a UI-format workflow, in a row at (``x``, 80), run in id order."""
+    return {
+        "id": node_id,
+        "type": node_type,
+        "pos": [x, 80],
+        "size": size,
+        "flags": {},
+        "order": node_id - 1,
+        "mode": 0,
+        "inputs": inputs,
+        "outputs": outputs,
+        "properties": {},
+        "widgets_values": widgets,
+    }
+
+
+def _ui_workflow(nodes: list[dict], links: list[list]) -> dict:
+    """A UI-format workflow (LiteGraph 0.4) of ``nodes`` joined by ``links``."""
+    return {
+        "last_node_id": len(nodes),
+        "last_link_id": len(links),
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {},
+        "version": 0.4,
+        "nodes": nodes,
+    }
+
+
+def _slots(*names: str, links=None) -> list[dict]:
+    """Output slots of the types ``names``, none linked unless ``links`` is given (for the first)."""
+    return [{"name": name, "type": name, "links": links if i == 0 else None} for i, name in enumerate(names)]
+
+
 PROBE_NODE_TYPE = "TextlocNoSuchNodeProbe"
 # A stock node beside a node type nobody registers: the check must flag exactly the latter.
-MISSING_NODE_PROBE = {
-    "last_node_id": 2,
-    "last_link_id": 0,
-    "links": [],
-    "groups": [],
-    "config": {},
-    "extra": {},
-    "version": 0.4,
-    "nodes": [
-        {
-            "id": 1,
-            "type": "EmptyImage",
-            "pos": [80, 80],
-            "size": [300, 150],
-            "flags": {},
-            "order": 0,
-            "mode": 0,
-            "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": None}],
-            "properties": {},
-            "widgets_values": [64, 64, 1, 0],
-        },
-        {
-            "id": 2,
-            "type": PROBE_NODE_TYPE,
-            "pos": [450, 80],
-            "size": [200, 80],
-            "flags": {},
-            "order": 1,
-            "mode": 0,
-            "inputs": [],
-            "outputs": [],
-            "properties": {},
-            "widgets_values": [],
-        },
+MISSING_NODE_PROBE = _ui_workflow(
+    [
+        _ui_node(1, "EmptyImage", 80, [300, 150], [], _slots("IMAGE"), [64, 64, 1, 0]),
+        _ui_node(2, PROBE_NODE_TYPE, 450, [200, 80], [], [], []),
     ],
-}
+    links=[],
+)
 
 # Registered nodes naming model files nobody installed: a stock checkpoint and LoRA loader and
 # the pack's own Apply node (the case of a shipped workflow naming an adapter a fresh install
@@ -74,68 +82,42 @@ PROBE_MODEL_FILES = (
     "textloc/textloc_missing_lora_probe.safetensors",
     "textloc_missing_adapter_probe.safetensors",
 )
-MISSING_MODEL_PROBE = {
-    "last_node_id": 3,
-    "last_link_id": 1,
-    "links": [[1, 1, 0, 2, 0, "MODEL"]],
-    "groups": [],
-    "config": {},
-    "extra": {},
-    "version": 0.4,
-    "nodes": [
-        {
-            "id": 1,
-            "type": "CheckpointLoaderSimple",
-            "pos": [80, 80],
-            "size": [320, 100],
-            "flags": {},
-            "order": 0,
-            "mode": 0,
-            "inputs": [],
-            "outputs": [
-                {"name": "MODEL", "type": "MODEL", "links": [1]},
-                {"name": "CLIP", "type": "CLIP", "links": None},
-                {"name": "VAE", "type": "VAE", "links": None},
-            ],
-            "properties": {},
-            "widgets_values": [PROBE_MODEL_FILES[0]],
-        },
-        {
-            "id": 2,
-            "type": "LoraLoaderModelOnly",
-            "pos": [450, 80],
-            "size": [320, 100],
-            "flags": {},
-            "order": 1,
-            "mode": 0,
-            "inputs": [{"name": "model", "type": "MODEL", "link": 1}],
-            "outputs": [{"name": "MODEL", "type": "MODEL", "links": None}],
-            "properties": {},
-            "widgets_values": [PROBE_MODEL_FILES[1], 1.0],
-        },
-        {
-            "id": 3,
-            "type": "TextLocApplyAdapter",
-            "pos": [820, 80],
-            "size": [320, 130],
-            "flags": {},
-            "order": 2,
-            "mode": 0,
-            "inputs": [
-                {"name": "model", "type": "MODEL", "link": None},
-                {"name": "clip", "type": "CLIP", "link": None},
-            ],
-            "outputs": [
-                {"name": "MODEL", "type": "MODEL", "links": None},
-                {"name": "CLIP", "type": "CLIP", "links": None},
-            ],
-            "properties": {},
-            "widgets_values": [PROBE_MODEL_FILES[2], 1.0, False],
-        },
+MISSING_MODEL_PROBE = _ui_workflow(
+    [
+        _ui_node(
+            1,
+            "CheckpointLoaderSimple",
+            80,
+            [320, 100],
+            [],
+            _slots("MODEL", "CLIP", "VAE", links=[1]),
+            [PROBE_CHECKPOINT],
+        ),
+        _ui_node(
+            2,
+            "LoraLoaderModelOnly",
+            450,
+            [320, 100],
+            [{"name": "model", "type": "MODEL", "link": 1}],
+            _slots("MODEL"),
+            [PROBE_MODEL_FILES[1], 1.0],
+        ),
+        _ui_node(
+            3,
+            "TextLocApplyAdapter",
+            820,
+            [320, 130],
+            [{"name": "model", "type": "MODEL", "link": None}, {"name": "clip", "type": "CLIP", "link": None}],
+            _slots("MODEL", "CLIP"),
+            [PROBE_MODEL_FILES[2], 1.0, False],
+        ),
     ],
-    # nothing listens on port 9: a frontend that looks the file up fails at once, offline
-    "models": [{"name": PROBE_CHECKPOINT, "url": f"http://127.0.0.1:9/{PROBE_CHECKPOINT}", "directory": "checkpoints"}],
-}
+    links=[[1, 1, 0, 2, 0, "MODEL"]],
+)
+# nothing listens on port 9: a frontend that looks the file up fails at once, offline
+MISSING_MODEL_PROBE["models"] = [
+    {"name": PROBE_CHECKPOINT, "url": f"http://127.0.0.1:9/{PROBE_CHECKPOINT}", "directory": "checkpoints"}
+]
 PROBES = {
     "textloc_probe_missing_node.json": MISSING_NODE_PROBE,
     "textloc_probe_missing_model.json": MISSING_MODEL_PROBE,

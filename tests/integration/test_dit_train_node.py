@@ -12,6 +12,7 @@ import pytest
 import tiny_dit_comfy as tiny
 import torch
 from comfy_server import cancel_once_checkpointed
+from tinyworld_graphs import TINYWORLD, concept_set, train_node
 
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.training import checkpoint as ckpt
@@ -26,14 +27,10 @@ KV_BLOCKS = {
 def _train_graph(name: str, family: str, steps: int, checkpoint_every: int = 1) -> dict:
     """Tiny ``family`` model + two TinyWorld photos with masks -> TextLoc Train (hard, batch 1)."""
     loader = {"family": family, "seed": 0, "weight_dtype": "default"}
-    photos = {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False}
-    links = {part: ["1", i] for i, part in enumerate(("model", "clip", "vae"))} | {"concepts": ["2", 0]}
-    widgets = dict(guidance="hard", steps=steps, learning_rate=5e-3, batch=1, prior_images=0, seed=0)
-    widgets.update(checkpoint_every=checkpoint_every, adapter_name=name)
     return {
         "1": {"class_type": "TextLocTestTinyDiTLoader", "inputs": loader},
-        "2": {"class_type": "TextLocTinyWorldConceptSet", "inputs": photos},
-        "3": {"class_type": "TextLocTrain", "inputs": links | widgets},
+        "2": concept_set(images=2),
+        "3": train_node(["2", 0], name, steps=steps, batch=1, checkpoint_every=checkpoint_every),
     }
 
 
@@ -74,7 +71,7 @@ def test_train_refuses_a_flux_clip_without_t5_before_training(comfy):
     """A CLIP without T5 (here: TinyWorld's CLIP-L) is named, with the loader that gives T5."""
     name = f"flux_no_t5_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name, "flux", steps=1)
-    graph["9"] = {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}}
+    graph["9"] = TINYWORLD
     graph["3"]["inputs"]["clip"] = ["9", 1]
     with pytest.raises(ComfyError, match="DualCLIPLoader"):
         comfy.run(graph, timeout=300)

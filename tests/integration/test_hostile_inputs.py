@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tinyworld_graphs import TINYWORLD, attention_preview, concept_from_mask, concept_set, score_images, train_node
 
 from textloc_core.adapters.adapter import load_adapter
 from textloc_harness.comfy_launcher import ComfyError, ProgressWatcher
@@ -136,17 +137,14 @@ def _score_graph(feature_model: str) -> dict:
     """Score Images on two TinyWorld renders with ``feature_model``."""
     return {
         "1": {"class_type": "TextLocTinyWorldReferences", "inputs": {"concept": "dotstar", "images": 2, "seed": 1}},
-        "2": {
-            "class_type": "TextLocScoreImages",
-            "inputs": {
-                "images": ["1", 0],
-                "references": ["1", 0],
-                "prompt": "a star",
-                "feature_model": feature_model,
-                "kid_subset_size": 2,
-                "filename_prefix": f"textloc_test/{uuid.uuid4().hex[:6]}",
-            },
-        },
+        "2": score_images(
+            ["1", 0],
+            ["1", 0],
+            "a star",
+            f"textloc_test/{uuid.uuid4().hex[:6]}",
+            feature_model=feature_model,
+            kid_subset_size=2,
+        ),
     }
 
 
@@ -167,34 +165,12 @@ def test_score_images_reads_a_clip_folder_only_where_nodes_may_read(comfy, place
 
 
 def _train_graph(name: str, concept: str = "dotstar", seed: int = 0, steps: int = 1, **train) -> dict:
+    """Train on three TinyWorld stars made into concept ``concept`` (token <tw7>) by Concept from Mask."""
     return {
-        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {
-            "class_type": "TextLocTinyWorldConceptSet",
-            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": seed, "include_companion": False},
-        },
-        "4": {
-            "class_type": "TextLocConceptFromMask",
-            "inputs": {"images": ["2", 1], "masks": ["2", 2], "name": concept, "token": "<tw7>", "class_word": "star"},
-        },
-        "3": {
-            "class_type": "TextLocTrain",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["1", 2],
-                "concepts": ["4", 0],
-                "guidance": "hard",
-                "steps": steps,
-                "learning_rate": 5e-3,
-                "batch": 2,
-                "prior_images": 0,
-                "seed": 0,
-                "checkpoint_every": 1,
-                "adapter_name": name,
-                **train,
-            },
-        },
+        "1": TINYWORLD,
+        "2": concept_set(images=3, seed=seed),
+        "4": concept_from_mask(["2", 1], ["2", 2], concept, "<tw7>"),
+        "3": train_node(["4", 0], name, steps=steps, **train),
     }
 
 
@@ -253,27 +229,10 @@ def _interrupt_when(comfy, graph: dict, started, settle: float = 0.0) -> float:
 
 
 def test_cancel_stops_attention_preview_sampling(comfy):
+    seed = int(time.time()) % 100000
     graph = {
-        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {
-            "class_type": "TextLocAttentionPreview",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["1", 2],
-                "prompt": "a star on grass",
-                "negative": "",
-                "tokens": "star",
-                "seed": int(time.time()) % 100000,
-                "steps": 1000,
-                "cfg": 4.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "width": 64,
-                "height": 64,
-                "batch_size": 1,
-            },
-        },
+        "1": TINYWORLD,
+        "2": attention_preview("a star on grass", seed=seed, steps=1000, tokens="star"),
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
     }
     # the preview reports its steps now: Cancel lands in the middle of the sampling
@@ -311,7 +270,7 @@ def test_embedding_files_of_two_adapters_never_collide(comfy):
     assert (embeddings / first / "p_q.safetensors").is_file() and (embeddings / second / "q.safetensors").is_file()
     # and the stock loader finds each under the name the node reports
     graph = {
-        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
+        "1": TINYWORLD,
         "2": {
             "class_type": "CLIPTextEncode",
             "inputs": {"clip": ["1", 1], "text": f"a embedding:textloc/{first}/p_q star"},
@@ -402,17 +361,7 @@ def test_adapter_names_a_prompt_cannot_use_are_refused(comfy, adapter_name, expe
 
 def test_concepts_sharing_an_embedding_file_are_refused(comfy):
     graph = _train_graph(f"share_{uuid.uuid4().hex[:6]}", concept="a+b")
-    graph["5"] = {
-        "class_type": "TextLocConceptFromMask",
-        "inputs": {
-            "images": ["2", 1],
-            "masks": ["2", 2],
-            "name": "ab",
-            "token": "<tw8>",
-            "class_word": "star",
-            "concepts": ["4", 0],
-        },
-    }
+    graph["5"] = concept_from_mask(["2", 1], ["2", 2], "ab", "<tw8>", concepts=["4", 0])
     graph["3"]["inputs"]["concepts"] = ["5", 0]
     message = _error(comfy, graph)
     assert "would share the embedding file ab.safetensors" in message, message

@@ -10,39 +10,19 @@ import uuid
 import numpy as np
 import pytest
 from comfy_server import cancel_once_checkpointed, stock_round_trip
+from tinyworld_graphs import TINYWORLD, concept_from_mask, concept_set, train_node
 
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.training import checkpoint as ckpt
 from textloc_harness.comfy_launcher import ComfyError
 
-TINYWORLD = {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}}
-
 
 def _train_graph(name: str, steps: int, checkpoint_every: int) -> dict:
     return {
-        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {
-            "class_type": "TextLocTinyWorldConceptSet",
-            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False},
-        },
-        "3": {
-            "class_type": "TextLocTrain",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["1", 2],
-                "concepts": ["2", 0],
-                "guidance": "hard",
-                # a large learning rate so two steps visibly change the images
-                "steps": steps,
-                "learning_rate": 5e-3,
-                "batch": 2,
-                "prior_images": 0,
-                "seed": 0,
-                "checkpoint_every": checkpoint_every,
-                "adapter_name": name,
-            },
-        },
+        "1": TINYWORLD,
+        "2": concept_set(images=3),
+        # the builder's learning rate (5e-3) is large, so two steps visibly change the images
+        "3": train_node(["2", 0], name, steps=steps, checkpoint_every=checkpoint_every),
     }
 
 
@@ -88,25 +68,10 @@ def test_adapter_name_cannot_write_outside_the_models_folder(comfy):
 
 def test_bad_masks_fail_before_training_with_a_clear_error(comfy):
     graph = {
-        "1": {
-            "class_type": "TextLocTinyWorldConceptSet",
-            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 3, "seed": 0, "include_companion": False},
-        },
-        "2": {
-            "class_type": "TextLocTinyWorldConceptSet",
-            "inputs": {"concept": "dotstar", "token": "<tw1>", "images": 2, "seed": 0, "include_companion": False},
-        },
+        "1": concept_set(images=3),
+        "2": concept_set(images=2),
         # three photos, two masks
-        "3": {
-            "class_type": "TextLocConceptFromMask",
-            "inputs": {
-                "images": ["1", 1],
-                "masks": ["2", 2],
-                "name": "dotstar",
-                "token": "<tw2>",
-                "class_word": "star",
-            },
-        },
+        "3": concept_from_mask(["1", 1], ["2", 2], "dotstar", "<tw2>"),
         "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
     }
     with pytest.raises(ComfyError, match=r"3 image\(s\) but the MASK for concept 'dotstar' has 2"):

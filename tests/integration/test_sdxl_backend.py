@@ -13,6 +13,8 @@ import pytest
 import tiny_sdxl_comfy as tiny
 import torch
 
+from benchmarks.tiny_models import TINY_SDXL_TRAINING
+
 
 @pytest.fixture(scope="module")
 def sdxl(pack):
@@ -85,15 +87,7 @@ def test_every_guidance_trains_sdxl_in_comfyui(pack, sdxl, method, tmp_path, mon
             ConceptImage(torch.rand(3, 64, 64), {"star": _square(30, 20)}),
         ],
     )
-    config = TrainConfig(
-        guidance=method,
-        steps=2,
-        learning_rate=1e-3,
-        instance_batch=1,
-        prior_batch=1,
-        prior_images=2,
-        prior_sampling_steps=2,
-    )
+    config = TrainConfig(guidance=method, **TINY_SDXL_TRAINING)
     model, clip, vae = sdxl
     with torch.inference_mode(), comfy_backend.training_session(model, clip, vae) as bundle:
         result = train(bundle, concepts, config, prior_cache_dir=tmp_path)

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tinyworld_graphs import TINYWORLD, apply_adapter, attention_preview, concept_set, train_node
 
 pytestmark = pytest.mark.slow  # ten real runs: about 3 minutes on 2 shared CPU cores
 
@@ -26,58 +27,11 @@ def _rss_mib(pid: int) -> float:
 
 def _graph(run: int, name: str) -> dict:
     return {
-        "1": {"class_type": "TextLocTinyWorldLoader", "inputs": {"seed": 0, "use_shipped_weights": True}},
-        "2": {
-            "class_type": "TextLocTinyWorldConceptSet",
-            "inputs": {"concept": "checkring", "token": "<ring1>", "images": 2, "seed": 0, "include_companion": False},
-        },
-        "3": {
-            "class_type": "TextLocTrain",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "vae": ["1", 2],
-                "concepts": ["2", 0],
-                "guidance": "hard",
-                "steps": 1,
-                "learning_rate": 1e-4,
-                "batch": 2,
-                "prior_images": 0,
-                "seed": run,
-                "checkpoint_every": 1,
-                "adapter_name": f"{name}_{run}",
-                "resume": False,
-            },
-        },
-        "4": {
-            "class_type": "TextLocApplyAdapter",
-            "inputs": {
-                "model": ["1", 0],
-                "clip": ["1", 1],
-                "adapter_file": "(none)",
-                "strength": 1.0,
-                "adapter": ["3", 0],
-            },
-        },
-        "5": {
-            "class_type": "TextLocAttentionPreview",
-            "inputs": {
-                "model": ["4", 0],
-                "clip": ["4", 1],
-                "vae": ["1", 2],
-                "prompt": "a <ring1> ring on sky",
-                "negative": "",
-                "tokens": "",
-                "seed": run,
-                "steps": 2,
-                "cfg": 4.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "width": 64,
-                "height": 64,
-                "batch_size": 1,
-            },
-        },
+        "1": TINYWORLD,
+        "2": concept_set(images=2, concept="checkring", token="<ring1>"),
+        "3": train_node(["2", 0], f"{name}_{run}", learning_rate=1e-4, seed=run, checkpoint_every=1, resume=False),
+        "4": apply_adapter("(none)", adapter=["3", 0]),
+        "5": attention_preview("a <ring1> ring on sky", seed=run, steps=2, model=["4", 0], clip=["4", 1]),
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
     }
 

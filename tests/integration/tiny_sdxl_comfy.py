@@ -120,26 +120,20 @@ def _clip_classes():
     class TinySDXLClipModel(comfy.sdxl_clip.SDXLClipModel):
         def __init__(self, device="cpu", dtype=None, model_options={}):
             nn.Module.__init__(self)
+            # both read the penultimate layer, unnormalised, as SDXL's encoders do
+            penultimate = dict(layer="hidden", layer_idx=-2, device=device, dtype=dtype, layer_norm_hidden_state=False)
             self.clip_l = comfy.sd1_clip.SDClipModel(
-                layer="hidden",
-                layer_idx=-2,
-                device=device,
-                dtype=dtype,
-                layer_norm_hidden_state=False,
                 textmodel_json_config=_text_config(WIDTH_L),
                 return_projected_pooled=False,
                 model_options=model_options,
+                **penultimate,
             )
             self.clip_g = comfy.sd1_clip.SDClipModel(
-                layer="hidden",
-                layer_idx=-2,
-                device=device,
-                dtype=dtype,
-                layer_norm_hidden_state=False,
                 textmodel_json_config=_text_config(WIDTH_G, POOLED),
                 return_projected_pooled=True,
                 special_tokens={"start": 49406, "end": 49407, "pad": 0},
                 model_options={**model_options, "model_name": "clip_g"},
+                **penultimate,
             )
             self.dtypes = {dtype}
 

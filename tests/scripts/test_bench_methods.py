@@ -105,33 +105,13 @@ def test_paired_table_compares_each_method_with_none_on_the_same_runs(bench):
 @pytest.mark.slow
 def test_quick_run_end_to_end(bench, tmp_path):
     out, work = tmp_path / "docs", tmp_path / "work"
-    code = bench.main(
-        [
-            "--quick",
-            "--random-weights",
-            "--pairs",
-            "dotstar",
-            "--seeds",
-            "0",
-            "--methods",
-            "hard,none",
-            "--workers",
-            "1",
-            "--out",
-            str(out),
-            "--work",
-            str(work),
-        ]
-    )
+    quick = "--quick --random-weights --pairs dotstar --seeds 0 --methods hard,none --workers 1".split()
+    code = bench.main([*quick, "--out", str(out), "--work", str(work)])
     assert code == 0
     rows = json.loads((work / "rows.json").read_text())
     runs = [r for r in rows if r["method"] in ("hard", "none")]
-    assert sorted((r["setting"], r["method"]) for r in runs) == [
-        ("multi", "hard"),
-        ("multi", "none"),
-        ("single", "hard"),
-        ("single", "none"),
-    ]
+    both = [("multi", "hard"), ("multi", "none"), ("single", "hard"), ("single", "none")]
+    assert sorted((r["setting"], r["method"]) for r in runs) == both
     for r in runs:
         assert 0 <= r["iou"] <= 1 and 0 <= r["attn_other"] <= 1 and 0 <= r["fidelity"] <= 1
     text = (out / "results.md").read_text()

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
+from benchmarks.tiny_models import build_random_tinyworld_pipeline
 from textloc_core.data import readers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,80 +23,29 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def local_models(tmp_path_factory):
     """A TinyWorld-architecture StableDiffusionPipeline folder and a CLIP folder (random weights)."""
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
     from textloc_core.tinyworld import model_configs as mc
 
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    tokenizer = CLIPTokenizer.from_pretrained(str(REPO / "textloc_core/tinyworld/weights/tokenizer"))
-    text = mc.build_text_encoder()
-    pipe = StableDiffusionPipeline(
-        vae=mc.build_vae(),
-        text_encoder=text,
-        tokenizer=tokenizer,
-        unet=mc.build_unet(),
-        scheduler=mc.build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = build_random_tinyworld_pipeline()
     pipe.save_pretrained(root / "sd")
-    text.save_pretrained(root / "clip" / "text")
+    pipe.text_encoder.save_pretrained(root / "clip" / "text")
     mc.build_vision_encoder().save_pretrained(root / "clip" / "vision")
-    tokenizer.save_pretrained(root / "clip" / "tokenizer")
+    pipe.tokenizer.save_pretrained(root / "clip" / "tokenizer")
     return root
 
 
 def test_paper_protocol_end_to_end(local_models, tmp_path, capsys, load_script):
     script = load_script("paper_protocol")
     out = tmp_path / "out"
-    code = script.main(
-        [
-            "--model",
-            str(local_models / "sd"),
-            "--clip",
-            str(local_models / "clip"),
-            "--dataset",
-            str(DATASET),
-            "--pairs",
-            "bucket+doll",
-            "--single",
-            "first",
-            "--methods",
-            "hard,none",
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-            "--resolution",
-            "64",
-            "--steps-single",
-            "2",
-            "--steps-multi",
-            "2",
-            "--prior-images",
-            "2",
-            "--prior-steps",
-            "2",
-            "--images-per-prompt",
-            "3",
-            "--n-prompts",
-            "2",
-            "--sample-steps",
-            "2",
-        ]
-    )
+    paths = ["--model", str(local_models / "sd"), "--clip", str(local_models / "clip"), "--dataset", str(DATASET)]
+    tiny = "--resolution 64 --steps-single 2 --steps-multi 2 --prior-images 2 --prior-steps 2 --images-per-prompt 3"
+    run = f"--pairs bucket+doll --single first --methods hard,none --device cpu {tiny} --n-prompts 2 --sample-steps 2"
+    code = script.main([*paths, "--out", str(out), *run.split()])
     assert code == 0
     rows = json.loads((out / "rows.json").read_text())
     # bucket alone (single) and bucket+doll (multi), each with hard and none
-    assert sorted((r["setting"], r["method"]) for r in rows) == [
-        ("multi", "hard"),
-        ("multi", "none"),
-        ("single", "hard"),
-        ("single", "none"),
-    ]
+    both = [("multi", "hard"), ("multi", "none"), ("single", "hard"), ("single", "none")]
+    assert sorted((r["setting"], r["method"]) for r in rows) == both
     for row in rows:
         assert row["n_images"] == 6 and row["steps"] == 2
         assert -1 <= row["clip_i"] <= 1 and -1 <= row["clip_t"] <= 1

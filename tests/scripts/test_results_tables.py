@@ -23,21 +23,9 @@ def test_committed_tables_are_the_records(tables):
 
 
 def _rec(phase, method, seed, pair="dotstar", setting="single", recipe="plain", **metrics):
-    base = {
-        k: 0.5
-        for k in (
-            "clip_i",
-            "clip_i_pair",
-            "clip_t",
-            "kid",
-            "iou",
-            "attn_other",
-            "fidelity",
-            "fidelity_cs",
-            "leakage",
-            "alignment",
-        )
-    }
+    from benchmarks.records import METRICS
+
+    base = {k: 0.5 for k in METRICS}
     base.update(metrics)
     return {
         "phase": phase,

@@ -55,13 +55,7 @@ def test_it_fits_the_shipped_weights_and_its_tokens_attend(adapter):
     bundle = bundle_from_diffusers(tinyworld.load_pipeline("cpu"))
     # what TextLoc Apply Adapter checks: same architecture, same base fingerprint
     check_compatible(adapter, kv_weights_of(canonical_layers(bundle.denoiser)), bundle.fingerprint)
-    out = api.generate(
-        bundle,
-        "a <dotstar1> star and a <circle1> circle on sand",
-        adapters=[adapter],
-        steps=2,
-        seed=0,
-        maps_for=adapter.tokens,
-    )
+    prompt = "a <dotstar1> star and a <circle1> circle on sand"
+    out = api.generate(bundle, prompt, adapters=[adapter], steps=2, seed=0, maps_for=adapter.tokens)
     assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
     assert all(float(m.max() - m.min()) > 0 for m in out.token_maps.values()), "blank attention maps"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 if TYPE_CHECKING:  # pragma: no cover - import only for type checkers
     from ..attention.cross_attention import AttentionRouter
@@ -104,12 +104,8 @@ class DenoiserBackend(Protocol):
     ``predict`` then needs ``pooled``; the size conditioning it derives from the latents."""
 
     def predict(
-        self,
-        noisy_latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        context: torch.Tensor,
-        pooled: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        self, noisy_latents: Tensor, timesteps: Tensor, context: Tensor, pooled: Tensor | None = None
+    ) -> Tensor:
         """The UNet's raw output for DDPM-noised latents at integer ``timesteps`` (0..999).
 
         ``pooled`` (B, P): the text backend's ``EncodedPrompts.pooled`` rows matching

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..attention.cross_attention import TOKENS_PER_CHUNK, AttentionRouter, find_cross_attention
 from ..data.tokens import check_token_text
@@ -253,22 +253,18 @@ class DiffusersDenoiser:
         return ((images.float() + 1) / 2).clamp(0, 1)
 
     def predict(
-        self,
-        noisy_latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        context: torch.Tensor,
-        pooled: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        added = None
-        if self.needs_pooled:
-            if pooled is None:
-                raise ValueError(
-                    "this UNet (SDXL) needs the pooled text embedding; encode prompts with its two text encoders"
-                )
-            added = {
-                "text_embeds": pooled.to(context.dtype),
-                "time_ids": self.size_conditioning(noisy_latents).to(context.dtype),
-            }
+        self, noisy_latents: Tensor, timesteps: Tensor, context: Tensor, pooled: Tensor | None = None
+    ) -> Tensor:
+        if not self.needs_pooled:
+            return self.unet(noisy_latents, timesteps, encoder_hidden_states=context).sample
+        if pooled is None:
+            raise ValueError(
+                "this UNet (SDXL) needs the pooled text embedding; encode prompts with its two text encoders"
+            )
+        added = {
+            "text_embeds": pooled.to(context.dtype),
+            "time_ids": self.size_conditioning(noisy_latents).to(context.dtype),
+        }
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=context, added_cond_kwargs=added).sample
 
     def size_conditioning(self, latents: torch.Tensor) -> torch.Tensor:

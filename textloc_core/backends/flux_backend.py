@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..attention.cross_attention import AttentionRouter
 from .base import ModelBundle
-from .diffusers_backend import kv_fingerprint
 from .flow_matching import FLUX_SHIFT, FlowMatching
-from .joint_blocks import JointBlockDenoiser
+from .joint_blocks import JointBlockDenoiser, joint_bundle
 from .t5_text import FluxText
 
 PATCH = 2
@@ -99,6 +98,7 @@ class FluxDenoiser(JointBlockDenoiser):
     conditioned on (unused by a model without guidance embedding, like schnell)."""
 
     block_prefix = "double_blocks"
+    map_processor = MappedFluxProcessor
     text_attention = "txt_attn"
 
     def __init__(self, transformer: nn.Module, vae: nn.Module, guidance: float = 1.0):
@@ -107,17 +107,9 @@ class FluxDenoiser(JointBlockDenoiser):
         )
         self.guidance = float(guidance)
 
-    def map_processor(self, router: AttentionRouter, block: str) -> MappedFluxProcessor:
-        return MappedFluxProcessor(router, block)
-
     def predict(
-        self,
-        noisy_latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        context: torch.Tensor,
-        pooled: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The velocity for latents at the objective's ``timesteps`` (0..999 or the sampler's floats)."""
+        self, noisy_latents: Tensor, timesteps: Tensor, context: Tensor, pooled: Tensor | None = None
+    ) -> Tensor:
         if pooled is None:
             raise ValueError("Flux needs the pooled CLIP-L embedding; encode prompts with its text backend")
         hw = tuple(noisy_latents.shape[-2:])
@@ -150,16 +142,9 @@ def bundle_from_flux(
     guidance: float = 1.0,
 ) -> ModelBundle:
     """A ``ModelBundle`` from FluxPipeline's components (its names: ``text_encoder`` /
-    ``tokenizer`` are CLIP-L, ``text_encoder_2`` / ``tokenizer_2`` T5). The models are put in
-    eval mode; their weights are never modified by training."""
-    for model in (transformer, vae, text_encoder, text_encoder_2):
-        model.eval()
-    denoiser = FluxDenoiser(transformer, vae, guidance)
-    weight = next(transformer.parameters())
-    return ModelBundle(
-        text=FluxText(tokenizer_2, text_encoder_2, tokenizer, text_encoder, max_sequence_length),
-        denoiser=denoiser,
-        fingerprint=kv_fingerprint(denoiser),
-        device=weight.device,
-        compute_dtype=weight.dtype,
+    ``tokenizer`` are CLIP-L, ``text_encoder_2`` / ``tokenizer_2`` T5), in eval mode."""
+    return joint_bundle(
+        FluxDenoiser(transformer, vae, guidance),
+        FluxText(tokenizer_2, text_encoder_2, tokenizer, text_encoder, max_sequence_length),
+        (text_encoder, text_encoder_2),
     )

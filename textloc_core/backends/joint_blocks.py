@@ -12,13 +12,14 @@ sequences have no start token, so no K/V position is detached.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
 
 from ..attention.cross_attention import AttentionRouter
-from .diffusers_backend import DiffusersDenoiser
+from .base import ModelBundle, TextBackend
+from .diffusers_backend import DiffusersDenoiser, kv_fingerprint
 from .flow_matching import FlowMatching
 
 _DIFFUSERS_BLOCK = re.compile(r"^transformer_blocks\.(\d+)$")
@@ -28,8 +29,9 @@ class JointBlockDenoiser(DiffusersDenoiser):
     """``DenoiserBackend`` over a diffusers transformer with joint-attention blocks + VAE.
 
     ``unet`` is the transformer (the protocol's name for the denoising network). Subclasses set
-    ``block_prefix`` and ``text_attention`` (ComfyUI's names) and give ``predict`` and
-    ``map_processor``; ``patch`` is the transformer's patch side in latent cells."""
+    ``block_prefix`` and ``text_attention`` (ComfyUI's names) and ``map_processor``, and give
+    ``predict``: the velocity for latents at the objective's ``timesteps`` (0..999 or the
+    sampler's floats). ``patch`` is the transformer's patch side in latent cells."""
 
     detach_start_token = False
     prediction_type = "flow"
@@ -66,9 +68,9 @@ class JointBlockDenoiser(DiffusersDenoiser):
             raise ValueError(f"{module_name!r} is not a joint-attention block (transformer_blocks.<i>)")
         return f"{self.block_prefix}.{match.group(1)}"
 
-    def map_processor(self, router: AttentionRouter, block: str):
-        """The processor computing ``block``'s attention as diffusers does, plus its map."""
-        raise NotImplementedError
+    map_processor: Callable[[AttentionRouter, str], object]
+    """The processor class computing a block's attention as diffusers does, plus its map;
+    called with the router and the block's canonical name."""
 
     @contextmanager
     def route_attention(self, router: AttentionRouter) -> Iterator[AttentionRouter]:
@@ -82,3 +84,18 @@ class JointBlockDenoiser(DiffusersDenoiser):
         finally:
             for attn, processor in previous:
                 attn.set_processor(processor)
+
+
+def joint_bundle(denoiser: JointBlockDenoiser, text: TextBackend, encoders: Iterable[nn.Module]) -> ModelBundle:
+    """The ``ModelBundle`` of a joint-block transformer and its text backend. The transformer,
+    the VAE and the text ``encoders`` are put in eval mode; training never modifies their weights."""
+    for model in (denoiser.unet, denoiser.vae, *encoders):
+        model.eval()
+    weight = next(denoiser.unet.parameters())
+    return ModelBundle(
+        text=text,
+        denoiser=denoiser,
+        fingerprint=kv_fingerprint(denoiser),
+        device=weight.device,
+        compute_dtype=weight.dtype,
+    )

@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..attention.cross_attention import AttentionRouter
 from .base import ModelBundle
-from .diffusers_backend import kv_fingerprint
 from .flow_matching import SD3_SHIFT, FlowMatching
-from .joint_blocks import JointBlockDenoiser
+from .joint_blocks import JointBlockDenoiser, joint_bundle
 from .t5_text import SD3Text
 
 
@@ -65,23 +64,16 @@ class SD3Denoiser(JointBlockDenoiser):
     """SD3 / SD3.5's transformer + VAE; latents go in as (B, C, h, w), the transformer patches them."""
 
     block_prefix = "joint_blocks"
+    map_processor = MappedJointProcessor
     text_attention = "context_block.attn"
 
     def __init__(self, transformer: nn.Module, vae: nn.Module):
         config = transformer.config
         super().__init__(transformer, vae, FlowMatching(SD3_SHIFT), int(config.in_channels), int(config.patch_size))
 
-    def map_processor(self, router: AttentionRouter, block: str) -> MappedJointProcessor:
-        return MappedJointProcessor(router, block)
-
     def predict(
-        self,
-        noisy_latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        context: torch.Tensor,
-        pooled: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The velocity for latents at the objective's ``timesteps`` (0..999 or the sampler's floats)."""
+        self, noisy_latents: Tensor, timesteps: Tensor, context: Tensor, pooled: Tensor | None = None
+    ) -> Tensor:
         if pooled is None:
             raise ValueError("SD3 needs the pooled CLIP-L + CLIP-G embedding; encode prompts with its text backend")
         dtype = noisy_latents.dtype
@@ -109,17 +101,9 @@ def bundle_from_sd3(
     max_sequence_length: int = 256,
 ) -> ModelBundle:
     """A ``ModelBundle`` from StableDiffusion3Pipeline's components (CLIP-L, CLIP-G, T5 in its
-    order). The models are put in eval mode; their weights are never modified by training."""
-    for model in (transformer, vae, text_encoder, text_encoder_2, text_encoder_3):
-        model.eval()
-    denoiser = SD3Denoiser(transformer, vae)
-    weight = next(transformer.parameters())
-    return ModelBundle(
-        text=SD3Text(
-            tokenizer, text_encoder, tokenizer_2, text_encoder_2, tokenizer_3, text_encoder_3, max_sequence_length
-        ),
-        denoiser=denoiser,
-        fingerprint=kv_fingerprint(denoiser),
-        device=weight.device,
-        compute_dtype=weight.dtype,
+    order), in eval mode."""
+    return joint_bundle(
+        SD3Denoiser(transformer, vae),
+        SD3Text(tokenizer, text_encoder, tokenizer_2, text_encoder_2, tokenizer_3, text_encoder_3, max_sequence_length),
+        (text_encoder, text_encoder_2, text_encoder_3),
     )

@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 
+from benchmarks.tiny_models import TINY_SDXL_TRAINING
 from textloc_core.adapters import formats as fmt
 from textloc_core.adapters.adapter import load_adapter, save_adapter
 from textloc_core.attention.cross_attention import find_cross_attention
@@ -102,15 +103,7 @@ def test_every_guidance_trains_sdxl_with_prior_and_leaves_the_base_unchanged(
     monkeypatch.setattr(prior, "_MEMORY", {})  # the prior images come from the file cache, not this process's
     bundle = tiny_sdxl_bundle
     before = {k: v.clone() for k, v in bundle.denoiser.unet.state_dict().items()}
-    config = TrainConfig(
-        guidance=method,
-        steps=2,
-        learning_rate=1e-3,
-        prior_images=2,
-        prior_sampling_steps=2,
-        instance_batch=1,
-        prior_batch=1,
-    )
+    config = TrainConfig(guidance=method, **TINY_SDXL_TRAINING)
     result = train(bundle, pair, config, prior_cache_dir=tmp_path / "prior")
     assert result.steps_done == 2
     assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in result.history)

@@ -12,26 +12,17 @@ import torch
 from transformers import (
     CLIPConfig,
     CLIPModel,
-    CLIPTextConfig,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
 )
 
+from benchmarks.tiny_models import tiny_clip_text_config
 from textloc_core.evaluation import features, metrics
 
 TOKENIZER = Path(__file__).resolve().parents[3] / "textloc_core" / "tinyworld" / "weights" / "tokenizer"
 
-TEXT = dict(
-    vocab_size=49408,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    max_position_embeddings=77,
-    eos_token_id=49407,
-)
 VISION = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
 )
@@ -40,7 +31,9 @@ VISION = dict(
 @pytest.fixture(scope="module")
 def tiny_clip():
     torch.manual_seed(0)
-    return CLIPModel(CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=16)).eval()
+    return CLIPModel(
+        CLIPConfig(text_config=tiny_clip_text_config(32, layers=1).to_dict(), vision_config=VISION, projection_dim=16)
+    ).eval()
 
 
 def test_saved_clipmodel_directory(tmp_path, tiny_clip):
@@ -77,7 +70,7 @@ def test_saved_clipmodel_directory(tmp_path, tiny_clip):
 def test_separate_towers_and_preprocessor_config(tmp_path, tiny_clip):
     torch.manual_seed(1)
     vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**{**VISION, "image_size": 24}, projection_dim=16))
-    text = CLIPTextModelWithProjection(CLIPTextConfig(**TEXT, projection_dim=16))
+    text = CLIPTextModelWithProjection(tiny_clip_text_config(32, layers=1, projection_dim=16))
     vision.save_pretrained(tmp_path / "vision")
     text.save_pretrained(tmp_path / "text")
     shutil.copytree(TOKENIZER, tmp_path / "tokenizer")

@@ -5,7 +5,6 @@ run reuses it) and is a no-op with method "none". "fixed" is what it always was,
 JSON is unchanged."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -104,7 +103,9 @@ def test_the_same_fraction_gives_other_weights_on_other_models_and_resolutions(
     assert double == pytest.approx(2 * base, rel=1e-6)
 
 
-def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, tmp_path, monkeypatch, two_concepts_at):
+def test_resume_after_calibration_reproduces_the_uninterrupted_run(
+    tiny_bundle, tmp_path, monkeypatch, two_concepts_at, killed_after_step_3
+):
     concepts, config = two_concepts_at(), _config(steps=4, checkpoint_every=2)
     reports = []
     full = train(tiny_bundle, concepts, config, checkpoint_dir=tmp_path / "a", on_step=reports.append)
@@ -114,16 +115,7 @@ def test_resume_after_calibration_reproduces_the_uninterrupted_run(tiny_bundle, 
     saved = json.loads((tmp_path / "a" / "step-000000004" / "state.json").read_text())
     assert json.loads(saved["config_json"])["attention_weight_mode"] == "calibrated"
 
-    done = []
-    train(
-        tiny_bundle,
-        concepts,
-        config,
-        checkpoint_dir=tmp_path / "b",
-        should_stop=lambda: len(done) >= 3,
-        on_step=done.append,
-    )
-    shutil.rmtree(tmp_path / "b" / "step-000000003")  # as if killed before step 3's checkpoint landed
+    killed_after_step_3(tiny_bundle, concepts, config, tmp_path / "b")
 
     def no_recalibration(*args, **kwargs):
         raise AssertionError("a resumed run must reuse the recorded weight, not recalibrate")
@@ -181,21 +173,10 @@ def test_bad_calibration_settings_name_the_field():
 
 
 def test_widgets_carry_the_calibration_settings():
-    config = TrainConfig.from_widgets(
-        guidance="hard",
-        steps=10,
-        learning_rate=1e-5,
-        batch=2,
-        prior_images=0,
-        seed=0,
-        checkpoint_every=5,
-        attention_weight_mode="calibrated",
-        attention_fraction=0.05,
-    )
+    widgets = dict(guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5)
+    config = TrainConfig.from_widgets(**widgets, attention_weight_mode="calibrated", attention_fraction=0.05)
     assert (config.attention_weight_mode, config.attention_fraction, config.calibrated) == ("calibrated", 0.05, True)
-    default = TrainConfig.from_widgets(
-        guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5
-    )
+    default = TrainConfig.from_widgets(**widgets)
     # the mode and fraction the TinyWorld table supports (docs/results.md): the node, the widgets and the API agree
     assert default.attention_weight_mode == TrainConfig().attention_weight_mode == "calibrated" and default.calibrated
     assert default.attention_fraction == TrainConfig().attention_fraction == 1.0
