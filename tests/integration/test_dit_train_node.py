@@ -1,7 +1,8 @@
 """TextLoc Train with Flux.1- and SD3.5-architecture models in a real ComfyUI server: the node runs
 on the tiny models of ``tiny_dit_comfy`` (test-only loader node "TextLoc Test Tiny DiT Loader"),
 writes an adapter keyed as the diffusers backend keys it, resumes bit-identically from its
-checkpoints, stops on Cancel keeping the last checkpoint, and trains an fp8 base.
+checkpoints, stops on Cancel keeping the last checkpoint, and trains an fp8 base; Attention
+Preview shows the maps of words on these models.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import tiny_dit_comfy as tiny
 import torch
 from comfy_server import cancel_once_checkpointed
-from tinyworld_graphs import TINYWORLD, concept_set, train_node
+from tinyworld_graphs import TINYWORLD, attention_preview, concept_set, train_node
 
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.training import checkpoint as ckpt
@@ -84,3 +85,16 @@ def test_an_fp8_flux_base_trains_in_the_node(comfy):
     comfy.run(graph, timeout=900)
     adapter = _adapter(comfy, name)
     assert adapter.metadata.steps == 1 and all(torch.isfinite(d).all() for d in adapter.kv_deltas.values())
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_attention_preview_node_shows_a_words_map_on_flux_and_sd3(comfy, family):
+    prefix = f"dit_preview_{family}_{uuid.uuid4().hex[:6]}"
+    loader = {"family": family, "seed": 0, "weight_dtype": "default"}
+    graph = {
+        "1": {"class_type": "TextLocTestTinyDiTLoader", "inputs": loader},
+        "2": attention_preview("a star on grass", seed=1, steps=2, tokens="star, grass", cfg=1.0),
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 1], "filename_prefix": prefix}},
+    }
+    result = comfy.run(graph, timeout=600)
+    assert len([p for p in result.all_files() if p.name.startswith(prefix)]) == 2  # one overlay per word
