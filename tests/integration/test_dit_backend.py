@@ -251,6 +251,19 @@ def test_gradient_checkpointing_trains_the_same(pack, models, family):
         torch.testing.assert_close(recomputed.kv_deltas[key], plain.kv_deltas[key], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_autocast_trains_close_to_float32(pack, models, family):
+    from textloc_pack.textloc_core.training.loop import train
+
+    losses = []
+    for precision in ("fp32", "bf16"):
+        with _session(pack, models, family) as bundle:
+            config = _config(mixed_precision=precision, prior_images=0, prior_batch=0)
+            losses.append([h["loss"] for h in train(bundle, _concepts(), config).history])
+    assert all(math.isfinite(x) for x in losses[1]) and losses[0] != losses[1]
+    assert max(abs(a - b) / a for a, b in zip(*losses)) < 0.05
+
+
 def test_an_fp8_base_trains_on_the_cpu(pack):
     """UNETLoader's weight_dtype fp8_e4m3fn: weights stored in fp8, computed in float32."""
     comfy_backend, _ = pack
