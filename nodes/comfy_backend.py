@@ -41,6 +41,7 @@ from .comfy_internals import (
     attn2_replacements,
     checkpointed_blocks,
     differentiable_text_encoder,
+    dit_layout,
     latents_in,
     latents_out,
     model_parts,
@@ -94,6 +95,10 @@ def base_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
     base value plus its patches, whatever LoRAs or adapters are applied or loaded at the
     moment; the base values are what identifies the base model.
     """
+    if dit_layout(model_parts(model)) is not None:  # Flux / SD3: the text K/V rows of the fused qkv
+        from .comfy_dit_backend import dit_fingerprint_and_weights
+
+        return dit_fingerprint_and_weights(model)
     weights = {}
     key_patches = None
     for name in find_cross_attention(model_parts(model).unet):
@@ -176,7 +181,7 @@ class ComfyDenoiserBackend:
         if training and parts.prediction not in ("epsilon", "v_prediction"):
             raise ValueError(
                 f"model: prediction type {parts.prediction.upper()} is not supported; Textual Localization trains "
-                "epsilon- or v-prediction UNets (SD1.x, SD2.x, SDXL)"
+                "epsilon- or v-prediction UNets (SD1.x, SD2.x, SDXL) and the flow models Flux.1 and SD3 / SD3.5"
             )
         self.needs_pooled = getattr(self.unet, "num_classes", None) is not None
         if training and self.needs_pooled and not parts.is_sdxl:
@@ -257,13 +262,16 @@ class ComfyDenoiserBackend:
 
             return checkpointed
 
+        before = [block.__dict__.get("forward") for block in blocks]  # another wrapper stays
         for block in blocks:
             block.forward = wrap(block)
         try:
             yield
         finally:
-            for block in blocks:
+            for block, forward in zip(blocks, before):
                 block.__dict__.pop("forward", None)
+                if forward is not None:
+                    block.forward = forward
 
     @contextmanager
     def route_attention(self, router: AttentionRouter):
@@ -316,20 +324,34 @@ def training_session(model, clip, vae) -> Iterator[ModelBundle]:
     """
     import comfy.model_management as mm
 
+    if dit_layout(model_parts(model)) is not None:  # Flux / SD3: their own backend
+        from .comfy_dit_backend import dit_training_session
+
+        with dit_training_session(model, clip, vae) as bundle:
+            yield bundle
+        return
     with torch.inference_mode(False), torch.enable_grad():
         denoiser = ComfyDenoiserBackend(model, vae)
         mm.load_models_gpu(patchers(denoiser.working_model, clip), force_full_load=True)
         encoder = text_encoder(clip)
         with ordinary_weights(denoiser.unet, encoder), differentiable_text_encoder(encoder):
             text = ComfyTextBackend(clip, pooled=denoiser.needs_pooled)
-            bundle = ModelBundle(
-                text=text,
-                denoiser=denoiser,
-                fingerprint=base_fingerprint_and_weights(denoiser.working_model)[0],
-                device=torch.device(denoiser.device),
-                compute_dtype=denoiser.dtype,
-            )
-            try:
+            with bundle_of(text, denoiser, base_fingerprint_and_weights(denoiser.working_model)[0]) as bundle:
                 yield bundle
-            finally:
-                mm.soft_empty_cache()
+
+
+@contextmanager
+def bundle_of(text, denoiser, fingerprint: str) -> Iterator[ModelBundle]:
+    """The session's ModelBundle; on exit, the cache ComfyUI's allocator holds is freed."""
+    import comfy.model_management as mm
+
+    try:
+        yield ModelBundle(
+            text=text,
+            denoiser=denoiser,
+            fingerprint=fingerprint,
+            device=torch.device(denoiser.device),
+            compute_dtype=denoiser.dtype,
+        )
+    finally:
+        mm.soft_empty_cache()

@@ -23,10 +23,13 @@ import torch
 from ..textloc_core.adapters.formats import COMFY_UNET_PREFIX, text_kv_from_fused
 from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from .comfy_backend import base_fingerprint_and_weights
-from .comfy_t5_rows import T5_KEY, with_t5_rows
+from .comfy_internals import t5_special_ids, t5_tokens
+from .comfy_t5_rows import with_t5_rows
 from .comfy_tokens import IdentifierPlacer, IdentifierTokenizer, with_identifiers
 
 FAMILIES = {"double_blocks": "flux", "joint_blocks": "sd3"}
+T5_KEY = "t5xxl"
+"""T5's key in a Flux / SD3 token dict (``comfy_internals.t5_tokens`` reads it), for ``pieces``."""
 """The first name of a diffusion transformer's K/V keys -> its family."""
 
 
@@ -67,12 +70,12 @@ class DiTIdentifierTokenizer(IdentifierTokenizer):
     """An ``IdentifierTokenizer`` for a Flux / SD3 CLIP: CLIP slices as tensors in the CLIP lists,
     the T5 slice as a ``T5Vector`` in T5's list. ``t5_first``: the vector is ``[T5 | CLIP]`` (Flux)."""
 
-    def __init__(self, inner, placer_dims, embeddings, adapters, t5_first: bool = False):
+    def __init__(self, inner, placer_dims, embeddings, adapters, t5_first: bool = False, pad_id: int = 0):
         super().__init__(inner, placer_dims, embeddings, adapters)
         self.t5_first = t5_first
+        self.pad_id = int(pad_id)
         self.t5 = IdentifierPlacer(lambda text: inner.tokenize_with_weights(text, False), {})
         self.t5.dims = {T5_KEY: 0}  # its vocabulary reading (``pieces``) for T5's token list
-        self._pad: int | None = None
 
     def _parts(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(CLIP slices, T5 slice) of a (1, D) token vector."""
@@ -89,19 +92,10 @@ class DiTIdentifierTokenizer(IdentifierTokenizer):
                 raise ValueError(f"prompt: could not place the token {name!r} in T5's tokens of {text!r}; rephrase it")
         return tokens
 
-    def _pad_id(self) -> int:
-        """T5's pad id, read off the empty prompt's padded token list."""
-        if self._pad is None:
-            empty = self.inner.tokenize_with_weights("", False)[T5_KEY][0]
-            if len(empty) < 2:
-                raise ValueError("clip: this T5 tokenizer does not pad prompts; TextLoc cannot place a token's T5 part")
-            self._pad = int(empty[-1][0])
-        return self._pad
-
     def _place_t5(self, tokens: dict, pieces: list[int], vector: torch.Tensor) -> int:
         """Each run of ``pieces`` in T5's list -> one ``T5Vector`` (the chunk keeps its length)."""
-        pad, found = self._pad_id(), 0
-        for c, chunk in enumerate(tokens[T5_KEY]):
+        pad, found = self.pad_id, 0
+        for c, chunk in enumerate(t5_tokens(tokens)):
             ids = [int(entry[0]) if not torch.is_tensor(entry[0]) else None for entry in chunk]
             out, index = [], 0
             while index < len(chunk):
@@ -112,17 +106,18 @@ class DiTIdentifierTokenizer(IdentifierTokenizer):
                 else:
                     out.append(chunk[index])
                     index += 1
-            tokens[T5_KEY][c] = out + [(pad, *chunk[-1][1:])] * (len(chunk) - len(out))
+            t5_tokens(tokens)[c] = out + [(pad, *chunk[-1][1:])] * (len(chunk) - len(out))
         return found
 
 
 def t5_rows(tokens: dict) -> list[tuple[int, torch.Tensor]]:
     """The ``T5Vector`` entries of a token dict's T5 list: (flat position, vector)."""
-    entries = [entry[0] for chunk in tokens.get(T5_KEY, []) for entry in chunk]
+    entries = [entry[0] for chunk in t5_tokens(tokens) or [] for entry in chunk]
     return [(i, e.vector) for i, e in enumerate(entries) if isinstance(e, T5Vector)]
 
 
 def with_dit_identifiers(clip, embeddings: dict[str, torch.Tensor], adapter, family: str):
     """A clone of a Flux / SD3 ``clip`` that turns ``embeddings``' tokens into their whole vectors."""
-    tokenized = with_identifiers(clip, embeddings, adapter, DiTIdentifierTokenizer, t5_first=family == "flux")
+    options = {"t5_first": family == "flux", "pad_id": t5_special_ids(clip)[0]}
+    tokenized = with_identifiers(clip, embeddings, adapter, DiTIdentifierTokenizer, **options)
     return with_t5_rows(tokenized, t5_rows)

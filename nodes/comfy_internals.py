@@ -5,19 +5,17 @@ setters / ``get_key_patches`` / ``add_patches``, the CLIP object's ``tokenize`` 
 ``encode_from_tokens``, the VAE's ``encode`` / ``decode``. What those cannot give is one
 function here, saying what it relies on:
 
-* training: gradients through the text encoder, the embedding table to start a new token
-  from, a direct UNet call in DDPM time, SDXL's adm vector, inference-mode weights,
-  checkpointed blocks;
-* what a MODEL / CLIP / VAE holds: its UNet, prediction type, latent format, dtype and device
-  (``model_parts``), its transformer_options and attn2 replacements, the text-encoder module,
-  the patchers behind CLIP and VAE, the VAE's scale;
+* training: gradients through the text encoder (and Flux's blocks), the embedding table to
+  start a new token from, a direct UNet / DiT call, SDXL's adm vector, inference-mode weights,
+  checkpointed blocks, ComfyUI's training switch;
+* what a MODEL / CLIP / VAE holds: its UNet or DiT blocks, prediction type, noise schedule,
+  latent format, dtype and device, its transformer_options, attn2 and dit replacements, the
+  text-encoder module and T5's token list, the patchers, the VAE's scale;
 * what the TinyWorld loader sets: the VAE's scale, how ComfyUI rebuilds the model (``set_reloader``).
 
-tests/integration/test_comfy_surface.py lists every ComfyUI name these use (``SURFACE``: module
-names; ``INSTANCE_ATTRIBUTES``: attributes ComfyUI's classes assign; ``OPTION_KEYS``: keys of
-its option dicts), checks them on every supported ComfyUI version, and fails when another
-module of nodes/ reads one of those attributes or keys itself. The integration tests exercise
-the functions on each version.
+tests/integration/test_comfy_surface.py lists every ComfyUI name these use (``SURFACE``,
+``INSTANCE_ATTRIBUTES``, ``OPTION_KEYS``), checks them on every supported ComfyUI version, and
+fails when another module of nodes/ reads one of those attributes or keys itself.
 """
 
 from __future__ import annotations
@@ -150,13 +148,17 @@ def checkpointed_blocks(unet: nn.Module) -> list[nn.Module]:
     """The UNet modules whose activations gradient checkpointing recomputes: every transformer
     block and residual block (where activation memory goes at high resolution).
 
-    Relies on: ``comfy.ldm.modules.attention.BasicTransformerBlock`` and
-    ``comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock``.
+    Relies on: ``comfy.ldm.modules.attention.BasicTransformerBlock``,
+    ``comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock`` and, in a diffusion transformer,
+    ``comfy.ldm.flux.layers.DoubleStreamBlock`` / ``SingleStreamBlock`` and ``mmdit.JointBlock``.
     """
+    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
     from comfy.ldm.modules.attention import BasicTransformerBlock
+    from comfy.ldm.modules.diffusionmodules.mmdit import JointBlock
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-    return [m for m in unet.modules() if isinstance(m, (BasicTransformerBlock, ResBlock))]
+    kinds = (BasicTransformerBlock, ResBlock, DoubleStreamBlock, SingleStreamBlock, JointBlock)
+    return [m for m in unet.modules() if isinstance(m, kinds)]
 
 
 def set_reloader(obj, factory, *args) -> None:
@@ -261,9 +263,8 @@ def attention_heads(extra_options: dict) -> int:
 
 
 def conditional_chunks(extra_options: dict) -> list[int]:
-    """Which chunks of an attn2 call's batch are conditional (0) or unconditional (1).
-
-    Relies on: the sampler's ``extra_options["cond_or_uncond"]`` (absent: one conditional chunk)."""
+    """Which chunks of an attn2 call's (or dit block's) batch are conditional (0) or unconditional
+    (1). Relies on: the sampler's ``extra_options["cond_or_uncond"]`` (absent: one conditional chunk)."""
     return list(extra_options.get("cond_or_uncond") or [0])
 
 
@@ -274,7 +275,6 @@ def text_encoder(clip) -> nn.Module:
 
 def clip_text_transformer(clip, key: str = "l") -> nn.Module:
     """The transformers model of a CLIP's ``clip_<key>`` encoder (weights are loaded into it).
-
     Relies on: ``cond_stage_model.clip_<key>.transformer`` (``SD1ClipModel`` names it so)."""
     return getattr(text_encoder(clip), f"clip_{key}").transformer
 
@@ -286,8 +286,7 @@ def patchers(*objects) -> list:
 
 
 def vae_scale_factor(vae) -> int:
-    """Pixels per latent cell of a VAE (8 for SD's). Relies on:
-    ``comfy.sd.VAE.spacial_compression_encode()``; without a VAE, SD's 8."""
+    """Pixels per latent cell of a VAE. Relies on: ``comfy.sd.VAE.spacial_compression_encode()``; none: SD's 8."""
     return int(vae.spacial_compression_encode()) if vae is not None else 8
 
 
@@ -297,3 +296,155 @@ def set_vae_scale_factor(vae, factor: int) -> None:
     Relies on: ``comfy.sd.VAE.downscale_ratio`` / ``upscale_ratio``."""
     vae.downscale_ratio = factor
     vae.upscale_ratio = factor
+
+
+# ----------------------------------------------------------------------------- diffusion transformers (Flux, SD3)
+#: family -> (the diffusion model's joint blocks, their text attention)
+DIT_BLOCKS = {"flux": ("double_blocks", "txt_attn"), "sd3": ("joint_blocks", "context_block.attn")}
+
+
+def dit_layout(parts: ModelParts) -> tuple[str, dict[str, nn.Module], int] | None:
+    """(family "flux" / "sd3", the fused text q/k/v linear of each joint block by canonical name
+    ``double_blocks.i.txt_attn`` / ``joint_blocks.i.context_block.attn``, patch side in latent
+    cells) of a Flux.1 or SD3 / SD3.5 MODEL; None for other models.
+
+    Relies on: ``comfy.model_base.Flux`` / ``SD3`` (exact classes: Flux's subclasses route tokens
+    otherwise), their ``double_blocks[i].txt_attn.qkv`` / ``joint_blocks[i].context_block.attn.qkv``
+    (one Linear, rows q, k, v thirds split per head), Flux blocks running ``[text, image]`` (not
+    ``flipped_img_txt``), and the DiT's ``patch_size``."""
+    import comfy.model_base
+
+    family = {comfy.model_base.Flux: "flux", comfy.model_base.SD3: "sd3"}.get(type(parts.base_model))
+    if family is None:
+        return None
+    blocks_name, attention = DIT_BLOCKS[family]
+    layers = {}
+    for i, block in enumerate(getattr(parts.unet, blocks_name)):
+        if getattr(block, "flipped_img_txt", False):
+            raise ValueError(f"model: block {i} puts image tokens before text; TextLoc trains Flux.1 and SD3 layouts")
+        owner = block.txt_attn if family == "flux" else block.context_block.attn
+        layers[f"{blocks_name}.{i}.{attention}"] = owner.qkv
+    return family, layers, int(parts.unet.patch_size)
+
+
+def model_sampling(model):
+    """The MODEL's noise schedule (``ModelSamplingFlux`` / ``ModelSamplingSD3``, shifted as a
+    ModelSampling node set it). Relies on: ``ModelPatcher.get_model_object("model_sampling")`` and
+    its ``percent_to_sigma``, ``timestep``, ``noise_scaling``, ``calculate_denoised``."""
+    return model.get_model_object("model_sampling")
+
+
+def dit_forward(unet, family, x, timestep, context, pooled, options: dict, guidance: float) -> torch.Tensor:
+    """One call of a Flux / MMDiT model at its own timestep (``model_sampling.timestep(sigma)``).
+
+    Relies on: ``Flux.forward(x, timestep, context, y, guidance, transformer_options=)`` and
+    ``OpenAISignatureMMDITWrapper.forward(x, timesteps, context, y, transformer_options=)``, ``y``
+    the pooled text vector (both ``encode_adm`` give it)."""
+    extra = {"guidance": torch.full((x.shape[0],), guidance, device=x.device)} if family == "flux" else {}
+    return unet(x, timestep, context=context, y=pooled, transformer_options=dict(options), **extra)
+
+
+def dit_block_replacements(model) -> dict:
+    """The ``patches_replace["dit"]`` block functions set on a MODEL, by ``("double_block", i)``."""
+    return transformer_options(model).get("patches_replace", {}).get("dit", {})
+
+
+def _residual_safe(forward):
+    """``forward`` of a Flux block on copies of its residual streams, saving copies of what shares their
+    storage: it adds residuals in place (``img +=``, ``txt +=``, ``x +=``), which autograd and a
+    checkpoint's saved inputs cannot survive."""
+
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        args = tuple(a.clone() if torch.is_tensor(a) else a for a in args)
+        kwargs = {k: v.clone() if k in ("img", "txt", "x") and torch.is_tensor(v) else v for k, v in kwargs.items()}
+        streams = [a for a in args if torch.is_tensor(a)] + [kwargs[k] for k in ("img", "txt", "x") if k in kwargs]
+        shared = {t.data_ptr() for t in streams}
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: t.clone() if t.data_ptr() in shared else t, lambda t: t
+        ):
+            return forward(*args, **kwargs)
+
+    return run
+
+
+@contextmanager
+def differentiable_dit_blocks(unet: nn.Module) -> Iterator[None]:
+    """Let autograd pass through Flux's blocks while open (SD3's add out of place). Relies on:
+    ``comfy.ldm.flux.layers.DoubleStreamBlock`` / ``SingleStreamBlock`` changing only those inputs."""
+    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+
+    blocks = [m for m in unet.modules() if isinstance(m, (DoubleStreamBlock, SingleStreamBlock))]
+    for block in blocks:
+        block.forward = _residual_safe(block.forward)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
+
+
+def joint_attention_patch(on_attention, existing=None, before=None):
+    """A ``patches_replace["dit"]`` block function running the block (through ``existing``, another
+    pack's replacement, if any) with an ``optimized_attention_override`` that hands the joint
+    attention's image queries (B, H, N, d) and text keys (B, H, T, d) as the kernel gets them
+    (normed; rotated in Flux) to ``on_attention``; the attention stays ComfyUI's own.
+
+    Relies on: both models calling ``replace(args, {"original_block": fn})`` with ``args["txt"]``,
+    ``["img"]``, ``["transformer_options"]``, handing those options to ``optimized_attention``,
+    which calls ``options["optimized_attention_override"](func, q, k, v, heads, ...,
+    skip_reshape=)``, over ``[text, image]``; SD3.5's image-only attention is passed through.
+    ``before(options)`` first sees each call's options (the sampler's ``cond_or_uncond`` is there)."""
+
+    def block(args, extra):
+        n_text, n_joint = args["txt"].shape[1], args["txt"].shape[1] + args["img"].shape[1]
+        options = dict(args.get("transformer_options") or {})
+        if before is not None:
+            before(options)
+        previous = options.get("optimized_attention_override")
+
+        def override(func, *call, **kwargs):
+            q, k = call[0], call[1]
+            if not kwargs.get("skip_reshape", False):  # (B, L, H*d) -> (B, H, L, d)
+                heads = call[3] if len(call) > 3 else kwargs["heads"]
+                q, k = (x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2) for x in (q, k))
+            if k.shape[2] == n_joint:
+                on_attention(q[:, :, n_text:], k[:, :, :n_text])
+            return previous(func, *call, **kwargs) if previous is not None else func(*call, **kwargs)
+
+        options["optimized_attention_override"] = override
+        args = dict(args, transformer_options=options)
+        return existing(args, extra) if existing is not None else extra["original_block"](args)
+
+    return block
+
+
+@contextmanager
+def comfy_training_mode() -> Iterator[None]:
+    """ComfyUI's own training switch (its TrainLoraNode's): kernels without a backward (0.33's
+    fused rotary embedding) fall back to differentiable ones. Relies on:
+    ``comfy.model_management.in_training`` (0.33.0 on; 0.3.64 reads none, so setting it is inert)."""
+    import comfy.model_management as mm
+
+    before, mm.in_training = getattr(mm, "in_training", False), True
+    try:
+        yield
+    finally:
+        mm.in_training = before
+
+
+def t5_tokens(tokens: dict) -> list | None:
+    """T5's token list in a CLIP token dict (None without T5). Relies on: its key ``"t5xxl"``."""
+    return tokens.get("t5xxl")
+
+
+def t5_special_ids(clip) -> tuple[int, int]:
+    """(pad id, end id) of a CLIP's T5. Relies on: ``clip.tokenizer.t5xxl.pad_token`` / ``.end_token``."""
+    return int(clip.tokenizer.t5xxl.pad_token), int(clip.tokenizer.t5xxl.end_token)
+
+
+def t5_context_start(context: torch.Tensor, tokens: dict) -> int:
+    """Where T5's rows start in an encoded context. Relies on: ``FluxClipModel`` returning T5's
+    output alone, ``SD3ClipModel`` putting it after [CLIP-L | CLIP-G], one row per T5 token."""
+    return int(context.shape[1]) - sum(len(chunk) for chunk in t5_tokens(tokens))

@@ -15,8 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-T5_KEY = "t5xxl"
-"""T5's key in the token dict a Flux / SD3 CLIP's ``tokenize`` returns."""
+from .comfy_internals import t5_context_start
 
 RowsFor = Callable[[dict], list[tuple[int, torch.Tensor]]]
 """Token dict -> [(flat position in its T5 token list, vector)] to write into the context."""
@@ -37,9 +36,7 @@ class _T5RowsEncoder:
         if not rows:
             return out
         context = out[0].clone()
-        # T5's rows close the context, one per T5 token: Flux's context is T5's output alone,
-        # SD3's puts [CLIP-L | CLIP-G] first
-        start = context.shape[1] - sum(len(chunk) for chunk in tokens[T5_KEY])
+        start = t5_context_start(context, tokens)
         for position, vector in rows:
             if vector.shape[-1] != context.shape[-1]:
                 raise ValueError(
@@ -62,8 +59,8 @@ def with_t5_rows(clip, rows_for: RowsFor):
 
     Relies on: ``comfy.sd.CLIP.cond_stage_model`` (``CLIP.clone`` shares it downstream), whose
     ``encode_token_weights(tokens)`` ``CLIP.encode_from_tokens`` calls and which returns
-    (context, pooled, ...), T5's output last in the context with one row per entry of
-    ``tokens["t5xxl"]`` (``FluxClipModel``, ``SD3ClipModel``)."""
+    (context, pooled, ...), T5's rows where ``comfy_internals.t5_context_start`` says
+    (``FluxClipModel``, ``SD3ClipModel``)."""
     new_clip = clip.clone()
     inner = new_clip.cond_stage_model
     if isinstance(inner, _T5RowsEncoder):

@@ -19,7 +19,8 @@ from ..textloc_core.attention.maps import DEFAULT_MAP_LEVELS, NAMED_MAP_LEVELS, 
 from ..textloc_core.evaluation import heatmap
 from .comfy_backend import ComfyDenoiserBackend
 from .comfy_cancel import end_if_cancelled
-from .comfy_internals import conditional_chunks
+from .comfy_dit_preview import dit_mapped_tokens
+from .comfy_internals import conditional_chunks, dit_layout, model_parts
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
 from .schema import named, pack_schema, require_finite, seed_input
 
@@ -67,11 +68,11 @@ def attention_preview(
     import comfy.sample
     import comfy.utils
 
-    token_dict, wanted, layout = mapped_tokens(clip, prompt, tokens, batch_size)
-
+    token_dict, wanted, layout, denoiser = _mapped_and_denoiser(
+        model, clip, vae, prompt, negative, tokens, cfg, batch_size
+    )
     positive = clip.encode_from_tokens_scheduled(token_dict)
     negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
-    denoiser = ComfyDenoiserBackend(model, vae, training=False)
     factor = denoiser.vae_scale_factor
     latent = torch.zeros([batch_size, denoiser.latent_channels, height // factor, width // factor])
     noise = comfy.sample.prepare_noise(latent, seed)
@@ -104,6 +105,13 @@ def attention_preview(
     maps = captured_maps(router, layout, levels, tuple(latent.shape[-2:]))
     overlays, masks = overlays_and_masks(images, maps, alpha)
     return images, overlays.movedim(1, -1), masks, ", ".join(wanted)
+
+
+def _mapped_and_denoiser(model, clip, vae, prompt, negative, tokens, cfg, batch_size):
+    """``mapped_tokens`` and the denoiser to route; Flux / SD3: words at their T5 (and CLIP) positions."""
+    if dit_layout(model_parts(model)) is not None:
+        return dit_mapped_tokens(model, clip, vae, prompt, negative, tokens, cfg, batch_size)
+    return (*mapped_tokens(clip, prompt, tokens, batch_size), ComfyDenoiserBackend(model, vae, training=False))
 
 
 def captured_maps(router, layout, levels, grid: tuple[int, int]):
@@ -162,7 +170,9 @@ def _preview_inputs() -> list:
     import comfy.samplers  # ComfyUI's sampler lists, read when the server lists the nodes
 
     return [
-        io.Model.Input("model", tooltip="The model (with TextLoc adapters applied, or any model)."),
+        io.Model.Input(
+            "model", tooltip="The model (with TextLoc adapters applied, or any model; Flux / SD3: words are mapped)."
+        ),
         io.Clip.Input(
             "clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."
         ),
@@ -173,7 +183,9 @@ def _preview_inputs() -> list:
             multiline=True,
             tooltip="Prompt to sample; may use adapter tokens.",
         ),
-        io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt."),
+        io.String.Input(
+            "negative", default="", multiline=True, tooltip="Negative prompt (Flux at CFG 1 samples without it)."
+        ),
         io.String.Input(
             "tokens",
             default="",

@@ -34,7 +34,7 @@ from ..textloc_core.training.result import make_adapter
 from . import disk_budget, paths
 from .comfy_backend import base_fingerprint_and_weights, training_session
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
-from .comfy_internals import model_parts
+from .comfy_internals import dit_layout, model_parts
 from .comfy_tokens import IdentifierPlacer
 from .schema import ADAPTER, CONCEPTS, named, pack_schema, require_finite, seed_input
 from .stock_files import check_replace, plan_files, write_files
@@ -52,12 +52,12 @@ LARGE_RESOLUTION_FACTOR = 2
 
 def native_resolution(model) -> int:
     """The side in pixels the model was trained at: set by the TinyWorld loader (64), else
-    1024 for SDXL-family models, else the SD1.x/SD2.x convention (768 for v-prediction, as
-    SD2's 768-v, otherwise 512)."""
+    1024 for SDXL-family, Flux.1 and SD3 / SD3.5 models, else the SD1.x/SD2.x convention (768
+    for v-prediction, as SD2's 768-v, otherwise 512)."""
     parts = model_parts(model)
     if parts.tagged_resolution:
         return parts.tagged_resolution
-    if parts.is_sdxl:
+    if parts.is_sdxl or dit_layout(parts) is not None:
         return 1024
     return 768 if parts.prediction == "v_prediction" else 512
 
@@ -128,11 +128,21 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
+MODEL_TOOLTIP = (
+    "The base diffusion model from any loader: SD1.x, SD2.x, SDXL, or Flux.1 / SD3 / SD3.5 (Load Diffusion "
+    "Model, its fp8 weight_dtype included, or a checkpoint)."
+)
+CLIP_TOOLTIP = (
+    "Its text encoder. Flux: DualCLIPLoader with clip_l + t5xxl; SD3 / SD3.5: TripleCLIPLoader (clip_l, clip_g, "
+    "t5xxl). With Flux and SD3 a token also gets a vector in T5's output."
+)
+
+
 def _model_inputs() -> list:
     """The model to train and what it learns: MODEL, CLIP, VAE and the concept set."""
     return [
-        io.Model.Input("model", tooltip="The base diffusion model (SD1.x, SD2.x or SDXL family) from any loader."),
-        io.Clip.Input("clip", tooltip="Its text encoder."),
+        io.Model.Input("model", tooltip=MODEL_TOOLTIP),
+        io.Clip.Input("clip", tooltip=CLIP_TOOLTIP),
         io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
         CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
     ]
@@ -253,7 +263,7 @@ def _loss_and_memory_inputs() -> list:
             "gradient_checkpointing",
             default=False,
             optional=True,
-            tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card.",
+            tooltip="Recompute the UNet's (or Flux / SD3 blocks') activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL, Flux or SD3.5 at 1024 px on a 24 GB card.",
         ),
         io.Combo.Input(
             "mixed_precision",

@@ -17,6 +17,7 @@ from textloc_harness.comfy_launcher import (
     PACK_PYTHON_MODULE,
     PACK_ROOT,
     ComfyClient,
+    ComfyError,
     ComfyServer,
     is_api_workflow,
     load_workflow,
@@ -219,3 +220,26 @@ def stock_round_trip(comfy: ComfyHarness, loader: dict, adapter: str, concept: s
     )
     base = sample_graph(loader, ["1", 0], ["1", 1], scene.format("").replace("  ", " "), "textloc_test/base", {})
     return tuple(single_image(comfy.run(g, timeout=600)) for g in (ours, stock, base))
+
+
+def cancel_once_checkpointed(comfy: ComfyHarness, prompt_id: str, runs: Path, timeout: float = 600):
+    """Wait until the queued training ``prompt_id`` has written two checkpoints under ``runs`` (one
+    folder per data hash), press Cancel, and wait for the prompt to end interrupted. Returns
+    (its checkpoint folder, the last step seen before Cancel); raises when it did not end so."""
+    import time
+
+    from textloc_core.training import checkpoint as ckpt
+
+    deadline, folder = time.monotonic() + timeout, None
+    while time.monotonic() < deadline and (folder is None or len(ckpt.list_checkpoints(folder)) < 2):
+        folder = next(iter(runs.glob("*")), None) if runs.is_dir() else None
+        time.sleep(0.2)
+    seen = max(ckpt.list_checkpoints(folder))
+    comfy.interrupt()
+    try:
+        comfy.client.wait_for_completion(prompt_id, timeout=300)
+    except ComfyError as exc:
+        if "interrupted" not in str(exc):
+            raise
+        return folder, seen
+    raise AssertionError("the prompt finished although Cancel was pressed")

@@ -122,10 +122,26 @@ SURFACE = {
     "comfy.sd.VAE.spacial_compression_encode",
     "comfy.ldm.modules.attention.BasicTransformerBlock",
     "comfy.ldm.modules.diffusionmodules.openaimodel.ResBlock",
+    # diffusion transformers (Flux, SD3): model classes, blocks, block patches, noise schedule
+    "comfy.model_base.Flux",
+    "comfy.model_base.SD3",
+    "comfy.ldm.flux.layers.DoubleStreamBlock",
+    "comfy.ldm.flux.layers.SingleStreamBlock",
+    "comfy.ldm.modules.diffusionmodules.mmdit.JointBlock",
+    "comfy.model_patcher.ModelPatcher.get_model_object",
+    "comfy.model_patcher.ModelPatcher.set_model_patch_replace",
+    "comfy.model_sampling.ModelSamplingFlux.percent_to_sigma",
+    "comfy.model_sampling.ModelSamplingFlux.timestep",
+    "comfy.model_sampling.ModelSamplingDiscreteFlow.percent_to_sigma",
+    "comfy.model_sampling.ModelSamplingDiscreteFlow.timestep",
+    "comfy.model_sampling.CONST.noise_scaling",
+    "comfy.model_sampling.CONST.calculate_denoised",
     # nodes/comfy_t5_rows.py (a Flux / SD3 token's T5 output row, written after T5 runs)
     "comfy.text_encoders.flux.FluxClipModel.encode_token_weights",
     "comfy.text_encoders.sd3_clip.SD3ClipModel.encode_token_weights",
 }
+# Names needed from a version on (read with a default before it): ComfyUI's training switch.
+SURFACE_FROM = {"comfy.model_management.in_training": "0.33.0"}
 
 # Attributes ComfyUI's classes (or a base class of theirs) assign to their objects, read or set in
 # nodes/comfy_internals.py only; a name with a version is needed from that version on. (The
@@ -137,11 +153,36 @@ INSTANCE_ATTRIBUTES = {
     "comfy.sd.CLIP": ["patcher", "cond_stage_model"],
     "comfy.sd.VAE": ["patcher", "downscale_ratio", "upscale_ratio"],
     "comfy.sd1_clip.SDClipModel": ["transformer"],
+    "comfy.sd1_clip.SDTokenizer": ["pad_token", "end_token"],
+    "comfy.text_encoders.flux.FluxTokenizer": ["t5xxl"],
+    "comfy.text_encoders.sd3_clip.SD3Tokenizer": ["t5xxl"],
+    "comfy.ldm.flux.model.Flux": ["patch_size", "double_blocks"],
+    "comfy.ldm.flux.layers.DoubleStreamBlock": ["txt_attn"],
+    "comfy.ldm.flux.layers.SelfAttention": ["qkv"],
+    "comfy.ldm.modules.diffusionmodules.mmdit.MMDiT": ["patch_size", "joint_blocks"],
+    "comfy.ldm.modules.diffusionmodules.mmdit.JointBlock": ["context_block"],
+    "comfy.ldm.modules.diffusionmodules.mmdit.DismantledBlock": ["attn"],
+    "comfy.ldm.modules.diffusionmodules.mmdit.SelfAttention": ["qkv"],
 }
 # Keys of ComfyUI's option dicts: ModelPatcher.model_options["transformer_options"]["patches_replace"]
 # ["attn2"] (where set_model_attn2_replace stores a replacement), and an attn2 replacement's
 # extra_options ("n_heads", the sampler's "cond_or_uncond"); the routing and preview tests use them.
-OPTION_KEYS = {"transformer_options", "patches_replace", "attn2", "n_heads", "cond_or_uncond"}
+# A dit block replacement's args ("txt", "img", "transformer_options") and extra ("original_block"),
+# the "optimized_attention_override" in those options and the kwargs it is called with.
+OPTION_KEYS = {
+    "transformer_options",
+    "patches_replace",
+    "attn2",
+    "n_heads",
+    "cond_or_uncond",
+    "dit",
+    "txt",
+    "img",
+    "original_block",
+    "optimized_attention_override",
+    "heads",
+    "skip_reshape",
+}
 # Modules of nodes/ allowed to read INSTANCE_ATTRIBUTES and OPTION_KEYS: comfy_internals, and
 # comfy_t5_rows (Apply's one touch point for a Flux / SD3 token's T5 row, kept beside it so
 # comfy_internals stays under the module size limit).
@@ -160,6 +201,16 @@ SIGNATURES = {
     "comfy.sd.CLIP.tokenize": ["self", "text", "return_word_ids"],
     "comfy.model_patcher.ModelPatcher.get_key_patches": ["self", "filter_prefix"],
     "comfy.sd.CLIP.encode_from_tokens": ["self", "tokens", "return_pooled", "return_dict"],
+    "comfy.model_patcher.ModelPatcher.set_model_patch_replace": [
+        "self",
+        "patch",
+        "name",
+        "block_name",
+        "number",
+        "transformer_index",
+    ],
+    "comfy.model_sampling.CONST.noise_scaling": ["self", "sigma", "noise", "latent_image"],
+    "comfy.model_sampling.CONST.calculate_denoised": ["self", "sigma", "model_output", "model_input"],
 }
 
 # Names the pack imports from ComfyUI; anything reached through them is ComfyUI's surface.
@@ -234,7 +285,9 @@ def test_every_comfyui_symbol_the_pack_relies_on_exists(comfy_tree):
             sys.executable,
             "-c",
             _CHECK,
-            json.dumps(sorted(SURFACE)),
+            json.dumps(
+                sorted(SURFACE | {n for n, v in SURFACE_FROM.items() if _version_key(version) >= _version_key(v)})
+            ),
             json.dumps(SIGNATURES),
             json.dumps(_attributes_for(version)),
         ],
@@ -281,7 +334,8 @@ def test_the_list_covers_every_comfyui_name_the_pack_uses():
     sources = [PACK_ROOT / "__init__.py", *sorted((PACK_ROOT / "nodes").glob("*.py"))]
     used = set().union(*(_comfy_references(p) for p in sources))
     # a reference covers its prefixes (``comfy.sample`` is reached by ``comfy.sample.sample``)
-    listed = SURFACE | {".".join(s.split(".")[:i]) for s in SURFACE for i in range(1, s.count(".") + 1)}
+    every = SURFACE | set(SURFACE_FROM)
+    listed = every | {".".join(s.split(".")[:i]) for s in every for i in range(1, s.count(".") + 1)}
     # ``server.PromptServer.instance`` is the running server; its methods are listed on the class
     unlisted = sorted(u for u in used if u not in listed and not u.startswith("server.PromptServer.instance"))
     assert not unlisted, f"ComfyUI names used but not in SURFACE (add them, so every version checks them): {unlisted}"

@@ -5,12 +5,11 @@ Graphs are built here in API format around the TinyWorld model (CPU-fast).
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import numpy as np
 import pytest
-from comfy_server import stock_round_trip
+from comfy_server import cancel_once_checkpointed, stock_round_trip
 from tinyworld_graphs import TINYWORLD, concept_from_mask, concept_set, train_node
 
 from textloc_core.adapters.adapter import load_adapter
@@ -47,14 +46,7 @@ def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(comfy):
     name = f"cancel_{uuid.uuid4().hex[:6]}"
     runs = comfy.layout.models / "textloc" / "checkpoints" / name  # then one folder per data hash
     prompt_id = comfy.queue(_train_graph(name, steps=1000, checkpoint_every=1))
-    deadline, folder = time.monotonic() + 600, None
-    while time.monotonic() < deadline and (folder is None or len(ckpt.list_checkpoints(folder)) < 2):
-        folder = next(iter(runs.glob("*")), None) if runs.is_dir() else None
-        time.sleep(0.2)
-    seen = max(ckpt.list_checkpoints(folder))
-    comfy.interrupt()
-    with pytest.raises(ComfyError, match="interrupted"):
-        comfy.client.wait_for_completion(prompt_id, timeout=300)
+    folder, seen = cancel_once_checkpointed(comfy, prompt_id, runs)
     kept = ckpt.load_latest_checkpoint(folder)
     assert kept is not None, "no readable checkpoint after Cancel"
     # the step in flight when Cancel arrived may finish (and one more can slip past the poll)

@@ -30,6 +30,7 @@ def test_tiny_models_are_comfyuis_flux_and_sd3(pack, family):
             transformer_options={},
             **extra,
         )
+    assert all(torch.isfinite(x).all() for x in (context, pooled, latents, out))
     side = tiny.IMAGE_SIZE // tiny.VAE_FACTOR
     assert latents.shape == (1, tiny.LATENT_CHANNELS, side, side) and out.shape == latents.shape
     if family == "flux":

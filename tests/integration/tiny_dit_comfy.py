@@ -93,6 +93,16 @@ def _t5_config(width: int, heads: int) -> dict:
     }
 
 
+def _unit_norms(module: nn.Module) -> None:
+    """RMS norms (T5's, the DiTs' q/k norms), which neither torch nor ComfyUI's ops initialise, at 1."""
+    with torch.no_grad():
+        for sub in module.modules():
+            if "RMSNorm" in type(sub).__name__ or "T5LayerNorm" in type(sub).__name__:
+                for name in ("weight", "scale"):  # ComfyUI 0.3.64's RMSNorm calls it scale
+                    if getattr(sub, name, None) is not None:
+                        getattr(sub, name).fill_(1.0)
+
+
 def _flux_unet_config() -> dict:
     """FLUX_CONFIG plus the fields this ComfyUI's ``FluxParams`` requires (0.33 added some)."""
     from comfy.ldm.flux.model import FluxParams
@@ -123,6 +133,13 @@ def build_model(family: str, seed: int = 0, weight_dtype: torch.dtype | None = N
 
     model = make(torch.float32, None)
     _init(model.diffusion_model, seed)
+    _unit_norms(model.diffusion_model)
+    if family == "sd3":  # a checkpoint's buffer, left empty: SD3's fixed 2-D sin-cos table
+        from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+
+        table = model.diffusion_model.pos_embed
+        side = SD3_CONFIG["pos_embed_max_size"]
+        table.copy_(torch.from_numpy(get_2d_sincos_pos_embed(table.shape[-1], side)).reshape(table.shape))
     if weight_dtype is not None:
         # as comfy.sd.load_diffusion_model_state_dict: weights stored in weight_dtype, computed in
         # the manual-cast dtype, loaded from the (here: random float32) state dict
@@ -211,7 +228,9 @@ def _clip_classes(family: str):
 
 
 def build_clip(family: str, seed: int = 0, embedding_directory=None):
-    return clip_of(*_clip_classes(family), seed, embedding_directory)
+    clip = clip_of(*_clip_classes(family), seed, embedding_directory)
+    _unit_norms(clip.cond_stage_model)
+    return clip
 
 
 def build_all(family: str, seed: int = 0, embedding_directory=None, weight_dtype: torch.dtype | None = None):
