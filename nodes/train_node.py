@@ -21,7 +21,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..textloc_core.data.validation import validate_concept_set
+from ..textloc_core.data.validation import CheckedConceptSet, validate_concept_set
 from ..textloc_core.training import loop
 from ..textloc_core.training.config import (
     ATTENTION_WEIGHT_MODES,
@@ -31,8 +31,9 @@ from ..textloc_core.training.config import (
     TrainConfig,
 )
 from ..textloc_core.training.result import make_adapter
+from ..textloc_core.training.setup import size_multiple
 from . import disk_budget, paths
-from .comfy_backend import base_fingerprint_and_weights, training_session
+from .comfy_backend import ComfyDenoiserBackend, base_fingerprint_and_weights, training_session
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
 from .comfy_internals import model_parts
 from .comfy_tokens import IdentifierPlacer
@@ -312,10 +313,10 @@ class TextLocTrain(io.ComfyNode):
     ) -> io.NodeOutput:
         config = config_from_widgets(widgets)
         name = paths.check_adapter_name(adapter_name.strip())
-        check_inputs(model, clip, concepts, config, allow_large_resolution)
+        checked = check_inputs(model, clip, vae, concepts, config, allow_large_resolution)
         files, checkpoints = plan_outputs(name, model, concepts, config, resume, overwrite)
         progress = TrainProgress(cls.hidden.unique_id, config)
-        result, adapter, encoder_sizes = run_training(model, clip, vae, concepts, config, checkpoints, resume, progress)
+        result, adapter, encoder_sizes = run_training(model, clip, vae, checked, config, checkpoints, resume, progress)
         if result.stopped_early:
             _report_cancel(progress.node_id, name, checkpoints, result.steps_done, config.steps)
             end_prompt_cancelled()
@@ -333,12 +334,17 @@ def config_from_widgets(widgets: dict) -> TrainConfig:
     return TrainConfig.from_widgets(**widgets)
 
 
-def check_inputs(model, clip, concepts, config: TrainConfig, allow_large_resolution: bool) -> None:
-    """Every check of the inputs that needs no model loaded, before any work: the concept set
-    (with the CLIP tokenizer's vocabulary check) and the training side."""
+def check_inputs(model, clip, vae, concepts, config: TrainConfig, allow_large_resolution: bool) -> CheckedConceptSet:
+    """Every check of the inputs that needs no model loaded, before any work: the model kind,
+    the concept set (with the CLIP tokenizer's vocabulary check and the model's side rule; the
+    trainer takes the checked set and does not check it again) and the training side."""
+    rule = size_multiple(ComfyDenoiserBackend(model, vae))
     placer = IdentifierPlacer.for_clip(clip)
-    validate_concept_set(concepts, vocabulary_check=placer.check_new_token, resolution=config.resolution)
+    checked = validate_concept_set(
+        concepts, vocabulary_check=placer.check_new_token, resolution=config.resolution, size_multiple=rule
+    )
     check_resolution(model, concepts, config.resolution or 0, allow_large_resolution)
+    return checked
 
 
 def plan_outputs(name: str, model, concepts, config: TrainConfig, resume: bool, overwrite: bool):
@@ -382,16 +388,16 @@ class TrainProgress:
             self.bar.update_absolute(report.step, report.total, ("JPEG", loss_curve(self.history), 256))
 
 
-def run_training(model, clip, vae, concepts, config: TrainConfig, checkpoints, resume: bool, progress: TrainProgress):
-    """(result, adapter, encoder sizes) of ``loop.train`` on ComfyUI's objects; memory is
-    handed back to ComfyUI however it ends."""
+def run_training(model, clip, vae, checked, config: TrainConfig, checkpoints, resume: bool, progress: TrainProgress):
+    """(result, adapter, encoder sizes) of ``loop.train`` on ComfyUI's objects and the
+    ``CheckedConceptSet`` of ``check_inputs``; memory is handed back to ComfyUI however it ends."""
     import comfy.model_management as mm
 
     try:
         with training_session(model, clip, vae) as bundle:
             result = loop.train(
                 bundle,
-                concepts,
+                checked,
                 config,
                 checkpoint_dir=checkpoints,
                 resume=resume,
@@ -399,7 +405,7 @@ def run_training(model, clip, vae, concepts, config: TrainConfig, checkpoints, r
                 should_stop=stop_requested,
                 prior_cache_dir=paths.prior_cache_dir(),
             )
-            return result, make_adapter(result, concepts, bundle), bundle.text.encoder_sizes
+            return result, make_adapter(result, checked.concept_set, bundle), bundle.text.encoder_sizes
     except loop.TrainingDiverged as exc:
         raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
     finally:
