@@ -16,7 +16,7 @@ from comfy_api.latest import io
 from ..textloc_core.data.concepts import Concept, ConceptSet
 from ..textloc_core.data.tokens import check_token_text
 from ..textloc_core.data.validation import validate_concept_set
-from .comfy_cancel import end_if_cancelled
+from .comfy_cancel import prompt_ends_on_stop, stop_requested
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
 from .schema import CONCEPTS, named, pack_schema
@@ -219,13 +219,14 @@ class ConceptFolder(io.ComfyNode):
     @classmethod
     def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:
         path = resolve_folder(folder)
-        # the readers poll before each photo; Cancel ends the prompt there as between any node's phases
-        options = {"resolution": resolution or None, "cancel_check": end_if_cancelled}
+        # the readers poll Cancel before each photo
+        options = {"resolution": resolution or None, "should_stop": stop_requested}
         if tokens.strip():
             options["tokens"] = _parse_pairs(tokens, "tokens")
         if class_words.strip():
             options["class_words"] = _parse_pairs(class_words, "class_words")
-        concept_set = read_concept_folder(path, folder.strip(), **options)
+        with prompt_ends_on_stop():
+            concept_set = read_concept_folder(path, folder.strip(), **options)
         validate_concept_set(concept_set, resolution=resolution or None)
         return io.NodeOutput(concept_set, preview_batch(concept_set))
 

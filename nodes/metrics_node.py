@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..textloc_core.backends.cancel import Cancelled
 from ..textloc_core.evaluation import scoring
-from .comfy_cancel import end_if_cancelled, end_prompt_cancelled, stop_requested
+from .comfy_cancel import end_if_cancelled, prompt_ends_on_stop, stop_requested
 from .read_access import readable_path
 from .schema import named, pack_schema
 
@@ -151,7 +150,7 @@ class ScoreImages(io.ComfyNode):
         end_if_cancelled()
         model = load_feature_model(feature_model)
         end_if_cancelled()
-        try:  # the scorer polls Cancel before every chunk of images
+        with prompt_ends_on_stop():  # the scorer polls Cancel before every chunk of images
             scores = scoring.score_images(
                 model,
                 images.movedim(-1, 1).float(),
@@ -163,8 +162,6 @@ class ScoreImages(io.ComfyNode):
                 threshold=threshold,
                 should_stop=stop_requested,
             )
-        except Cancelled:
-            end_prompt_cancelled()
         report = scoring.score_report(
             scores, n_images=len(images), n_references=len(references), prompt=prompt, kid_subset_size=kid_subset_size
         )

@@ -37,6 +37,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
+from ..stop import StopCheck
 from .concepts import Concept, ConceptSet
 from .layout import (
     MAX_CONCEPTS,
@@ -61,7 +62,7 @@ def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
     """Read a concept set from a manifest file or a folder in any layout this module knows.
 
     ``options`` go to the chosen reader (``resolution``, ``center_crop``, ``tokens``,
-    ``cancel_check``: called before each photo, raising to stop, ...). Every layout refuses
+    ``should_stop``: polled before each photo, ``stop.Cancelled`` when it says stop, ...). Every layout refuses
     more than ``layout.MAX_IMAGES`` photos and ``layout.MAX_CONCEPTS`` concepts before reading
     one, and each file over ``imaging.pixel_limit(resolution)`` pixels from its header.
     """
@@ -103,7 +104,7 @@ def read_folder(
     mask_channel: str = "auto",
     resolution: int | None = None,
     center_crop: bool = True,
-    cancel_check=None,
+    should_stop: StopCheck | None = None,
 ) -> ConceptSet:
     """Read ``images/`` + ``masks/<concept>/`` (same file stems). ``concepts`` may define the
     concepts fully (one per ``masks/`` subfolder); otherwise defaults apply (module doc)."""
@@ -131,7 +132,7 @@ def read_folder(
             )
         names = defined  # keep the caller's order
     ordered = make_concepts(names, tokens, class_words, str(root), {c.name: c for c in concepts or []})
-    reading = PhotoReader(root, invert_masks, mask_channel, resolution, center_crop, cancel_check)
+    reading = PhotoReader(root, invert_masks, mask_channel, resolution, center_crop, should_stop)
     masks_of: dict[str, dict[str, Path]] = {stem: {} for stem in images}
     for name in names:
         for stem, path in image_listing(masks_dir / name, root, confine=root).items():
@@ -266,7 +267,7 @@ def read_manifest(
     class_words: Mapping[str, str] | None = None,
     resolution: int | None = None,
     center_crop: bool = True,
-    cancel_check=None,
+    should_stop: StopCheck | None = None,
 ) -> ConceptSet:
     """Read a JSON/YAML manifest (schema in the module doc); paths are relative to its folder.
     ``tokens`` / ``class_words`` (concept name -> value) override what the manifest says."""
@@ -291,7 +292,7 @@ def read_manifest(
         raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
     check_count(len(data["images"]), MAX_IMAGES, "images", f"manifest {path.name}")
     known = {c.name for c in concepts}
-    reading = PhotoReader(root, invert, channel, resolution, center_crop, cancel_check)
+    reading = PhotoReader(root, invert, channel, resolution, center_crop, should_stop)
     items = []
     for index, entry in enumerate(data["images"]):
         what = f"manifest images[{index}]"
@@ -370,7 +371,7 @@ def read_paper_folder(
     class_words: Mapping[str, str] | None = None,
     resolution: int | None = None,
     center_crop: bool = True,
-    cancel_check=None,
+    should_stop: StopCheck | None = None,
 ) -> ConceptSet:
     """Read one folder of the paper's layout: ``<a>+<b>/`` (``resized/``, ``mask_1/``, ``mask_2/``,
     ... one mask folder per ``+`` part) or ``<name>/`` (``resized/``, ``mask/``).
@@ -411,7 +412,7 @@ def read_paper_folder(
                 f"{root.name}: {len(photos)} photos but {len(masks)} masks of {name!r}: {detail}; "
                 "every photo needs one mask per concept with the same file name"
             )
-    reading = PhotoReader(base, resolution=resolution, center_crop=center_crop, cancel_check=cancel_check)
+    reading = PhotoReader(base, resolution=resolution, center_crop=center_crop, should_stop=should_stop)
     items = [
         reading.load(index, path, {name: listings[name][stem] for name in names})
         for index, (stem, path) in enumerate(photos.items())

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from ..backends.base import ModelBundle
-from ..backends.cancel import Cancelled, check_stop
 from ..data.concepts import ConceptSet
 from ..data.validation import CheckedConceptSet
+from ..stop import Cancelled, check_stop
 from . import checkpoint
 from .config import TrainConfig
 from .result import StepReport, TrainResult
@@ -53,7 +53,7 @@ def train(
 
     The base model is left bit-identical (hooks removed, requires_grad restored). Works
     when called under ``torch.inference_mode`` (ComfyUI does). ``should_stop`` is polled
-    before every step and inside every long phase; a stop (``backends.cancel.Cancelled``, from
+    before every step and inside every long phase; a stop (``stop.Cancelled``, from
     the poll or raised by the backend) returns the partial result with ``stopped_early=True``.
     With ``checkpoint_dir`` a checkpoint is written every ``config.checkpoint_every`` steps
     and at the end; ``resume=True`` continues from the latest one there.

@@ -20,11 +20,11 @@ from torch import nn
 from ..attention.cross_attention import AttentionRouter, KVDeltaInjector
 from ..attention.maps import attn2_query_counts, choose_layers
 from ..backends.base import DenoiserBackend, ModelBundle
-from ..backends.cancel import check_stop
 from ..backends.fingerprint import kv_projections
 from ..data.concepts import ConceptSet
 from ..data.imaging import fit_pair
 from ..data.validation import CheckedConceptSet, validate_concept_set
+from ..stop import check_stop
 from .config import MIXED_PRECISIONS, TrainConfig
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
@@ -228,7 +228,7 @@ def setup(
 ) -> TrainingRun:
     """Build the run: checked data, latents, prompts, fresh token embeddings, the routed
     layers, and (last) the zero K/V deltas hooked into the UNet. ``should_stop`` is polled
-    between VAE batches (``backends.cancel.Cancelled``; nothing is installed yet)."""
+    between VAE batches (``stop.Cancelled``; nothing is installed yet)."""
     device, denoiser = bundle.device, bundle.denoiser
     amp = amp_dtype(config, device)
     optimizer_class(config)
@@ -267,7 +267,7 @@ def setup(
 
 
 def setup_prior(run: TrainingRun, cache_dir: Path | None, should_stop: Callable[[], bool] | None = None) -> None:
-    """Generate (or read from the cache) the class-prior latents (``backends.cancel.Cancelled``
+    """Generate (or read from the cache) the class-prior latents (``stop.Cancelled``
     when ``should_stop`` says stop).
 
     Runs while the K/V deltas are still zero, so the base model draws them."""

@@ -10,10 +10,10 @@ import torch
 from test_trainer import _config
 
 from textloc_core.adapters import formats
-from textloc_core.backends.cancel import Cancelled
 from textloc_core.data import safe_io
 from textloc_core.data.validation import ConceptSetError, validate_concept_set
 from textloc_core.sampling.schedule import ddim_sample
+from textloc_core.stop import Cancelled
 from textloc_core.training import loop, prior, setup
 from textloc_core.training.loop import train
 
