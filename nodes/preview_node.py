@@ -11,6 +11,8 @@ maps as MASK for downstream nodes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from comfy_api.latest import io
 
@@ -46,38 +48,42 @@ class PreviewRouter(AveragingRouter):
         return [r for i, c in enumerate(self._cond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
 
 
-def attention_preview(
-    model,
-    clip,
-    vae,
-    prompt,
-    negative,
-    tokens,
-    seed,
-    steps,
-    cfg,
-    sampler_name,
-    scheduler,
-    width,
-    height,
-    batch_size,
-    levels="all_but_finest",
-    alpha=0.5,
-):
+@dataclass(frozen=True)
+class PreviewSettings:
+    """Attention Preview's widgets (all its inputs but MODEL, CLIP and VAE), by their names."""
+
+    prompt: str
+    negative: str
+    tokens: str
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    width: int
+    height: int
+    batch_size: int
+    levels: str = DEFAULT_MAP_LEVELS
+    overlay_alpha: float = 0.5
+
+
+def attention_preview(model, clip, vae, s: PreviewSettings):
+    """(images, overlays, maps, tokens): ``s.prompt`` sampled by ComfyUI with the chosen tokens'
+    cross-attention captured, folded into one map per token at ``s.levels``."""
     import comfy.sample
     import comfy.utils
 
-    token_dict, wanted, layout = mapped_tokens(clip, prompt, tokens, batch_size)
+    token_dict, wanted, layout = mapped_tokens(clip, s.prompt, s.tokens, s.batch_size)
 
     positive = clip.encode_from_tokens_scheduled(token_dict)
-    negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
+    negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(s.negative))
     denoiser = ComfyDenoiserBackend(model, vae, training=False)
     factor = denoiser.vae_scale_factor
-    latent = torch.zeros([batch_size, denoiser.latent_channels, height // factor, width // factor])
-    noise = comfy.sample.prepare_noise(latent, seed)
+    latent = torch.zeros([s.batch_size, denoiser.latent_channels, s.height // factor, s.width // factor])
+    noise = comfy.sample.prepare_noise(latent, s.seed)
     router = PreviewRouter(layout.slots[:1])
     end_if_cancelled()
-    progress = comfy.utils.ProgressBar(steps)
+    progress = comfy.utils.ProgressBar(s.steps)
 
     def on_step(step, _denoised, _x, total):
         # Cancel ends the sampling after the step in flight (the progress hook checks it on
@@ -89,20 +95,20 @@ def attention_preview(
         samples = comfy.sample.sample(
             denoiser.working_model,
             noise,
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
+            s.steps,
+            s.cfg,
+            s.sampler_name,
+            s.scheduler,
             positive,
             negative_cond,
             latent,
-            seed=seed,
+            seed=s.seed,
             callback=on_step,
         )
     end_if_cancelled()
     images = vae.decode(samples)  # (B, H, W, 3)
-    maps = captured_maps(router, layout, levels, tuple(latent.shape[-2:]))
-    overlays, masks = overlays_and_masks(images, maps, alpha)
+    maps = captured_maps(router, layout, s.levels, tuple(latent.shape[-2:]))
+    overlays, masks = overlays_and_masks(images, maps, s.overlay_alpha)
     return images, overlays.movedim(1, -1), masks, ", ".join(wanted)
 
 
@@ -230,43 +236,7 @@ class AttentionPreview(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls,
-        model,
-        clip,
-        vae,
-        prompt,
-        negative,
-        tokens,
-        seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        width,
-        height,
-        batch_size,
-        levels="all_but_finest",
-        overlay_alpha=0.5,
-    ) -> io.NodeOutput:
-        require_finite(cfg=cfg, overlay_alpha=overlay_alpha)
-        return io.NodeOutput(
-            *attention_preview(
-                model,
-                clip,
-                vae,
-                prompt,
-                negative,
-                tokens,
-                seed,
-                steps,
-                cfg,
-                sampler_name,
-                scheduler,
-                width,
-                height,
-                batch_size,
-                levels,
-                overlay_alpha,
-            )
-        )
+    def execute(cls, model, clip, vae, **widgets) -> io.NodeOutput:
+        settings = PreviewSettings(**widgets)
+        require_finite(cfg=settings.cfg, overlay_alpha=settings.overlay_alpha)
+        return io.NodeOutput(*attention_preview(model, clip, vae, settings))
