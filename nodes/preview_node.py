@@ -23,11 +23,30 @@ from .comfy_backend import ComfyDenoiserBackend
 from .comfy_cancel import end_if_cancelled
 from .comfy_internals import conditional_chunks
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
-from .schema import named, pack_schema, require_finite, seed_input
+from .schema import Inputs, named, pack_schema, require_finite
 
 ATTENTION_PREVIEW_DESCRIPTION = (
     "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
 )
+PREVIEW_TOOLTIPS = {
+    "model": "The model (with TextLoc adapters applied, or any model).",
+    "clip": "The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens).",
+    "vae": "Decodes the samples.",
+    "prompt": "Prompt to sample; may use adapter tokens.",
+    "negative": "Negative prompt.",
+    "tokens": "Comma-separated tokens or words to map (empty: every adapter token in the prompt).",
+    "seed": "Noise seed.",
+    "steps": "Sampling steps.",
+    "cfg": "Classifier-free guidance scale.",
+    "sampler_name": "Sampler.",
+    "scheduler": "Noise schedule.",
+    "width": "Image width in pixels.",
+    "height": "Image height in pixels.",
+    "batch_size": "Images per run.",
+    "levels": "Attention resolutions averaged into the map (paper: all but the finest).",
+    "overlay_alpha": "Opacity of the heat map over the image.",
+}
+"""What each Attention Preview input does, as its tooltip in the UI says."""
 
 
 class PreviewRouter(AveragingRouter):
@@ -163,57 +182,31 @@ def overlays_and_masks(images, maps, alpha: float):
     return overlays, masks
 
 
+_input = Inputs(PREVIEW_TOOLTIPS)
+
+
 def _preview_inputs() -> list:
     """Attention Preview's inputs: model, prompt, tokens to map, ComfyUI's sampler settings, levels."""
     import comfy.samplers  # ComfyUI's sampler lists, read when the server lists the nodes
 
     return [
-        io.Model.Input("model", tooltip="The model (with TextLoc adapters applied, or any model)."),
-        io.Clip.Input(
-            "clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."
-        ),
-        io.Vae.Input("vae", tooltip="Decodes the samples."),
-        io.String.Input(
-            "prompt",
-            default="photo of a <doll1> doll",
-            multiline=True,
-            tooltip="Prompt to sample; may use adapter tokens.",
-        ),
-        io.String.Input("negative", default="", multiline=True, tooltip="Negative prompt."),
-        io.String.Input(
-            "tokens",
-            default="",
-            tooltip="Comma-separated tokens or words to map (empty: every adapter token in the prompt).",
-        ),
-        seed_input("Noise seed.", maximum=0xFFFFFFFFFFFFFFFF),
-        io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
-        io.Float.Input(
-            "cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."
-        ),
+        _input(io.Model, "model"),
+        _input(io.Clip, "clip"),
+        _input(io.Vae, "vae"),
+        _input(io.String, "prompt", default="photo of a <doll1> doll", multiline=True),
+        _input(io.String, "negative", default="", multiline=True),
+        _input(io.String, "tokens", default=""),
+        _input.seed(maximum=0xFFFFFFFFFFFFFFFF),
+        _input(io.Int, "steps", default=20, min=1, max=1000),
+        _input(io.Float, "cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
         # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
-        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
-        io.Combo.Input(
-            "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Noise schedule."
-        ),
-        io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
-        io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
-        io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
-        io.Combo.Input(
-            "levels",
-            options=list(NAMED_MAP_LEVELS),
-            default=DEFAULT_MAP_LEVELS,
-            optional=True,
-            tooltip="Attention resolutions averaged into the map (paper: all but the finest).",
-        ),
-        io.Float.Input(
-            "overlay_alpha",
-            default=0.5,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            optional=True,
-            tooltip="Opacity of the heat map over the image.",
-        ),
+        _input(io.Combo, "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
+        _input(io.Combo, "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
+        _input(io.Int, "width", default=512, min=16, max=4096, step=8),
+        _input(io.Int, "height", default=512, min=16, max=4096, step=8),
+        _input(io.Int, "batch_size", default=1, min=1, max=64),
+        _input(io.Combo, "levels", options=list(NAMED_MAP_LEVELS), default=DEFAULT_MAP_LEVELS, optional=True),
+        _input(io.Float, "overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True),
     ]
 
 

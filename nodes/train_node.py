@@ -37,18 +37,44 @@ from .comfy_backend import ComfyDenoiserBackend, base_fingerprint_and_weights, t
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
 from .comfy_internals import model_parts
 from .comfy_tokens import IdentifierPlacer
-from .schema import ADAPTER, CONCEPTS, named, pack_schema, require_finite, seed_input
+from .schema import ADAPTER, CONCEPTS, Inputs, named, pack_schema, require_finite
 from .stock_files import check_replace, plan_files, write_files
+
+log = logging.getLogger("textloc")
+#: training sides above this many times the model's native size need allow_large_resolution
+LARGE_RESOLUTION_FACTOR = 2
 
 TRAIN_DESCRIPTION = (
     "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
     "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
     "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
 )
-
-log = logging.getLogger("textloc")
-#: training sides above this many times the model's native size need allow_large_resolution
-LARGE_RESOLUTION_FACTOR = 2
+TRAIN_TOOLTIPS = {
+    "model": "The base diffusion model (SD1.x, SD2.x or SDXL family) from any loader.",
+    "clip": "Its text encoder.",
+    "vae": "Its VAE (encodes the training photos).",
+    "concepts": "Photos with masks, from TextLoc Concept From Mask / Concept Folder.",
+    "guidance": "hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion.",
+    "steps": "Optimiser steps (paper: 400 for one concept, 800 for two).",
+    "learning_rate": "Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5).",
+    "batch": "Training photos per step (and as many prior images).",
+    "prior_images": "Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off.",
+    "seed": "Seed of batches, timesteps and noise (the same seed gives the same adapter).",
+    "checkpoint_every": "Write a resumable checkpoint every N steps (and when cancelled).",
+    "adapter_name": "File name of the adapter (letters, digits, - _ .); also names the checkpoint folder.",
+    "resolution": "Training side in pixels; 0 keeps the photos' size.",
+    "attention_weight": "Weight of the attention loss when attention_weight_mode is fixed (paper: 1).",
+    "resume": "Continue from this adapter name's latest checkpoint when one exists (same settings).",
+    "allow_large_resolution": f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training.",
+    "overwrite": "Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may.",
+    "attention_weight_mode": f"calibrated (default): before the first step the attention loss's weight is set so that its gradient is attention_fraction x the denoising loss's, averaged over the first {TrainConfig.calibration_batches} batches; the same fraction suits any model and resolution, and attention_weight is unused. fixed: the attention loss is weighted by attention_weight (the paper's 1, which on TinyWorld lowered fidelity). The report shows the weight used.",
+    "attention_fraction": "With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth).",
+    "gradient_checkpointing": "Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card.",
+    "mixed_precision": "Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
+    "optimizer": "adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
+    "unmasked_weight": "Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
+}
+"""What each Train input does, as its tooltip in the UI says."""
 
 
 def native_resolution(model) -> int:
@@ -129,148 +155,40 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
-def _model_inputs() -> list:
-    """The model to train and what it learns: MODEL, CLIP, VAE and the concept set."""
+_input = Inputs(TRAIN_TOOLTIPS)
+
+
+def _train_inputs() -> list:
+    """Train's inputs, in the order saved workflows store their widgets: the model and concept
+    set; what the run is; optional: training side, fixed attention weight, resuming, large sides
+    and replacing files; how the attention weight is set, the masked loss, memory options."""
     return [
-        io.Model.Input("model", tooltip="The base diffusion model (SD1.x, SD2.x or SDXL family) from any loader."),
-        io.Clip.Input("clip", tooltip="Its text encoder."),
-        io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
-        CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
-    ]
-
-
-def _run_inputs() -> list:
-    """What the run is: guidance, steps, learning rate, batch, prior, seed, checkpoints and the name."""
-    return [
-        io.Combo.Input(
-            "guidance",
-            options=list(GUIDANCE_METHODS),
-            default="hard",
-            tooltip="hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion.",
+        _input(io.Model, "model"),
+        _input(io.Clip, "clip"),
+        _input(io.Vae, "vae"),
+        _input(CONCEPTS, "concepts"),
+        _input(io.Combo, "guidance", options=list(GUIDANCE_METHODS), default="hard"),
+        _input(io.Int, "steps", default=400, min=1, max=100000),
+        _input(io.Float, "learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False),
+        _input(io.Int, "batch", default=2, min=1, max=16),
+        _input(io.Int, "prior_images", default=0, min=0, max=1000),
+        _input.seed(),
+        _input(io.Int, "checkpoint_every", default=50, min=1, max=100000),
+        _input(io.String, "adapter_name", default="textloc_adapter"),
+        _input(io.Int, "resolution", default=0, min=0, max=2048, step=8, optional=True),
+        _input(io.Float, "attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True),
+        _input(io.Boolean, "resume", default=True, optional=True),
+        _input(io.Boolean, "allow_large_resolution", default=False, optional=True),
+        _input(io.Boolean, "overwrite", default=False, optional=True),
+        _input(
+            io.Combo, "attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="calibrated", optional=True
         ),
-        io.Int.Input(
-            "steps",
-            default=400,
-            min=1,
-            max=100000,
-            tooltip="Optimiser steps (paper: 400 for one concept, 800 for two).",
-        ),
-        io.Float.Input(
-            "learning_rate",
-            default=1e-5,
-            min=1e-7,
-            max=1e-2,
-            step=1e-6,
-            round=False,
-            tooltip="Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5).",
-        ),
-        io.Int.Input("batch", default=2, min=1, max=16, tooltip="Training photos per step (and as many prior images)."),
-        io.Int.Input(
-            "prior_images",
-            default=0,
-            min=0,
-            max=1000,
-            tooltip="Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off.",
-        ),
-        seed_input("Seed of batches, timesteps and noise (the same seed gives the same adapter)."),
-        io.Int.Input(
-            "checkpoint_every",
-            default=50,
-            min=1,
-            max=100000,
-            tooltip="Write a resumable checkpoint every N steps (and when cancelled).",
-        ),
-        io.String.Input(
-            "adapter_name",
-            default="textloc_adapter",
-            tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder.",
-        ),
-    ]
-
-
-def _file_inputs() -> list:
-    """Optional: training side, fixed attention weight, resuming, large sides and replacing files."""
-    return [
-        io.Int.Input(
-            "resolution",
-            default=0,
-            min=0,
-            max=2048,
-            step=8,
-            optional=True,
-            tooltip="Training side in pixels; 0 keeps the photos' size.",
-        ),
-        io.Float.Input(
-            "attention_weight",
-            default=1.0,
-            min=0.0,
-            max=100.0,
-            step=0.1,
-            optional=True,
-            tooltip="Weight of the attention loss when attention_weight_mode is fixed (paper: 1).",
-        ),
-        io.Boolean.Input(
-            "resume",
-            default=True,
-            optional=True,
-            tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings).",
-        ),
-        io.Boolean.Input(
-            "allow_large_resolution",
-            default=False,
-            optional=True,
-            tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training.",
-        ),
-        io.Boolean.Input(
-            "overwrite",
-            default=False,
-            optional=True,
-            tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may.",
-        ),
-    ]
-
-
-def _loss_and_memory_inputs() -> list:
-    """Optional: how the attention weight is set, the masked loss, and the memory options."""
-    return [
-        io.Combo.Input(
-            "attention_weight_mode",
-            options=list(ATTENTION_WEIGHT_MODES),
-            default="calibrated",
-            optional=True,
-            tooltip=f"calibrated (default): before the first step the attention loss's weight is set so that its gradient is attention_fraction x the denoising loss's, averaged over the first {TrainConfig.calibration_batches} batches; the same fraction suits any model and resolution, and attention_weight is unused. fixed: the attention loss is weighted by attention_weight (the paper's 1, which on TinyWorld lowered fidelity). The report shows the weight used.",
-        ),
-        io.Float.Input(
-            "attention_fraction",
-            default=1.0,
-            min=0.001,
-            max=10.0,
-            step=0.01,
-            round=False,
-            optional=True,
-            tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth).",
-        ),
-        io.Boolean.Input(
-            "gradient_checkpointing",
-            default=False,
-            optional=True,
-            tooltip="Recompute the UNet's activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL at 1024 px on a 24 GB card.",
-        ),
-        io.Combo.Input(
-            "mixed_precision",
-            options=list(MIXED_PRECISIONS),
-            default="auto",
-            optional=True,
-            tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
-        ),
-        io.Combo.Input(
-            "optimizer",
-            options=list(OPTIMIZERS),
-            default="adamw",
-            optional=True,
-            tooltip="adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
-        ),
-        io.Float.Input(
+        _input(io.Float, "attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True),
+        _input(io.Boolean, "gradient_checkpointing", default=False, optional=True),
+        _input(io.Combo, "mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True),
+        _input(io.Combo, "optimizer", options=list(OPTIMIZERS), default="adamw", optional=True),
+        _input(
+            io.Float,
             "unmasked_weight",
             default=TrainConfig.unmasked_weight,
             min=0.0,
@@ -278,7 +196,6 @@ def _loss_and_memory_inputs() -> list:
             step=0.05,
             round=False,
             optional=True,
-            tooltip="Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
         ),
     ]
 
@@ -295,7 +212,7 @@ class TextLocTrain(io.ComfyNode):
             outputs=[named(ADAPTER, "adapter"), named(io.String, "report")],
             is_output_node=True,
             hidden=[io.Hidden.unique_id],
-            inputs=[*_model_inputs(), *_run_inputs(), *_file_inputs(), *_loss_and_memory_inputs()],
+            inputs=_train_inputs(),
         )
 
     @classmethod
