@@ -38,7 +38,7 @@ class Inputs:
     def __init__(self, tooltips: dict[str, str]):
         self.tooltips = tooltips
 
-    def __call__(self, kind, name: str, **options) -> io.Input:
+    def __call__(self, kind: type[io.ComfyTypeIO], name: str, **options):
         """``kind.Input(name, **options)`` (``kind``: ``io.Int``, ``io.Model``, ``CONCEPTS``...)
         with the table's tooltip for ``name``."""
         return kind.Input(name, tooltip=self.tooltips[name], **options)
