@@ -237,8 +237,21 @@ def test_non_finite_widget_values_are_refused_naming_the_input(pack, tiny):
     with pytest.raises(ValueError, match="strength: nan is not a finite number"):
         ApplyAdapter.execute(model, clip, "tinyworld_pair.safetensors", float("nan"))
     with pytest.raises(ValueError, match="cfg: inf is not a finite number"):
-        AttentionPreview.execute(
-            model, clip, vae, "a star", "", "star", 0, 1, float("inf"), "euler", "normal", 64, 64, 1
+        AttentionPreview.execute(  # ComfyUI passes every widget by name
+            model,
+            clip,
+            vae,
+            prompt="a star",
+            negative="",
+            tokens="star",
+            seed=0,
+            steps=1,
+            cfg=float("inf"),
+            sampler_name="euler",
+            scheduler="normal",
+            width=64,
+            height=64,
+            batch_size=1,
         )
 
 
