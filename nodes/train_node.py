@@ -33,7 +33,7 @@ from ..textloc_core.training.config import (
 from ..textloc_core.training.result import make_adapter
 from ..textloc_core.training.setup import size_multiple
 from . import disk_budget, paths
-from .comfy_backend import ComfyDenoiserBackend, base_fingerprint_and_weights, training_session
+from .comfy_backend import base_fingerprint_and_weights, training_denoiser, training_session
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
 from .comfy_internals import dit_layout, model_parts
 from .comfy_tokens import IdentifierPlacer
@@ -255,7 +255,7 @@ def check_inputs(model, clip, vae, concepts, config: TrainConfig, allow_large_re
     """Every check of the inputs that needs no model loaded, before any work: the model kind,
     the concept set (with the CLIP tokenizer's vocabulary check and the model's side rule; the
     trainer takes the checked set and does not check it again) and the training side."""
-    rule = size_multiple(ComfyDenoiserBackend(model, vae))
+    rule = size_multiple(training_denoiser(model, vae))
     placer = IdentifierPlacer.for_clip(clip)
     checked = validate_concept_set(
         concepts, vocabulary_check=placer.check_new_token, resolution=config.resolution, size_multiple=rule
