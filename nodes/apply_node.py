@@ -22,9 +22,18 @@ from ..textloc_core.adapters.formats import comfy_unet_patch
 from . import paths
 from .comfy_dit_apply import dit_family, model_fingerprint_and_weights, with_dit_identifiers
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
-from .schema import ADAPTER, pack_schema, require_finite
+from .schema import ADAPTER, Inputs, pack_schema, require_finite
 
 APPLY_ADAPTER_DESCRIPTION = "Load a TextLoc adapter onto MODEL and CLIP; prompts can then use its tokens (e.g. 'a <doll1> doll'). Chain nodes to use several adapters."
+APPLY_TOOLTIPS = {
+    "model": "The base model the adapter was trained on.",
+    "clip": "Its text encoder; the adapter's tokens are added to it.",
+    "adapter_file": "An adapter from models/textloc (ignored when the adapter input is connected).",
+    "strength": "Scale of the K/V weight change (1 = as trained). Tokens are always added.",
+    "adapter": "An adapter straight from TextLoc Train (takes precedence over adapter_file).",
+    "ignore_base_mismatch": "Apply even if the adapter was trained on other base weights of the same architecture.",
+}
+"""What each Apply Adapter input does, as its tooltip in the UI says."""
 
 NONE = "(none)"
 
@@ -58,6 +67,9 @@ def apply_adapter(
     return new_model, new_clip
 
 
+_input = Inputs(APPLY_TOOLTIPS)
+
+
 class ApplyAdapter(io.ComfyNode):
     """Apply a TextLoc adapter (from TextLoc Train or from a file) to MODEL and CLIP."""
 
@@ -69,33 +81,13 @@ class ApplyAdapter(io.ComfyNode):
             APPLY_ADAPTER_DESCRIPTION,
             outputs=[io.Model.Output(), io.Clip.Output()],
             inputs=[
-                io.Model.Input("model", tooltip="The base model the adapter was trained on."),
-                io.Clip.Input("clip", tooltip="Its text encoder; the adapter's tokens are added to it."),
+                _input(io.Model, "model"),
+                _input(io.Clip, "clip"),
                 # listed when the server lists the nodes, so a newly trained adapter shows after a refresh
-                io.Combo.Input(
-                    "adapter_file",
-                    options=[NONE] + paths.list_adapters(),
-                    tooltip="An adapter from models/textloc (ignored when the adapter input is connected).",
-                ),
-                io.Float.Input(
-                    "strength",
-                    default=1.0,
-                    min=-10.0,
-                    max=10.0,
-                    step=0.01,
-                    tooltip="Scale of the K/V weight change (1 = as trained). Tokens are always added.",
-                ),
-                ADAPTER.Input(
-                    "adapter",
-                    optional=True,
-                    tooltip="An adapter straight from TextLoc Train (takes precedence over adapter_file).",
-                ),
-                io.Boolean.Input(
-                    "ignore_base_mismatch",
-                    default=False,
-                    optional=True,
-                    tooltip="Apply even if the adapter was trained on other base weights of the same architecture.",
-                ),
+                _input(io.Combo, "adapter_file", options=[NONE] + paths.list_adapters()),
+                _input(io.Float, "strength", default=1.0, min=-10.0, max=10.0, step=0.01),
+                _input(ADAPTER, "adapter", optional=True),
+                _input(io.Boolean, "ignore_base_mismatch", default=False, optional=True),
             ],
         )
 

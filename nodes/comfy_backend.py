@@ -291,6 +291,16 @@ class ComfyDenoiserBackend:
             self.working_model = previous
 
 
+def training_denoiser(model, vae) -> ComfyDenoiserBackend:
+    """The denoiser TextLoc Train builds for ``model`` (refusing a model it cannot train): Flux /
+    SD3's own, else the UNet's. Checks read its side rule before any model is loaded."""
+    if dit_layout(model_parts(model)) is not None:
+        from .comfy_dit_backend import ComfyDiTDenoiser  # it builds on this module
+
+        return ComfyDiTDenoiser(model, vae)
+    return ComfyDenoiserBackend(model, vae)
+
+
 def _routed_patch(router: AttentionRouter, layer: str, existing):
     """An attn2 replace function sending ``layer`` through ``router``.
 

@@ -2,14 +2,16 @@
 
 ComfyUI's Cancel (the UI button, POST /interrupt) sets a flag; ComfyUI checks it in its
 progress hook and (0.33) in every layer, raising ``InterruptProcessingException`` and clearing
-the flag. The core knows one stop, ``backends.cancel.Cancelled``, and one poll, ``should_stop``.
+the flag. The core knows one stop, ``textloc_core.stop.Cancelled``, and one poll, ``should_stop``.
 
 * into the core: ``stop_requested`` is the ``should_stop`` nodes pass to the core;
   ``cancel_as_core`` wraps every ComfyUI call made on the core's behalf (model calls in
   ``comfy_backend``, the Train node's progress hook), so ComfyUI's interrupt arrives as
   ``Cancelled`` and the trainer keeps the steps done;
-* back to ComfyUI: ``end_prompt_cancelled`` ends the prompt as interrupted once the core has
-  stopped, and ``end_if_cancelled`` does so between a node's own phases.
+* back to ComfyUI: ``prompt_ends_on_stop`` wraps core work a node runs with ``stop_requested``
+  (reading a concept folder, scoring), ending the prompt as interrupted when it stops;
+  ``end_prompt_cancelled`` does so once the core has stopped (the trainer returns rather than
+  raises), and ``end_if_cancelled`` between a node's own phases.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
 
-from ..textloc_core.backends.cancel import Cancelled
+from ..textloc_core.stop import Cancelled
 
 
 def stop_requested() -> bool:
@@ -40,6 +42,15 @@ def cancel_as_core(what: str) -> Iterator[None]:
         yield
     except mm.InterruptProcessingException:
         raise Cancelled(f"cancelled during {what}") from None
+
+
+@contextmanager
+def prompt_ends_on_stop() -> Iterator[None]:
+    """Run core work given ``stop_requested``: its ``Cancelled`` ends the prompt as interrupted."""
+    try:
+        yield
+    except Cancelled:
+        end_prompt_cancelled()
 
 
 def end_prompt_cancelled() -> NoReturn:

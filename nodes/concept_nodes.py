@@ -16,10 +16,10 @@ from comfy_api.latest import io
 from ..textloc_core.data.concepts import Concept, ConceptSet
 from ..textloc_core.data.tokens import check_token_text
 from ..textloc_core.data.validation import validate_concept_set
-from .comfy_cancel import end_if_cancelled
+from .comfy_cancel import prompt_ends_on_stop, stop_requested
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
-from .schema import CONCEPTS, named, pack_schema
+from .schema import CONCEPTS, Inputs, named, pack_schema
 
 CONCEPT_FROM_MASK_DESCRIPTION = (
     "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
@@ -27,6 +27,24 @@ CONCEPT_FROM_MASK_DESCRIPTION = (
 CONCEPT_FOLDER_DESCRIPTION = (
     "Load concepts from a folder: images/ + masks/<concept>/, a textloc.json manifest, or the paper dataset layout."
 )
+CONCEPT_FROM_MASK_TOOLTIPS = {
+    "images": "Photos showing the concept (a batch; all the same size).",
+    "masks": "One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node).",
+    "name": "Short name of the concept, used in file names (letters, digits, _ -).",
+    "token": "New identifier word written in prompts for this concept; must not be an existing word.",
+    "class_word": "The class the base model already knows (prompts say 'a <token> <class_word>').",
+    "init_word": "Word whose embedding the token starts from (empty: the class word); a word of several vocabulary pieces starts from their mean.",
+    "invert_mask": "Flip the masks (use when the concept is black and the background white).",
+    "concepts": "Concepts defined so far; this concept is added (masks merge when the photos are the same).",
+}
+"""What each Concept From Mask input does, as its tooltip in the UI says."""
+CONCEPT_FOLDER_TOOLTIPS = {
+    "folder": "Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll).",
+    "resolution": "Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size.",
+    "tokens": "Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>').",
+    "class_words": "Class words per concept, e.g. 'cat_figurine=figurine' (default: the name).",
+}
+"""What each Concept Folder input does, as its tooltip in the UI says."""
 
 
 def concepts_from_mask(
@@ -52,6 +70,9 @@ def concepts_from_mask(
     return result
 
 
+_mask_input = Inputs(CONCEPT_FROM_MASK_TOOLTIPS)
+
+
 class ConceptFromMask(io.ComfyNode):
     """IMAGE + MASK (from LoadImage's alpha or the mask editor) -> one concept."""
 
@@ -63,43 +84,14 @@ class ConceptFromMask(io.ComfyNode):
             CONCEPT_FROM_MASK_DESCRIPTION,
             outputs=[named(CONCEPTS, "concepts")],
             inputs=[
-                io.Image.Input("images", tooltip="Photos showing the concept (a batch; all the same size)."),
-                io.Mask.Input(
-                    "masks",
-                    tooltip="One mask per photo, white where the concept is (LoadImage's MASK, the mask editor, or any mask node).",
-                ),
-                io.String.Input(
-                    "name",
-                    default="doll",
-                    tooltip="Short name of the concept, used in file names (letters, digits, _ -).",
-                ),
-                io.String.Input(
-                    "token",
-                    default="<doll1>",
-                    tooltip="New identifier word written in prompts for this concept; must not be an existing word.",
-                ),
-                io.String.Input(
-                    "class_word",
-                    default="doll",
-                    tooltip="The class the base model already knows (prompts say 'a <token> <class_word>').",
-                ),
-                io.String.Input(
-                    "init_word",
-                    default="",
-                    optional=True,
-                    tooltip="Word whose embedding the token starts from (empty: the class word); a word of several vocabulary pieces starts from their mean.",
-                ),
-                io.Boolean.Input(
-                    "invert_mask",
-                    default=False,
-                    optional=True,
-                    tooltip="Flip the masks (use when the concept is black and the background white).",
-                ),
-                CONCEPTS.Input(
-                    "concepts",
-                    optional=True,
-                    tooltip="Concepts defined so far; this concept is added (masks merge when the photos are the same).",
-                ),
+                _mask_input(io.Image, "images"),
+                _mask_input(io.Mask, "masks"),
+                _mask_input(io.String, "name", default="doll"),
+                _mask_input(io.String, "token", default="<doll1>"),
+                _mask_input(io.String, "class_word", default="doll"),
+                _mask_input(io.String, "init_word", default="", optional=True),
+                _mask_input(io.Boolean, "invert_mask", default=False, optional=True),
+                _mask_input(CONCEPTS, "concepts", optional=True),
             ],
         )
 
@@ -177,6 +169,9 @@ def read_concept_folder(path: Path, shown: str, **options) -> ConceptSet:
         ) from None
 
 
+_folder_input = Inputs(CONCEPT_FOLDER_TOOLTIPS)
+
+
 class ConceptFolder(io.ComfyNode):
     """A folder of photos and masks (images/ + masks/<concept>/, a manifest, or the paper's layout)."""
 
@@ -188,44 +183,24 @@ class ConceptFolder(io.ComfyNode):
             CONCEPT_FOLDER_DESCRIPTION,
             outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images")],
             inputs=[
-                io.String.Input(
-                    "folder",
-                    default="paper:bucket+doll",
-                    tooltip="Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll).",
-                ),
-                io.Int.Input(
-                    "resolution",
-                    default=512,
-                    min=0,
-                    max=2048,
-                    step=8,
-                    tooltip="Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size.",
-                ),
-                io.String.Input(
-                    "tokens",
-                    default="",
-                    optional=True,
-                    tooltip="Identifier tokens per concept, e.g. 'doll=<doll1>, bucket=<bucket1>' (default '<name>').",
-                ),
-                io.String.Input(
-                    "class_words",
-                    default="",
-                    optional=True,
-                    tooltip="Class words per concept, e.g. 'cat_figurine=figurine' (default: the name).",
-                ),
+                _folder_input(io.String, "folder", default="paper:bucket+doll"),
+                _folder_input(io.Int, "resolution", default=512, min=0, max=2048, step=8),
+                _folder_input(io.String, "tokens", default="", optional=True),
+                _folder_input(io.String, "class_words", default="", optional=True),
             ],
         )
 
     @classmethod
     def execute(cls, folder, resolution, tokens="", class_words="") -> io.NodeOutput:
         path = resolve_folder(folder)
-        # the readers poll before each photo; Cancel ends the prompt there as between any node's phases
-        options = {"resolution": resolution or None, "cancel_check": end_if_cancelled}
+        # the readers poll Cancel before each photo
+        options = {"resolution": resolution or None, "should_stop": stop_requested}
         if tokens.strip():
             options["tokens"] = _parse_pairs(tokens, "tokens")
         if class_words.strip():
             options["class_words"] = _parse_pairs(class_words, "class_words")
-        concept_set = read_concept_folder(path, folder.strip(), **options)
+        with prompt_ends_on_stop():
+            concept_set = read_concept_folder(path, folder.strip(), **options)
         validate_concept_set(concept_set, resolution=resolution or None)
         return io.NodeOutput(concept_set, preview_batch(concept_set))
 

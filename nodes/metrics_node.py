@@ -9,16 +9,29 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..textloc_core.backends.cancel import Cancelled
 from ..textloc_core.evaluation import scoring
-from .comfy_cancel import end_if_cancelled, end_prompt_cancelled, stop_requested
+from .comfy_cancel import end_if_cancelled, prompt_ends_on_stop, stop_requested
 from .read_access import readable_path
-from .schema import named, pack_schema
+from .schema import Inputs, named, pack_schema
 
 SCORE_IMAGES_DESCRIPTION = (
     "CLIP-I, CLIP-T (identifier tokens removed from the prompt), KID and, given attention maps and "
     "a target mask, attention IoU. Writes a markdown report to the output folder."
 )
+SCORE_OUTPUTS = ("clip_i", "clip_t", "kid", "iou")
+"""The scores Score Images outputs as FLOATs, after the report, in this order."""
+SCORE_TOOLTIPS = {
+    "images": "Generated images to score.",
+    "references": "Reference images of the concept (CLIP-I and KID compare against these).",
+    "prompt": "The prompt the images were generated from; <...> identifier tokens are removed for CLIP-T.",
+    "feature_model": "'tinyworld' (TinyWorld's own CLIP) or a local CLIP folder (e.g. clip-vit-large-patch14 as the paper): relative to ComfyUI's input folder, or inside a folder the server owner lists in TEXTLOC_READ_ROOTS; safetensors weights only; nothing is downloaded.",
+    "kid_subset_size": "KID subset size (paper: 5); KID is reported n/a when either set has fewer images.",
+    "filename_prefix": "Where the markdown report goes, under ComfyUI's output folder.",
+    "attention_maps": "Attention maps of the concept token (e.g. TextLoc Attention Preview 'maps'); with target_masks gives IoU.",
+    "target_masks": "Where the concept really is: one mask per map, or one for all.",
+    "threshold": "Cut on the min-max normalised map for IoU.",
+}
+"""What each Score Images input does, as its tooltip in the UI says."""
 
 #: weight files that need unpickling (transformers would torch.load them)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -67,51 +80,21 @@ def _write_report(report: str, filename_prefix: str) -> dict:
     return {"filename": name, "subfolder": subfolder, "type": "output"}
 
 
+_input = Inputs(SCORE_TOOLTIPS)
+
+
 def _score_inputs() -> list:
     """Score Images' inputs: the images, references, prompt, feature model, KID, report and IoU."""
     return [
-        io.Image.Input("images", tooltip="Generated images to score."),
-        io.Image.Input("references", tooltip="Reference images of the concept (CLIP-I and KID compare against these)."),
-        io.String.Input(
-            "prompt",
-            default="a <tw1> star on grass",
-            multiline=True,
-            tooltip="The prompt the images were generated from; <...> identifier tokens are removed for CLIP-T.",
-        ),
-        io.String.Input(
-            "feature_model",
-            default="tinyworld",
-            tooltip="'tinyworld' (TinyWorld's own CLIP) or a local CLIP folder (e.g. clip-vit-large-patch14 as the paper): relative to ComfyUI's input folder, or inside a folder the server owner lists in TEXTLOC_READ_ROOTS; safetensors weights only; nothing is downloaded.",
-        ),
-        io.Int.Input(
-            "kid_subset_size",
-            default=5,
-            min=2,
-            max=1000,
-            tooltip="KID subset size (paper: 5); KID is reported n/a when either set has fewer images.",
-        ),
-        io.String.Input(
-            "filename_prefix",
-            default="textloc/scores",
-            tooltip="Where the markdown report goes, under ComfyUI's output folder.",
-        ),
-        io.Mask.Input(
-            "attention_maps",
-            optional=True,
-            tooltip="Attention maps of the concept token (e.g. TextLoc Attention Preview 'maps'); with target_masks gives IoU.",
-        ),
-        io.Mask.Input(
-            "target_masks", optional=True, tooltip="Where the concept really is: one mask per map, or one for all."
-        ),
-        io.Float.Input(
-            "threshold",
-            default=0.5,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            optional=True,
-            tooltip="Cut on the min-max normalised map for IoU.",
-        ),
+        _input(io.Image, "images"),
+        _input(io.Image, "references"),
+        _input(io.String, "prompt", default="a <tw1> star on grass", multiline=True),
+        _input(io.String, "feature_model", default="tinyworld"),
+        _input(io.Int, "kid_subset_size", default=5, min=2, max=1000),
+        _input(io.String, "filename_prefix", default="textloc/scores"),
+        _input(io.Mask, "attention_maps", optional=True),
+        _input(io.Mask, "target_masks", optional=True),
+        _input(io.Float, "threshold", default=0.5, min=0.0, max=1.0, step=0.05, optional=True),
     ]
 
 
@@ -124,13 +107,7 @@ class ScoreImages(io.ComfyNode):
             "TextLocScoreImages",
             "TextLoc Score Images",
             SCORE_IMAGES_DESCRIPTION,
-            outputs=[
-                named(io.String, "report"),
-                named(io.Float, "clip_i"),
-                named(io.Float, "clip_t"),
-                named(io.Float, "kid"),
-                named(io.Float, "iou"),
-            ],
+            outputs=[named(io.String, "report"), *(named(io.Float, key) for key in SCORE_OUTPUTS)],
             is_output_node=True,
             inputs=_score_inputs(),
         )
@@ -151,7 +128,7 @@ class ScoreImages(io.ComfyNode):
         end_if_cancelled()
         model = load_feature_model(feature_model)
         end_if_cancelled()
-        try:  # the scorer polls Cancel before every chunk of images
+        with prompt_ends_on_stop():  # the scorer polls Cancel before every chunk of images
             scores = scoring.score_images(
                 model,
                 images.movedim(-1, 1).float(),
@@ -163,13 +140,11 @@ class ScoreImages(io.ComfyNode):
                 threshold=threshold,
                 should_stop=stop_requested,
             )
-        except Cancelled:
-            end_prompt_cancelled()
         report = scoring.score_report(
             scores, n_images=len(images), n_references=len(references), prompt=prompt, kid_subset_size=kid_subset_size
         )
         end_if_cancelled()
         record = _write_report(report, filename_prefix)
-        numbers = tuple(float(scores[k]) for k in ("clip_i", "clip_t", "kid", "iou"))
+        numbers = tuple(float(scores[k]) for k in SCORE_OUTPUTS)
         # a dict ui: the report file record rides along under a key of its own
         return io.NodeOutput(report, *numbers, ui={"text": [report], "reports": [record]})

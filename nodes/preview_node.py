@@ -11,6 +11,8 @@ maps as MASK for downstream nodes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from comfy_api.latest import io
 
@@ -22,11 +24,30 @@ from .comfy_cancel import end_if_cancelled
 from .comfy_dit_preview import dit_mapped_tokens
 from .comfy_internals import conditional_chunks, dit_layout, model_parts
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
-from .schema import named, pack_schema, require_finite, seed_input
+from .schema import Inputs, named, pack_schema, require_finite
 
 ATTENTION_PREVIEW_DESCRIPTION = (
     "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
 )
+PREVIEW_TOOLTIPS = {
+    "model": "The model (with TextLoc adapters applied, or any model; Flux / SD3: words are mapped).",
+    "clip": "The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens).",
+    "vae": "Decodes the samples.",
+    "prompt": "Prompt to sample; may use adapter tokens.",
+    "negative": "Negative prompt (Flux at CFG 1 samples without it).",
+    "tokens": "Comma-separated tokens or words to map (empty: every adapter token in the prompt).",
+    "seed": "Noise seed.",
+    "steps": "Sampling steps.",
+    "cfg": "Classifier-free guidance scale.",
+    "sampler_name": "Sampler.",
+    "scheduler": "Noise schedule.",
+    "width": "Image width in pixels.",
+    "height": "Image height in pixels.",
+    "batch_size": "Images per run.",
+    "levels": "Attention resolutions averaged into the map (paper: all but the finest).",
+    "overlay_alpha": "Opacity of the heat map over the image.",
+}
+"""What each Attention Preview input does, as its tooltip in the UI says."""
 
 
 class PreviewRouter(AveragingRouter):
@@ -47,38 +68,42 @@ class PreviewRouter(AveragingRouter):
         return [r for i, c in enumerate(self._cond) if c == 0 for r in range(i * chunk, (i + 1) * chunk)]
 
 
-def attention_preview(
-    model,
-    clip,
-    vae,
-    prompt,
-    negative,
-    tokens,
-    seed,
-    steps,
-    cfg,
-    sampler_name,
-    scheduler,
-    width,
-    height,
-    batch_size,
-    levels="all_but_finest",
-    alpha=0.5,
-):
+@dataclass(frozen=True)
+class PreviewSettings:
+    """Attention Preview's widgets (all its inputs but MODEL, CLIP and VAE), by their names."""
+
+    prompt: str
+    negative: str
+    tokens: str
+    seed: int
+    steps: int
+    cfg: float
+    sampler_name: str
+    scheduler: str
+    width: int
+    height: int
+    batch_size: int
+    levels: str = DEFAULT_MAP_LEVELS
+    overlay_alpha: float = 0.5
+
+
+def attention_preview(model, clip, vae, s: PreviewSettings):
+    """(images, overlays, maps, tokens): ``s.prompt`` sampled by ComfyUI with the chosen tokens'
+    cross-attention captured, folded into one map per token at ``s.levels``."""
     import comfy.sample
     import comfy.utils
 
     token_dict, wanted, layout, denoiser = _mapped_and_denoiser(
-        model, clip, vae, prompt, negative, tokens, cfg, batch_size
+        model, clip, vae, s.prompt, s.negative, s.tokens, s.cfg, s.batch_size
     )
     positive = clip.encode_from_tokens_scheduled(token_dict)
-    negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(negative))
+    negative_cond = clip.encode_from_tokens_scheduled(clip.tokenize(s.negative))
     factor = denoiser.vae_scale_factor
-    latent = torch.zeros([batch_size, denoiser.latent_channels, height // factor, width // factor])
-    noise = comfy.sample.prepare_noise(latent, seed)
+    latent = torch.zeros([s.batch_size, denoiser.latent_channels, s.height // factor, s.width // factor])
+    noise = comfy.sample.prepare_noise(latent, s.seed)
     router = PreviewRouter(layout.slots[:1])
     end_if_cancelled()
-    progress = comfy.utils.ProgressBar(steps)
+    progress = comfy.utils.ProgressBar(s.steps)
 
     def on_step(step, _denoised, _x, total):
         # Cancel ends the sampling after the step in flight (the progress hook checks it on
@@ -90,20 +115,20 @@ def attention_preview(
         samples = comfy.sample.sample(
             denoiser.working_model,
             noise,
-            steps,
-            cfg,
-            sampler_name,
-            scheduler,
+            s.steps,
+            s.cfg,
+            s.sampler_name,
+            s.scheduler,
             positive,
             negative_cond,
             latent,
-            seed=seed,
+            seed=s.seed,
             callback=on_step,
         )
     end_if_cancelled()
     images = vae.decode(samples)  # (B, H, W, 3)
-    maps = captured_maps(router, layout, levels, tuple(latent.shape[-2:]))
-    overlays, masks = overlays_and_masks(images, maps, alpha)
+    maps = captured_maps(router, layout, s.levels, tuple(latent.shape[-2:]))
+    overlays, masks = overlays_and_masks(images, maps, s.overlay_alpha)
     return images, overlays.movedim(1, -1), masks, ", ".join(wanted)
 
 
@@ -165,61 +190,31 @@ def overlays_and_masks(images, maps, alpha: float):
     return overlays, masks
 
 
+_input = Inputs(PREVIEW_TOOLTIPS)
+
+
 def _preview_inputs() -> list:
     """Attention Preview's inputs: model, prompt, tokens to map, ComfyUI's sampler settings, levels."""
     import comfy.samplers  # ComfyUI's sampler lists, read when the server lists the nodes
 
     return [
-        io.Model.Input(
-            "model", tooltip="The model (with TextLoc adapters applied, or any model; Flux / SD3: words are mapped)."
-        ),
-        io.Clip.Input(
-            "clip", tooltip="The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens)."
-        ),
-        io.Vae.Input("vae", tooltip="Decodes the samples."),
-        io.String.Input(
-            "prompt",
-            default="photo of a <doll1> doll",
-            multiline=True,
-            tooltip="Prompt to sample; may use adapter tokens.",
-        ),
-        io.String.Input(
-            "negative", default="", multiline=True, tooltip="Negative prompt (Flux at CFG 1 samples without it)."
-        ),
-        io.String.Input(
-            "tokens",
-            default="",
-            tooltip="Comma-separated tokens or words to map (empty: every adapter token in the prompt).",
-        ),
-        seed_input("Noise seed.", maximum=0xFFFFFFFFFFFFFFFF),
-        io.Int.Input("steps", default=20, min=1, max=1000, tooltip="Sampling steps."),
-        io.Float.Input(
-            "cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale."
-        ),
+        _input(io.Model, "model"),
+        _input(io.Clip, "clip"),
+        _input(io.Vae, "vae"),
+        _input(io.String, "prompt", default="photo of a <doll1> doll", multiline=True),
+        _input(io.String, "negative", default="", multiline=True),
+        _input(io.String, "tokens", default=""),
+        _input.seed(maximum=0xFFFFFFFFFFFFFFFF),
+        _input(io.Int, "steps", default=20, min=1, max=1000),
+        _input(io.Float, "cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
         # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
-        io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler", tooltip="Sampler."),
-        io.Combo.Input(
-            "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal", tooltip="Noise schedule."
-        ),
-        io.Int.Input("width", default=512, min=16, max=4096, step=8, tooltip="Image width in pixels."),
-        io.Int.Input("height", default=512, min=16, max=4096, step=8, tooltip="Image height in pixels."),
-        io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Images per run."),
-        io.Combo.Input(
-            "levels",
-            options=list(NAMED_MAP_LEVELS),
-            default=DEFAULT_MAP_LEVELS,
-            optional=True,
-            tooltip="Attention resolutions averaged into the map (paper: all but the finest).",
-        ),
-        io.Float.Input(
-            "overlay_alpha",
-            default=0.5,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            optional=True,
-            tooltip="Opacity of the heat map over the image.",
-        ),
+        _input(io.Combo, "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
+        _input(io.Combo, "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
+        _input(io.Int, "width", default=512, min=16, max=4096, step=8),
+        _input(io.Int, "height", default=512, min=16, max=4096, step=8),
+        _input(io.Int, "batch_size", default=1, min=1, max=64),
+        _input(io.Combo, "levels", options=list(NAMED_MAP_LEVELS), default=DEFAULT_MAP_LEVELS, optional=True),
+        _input(io.Float, "overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True),
     ]
 
 
@@ -242,43 +237,7 @@ class AttentionPreview(io.ComfyNode):
         )
 
     @classmethod
-    def execute(
-        cls,
-        model,
-        clip,
-        vae,
-        prompt,
-        negative,
-        tokens,
-        seed,
-        steps,
-        cfg,
-        sampler_name,
-        scheduler,
-        width,
-        height,
-        batch_size,
-        levels="all_but_finest",
-        overlay_alpha=0.5,
-    ) -> io.NodeOutput:
-        require_finite(cfg=cfg, overlay_alpha=overlay_alpha)
-        return io.NodeOutput(
-            *attention_preview(
-                model,
-                clip,
-                vae,
-                prompt,
-                negative,
-                tokens,
-                seed,
-                steps,
-                cfg,
-                sampler_name,
-                scheduler,
-                width,
-                height,
-                batch_size,
-                levels,
-                overlay_alpha,
-            )
-        )
+    def execute(cls, model, clip, vae, **widgets) -> io.NodeOutput:
+        settings = PreviewSettings(**widgets)
+        require_finite(cfg=settings.cfg, overlay_alpha=settings.overlay_alpha)
+        return io.NodeOutput(*attention_preview(model, clip, vae, settings))

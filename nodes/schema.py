@@ -30,9 +30,22 @@ def named(kind: type[io.ComfyTypeIO], name: str) -> io.Output:
     return kind.Output(f"{name}_out", display_name=name)
 
 
-def seed_input(tooltip: str, maximum: int = SEED_MAX) -> io.Int.Input:
-    """The ``seed`` widget (the frontend adds its "control after generate" by the name)."""
-    return io.Int.Input("seed", default=0, min=0, max=maximum, tooltip=tooltip)
+class Inputs:
+    """A node's inputs built from its table of tooltips (input name -> the text the UI shows):
+    each input is one call with ComfyUI's own options, and none can lack its tooltip (a name
+    missing from the table fails when the server lists the nodes)."""
+
+    def __init__(self, tooltips: dict[str, str]):
+        self.tooltips = tooltips
+
+    def __call__(self, kind: type[io.ComfyTypeIO], name: str, **options):
+        """``kind.Input(name, **options)`` (``kind``: ``io.Int``, ``io.Model``, ``CONCEPTS``...)
+        with the table's tooltip for ``name``."""
+        return kind.Input(name, tooltip=self.tooltips[name], **options)
+
+    def seed(self, maximum: int = SEED_MAX) -> io.Int.Input:
+        """The ``seed`` widget (the frontend adds its "control after generate" by the name)."""
+        return self(io.Int, "seed", default=0, min=0, max=maximum)
 
 
 def require_finite(**values: float) -> None:
@@ -43,7 +56,13 @@ def require_finite(**values: float) -> None:
             raise ValueError(f"{name}: {value} is not a finite number; enter a number such as the widget's default")
 
 
-def pack_schema(node_id: str, display_name: str, description: str, *, category: str = CATEGORY, **fields) -> io.Schema:
-    """A textloc node's ``io.Schema``: id, menu name and description, in the pack's category unless
-    given; ``fields`` are the rest (inputs, outputs, is_output_node, hidden)."""
+TINYWORLD_NODE_PREFIX = "TextLocTinyWorld"
+"""The node ids of TinyWorld's nodes, which sit in the ``TINYWORLD_CATEGORY`` submenu."""
+
+
+def pack_schema(node_id: str, display_name: str, description: str, **fields) -> io.Schema:
+    """A textloc node's ``io.Schema``: id, menu name and description, in the pack's category (the
+    TinyWorld submenu for ids starting ``TINYWORLD_NODE_PREFIX``); ``fields`` are the rest
+    (inputs, outputs, is_output_node, hidden)."""
+    category = TINYWORLD_CATEGORY if node_id.startswith(TINYWORLD_NODE_PREFIX) else CATEGORY
     return io.Schema(node_id=node_id, display_name=display_name, category=category, description=description, **fields)

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from ..textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from ..textloc_core.tinyworld import world
 from . import tinyworld_models
-from .schema import CONCEPTS, TINYWORLD_CATEGORY, named, pack_schema, seed_input
+from .schema import CONCEPTS, Inputs, named, pack_schema
 
 TINYWORLD_LOADER_DESCRIPTION = "Load the tiny TinyWorld diffusion model (64x64 px, SD1 architecture in miniature)."
 TINYWORLD_CONCEPT_SET_DESCRIPTION = (
@@ -22,9 +22,26 @@ TINYWORLD_CONCEPT_SET_DESCRIPTION = (
 )
 
 
-def held_out_input(tooltip: str) -> io.Combo.Input:
-    """The ``concept`` combo: TinyWorld's held-out concepts."""
-    return io.Combo.Input("concept", options=[c.name for c in world.HELD_OUT], tooltip=tooltip)
+def held_out_input(inputs: Inputs) -> io.Combo.Input:
+    """The ``concept`` combo of a node's ``inputs``: TinyWorld's held-out concepts."""
+    return inputs(io.Combo, "concept", options=[c.name for c in world.HELD_OUT])
+
+
+LOADER_TOOLTIPS = {
+    "seed": "Seed of the random weights used only when the TinyWorld weights are not installed.",
+    "use_shipped_weights": "Use textloc_core/tinyworld/weights when present; off: always random weights (tests).",
+}
+"""What each TinyWorld Loader input does, as its tooltip in the UI says."""
+_loader_input = Inputs(LOADER_TOOLTIPS)
+CONCEPT_SET_TOOLTIPS = {
+    "concept": "Held-out concept to teach (never shown in pretraining).",
+    "token": "New identifier word for the concept in prompts.",
+    "images": "How many photos to render (the paper uses 5).",
+    "seed": "Seed of the scene layout.",
+    "include_companion": "Also learn the companion object as a second concept (token <name>).",
+}
+"""What each TinyWorld Concept Set input does, as its tooltip in the UI says."""
+_set_input = Inputs(CONCEPT_SET_TOOLTIPS)
 
 
 class TinyWorldLoader(io.ComfyNode):
@@ -36,16 +53,8 @@ class TinyWorldLoader(io.ComfyNode):
             "TextLocTinyWorldLoader",
             "TextLoc TinyWorld Loader",
             TINYWORLD_LOADER_DESCRIPTION,
-            category=TINYWORLD_CATEGORY,
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
-            inputs=[
-                seed_input("Seed of the random weights used only when the TinyWorld weights are not installed."),
-                io.Boolean.Input(
-                    "use_shipped_weights",
-                    default=True,
-                    tooltip="Use textloc_core/tinyworld/weights when present; off: always random weights (tests).",
-                ),
-            ],
+            inputs=[_loader_input.seed(), _loader_input(io.Boolean, "use_shipped_weights", default=True)],
         )
 
     @classmethod
@@ -65,7 +74,6 @@ class TinyWorldConceptSet(io.ComfyNode):
             "TextLocTinyWorldConceptSet",
             "TextLoc TinyWorld Concept Set",
             TINYWORLD_CONCEPT_SET_DESCRIPTION,
-            category=TINYWORLD_CATEGORY,
             outputs=[
                 named(CONCEPTS, "concepts"),
                 named(io.Image, "images"),
@@ -74,17 +82,11 @@ class TinyWorldConceptSet(io.ComfyNode):
                 named(io.String, "class_word"),
             ],
             inputs=[
-                held_out_input("Held-out concept to teach (never shown in pretraining)."),
-                io.String.Input("token", default="<tw1>", tooltip="New identifier word for the concept in prompts."),
-                io.Int.Input(
-                    "images", default=5, min=1, max=64, tooltip="How many photos to render (the paper uses 5)."
-                ),
-                seed_input("Seed of the scene layout."),
-                io.Boolean.Input(
-                    "include_companion",
-                    default=False,
-                    tooltip="Also learn the companion object as a second concept (token <name>).",
-                ),
+                held_out_input(_set_input),
+                _set_input(io.String, "token", default="<tw1>"),
+                _set_input(io.Int, "images", default=5, min=1, max=64),
+                _set_input.seed(),
+                _set_input(io.Boolean, "include_companion", default=False),
             ],
         )
 

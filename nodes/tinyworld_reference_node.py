@@ -11,12 +11,21 @@ import torch
 from comfy_api.latest import io
 
 from ..textloc_core.tinyworld import BACKGROUNDS, render_scene, world
-from .schema import TINYWORLD_CATEGORY, named, pack_schema, seed_input
+from .schema import Inputs, named, pack_schema
 from .tinyworld_nodes import held_out_input
 
 TINYWORLD_REFERENCES_DESCRIPTION = (
     "Render a held-out TinyWorld concept alone (reference images for TextLoc Score Images)."
 )
+
+
+REFERENCES_TOOLTIPS = {
+    "concept": "Held-out concept to render.",
+    "images": "How many renders.",
+    "seed": "Seed of the object placement.",
+}
+"""What each TinyWorld References input does, as its tooltip in the UI says."""
+_input = Inputs(REFERENCES_TOOLTIPS)
 
 
 class TinyWorldReferences(io.ComfyNode):
@@ -28,13 +37,8 @@ class TinyWorldReferences(io.ComfyNode):
             "TextLocTinyWorldReferences",
             "TextLoc TinyWorld References",
             TINYWORLD_REFERENCES_DESCRIPTION,
-            category=TINYWORLD_CATEGORY,
             outputs=[named(io.Image, "images"), named(io.Mask, "masks")],
-            inputs=[
-                held_out_input("Held-out concept to render."),
-                io.Int.Input("images", default=8, min=1, max=256, tooltip="How many renders."),
-                seed_input("Seed of the object placement."),
-            ],
+            inputs=[held_out_input(_input), _input(io.Int, "images", default=8, min=1, max=256), _input.seed()],
         )
 
     @classmethod

@@ -21,7 +21,7 @@ import logging
 
 from comfy_api.latest import io, ui
 
-from ..textloc_core.data.validation import validate_concept_set
+from ..textloc_core.data.validation import CheckedConceptSet, validate_concept_set
 from ..textloc_core.training import loop
 from ..textloc_core.training.config import (
     ATTENTION_WEIGHT_MODES,
@@ -31,23 +31,50 @@ from ..textloc_core.training.config import (
     TrainConfig,
 )
 from ..textloc_core.training.result import make_adapter
+from ..textloc_core.training.setup import size_multiple
 from . import disk_budget, paths
-from .comfy_backend import base_fingerprint_and_weights, training_session
+from .comfy_backend import base_fingerprint_and_weights, training_denoiser, training_session
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
 from .comfy_internals import dit_layout, model_parts
 from .comfy_tokens import IdentifierPlacer
-from .schema import ADAPTER, CONCEPTS, named, pack_schema, require_finite, seed_input
+from .schema import ADAPTER, CONCEPTS, Inputs, named, pack_schema, require_finite
 from .stock_files import check_replace, plan_files, write_files
+
+log = logging.getLogger("textloc")
+#: training sides above this many times the model's native size need allow_large_resolution
+LARGE_RESOLUTION_FACTOR = 2
 
 TRAIN_DESCRIPTION = (
     "Textual Localization training: learns one token per concept plus the cross-attention K/V weights, "
     "guiding each token's attention map with its mask. Writes models/textloc/<name>.safetensors, a stock "
     "LoRA (models/loras/textloc) and stock embeddings (models/embeddings/textloc)."
 )
-
-log = logging.getLogger("textloc")
-#: training sides above this many times the model's native size need allow_large_resolution
-LARGE_RESOLUTION_FACTOR = 2
+TRAIN_TOOLTIPS = {
+    "model": "The base diffusion model from any loader: SD1.x, SD2.x, SDXL, or Flux.1 / SD3 / SD3.5 (Load Diffusion Model, its fp8 weight_dtype included, or a checkpoint).",
+    "clip": "Its text encoder. Flux: DualCLIPLoader with clip_l + t5xxl; SD3 / SD3.5: TripleCLIPLoader (clip_l, clip_g, t5xxl). With Flux and SD3 a token also gets a vector in T5's output.",
+    "vae": "Its VAE (encodes the training photos).",
+    "concepts": "Photos with masks, from TextLoc Concept From Mask / Concept Folder.",
+    "guidance": "hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion.",
+    "steps": "Optimiser steps (paper: 400 for one concept, 800 for two).",
+    "learning_rate": "Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5).",
+    "batch": "Training photos per step (and as many prior images).",
+    "prior_images": "Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off.",
+    "seed": "Seed of batches, timesteps and noise (the same seed gives the same adapter).",
+    "checkpoint_every": "Write a resumable checkpoint every N steps (and when cancelled).",
+    "adapter_name": "File name of the adapter (letters, digits, - _ .); also names the checkpoint folder.",
+    "resolution": "Training side in pixels; 0 keeps the photos' size.",
+    "attention_weight": "Weight of the attention loss when attention_weight_mode is fixed (paper: 1).",
+    "resume": "Continue from this adapter name's latest checkpoint when one exists (same settings).",
+    "allow_large_resolution": f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training.",
+    "overwrite": "Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may.",
+    "attention_weight_mode": f"calibrated (default): before the first step the attention loss's weight is set so that its gradient is attention_fraction x the denoising loss's, averaged over the first {TrainConfig.calibration_batches} batches; the same fraction suits any model and resolution, and attention_weight is unused. fixed: the attention loss is weighted by attention_weight (the paper's 1, which on TinyWorld lowered fidelity). The report shows the weight used.",
+    "attention_fraction": "With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth).",
+    "gradient_checkpointing": "Recompute the UNet's (or Flux / SD3 blocks') activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL, Flux or SD3.5 at 1024 px on a 24 GB card.",
+    "mixed_precision": "Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
+    "optimizer": "adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
+    "unmasked_weight": "Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
+}
+"""What each Train input does, as its tooltip in the UI says."""
 
 
 def native_resolution(model) -> int:
@@ -128,158 +155,40 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
-MODEL_TOOLTIP = (
-    "The base diffusion model from any loader: SD1.x, SD2.x, SDXL, or Flux.1 / SD3 / SD3.5 (Load Diffusion "
-    "Model, its fp8 weight_dtype included, or a checkpoint)."
-)
-CLIP_TOOLTIP = (
-    "Its text encoder. Flux: DualCLIPLoader with clip_l + t5xxl; SD3 / SD3.5: TripleCLIPLoader (clip_l, clip_g, "
-    "t5xxl). With Flux and SD3 a token also gets a vector in T5's output."
-)
+_input = Inputs(TRAIN_TOOLTIPS)
 
 
-def _model_inputs() -> list:
-    """The model to train and what it learns: MODEL, CLIP, VAE and the concept set."""
+def _train_inputs() -> list:
+    """Train's inputs, in the order saved workflows store their widgets: the model and concept
+    set; what the run is; optional: training side, fixed attention weight, resuming, large sides
+    and replacing files; how the attention weight is set, the masked loss, memory options."""
     return [
-        io.Model.Input("model", tooltip=MODEL_TOOLTIP),
-        io.Clip.Input("clip", tooltip=CLIP_TOOLTIP),
-        io.Vae.Input("vae", tooltip="Its VAE (encodes the training photos)."),
-        CONCEPTS.Input("concepts", tooltip="Photos with masks, from TextLoc Concept From Mask / Concept Folder."),
-    ]
-
-
-def _run_inputs() -> list:
-    """What the run is: guidance, steps, learning rate, batch, prior, seed, checkpoints and the name."""
-    return [
-        io.Combo.Input(
-            "guidance",
-            options=list(GUIDANCE_METHODS),
-            default="hard",
-            tooltip="hard: pull each token's attention onto its mask; soft: only suppress it outside the mask; none: plain Custom Diffusion.",
+        _input(io.Model, "model"),
+        _input(io.Clip, "clip"),
+        _input(io.Vae, "vae"),
+        _input(CONCEPTS, "concepts"),
+        _input(io.Combo, "guidance", options=list(GUIDANCE_METHODS), default="hard"),
+        _input(io.Int, "steps", default=400, min=1, max=100000),
+        _input(io.Float, "learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False),
+        _input(io.Int, "batch", default=2, min=1, max=16),
+        _input(io.Int, "prior_images", default=0, min=0, max=1000),
+        _input.seed(),
+        _input(io.Int, "checkpoint_every", default=50, min=1, max=100000),
+        _input(io.String, "adapter_name", default="textloc_adapter"),
+        _input(io.Int, "resolution", default=0, min=0, max=2048, step=8, optional=True),
+        _input(io.Float, "attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True),
+        _input(io.Boolean, "resume", default=True, optional=True),
+        _input(io.Boolean, "allow_large_resolution", default=False, optional=True),
+        _input(io.Boolean, "overwrite", default=False, optional=True),
+        _input(
+            io.Combo, "attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="calibrated", optional=True
         ),
-        io.Int.Input(
-            "steps",
-            default=400,
-            min=1,
-            max=100000,
-            tooltip="Optimiser steps (paper: 400 for one concept, 800 for two).",
-        ),
-        io.Float.Input(
-            "learning_rate",
-            default=1e-5,
-            min=1e-7,
-            max=1e-2,
-            step=1e-6,
-            round=False,
-            tooltip="Base learning rate, scaled by the batch size as in the paper (1e-5 x 2 = 2e-5).",
-        ),
-        io.Int.Input("batch", default=2, min=1, max=16, tooltip="Training photos per step (and as many prior images)."),
-        io.Int.Input(
-            "prior_images",
-            default=0,
-            min=0,
-            max=1000,
-            tooltip="Class images the base model generates once (cached) for prior preservation; paper: 200. 0 turns prior preservation off.",
-        ),
-        seed_input("Seed of batches, timesteps and noise (the same seed gives the same adapter)."),
-        io.Int.Input(
-            "checkpoint_every",
-            default=50,
-            min=1,
-            max=100000,
-            tooltip="Write a resumable checkpoint every N steps (and when cancelled).",
-        ),
-        io.String.Input(
-            "adapter_name",
-            default="textloc_adapter",
-            tooltip="File name of the adapter (letters, digits, - _ .); also names the checkpoint folder.",
-        ),
-    ]
-
-
-def _file_inputs() -> list:
-    """Optional: training side, fixed attention weight, resuming, large sides and replacing files."""
-    return [
-        io.Int.Input(
-            "resolution",
-            default=0,
-            min=0,
-            max=2048,
-            step=8,
-            optional=True,
-            tooltip="Training side in pixels; 0 keeps the photos' size.",
-        ),
-        io.Float.Input(
-            "attention_weight",
-            default=1.0,
-            min=0.0,
-            max=100.0,
-            step=0.1,
-            optional=True,
-            tooltip="Weight of the attention loss when attention_weight_mode is fixed (paper: 1).",
-        ),
-        io.Boolean.Input(
-            "resume",
-            default=True,
-            optional=True,
-            tooltip="Continue from this adapter name's latest checkpoint when one exists (same settings).",
-        ),
-        io.Boolean.Input(
-            "allow_large_resolution",
-            default=False,
-            optional=True,
-            tooltip=f"Train at more than {LARGE_RESOLUTION_FACTOR}x the model's native size (TinyWorld 64 px, SD1.x 512 px, SDXL 1024 px); off: such a resolution is refused before training.",
-        ),
-        io.Boolean.Input(
-            "overwrite",
-            default=False,
-            optional=True,
-            tooltip="Replace an existing adapter of this name trained on other photos, concepts, settings or base model (and its LoRA and embeddings). Off: refused; continuing the same training always may.",
-        ),
-    ]
-
-
-def _loss_and_memory_inputs() -> list:
-    """Optional: how the attention weight is set, the masked loss, and the memory options."""
-    return [
-        io.Combo.Input(
-            "attention_weight_mode",
-            options=list(ATTENTION_WEIGHT_MODES),
-            default="calibrated",
-            optional=True,
-            tooltip=f"calibrated (default): before the first step the attention loss's weight is set so that its gradient is attention_fraction x the denoising loss's, averaged over the first {TrainConfig.calibration_batches} batches; the same fraction suits any model and resolution, and attention_weight is unused. fixed: the attention loss is weighted by attention_weight (the paper's 1, which on TinyWorld lowered fidelity). The report shows the weight used.",
-        ),
-        io.Float.Input(
-            "attention_fraction",
-            default=1.0,
-            min=0.001,
-            max=10.0,
-            step=0.01,
-            round=False,
-            optional=True,
-            tooltip="With attention_weight_mode calibrated: the attention gradient as a fraction of the denoising gradient at the start (1: as large; 0.1: a tenth).",
-        ),
-        io.Boolean.Input(
-            "gradient_checkpointing",
-            default=False,
-            optional=True,
-            tooltip="Recompute the UNet's (or Flux / SD3 blocks') activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL, Flux or SD3.5 at 1024 px on a 24 GB card.",
-        ),
-        io.Combo.Input(
-            "mixed_precision",
-            options=list(MIXED_PRECISIONS),
-            default="auto",
-            optional=True,
-            tooltip="Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
-        ),
-        io.Combo.Input(
-            "optimizer",
-            options=list(OPTIMIZERS),
-            default="adamw",
-            optional=True,
-            tooltip="adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
-        ),
-        io.Float.Input(
+        _input(io.Float, "attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True),
+        _input(io.Boolean, "gradient_checkpointing", default=False, optional=True),
+        _input(io.Combo, "mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True),
+        _input(io.Combo, "optimizer", options=list(OPTIMIZERS), default="adamw", optional=True),
+        _input(
+            io.Float,
             "unmasked_weight",
             default=TrainConfig.unmasked_weight,
             min=0.0,
@@ -287,7 +196,6 @@ def _loss_and_memory_inputs() -> list:
             step=0.05,
             round=False,
             optional=True,
-            tooltip="Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
         ),
     ]
 
@@ -304,7 +212,7 @@ class TextLocTrain(io.ComfyNode):
             outputs=[named(ADAPTER, "adapter"), named(io.String, "report")],
             is_output_node=True,
             hidden=[io.Hidden.unique_id],
-            inputs=[*_model_inputs(), *_run_inputs(), *_file_inputs(), *_loss_and_memory_inputs()],
+            inputs=_train_inputs(),
         )
 
     @classmethod
@@ -322,10 +230,10 @@ class TextLocTrain(io.ComfyNode):
     ) -> io.NodeOutput:
         config = config_from_widgets(widgets)
         name = paths.check_adapter_name(adapter_name.strip())
-        check_inputs(model, clip, concepts, config, allow_large_resolution)
+        checked = check_inputs(model, clip, vae, concepts, config, allow_large_resolution)
         files, checkpoints = plan_outputs(name, model, concepts, config, resume, overwrite)
         progress = TrainProgress(cls.hidden.unique_id, config)
-        result, adapter, encoder_sizes = run_training(model, clip, vae, concepts, config, checkpoints, resume, progress)
+        result, adapter, encoder_sizes = run_training(model, clip, vae, checked, config, checkpoints, resume, progress)
         if result.stopped_early:
             _report_cancel(progress.node_id, name, checkpoints, result.steps_done, config.steps)
             end_prompt_cancelled()
@@ -343,12 +251,17 @@ def config_from_widgets(widgets: dict) -> TrainConfig:
     return TrainConfig.from_widgets(**widgets)
 
 
-def check_inputs(model, clip, concepts, config: TrainConfig, allow_large_resolution: bool) -> None:
-    """Every check of the inputs that needs no model loaded, before any work: the concept set
-    (with the CLIP tokenizer's vocabulary check) and the training side."""
+def check_inputs(model, clip, vae, concepts, config: TrainConfig, allow_large_resolution: bool) -> CheckedConceptSet:
+    """Every check of the inputs that needs no model loaded, before any work: the model kind,
+    the concept set (with the CLIP tokenizer's vocabulary check and the model's side rule; the
+    trainer takes the checked set and does not check it again) and the training side."""
+    rule = size_multiple(training_denoiser(model, vae))
     placer = IdentifierPlacer.for_clip(clip)
-    validate_concept_set(concepts, vocabulary_check=placer.check_new_token, resolution=config.resolution)
+    checked = validate_concept_set(
+        concepts, vocabulary_check=placer.check_new_token, resolution=config.resolution, size_multiple=rule
+    )
     check_resolution(model, concepts, config.resolution or 0, allow_large_resolution)
+    return checked
 
 
 def plan_outputs(name: str, model, concepts, config: TrainConfig, resume: bool, overwrite: bool):
@@ -392,16 +305,16 @@ class TrainProgress:
             self.bar.update_absolute(report.step, report.total, ("JPEG", loss_curve(self.history), 256))
 
 
-def run_training(model, clip, vae, concepts, config: TrainConfig, checkpoints, resume: bool, progress: TrainProgress):
-    """(result, adapter, encoder sizes) of ``loop.train`` on ComfyUI's objects; memory is
-    handed back to ComfyUI however it ends."""
+def run_training(model, clip, vae, checked, config: TrainConfig, checkpoints, resume: bool, progress: TrainProgress):
+    """(result, adapter, encoder sizes) of ``loop.train`` on ComfyUI's objects and the
+    ``CheckedConceptSet`` of ``check_inputs``; memory is handed back to ComfyUI however it ends."""
     import comfy.model_management as mm
 
     try:
         with training_session(model, clip, vae) as bundle:
             result = loop.train(
                 bundle,
-                concepts,
+                checked,
                 config,
                 checkpoint_dir=checkpoints,
                 resume=resume,
@@ -409,7 +322,7 @@ def run_training(model, clip, vae, concepts, config: TrainConfig, checkpoints, r
                 should_stop=stop_requested,
                 prior_cache_dir=paths.prior_cache_dir(),
             )
-            return result, make_adapter(result, concepts, bundle), bundle.text.encoder_sizes
+            return result, make_adapter(result, checked.concept_set, bundle), bundle.text.encoder_sizes
     except loop.TrainingDiverged as exc:
         raise ValueError(f"{exc} Checkpoints: {checkpoints}") from None
     finally:

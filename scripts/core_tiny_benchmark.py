@@ -1,6 +1,6 @@
 """Step time and peak memory of a tiny CPU training run (the numbers in the core's report).
 
-    python scripts/core_tiny_benchmark.py hard 20     # method, steps; run once per method
+    python scripts/core_tiny_benchmark.py hard 20     # guidance, steps; run once per guidance
 
 Uses the tests' tiny random SD-shaped model, two concepts, 3 images of 16 px, instance
 batch 2 + prior batch 2, one CPU thread. Peak memory is the process's peak RSS
@@ -26,7 +26,7 @@ from textloc_core.training.config import TrainConfig  # noqa: E402
 from textloc_core.training.loop import train  # noqa: E402
 
 
-def main(method: str = "hard", steps: int = 20) -> None:
+def main(guidance: str = "hard", steps: int = 20) -> None:
     torch.set_num_threads(1)
     bundle = bundle_from_diffusers(**build_tiny_pipeline_parts())
     masks = [torch.zeros(16, 16) for _ in range(2)]
@@ -37,7 +37,7 @@ def main(method: str = "hard", steps: int = 20) -> None:
         [ConceptImage(torch.rand(3, 16, 16), {"doll": masks[0], "bucket": masks[1]}) for _ in range(3)],
     )
     config = TrainConfig(
-        guidance=method,
+        guidance=guidance,
         steps=steps,
         prior_images=4,
         prior_sampling_steps=2,
@@ -59,7 +59,7 @@ def main(method: str = "hard", steps: int = 20) -> None:
     cpu_steps = [b - a for a, b in zip(cpu[1:], cpu[2:])]  # from step 2 on (step 1 includes setup)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"method={method} steps={steps} median_step_ms={statistics.median(seconds) * 1000:.1f} "
+        f"guidance={guidance} steps={steps} median_step_ms={statistics.median(seconds) * 1000:.1f} "
         f"median_step_cpu_ms={statistics.median(cpu_steps) * 1000:.1f} "
         f"total_s={total:.2f} peak_rss_mib={rss_after:.0f} added_by_training_mib={rss_after - rss_before:.0f}"
     )

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from .adapters.adapter import load_adapter, save_adapter
 from .adapters.composition import applied
-from .backends.cancel import Cancelled
 from .backends.diffusers_backend import load_model
 from .data.readers import read_concepts
 from .evaluation.localization import map_mask_error
 from .sampling.generation import Generation, generate
+from .stop import Cancelled
 from .training.config import TrainConfig
 from .training.loop import train
 from .training.result import StepReport, TrainResult, make_adapter

@@ -3,7 +3,7 @@ harness or the benchmarks.
 
 The role packages, lowest first (README, Architecture):
 
-    data <- attention <- backends <- adapters <- sampling <- training <- tinyworld <- evaluation <- api
+    stop <- data <- attention <- backends <- adapters <- sampling <- training <- tinyworld <- evaluation <- api
 
 A module may import from its own package and from any package below it, never from one above.
 Every import counts, also the ones inside functions and under ``TYPE_CHECKING``: a lazy import
@@ -17,7 +17,7 @@ import ast
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "textloc_core"
-LAYERS = ["data", "attention", "backends", "adapters", "sampling", "training", "tinyworld", "evaluation", "api"]
+LAYERS = ["stop", "data", "attention", "backends", "adapters", "sampling", "training", "tinyworld", "evaluation", "api"]
 FOREIGN = (
     "comfy",
     "comfy_api",
@@ -104,6 +104,9 @@ def test_the_check_sees_upward_imports_lazy_or_not():
         "textloc_core.evaluation.metrics (evaluation)",
     ]
     assert not _upward("textloc_core.evaluation.fake", CORE / "evaluation" / "fake.py", source)
+    # stop is the lowest: every package may import it, and it imports none of them
+    assert not _upward("textloc_core.data.fake", fake, "from ..stop import check_stop\n")
+    assert _upward("textloc_core.stop", CORE / "stop.py", "from .data import masks\n")
 
 
 def test_the_core_never_imports_comfyui_the_nodes_the_harness_or_the_benchmarks():

@@ -282,6 +282,25 @@ def test_an_fp8_base_trains_on_the_cpu(pack):
     assert all(float(d.abs().sum()) > 0 for d in result.kv_deltas.values())
 
 
+def _settings(prompt, negative, tokens, steps, cfg, width, height, batch_size):
+    """Attention Preview's widgets by name (seed 0, ComfyUI's euler sampler, simple schedule)."""
+    from textloc_pack.nodes.preview_node import PreviewSettings
+
+    return PreviewSettings(
+        prompt=prompt,
+        negative=negative,
+        tokens=tokens,
+        seed=0,
+        steps=steps,
+        cfg=cfg,
+        sampler_name="euler",
+        scheduler="simple",
+        width=width,
+        height=height,
+        batch_size=batch_size,
+    )
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attention_preview_maps_a_word_while_comfyui_samples(pack, models, family):
     """ComfyUI's own sampler (Flux at CFG 1, SD3 with a negative prompt) with the word's maps
@@ -292,24 +311,11 @@ def test_attention_preview_maps_a_word_while_comfyui_samples(pack, models, famil
     cfg, negative = (1.0, "") if family == "flux" else (3.0, "blurry")
     with torch.inference_mode():
         images, overlays, masks, mapped = preview_node.attention_preview(
-            model,
-            clip,
-            vae,
-            "a photo of a star and a dog",
-            negative,
-            "star, dog",
-            0,
-            2,
-            cfg,
-            "euler",
-            "simple",
-            64,
-            48,
-            2,
+            model, clip, vae, _settings("a photo of a star and a dog", negative, "star, dog", 2, cfg, 64, 48, 2)
         )
     assert mapped == "star, dog" and images.shape == (2, 48, 64, 3) and overlays.shape == (4, 48, 64, 3)
     assert masks.shape == (4, 48, 64) and torch.isfinite(masks).all()
     assert all(float(m.max()) == 1.0 and float(m.min()) == 0.0 for m in masks)  # min-max normalised maps
     assert not torch.equal(masks[0], masks[1])  # the two words look at different places
     with pytest.raises(ValueError, match="do not occur in the prompt"), torch.inference_mode():
-        preview_node.attention_preview(model, clip, vae, "a photo", "", "star", 0, 1, cfg, "euler", "simple", 64, 64, 1)
+        preview_node.attention_preview(model, clip, vae, _settings("a photo", "", "star", 1, cfg, 64, 64, 1))

@@ -237,8 +237,21 @@ def test_non_finite_widget_values_are_refused_naming_the_input(pack, tiny):
     with pytest.raises(ValueError, match="strength: nan is not a finite number"):
         ApplyAdapter.execute(model, clip, "tinyworld_pair.safetensors", float("nan"))
     with pytest.raises(ValueError, match="cfg: inf is not a finite number"):
-        AttentionPreview.execute(
-            model, clip, vae, "a star", "", "star", 0, 1, float("inf"), "euler", "normal", 64, 64, 1
+        AttentionPreview.execute(  # ComfyUI passes every widget by name
+            model,
+            clip,
+            vae,
+            prompt="a star",
+            negative="",
+            tokens="star",
+            seed=0,
+            steps=1,
+            cfg=float("inf"),
+            sampler_name="euler",
+            scheduler="normal",
+            width=64,
+            height=64,
+            batch_size=1,
         )
 
 
@@ -258,3 +271,33 @@ def test_multi_piece_class_words_start_from_the_mean_of_their_pieces(pack, tiny)
         assert torch.allclose(start, torch.cat(parts)[None])
         with pytest.raises(ValueError, match=r"^concept 'x' class_word: ' ' has no vocabulary pieces"):
             text.initial_embedding(" ", what="concept 'x' class_word")
+
+
+def test_concept_folder_cancel_stops_its_reader_and_ends_the_prompt(pack, tmp_path, monkeypatch):
+    """Cancel while Concept Folder reads: the core's reader polls ``stop_requested`` before each
+    photo and stops with the core's ``Cancelled``; comfy_cancel ends the prompt as ComfyUI's
+    interrupt, with the flag cleared so the next prompt runs."""
+    import comfy.model_management as mm
+    import numpy as np
+    from PIL import Image
+    from textloc_pack.nodes.concept_nodes import ConceptFolder
+    from textloc_pack.nodes.read_access import READ_ROOTS_ENV
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "thing").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:8, :8] = 255
+        Image.fromarray(mask).save(root / "masks" / "thing" / f"{i}.png")
+    monkeypatch.setenv(READ_ROOTS_ENV, str(tmp_path))
+    concept_set, _preview = ConceptFolder.execute(str(root), 16).result
+    assert len(concept_set.images) == 3
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            ConceptFolder.execute(str(root), 16)
+        assert not mm.processing_interrupted()
+    finally:
+        mm.interrupt_current_processing(False)

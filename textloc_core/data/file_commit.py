@@ -24,7 +24,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .safe_io import TEMP_MARKER, _fsync_dir, atomic_write_text, is_temp_name
+from .safe_io import TEMP_MARKER, atomic_write_text, fsync_dir, is_temp_name
 
 JOURNAL_VERSION = 1
 
@@ -52,7 +52,7 @@ def commit_files(staged: dict[Path, Path], journal: Path) -> None:
     try:
         for final, temporary, _old in entries:
             os.replace(temporary, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
     except BaseException:
         _write_journal(journal, "rollback", entries)
         _roll_back(entries)
@@ -73,7 +73,7 @@ def _backup(final: Path) -> Path | None:
         os.link(final, backup)
     except OSError:
         shutil.copy2(final, backup)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return backup
 
 
@@ -141,7 +141,7 @@ def _roll_back(entries) -> None:
         elif not temporary.exists():
             final.unlink(missing_ok=True)
         temporary.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
 
 def _finish(entries, journal: Path) -> None:
@@ -149,4 +149,4 @@ def _finish(entries, journal: Path) -> None:
         if backup is not None:
             backup.unlink(missing_ok=True)
     journal.unlink(missing_ok=True)
-    _fsync_dir(journal.parent)
+    fsync_dir(journal.parent)

@@ -6,10 +6,11 @@ and overrides. The layouts themselves are in ``readers``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..stop import StopCheck, check_stop
 from .concepts import Concept, ConceptImage
 from .imaging import IMAGE_SUFFIXES, fit_pair, open_picture, picture_size, picture_to_image, pixel_limit, reduce_factor
 from .masks import to_binary_mask
@@ -116,22 +117,21 @@ class PixelBudget:
 @dataclass(frozen=True)
 class PhotoReader:
     """How one dataset is read: its folder (for error messages), the mask/resize options, the
-    set's pixel budget, and ``cancel_check`` (called before each photo; it raises to stop, as
-    the host's own Cancel does)."""
+    set's pixel budget, and the host's ``should_stop``, polled before each photo
+    (``stop.check_stop``: a stop raises ``stop.Cancelled``)."""
 
     root: Path
     invert_masks: bool = False
     mask_channel: str = "auto"
     resolution: int | None = None
     center_crop: bool = True
-    cancel_check: Callable[[], None] | None = None
+    should_stop: StopCheck | None = None
     budget: PixelBudget = field(default_factory=PixelBudget)
 
     def load(self, index: int, image_path: Path, mask_paths: Mapping[str, Path]) -> ConceptImage:
         """Read one photo and its masks; resize them together when ``resolution`` is given.
         Sizes are read from the file headers and checked against the limits before decoding."""
-        if self.cancel_check is not None:
-            self.cancel_check()
+        check_stop(self.should_stop, f"before reading photo {index}")
         limit = pixel_limit(self.resolution)
         shown_image = shown_path(image_path, self.root)
         width, height = picture_size(image_path, shown_image, limit)

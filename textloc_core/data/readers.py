@@ -60,8 +60,9 @@ MANIFEST_NAMES = ("textloc.json", "textloc.yaml", "textloc.yml", "manifest.json"
 def read_concepts(path: str | os.PathLike, **options) -> ConceptSet:
     """Read a concept set from a manifest file or a folder in any layout this module knows.
 
-    ``options`` go to the chosen reader (``resolution``, ``center_crop``, ``tokens``,
-    ``cancel_check``: called before each photo, raising to stop, ...). Every layout refuses
+    ``options`` go to the chosen reader: ``tokens`` and ``class_words`` name the concepts, the
+    rest say how each photo is read (``layout.PhotoReader``: ``resolution``, ``center_crop``,
+    ``should_stop``, polled before each photo, ``stop.Cancelled`` when it says stop). Every layout refuses
     more than ``layout.MAX_IMAGES`` photos and ``layout.MAX_CONCEPTS`` concepts before reading
     one, and each file over ``imaging.pixel_limit(resolution)`` pixels from its header.
     """
@@ -99,14 +100,12 @@ def read_folder(
     concepts: list[Concept] | None = None,
     tokens: Mapping[str, str] | None = None,
     class_words: Mapping[str, str] | None = None,
-    invert_masks: bool = False,
-    mask_channel: str = "auto",
-    resolution: int | None = None,
-    center_crop: bool = True,
-    cancel_check=None,
+    **reading,
 ) -> ConceptSet:
     """Read ``images/`` + ``masks/<concept>/`` (same file stems). ``concepts`` may define the
-    concepts fully (one per ``masks/`` subfolder); otherwise defaults apply (module doc)."""
+    concepts fully (one per ``masks/`` subfolder); otherwise defaults apply (module doc).
+    ``reading``: how each photo is read, ``layout.PhotoReader``'s options (``invert_masks``,
+    ``mask_channel``, ``resolution``, ``center_crop``, ``should_stop``)."""
     root = Path(folder)
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
@@ -131,7 +130,7 @@ def read_folder(
             )
         names = defined  # keep the caller's order
     ordered = make_concepts(names, tokens, class_words, str(root), {c.name: c for c in concepts or []})
-    reading = PhotoReader(root, invert_masks, mask_channel, resolution, center_crop, cancel_check)
+    reader = PhotoReader(root, **reading)
     masks_of: dict[str, dict[str, Path]] = {stem: {} for stem in images}
     for name in names:
         for stem, path in image_listing(masks_dir / name, root, confine=root).items():
@@ -147,7 +146,7 @@ def read_folder(
                 f"image {index} ({shown_path(image_path, root)}) has no mask in any of masks/{{{','.join(names)}}}/: "
                 f"add masks/<concept>/{stem}.png or remove the photo"
             )
-        items.append(reading.load(index, image_path, masks_of[stem]))
+        items.append(reader.load(index, image_path, masks_of[stem]))
     return ConceptSet(concepts=ordered, images=items)
 
 
@@ -264,12 +263,11 @@ def read_manifest(
     *,
     tokens: Mapping[str, str] | None = None,
     class_words: Mapping[str, str] | None = None,
-    resolution: int | None = None,
-    center_crop: bool = True,
-    cancel_check=None,
+    **reading,
 ) -> ConceptSet:
     """Read a JSON/YAML manifest (schema in the module doc); paths are relative to its folder.
-    ``tokens`` / ``class_words`` (concept name -> value) override what the manifest says."""
+    ``tokens`` / ``class_words`` (concept name -> value) override what the manifest says;
+    ``reading``: ``layout.PhotoReader``'s options but the masks' two, which the manifest sets."""
     path = Path(manifest)
     root = path.parent
     data = _load_manifest_data(path)
@@ -291,7 +289,7 @@ def read_manifest(
         raise ValueError(f"manifest {path.name}: 'images' must be a non-empty list of {{file, masks}}")
     check_count(len(data["images"]), MAX_IMAGES, "images", f"manifest {path.name}")
     known = {c.name for c in concepts}
-    reading = PhotoReader(root, invert, channel, resolution, center_crop, cancel_check)
+    reader = PhotoReader(root, invert, channel, **reading)
     items = []
     for index, entry in enumerate(data["images"]):
         what = f"manifest images[{index}]"
@@ -310,7 +308,7 @@ def read_manifest(
                     "add it to concepts or fix the name"
                 )
             mask_paths[name] = safe_relative_path(root, mask_file, f"{what}.masks.{name}")
-        items.append(reading.load(index, image_path, mask_paths))
+        items.append(reader.load(index, image_path, mask_paths))
     return ConceptSet(concepts=concepts, images=items)
 
 
@@ -368,15 +366,14 @@ def read_paper_folder(
     *,
     tokens: Mapping[str, str] | None = None,
     class_words: Mapping[str, str] | None = None,
-    resolution: int | None = None,
-    center_crop: bool = True,
-    cancel_check=None,
+    **reading,
 ) -> ConceptSet:
     """Read one folder of the paper's layout: ``<a>+<b>/`` (``resized/``, ``mask_1/``, ``mask_2/``,
     ... one mask folder per ``+`` part) or ``<name>/`` (``resized/``, ``mask/``).
 
     Concepts are named after the folder parts. Every photo must have every mask (the
-    published data is complete; a gap means a broken copy).
+    published data is complete; a gap means a broken copy). ``reading``: ``layout.PhotoReader``'s
+    options (``resolution``, ``center_crop``, ``should_stop``).
     """
     root = Path(folder)
     if not (root / "resized").is_dir():
@@ -411,9 +408,9 @@ def read_paper_folder(
                 f"{root.name}: {len(photos)} photos but {len(masks)} masks of {name!r}: {detail}; "
                 "every photo needs one mask per concept with the same file name"
             )
-    reading = PhotoReader(base, resolution=resolution, center_crop=center_crop, cancel_check=cancel_check)
+    reader = PhotoReader(base, **reading)
     items = [
-        reading.load(index, path, {name: listings[name][stem] for name in names})
+        reader.load(index, path, {name: listings[name][stem] for name in names})
         for index, (stem, path) in enumerate(photos.items())
     ]
     return ConceptSet(concepts=concepts, images=items)

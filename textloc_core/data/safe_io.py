@@ -108,8 +108,10 @@ def is_temp_name(name: str) -> bool:
     return TEMP_MARKER in name
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself must reach the disk, or a crash can bring back the old name.
+def fsync_dir(directory: Path) -> None:
+    """Flush a folder's entries to disk after a rename, create or remove in it (where the
+    platform allows), so the new name survives a crash: without it a crash can bring back the
+    old name. Every writer of this package that renames uses it."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. Windows cannot open folders
@@ -141,7 +143,7 @@ def commit_temp(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -2,7 +2,9 @@
 
 ``validate_concept_set`` collects all problems and raises one ``ConceptSetError`` (a
 ValueError) listing them, each naming the input (concept, image index, file) and the fix.
-It never changes the set. Token checks that need the text encoder's vocabulary ("already
+It never changes the set. What passes comes back as a ``CheckedConceptSet``, which training
+takes in place of the set and does not check again when it was checked for the same side and
+model rule (a host such as the Train node checks before loading the model, once). Token checks that need the text encoder's vocabulary ("already
 a word", "splits into several pieces") are passed in as ``vocabulary_check`` by whoever
 holds the tokenizer, so this module stays free of models.
 """
@@ -10,6 +12,7 @@ holds the tokenizer, so this module stays free of models.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -43,6 +46,24 @@ class ConceptSetError(ValueError):
         super().__init__(header + ":\n- " + "\n- ".join(shown) + more)
 
 
+@dataclass(frozen=True)
+class CheckedConceptSet:
+    """A concept set ``validate_concept_set`` passed, with the rules it passed under."""
+
+    concept_set: ConceptSet
+    resolution: int | None
+    size_multiple: int | None
+    center_crop: bool
+    vocabulary_checked: bool
+
+    def covers(self, resolution: int | None, size_multiple: int) -> bool:
+        """It was checked as a training at ``resolution`` on a model of rule ``size_multiple``
+        needs: the same side and rule, centre-cropped (as training fits photos), with the text
+        encoder's vocabulary check."""
+        same_rules = self.resolution == resolution and self.size_multiple == size_multiple
+        return same_rules and self.center_crop and self.vocabulary_checked
+
+
 def validate_concept_set(
     cs: ConceptSet,
     *,
@@ -50,8 +71,9 @@ def validate_concept_set(
     resolution: int | None = None,
     center_crop: bool = True,
     size_multiple: int | None = None,
-) -> None:
-    """Raise ``ConceptSetError`` when ``cs`` cannot be trained on as given.
+) -> CheckedConceptSet:
+    """Raise ``ConceptSetError`` when ``cs`` cannot be trained on as given; else ``cs`` as a
+    ``CheckedConceptSet`` that records what it was checked for.
 
     ``vocabulary_check(token)`` should raise ValueError when the text encoder already knows
     ``token`` or cannot make it one new token; its message is reported with the concept.
@@ -67,6 +89,7 @@ def validate_concept_set(
     problems += _image_problems(cs, resolution, center_crop, size_multiple)
     if problems:
         raise ConceptSetError(problems)
+    return CheckedConceptSet(cs, resolution, size_multiple, center_crop, vocabulary_check is not None)
 
 
 def _concept_problems(cs: ConceptSet, vocabulary_check) -> list[str]:

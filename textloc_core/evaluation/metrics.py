@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..attention.maps import normalize_maps
-from ..backends.cancel import check_stop
 from ..data.masks import mask_to_grid
+from ..stop import check_stop
 from .features import FeatureModel, Float64Features, ImageFeatureExtractor, check_images
 
 # --------------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def kid(
     ``FeatureModel`` whose image tower is used. ``subset_size`` 5 as the paper (few references);
     both sets need at least that many images. Subsets are drawn from a generator seeded with
     ``seed`` so the number is reproducible. ``should_stop`` is polled before every chunk of
-    ``KID_CHUNK`` images and before the subset statistics (``backends.cancel.Cancelled``).
+    ``KID_CHUNK`` images and before the subset statistics (``stop.Cancelled``).
     """
     from torchmetrics.image.kid import KernelInceptionDistance
 

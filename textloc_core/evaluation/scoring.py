@@ -17,8 +17,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..backends.cancel import check_stop
 from ..data.concepts import ConceptSet
+from ..stop import check_stop
 from . import features, metrics
 
 SCORE_CHUNK = 16
@@ -69,7 +69,7 @@ def image_scores(
 
     ``kid_feature`` defaults to ``feature_model``'s image tower. KID is ``nan`` when either
     set has fewer than ``kid_subset_size`` images. ``should_stop`` is polled before every
-    chunk of images or prompts, in every phase (KID's too; ``backends.cancel.Cancelled``).
+    chunk of images or prompts, in every phase (KID's too; ``stop.Cancelled``).
     """
     generated = _chunked(feature_model.encode_image, images, "generated image", should_stop)
     reference = _chunked(feature_model.encode_image, references, "reference image", should_stop)

@@ -16,7 +16,7 @@ import torch
 
 from ..attention.cross_attention import AttentionRouter, CapturedMap
 from ..backends.base import DenoiserBackend
-from ..backends.cancel import check_stop
+from ..stop import check_stop
 
 TRAIN_TIMESTEPS = 1000
 
@@ -144,7 +144,7 @@ def ddim_sample(
     their (B, P) pooled embeddings for UNets that take them (SDXL). The
     UNet sees one batch [uncond; cond]. With ``router``, its ``token_slots`` must be set for
     that doubled batch; after each step ``on_maps(step, captured)`` gets the captured maps
-    and the router is cleared. ``should_stop`` is polled before every step (``backends.cancel.Cancelled``).
+    and the router is cleared. ``should_stop`` is polled before every step (``stop.Cancelled``).
     """
     use_cfg = uncond is not None and guidance_scale != 1.0
     context = torch.cat([uncond, cond]) if use_cfg else cond

@@ -152,7 +152,7 @@ def save_checkpoint(
     try:
         _write_step_files(work, step, tensors, optimizer_state, config_json, extra)
         _put_in_place(work, final)
-        safe_io._fsync_dir(directory)
+        safe_io.fsync_dir(directory)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

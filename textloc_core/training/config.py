@@ -214,8 +214,8 @@ class TrainConfig:
     def to_json(self) -> str:
         data = asdict(self)
         if data["attention_weight_mode"] == "fixed":
-            # the fraction changes nothing then; leaving the three out keeps a fixed run's JSON as it
-            # was before calibration existed, so its older checkpoints and adapters still match
+            # the fraction changes nothing then; a JSON without the three reads as a fixed run
+            # (from_dict), as every run written before calibration existed does
             del data["attention_weight_mode"], data["attention_fraction"], data["calibration_batches"]
         return json.dumps(data, sort_keys=True)
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from ..backends.base import ModelBundle
-from ..backends.cancel import Cancelled, check_stop
 from ..data.concepts import ConceptSet
+from ..data.validation import CheckedConceptSet
+from ..stop import Cancelled, check_stop
 from . import checkpoint
 from .config import TrainConfig
 from .result import StepReport, TrainResult
@@ -36,7 +37,7 @@ __all__ = ["StepReport", "TrainResult", "TrainingDiverged", "train"]
 
 def train(
     bundle: ModelBundle,
-    concept_set: ConceptSet,
+    concept_set: ConceptSet | CheckedConceptSet,
     config: TrainConfig,
     *,
     checkpoint_dir: Path | None = None,
@@ -47,9 +48,12 @@ def train(
 ) -> TrainResult:
     """Train ``concept_set``'s tokens and the attn2 K/V deltas of ``bundle``; see the module doc.
 
+    ``concept_set`` is checked first (``setup.checked_for_run``), unless it comes as the
+    ``CheckedConceptSet`` of ``validate_concept_set`` for this run's side and model rule.
+
     The base model is left bit-identical (hooks removed, requires_grad restored). Works
     when called under ``torch.inference_mode`` (ComfyUI does). ``should_stop`` is polled
-    before every step and inside every long phase; a stop (``backends.cancel.Cancelled``, from
+    before every step and inside every long phase; a stop (``stop.Cancelled``, from
     the poll or raised by the backend) returns the partial result with ``stopped_early=True``.
     With ``checkpoint_dir`` a checkpoint is written every ``config.checkpoint_every`` steps
     and at the end; ``resume=True`` continues from the latest one there.

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..backends.base import ModelBundle
-from ..backends.cancel import Cancelled, check_stop
 from ..data.safe_io import load_tensors, save_tensors
 from ..sampling.schedule import ddim_sample, guided_conditioning
+from ..stop import Cancelled, check_stop
 from .config import TrainConfig
 
 _MEMORY: dict[str, torch.Tensor] = {}

@@ -14,6 +14,7 @@ from PIL import Image
 
 from textloc_core.data import imaging, layout
 from textloc_core.data.readers import read_folder, read_manifest
+from textloc_core.stop import Cancelled
 
 
 def _folder(root, photos: dict[str, np.ndarray], concept: str = "thing"):
@@ -97,20 +98,19 @@ def test_the_same_small_file_listed_many_times_at_a_large_resolution_hits_the_se
 
 
 def test_cancel_is_checked_before_each_photo(tmp_path):
+    """The readers poll the host's ``should_stop`` before each photo and stop with the core's
+    one stop, ``Cancelled``, naming the photo they had reached."""
     root = _folder(tmp_path / "set", {str(i): np.full((16, 16, 3), 20 * i, np.uint8) for i in range(5)})
     calls = []
 
-    class Stop(Exception):
-        pass
-
-    def cancel_check():
+    def should_stop():
         calls.append(1)
-        if len(calls) == 3:
-            raise Stop
+        return len(calls) == 3
 
-    with pytest.raises(Stop):
-        read_folder(root, resolution=16, cancel_check=cancel_check)
+    with pytest.raises(Cancelled, match="before reading photo 2"):
+        read_folder(root, resolution=16, should_stop=should_stop)
     assert len(calls) == 3
+    assert len(read_folder(root, resolution=16, should_stop=lambda: False).images) == 5
 
 
 def test_pillow_errors_name_the_file_relative_to_the_set(tmp_path):

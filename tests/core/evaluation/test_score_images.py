@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_evaluation import MeanColour  # mean colour vs colour words: scores known by hand
 
-from textloc_core.backends.cancel import Cancelled
 from textloc_core.evaluation import scoring
+from textloc_core.stop import Cancelled
 
 
 def _solid(colour, n):

@@ -10,10 +10,10 @@ import torch
 from test_trainer import _config
 
 from textloc_core.adapters import formats
-from textloc_core.backends.cancel import Cancelled
 from textloc_core.data import safe_io
 from textloc_core.data.validation import ConceptSetError, validate_concept_set
 from textloc_core.sampling.schedule import ddim_sample
+from textloc_core.stop import Cancelled
 from textloc_core.training import loop, prior, setup
 from textloc_core.training.loop import train
 
@@ -93,7 +93,7 @@ def test_same_or_more_steps_still_resume(tiny_bundle, two_concepts, tmp_path):
 
 
 def test_one_side_rule_named_in_validation(tiny_bundle, two_concepts):
-    multiple = setup.size_multiple(tiny_bundle)
+    multiple = setup.size_multiple(tiny_bundle.denoiser)
     assert multiple == tiny_bundle.denoiser.vae_scale_factor * 2 ** sum(
         1 for m in tiny_bundle.denoiser.unet.modules() if type(m).__name__ in ("Downsample2D", "Downsample")
     )
@@ -113,6 +113,28 @@ def test_one_side_rule_named_in_validation(tiny_bundle, two_concepts):
         ConceptSetError, match=rf"image 0 is {side}x{side}: photo sides must be a positive multiple of {multiple}"
     ):
         train(tiny_bundle, two_concepts, _config(steps=1))
+
+
+def test_a_set_checked_for_the_run_is_not_checked_again(tiny_bundle, two_concepts, monkeypatch):
+    """A host that checks the set before loading the model (the Train node) passes the
+    ``CheckedConceptSet`` on, and training does not check it a second time; a set checked for
+    another side, or without the vocabulary check, is checked again."""
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("resolution"))
+        return validate_concept_set(*args, **kwargs)
+
+    monkeypatch.setattr(setup, "validate_concept_set", counted)
+    rule = setup.size_multiple(tiny_bundle.denoiser)
+    checked = validate_concept_set(two_concepts, vocabulary_check=tiny_bundle.text.check_token, size_multiple=rule)
+    assert train(tiny_bundle, checked, _config(steps=1)).steps_done == 1
+    assert calls == []
+    train(tiny_bundle, two_concepts, _config(steps=1))
+    unchecked_words = validate_concept_set(two_concepts, size_multiple=rule)
+    train(tiny_bundle, unchecked_words, _config(steps=1))
+    train(tiny_bundle, checked, _config(steps=1, resolution=rule))
+    assert calls == [None, None, rule]
 
 
 def test_pickle_named_safetensors_is_called_a_pickle(tmp_path):

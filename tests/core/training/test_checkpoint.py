@@ -163,6 +163,25 @@ def test_a_checkpoint_written_before_a_setting_existed_reads_as_what_it_ran(tmp_
     )
 
 
+def test_a_checkpoint_saved_under_former_setting_names_resumes(tmp_path):
+    """A run saved before the settings took the Train widgets' names (``method``,
+    ``lambda_attn``, ``prior_images_per_class``, ``use_8bit_adam``) is the same run today; a
+    former name with another value is named as today's setting."""
+    now = TrainConfig(steps=10, guidance="soft", attention_weight=0.5, prior_images=3, attention_weight_mode="fixed")
+    older = json.loads(now.to_json())
+    for former, field in (
+        ("method", "guidance"),
+        ("lambda_attn", "attention_weight"),
+        ("prior_images_per_class", "prior_images"),
+    ):
+        older[former] = older.pop(field)
+    older["use_8bit_adam"] = older.pop("optimizer") == "adamw_8bit"
+    ck.save_checkpoint(tmp_path, 10, {"w": torch.zeros(4)}, {}, json.dumps(older))
+    assert ck.load_latest_checkpoint(tmp_path, now.to_json()).step == 10
+    with pytest.raises(ValueError, match=r"guidance: 'soft' in the checkpoint, 'hard' now"):
+        ck.load_latest_checkpoint(tmp_path, TrainConfig(steps=10, attention_weight=0.5, prior_images=3).to_json())
+
+
 def test_unpicklable_state_is_refused_not_pickled(tmp_path):
     with pytest.raises(TypeError, match="cannot be saved without pickle"):
         ck.save_checkpoint(tmp_path, 1, {}, {"fn": object()}, CONFIG)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from textloc_core.attention.cross_attention import KVDeltaInjector, find_cross_attention
-from textloc_core.backends.cancel import Cancelled
 from textloc_core.evaluation.localization import map_mask_error
+from textloc_core.stop import Cancelled
 from textloc_core.training.config import TrainConfig
 from textloc_core.training.loop import TrainingDiverged, train
 

@@ -1,13 +1,13 @@
 """What a stop is: the one exception a host's Cancel becomes, and the one check that raises it.
 
-Every long phase (VAE encoding, prior generation, calibration, training steps, sampling,
-scoring) calls ``check_stop`` with the host's ``should_stop``; a backend whose host stops
+Every long phase (reading photos, VAE encoding, prior generation, calibration, training
+steps, sampling, scoring) calls ``check_stop`` with the host's ``should_stop``; a backend whose host stops
 from inside a model call (ComfyUI checks its Cancel flag in every layer) raises
 ``Cancelled`` itself. Only ``training.loop`` turns a ``Cancelled`` into a stopped run (the
 steps done are kept); everywhere else it propagates to the caller.
 
-It sits with the backend protocols, not with training, because the backends and the sampler,
-which are below training in the import order, raise it too.
+It is the lowest module of the core (below ``data``): the concept readers poll it per photo,
+and the backends and the sampler, below training in the import order, raise it too.
 """
 
 from __future__ import annotations
