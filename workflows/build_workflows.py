@@ -561,12 +561,16 @@ WORKFLOWS = (train_multi_concept, generate_with_adapter, tinyworld_demo, tinywor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR", str(Path.home() / "ComfyUI")))
+    parser.add_argument(
+        "--out", type=Path, default=HERE, help="folder to write into (default: this one; a test compares the two)"
+    )
     options = parser.parse_args()
     classes = _load_classes(Path(options.comfyui))
+    (options.out / "api").mkdir(parents=True, exist_ok=True)
     for build in WORKFLOWS:
         graph = build()
-        (HERE / f"{graph.name}.json").write_text(json.dumps(to_ui(graph, classes), indent=1) + "\n")
-        (HERE / "api" / f"{graph.name}_api.json").write_text(json.dumps(to_api(graph, classes), indent=1) + "\n")
+        (options.out / f"{graph.name}.json").write_text(json.dumps(to_ui(graph, classes), indent=1) + "\n")
+        (options.out / "api" / f"{graph.name}_api.json").write_text(json.dumps(to_api(graph, classes), indent=1) + "\n")
         print("wrote", graph.name)
 
 
