@@ -1,7 +1,7 @@
 """Stock files of diffusion-transformer adapters (Flux, SD3.5): the K/V deltas of a block become
 one ``diff`` on ComfyUI's fused text ``qkv`` weight with zero Q rows, UNet keys stay as they
 were, and the embedding file leaves out the T5 slice, which only the adapter file can hold.
-(That ComfyUI's own loaders read them as intended: tests/integration/test_dit_stock_files.py.)
+(That ComfyUI's own loaders read them as intended: tests/integration/test_dit_stock_round_trip.py.)
 """
 
 from __future__ import annotations
