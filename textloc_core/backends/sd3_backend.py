@@ -89,21 +89,12 @@ class SD3Denoiser(JointBlockDenoiser):
 
 
 def bundle_from_sd3(
-    *,
-    transformer: nn.Module,
-    vae: nn.Module,
-    text_encoder: nn.Module,
-    tokenizer: Any,
-    text_encoder_2: nn.Module,
-    tokenizer_2: Any,
-    text_encoder_3: nn.Module,
-    tokenizer_3: Any,
-    max_sequence_length: int = 256,
+    *, transformer: nn.Module, vae: nn.Module, max_sequence_length: int = 256, **text_components: Any
 ) -> ModelBundle:
-    """A ``ModelBundle`` from StableDiffusion3Pipeline's components (CLIP-L, CLIP-G, T5 in its
-    order), in eval mode."""
+    """A ``ModelBundle`` from StableDiffusion3Pipeline's components (keyword arguments by its
+    names), in eval mode. ``text_components`` are its three tokenizers and text encoders
+    (``tokenizer`` / ``text_encoder`` CLIP-L, ``_2`` CLIP-G, ``_3`` T5), as ``SD3Text`` takes them."""
+    text = SD3Text(**text_components, max_length=max_sequence_length)
     return joint_bundle(
-        SD3Denoiser(transformer, vae),
-        SD3Text(tokenizer, text_encoder, tokenizer_2, text_encoder_2, tokenizer_3, text_encoder_3, max_sequence_length),
-        (text_encoder, text_encoder_2, text_encoder_3),
+        SD3Denoiser(transformer, vae), text, (text.clip_l_encoder, text.clip_g_encoder, text.t5_encoder)
     )
