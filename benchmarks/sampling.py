@@ -17,13 +17,12 @@ class SamplingSettings(Protocol):
     guidance_scale: float
 
 
-def generate_scored(bundle, prompt: str, adapter, settings: SamplingSettings, seed: int, **options: Any):
-    """``api.generate`` of ``prompt`` with ``adapter`` under ``settings``; ``options`` are the
-    rest of ``api.generate``'s arguments (``size``, ``maps_for``...)."""
+def generate_scored(bundle, prompt: str, settings: SamplingSettings, seed: int, **options: Any):
+    """``api.generate`` of ``prompt`` under ``settings``; ``options`` are the rest of
+    ``api.generate``'s arguments (``adapters``, ``size``, ``maps_for``...)."""
     return api.generate(
         bundle,
         prompt,
-        adapters=[adapter],
         num_images=settings.images_per_prompt,
         steps=settings.sample_steps,
         guidance_scale=settings.guidance_scale,

@@ -125,7 +125,9 @@ def run_entry(
     prompts = readers.paper_prompts(dataset, which, ordered)[: s.n_prompts]
     images, all_prompts = [], []
     for k, prompt in enumerate(prompts):
-        gen = generate_scored(bundle, prompt, result, s, seed=s.seed * 1000 + k, size=(s.resolution, s.resolution))
+        gen = generate_scored(
+            bundle, prompt, s, s.seed * 1000 + k, adapters=[result], size=(s.resolution, s.resolution)
+        )
         images.append(gen.images)
         all_prompts += [prompt] * s.images_per_prompt
     images = torch.cat(images)
