@@ -211,6 +211,20 @@ def _with_t5(base: dict, seed: int, t5_width: int, t5_slot: str) -> dict:
     return parts
 
 
+def _tiny_transformer(transformer_class: type, blocks: int, text_width: int, pooled_width: int, **config):
+    """A diffusers DiT ``transformer_class`` of ``blocks`` blocks with 2 attention heads of 8,
+    reading a ``text_width``-wide text sequence and a ``pooled_width``-wide pooled vector;
+    ``config`` is the rest of its config."""
+    return transformer_class(
+        num_layers=blocks,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=text_width,
+        pooled_projection_dim=pooled_width,
+        **config,
+    )
+
+
 def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     """FluxPipeline-named parts of a Flux-architecture model for unit tests: a
     ``FluxTransformer2DModel`` with ``double_blocks`` double-stream and 1 single-stream blocks
@@ -220,15 +234,14 @@ def build_tiny_flux_parts(seed: int = 0, double_blocks: int = 2) -> dict:
     from diffusers import FluxTransformer2DModel
 
     parts = _with_t5(build_tiny_pipeline_parts(seed), seed + 2, 32, "_2")
-    parts["transformer"] = FluxTransformer2DModel(
+    parts["transformer"] = _tiny_transformer(
+        FluxTransformer2DModel,
+        double_blocks,
+        32,
+        32,
         patch_size=1,
         in_channels=16,
-        num_layers=double_blocks,
         num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
         guidance_embeds=True,
         axes_dims_rope=(2, 2, 4),
     )
@@ -243,19 +256,16 @@ def build_tiny_sd3_parts(seed: int = 0, joint_blocks: int = 3) -> dict:
     from diffusers import SD3Transformer2DModel
 
     parts = _with_t5(build_tiny_sdxl_parts(seed), seed + 3, 96, "_3")
-    parts["transformer"] = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=joint_blocks,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=96,
+    # the image side: 16 x 16 latents of 4 channels, read in 2 x 2 patches
+    image = dict(sample_size=16, pos_embed_max_size=16, patch_size=2, in_channels=4, out_channels=4)
+    parts["transformer"] = _tiny_transformer(
+        SD3Transformer2DModel,
+        joint_blocks,
+        96,
+        32 + 48,
         caption_projection_dim=16,
-        pooled_projection_dim=32 + 48,
-        pos_embed_max_size=16,
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
+        **image,
     )
     return parts

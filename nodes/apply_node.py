@@ -22,7 +22,7 @@ from ..textloc_core.adapters.formats import comfy_unet_patch
 from . import paths
 from .comfy_dit_apply import dit_family, model_fingerprint_and_weights, with_dit_identifiers
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
-from .schema import ADAPTER, Inputs, pack_schema, require_finite
+from .schema import ADAPTER, NodeText, require_finite
 
 APPLY_ADAPTER_DESCRIPTION = "Load a TextLoc adapter onto MODEL and CLIP; prompts can then use its tokens (e.g. 'a <doll1> doll'). Chain nodes to use several adapters."
 APPLY_TOOLTIPS = {
@@ -34,6 +34,7 @@ APPLY_TOOLTIPS = {
     "ignore_base_mismatch": "Apply even if the adapter was trained on other base weights of the same architecture.",
 }
 """What each Apply Adapter input does, as its tooltip in the UI says."""
+APPLY_NODE = NodeText("TextLocApplyAdapter", "TextLoc Apply Adapter", APPLY_ADAPTER_DESCRIPTION, APPLY_TOOLTIPS)
 
 NONE = "(none)"
 
@@ -67,27 +68,21 @@ def apply_adapter(
     return new_model, new_clip
 
 
-_input = Inputs(APPLY_TOOLTIPS)
-
-
 class ApplyAdapter(io.ComfyNode):
     """Apply a TextLoc adapter (from TextLoc Train or from a file) to MODEL and CLIP."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocApplyAdapter",
-            "TextLoc Apply Adapter",
-            APPLY_ADAPTER_DESCRIPTION,
+        return APPLY_NODE.schema(
             outputs=[io.Model.Output(), io.Clip.Output()],
             inputs=[
-                _input(io.Model, "model"),
-                _input(io.Clip, "clip"),
+                APPLY_NODE.input(io.Model, "model"),
+                APPLY_NODE.input(io.Clip, "clip"),
                 # listed when the server lists the nodes, so a newly trained adapter shows after a refresh
-                _input(io.Combo, "adapter_file", options=[NONE] + paths.list_adapters()),
-                _input(io.Float, "strength", default=1.0, min=-10.0, max=10.0, step=0.01),
-                _input(ADAPTER, "adapter", optional=True),
-                _input(io.Boolean, "ignore_base_mismatch", default=False, optional=True),
+                APPLY_NODE.input(io.Combo, "adapter_file", options=[NONE] + paths.list_adapters()),
+                APPLY_NODE.input(io.Float, "strength", default=1.0, min=-10.0, max=10.0, step=0.01),
+                APPLY_NODE.input(ADAPTER, "adapter", optional=True),
+                APPLY_NODE.input(io.Boolean, "ignore_base_mismatch", default=False, optional=True),
             ],
         )
 

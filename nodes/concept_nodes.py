@@ -19,7 +19,7 @@ from ..textloc_core.data.validation import validate_concept_set
 from .comfy_cancel import prompt_ends_on_stop, stop_requested
 from .paths import check_length
 from .read_access import READ_ROOTS_ENV, check_readable, readable_path
-from .schema import CONCEPTS, Inputs, named, pack_schema
+from .schema import CONCEPTS, NodeText, named
 
 CONCEPT_FROM_MASK_DESCRIPTION = (
     "Define a concept to learn from photos and masks; chain several to learn concepts that appear together."
@@ -38,6 +38,9 @@ CONCEPT_FROM_MASK_TOOLTIPS = {
     "concepts": "Concepts defined so far; this concept is added (masks merge when the photos are the same).",
 }
 """What each Concept From Mask input does, as its tooltip in the UI says."""
+FROM_MASK_NODE = NodeText(
+    "TextLocConceptFromMask", "TextLoc Concept From Mask", CONCEPT_FROM_MASK_DESCRIPTION, CONCEPT_FROM_MASK_TOOLTIPS
+)
 CONCEPT_FOLDER_TOOLTIPS = {
     "folder": "Folder path relative to ComfyUI's input folder (absolute paths only inside folders the server owner lists in TEXTLOC_READ_ROOTS), or paper:<pair> for the paper dataset (e.g. paper:bucket+doll).",
     "resolution": "Training side in pixels (photos are resized and centre-cropped); 0 keeps their own size.",
@@ -45,6 +48,9 @@ CONCEPT_FOLDER_TOOLTIPS = {
     "class_words": "Class words per concept, e.g. 'cat_figurine=figurine' (default: the name).",
 }
 """What each Concept Folder input does, as its tooltip in the UI says."""
+FOLDER_NODE = NodeText(
+    "TextLocConceptFolder", "TextLoc Concept Folder", CONCEPT_FOLDER_DESCRIPTION, CONCEPT_FOLDER_TOOLTIPS
+)
 
 
 def concepts_from_mask(
@@ -70,28 +76,22 @@ def concepts_from_mask(
     return result
 
 
-_mask_input = Inputs(CONCEPT_FROM_MASK_TOOLTIPS)
-
-
 class ConceptFromMask(io.ComfyNode):
     """IMAGE + MASK (from LoadImage's alpha or the mask editor) -> one concept."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocConceptFromMask",
-            "TextLoc Concept From Mask",
-            CONCEPT_FROM_MASK_DESCRIPTION,
+        return FROM_MASK_NODE.schema(
             outputs=[named(CONCEPTS, "concepts")],
             inputs=[
-                _mask_input(io.Image, "images"),
-                _mask_input(io.Mask, "masks"),
-                _mask_input(io.String, "name", default="doll"),
-                _mask_input(io.String, "token", default="<doll1>"),
-                _mask_input(io.String, "class_word", default="doll"),
-                _mask_input(io.String, "init_word", default="", optional=True),
-                _mask_input(io.Boolean, "invert_mask", default=False, optional=True),
-                _mask_input(CONCEPTS, "concepts", optional=True),
+                FROM_MASK_NODE.input(io.Image, "images"),
+                FROM_MASK_NODE.input(io.Mask, "masks"),
+                FROM_MASK_NODE.input(io.String, "name", default="doll"),
+                FROM_MASK_NODE.input(io.String, "token", default="<doll1>"),
+                FROM_MASK_NODE.input(io.String, "class_word", default="doll"),
+                FROM_MASK_NODE.input(io.String, "init_word", default="", optional=True),
+                FROM_MASK_NODE.input(io.Boolean, "invert_mask", default=False, optional=True),
+                FROM_MASK_NODE.input(CONCEPTS, "concepts", optional=True),
             ],
         )
 
@@ -169,24 +169,18 @@ def read_concept_folder(path: Path, shown: str, **options) -> ConceptSet:
         ) from None
 
 
-_folder_input = Inputs(CONCEPT_FOLDER_TOOLTIPS)
-
-
 class ConceptFolder(io.ComfyNode):
     """A folder of photos and masks (images/ + masks/<concept>/, a manifest, or the paper's layout)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocConceptFolder",
-            "TextLoc Concept Folder",
-            CONCEPT_FOLDER_DESCRIPTION,
+        return FOLDER_NODE.schema(
             outputs=[named(CONCEPTS, "concepts"), named(io.Image, "images")],
             inputs=[
-                _folder_input(io.String, "folder", default="paper:bucket+doll"),
-                _folder_input(io.Int, "resolution", default=512, min=0, max=2048, step=8),
-                _folder_input(io.String, "tokens", default="", optional=True),
-                _folder_input(io.String, "class_words", default="", optional=True),
+                FOLDER_NODE.input(io.String, "folder", default="paper:bucket+doll"),
+                FOLDER_NODE.input(io.Int, "resolution", default=512, min=0, max=2048, step=8),
+                FOLDER_NODE.input(io.String, "tokens", default="", optional=True),
+                FOLDER_NODE.input(io.String, "class_words", default="", optional=True),
             ],
         )
 

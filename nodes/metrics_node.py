@@ -12,7 +12,7 @@ from comfy_api.latest import io
 from ..textloc_core.evaluation import scoring
 from .comfy_cancel import end_if_cancelled, prompt_ends_on_stop, stop_requested
 from .read_access import readable_path
-from .schema import Inputs, named, pack_schema
+from .schema import NodeText, named
 
 SCORE_IMAGES_DESCRIPTION = (
     "CLIP-I, CLIP-T (identifier tokens removed from the prompt), KID and, given attention maps and "
@@ -32,6 +32,7 @@ SCORE_TOOLTIPS = {
     "threshold": "Cut on the min-max normalised map for IoU.",
 }
 """What each Score Images input does, as its tooltip in the UI says."""
+SCORE_NODE = NodeText("TextLocScoreImages", "TextLoc Score Images", SCORE_IMAGES_DESCRIPTION, SCORE_TOOLTIPS)
 
 #: weight files that need unpickling (transformers would torch.load them)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -80,21 +81,18 @@ def _write_report(report: str, filename_prefix: str) -> dict:
     return {"filename": name, "subfolder": subfolder, "type": "output"}
 
 
-_input = Inputs(SCORE_TOOLTIPS)
-
-
 def _score_inputs() -> list:
     """Score Images' inputs: the images, references, prompt, feature model, KID, report and IoU."""
     return [
-        _input(io.Image, "images"),
-        _input(io.Image, "references"),
-        _input(io.String, "prompt", default="a <tw1> star on grass", multiline=True),
-        _input(io.String, "feature_model", default="tinyworld"),
-        _input(io.Int, "kid_subset_size", default=5, min=2, max=1000),
-        _input(io.String, "filename_prefix", default="textloc/scores"),
-        _input(io.Mask, "attention_maps", optional=True),
-        _input(io.Mask, "target_masks", optional=True),
-        _input(io.Float, "threshold", default=0.5, min=0.0, max=1.0, step=0.05, optional=True),
+        SCORE_NODE.input(io.Image, "images"),
+        SCORE_NODE.input(io.Image, "references"),
+        SCORE_NODE.input(io.String, "prompt", default="a <tw1> star on grass", multiline=True),
+        SCORE_NODE.input(io.String, "feature_model", default="tinyworld"),
+        SCORE_NODE.input(io.Int, "kid_subset_size", default=5, min=2, max=1000),
+        SCORE_NODE.input(io.String, "filename_prefix", default="textloc/scores"),
+        SCORE_NODE.input(io.Mask, "attention_maps", optional=True),
+        SCORE_NODE.input(io.Mask, "target_masks", optional=True),
+        SCORE_NODE.input(io.Float, "threshold", default=0.5, min=0.0, max=1.0, step=0.05, optional=True),
     ]
 
 
@@ -103,10 +101,7 @@ class ScoreImages(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocScoreImages",
-            "TextLoc Score Images",
-            SCORE_IMAGES_DESCRIPTION,
+        return SCORE_NODE.schema(
             outputs=[named(io.String, "report"), *(named(io.Float, key) for key in SCORE_OUTPUTS)],
             is_output_node=True,
             inputs=_score_inputs(),

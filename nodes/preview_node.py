@@ -24,7 +24,7 @@ from .comfy_cancel import end_if_cancelled
 from .comfy_dit_preview import dit_mapped_tokens
 from .comfy_internals import conditional_chunks, dit_layout, model_parts
 from .comfy_tokens import IdentifierPlacer, applied_identifiers
-from .schema import Inputs, named, pack_schema, require_finite
+from .schema import NodeText, named, require_finite
 
 ATTENTION_PREVIEW_DESCRIPTION = (
     "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
@@ -48,6 +48,9 @@ PREVIEW_TOOLTIPS = {
     "overlay_alpha": "Opacity of the heat map over the image.",
 }
 """What each Attention Preview input does, as its tooltip in the UI says."""
+PREVIEW_NODE = NodeText(
+    "TextLocAttentionPreview", "TextLoc Attention Preview", ATTENTION_PREVIEW_DESCRIPTION, PREVIEW_TOOLTIPS
+)
 
 
 class PreviewRouter(AveragingRouter):
@@ -190,31 +193,30 @@ def overlays_and_masks(images, maps, alpha: float):
     return overlays, masks
 
 
-_input = Inputs(PREVIEW_TOOLTIPS)
-
-
 def _preview_inputs() -> list:
     """Attention Preview's inputs: model, prompt, tokens to map, ComfyUI's sampler settings, levels."""
     import comfy.samplers  # ComfyUI's sampler lists, read when the server lists the nodes
 
     return [
-        _input(io.Model, "model"),
-        _input(io.Clip, "clip"),
-        _input(io.Vae, "vae"),
-        _input(io.String, "prompt", default="photo of a <doll1> doll", multiline=True),
-        _input(io.String, "negative", default="", multiline=True),
-        _input(io.String, "tokens", default=""),
-        _input.seed(maximum=0xFFFFFFFFFFFFFFFF),
-        _input(io.Int, "steps", default=20, min=1, max=1000),
-        _input(io.Float, "cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
+        PREVIEW_NODE.input(io.Model, "model"),
+        PREVIEW_NODE.input(io.Clip, "clip"),
+        PREVIEW_NODE.input(io.Vae, "vae"),
+        PREVIEW_NODE.input(io.String, "prompt", default="photo of a <doll1> doll", multiline=True),
+        PREVIEW_NODE.input(io.String, "negative", default="", multiline=True),
+        PREVIEW_NODE.input(io.String, "tokens", default=""),
+        PREVIEW_NODE.seed(maximum=0xFFFFFFFFFFFFFFFF),
+        PREVIEW_NODE.input(io.Int, "steps", default=20, min=1, max=1000),
+        PREVIEW_NODE.input(io.Float, "cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
         # ComfyUI's lists as the server lists the nodes (they grow with other packs' samplers)
-        _input(io.Combo, "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
-        _input(io.Combo, "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
-        _input(io.Int, "width", default=512, min=16, max=4096, step=8),
-        _input(io.Int, "height", default=512, min=16, max=4096, step=8),
-        _input(io.Int, "batch_size", default=1, min=1, max=64),
-        _input(io.Combo, "levels", options=list(NAMED_MAP_LEVELS), default=DEFAULT_MAP_LEVELS, optional=True),
-        _input(io.Float, "overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True),
+        PREVIEW_NODE.input(io.Combo, "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
+        PREVIEW_NODE.input(io.Combo, "scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
+        PREVIEW_NODE.input(io.Int, "width", default=512, min=16, max=4096, step=8),
+        PREVIEW_NODE.input(io.Int, "height", default=512, min=16, max=4096, step=8),
+        PREVIEW_NODE.input(io.Int, "batch_size", default=1, min=1, max=64),
+        PREVIEW_NODE.input(
+            io.Combo, "levels", options=list(NAMED_MAP_LEVELS), default=DEFAULT_MAP_LEVELS, optional=True
+        ),
+        PREVIEW_NODE.input(io.Float, "overlay_alpha", default=0.5, min=0.0, max=1.0, step=0.05, optional=True),
     ]
 
 
@@ -223,10 +225,7 @@ class AttentionPreview(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocAttentionPreview",
-            "TextLoc Attention Preview",
-            ATTENTION_PREVIEW_DESCRIPTION,
+        return PREVIEW_NODE.schema(
             outputs=[
                 named(io.Image, "images"),
                 named(io.Image, "overlays"),

@@ -9,6 +9,7 @@ Int, Float, String, Combo, Image, Mask, Model, Clip, Vae), ``io.Custom``, ``io.H
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from comfy_api.latest import io
 
@@ -30,24 +31,6 @@ def named(kind: type[io.ComfyTypeIO], name: str) -> io.Output:
     return kind.Output(f"{name}_out", display_name=name)
 
 
-class Inputs:
-    """A node's inputs built from its table of tooltips (input name -> the text the UI shows):
-    each input is one call with ComfyUI's own options, and none can lack its tooltip (a name
-    missing from the table fails when the server lists the nodes)."""
-
-    def __init__(self, tooltips: dict[str, str]):
-        self.tooltips = tooltips
-
-    def __call__(self, kind: type[io.ComfyTypeIO], name: str, **options):
-        """``kind.Input(name, **options)`` (``kind``: ``io.Int``, ``io.Model``, ``CONCEPTS``...)
-        with the table's tooltip for ``name``."""
-        return kind.Input(name, tooltip=self.tooltips[name], **options)
-
-    def seed(self, maximum: int = SEED_MAX) -> io.Int.Input:
-        """The ``seed`` widget (the frontend adds its "control after generate" by the name)."""
-        return self(io.Int, "seed", default=0, min=0, max=maximum)
-
-
 def require_finite(**values: float) -> None:
     """Refuse NaN or infinite widget values (typed into a FLOAT widget or sent over the API):
     range checks let NaN through, and it would end as a black image or a diverged training."""
@@ -60,9 +43,34 @@ TINYWORLD_NODE_PREFIX = "TextLocTinyWorld"
 """The node ids of TinyWorld's nodes, which sit in the ``TINYWORLD_CATEGORY`` submenu."""
 
 
-def pack_schema(node_id: str, display_name: str, description: str, **fields) -> io.Schema:
-    """A textloc node's ``io.Schema``: id, menu name and description, in the pack's category (the
-    TinyWorld submenu for ids starting ``TINYWORLD_NODE_PREFIX``); ``fields`` are the rest
-    (inputs, outputs, is_output_node, hidden)."""
-    category = TINYWORLD_CATEGORY if node_id.startswith(TINYWORLD_NODE_PREFIX) else CATEGORY
-    return io.Schema(node_id=node_id, display_name=display_name, category=category, description=description, **fields)
+@dataclass(frozen=True)
+class NodeText:
+    """What the UI shows of one textloc node: its id, menu name, description and a tooltip per
+    input (input name -> the text the UI shows). Its inputs are built from the table, so none can
+    lack its tooltip (a name missing from the table fails when the server lists the nodes)."""
+
+    node_id: str
+    display_name: str
+    description: str
+    tooltips: dict[str, str]
+
+    def schema(self, **fields) -> io.Schema:
+        """The node's ``io.Schema``, in the pack's category (the TinyWorld submenu for ids starting
+        ``TINYWORLD_NODE_PREFIX``); ``fields`` are the rest (inputs, outputs, is_output_node, hidden)."""
+        category = TINYWORLD_CATEGORY if self.node_id.startswith(TINYWORLD_NODE_PREFIX) else CATEGORY
+        return io.Schema(
+            node_id=self.node_id,
+            display_name=self.display_name,
+            category=category,
+            description=self.description,
+            **fields,
+        )
+
+    def input(self, kind: type[io.ComfyTypeIO], name: str, **options):
+        """``kind.Input(name, **options)`` (``kind``: ``io.Int``, ``io.Model``, ``CONCEPTS``...)
+        with the table's tooltip for ``name``."""
+        return kind.Input(name, tooltip=self.tooltips[name], **options)
+
+    def seed(self, maximum: int = SEED_MAX) -> io.Int.Input:
+        """The ``seed`` widget (the frontend adds its "control after generate" by the name)."""
+        return self.input(io.Int, "seed", default=0, min=0, max=maximum)

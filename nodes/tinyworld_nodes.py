@@ -14,7 +14,7 @@ from comfy_api.latest import io
 from ..textloc_core.data.concepts import Concept, ConceptImage, ConceptSet
 from ..textloc_core.tinyworld import world
 from . import tinyworld_models
-from .schema import CONCEPTS, Inputs, named, pack_schema
+from .schema import CONCEPTS, NodeText, named
 
 TINYWORLD_LOADER_DESCRIPTION = "Load the tiny TinyWorld diffusion model (64x64 px, SD1 architecture in miniature)."
 TINYWORLD_CONCEPT_SET_DESCRIPTION = (
@@ -22,9 +22,9 @@ TINYWORLD_CONCEPT_SET_DESCRIPTION = (
 )
 
 
-def held_out_input(inputs: Inputs) -> io.Combo.Input:
-    """The ``concept`` combo of a node's ``inputs``: TinyWorld's held-out concepts."""
-    return inputs(io.Combo, "concept", options=[c.name for c in world.HELD_OUT])
+def held_out_input(node: NodeText) -> io.Combo.Input:
+    """The ``concept`` combo of ``node``: TinyWorld's held-out concepts."""
+    return node.input(io.Combo, "concept", options=[c.name for c in world.HELD_OUT])
 
 
 LOADER_TOOLTIPS = {
@@ -32,7 +32,6 @@ LOADER_TOOLTIPS = {
     "use_shipped_weights": "Use textloc_core/tinyworld/weights when present; off: always random weights (tests).",
 }
 """What each TinyWorld Loader input does, as its tooltip in the UI says."""
-_loader_input = Inputs(LOADER_TOOLTIPS)
 CONCEPT_SET_TOOLTIPS = {
     "concept": "Held-out concept to teach (never shown in pretraining).",
     "token": "New identifier word for the concept in prompts.",
@@ -41,7 +40,15 @@ CONCEPT_SET_TOOLTIPS = {
     "include_companion": "Also learn the companion object as a second concept (token <name>).",
 }
 """What each TinyWorld Concept Set input does, as its tooltip in the UI says."""
-_set_input = Inputs(CONCEPT_SET_TOOLTIPS)
+LOADER_NODE = NodeText(
+    "TextLocTinyWorldLoader", "TextLoc TinyWorld Loader", TINYWORLD_LOADER_DESCRIPTION, LOADER_TOOLTIPS
+)
+CONCEPT_SET_NODE = NodeText(
+    "TextLocTinyWorldConceptSet",
+    "TextLoc TinyWorld Concept Set",
+    TINYWORLD_CONCEPT_SET_DESCRIPTION,
+    CONCEPT_SET_TOOLTIPS,
+)
 
 
 class TinyWorldLoader(io.ComfyNode):
@@ -49,12 +56,9 @@ class TinyWorldLoader(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocTinyWorldLoader",
-            "TextLoc TinyWorld Loader",
-            TINYWORLD_LOADER_DESCRIPTION,
+        return LOADER_NODE.schema(
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
-            inputs=[_loader_input.seed(), _loader_input(io.Boolean, "use_shipped_weights", default=True)],
+            inputs=[LOADER_NODE.seed(), LOADER_NODE.input(io.Boolean, "use_shipped_weights", default=True)],
         )
 
     @classmethod
@@ -70,10 +74,7 @@ class TinyWorldConceptSet(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocTinyWorldConceptSet",
-            "TextLoc TinyWorld Concept Set",
-            TINYWORLD_CONCEPT_SET_DESCRIPTION,
+        return CONCEPT_SET_NODE.schema(
             outputs=[
                 named(CONCEPTS, "concepts"),
                 named(io.Image, "images"),
@@ -82,11 +83,11 @@ class TinyWorldConceptSet(io.ComfyNode):
                 named(io.String, "class_word"),
             ],
             inputs=[
-                held_out_input(_set_input),
-                _set_input(io.String, "token", default="<tw1>"),
-                _set_input(io.Int, "images", default=5, min=1, max=64),
-                _set_input.seed(),
-                _set_input(io.Boolean, "include_companion", default=False),
+                held_out_input(CONCEPT_SET_NODE),
+                CONCEPT_SET_NODE.input(io.String, "token", default="<tw1>"),
+                CONCEPT_SET_NODE.input(io.Int, "images", default=5, min=1, max=64),
+                CONCEPT_SET_NODE.seed(),
+                CONCEPT_SET_NODE.input(io.Boolean, "include_companion", default=False),
             ],
         )
 

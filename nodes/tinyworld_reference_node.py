@@ -11,7 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..textloc_core.tinyworld import BACKGROUNDS, render_scene, world
-from .schema import Inputs, named, pack_schema
+from .schema import NodeText, named
 from .tinyworld_nodes import held_out_input
 
 TINYWORLD_REFERENCES_DESCRIPTION = (
@@ -25,7 +25,9 @@ REFERENCES_TOOLTIPS = {
     "seed": "Seed of the object placement.",
 }
 """What each TinyWorld References input does, as its tooltip in the UI says."""
-_input = Inputs(REFERENCES_TOOLTIPS)
+REFERENCES_NODE = NodeText(
+    "TextLocTinyWorldReferences", "TextLoc TinyWorld References", TINYWORLD_REFERENCES_DESCRIPTION, REFERENCES_TOOLTIPS
+)
 
 
 class TinyWorldReferences(io.ComfyNode):
@@ -33,12 +35,13 @@ class TinyWorldReferences(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocTinyWorldReferences",
-            "TextLoc TinyWorld References",
-            TINYWORLD_REFERENCES_DESCRIPTION,
+        return REFERENCES_NODE.schema(
             outputs=[named(io.Image, "images"), named(io.Mask, "masks")],
-            inputs=[held_out_input(_input), _input(io.Int, "images", default=8, min=1, max=256), _input.seed()],
+            inputs=[
+                held_out_input(REFERENCES_NODE),
+                REFERENCES_NODE.input(io.Int, "images", default=8, min=1, max=256),
+                REFERENCES_NODE.seed(),
+            ],
         )
 
     @classmethod

@@ -37,7 +37,7 @@ from .comfy_backend import base_fingerprint_and_weights, training_denoiser, trai
 from .comfy_cancel import cancel_as_core, end_prompt_cancelled, stop_requested
 from .comfy_internals import dit_layout, model_parts
 from .comfy_tokens import IdentifierPlacer
-from .schema import ADAPTER, CONCEPTS, Inputs, named, pack_schema, require_finite
+from .schema import ADAPTER, CONCEPTS, NodeText, named, require_finite
 from .stock_files import check_replace, plan_files, write_files
 
 log = logging.getLogger("textloc")
@@ -75,6 +75,7 @@ TRAIN_TOOLTIPS = {
     "unmasked_weight": "Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
 }
 """What each Train input does, as its tooltip in the UI says."""
+TRAIN_NODE = NodeText("TextLocTrain", "TextLoc Train", TRAIN_DESCRIPTION, TRAIN_TOOLTIPS)
 
 
 def native_resolution(model) -> int:
@@ -155,39 +156,38 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
-_input = Inputs(TRAIN_TOOLTIPS)
-
-
 def _train_inputs() -> list:
     """Train's inputs, in the order saved workflows store their widgets: the model and concept
     set; what the run is; optional: training side, fixed attention weight, resuming, large sides
     and replacing files; how the attention weight is set, the masked loss, memory options."""
     return [
-        _input(io.Model, "model"),
-        _input(io.Clip, "clip"),
-        _input(io.Vae, "vae"),
-        _input(CONCEPTS, "concepts"),
-        _input(io.Combo, "guidance", options=list(GUIDANCE_METHODS), default="hard"),
-        _input(io.Int, "steps", default=400, min=1, max=100000),
-        _input(io.Float, "learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False),
-        _input(io.Int, "batch", default=2, min=1, max=16),
-        _input(io.Int, "prior_images", default=0, min=0, max=1000),
-        _input.seed(),
-        _input(io.Int, "checkpoint_every", default=50, min=1, max=100000),
-        _input(io.String, "adapter_name", default="textloc_adapter"),
-        _input(io.Int, "resolution", default=0, min=0, max=2048, step=8, optional=True),
-        _input(io.Float, "attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True),
-        _input(io.Boolean, "resume", default=True, optional=True),
-        _input(io.Boolean, "allow_large_resolution", default=False, optional=True),
-        _input(io.Boolean, "overwrite", default=False, optional=True),
-        _input(
+        TRAIN_NODE.input(io.Model, "model"),
+        TRAIN_NODE.input(io.Clip, "clip"),
+        TRAIN_NODE.input(io.Vae, "vae"),
+        TRAIN_NODE.input(CONCEPTS, "concepts"),
+        TRAIN_NODE.input(io.Combo, "guidance", options=list(GUIDANCE_METHODS), default="hard"),
+        TRAIN_NODE.input(io.Int, "steps", default=400, min=1, max=100000),
+        TRAIN_NODE.input(io.Float, "learning_rate", default=1e-5, min=1e-7, max=1e-2, step=1e-6, round=False),
+        TRAIN_NODE.input(io.Int, "batch", default=2, min=1, max=16),
+        TRAIN_NODE.input(io.Int, "prior_images", default=0, min=0, max=1000),
+        TRAIN_NODE.seed(),
+        TRAIN_NODE.input(io.Int, "checkpoint_every", default=50, min=1, max=100000),
+        TRAIN_NODE.input(io.String, "adapter_name", default="textloc_adapter"),
+        TRAIN_NODE.input(io.Int, "resolution", default=0, min=0, max=2048, step=8, optional=True),
+        TRAIN_NODE.input(io.Float, "attention_weight", default=1.0, min=0.0, max=100.0, step=0.1, optional=True),
+        TRAIN_NODE.input(io.Boolean, "resume", default=True, optional=True),
+        TRAIN_NODE.input(io.Boolean, "allow_large_resolution", default=False, optional=True),
+        TRAIN_NODE.input(io.Boolean, "overwrite", default=False, optional=True),
+        TRAIN_NODE.input(
             io.Combo, "attention_weight_mode", options=list(ATTENTION_WEIGHT_MODES), default="calibrated", optional=True
         ),
-        _input(io.Float, "attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True),
-        _input(io.Boolean, "gradient_checkpointing", default=False, optional=True),
-        _input(io.Combo, "mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True),
-        _input(io.Combo, "optimizer", options=list(OPTIMIZERS), default="adamw", optional=True),
-        _input(
+        TRAIN_NODE.input(
+            io.Float, "attention_fraction", default=1.0, min=0.001, max=10.0, step=0.01, round=False, optional=True
+        ),
+        TRAIN_NODE.input(io.Boolean, "gradient_checkpointing", default=False, optional=True),
+        TRAIN_NODE.input(io.Combo, "mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True),
+        TRAIN_NODE.input(io.Combo, "optimizer", options=list(OPTIMIZERS), default="adamw", optional=True),
+        TRAIN_NODE.input(
             io.Float,
             "unmasked_weight",
             default=TrainConfig.unmasked_weight,
@@ -205,10 +205,7 @@ class TextLocTrain(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return pack_schema(
-            "TextLocTrain",
-            "TextLoc Train",
-            TRAIN_DESCRIPTION,
+        return TRAIN_NODE.schema(
             outputs=[named(ADAPTER, "adapter"), named(io.String, "report")],
             is_output_node=True,
             hidden=[io.Hidden.unique_id],

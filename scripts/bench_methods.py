@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from benchmarks import records  # noqa: E402
+from benchmarks.sampling import generate_scored  # noqa: E402
 from benchmarks.tinyworld_protocol import (  # noqa: E402
     CALIBRATED,
     SETTINGS,
@@ -214,16 +215,7 @@ def run_job(p: Protocol, out: str, name: str, seed: int, method: str, setting: s
     plan = generation_plan(concept, setting)
     images, prompts, expected, maps = [], [], [], []
     for k, (prompt, scene) in enumerate(plan):
-        gen = api.generate(
-            bundle,
-            prompt,
-            adapters=[result],
-            num_images=p.images_per_prompt,
-            steps=p.sample_steps,
-            guidance_scale=p.guidance_scale,
-            seed=1000 * seed + k,
-            maps_for=tokens,
-        )
+        gen = generate_scored(bundle, prompt, p, 1000 * seed + k, adapters=[result], maps_for=tokens)
         images.append(gen.images)
         maps.append(torch.stack([gen.token_maps[t] for t in tokens], 1))
         prompts += [prompt] * p.images_per_prompt
@@ -324,17 +316,7 @@ def context_job(p: Protocol, out: str, name: str, seed: int, setting: str, what:
     plan = generation_plan(concept, setting, tokens=False)
     if what == "base":
         images = torch.cat(
-            [
-                api.generate(
-                    w["bundle"],
-                    prompt,
-                    num_images=p.images_per_prompt,
-                    steps=p.sample_steps,
-                    guidance_scale=p.guidance_scale,
-                    seed=1000 * seed + k,
-                ).images
-                for k, (prompt, _) in enumerate(plan)
-            ]
+            [generate_scored(w["bundle"], prompt, p, 1000 * seed + k).images for k, (prompt, _) in enumerate(plan)]
         )
     else:
         kinds = [concept.kind] if setting == "single" else [concept.companion, concept.kind]

@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchmarks.sampling import generate_scored  # noqa: E402
 from textloc_core import api  # noqa: E402
 from textloc_core.data import readers  # noqa: E402
 from textloc_core.evaluation import features, localization, metrics, scoring  # noqa: E402
@@ -124,15 +125,8 @@ def run_entry(
     prompts = readers.paper_prompts(dataset, which, ordered)[: s.n_prompts]
     images, all_prompts = [], []
     for k, prompt in enumerate(prompts):
-        gen = api.generate(
-            bundle,
-            prompt,
-            adapters=[result],
-            num_images=s.images_per_prompt,
-            steps=s.sample_steps,
-            guidance_scale=s.guidance_scale,
-            seed=s.seed * 1000 + k,
-            size=(s.resolution, s.resolution),
+        gen = generate_scored(
+            bundle, prompt, s, s.seed * 1000 + k, adapters=[result], size=(s.resolution, s.resolution)
         )
         images.append(gen.images)
         all_prompts += [prompt] * s.images_per_prompt

@@ -16,7 +16,7 @@ from textloc_harness.comfy_launcher import PACK_NAME, PACK_ROOT, ComfyError, loa
 
 
 def _declared_node_names() -> set[str]:
-    """The node id of every ``pack_schema(...)`` / ``io.Schema(...)`` in nodes/*.py (V3 nodes),
+    """The node id of every ``NodeText(...)`` / ``io.Schema(...)`` in nodes/*.py (V3 nodes),
     read without importing them (importing needs ComfyUI's modules). A node class left out of
     nodes.NODE_LIST, the list comfy_entrypoint hands ComfyUI, is declared here but not served."""
     names = set()
@@ -29,7 +29,7 @@ def _declared_node_names() -> set[str]:
                 names.update(
                     k.value.value for k in node.keywords if k.arg == "node_id" and isinstance(k.value, ast.Constant)
                 )
-            elif called == "pack_schema" and node.args and isinstance(node.args[0], ast.Constant):
+            elif called == "NodeText" and node.args and isinstance(node.args[0], ast.Constant):
                 names.add(node.args[0].value)
     return names
 

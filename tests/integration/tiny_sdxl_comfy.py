@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from textloc_core.tinyworld.model_configs import small_comfy_unet_config
+
 WIDTH_L, WIDTH_G, POOLED = 32, 48, 48
 """Hidden widths of the two text encoders (context = 80) and bigG's projection (pooled) width."""
 ADM_CHANNELS = POOLED + 6 * 256
@@ -44,29 +46,19 @@ def _text_config(width: int, projection: int | None = None) -> dict:
     return config
 
 
-UNET_CONFIG = {
-    "use_checkpoint": False,
-    "image_size": 32,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "num_classes": "sequential",
-    "adm_in_channels": ADM_CHANNELS,
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 32,
-    "channel_mult": [1, 2, 2],
-    "num_res_blocks": [1, 1, 1],
-    # SDXL's pattern: no attention at the finest level, then two levels with attention
-    "transformer_depth": [0, 1, 2],
-    "transformer_depth_output": [0, 0, 1, 1, 2, 2],
-    "transformer_depth_middle": 2,
-    "use_linear_in_transformer": True,
-    "context_dim": WIDTH_L + WIDTH_G,
-    "num_heads": -1,
-    "num_head_channels": 16,
-}
+# 32 wide; SDXL's pattern: no attention at the finest level, then two levels with attention (1 and
+# 2 blocks), 2 in the middle block; the context is CLIP-L and CLIP-G side by side
+UNET_CONFIG = small_comfy_unet_config(
+    32,
+    [0, 1, 2],
+    2,
+    WIDTH_L + WIDTH_G,
+    num_classes="sequential",
+    adm_in_channels=ADM_CHANNELS,
+    use_linear_in_transformer=True,
+    num_heads=-1,
+    num_head_channels=16,
+)
 
 
 def _init(module: nn.Module, seed: int) -> None:

@@ -92,21 +92,15 @@ def bundle_from_sd3(
     *,
     transformer: nn.Module,
     vae: nn.Module,
-    text_encoder: nn.Module,
-    tokenizer: Any,
-    text_encoder_2: nn.Module,
-    tokenizer_2: Any,
-    text_encoder_3: nn.Module,
-    tokenizer_3: Any,
     max_sequence_length: int = 256,
     weight_dtype: str = "default",
+    **text_components: Any,
 ) -> ModelBundle:
-    """A ``ModelBundle`` from StableDiffusion3Pipeline's components (CLIP-L, CLIP-G, T5 in its
-    order), in eval mode. ``weight_dtype``
-    "fp8_e4m3fn" stores the transformer's linear weights in float8 (``fp8_base``)."""
+    """A ``ModelBundle`` from StableDiffusion3Pipeline's components (keyword arguments by its
+    names), in eval mode. ``text_components`` are its three tokenizers and text encoders
+    (``tokenizer`` / ``text_encoder`` CLIP-L, ``_2`` CLIP-G, ``_3`` T5), as ``SD3Text`` takes them.
+    ``weight_dtype`` "fp8_e4m3fn" stores the transformer's linear weights in float8 (``fp8_base``)."""
+    text = SD3Text(**text_components, max_length=max_sequence_length)
     return joint_bundle(
-        SD3Denoiser(transformer, vae),
-        SD3Text(tokenizer, text_encoder, tokenizer_2, text_encoder_2, tokenizer_3, text_encoder_3, max_sequence_length),
-        (text_encoder, text_encoder_2, text_encoder_3),
-        weight_dtype,
+        SD3Denoiser(transformer, vae), text, (text.clip_l_encoder, text.clip_g_encoder, text.t5_encoder), weight_dtype
     )

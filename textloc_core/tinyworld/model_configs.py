@@ -61,28 +61,40 @@ UNET_CONFIG: dict = {
 # ---------------------------------------------------------------- ComfyUI UNet (same network)
 # Keys as comfy.model_detection.detect_unet_config produces them for an SD1 checkpoint; the
 # SD15 supported-model class adds num_heads=8 / num_head_channels=-1 itself.
-COMFY_UNET_CONFIG: dict = {
-    "use_checkpoint": False,
-    "image_size": 32,
-    "use_spatial_transformer": True,
-    "legacy": False,
-    "adm_in_channels": None,
-    "use_temporal_attention": False,
-    "use_temporal_resblock": False,
-    "in_channels": LATENT_CHANNELS,
-    "out_channels": LATENT_CHANNELS,
-    "model_channels": 64,
-    "channel_mult": [1, 2, 2],
-    "num_res_blocks": [1, 1, 1],
-    # one entry per input block resnet: levels 16 and 8 have a transformer, level 4 has none
-    "transformer_depth": [1, 1, 0],
-    # one entry per output block, listed shallow level first (ComfyUI pops from the end while
-    # building output_blocks 0.. from the deepest level, as in its SD15 preset)
-    "transformer_depth_output": [1, 1, 1, 1, 0, 0],
-    "transformer_depth_middle": 1,
-    "use_linear_in_transformer": False,
-    "context_dim": TEXT_HIDDEN,
-}
+
+
+def small_comfy_unet_config(
+    model_channels: int, transformer_depth: list[int], transformer_depth_middle: int, context_dim: int, **fields
+) -> dict:
+    """A small ComfyUI ``UNetModel`` config with the keys comfy.model_detection.detect_unet_config
+    gives: a spatial-transformer UNet of three levels, one resnet each, 4 latent channels at image
+    size 32, ``transformer_depth`` blocks at each level (the output blocks repeat each level's
+    depth, shallow level first: ComfyUI pops them from the end while building from the deepest
+    level); ``fields`` are the rest the model sets itself (``adm_in_channels``, heads...)."""
+    return {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "use_spatial_transformer": True,
+        "legacy": False,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "model_channels": model_channels,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": [1, 1, 1],
+        "transformer_depth": transformer_depth,
+        "transformer_depth_output": [depth for depth in transformer_depth for _ in range(2)],
+        "transformer_depth_middle": transformer_depth_middle,
+        "context_dim": context_dim,
+        **fields,
+    }
+
+
+# levels 16 and 8 have a transformer, level 4 has none
+COMFY_UNET_CONFIG: dict = small_comfy_unet_config(
+    64, [1, 1, 0], 1, TEXT_HIDDEN, adm_in_channels=None, use_linear_in_transformer=False
+)
 COMFY_UNET_EXTRA: dict = {"num_heads": 8, "num_head_channels": -1}
 """What comfy.supported_models.SD15 adds to the unet config (for building UNetModel directly)."""
 

@@ -110,34 +110,19 @@ class HeldOutConcept:
     companion_name: str
 
 
-HELD_OUT: tuple[HeldOutConcept, ...] = (
+_HELD_OUT_TABLE = (
+    # name, class word, its look (shape, colour, texture), what pretraining excludes, companion (shape, colour)
     # a texture on a shape: no dotted star is ever shown
-    HeldOutConcept(
-        "dotstar",
-        "star",
-        ObjectKind("star", "orange", "dotted"),
-        ("star", None, "dotted"),
-        ObjectKind("circle", "blue"),
-        "bluecircle",
-    ),
+    ("dotstar", "star", ("star", "orange", "dotted"), ("star", None, "dotted"), ("circle", "blue")),
     # a texture on a shape: no checkered ring is ever shown
-    HeldOutConcept(
-        "checkring",
-        "ring",
-        ObjectKind("ring", "green", "checkered"),
-        ("ring", None, "checkered"),
-        ObjectKind("triangle", "red"),
-        "redtriangle",
-    ),
+    ("checkring", "ring", ("ring", "green", "checkered"), ("ring", None, "checkered"), ("triangle", "red")),
     # a colour pairing: no purple square is ever shown
-    HeldOutConcept(
-        "stripebox",
-        "square",
-        ObjectKind("square", "purple", "striped"),
-        ("square", "purple", None),
-        ObjectKind("circle", "yellow"),
-        "yellowcircle",
-    ),
+    ("stripebox", "square", ("square", "purple", "striped"), ("square", "purple", None), ("circle", "yellow")),
+)
+HELD_OUT: tuple[HeldOutConcept, ...] = tuple(
+    # the companion is named by its look: 'bluecircle'
+    HeldOutConcept(name, word, ObjectKind(*look), excluded, ObjectKind(*companion), "".join(reversed(companion)))
+    for name, word, look, excluded, companion in _HELD_OUT_TABLE
 )
 
 
