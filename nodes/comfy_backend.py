@@ -3,7 +3,7 @@
 What this module is for: the trainer and the attention preview only see a ``ModelBundle``;
 this file turns ComfyUI's objects into one, without changing the objects the rest of the
 graph holds. It uses ComfyUI's public surfaces; the few things those cannot give live in
-``comfy_internals`` (one module, tested on every supported ComfyUI version).
+``comfy_internals`` (one package, tested on every supported ComfyUI version).
 
 * Text: the CLIP object's ``tokenize`` / ``encode_from_tokens``, with identifier tokens
   placed into the token lists as tensors by ``comfy_tokens.IdentifierPlacer`` (the path a

@@ -12,8 +12,10 @@ An identifier's vector is laid out as both backends train it: ``[T5 | CLIP-L]`` 
 input embeddings, placed as tensors in the CLIP token lists as for SD1.x / SDXL
 (``comfy_tokens``). Its T5 slice is a vector in T5's output space: the placeholder word's T5
 pieces become one pad entry (as in training, where T5 reads its pad id there), T5 runs as
-usual, and its output row there is overwritten with the vector (``comfy_t5_rows``). The pad
-entry is a ``T5Vector``, an int that carries the vector from the tokenizer to the encoder.
+usual, and its output row there is overwritten with the vector
+(``comfy_internals.with_t5_rows``). The pad entry is a ``T5Vector``, an int that carries the
+vector from the tokenizer to the encoder; ``DiTIdentifierTokenizer.placed`` also says where
+each token went, which Attention Preview maps.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import torch
 from ..textloc_core.adapters.formats import COMFY_UNET_PREFIX, text_kv_from_fused
 from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from .comfy_backend import base_fingerprint_and_weights
-from .comfy_internals import t5_special_ids, t5_tokens
-from .comfy_t5_rows import with_t5_rows
+from .comfy_internals import t5_special_ids, t5_tokens, with_t5_rows
 from .comfy_tokens import IdentifierPlacer, IdentifierTokenizer, with_identifiers
 
 FAMILIES = {"double_blocks": "flux", "joint_blocks": "sd3"}
@@ -83,30 +84,38 @@ class DiTIdentifierTokenizer(IdentifierTokenizer):
         return (vector[:, -clip:], vector[:, :-clip]) if self.t5_first else (vector[:, :clip], vector[:, clip:])
 
     def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs):
-        clip = {name: self._parts(vector)[0] for name, vector in self.embeddings.items()}
-        tokenize = lambda t: self.inner.tokenize_with_weights(t, return_word_ids, **kwargs)  # noqa: E731
-        tokens, placed, words = self.placer.tokenize_placed(text, clip, tokenize)
-        for name, word in words.items():
-            found = self._place_t5(tokens, self.t5.pieces(word)[T5_KEY], self._parts(self.embeddings[name])[1][0])
-            if found != len(placed.get(name, [])):
-                raise ValueError(f"prompt: could not place the token {name!r} in T5's tokens of {text!r}; rephrase it")
-        return tokens
+        return self.placed(text, lambda t: self.inner.tokenize_with_weights(t, return_word_ids, **kwargs))[0]
 
-    def _place_t5(self, tokens: dict, pieces: list[int], vector: torch.Tensor) -> int:
-        """Each run of ``pieces`` in T5's list -> one ``T5Vector`` (the chunk keeps its length)."""
-        pad, found = self.pad_id, 0
+    def placed(self, text: str, tokenize) -> tuple[dict, dict[str, list[int]], dict[str, list[int]]]:
+        """(token dict, CLIP positions, T5 positions) of ``text`` tokenised by ``tokenize`` with
+        every identifier placed: per identifier, its flat positions in the first CLIP list and
+        in T5's list (what Attention Preview maps)."""
+        clip = {name: self._parts(vector)[0] for name, vector in self.embeddings.items()}
+        tokens, placed, words = self.placer.tokenize_placed(text, clip, tokenize)
+        t5_at = {}
+        for name, word in words.items():
+            t5_at[name] = self._place_t5(tokens, self.t5.pieces(word)[T5_KEY], self._parts(self.embeddings[name])[1][0])
+            if len(t5_at[name]) != len(placed.get(name, [])):
+                raise ValueError(f"prompt: could not place the token {name!r} in T5's tokens of {text!r}; rephrase it")
+        return tokens, placed, t5_at
+
+    def _place_t5(self, tokens: dict, pieces: list[int], vector: torch.Tensor) -> list[int]:
+        """Each run of ``pieces`` in T5's list -> one ``T5Vector`` (the chunk keeps its length);
+        the flat positions of those entries."""
+        pad, found, offset = self.pad_id, [], 0
         for c, chunk in enumerate(t5_tokens(tokens)):
             ids = [int(entry[0]) if not torch.is_tensor(entry[0]) else None for entry in chunk]
             out, index = [], 0
             while index < len(chunk):
                 if pieces and ids[index : index + len(pieces)] == pieces:
+                    found.append(offset + len(out))
                     out.append((T5Vector(pad, vector), *chunk[index][1:]))
                     index += len(pieces)
-                    found += 1
                 else:
                     out.append(chunk[index])
                     index += 1
             t5_tokens(tokens)[c] = out + [(pad, *chunk[-1][1:])] * (len(chunk) - len(out))
+            offset += len(chunk)
         return found
 
 

@@ -11,8 +11,8 @@ each. Three lists:
 
 Two scans keep the lists and the rule true. Every name a module of nodes/ reaches through a
 ComfyUI import must be in ``SURFACE``. And the instance attributes and option keys, which no
-public call gives, are read in nodes/comfy_internals.py only: any other module of nodes/
-that reads one fails (an object's type cannot be seen in the source, so the attribute's name
+public call gives, are read in the nodes/comfy_internals package only: any other module of
+nodes/ that reads one fails (an object's type cannot be seen in the source, so the attribute's name
 is what counts).
 """
 
@@ -109,7 +109,7 @@ SURFACE = {
     "comfy.sd.CLIP.encode_from_tokens_scheduled",
     "comfy.sd.VAE.encode",
     "comfy.sd.VAE.decode",
-    # nodes/comfy_internals.py (no public surface; each function there says what it relies on)
+    # nodes/comfy_internals/ (no public surface; each function there says what it relies on)
     "comfy.clip_model.CLIPLayer",
     "comfy.sd1_clip.SDClipModel.process_tokens",
     "comfy.model_base.SDXL",
@@ -136,7 +136,7 @@ SURFACE = {
     "comfy.model_sampling.ModelSamplingDiscreteFlow.timestep",
     "comfy.model_sampling.CONST.noise_scaling",
     "comfy.model_sampling.CONST.calculate_denoised",
-    # nodes/comfy_t5_rows.py (a Flux / SD3 token's T5 output row, written after T5 runs)
+    # nodes/comfy_internals/t5_rows.py (a Flux / SD3 token's T5 output row, written after T5 runs)
     "comfy.text_encoders.flux.FluxClipModel.encode_token_weights",
     "comfy.text_encoders.sd3_clip.SD3ClipModel.encode_token_weights",
 }
@@ -144,7 +144,7 @@ SURFACE = {
 SURFACE_FROM = {"comfy.model_management.in_training": "0.33.0"}
 
 # Attributes ComfyUI's classes (or a base class of theirs) assign to their objects, read or set in
-# nodes/comfy_internals.py only; a name with a version is needed from that version on. (The
+# the nodes/comfy_internals package only; a name with a version is needed from that version on. (The
 # encoders of an SD1ClipModel / SDXLClipModel, ``clip_l`` / ``clip_g``, are set by setattr under
 # a computed name: the TinyWorld and tiny-SDXL loader tests read them on every version.)
 INSTANCE_ATTRIBUTES = {
@@ -183,11 +183,18 @@ OPTION_KEYS = {
     "heads",
     "skip_reshape",
 }
-# Modules of nodes/ allowed to read INSTANCE_ATTRIBUTES and OPTION_KEYS: comfy_internals, and
-# comfy_t5_rows (Apply's one touch point for a Flux / SD3 token's T5 row, kept beside it so
-# comfy_internals stays under the module size limit).
-INTERNALS_MODULE = "comfy_internals.py"
-INTERNALS_MODULES = (INTERNALS_MODULE, "comfy_t5_rows.py")
+# The package of nodes/ allowed to read INSTANCE_ATTRIBUTES and OPTION_KEYS (its modules by topic).
+INTERNALS_PACKAGE = "comfy_internals"
+
+
+def _pack_sources() -> list:
+    """Every Python source of the pack's ComfyUI side: its __init__ and nodes/, subpackages included."""
+    return [PACK_ROOT / "__init__.py", *sorted((PACK_ROOT / "nodes").rglob("*.py"))]
+
+
+def _in_internals(path) -> bool:
+    return path.parent.name == INTERNALS_PACKAGE and path.parent.parent.name == "nodes"
+
 
 # Signatures the pack calls with keywords or positions that would break silently.
 SIGNATURES = {
@@ -331,8 +338,7 @@ def _comfy_references(path) -> set[str]:
 
 
 def test_the_list_covers_every_comfyui_name_the_pack_uses():
-    sources = [PACK_ROOT / "__init__.py", *sorted((PACK_ROOT / "nodes").glob("*.py"))]
-    used = set().union(*(_comfy_references(p) for p in sources))
+    used = set().union(*(_comfy_references(p) for p in _pack_sources()))
     # a reference covers its prefixes (``comfy.sample`` is reached by ``comfy.sample.sample``)
     every = SURFACE | set(SURFACE_FROM)
     listed = every | {".".join(s.split(".")[:i]) for s in every for i in range(1, s.count(".") + 1)}
@@ -379,15 +385,32 @@ def _internal_reads(path, source: str | None = None) -> list[str]:
     return [f"{path.name}:{line} {name}" for line, name in sorted(found)]
 
 
+def _reads_outside_internals(sources) -> list[str]:
+    """What ``_internal_reads`` finds in ``sources`` outside the internals package."""
+    return [line for path in sources if not _in_internals(path) for line in _internal_reads(path)]
+
+
 def test_comfyuis_internals_are_read_in_comfy_internals_only():
-    sources = [PACK_ROOT / "__init__.py", *sorted((PACK_ROOT / "nodes").glob("*.py"))]
-    found = [line for path in sources if path.name not in INTERNALS_MODULES for line in _internal_reads(path)]
+    sources = _pack_sources()
+    found = _reads_outside_internals(sources)
     assert not found, (
-        "ComfyUI internals read outside nodes/comfy_internals.py (add a function there saying what "
+        "ComfyUI internals read outside nodes/comfy_internals/ (add a function there saying what "
         "it relies on, and list the name in INSTANCE_ATTRIBUTES / OPTION_KEYS): " + "; ".join(found)
     )
-    for module in INTERNALS_MODULES:
-        assert _internal_reads(PACK_ROOT / "nodes" / module), f"the scan finds nothing in {module}"
+    modules = [path for path in sources if _in_internals(path) and path.name != "__init__.py"]
+    assert len(modules) >= 5, f"the scan sees {[p.name for p in modules]} of nodes/comfy_internals/"
+    for path in modules:
+        assert _internal_reads(path), f"the scan finds nothing in comfy_internals/{path.name}"
+
+
+def test_a_read_outside_the_package_fails_even_beside_it(tmp_path):
+    """The rule holds for every module of nodes/, a subpackage's included; only the package is exempt."""
+    read = "def f(model):\n    return model.model_options\n"
+    for relative in ("nodes/comfy_internals/model.py", "nodes/comfy_other.py", "nodes/sub/comfy_internals.py"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(read)
+    found = _reads_outside_internals(sorted((tmp_path / "nodes").rglob("*.py")))
+    assert found == ["comfy_other.py:2 model_options", "comfy_internals.py:2 model_options"]
 
 
 def test_the_internals_scan_sees_attributes_and_option_keys(tmp_path):

@@ -90,3 +90,43 @@ def test_a_token_of_another_width_is_named(pack):
     _, new_clip = apply_adapter(model, clip, adapter, 1.0)
     with pytest.raises(ValueError, match="T5 part is 7 values wide, this text encoder's T5 gives 32"):
         _encode(new_clip, PROMPT.format("<doll1>"))
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_attention_preview_maps_the_applied_token(pack, family):
+    """Attention Preview on an applied adapter's token: it is tracked at its T5 position (and,
+    SD3, at its CLIP position, where the CLIP lists hold its slices), and ComfyUI's sampler
+    gives one finite, normalised map of it beside a word's."""
+    from textloc_pack.nodes import preview_node
+    from textloc_pack.nodes.apply_node import apply_adapter
+    from textloc_pack.nodes.comfy_dit_apply import t5_rows
+    from textloc_pack.nodes.comfy_dit_preview import dit_mapped_tokens
+
+    with torch.inference_mode():
+        model, clip, vae = tiny.build_all(family, seed=1)
+    doll = _adapter(model, family, "<doll1>", seed=3)
+    new_model, new_clip = apply_adapter(model, clip, doll, 1.0)
+    prompt = PROMPT.format("<doll1>") + " on a table"
+    with torch.inference_mode():
+        tokens, wanted, layout, _ = dit_mapped_tokens(new_model, new_clip, vae, prompt, "", "", 1.0, 1)
+        _, context, _ = _encode(new_clip, prompt)
+    assert wanted == ["<doll1>"]  # no tokens named: every adapter token in the prompt
+    ((t5_position, _),) = t5_rows(tokens)
+    n_t5 = sum(len(chunk) for chunk in tokens["t5xxl"])
+    want = [context.shape[1] - n_t5 + t5_position]
+    if family == "sd3":
+        clip_at = [i for i, entry in enumerate(tokens["l"][0]) if torch.is_tensor(entry[0])]
+        assert len(clip_at) == 1 and all(torch.is_tensor(tokens["g"][0][i][0]) for i in clip_at)
+        want = clip_at + want
+    assert layout.slots[0].tolist() == want and layout.present.all()
+
+    settings = dict(negative="", seed=0, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple")
+    settings.update(prompt=prompt, tokens="<doll1>, table", width=64, height=48, batch_size=1)
+    with torch.inference_mode():
+        images, overlays, masks, mapped = preview_node.attention_preview(
+            new_model, new_clip, vae, preview_node.PreviewSettings(**settings)
+        )
+    assert mapped == "<doll1>, table" and images.shape == (1, 48, 64, 3) and overlays.shape == (2, 48, 64, 3)
+    assert masks.shape == (2, 48, 64) and torch.isfinite(masks).all()
+    assert all(float(m.max()) == 1.0 and float(m.min()) == 0.0 for m in masks)
+    assert not torch.equal(masks[0], masks[1])  # the token's map is its own, not the word's

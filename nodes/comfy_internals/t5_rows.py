@@ -1,12 +1,10 @@
-"""The one ComfyUI touch point Apply Adapter needs for a Flux / SD3 token's T5 part: rows of the
-encoded context overwritten after T5 has run.
+"""A Flux / SD3 token's T5 part in ComfyUI (what Apply Adapter needs): rows of the encoded context
+overwritten after T5 has run.
 
 A diffusion-transformer identifier's T5 part is a vector in T5's *output* space (docs/dit.md,
 "The identifier token"), so no token entry ComfyUI's text encoders read can carry it (a tensor
 entry would be an input embedding). ``with_t5_rows`` gives a CLIP clone whose text encoder's
-output context has chosen T5 rows replaced. This module is the internals module's sibling: it is
-listed beside nodes/comfy_internals.py in tests/integration/test_comfy_surface.py, which checks
-what it relies on on every supported version.
+output context has chosen T5 rows replaced.
 """
 
 from __future__ import annotations
@@ -15,7 +13,10 @@ from collections.abc import Callable
 
 import torch
 
-from .comfy_internals import t5_context_start
+from .text import t5_context_start
+
+__all__ = ["RowsFor", "with_t5_rows"]
+
 
 RowsFor = Callable[[dict], list[tuple[int, torch.Tensor]]]
 """Token dict -> [(flat position in its T5 token list, vector)] to write into the context."""
@@ -59,7 +60,7 @@ def with_t5_rows(clip, rows_for: RowsFor):
 
     Relies on: ``comfy.sd.CLIP.cond_stage_model`` (``CLIP.clone`` shares it downstream), whose
     ``encode_token_weights(tokens)`` ``CLIP.encode_from_tokens`` calls and which returns
-    (context, pooled, ...), T5's rows where ``comfy_internals.t5_context_start`` says
+    (context, pooled, ...), T5's rows where ``t5_context_start`` says
     (``FluxClipModel``, ``SD3ClipModel``)."""
     new_clip = clip.clone()
     inner = new_clip.cond_stage_model
