@@ -30,7 +30,7 @@ ATTENTION_PREVIEW_DESCRIPTION = (
     "Generate images and show each token's cross-attention map (overlays are ordered image by image, one per token)."
 )
 PREVIEW_TOOLTIPS = {
-    "model": "The model (with TextLoc adapters applied, or any model; Flux / SD3: words are mapped).",
+    "model": "The model (with TextLoc adapters applied, or any model; Flux / SD3 too: words and adapter tokens are mapped).",
     "clip": "The text encoder (from TextLoc Apply Adapter when the prompt uses adapter tokens).",
     "vae": "Decodes the samples.",
     "prompt": "Prompt to sample; may use adapter tokens.",
