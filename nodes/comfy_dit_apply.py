@@ -26,7 +26,7 @@ from ..textloc_core.adapters.formats import COMFY_UNET_PREFIX, text_kv_from_fuse
 from ..textloc_core.backends.fingerprint import base_model_fingerprint
 from .comfy_backend import base_fingerprint_and_weights
 from .comfy_internals import t5_special_ids, t5_tokens, with_t5_rows
-from .comfy_tokens import IdentifierPlacer, IdentifierTokenizer, with_identifiers
+from .comfy_tokens import IdentifierPlacer, IdentifierTokenizer, place_t5_runs, with_identifiers
 
 FAMILIES = {"double_blocks": "flux", "joint_blocks": "sd3"}
 T5_KEY = "t5xxl"
@@ -92,31 +92,13 @@ class DiTIdentifierTokenizer(IdentifierTokenizer):
         in T5's list (what Attention Preview maps)."""
         clip = {name: self._parts(vector)[0] for name, vector in self.embeddings.items()}
         tokens, placed, words = self.placer.tokenize_placed(text, clip, tokenize)
-        t5_at = {}
-        for name, word in words.items():
-            t5_at[name] = self._place_t5(tokens, self.t5.pieces(word)[T5_KEY], self._parts(self.embeddings[name])[1][0])
+        pieces = {name: self.t5.pieces(word)[T5_KEY] for name, word in words.items()}
+        t5_slices = {name: self._parts(self.embeddings[name])[1][0] for name in words}
+        t5_at = place_t5_runs(tokens, pieces, self.pad_id, lambda name: T5Vector(self.pad_id, t5_slices[name]))
+        for name in words:
             if len(t5_at[name]) != len(placed.get(name, [])):
                 raise ValueError(f"prompt: could not place the token {name!r} in T5's tokens of {text!r}; rephrase it")
         return tokens, placed, t5_at
-
-    def _place_t5(self, tokens: dict, pieces: list[int], vector: torch.Tensor) -> list[int]:
-        """Each run of ``pieces`` in T5's list -> one ``T5Vector`` (the chunk keeps its length);
-        the flat positions of those entries."""
-        pad, found, offset = self.pad_id, [], 0
-        for c, chunk in enumerate(t5_tokens(tokens)):
-            ids = [int(entry[0]) if not torch.is_tensor(entry[0]) else None for entry in chunk]
-            out, index = [], 0
-            while index < len(chunk):
-                if pieces and ids[index : index + len(pieces)] == pieces:
-                    found.append(offset + len(out))
-                    out.append((T5Vector(pad, vector), *chunk[index][1:]))
-                    index += len(pieces)
-                else:
-                    out.append(chunk[index])
-                    index += 1
-            t5_tokens(tokens)[c] = out + [(pad, *chunk[-1][1:])] * (len(chunk) - len(out))
-            offset += len(chunk)
-        return found
 
 
 def t5_rows(tokens: dict) -> list[tuple[int, torch.Tensor]]:

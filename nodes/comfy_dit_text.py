@@ -25,7 +25,7 @@ from .comfy_internals import (
     text_encoder,
     text_encoder_tables,
 )
-from .comfy_tokens import IdentifierPlacer, identifier_pattern
+from .comfy_tokens import IdentifierPlacer, identifier_pattern, place_t5_runs
 
 
 class ComfyDiTText:
@@ -87,27 +87,9 @@ class ComfyDiTText:
 
     # -- encoding
     def _place_t5(self, tokens: dict, words: dict[str, str]) -> dict[str, list[int]]:
-        """Each placeholder word's T5 pieces -> one pad entry (the chunk keeps its length);
-        returns every identifier's T5 positions."""
-        positions: dict[str, list[int]] = {}
+        """Each placeholder word's T5 pieces -> one pad entry; every identifier's T5 positions."""
         pieces = {name: self.t5_pieces(word) for name, word in words.items()}
-        flat = 0
-        for c, chunk in enumerate(t5_tokens(tokens)):
-            ids = [int(e[0]) for e in chunk]
-            out, index = [], 0
-            while index < len(chunk):
-                hit = next(((n, len(p)) for n, p in pieces.items() if p and ids[index : index + len(p)] == p), None)
-                if hit is None:
-                    out.append(chunk[index])
-                    index += 1
-                    continue
-                positions.setdefault(hit[0], []).append(flat + len(out))
-                out.append((self.pad_id, *chunk[index][1:]))
-                index += hit[1]
-            out += [(self.pad_id, *chunk[-1][1:])] * (len(chunk) - len(out))
-            t5_tokens(tokens)[c] = out
-            flat += len(out)
-        return positions
+        return place_t5_runs(tokens, pieces, self.pad_id, lambda _name: self.pad_id)
 
     def _encode_one(self, prompt: str, token_embeddings: dict[str, torch.Tensor]):
         clip_vectors = {t: v[:, self._clip_at] for t, v in token_embeddings.items()}

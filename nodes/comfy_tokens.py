@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from ..textloc_core.data.tokens import check_token_text
-from .comfy_internals import CLIP_KEYS, text_encoder_tables
+from .comfy_internals import CLIP_KEYS, t5_tokens, text_encoder_tables
 
 Tokens = dict  # {key: [[(token, weight[, word_id]), ...] per 77-token chunk]}
 Tokenize = Callable[[str], Tokens]
@@ -188,6 +188,32 @@ class IdentifierPlacer:
             if all(not torch.is_tensor(v) and int(v) == i for v, i in zip(window, ids)):
                 found.extend(range(index, index + len(ids)))
         return found
+
+
+def place_t5_runs(
+    tokens: Tokens, pieces: dict[str, list[int]], pad_id: int, entry: Callable[[str], int]
+) -> dict[str, list[int]]:
+    """Replace each run of an identifier's T5 ``pieces`` in the T5 list of ``tokens`` by one entry,
+    ``entry(name)`` (T5's ``pad_id``, or a pad id carrying the token's vector), padding each chunk
+    back to its length with ``pad_id``; returns each identifier's flat T5 positions (none: []).
+    Training places the token so, and so does Apply Adapter, so both see the same positions."""
+    positions: dict[str, list[int]] = {name: [] for name in pieces}
+    offset = 0
+    for c, chunk in enumerate(t5_tokens(tokens)):
+        ids = [None if torch.is_tensor(e[0]) else int(e[0]) for e in chunk]
+        out, index = [], 0
+        while index < len(chunk):
+            hit = next((n for n, p in pieces.items() if p and ids[index : index + len(p)] == p), None)
+            if hit is None:
+                out.append(chunk[index])
+                index += 1
+                continue
+            positions[hit].append(offset + len(out))
+            out.append((entry(hit), *chunk[index][1:]))
+            index += len(pieces[hit])
+        t5_tokens(tokens)[c] = out + [(pad_id, *chunk[-1][1:])] * (len(chunk) - len(out))
+        offset += len(chunk)
+    return positions
 
 
 class IdentifierTokenizer:
