@@ -18,18 +18,9 @@ from .comfy_dit_apply import DiTIdentifierTokenizer
 from .comfy_dit_backend import ComfyDiTDenoiser
 from .comfy_dit_text import ComfyDiTText
 from .comfy_internals import t5_context_start, t5_tokens
-from .comfy_tokens import applied_identifiers
+from .comfy_tokens import applied_identifiers, run_positions
 
 log = logging.getLogger("textloc")
-
-
-def _runs(ids: list[int], pieces: list[int]) -> list[int]:
-    """Every index covered by a run of ``pieces`` in ``ids``."""
-    found = []
-    for start in range(len(ids) - len(pieces) + 1) if pieces else ():
-        if ids[start : start + len(pieces)] == pieces:
-            found.extend(range(start, start + len(pieces)))
-    return found
 
 
 def _identifier_positions(clip, prompt: str) -> tuple[dict, dict[str, list[int]], dict[str, list[int]]]:
@@ -66,11 +57,11 @@ def dit_mapped_tokens(model, clip, vae, prompt: str, negative: str, tokens: str,
             "tokens: the prompt has no adapter token; name the words to map (e.g. 'doll, table') or use a token "
             "of an applied TextLoc adapter in the prompt"
         )
-    ids = [int(entry[0]) for chunk in t5_tokens(token_dict) for entry in chunk]
+    entries = [entry[0] for chunk in t5_tokens(token_dict) for entry in chunk]
     for word in wanted:
         if word in positions:
             continue
-        at = [start + p for p in _runs(ids, text.t5_pieces(word))]
+        at = [start + p for p in run_positions(entries, text.t5_pieces(word))]
         if denoiser.family == "sd3":
             at = text.placer.word_positions(token_dict, word) + at
         if at:

@@ -180,14 +180,18 @@ class IdentifierPlacer:
     def word_positions(self, tokens: Tokens, word: str) -> list[int]:
         """Positions of every run of ``word``'s pieces in the first encoder's token list."""
         key = next(iter(self.dims))
-        ids = self.pieces(word)[key]
-        entries = [entry[0] for chunk in tokens[key] for entry in chunk]
-        found = []
-        for index in range(len(entries) - len(ids) + 1) if ids else ():
-            window = entries[index : index + len(ids)]
-            if all(not torch.is_tensor(v) and int(v) == i for v, i in zip(window, ids)):
-                found.extend(range(index, index + len(ids)))
-        return found
+        return run_positions([entry[0] for chunk in tokens[key] for entry in chunk], self.pieces(word)[key])
+
+
+def run_positions(entries: list, pieces: list[int]) -> list[int]:
+    """Every index of a flat token list covered by a run of ``pieces`` (tensor entries, placed
+    vectors, match no id): where a word of the prompt sits, for the maps of plain words."""
+    found = []
+    for index in range(len(entries) - len(pieces) + 1) if pieces else ():
+        window = entries[index : index + len(pieces)]
+        if all(not torch.is_tensor(v) and int(v) == i for v, i in zip(window, pieces)):
+            found.extend(range(index, index + len(pieces)))
+    return found
 
 
 def place_t5_runs(
