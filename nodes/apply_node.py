@@ -20,7 +20,8 @@ from ..textloc_core.adapters.adapter import Adapter, load_adapter
 from ..textloc_core.adapters.composition import check_compatible, composed_embeddings
 from ..textloc_core.adapters.formats import comfy_unet_patch
 from . import paths
-from .comfy_dit_apply import dit_family, model_fingerprint_and_weights, with_dit_identifiers
+from .comfy_backend import base_fingerprint_and_weights
+from .comfy_dit_apply import dit_family, with_dit_identifiers
 from .comfy_tokens import IdentifierPlacer, applied_identifiers, with_identifiers
 from .schema import ADAPTER, NodeText, require_finite
 
@@ -43,7 +44,7 @@ def apply_adapter(
     model, clip, adapter: Adapter, strength: float, allow_base_mismatch: bool = False, name: str = "adapter"
 ):
     """(MODEL, CLIP) clones carrying ``adapter`` at ``strength``."""
-    fingerprint, kv = model_fingerprint_and_weights(model)
+    fingerprint, kv = base_fingerprint_and_weights(model)
     check_compatible(adapter, kv, fingerprint, allow_base_mismatch=allow_base_mismatch, name=name)
     new_model = model.clone()
     # the stock patch file's tensors (a diffusion transformer's K/V as one diff on its fused

@@ -4,7 +4,7 @@ the whole token on the CLIP, T5 part included.
 MODEL: ComfyUI keeps a block's text Q, K and V as one fused ``qkv`` weight; its K and V rows are
 the canonical ``double_blocks.i.txt_attn.to_k`` / ``joint_blocks.i.context_block.attn.to_v``
 weights the diffusers backend keys the same way (``formats.text_kv_from_fused``), so both
-backends fingerprint the same values.
+backends fingerprint the same values (``comfy_backend.base_fingerprint_and_weights``).
 
 CLIP:
 An identifier's vector is laid out as both backends train it: ``[T5 | CLIP-L]`` for Flux,
@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import torch
 
-from ..textloc_core.adapters.formats import COMFY_UNET_PREFIX, text_kv_from_fused
-from ..textloc_core.backends.fingerprint import base_model_fingerprint
-from .comfy_backend import base_fingerprint_and_weights
 from .comfy_internals import t5_special_ids, t5_tokens, with_t5_rows
 from .comfy_tokens import IdentifierPlacer, IdentifierTokenizer, place_t5_runs, with_identifiers
 
@@ -32,21 +29,6 @@ FAMILIES = {"double_blocks": "flux", "joint_blocks": "sd3"}
 T5_KEY = "t5xxl"
 """T5's key in a Flux / SD3 token dict (``comfy_internals.t5_tokens`` reads it), for ``pieces``."""
 """The first name of a diffusion transformer's K/V keys -> its family."""
-
-
-def model_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
-    """(fingerprint, canonical K/V weights) of a MODEL's *base* weights: ``get_key_patches`` (the
-    call ComfyUI's model-merging nodes use) gives each weight as its base value plus patches.
-    A MODEL without fused text ``qkv`` weights is a UNet (``comfy_backend``'s answer, or its
-    error naming the models the pack trains)."""
-    bases = {}
-    for key, patches in model.get_key_patches(COMFY_UNET_PREFIX).items():
-        base = patches[0]
-        bases[key[len(COMFY_UNET_PREFIX) :]] = base[0] if isinstance(base, tuple) else base
-    weights = text_kv_from_fused(bases)
-    if not weights:
-        return base_fingerprint_and_weights(model)
-    return base_model_fingerprint(weights), weights
 
 
 def dit_family(kv_keys) -> str | None:

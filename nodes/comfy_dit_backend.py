@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from ..textloc_core.adapters.formats import COMFY_UNET_PREFIX, text_kv_from_fused
 from ..textloc_core.attention.cross_attention import AttentionRouter
 from ..textloc_core.backends.base import ModelBundle
 from ..textloc_core.backends.fingerprint import base_model_fingerprint
@@ -202,13 +203,12 @@ def dit_fingerprint_and_weights(model) -> tuple[str, dict[str, torch.Tensor]]:
     """Fingerprint and text K/V weights of a Flux / SD3 MODEL's *base* weights (``get_key_patches``:
     base value plus patches), keyed as ``text_kv_projections``, so the diffusers backend hashes the same."""
     _, layers, _ = dit_layout(model_parts(model))
-    key_patches = model.get_key_patches("diffusion_model.")
-    weights = {}
-    for attention, fused in layers.items():
-        base = key_patches[f"diffusion_model.{attention}.qkv.weight"][0]
-        base = base[0] if isinstance(base, tuple) else base
-        for proj, third in (("to_k", 1), ("to_v", 2)):
-            weights[f"{attention}.{proj}"] = base[FusedRows(fused, third).rows]
+    key_patches = model.get_key_patches(COMFY_UNET_PREFIX)
+    fused = {}
+    for attention in layers:
+        base = key_patches[f"{COMFY_UNET_PREFIX}{attention}.qkv.weight"][0]
+        fused[f"{attention}.qkv.weight"] = base[0] if isinstance(base, tuple) else base
+    weights = text_kv_from_fused(fused)  # the K and V thirds, as the stock files lay them out
     return base_model_fingerprint(weights), weights
 
 
