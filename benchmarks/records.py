@@ -115,6 +115,8 @@ def recipe_name(protocol) -> str:
     parts = []
     if protocol.unmasked_weight != 1:
         parts.append(f"masked {protocol.unmasked_weight:g}")
+    if getattr(protocol, "preservation_weight", 0):
+        parts.append(f"preserve {protocol.preservation_weight:g}")
     if protocol.token_warmup_steps:
         parts.append(f"warm-up {protocol.token_warmup_steps} @ {protocol.token_warmup_lr:g}")
     if not protocol.train_keys:

@@ -567,6 +567,12 @@ PROTOCOL_OPTIONS = (
         "weight of the pixels outside the masks in the denoising loss (0: masked loss, 1: plain)",
     ),
     (
+        "--preservation-weight",
+        "preservation_weight",
+        float,
+        "weight of the text-preservation term (TrainConfig.preservation_weight; 0: off)",
+    ),
+    (
         "--token-warmup-steps",
         "token_warmup_steps",
         int,

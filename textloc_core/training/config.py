@@ -95,6 +95,11 @@ class TrainConfig:
     Break-A-Scene's masked loss (only the concepts are reconstructed, so unnamed objects in the
     photos are not learned into the K/V deltas), in between OneTrainer's ``unmasked_weight``.
     Saved settings of versions that had the ``masked_denoise_loss`` switch read as 0 (on) or 1."""
+    preservation_weight: float = 0.0
+    """Weight of the text-preservation term (``preservation``): the relative change the K/V
+    deltas make to what W_K and W_V produce for ordinary words (class words and common caption
+    words, no identifier), so that the class word and the rest of the prompt keep their meaning.
+    0: off. A prior-preservation without images, for UNet models (not Flux / SD3)."""
     token_warmup_steps: int = 0
     """Two-phase schedule (Break-A-Scene): the first this many of ``steps`` train only the
     identifier tokens, at ``token_warmup_learning_rate``; the K/V deltas are frozen until then.
@@ -172,6 +177,11 @@ class TrainConfig:
         ):
             raise ValueError(
                 f"attention_weight: {self.attention_weight!r} must be a finite number, 0 or above (paper: 1)"
+            )
+        if not (isinstance(self.preservation_weight, (int, float)) and self.preservation_weight >= 0):
+            raise ValueError(
+                f"preservation_weight: {self.preservation_weight!r} must be a number >= 0 (0 turns the text "
+                "preservation off)"
             )
         if not (isinstance(self.unmasked_weight, (int, float)) and 0 <= self.unmasked_weight <= 1):
             raise ValueError(

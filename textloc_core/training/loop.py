@@ -29,6 +29,7 @@ from ..stop import Cancelled, check_stop
 from . import checkpoint
 from .config import TrainConfig
 from .result import StepReport, TrainResult
+from .preservation import setup_preservation
 from .setup import TrainingRun, setup, setup_prior
 from .step import Optimization, TrainingDiverged, calibrate_attention_weight, train_step
 
@@ -100,6 +101,7 @@ def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_st
     try:
         optimization = Optimization.for_run(run)
         setup_prior(run, prior_cache_dir, should_stop)
+        setup_preservation(run)
     except Cancelled:  # stopped while generating the prior images: no step taken
         stopped = True
     except BaseException:

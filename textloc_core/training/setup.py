@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from ..data.imaging import fit_pair
 from ..data.validation import CheckedConceptSet, validate_concept_set
 from ..stop import check_stop
 from .config import MIXED_PRECISIONS, TrainConfig
+
+if TYPE_CHECKING:
+    from .preservation import PreservationAnchors
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
 """How the two kinds of trainables are told apart in a checkpoint's tensor file."""
@@ -100,6 +104,8 @@ class TrainingRun:
     prior_pooled: torch.Tensor | None = None
     """(P, D) pooled embeddings of the class prompts, for UNets that take them (SDXL)."""
     prior_prompt_index: torch.Tensor | None = None
+    preservation: PreservationAnchors | None = None
+    """The text-preservation anchors (``preservation.setup_preservation``), None when off."""
     effective_attention_weight: float | None = None
     """The attention term's weight in the loss: ``config.attention_weight`` (fixed mode; the
     ``attention_weight`` widget), or the calibrated one (``step.calibrate_attention_weight``,

@@ -125,8 +125,14 @@ def losses(
         terms["attention"] = attention_loss(config.guidance, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
     else:
         terms["attention"] = pred.sum() * 0.0
+    terms["preservation"] = (
+        run.preservation.loss(run.trainables.kv_deltas) if run.preservation is not None else pred.sum() * 0.0
+    )
     terms["loss"] = (
-        terms["instance"] + config.lambda_prior * terms["prior"] + run.effective_attention_weight * terms["attention"]
+        terms["instance"]
+        + config.lambda_prior * terms["prior"]
+        + run.effective_attention_weight * terms["attention"]
+        + config.preservation_weight * terms["preservation"]
     )
     return terms, maps
 
