@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from benchmarks.tiny_models import build_random_tinyworld_pipeline
 from textloc_core.data.concepts import ConceptSet
-from textloc_core.evaluation import features, scoring
+from textloc_core.evaluation import features, judge_scores, scoring
 from textloc_core.training.config import TrainConfig
 
 METHODS = ("hard", "soft", "none")
@@ -115,6 +115,24 @@ def world(random_weights: bool) -> dict:
         parts["bundle"] = bundle_from_diffusers(parts["pipe"])
         _WORLD.update(parts)
     return _WORLD
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+def kind_spec(kind, with_texture: bool = True) -> dict[str, str]:
+    """An object kind as the judge scores it: shape and colour (and texture)."""
+    spec = {"shape": kind.shape, "colour": kind.colour}
+    if with_texture:
+        spec["texture"] = kind.texture
+    return spec
+
+
+def judgement_of(verdict) -> judge_scores.Judgement:
+    """The TinyWorld judge's pairwise verdict as partial detections (see judge_scores.object_present)."""
+    objects = [{"colour": c, "shape": s} for c, s in sorted(verdict.objects)]
+    objects += [{"texture": t, "shape": s} for t, s in sorted(verdict.textures)]
+    return judge_scores.Judgement(objects, verdict.background)
 
 
 # ----------------------------------------------------------------------------- one run's data and config

@@ -72,6 +72,7 @@ TRAIN_TOOLTIPS = {
     "gradient_checkpointing": "Recompute the UNet's (or Flux / SD3 blocks') activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL, Flux or SD3.5 at 1024 px on a 24 GB card.",
     "mixed_precision": "Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
     "optimizer": "adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
+    "preservation_weight": "Text preservation: keeps what the attention K/V make of the class word and of common caption words (colours, backgrounds, objects, styles) while the adapter learns, so the rest of the prompt keeps working and the class word does not turn into the concept. 0: off. SD1.x / SD2.x / SDXL only (Flux and SD3: 0).",
     "unmasked_weight": "Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
 }
 """What each Train input does, as its tooltip in the UI says."""
@@ -159,7 +160,7 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
 def _train_inputs() -> list:
     """Train's inputs, in the order saved workflows store their widgets: the model and concept
     set; what the run is; optional: training side, fixed attention weight, resuming, large sides
-    and replacing files; how the attention weight is set, the masked loss, memory options."""
+    and replacing files; how the attention weight is set, memory options, the masked loss, text preservation."""
     return [
         TRAIN_NODE.input(io.Model, "model"),
         TRAIN_NODE.input(io.Clip, "clip"),
@@ -194,6 +195,16 @@ def _train_inputs() -> list:
             min=0.0,
             max=1.0,
             step=0.05,
+            round=False,
+            optional=True,
+        ),
+        TRAIN_NODE.input(
+            io.Float,
+            "preservation_weight",
+            default=TrainConfig.preservation_weight,
+            min=0.0,
+            max=10000.0,
+            step=1.0,
             round=False,
             optional=True,
         ),

@@ -68,6 +68,8 @@ from benchmarks.tinyworld_protocol import (  # noqa: E402
     TABLE_METHODS,
     Protocol,
     concept_set_for,
+    judgement_of,
+    kind_spec,
     method_label,
     parse_method,
     train_config,
@@ -96,20 +98,6 @@ def _init_worker() -> None:
 
 
 # ----------------------------------------------------------------------------- one run
-
-
-def _kind_spec(kind, with_texture: bool = True) -> dict[str, str]:
-    spec = {"shape": kind.shape, "colour": kind.colour}
-    if with_texture:
-        spec["texture"] = kind.texture
-    return spec
-
-
-def _judgement(verdict) -> judge_scores.Judgement:
-    """The TinyWorld judge's pairwise verdict as partial detections (see judge_scores.object_present)."""
-    objects = [{"colour": c, "shape": s} for c, s in sorted(verdict.objects)]
-    objects += [{"texture": t, "shape": s} for t, s in sorted(verdict.textures)]
-    return judge_scores.Judgement(objects, verdict.background)
 
 
 def _others(concept) -> list:
@@ -153,13 +141,13 @@ def generation_plan(concept, setting: str, tokens: bool = True):
         # the companion, or its colour or shape on anything: nothing else prompted has either
         leak = [{"colour": companion.colour}, {"shape": companion.shape}]
         for bg in BACKGROUNDS:
-            plan.append((f"a {t_word} on {bg}", judge_scores.ExpectedScene([_kind_spec(target)], [], bg, leak)))
+            plan.append((f"a {t_word} on {bg}", judge_scores.ExpectedScene([kind_spec(target)], [], bg, leak)))
         for i, other in enumerate(_others(concept)):
             for bg in BACKGROUNDS[i::2][:2]:
                 plan.append(
                     (
                         f"a {t_word} and {'an' if _phrase(other)[0] in 'aeiou' else 'a'} {_phrase(other)} on {bg}",
-                        judge_scores.ExpectedScene([_kind_spec(target)], [_kind_spec(other)], bg, leak),
+                        judge_scores.ExpectedScene([kind_spec(target)], [kind_spec(other)], bg, leak),
                     )
                 )
     else:
@@ -172,7 +160,7 @@ def generation_plan(concept, setting: str, tokens: bool = True):
             plan.append(
                 (
                     f"a {t_word} and a {c_word} on {bg}",
-                    judge_scores.ExpectedScene([_kind_spec(target), _kind_spec(companion)], [], bg, bleed),
+                    judge_scores.ExpectedScene([kind_spec(target), kind_spec(companion)], [], bg, bleed),
                 )
             )
     return plan
@@ -291,7 +279,7 @@ def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected
     pooled = clip.unprojected()
     clip_i_pair = metrics.clip_i_from_features(pooled.encode_image(images), pooled.encode_image(photos))
     scores = scoring.image_scores(clip, images, prompts, kid_refs, tokens=tokens, kid_feature=clip, seed=seed)
-    judgements = [_judgement(v) for v in judge(images)]
+    judgements = [judgement_of(v) for v in judge(images)]
     judged = judge_scores.judge_scores(judgements, expected)
     # the same targets without texture: did the concept's colour and shape come through?
     loose = [replace(e, targets=[{k: v for k, v in t.items() if k != "texture"} for t in e.targets]) for e in expected]

@@ -131,6 +131,23 @@ def test_masked_loss_widget_reaches_the_adapter_and_old_graphs_train_unmasked(co
         comfy.run(graph, timeout=600)
 
 
+def test_preservation_widget_reaches_the_training_and_its_adapter(comfy):
+    """preservation_weight turns the text-preservation term on: the run's config says so, and a
+    negative weight is refused naming the widget."""
+    import json
+
+    name = f"preserve_{uuid.uuid4().hex[:6]}"
+    graph = _train_graph(name, steps=1, checkpoint_every=1)
+    graph["3"]["inputs"]["preservation_weight"] = 50.0
+    comfy.run(graph, timeout=600)
+    adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
+    assert json.loads(adapter.metadata.train_config)["preservation_weight"] == 50.0
+    graph = _train_graph(f"preserve_{uuid.uuid4().hex[:6]}", steps=1, checkpoint_every=1)
+    graph["3"]["inputs"]["preservation_weight"] = -1.0
+    with pytest.raises(ComfyError, match="preservation_weight"):
+        comfy.run(graph, timeout=600)
+
+
 def test_concept_folder_names_a_missing_folder(comfy):
     graph = {
         "1": {"class_type": "TextLocConceptFolder", "inputs": {"folder": "no_such_folder_here", "resolution": 64}},

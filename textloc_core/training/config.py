@@ -260,5 +260,6 @@ class TrainConfig:
         if data["attention_weight_mode"] == "calibrated":
             # calibrated runs saved before the averaging existed measured one batch
             data.setdefault("calibration_batches", 1)
+        data.setdefault("preservation_weight", 0.0)  # versions before the term ran without it
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

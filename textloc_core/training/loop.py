@@ -28,8 +28,8 @@ from ..data.validation import CheckedConceptSet
 from ..stop import Cancelled, check_stop
 from . import checkpoint
 from .config import TrainConfig
-from .result import StepReport, TrainResult
 from .preservation import setup_preservation
+from .result import StepReport, TrainResult
 from .setup import TrainingRun, setup, setup_prior
 from .step import Optimization, TrainingDiverged, calibrate_attention_weight, train_step
 

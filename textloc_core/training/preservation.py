@@ -92,19 +92,24 @@ def build_anchors(text, concept_set: ConceptSet, base_weights: dict[str, torch.T
     return PreservationAnchors(factor, energy)
 
 
-def setup_preservation(run) -> None:
-    """Build ``run.preservation`` when ``config.preservation_weight`` is on, from the base model
-    (the deltas are still zero). Models whose text K/V read per-block text states (Flux, SD3)
-    are refused: their anchors would not be the encoder's outputs."""
-    if run.config.preservation_weight <= 0:
-        return
-    denoiser = run.bundle.denoiser
-    if hasattr(denoiser, "text_kv_projections"):
+def check_supported(config, denoiser) -> None:
+    """Refuse the term, before any work, for models whose text K/V read per-block text states
+    (Flux, SD3: ``text_kv_projections``): their anchors would not be the encoder's outputs."""
+    if config.preservation_weight > 0 and hasattr(denoiser, "text_kv_projections"):
         raise ValueError(
             "preservation_weight: Flux and SD3 models read their text K/V from per-block text states, which "
             "the preservation term does not cover; set it to 0 for this model"
         )
+
+
+def setup_preservation(run) -> None:
+    """Build ``run.preservation`` when ``config.preservation_weight`` is on, from the base model
+    (the deltas are still zero)."""
+    if run.config.preservation_weight <= 0:
+        return
     from ..backends.fingerprint import kv_weights
 
-    weights = kv_weights(denoiser)
-    run.preservation = build_anchors(run.bundle.text, run.concept_set, {k: weights[k] for k in run.trainables.kv_deltas})
+    weights = kv_weights(run.bundle.denoiser)
+    run.preservation = build_anchors(
+        run.bundle.text, run.concept_set, {k: weights[k] for k in run.trainables.kv_deltas}
+    )

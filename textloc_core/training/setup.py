@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,9 +26,7 @@ from ..data.imaging import fit_pair
 from ..data.validation import CheckedConceptSet, validate_concept_set
 from ..stop import check_stop
 from .config import MIXED_PRECISIONS, TrainConfig
-
-if TYPE_CHECKING:
-    from .preservation import PreservationAnchors
+from .preservation import PreservationAnchors, check_supported
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
 """How the two kinds of trainables are told apart in a checkpoint's tensor file."""
@@ -244,6 +241,7 @@ def setup(
     device, denoiser = bundle.device, bundle.denoiser
     amp = amp_dtype(config, device)
     optimizer_class(config, device)
+    check_supported(config, denoiser)
     concept_set = checked_for_run(bundle, concept_set, config)
     images, masks = training_images(concept_set, config)
     embeddings = {
