@@ -178,6 +178,12 @@ class TrainConfig:
             raise ValueError(
                 f"attention_weight: {self.attention_weight!r} must be a finite number, 0 or above (paper: 1)"
             )
+        self._check_levers()
+        if isinstance(self.map_levels, list):
+            self.map_levels = tuple(self.map_levels)
+
+    def _check_levers(self) -> None:
+        """Refuse out-of-range values of the levers beside guidance, naming the field."""
         if not (isinstance(self.preservation_weight, (int, float)) and self.preservation_weight >= 0):
             raise ValueError(
                 f"preservation_weight: {self.preservation_weight!r} must be a number >= 0 (0 turns the text "
@@ -197,8 +203,6 @@ class TrainConfig:
             raise ValueError(
                 f"token_warmup_learning_rate: {self.token_warmup_learning_rate!r} must be a positive number (e.g. 5e-4)"
             )
-        if isinstance(self.map_levels, list):
-            self.map_levels = tuple(self.map_levels)
 
     @property
     def uses_prior(self) -> bool:

@@ -3,6 +3,7 @@
 Each step, in one forward over [instance; prior]:
 
     loss = mse(instance) + lambda_prior * mse(prior) + attention_weight * attention_loss(maps, masks)
+           + preservation_weight * preservation(K/V deltas)
 
 where attention_weight is ``run.effective_attention_weight``: the config's, or with
 ``attention_weight_mode="calibrated"`` the one ``calibrate_attention_weight`` sets before the
@@ -128,13 +129,18 @@ def losses(
     terms["preservation"] = (
         run.preservation.loss(run.trainables.kv_deltas) if run.preservation is not None else pred.sum() * 0.0
     )
-    terms["loss"] = (
-        terms["instance"]
-        + config.lambda_prior * terms["prior"]
-        + run.effective_attention_weight * terms["attention"]
-        + config.preservation_weight * terms["preservation"]
-    )
+    terms["loss"] = total_loss(run, terms)
     return terms, maps
+
+
+def total_loss(run: TrainingRun, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The weighted sum of a step's loss terms (the module docstring's formula)."""
+    return (
+        terms["instance"]
+        + run.config.lambda_prior * terms["prior"]
+        + run.effective_attention_weight * terms["attention"]
+        + run.config.preservation_weight * terms["preservation"]
+    )
 
 
 CALIBRATION_EPS = 1e-12
