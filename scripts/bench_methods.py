@@ -603,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phase",
         default="dev",
-        choices=("dev", "heldout"),
-        help="what the runs are for in the records: choosing recipes (dev) or the evidence (heldout)",
+        choices=("dev", "heldout", "heldout2"),
+        help="what the runs are for in the records: choosing recipes (dev) or the evidence of the first or second held-out round",
     )
     parser.add_argument(
         "--no-context",

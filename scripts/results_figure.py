@@ -98,7 +98,7 @@ def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
             if method == "base":
                 d.line([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour, width=2)
                 d.line([cx - 5, cy + 5, cx + 5, cy - 5], fill=colour, width=2)
-            elif p["phase"] == "heldout":
+            elif p["phase"].startswith("heldout"):
                 d.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
             else:
                 d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2)

@@ -4,8 +4,8 @@
     python scripts/results_tables.py --check    # exit 1 when docs/results.md differs from the records
 
 Two blocks: the development runs (seeds 0-2: every recipe tried, the means a recipe was chosen
-by) and the held-out runs (the evidence: each method at its chosen recipe, paired against
-``none``, and the issue's targets checked). tests/core/test_results_tables.py regenerates both
+by) and one per held-out round (the evidence: each method at the recipe chosen before the
+round, paired against ``none``, and the issue's targets checked). tests/core/test_results_tables.py regenerates both
 from the records and compares them with the committed page.
 """
 
@@ -24,7 +24,8 @@ from benchmarks import records  # noqa: E402
 from benchmarks.paired import compare  # noqa: E402
 
 PAGE = REPO / "docs" / "results.md"
-BLOCKS = ("dev", "heldout")
+BLOCKS = ("dev", "heldout", "heldout2")
+"""The page's blocks: the development runs, then each held-out round (its records' ``phase``)."""
 COLUMNS = (
     ("fidelity_cs", "colour+shape ↑"),
     ("leakage", "leakage ↓"),
@@ -277,16 +278,16 @@ def block(recs: list[dict], which: str) -> str:
     parts = [
         provenance(sel),
         "",
-        "Mean" + (" ± standard deviation" if which == "heldout" else "") + " over concept pairs x seeds (n per row).",
+        "Mean" + (" ± standard deviation" if which != "dev" else "") + " over concept pairs x seeds (n per row).",
         "",
-        summary_table(sel, spread=which == "heldout"),
+        summary_table(sel, spread=which != "dev"),
         "",
         "Paired against `none` of the same setting (same pair, seed and data): mean difference "
         "[bootstrap 95% CI] runs above/below none.",
         "",
         paired_table(sel),
     ]
-    if which == "heldout":
+    if which != "dev":
         parts += ["", targets_table(sel)]
     else:
         parts += [

@@ -1,0 +1,70 @@
+"""scripts/demo_check.py: its graph saves every preview's images and maps, and its scoring says
+what the TinyWorld judge and the maps show, on renders whose content is known exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def check(load_script):
+    return load_script("demo_check")
+
+
+def test_the_checked_graph_keeps_the_demo_and_saves_images_and_maps(check):
+    workflow = json.loads(check.WORKFLOW.read_text())
+    graph, previews = check.checked_graph(workflow, images=6)
+    shipped = [k for k, n in workflow.items() if n["class_type"] == "TextLocAttentionPreview"]
+    assert sorted(previews) == sorted(shipped) and shipped
+    for node_id, saves in previews.items():
+        assert graph[node_id]["inputs"]["batch_size"] == 6
+        assert graph[saves["images"]]["inputs"]["images"] == [node_id, 0]
+        to_image = graph[saves["maps"]]["inputs"]["images"][0]
+        assert graph[to_image] == {"class_type": "MaskToImage", "inputs": {"mask": [node_id, 2]}}
+    untouched = {k: n for k, n in graph.items() if k in workflow and k not in previews}
+    assert untouched == {k: n for k, n in workflow.items() if k not in previews}
+
+
+def _scene(objects, background, seed):
+    from textloc_core import tinyworld
+
+    scene = tinyworld.render_scene(objects=objects, background=background, seed=seed)
+    image = torch.from_numpy(scene.image).permute(2, 0, 1).float()
+    return image, torch.from_numpy(scene.masks.astype("float32"))
+
+
+def test_scoring_reads_renders_as_drawn(check):
+    """The concept beside the prompted object on the prompted background, with the concept's
+    exact mask as its map, scores present and on it; with the other object's mask as the map,
+    the map is not on it, and a render without the other object misses it."""
+    from textloc_core import tinyworld
+    from textloc_core.tinyworld.world import held_out_concept
+
+    concept = held_out_concept("dotstar")
+    other = tinyworld.ObjectKind("triangle", "red")
+    images, own, elsewhere = [], [], []
+    for seed in range(4):
+        image, masks = _scene([other, concept.kind], "night", 50 + seed)
+        images.append(image)
+        own.append(masks[1:2])
+        elsewhere.append(masks[0:1])
+    images = torch.stack(images)
+    judge = tinyworld.load_judge()
+    prompt = "a <tw1> star and a red triangle on night"
+    on = check.score_preview(judge, concept, prompt, images, torch.stack(own))["samples"]
+    assert sum(s["background"] and s["other"] for s in on) >= 3
+    assert sum(s["concept"] for s in on) >= 3
+    assert all(s["map_share"] > 0.5 for s in on)
+    off = check.score_preview(judge, concept, prompt, images, torch.stack(elsewhere))["samples"]
+    assert not any(s["map_on_concept"] for s in off)
+    alone = check.score_preview(judge, concept, "a <tw1> star and a blue circle on night", images, torch.stack(own))
+    assert not any(s["other"] for s in alone["samples"])
+    assert "| a <tw1> star and a red triangle on night |" in check.table([{"prompt": prompt, "samples": on}])
+
+
+def test_an_unreadable_prompt_is_named(check):
+    with pytest.raises(ValueError, match="preview prompt"):
+        check.score_preview(None, None, "photo of something", torch.zeros(1, 3, 64, 64), torch.zeros(1, 1, 64, 64))
