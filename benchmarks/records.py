@@ -128,6 +128,8 @@ def recipe_name(protocol) -> str:
             f"prior {protocol.prior_images}"
             + ("" if protocol.class_prompt == "{class_word}" else f" '{protocol.class_prompt}'")
         )
+    if getattr(protocol, "train_map_levels", "all_but_finest") != "all_but_finest":
+        parts.append(f"maps {protocol.train_map_levels}")
     if protocol.steps != 100 or protocol.learning_rate != 3e-3:
         parts.append(f"{protocol.steps} steps @ {protocol.learning_rate:g}")
     return ", ".join(parts) or "plain"
