@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import gc
 import logging
+from dataclasses import replace
 
 from comfy_api.latest import io, ui
 
 from ..textloc_core.data.validation import CheckedConceptSet, validate_concept_set
-from ..textloc_core.training import loop
+from ..textloc_core.training import loop, preservation
 from ..textloc_core.training.config import (
     ATTENTION_WEIGHT_MODES,
     GUIDANCE_METHODS,
@@ -72,7 +73,7 @@ TRAIN_TOOLTIPS = {
     "gradient_checkpointing": "Recompute the UNet's (or Flux / SD3 blocks') activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL, Flux or SD3.5 at 1024 px on a 24 GB card.",
     "mixed_precision": "Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
     "optimizer": "adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
-    "preservation_weight": "Text preservation: keeps what the attention K/V make of the class word and of common caption words (colours, backgrounds, objects, styles) while the adapter learns, so the rest of the prompt keeps working and the class word does not turn into the concept. 0: off. SD1.x / SD2.x / SDXL only (Flux and SD3: 0).",
+    "preservation_weight": "Text preservation: keeps what the attention K/V make of the class word and of common caption words (colours, backgrounds, objects, styles) while the adapter learns, so the rest of the prompt keeps working and the class word does not turn into the concept. 0: off. SD1.x, SD2.x and SDXL; Flux and SD3 train without it.",
     "unmasked_weight": "Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
 }
 """What each Train input does, as its tooltip in the UI says."""
@@ -236,7 +237,7 @@ class TextLocTrain(io.ComfyNode):
         overwrite=False,
         **widgets,
     ) -> io.NodeOutput:
-        config = config_from_widgets(widgets)
+        config = for_model(config_from_widgets(widgets), model, vae)
         name = paths.check_adapter_name(adapter_name.strip())
         checked = check_inputs(model, clip, vae, concepts, config, allow_large_resolution)
         files, checkpoints = plan_outputs(name, model, concepts, config, resume, overwrite)
@@ -257,6 +258,16 @@ def config_from_widgets(widgets: dict) -> TrainConfig:
     numbers = {k: v for k, v in widgets.items() if isinstance(v, float)}
     require_finite(**numbers)
     return TrainConfig.from_widgets(**widgets)
+
+
+def for_model(config: TrainConfig, model, vae) -> TrainConfig:
+    """The run's config for this model: Flux and SD3 have no text preservation
+    (``preservation.supported``), so there the widget's value is set aside with a log line and the
+    adapter records 0; the default then works on every model."""
+    if config.preservation_weight > 0 and not preservation.supported(training_denoiser(model, vae)):
+        log.info("textloc: preservation_weight does not apply to Flux / SD3 models; training without it")
+        return replace(config, preservation_weight=0.0)
+    return config
 
 
 def check_inputs(model, clip, vae, concepts, config: TrainConfig, allow_large_resolution: bool) -> CheckedConceptSet:

@@ -9,6 +9,7 @@ down. Everything else runs as shipped.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from comfy_server import WORKFLOWS_DIR, painted_photo
@@ -53,6 +54,7 @@ def test_train_flux_runs_headless_and_writes_every_file(comfy, tmp_path):
     assert train["inputs"]["guidance"] == "hard" and train["inputs"]["gradient_checkpointing"] is True
     name = f"flux_{uuid.uuid4().hex[:6]}"
     train["inputs"].update(steps=2, checkpoint_every=1, learning_rate=5e-3, resolution=64, adapter_name=name)
+    train["inputs"]["preservation_weight"] = 50.0  # a UNet-only setting: set aside for Flux, not refused
     ((preview,),) = [[n for n in workflow.values() if n["class_type"] == "TextLocAttentionPreview"]]
     assert preview["inputs"]["cfg"] == 1.0 and preview["inputs"]["negative"] == ""
     preview["inputs"].update(steps=2, width=64, height=64)
@@ -62,6 +64,7 @@ def test_train_flux_runs_headless_and_writes_every_file(comfy, tmp_path):
     models = comfy.layout.models
     adapter = load_adapter(models / "textloc" / f"{name}.safetensors")
     assert adapter.metadata.guidance == "hard" and adapter.metadata.steps == 2
+    assert json.loads(adapter.metadata.train_config)["preservation_weight"] == 0.0
     assert all(key.startswith("double_blocks.") for key in adapter.kv_deltas)
     assert all(float(d.abs().sum()) > 0 for d in adapter.kv_deltas.values())
     lora = load_file(str(models / "loras" / "textloc" / f"{name}.safetensors"))

@@ -92,10 +92,15 @@ def build_anchors(text, concept_set: ConceptSet, base_weights: dict[str, torch.T
     return PreservationAnchors(factor, energy)
 
 
+def supported(denoiser) -> bool:
+    """Whether the term applies: not to models whose text K/V read per-block text states (Flux,
+    SD3: ``text_kv_projections``), where the anchors would not be the encoder's outputs."""
+    return not hasattr(denoiser, "text_kv_projections")
+
+
 def check_supported(config, denoiser) -> None:
-    """Refuse the term, before any work, for models whose text K/V read per-block text states
-    (Flux, SD3: ``text_kv_projections``): their anchors would not be the encoder's outputs."""
-    if config.preservation_weight > 0 and hasattr(denoiser, "text_kv_projections"):
+    """Refuse the term, before any work, where it does not apply (``supported``)."""
+    if config.preservation_weight > 0 and not supported(denoiser):
         raise ValueError(
             "preservation_weight: Flux and SD3 models read their text K/V from per-block text states, which "
             "the preservation term does not cover; set it to 0 for this model"
