@@ -172,6 +172,28 @@ def paired_table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def default_change_table(recs: list[dict], chosen: str) -> str:
+    """Hard at the round's chosen recipe against hard at the previous default (``plain``), run by
+    run on the same single-concept seeds: what changing the defaults changes."""
+    hard = [r for r in recs if r["setting"] == "single" and r["method"].startswith("hard")]
+    new, old = [r for r in hard if r["recipe"] == chosen], [r for r in hard if r["recipe"] == "plain"]
+    if not new or not old:
+        return ""
+    cells = []
+    for key, _ in PAIRED:
+        c = compare(_units(new, key), _units(old, key))
+        cells.append(f"{c.mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.above}/{c.below}")
+    return "\n".join(
+        [
+            "Hard at the chosen recipe against hard at the previous default (`plain`), same runs:",
+            "",
+            "| recipe | vs | n | " + " | ".join(f"Δ {t}" for _, t in PAIRED) + " |",
+            "|---|---|---|" + "---|" * len(PAIRED),
+            f"| {chosen} | plain | {len(new)} | " + " | ".join(cells) + " |",
+        ]
+    )
+
+
 def iou_gains(sel: list[dict], base: list[dict]) -> list[float]:
     mine, theirs = _units(sel, "iou"), _units(base, "iou")
     return [mine[u] - theirs[u] for u in sorted(mine) if u in theirs]
@@ -296,6 +318,8 @@ def block(recs: list[dict], which: str) -> str:
     ]
     if which != "dev":
         parts += ["", targets_table(sel, CHOSEN_HARD.get(which))]
+        change = default_change_table(sel, CHOSEN_HARD[which]) if which in CHOSEN_HARD else ""
+        parts += ["", change] if change else []
     else:
         parts += [
             "",

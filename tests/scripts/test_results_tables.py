@@ -70,6 +70,22 @@ def test_heldout_block_pairs_and_checks_the_targets(tables):
     assert tables.block(recs, "dev") == "(no records yet)"
 
 
+def test_a_round_with_the_previous_default_checks_the_chosen_recipe_and_compares_the_two(tables):
+    chosen = tables.CHOSEN_HARD["heldout2"]
+    recs = []
+    for seed in range(4):
+        recs.append(_rec("heldout2", "none", seed, recipe="masked 0, preserve 100", iou=0.1))
+        recs.append(_rec("heldout2", "hard@cal", seed, recipe=chosen, iou=0.4, fidelity_cs=0.7, leakage=0.2))
+        recs.append(_rec("heldout2", "hard@cal", seed, recipe="plain", iou=0.2, fidelity_cs=0.3, leakage=0.6))
+    text = tables.block(recs, "heldout2")
+    assert "| hard: target colour+shape | 0.700 | ≥ 0.6 | met |" in text  # the chosen recipe only
+    assert "| hard: leakage | 0.200 | ≤ 0.3 | met |" in text
+    row = next(x for x in text.splitlines() if x.startswith(f"| {chosen} | plain | 4 |"))
+    iou, colour_shape, leakage = (c.strip() for c in row.split("|")[4:7])
+    assert iou.startswith("+0.200 [") and colour_shape.startswith("+0.400 [") and leakage.startswith("-0.400 [")
+    assert colour_shape.endswith("4/0") and leakage.endswith("0/4")
+
+
 def test_dev_rows_pair_with_none_at_their_own_recipe(tables):
     recs = [
         _rec("dev", "none", s, recipe=r, iou=base) for s in range(3) for r, base in (("plain", 0.1), ("masked 0", 0.0))
