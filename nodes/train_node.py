@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import replace
 
 from comfy_api.latest import io, ui
 
+from ..textloc_core.attention.maps import DEFAULT_MAP_LEVELS, NAMED_MAP_LEVELS
 from ..textloc_core.data.validation import CheckedConceptSet, validate_concept_set
 from ..textloc_core.training import loop, preservation
 from ..textloc_core.training.config import (
@@ -73,6 +73,7 @@ TRAIN_TOOLTIPS = {
     "gradient_checkpointing": "Recompute the UNet's (or Flux / SD3 blocks') activations in the backward pass instead of keeping them: much less memory, about a third more time per step. Turn on for SDXL, Flux or SD3.5 at 1024 px on a 24 GB card.",
     "mixed_precision": "Autocast of the forward pass: auto is bf16 on GPUs that support it (else fp16) and fp32 on CPU. Trained weights stay fp32.",
     "optimizer": "adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
+    "map_levels": "Attention resolutions the guidance pulls onto the masks: all_but_finest (the paper's; SDXL keeps both of its two, Flux / SD3 the second half of the blocks) or all. On TinyWorld, whose finest map is 16x16, all was chosen (docs/results.md).",
     "preservation_weight": "Text preservation: keeps what the attention K/V make of the class word and of common caption words (colours, backgrounds, objects, styles) while the adapter learns, so the rest of the prompt keeps working and the class word does not turn into the concept. 0: off. SD1.x, SD2.x and SDXL; Flux and SD3 train without it.",
     "unmasked_weight": "Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
 }
@@ -161,7 +162,8 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
 def _train_inputs() -> list:
     """Train's inputs, in the order saved workflows store their widgets: the model and concept
     set; what the run is; optional: training side, fixed attention weight, resuming, large sides
-    and replacing files; how the attention weight is set, memory options, the masked loss, text preservation."""
+    and replacing files; how the attention weight is set, memory options, the masked loss, the guided resolutions, text
+    preservation."""
     return [
         TRAIN_NODE.input(io.Model, "model"),
         TRAIN_NODE.input(io.Clip, "clip"),
@@ -198,6 +200,9 @@ def _train_inputs() -> list:
             step=0.05,
             round=False,
             optional=True,
+        ),
+        TRAIN_NODE.input(
+            io.Combo, "map_levels", options=list(NAMED_MAP_LEVELS), default=DEFAULT_MAP_LEVELS, optional=True
         ),
         TRAIN_NODE.input(
             io.Float,
@@ -261,13 +266,10 @@ def config_from_widgets(widgets: dict) -> TrainConfig:
 
 
 def for_model(config: TrainConfig, model, vae) -> TrainConfig:
-    """The run's config for this model: Flux and SD3 have no text preservation
-    (``preservation.supported``), so there the widget's value is set aside with a log line and the
-    adapter records 0; the default then works on every model."""
-    if config.preservation_weight > 0 and not preservation.supported(training_denoiser(model, vae)):
-        log.info("textloc: preservation_weight does not apply to Flux / SD3 models; training without it")
-        return replace(config, preservation_weight=0.0)
-    return config
+    """The run's config for this model (``preservation.applicable``: Flux and SD3 train without
+    text preservation), decided before the files are planned so that an existing adapter is
+    compared with what this run will record."""
+    return preservation.applicable(config, training_denoiser(model, vae))
 
 
 def check_inputs(model, clip, vae, concepts, config: TrainConfig, allow_large_resolution: bool) -> CheckedConceptSet:

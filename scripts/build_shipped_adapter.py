@@ -73,7 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         demo_args = ["--workflow", str(WORKFLOW), "--out", str(run_dir), "--timeout", str(args.timeout)]
         if args.comfyui:
             demo_args += ["--comfyui", str(args.comfyui)]
-        status = demo.main(demo_args)
+        # the shipped file sits in the textloc search path of that ComfyUI: Train would refuse to
+        # replace it when its settings changed, so it is set aside while the new one trains
+        shipped = shipped_adapters_dir() / f"{name}.safetensors"
+        aside = Path(scratch) / "previous.safetensors"
+        if shipped.is_file():
+            shutil.move(shipped, aside)
+        try:
+            status = demo.main(demo_args)
+        finally:
+            if aside.is_file() and not shipped.is_file():
+                shutil.move(aside, shipped)
         if status:
             return status
         trained = run_dir / "models" / "textloc" / f"{name}.safetensors"

@@ -11,9 +11,11 @@ images and token maps, and scores them with TinyWorld's judge:
 * **background** / **other object**: the prompted background, and the prompted object that is
   not the concept, are what the judge sees (``judge_scores.object_present``);
 * **concept**: the concept's colour and shape are there;
-* **map on concept**: of the map's region (the map at least half its maximum), the share that
-  lies on pixels of the concept's colour; a sample counts as "on it" when the concept is there
-  and that share is at least ``ON_SHARE``.
+* **map on concept**: the map's brightest point lies on the concept (within ``PEAK_REACH``
+  pixels of a pixel of the concept's colour), in a sample where the judge sees the concept. The
+  record also keeps the share of the map's mass on those pixels and their share of the image
+  (the map is a 16x16 grid at TinyWorld's size, so it is broad: its mass on the concept is
+  about 1.5-2 times what a uniform map would put there).
 
 The demo's goal (issue "make the promise visible"): in the previews that name another object,
 the background and that object both appear in at least half of the samples, and the map lies
@@ -53,8 +55,8 @@ from textloc_harness.comfy_launcher import (  # noqa: E402
 )
 
 WORKFLOW = REPO / "workflows" / "api" / "tinyworld_demo_api.json"
-ON_SHARE = 0.5
-"""Share of the map's region on the concept's pixels above which the map "lies on it"."""
+PEAK_REACH = 2
+"""Pixels (each side) around the map's maximum searched for a pixel of the concept's colour."""
 COLOUR_DISTANCE = 0.3
 """RGB distance (0-1 scale) within which a pixel has the concept's colour."""
 PROMPT = re.compile(r"^a <[^>]+> \w+(?: and an? (?P<colour>\w+) (?P<shape>\w+))? on (?P<background>\w+)$")
@@ -93,13 +95,23 @@ def _pictures(paths: list[Path]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
-def map_shares(images: torch.Tensor, maps: torch.Tensor, colour: tuple[float, float, float]) -> list[float]:
-    """Per sample: the share of the map's region (at least half its maximum) on pixels within
-    ``COLOUR_DISTANCE`` of ``colour``."""
+def map_on_colour(images: torch.Tensor, maps: torch.Tensor, colour: tuple[float, float, float]) -> list[dict]:
+    """Per sample, for the pixels within ``COLOUR_DISTANCE`` of ``colour``: whether the map's
+    maximum lies on one (within ``PEAK_REACH``), the share of the map's mass on them, and their
+    share of the image."""
     near = (images - torch.tensor(colour).view(1, 3, 1, 1)).norm(dim=1) < COLOUR_DISTANCE
-    heat = maps[:, 0]
-    region = heat >= 0.5 * heat.flatten(1).amax(1).clamp_min(1e-6).view(-1, 1, 1)
-    return [float((r & n).sum() / r.sum().clamp_min(1)) for r, n in zip(region, near)]
+    out = []
+    for heat, where in zip(maps[:, 0], near):
+        y, x = divmod(int(heat.flatten().argmax()), heat.shape[-1])
+        around = where[max(0, y - PEAK_REACH) : y + PEAK_REACH + 1, max(0, x - PEAK_REACH) : x + PEAK_REACH + 1]
+        out.append(
+            {
+                "peak_on_colour": bool(around.any()),
+                "mass_share": round(float((heat * where).sum() / heat.sum().clamp_min(1e-6)), 4),
+                "colour_area": round(float(where.float().mean()), 4),
+            }
+        )
+    return out
 
 
 def score_preview(judge, concept, prompt: str, images: torch.Tensor, maps: torch.Tensor) -> dict:
@@ -114,17 +126,17 @@ def score_preview(judge, concept, prompt: str, images: torch.Tensor, maps: torch
     target = kind_spec(concept.kind, with_texture=False)
     other = {"colour": parsed["colour"], "shape": parsed["shape"]} if parsed["shape"] else None
     judgements = [judgement_of(v) for v in judge(images)]
-    shares = map_shares(images, maps, COLOURS[concept.kind.colour])
+    on_colour = map_on_colour(images, maps, COLOURS[concept.kind.colour])
     samples = []
-    for judgement, share in zip(judgements, shares):
+    for judgement, where in zip(judgements, on_colour):
         present = judge_scores.object_present(judgement, target)
         samples.append(
             {
                 "background": judgement.background == parsed["background"],
                 "other": None if other is None else judge_scores.object_present(judgement, other),
                 "concept": present,
-                "map_share": round(share, 4),
-                "map_on_concept": present and share >= ON_SHARE,
+                **where,
+                "map_on_concept": present and where["peak_on_colour"],
             }
         )
     return {"prompt": prompt, "samples": samples}
@@ -155,8 +167,15 @@ def table(previews: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_check(comfy: Path, images: int, timeout: float) -> tuple[list[dict], dict]:
-    """Run the demo graph with ``images`` samples per preview and score every preview."""
+def contact_sheet(images: torch.Tensor, maps: torch.Tensor, path: Path) -> None:
+    """One PNG of a preview: its images in the top row, their maps (grey) below."""
+    rows = torch.cat([torch.cat(list(images), 2), torch.cat(list(maps.expand(-1, 3, -1, -1)), 2)], 1)
+    Image.fromarray((rows.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+
+
+def run_check(comfy: Path, images: int, timeout: float, sheets: Path | None = None) -> tuple[list[dict], dict]:
+    """Run the demo graph with ``images`` samples per preview and score every preview; with
+    ``sheets``, write each preview's contact sheet there."""
     from textloc_core import tinyworld
     from textloc_core.tinyworld.world import held_out_concept
 
@@ -174,6 +193,9 @@ def run_check(comfy: Path, images: int, timeout: float) -> tuple[list[dict], dic
                 pictures = _pictures(files[preview["images"]])
                 maps = _pictures(files[preview["maps"]])[:, :1]
                 scored.append(score_preview(judge, concept, preview["prompt"], pictures, maps))
+                if sheets is not None:
+                    sheets.mkdir(parents=True, exist_ok=True)
+                    contact_sheet(pictures, maps, sheets / f"preview_{len(scored)}.png")
     return scored, workflow
 
 
@@ -181,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=8, help="images each Attention Preview samples")
     parser.add_argument("--record", type=Path, default=None, help="append the check's JSON line to this file")
+    parser.add_argument("--sheets", type=Path, default=None, help="write each preview's images and maps here as a PNG")
     parser.add_argument("--timeout", type=float, default=1800)
     add_comfyui_option(parser)
     args = parser.parse_args(argv)
@@ -190,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo_check: {reason}", file=sys.stderr)
         return 2
     began = time.time()
-    scored, workflow = run_check(comfy, args.images, args.timeout)
+    scored, workflow = run_check(comfy, args.images, args.timeout, args.sheets)
     print(table(scored))
     named = [s for p in scored for s in p["samples"] if s["other"] is not None]
     both = sum(s["background"] and s["other"] for s in named)
@@ -207,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.time() - began, 1),
             "images_per_preview": args.images,
             "train_widgets": {k: v for k, v in train.items() if not isinstance(v, list)},
-            "on_share": ON_SHARE,
+            "peak_reach": PEAK_REACH,
             "previews": scored,
         }
         args.record.parent.mkdir(parents=True, exist_ok=True)

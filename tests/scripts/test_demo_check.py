@@ -57,7 +57,7 @@ def test_scoring_reads_renders_as_drawn(check):
     on = check.score_preview(judge, concept, prompt, images, torch.stack(own))["samples"]
     assert sum(s["background"] and s["other"] for s in on) >= 3
     assert sum(s["concept"] for s in on) >= 3
-    assert all(s["map_share"] > 0.5 for s in on)
+    assert all(s["peak_on_colour"] and s["mass_share"] > 0.5 for s in on)
     off = check.score_preview(judge, concept, prompt, images, torch.stack(elsewhere))["samples"]
     assert not any(s["map_on_concept"] for s in off)
     alone = check.score_preview(judge, concept, "a <tw1> star and a blue circle on night", images, torch.stack(own))

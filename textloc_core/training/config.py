@@ -89,17 +89,21 @@ class TrainConfig:
     """Side of the common grid the per-resolution maps are upsampled to (None: the largest chosen)."""
     normalize_maps: bool = True
     """Min-max normalise each sample's map per resolution before averaging (paper)."""
-    unmasked_weight: float = 1.0
+    unmasked_weight: float = 0.0
     """Weight of the pixels outside the union of the named concepts' masks in the instance
-    denoising loss, whose pixels inside weigh 1 (a weighted mean): 1 is the plain loss, 0
-    Break-A-Scene's masked loss (only the concepts are reconstructed, so unnamed objects in the
-    photos are not learned into the K/V deltas), in between OneTrainer's ``unmasked_weight``.
-    Saved settings of versions that had the ``masked_denoise_loss`` switch read as 0 (on) or 1."""
-    preservation_weight: float = 0.0
+    denoising loss, whose pixels inside weigh 1 (a weighted mean): 1 is the plain loss, 0 (the
+    default, chosen on TinyWorld's held-out runs, docs/results.md) Break-A-Scene's masked loss
+    (only the concepts are reconstructed, so unnamed objects in the photos are not learned into
+    the K/V deltas), in between OneTrainer's ``unmasked_weight``. Saved settings of versions
+    that had the ``masked_denoise_loss`` switch read as 0 (on) or 1, and of versions before
+    either as 1, the plain loss they ran."""
+    preservation_weight: float = 30.0
     """Weight of the text-preservation term (``preservation``): the relative change the K/V
     deltas make to what W_K and W_V produce for ordinary words (class words and common caption
     words, no identifier), so that the class word and the rest of the prompt keep their meaning.
-    0: off. A prior-preservation without images, for UNet models (not Flux / SD3)."""
+    0: off. A prior-preservation without images, for UNet models (not Flux / SD3). The default,
+    30, is hard guidance's chosen recipe on TinyWorld (docs/results.md); saved settings of
+    versions before the term read as 0."""
     token_warmup_steps: int = 0
     """Two-phase schedule (Break-A-Scene): the first this many of ``steps`` train only the
     identifier tokens, at ``token_warmup_learning_rate``; the K/V deltas are frozen until then.
@@ -265,5 +269,6 @@ class TrainConfig:
             # calibrated runs saved before the averaging existed measured one batch
             data.setdefault("calibration_batches", 1)
         data.setdefault("preservation_weight", 0.0)  # versions before the term ran without it
+        data.setdefault("unmasked_weight", 1.0)  # versions before the masked loss ran the plain one
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -28,7 +28,7 @@ from ..data.validation import CheckedConceptSet
 from ..stop import Cancelled, check_stop
 from . import checkpoint
 from .config import TrainConfig
-from .preservation import setup_preservation
+from .preservation import applicable, setup_preservation
 from .result import StepReport, TrainResult
 from .setup import TrainingRun, setup, setup_prior
 from .step import Optimization, TrainingDiverged, calibrate_attention_weight, train_step
@@ -82,6 +82,7 @@ def _models(bundle: ModelBundle) -> list[torch.nn.Module]:
 
 
 def _run(bundle, concept_set, config, checkpoint_dir, resume, on_step, should_stop, prior_cache_dir) -> TrainResult:
+    config = applicable(config, bundle.denoiser)  # what the run records and resumes under
     if resume and checkpoint_dir is not None:  # before VAE encoding and prior generation
         checkpoint.check_resumable(Path(checkpoint_dir), config.to_json())
     try:

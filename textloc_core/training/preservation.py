@@ -18,7 +18,8 @@ own encodings can still move the K/V wherever ordinary text does not go.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -40,6 +41,8 @@ COMMON_WORDS = (
 )  # fmt: skip
 """Generic caption words the anchors are made of: the everyday vocabulary of prompts (colours,
 shapes, backgrounds, subjects, styles), not any one model's or data set's."""
+
+log = logging.getLogger("textloc")
 
 ENERGY_KEPT = 0.999
 """Share of the anchors' second-moment energy the factor F keeps (the rest is noise)."""
@@ -98,13 +101,14 @@ def supported(denoiser) -> bool:
     return not hasattr(denoiser, "text_kv_projections")
 
 
-def check_supported(config, denoiser) -> None:
-    """Refuse the term, before any work, where it does not apply (``supported``)."""
+def applicable(config, denoiser):
+    """``config`` for ``denoiser``: where the term does not apply (``supported``) its weight is
+    set to 0 with a log line, so that the default trains every model and the run, its
+    checkpoints and its adapter record what it did."""
     if config.preservation_weight > 0 and not supported(denoiser):
-        raise ValueError(
-            "preservation_weight: Flux and SD3 models read their text K/V from per-block text states, which "
-            "the preservation term does not cover; set it to 0 for this model"
-        )
+        log.info("preservation_weight does not apply to Flux / SD3 models (text K/V read per-block states); 0 is used")
+        return replace(config, preservation_weight=0.0)
+    return config
 
 
 def setup_preservation(run) -> None:

@@ -26,7 +26,7 @@ from ..data.imaging import fit_pair
 from ..data.validation import CheckedConceptSet, validate_concept_set
 from ..stop import check_stop
 from .config import MIXED_PRECISIONS, TrainConfig
-from .preservation import PreservationAnchors, check_supported
+from .preservation import PreservationAnchors, applicable
 
 _KV_KEY, _EMB_KEY = "kv:", "emb:"
 """How the two kinds of trainables are told apart in a checkpoint's tensor file."""
@@ -241,7 +241,7 @@ def setup(
     device, denoiser = bundle.device, bundle.denoiser
     amp = amp_dtype(config, device)
     optimizer_class(config, device)
-    check_supported(config, denoiser)
+    config = applicable(config, denoiser)
     concept_set = checked_for_run(bundle, concept_set, config)
     images, masks = training_images(concept_set, config)
     embeddings = {

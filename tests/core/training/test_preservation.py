@@ -62,7 +62,7 @@ def _class_word_change(bundle, concept_set, result) -> float:
 
 def test_preservation_keeps_the_class_words_kv(tiny_bundle, two_concepts):
     """The same run with the term changes the class words' K/V far less, and still trains."""
-    plain = train(tiny_bundle, two_concepts, _config(guidance="hard"))
+    plain = train(tiny_bundle, two_concepts, _config(guidance="hard", preservation_weight=0.0))
     kept = train(tiny_bundle, two_concepts, _config(guidance="hard", preservation_weight=1000.0))
     assert kept.history[-1]["preservation"] > 0 and plain.history[-1]["preservation"] == 0
     assert _class_word_change(tiny_bundle, two_concepts, kept) < 0.5 * _class_word_change(
@@ -94,7 +94,10 @@ def test_negative_weight_is_named():
         _config(preservation_weight=-1.0)
 
 
-def test_flux_is_refused_naming_the_input(tiny_flux_bundle, doll_bucket_set):
+def test_flux_trains_without_it_and_records_that(tiny_flux_bundle, doll_bucket_set):
+    """The default (30) trains every model: Flux and SD3 set the term aside, and the run's config
+    (its checkpoints, its adapter) says 0."""
     pair = doll_bucket_set([{"doll": (2, 2), "bucket": (16, 16)}], side=32, size=12, seed=5)
-    with pytest.raises(ValueError, match="preservation_weight: Flux and SD3"):
-        train(tiny_flux_bundle, pair, _config(guidance="none", preservation_weight=1.0, steps=1))
+    result = train(tiny_flux_bundle, pair, _config(guidance="none", steps=1))
+    assert TrainConfig().preservation_weight > 0 and result.config.preservation_weight == 0.0
+    assert result.history[-1]["preservation"] == 0.0

@@ -32,7 +32,7 @@ def test_unmasked_weight_spans_masked_to_plain_loss():
 
 def test_saved_masked_switch_reads_as_the_weight_it_ran():
     fresh = json.loads(TrainConfig().to_json())
-    assert "masked_denoise_loss" not in fresh and fresh["unmasked_weight"] == 1.0
+    assert "masked_denoise_loss" not in fresh and fresh["unmasked_weight"] == TrainConfig.unmasked_weight
     for switch, weight in ((True, 0.0), (False, 1.0)):
         old = dict(fresh, masked_denoise_loss=switch)
         del old["unmasked_weight"]
@@ -142,5 +142,6 @@ def test_union_sampling_names_random_subsets_with_their_masks(tiny_bundle, two_c
 
 def test_train_node_widget_maps_onto_unmasked_weight():
     widgets = dict(guidance="hard", steps=10, learning_rate=1e-5, batch=2, prior_images=0, seed=0, checkpoint_every=5)
-    assert TrainConfig.from_widgets(**widgets).unmasked_weight == 1.0  # a workflow saved before the widget
+    # a workflow saved before the widget trains at today's default, as ComfyUI fills in optional inputs
+    assert TrainConfig.from_widgets(**widgets).unmasked_weight == TrainConfig.unmasked_weight
     assert TrainConfig.from_widgets(**widgets, unmasked_weight=0.0).unmasked_weight == 0.0
