@@ -2,7 +2,7 @@
 learned concept's map lie on it?
 
     python scripts/demo_check.py                       # 8 images per preview, prints the table
-    python scripts/demo_check.py --images 16 --record benchmarks/records/demo-check.jsonl
+    python scripts/demo_check.py --images 16 --record benchmarks/records/demo/demo-check.jsonl
 
 Runs the shipped demo graph (workflows/api/tinyworld_demo_api.json, its settings unchanged
 except each Attention Preview's batch size) in a real headless ComfyUI, saves every preview's
