@@ -14,6 +14,7 @@ from tinyworld_graphs import TINYWORLD, concept_from_mask, concept_set, train_no
 
 from textloc_core.adapters.adapter import load_adapter
 from textloc_core.training import checkpoint as ckpt
+from textloc_core.training.config import TrainConfig
 from textloc_harness.comfy_launcher import ComfyError
 
 
@@ -112,19 +113,20 @@ def test_calibrated_attention_weight_trains_and_the_report_names_the_effective_w
     assert '"attention_weight_mode": "calibrated"' in adapter.metadata.train_config
 
 
-def test_masked_loss_widget_reaches_the_adapter_and_old_graphs_train_unmasked(comfy, adapter_name):
-    """unmasked_weight is the masked loss (0: only the concepts' pixels); a graph saved before the
-    widget existed (``adapter_name``'s, without it) trains with the plain loss, as it did then."""
+def test_masked_loss_widget_reaches_the_adapter_and_old_graphs_train_at_the_default(comfy, adapter_name):
+    """unmasked_weight is the masked loss (0: only the concepts' pixels, the default); a graph
+    saved without the widget (``adapter_name``'s) trains at today's default, as ComfyUI fills in
+    optional inputs."""
     import json
 
     name = f"masked_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name, steps=1, checkpoint_every=1)
-    graph["3"]["inputs"]["unmasked_weight"] = 0.0
+    graph["3"]["inputs"]["unmasked_weight"] = 0.5
     comfy.run(graph, timeout=600)
-    masked = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
-    assert json.loads(masked.metadata.train_config)["unmasked_weight"] == 0.0
+    chosen = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
+    assert json.loads(chosen.metadata.train_config)["unmasked_weight"] == 0.5
     old = load_adapter(comfy.layout.models / "textloc" / f"{adapter_name}.safetensors")
-    assert json.loads(old.metadata.train_config)["unmasked_weight"] == 1.0
+    assert json.loads(old.metadata.train_config)["unmasked_weight"] == TrainConfig.unmasked_weight == 0.0
     graph = _train_graph(f"masked_{uuid.uuid4().hex[:6]}", steps=1, checkpoint_every=1)
     graph["3"]["inputs"]["unmasked_weight"] = 1.5
     with pytest.raises(ComfyError, match="unmasked_weight"):
