@@ -113,40 +113,27 @@ def test_calibrated_attention_weight_trains_and_the_report_names_the_effective_w
     assert '"attention_weight_mode": "calibrated"' in adapter.metadata.train_config
 
 
-def test_masked_loss_widget_reaches_the_adapter_and_old_graphs_train_at_the_default(comfy, adapter_name):
-    """unmasked_weight is the masked loss (0: only the concepts' pixels, the default); a graph
-    saved without the widget (``adapter_name``'s) trains at today's default, as ComfyUI fills in
-    optional inputs."""
+@pytest.mark.parametrize(
+    "widget, value, bad",
+    [("unmasked_weight", 0.5, 1.5), ("preservation_weight", 50.0, -1.0), ("map_levels", "all", "finest")],
+)
+def test_lever_widgets_reach_the_adapter_and_bad_values_are_named(comfy, adapter_name, widget, value, bad):
+    """Each lever widget sets its TrainConfig field (the adapter records it), a graph saved
+    without the widget (``adapter_name``'s) trains at today's default, as ComfyUI fills in
+    optional inputs, and a bad value is refused naming the widget."""
     import json
 
-    name = f"masked_{uuid.uuid4().hex[:6]}"
+    name = f"lever_{uuid.uuid4().hex[:6]}"
     graph = _train_graph(name, steps=1, checkpoint_every=1)
-    graph["3"]["inputs"]["unmasked_weight"] = 0.5
+    graph["3"]["inputs"][widget] = value
     comfy.run(graph, timeout=600)
     chosen = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
-    assert json.loads(chosen.metadata.train_config)["unmasked_weight"] == 0.5
+    assert json.loads(chosen.metadata.train_config)[widget] == value
     old = load_adapter(comfy.layout.models / "textloc" / f"{adapter_name}.safetensors")
-    assert json.loads(old.metadata.train_config)["unmasked_weight"] == TrainConfig.unmasked_weight == 0.0
-    graph = _train_graph(f"masked_{uuid.uuid4().hex[:6]}", steps=1, checkpoint_every=1)
-    graph["3"]["inputs"]["unmasked_weight"] = 1.5
-    with pytest.raises(ComfyError, match="unmasked_weight"):
-        comfy.run(graph, timeout=600)
-
-
-def test_preservation_widget_reaches_the_training_and_its_adapter(comfy):
-    """preservation_weight turns the text-preservation term on: the run's config says so, and a
-    negative weight is refused naming the widget."""
-    import json
-
-    name = f"preserve_{uuid.uuid4().hex[:6]}"
-    graph = _train_graph(name, steps=1, checkpoint_every=1)
-    graph["3"]["inputs"]["preservation_weight"] = 50.0
-    comfy.run(graph, timeout=600)
-    adapter = load_adapter(comfy.layout.models / "textloc" / f"{name}.safetensors")
-    assert json.loads(adapter.metadata.train_config)["preservation_weight"] == 50.0
-    graph = _train_graph(f"preserve_{uuid.uuid4().hex[:6]}", steps=1, checkpoint_every=1)
-    graph["3"]["inputs"]["preservation_weight"] = -1.0
-    with pytest.raises(ComfyError, match="preservation_weight"):
+    assert json.loads(old.metadata.train_config)[widget] == getattr(TrainConfig, widget)
+    graph = _train_graph(f"lever_{uuid.uuid4().hex[:6]}", steps=1, checkpoint_every=1)
+    graph["3"]["inputs"][widget] = bad
+    with pytest.raises(ComfyError, match=widget):
         comfy.run(graph, timeout=600)
 
 
