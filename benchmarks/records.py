@@ -115,7 +115,7 @@ def recipe_name(protocol) -> str:
     parts = []
     if protocol.unmasked_weight != 1:
         parts.append(f"masked {protocol.unmasked_weight:g}")
-    if getattr(protocol, "preservation_weight", 0):
+    if protocol.preservation_weight:
         parts.append(f"preserve {protocol.preservation_weight:g}")
     if protocol.token_warmup_steps:
         parts.append(f"warm-up {protocol.token_warmup_steps} @ {protocol.token_warmup_lr:g}")
@@ -128,7 +128,7 @@ def recipe_name(protocol) -> str:
             f"prior {protocol.prior_images}"
             + ("" if protocol.class_prompt == "{class_word}" else f" '{protocol.class_prompt}'")
         )
-    if getattr(protocol, "train_map_levels", "all_but_finest") != "all_but_finest":
+    if protocol.train_map_levels != "all_but_finest":
         parts.append(f"maps {protocol.train_map_levels}")
     if protocol.steps != 100 or protocol.learning_rate != 3e-3:
         parts.append(f"{protocol.steps} steps @ {protocol.learning_rate:g}")

@@ -242,9 +242,13 @@ class TextLocTrain(io.ComfyNode):
         overwrite=False,
         **widgets,
     ) -> io.NodeOutput:
-        config = for_model(config_from_widgets(widgets), model, vae)
+        config = config_from_widgets(widgets)
+        denoiser = training_denoiser(model, vae)  # refuses a model the pack cannot train
+        # decided before the files are planned, so an existing adapter is compared with what
+        # this run records (Flux and SD3 train without text preservation)
+        config = preservation.applicable(config, denoiser)
         name = paths.check_adapter_name(adapter_name.strip())
-        checked = check_inputs(model, clip, vae, concepts, config, allow_large_resolution)
+        checked = check_inputs(denoiser, model, clip, concepts, config, allow_large_resolution)
         files, checkpoints = plan_outputs(name, model, concepts, config, resume, overwrite)
         progress = TrainProgress(cls.hidden.unique_id, config)
         result, adapter, encoder_sizes = run_training(model, clip, vae, checked, config, checkpoints, resume, progress)
@@ -265,18 +269,14 @@ def config_from_widgets(widgets: dict) -> TrainConfig:
     return TrainConfig.from_widgets(**widgets)
 
 
-def for_model(config: TrainConfig, model, vae) -> TrainConfig:
-    """The run's config for this model (``preservation.applicable``: Flux and SD3 train without
-    text preservation), decided before the files are planned so that an existing adapter is
-    compared with what this run will record."""
-    return preservation.applicable(config, training_denoiser(model, vae))
-
-
-def check_inputs(model, clip, vae, concepts, config: TrainConfig, allow_large_resolution: bool) -> CheckedConceptSet:
-    """Every check of the inputs that needs no model loaded, before any work: the model kind,
-    the concept set (with the CLIP tokenizer's vocabulary check and the model's side rule; the
-    trainer takes the checked set and does not check it again) and the training side."""
-    rule = size_multiple(training_denoiser(model, vae))
+def check_inputs(
+    denoiser, model, clip, concepts, config: TrainConfig, allow_large_resolution: bool
+) -> CheckedConceptSet:
+    """Every check of the inputs that needs no model loaded, before any work: the concept set
+    (with the CLIP tokenizer's vocabulary check and the side rule of ``denoiser``, the model's
+    ``training_denoiser``; the trainer takes the checked set and does not check it again) and
+    the training side."""
+    rule = size_multiple(denoiser)
     placer = IdentifierPlacer.for_clip(clip)
     checked = validate_concept_set(
         concepts, vocabulary_check=placer.check_new_token, resolution=config.resolution, size_multiple=rule

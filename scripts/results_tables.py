@@ -5,8 +5,8 @@
 
 Two blocks: the development runs (seeds 0-2: every recipe tried, the means a recipe was chosen
 by) and one per held-out round (the evidence: each method at the recipe chosen before the
-round, paired against ``none``, and the issue's targets checked). tests/core/test_results_tables.py regenerates both
-from the records and compares them with the committed page.
+round, paired against ``none``, and the issue's targets checked). tests/scripts/test_results_tables.py
+regenerates every block from the records and compares them with the committed page.
 """
 
 from __future__ import annotations
@@ -150,6 +150,11 @@ def paired_rows(recs: list[dict]) -> list[tuple[str, str, str, list[dict], str, 
     return out
 
 
+def _paired_cell(c) -> str:
+    """One paired comparison as a table cell: mean [95% CI] runs above/below."""
+    return f"{c.mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.above}/{c.below}"
+
+
 def paired_table(recs: list[dict]) -> str:
     lines = [
         "| setting | recipe | method | vs none at | n | "
@@ -162,7 +167,7 @@ def paired_table(recs: list[dict]) -> str:
         for key, _ in PAIRED:
             c = compare(_units(sel, key), _units(base, key))
             n = max(n, c.n)
-            cells.append(f"{c.mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.above}/{c.below}")
+            cells.append(_paired_cell(c))
         gains = iou_gains(sel, base)
         lines.append(
             f"| {setting} | {recipe} | {method} | {base_recipe} | {n} | "
@@ -179,10 +184,7 @@ def default_change_table(recs: list[dict], chosen: str) -> str:
     new, old = [r for r in hard if r["recipe"] == chosen], [r for r in hard if r["recipe"] == "plain"]
     if not new or not old:
         return ""
-    cells = []
-    for key, _ in PAIRED:
-        c = compare(_units(new, key), _units(old, key))
-        cells.append(f"{c.mean:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.above}/{c.below}")
+    cells = [_paired_cell(compare(_units(new, key), _units(old, key))) for key, _ in PAIRED]
     return "\n".join(
         [
             "Hard at the chosen recipe against hard at the previous default (`plain`), same runs:",
