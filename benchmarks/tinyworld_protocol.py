@@ -67,6 +67,8 @@ class Protocol:
     """TrainConfig.unmasked_weight: 1 the plain denoising loss, 0 Break-A-Scene's masked loss."""
     preservation_weight: float = 0.0
     """TrainConfig.preservation_weight: the text-preservation term's weight (0: off)."""
+    outside_preservation_weight: float = 0.0
+    """TrainConfig.outside_preservation_weight: the outside-preservation term's weight (0: off)."""
     token_warmup_steps: int = 0
     """TrainConfig.token_warmup_steps: steps (of ``steps``) that train only the tokens."""
     token_warmup_lr: float = TrainConfig.token_warmup_learning_rate
@@ -205,6 +207,7 @@ def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
         calibration_batches=p.calibration_batches,
         unmasked_weight=p.unmasked_weight,
         preservation_weight=p.preservation_weight,
+        outside_preservation_weight=p.outside_preservation_weight,
         token_warmup_steps=p.token_warmup_steps,
         token_warmup_learning_rate=p.token_warmup_lr,
         train_keys=p.train_keys,

@@ -75,6 +75,7 @@ TRAIN_TOOLTIPS = {
     "optimizer": "adamw: torch's AdamW. adamw_8bit: bitsandbytes' 8-bit AdamW (CUDA, needs pip install bitsandbytes): smaller optimizer state.",
     "map_levels": "Attention resolutions the guidance pulls onto the masks: all_but_finest (the paper's; SDXL keeps both of its two, Flux / SD3 the second half of the blocks) or all. On TinyWorld, whose finest map is 16x16, all was chosen (docs/results.md).",
     "preservation_weight": "Text preservation: keeps what the attention K/V make of the class word and of common caption words (colours, backgrounds, objects, styles) while the adapter learns, so the rest of the prompt keeps working and the class word does not turn into the concept. 0: off. SD1.x, SD2.x and SDXL; Flux and SD3 train without it.",
+    "outside_preservation_weight": "Outside preservation: outside the concepts' masks the adapter is held to what the unchanged model predicts for the prompt without the token, so the token adds nothing beside its concept (no second copy, no companion object) and the rest of the picture follows the prompt. 0: off. Costs one extra forward pass a step (about a third more time).",
     "unmasked_weight": "Masked loss: how much the photo outside the concepts' masks counts in the denoising loss. 1: all of it (plain Custom Diffusion); 0: only the masked concepts are reconstructed (Break-A-Scene), so unmasked objects and backgrounds are not learned into the adapter. OneTrainer calls it unmasked_weight.",
 }
 """What each Train input does, as its tooltip in the UI says."""
@@ -159,11 +160,19 @@ def _report_cancel(node_id, name: str, checkpoints, steps_done: int, steps: int)
     _progress_text(node_id, message)
 
 
+def _lever_weight(name: str, maximum: float, step: float):
+    """An optional weight widget of a loss lever, from 0 to ``maximum``, defaulting to the
+    TrainConfig field of the same name."""
+    return TRAIN_NODE.input(
+        io.Float, name, default=getattr(TrainConfig, name), min=0.0, max=maximum, step=step, round=False, optional=True
+    )
+
+
 def _train_inputs() -> list:
     """Train's inputs, in the order saved workflows store their widgets: the model and concept
     set; what the run is; optional: training side, fixed attention weight, resuming, large sides
     and replacing files; how the attention weight is set, memory options, the masked loss, the guided resolutions, text
-    preservation."""
+    preservation, outside preservation."""
     return [
         TRAIN_NODE.input(io.Model, "model"),
         TRAIN_NODE.input(io.Clip, "clip"),
@@ -191,29 +200,12 @@ def _train_inputs() -> list:
         TRAIN_NODE.input(io.Boolean, "gradient_checkpointing", default=False, optional=True),
         TRAIN_NODE.input(io.Combo, "mixed_precision", options=list(MIXED_PRECISIONS), default="auto", optional=True),
         TRAIN_NODE.input(io.Combo, "optimizer", options=list(OPTIMIZERS), default="adamw", optional=True),
-        TRAIN_NODE.input(
-            io.Float,
-            "unmasked_weight",
-            default=TrainConfig.unmasked_weight,
-            min=0.0,
-            max=1.0,
-            step=0.05,
-            round=False,
-            optional=True,
-        ),
+        _lever_weight("unmasked_weight", maximum=1.0, step=0.05),
         TRAIN_NODE.input(
             io.Combo, "map_levels", options=list(NAMED_MAP_LEVELS), default=DEFAULT_MAP_LEVELS, optional=True
         ),
-        TRAIN_NODE.input(
-            io.Float,
-            "preservation_weight",
-            default=TrainConfig.preservation_weight,
-            min=0.0,
-            max=10000.0,
-            step=1.0,
-            round=False,
-            optional=True,
-        ),
+        _lever_weight("preservation_weight", maximum=10000.0, step=1.0),
+        _lever_weight("outside_preservation_weight", maximum=100.0, step=0.1),
     ]
 
 

@@ -561,6 +561,12 @@ PROTOCOL_OPTIONS = (
         "weight of the text-preservation term (TrainConfig.preservation_weight; 0: off)",
     ),
     (
+        "--outside-preservation-weight",
+        "outside_preservation_weight",
+        float,
+        "weight of the outside-preservation term (TrainConfig.outside_preservation_weight; 0: off)",
+    ),
+    (
         "--token-warmup-steps",
         "token_warmup_steps",
         int,
@@ -603,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phase",
         default="dev",
-        choices=("dev", "heldout", "heldout2"),
-        help="what the runs are for in the records: choosing recipes (dev) or the evidence of the first or second held-out round",
+        choices=("dev", "heldout", "heldout2", "heldout3"),
+        help="what the runs are for in the records: choosing recipes (dev) or the evidence of a held-out round (1, 2 or 3)",
     )
     parser.add_argument(
         "--no-context",

@@ -115,7 +115,12 @@ def test_calibrated_attention_weight_trains_and_the_report_names_the_effective_w
 
 @pytest.mark.parametrize(
     "widget, value, bad",
-    [("unmasked_weight", 0.5, 1.5), ("preservation_weight", 50.0, -1.0), ("map_levels", "all", "finest")],
+    [
+        ("unmasked_weight", 0.5, 1.5),
+        ("preservation_weight", 50.0, -1.0),
+        ("map_levels", "all", "finest"),
+        ("outside_preservation_weight", 2.0, -1.0),
+    ],
 )
 def test_lever_widgets_reach_the_adapter_and_bad_values_are_named(comfy, adapter_name, widget, value, bad):
     """Each lever widget sets its TrainConfig field (the adapter records it), a graph saved

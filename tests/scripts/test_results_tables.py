@@ -71,7 +71,8 @@ def test_heldout_block_pairs_and_checks_the_targets(tables):
 
 
 def test_a_round_with_the_previous_default_checks_the_chosen_recipe_and_compares_the_two(tables):
-    chosen = tables.CHOSEN_HARD["heldout2"]
+    chosen, previous = tables.CHOSEN_HARD["heldout2"]
+    assert previous == "plain"
     recs = []
     for seed in range(4):
         recs.append(_rec("heldout2", "none", seed, recipe="masked 0, preserve 100", iou=0.1))

@@ -104,6 +104,12 @@ class TrainConfig:
     0: off. A prior-preservation without images, for UNet models (not Flux / SD3). The default,
     30, is hard guidance's chosen recipe on TinyWorld (docs/results.md); saved settings of
     versions before the term read as 0."""
+    outside_preservation_weight: float = 0.0
+    """Weight of the outside-preservation term (``outside_preservation``): outside the named
+    concepts' masks, the trained prediction is pulled toward the unchanged base model's for the
+    same noisy photo and the prompt without identifier tokens, so the token adds nothing beside
+    its concept (no second copy, no companion). 0: off; costs one forward without gradient a
+    step."""
     token_warmup_steps: int = 0
     """Two-phase schedule (Break-A-Scene): the first this many of ``steps`` train only the
     identifier tokens, at ``token_warmup_learning_rate``; the K/V deltas are frozen until then.
@@ -193,6 +199,11 @@ class TrainConfig:
                 f"preservation_weight: {self.preservation_weight!r} must be a number >= 0 (0 turns the text "
                 "preservation off)"
             )
+        if not (isinstance(self.outside_preservation_weight, (int, float)) and self.outside_preservation_weight >= 0):
+            raise ValueError(
+                f"outside_preservation_weight: {self.outside_preservation_weight!r} must be a number >= 0 (0 turns "
+                "the outside preservation off)"
+            )
         if not (isinstance(self.unmasked_weight, (int, float)) and 0 <= self.unmasked_weight <= 1):
             raise ValueError(
                 f"unmasked_weight: {self.unmasked_weight!r} must be a number from 0 (masked loss: only the "
@@ -270,5 +281,6 @@ class TrainConfig:
             data.setdefault("calibration_batches", 1)
         data.setdefault("preservation_weight", 0.0)  # versions before the term ran without it
         data.setdefault("unmasked_weight", 1.0)  # versions before the masked loss ran the plain one
+        data.setdefault("outside_preservation_weight", 0.0)  # versions before the term ran without it
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})

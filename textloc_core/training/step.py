@@ -4,6 +4,7 @@ Each step, in one forward over [instance; prior]:
 
     loss = mse(instance) + lambda_prior * mse(prior) + attention_weight * attention_loss(maps, masks)
            + preservation_weight * preservation(K/V deltas)
+           + outside_preservation_weight * mse(instance, base model) outside the masks
 
 where attention_weight is ``run.effective_attention_weight``: the config's, or with
 ``attention_weight_mode="calibrated"`` the one ``calibrate_attention_weight`` sets before the
@@ -28,6 +29,7 @@ from ..attention.maps import slot_layout, token_maps
 from ..data.masks import mask_to_grid
 from ..sampling import schedule
 from . import phases
+from .outside_preservation import base_prediction, outside_loss
 from .setup import TrainingRun, optimizer_class
 from .union import draw_subsets, subset_rows, union_active
 
@@ -101,6 +103,10 @@ def losses(
                 pooled = torch.cat([pooled, run.prior_pooled[prior_rows].to(pooled.dtype)])
         noise, timesteps = noise.to(dev), timesteps.to(dev)
         noisy, target = schedule.noised_and_target(denoiser, latents, noise, timesteps)
+        base = None
+        if config.outside_preservation_weight > 0:
+            # before the trained forward: the base forward must not touch this step's maps
+            base = base_prediction(run, noisy[:n_inst], timesteps[:n_inst], prompts)
         router = run.router
         if router is not None:
             # Prior rows get empty slots; only instance rows feed the attention loss.
@@ -129,6 +135,7 @@ def losses(
     terms["preservation"] = (
         run.preservation.loss(run.trainables.kv_deltas) if run.preservation is not None else pred.sum() * 0.0
     )
+    terms["outside"] = outside_loss(pred[:n_inst], base, masks) if base is not None else pred.sum() * 0.0
     terms["loss"] = total_loss(run, terms)
     return terms, maps
 
@@ -140,6 +147,7 @@ def total_loss(run: TrainingRun, terms: dict[str, torch.Tensor]) -> torch.Tensor
         + run.config.lambda_prior * terms["prior"]
         + run.effective_attention_weight * terms["attention"]
         + run.config.preservation_weight * terms["preservation"]
+        + run.config.outside_preservation_weight * terms["outside"]
     )
 
 
