@@ -59,7 +59,9 @@ PEAK_REACH = 2
 """Pixels (each side) around the map's maximum searched for a pixel of the concept's colour."""
 COLOUR_DISTANCE = 0.3
 """RGB distance (0-1 scale) within which a pixel has the concept's colour."""
-PROMPT = re.compile(r"^a <[^>]+> \w+(?: and an? (?P<colour>\w+) (?P<shape>\w+))? on (?P<background>\w+)$")
+PROMPT = re.compile(r"^a (?:<[^>]+> )?\w+(?: and an? (?P<colour>\w+) (?P<shape>\w+))? on (?P<background>\w+)$")
+TOKEN = re.compile(r"<[^>]+> (\w+)")
+"""An identifier token and the class word after it, in a preview prompt."""
 
 
 def checked_graph(workflow: dict, images: int) -> tuple[dict, dict[str, dict]]:
@@ -87,6 +89,26 @@ def checked_graph(workflow: dict, images: int) -> tuple[dict, dict[str, dict]]:
         }
         previews[node_id] = {"images": save_images, "maps": save_maps, "prompt": node["inputs"]["prompt"]}
     return graph, previews
+
+
+def base_model_graph(graph: dict) -> dict:
+    """``graph`` (``checked_graph``'s) with every Attention Preview sampling the TinyWorld base
+    model instead of the trained one: fed by the loader, its prompt with the class word in place
+    of the token ("a <tw1> star on grass" -> "a star on grass"), mapping that class word; Train
+    and Apply Adapter are left out. What the demo's prompts give without the adapter."""
+    loader = next(i for i, n in graph.items() if n["class_type"] == "TextLocTinyWorldLoader")
+    out = {
+        i: copy.deepcopy(n) for i, n in graph.items() if n["class_type"] not in ("TextLocTrain", "TextLocApplyAdapter")
+    }
+    for node in out.values():
+        if node["class_type"] != "TextLocAttentionPreview":
+            continue
+        inputs = node["inputs"]
+        word = TOKEN.search(inputs["prompt"])
+        if word is None:
+            raise ValueError(f"preview prompt {inputs['prompt']!r} names no identifier token")
+        inputs.update(model=[loader, 0], clip=[loader, 1], prompt=TOKEN.sub(r"\1", inputs["prompt"]), tokens=word[1])
+    return out
 
 
 def _pictures(paths: list[Path]) -> torch.Tensor:
@@ -173,14 +195,21 @@ def contact_sheet(images: torch.Tensor, maps: torch.Tensor, path: Path) -> None:
     Image.fromarray((rows.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
 
 
-def run_check(comfy: Path, images: int, timeout: float, sheets: Path | None = None) -> tuple[list[dict], dict]:
+def run_check(
+    comfy: Path, images: int, timeout: float, sheets: Path | None = None, base_model: bool = False
+) -> tuple[list[dict], dict]:
     """Run the demo graph with ``images`` samples per preview and score every preview; with
-    ``sheets``, write each preview's contact sheet there."""
+    ``sheets``, write each preview's contact sheet there; with ``base_model``, the previews
+    sample the base model (``base_model_graph``)."""
     from textloc_core import tinyworld
     from textloc_core.tinyworld.world import held_out_concept
 
     workflow = load_workflow(WORKFLOW)
     graph, previews = checked_graph(workflow, images)
+    if base_model:
+        graph = base_model_graph(graph)
+        for preview_id, preview in previews.items():
+            preview["prompt"] = graph[preview_id]["inputs"]["prompt"]
     concept_node = next(n for n in workflow.values() if n["class_type"] == "TextLocTinyWorldConceptSet")
     concept = held_out_concept(concept_node["inputs"]["concept"])
     with tempfile.TemporaryDirectory(prefix="textloc-demo-check-") as work:
@@ -205,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", type=Path, default=None, help="append the check's JSON line to this file")
     parser.add_argument("--sheets", type=Path, default=None, help="write each preview's images and maps here as a PNG")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument(
+        "--base-model",
+        action="store_true",
+        help="sample the previews' prompts on the base model (class word for the token, no training)",
+    )
     add_comfyui_option(parser)
     args = parser.parse_args(argv)
     comfy = comfyui_dir(args.comfyui)
@@ -213,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo_check: {reason}", file=sys.stderr)
         return 2
     began = time.time()
-    scored, workflow = run_check(comfy, args.images, args.timeout, args.sheets)
+    scored, workflow = run_check(comfy, args.images, args.timeout, args.sheets, args.base_model)
     print(table(scored))
     named = [s for p in scored for s in p["samples"] if s["other"] is not None]
     both = sum(s["background"] and s["other"] for s in named)
@@ -229,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - began, 1),
             "images_per_preview": args.images,
-            "train_widgets": {k: v for k, v in train.items() if not isinstance(v, list)},
+            "model": "base" if args.base_model else "trained",
+            "train_widgets": None if args.base_model else {k: v for k, v in train.items() if not isinstance(v, list)},
             "peak_reach": PEAK_REACH,
             "previews": scored,
         }

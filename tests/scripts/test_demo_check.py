@@ -28,6 +28,24 @@ def test_the_checked_graph_keeps_the_demo_and_saves_images_and_maps(check):
     assert untouched == {k: n for k, n in workflow.items() if k not in previews}
 
 
+def test_the_base_model_graph_samples_the_same_prompts_without_training(check):
+    workflow = json.loads(check.WORKFLOW.read_text())
+    graph, previews = check.checked_graph(workflow, images=4)
+    base = check.base_model_graph(graph)
+    loader = next(k for k, n in workflow.items() if n["class_type"] == "TextLocTinyWorldLoader")
+    kinds = {n["class_type"] for n in base.values()}
+    assert "TextLocTrain" not in kinds and "TextLocApplyAdapter" not in kinds
+    for node_id in previews:
+        inputs, shipped = base[node_id]["inputs"], workflow[node_id]["inputs"]
+        assert inputs["model"] == [loader, 0] and inputs["clip"] == [loader, 1]
+        assert "<" not in inputs["prompt"] and inputs["prompt"].startswith(f"a {inputs['tokens']} ")
+        assert check.PROMPT.match(inputs["prompt"]) and inputs["batch_size"] == 4
+        assert shipped["prompt"].replace(shipped["tokens"] + " ", "") == inputs["prompt"]
+    # every node a kept node reads is still in the graph
+    for node in base.values():
+        assert all(v[0] in base for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2)
+
+
 def _scene(objects, background, seed):
     from textloc_core import tinyworld
 

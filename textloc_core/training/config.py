@@ -104,12 +104,13 @@ class TrainConfig:
     0: off. A prior-preservation without images, for UNet models (not Flux / SD3). The default,
     30, is hard guidance's chosen recipe on TinyWorld (docs/results.md); saved settings of
     versions before the term read as 0."""
-    outside_preservation_weight: float = 0.0
+    outside_preservation_weight: float = 3.0
     """Weight of the outside-preservation term (``outside_preservation``): outside the named
     concepts' masks, the trained prediction is pulled toward the unchanged base model's for the
     same noisy photo and the prompt without identifier tokens, so the token adds nothing beside
     its concept (no second copy, no companion). 0: off; costs one forward without gradient a
-    step."""
+    step. The default, 3, is both methods' chosen recipe on TinyWorld's third held-out round
+    (docs/results.md); saved settings of versions before the term read as 0."""
     token_warmup_steps: int = 0
     """Two-phase schedule (Break-A-Scene): the first this many of ``steps`` train only the
     identifier tokens, at ``token_warmup_learning_rate``; the K/V deltas are frozen until then.

@@ -118,26 +118,32 @@ def losses(
     masks = masks.to(dev)
     terms = {"instance": instance_loss(config.unmasked_weight, pred[:n_inst], target[:n_inst], masks)}
     terms["prior"] = F.mse_loss(pred[n_inst:], target[n_inst:]) if prior is not None else pred.sum() * 0.0
-    maps = None
-    if router is not None:
-        maps = token_maps(
-            router.captured,
-            layout,
-            run.latent_hw,
-            rows=slice(0, n_inst),
-            map_size=config.map_size,
-            normalize=config.normalize_maps,
-        )
-        present = layout.present[:n_inst].to(dev)
-        terms["attention"] = attention_loss(config.guidance, maps, mask_to_grid(masks, tuple(maps.shape[-2:])), present)
-    else:
-        terms["attention"] = pred.sum() * 0.0
+    terms["attention"], maps = (
+        attention_term(run, layout, masks, n_inst) if router is not None else (pred.sum() * 0.0, None)
+    )
     terms["preservation"] = (
         run.preservation.loss(run.trainables.kv_deltas) if run.preservation is not None else pred.sum() * 0.0
     )
     terms["outside"] = outside_loss(pred[:n_inst], base, masks) if base is not None else pred.sum() * 0.0
     terms["loss"] = total_loss(run, terms)
     return terms, maps
+
+
+def attention_term(run: TrainingRun, layout, masks: torch.Tensor, n_inst: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the unweighted attention loss, the instance rows' (B, K, h, w) token maps) from the maps
+    ``run.router`` captured in this step's forward, ``layout`` its token slots."""
+    config = run.config
+    maps = token_maps(
+        run.router.captured,
+        layout,
+        run.latent_hw,
+        rows=slice(0, n_inst),
+        map_size=config.map_size,
+        normalize=config.normalize_maps,
+    )
+    present = layout.present[:n_inst].to(run.device)
+    grid = mask_to_grid(masks, tuple(maps.shape[-2:]))
+    return attention_loss(config.guidance, maps, grid, present), maps
 
 
 def total_loss(run: TrainingRun, terms: dict[str, torch.Tensor]) -> torch.Tensor:

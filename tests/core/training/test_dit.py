@@ -118,6 +118,17 @@ def test_every_guidance_trains_with_prior_and_leaves_the_base_unchanged(family, 
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_outside_preservation_trains_and_leaves_the_base_unchanged(family, pair):
+    """The base model's forward (deltas off, tokens removed) works on the joint blocks too."""
+    bundle = family.bundle
+    before = {k: v.clone() for k, v in bundle.denoiser.unet.state_dict().items()}
+    result = train(bundle, pair, _config(outside_preservation_weight=1.0))
+    assert result.history[-1]["outside"] > 0
+    assert all(d.abs().sum() > 0 for d in result.kv_deltas.values())
+    after = bundle.denoiser.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def _attention_loss(bundle, pair, result=None) -> float:
     """The hard loss of the maps on the batches of steps 0..5, with a result's trainables."""
     run = setup(bundle, pair, _config())

@@ -82,8 +82,8 @@ def tiny_unet_injector(tiny_parts):
 
 def test_hard_guidance_moves_maps_onto_masks(tiny_bundle, two_concepts):
     """Measured: error 0.23 -> 0.11 with hard guidance, 0.23 -> 0.22 with none (same steps)."""
-    # the guidance alone, with the plain loss this was measured with: text preservation also holds
-    # the K deltas back
+    # the guidance alone, with the plain loss this was measured with: text and outside
+    # preservation also hold the K deltas back
     config = _config(
         guidance="hard",
         steps=25,
@@ -91,6 +91,7 @@ def test_hard_guidance_moves_maps_onto_masks(tiny_bundle, two_concepts):
         lambda_prior=0.0,
         attention_weight=10.0,
         preservation_weight=0.0,
+        outside_preservation_weight=0.0,
         unmasked_weight=1.0,
     )
     before = map_mask_error(tiny_bundle, two_concepts, config)
