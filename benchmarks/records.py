@@ -33,6 +33,15 @@ METRICS = (
     "alignment",
 )
 """The metric keys of a bench_methods row (its COLUMNS), kept in ``record["metrics"]``."""
+CONTEXT_ROWS = {
+    "base": "base model, class word (context)",
+    "words": "base model, concept in words (context)",
+    "renders": "real renders (context)",
+}
+"""The rows that train nothing (their ``method``) and their names in the tables: the base model
+given the class word where the token would be ("a star"), the base model told the concept in
+words ("an orange dotted star": the most a token could add on this base model), and renders of
+the concept itself (the judge's and CLIP's own ceiling)."""
 KEYS = ("setting", "pair", "seed", "method")
 """What identifies a run within a recipe and phase."""
 

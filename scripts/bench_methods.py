@@ -128,25 +128,33 @@ def _phrase(kind) -> str:
     return kind.phrase()
 
 
-def generation_plan(concept, setting: str, tokens: bool = True):
-    """(prompt, expected scene) pairs for one setting. ``tokens=False``: the class-word prompt
-    the base model gets (context row)."""
+def generation_plan(concept, setting: str, tokens: bool | str = True):
+    """(prompt, expected scene) pairs for one setting. ``tokens=False``: the class-word prompts
+    the base model gets (context row); ``tokens="words"``: each concept described in words
+    ("orange dotted star") where its token and class word would be."""
     from textloc_core.tinyworld import BACKGROUNDS
+    from textloc_core.tinyworld.world import with_article
 
     target, companion = concept.kind, concept.companion
-    t_word = f"<{concept.name}> {concept.class_word}" if tokens else concept.class_word
-    c_word = f"<{concept.companion_name}> {companion.shape}" if tokens else companion.shape
+    if tokens == "words":
+        t_word, c_word = target.phrase(), companion.phrase()
+    elif tokens:
+        t_word, c_word = f"<{concept.name}> {concept.class_word}", f"<{concept.companion_name}> {companion.shape}"
+    else:
+        t_word, c_word = concept.class_word, companion.shape
     plan = []
     if setting == "single":
         # the companion, or its colour or shape on anything: nothing else prompted has either
         leak = [{"colour": companion.colour}, {"shape": companion.shape}]
         for bg in BACKGROUNDS:
-            plan.append((f"a {t_word} on {bg}", judge_scores.ExpectedScene([kind_spec(target)], [], bg, leak)))
+            plan.append(
+                (f"{with_article(t_word)} on {bg}", judge_scores.ExpectedScene([kind_spec(target)], [], bg, leak))
+            )
         for i, other in enumerate(_others(concept)):
             for bg in BACKGROUNDS[i::2][:2]:
                 plan.append(
                     (
-                        f"a {t_word} and {'an' if _phrase(other)[0] in 'aeiou' else 'a'} {_phrase(other)} on {bg}",
+                        f"{with_article(t_word)} and {with_article(_phrase(other))} on {bg}",
                         judge_scores.ExpectedScene([kind_spec(target)], [kind_spec(other)], bg, leak),
                     )
                 )
@@ -159,7 +167,7 @@ def generation_plan(concept, setting: str, tokens: bool = True):
         for bg in BACKGROUNDS:
             plan.append(
                 (
-                    f"a {t_word} and a {c_word} on {bg}",
+                    f"{with_article(t_word)} and {with_article(c_word)} on {bg}",
                     judge_scores.ExpectedScene([kind_spec(target), kind_spec(companion)], [], bg, bleed),
                 )
             )
@@ -296,13 +304,14 @@ def _score(p: Protocol, clip, judge, concept, setting, images, prompts, expected
 
 
 def context_job(p: Protocol, out: str, name: str, seed: int, setting: str, what: str) -> dict:
-    """Context rows: ``base`` (the untrained model, class-word prompts) or ``renders``."""
+    """Context rows (``records.CONTEXT_ROWS``): ``base`` (the untrained model, class-word
+    prompts), ``words`` (the untrained model, the concepts described in words) or ``renders``."""
     from textloc_core.tinyworld.world import held_out_concept
 
     w = world(p.random_weights)
     concept = held_out_concept(name)
-    plan = generation_plan(concept, setting, tokens=False)
-    if what == "base":
+    plan = generation_plan(concept, setting, tokens="words" if what == "words" else False)
+    if what in ("base", "words"):
         images = torch.cat(
             [generate_scored(w["bundle"], prompt, p, 1000 * seed + k).images for k, (prompt, _) in enumerate(plan)]
         )
@@ -336,13 +345,11 @@ def table(rows: list[dict], methods: tuple[str, ...]) -> str:
         "|---|---|---|" + "---|" * len(COLUMNS),
     ]
     for setting in SETTINGS:
-        for method in (*methods, "base", "renders"):
+        for method in (*methods, *records.CONTEXT_ROWS):
             sel = [r for r in rows if r["setting"] == setting and r["method"] == method]
             if not sel:
                 continue
-            label = {"base": "base model, class word (context)", "renders": "real renders (context)"}.get(
-                method
-            ) or method_label(method)
+            label = records.CONTEXT_ROWS.get(method) or method_label(method)
             # renders are not made from the prompts: text and prompt-alignment columns do not apply
             skip = {"clip_t", "alignment"} if method == "renders" else set()
             lines.append(
@@ -498,7 +505,7 @@ def report(rows: list[dict], p: Protocol, command: str, seconds: float, workers:
             f"Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  ",
             f"Machine: {machine}  ",
             f"Time: {len(runs)} training runs (mean {mean_train:.0f} s training, {mean_total:.0f} s with evaluation, "
-            f"one thread each) + {sum(r['method'] in ('base', 'renders') for r in rows)} context rows; "
+            f"one thread each) + {sum(r['method'] in records.CONTEXT_ROWS for r in rows)} context rows; "
             f"{seconds / 60:.1f} min wall in all, class priors included"
             + ("  \n**Random weights: numbers are meaningless (smoke run).**" if p.random_weights else ""),
             "",
@@ -579,6 +586,17 @@ PROTOCOL_OPTIONS = (
 default the field's own."""
 
 
+def _context_rows(text: str) -> tuple[str, ...]:
+    """--context-rows: comma-separated names of ``records.CONTEXT_ROWS``."""
+    rows = tuple(w for w in text.split(",") if w)
+    unknown = [w for w in rows if w not in records.CONTEXT_ROWS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown context rows {unknown}: choose from {', '.join(records.CONTEXT_ROWS)}"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", default=",".join(Protocol.pairs))
@@ -612,10 +630,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("dev", "heldout", "heldout2", "heldout3"),
         help="what the runs are for in the records: choosing recipes (dev) or the evidence of a held-out round (1, 2 or 3)",
     )
+    parser.add_argument("--no-context", action="store_true", help="skip the context rows: another invocation has them")
     parser.add_argument(
-        "--no-context",
-        action="store_true",
-        help="skip the context rows (base model, renders): another invocation has them",
+        "--context-rows",
+        type=_context_rows,
+        default=("base", "renders"),
+        help="the context rows to run, of " + ", ".join(records.CONTEXT_ROWS) + " (default: base,renders)",
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="folder for results.md and the figure")
@@ -636,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     p = Protocol(
         pairs=tuple(args.pairs.split(",")),
         seeds=tuple(int(s) for s in args.seeds.split(",")),
-        methods=tuple(args.methods.split(",")),
+        methods=tuple(m for m in args.methods.split(",") if m),
         settings=tuple(args.settings.split(",")),
         random_weights=args.random_weights,
         train_keys=not args.v_only,
@@ -680,15 +700,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in p.pairs
         for method in p.methods
     ]
-    # context rows need no training: the base model once per pair (first seed), renders per seed
+    # context rows need no training: the class-word base model once per pair (first seed), the rest per seed
     context = (
         [
             (name, seed, setting, what)
             for seed in p.seeds
             for setting in p.settings
             for name in p.pairs
-            for what in ("base", "renders")
-            if what == "renders" or seed == p.seeds[0]
+            for what in args.context_rows
+            if what != "base" or seed == p.seeds[0]
         ]
         if not args.no_context
         else []

@@ -3,6 +3,7 @@ learned concept's map lie on it?
 
     python scripts/demo_check.py                       # 8 images per preview, prints the table
     python scripts/demo_check.py --images 16 --record benchmarks/records/demo/demo-check.jsonl
+    python scripts/demo_check.py --images 16 --base-model concept-words   # the base model, told the concept in words
 
 Runs the shipped demo graph (workflows/api/tinyworld_demo_api.json, its settings unchanged
 except each Attention Preview's batch size) in a real headless ComfyUI, saves every preview's
@@ -59,7 +60,8 @@ PEAK_REACH = 2
 """Pixels (each side) around the map's maximum searched for a pixel of the concept's colour."""
 COLOUR_DISTANCE = 0.3
 """RGB distance (0-1 scale) within which a pixel has the concept's colour."""
-PROMPT = re.compile(r"^a (?:<[^>]+> )?\w+(?: and an? (?P<colour>\w+) (?P<shape>\w+))? on (?P<background>\w+)$")
+PROMPT = re.compile(r"^an? (?:<[^>]+> )?[\w ]+?(?: and an? (?P<colour>\w+) (?P<shape>\w+))? on (?P<background>\w+)$")
+"""A preview prompt: the concept (token and class word, or words), maybe another object, a background."""
 TOKEN = re.compile(r"<[^>]+> (\w+)")
 """An identifier token and the class word after it, in a preview prompt."""
 
@@ -91,11 +93,19 @@ def checked_graph(workflow: dict, images: int) -> tuple[dict, dict[str, dict]]:
     return graph, previews
 
 
-def base_model_graph(graph: dict) -> dict:
+BASE_PROMPTS = ("class-word", "concept-words")
+"""What the base model's previews put in place of the token and its class word: the class word
+alone ("a star"), or the concept described in words ("an orange dotted star")."""
+
+
+def base_model_graph(graph: dict, concept=None) -> dict:
     """``graph`` (``checked_graph``'s) with every Attention Preview sampling the TinyWorld base
-    model instead of the trained one: fed by the loader, its prompt with the class word in place
-    of the token ("a <tw1> star on grass" -> "a star on grass"), mapping that class word; Train
-    and Apply Adapter are left out. What the demo's prompts give without the adapter."""
+    model instead of the trained one: fed by the loader, mapping the class word; Train and Apply
+    Adapter are left out. Its prompt has the class word in place of the token ("a <tw1> star on
+    grass" -> "a star on grass"), or, given ``concept`` (a TinyWorld held-out concept), the
+    concept's own words ("an orange dotted star on grass"): what the base model draws when it is
+    told the concept as plainly as its vocabulary allows, the most a trained token could hope to
+    add to the demo's scenes."""
     loader = next(i for i, n in graph.items() if n["class_type"] == "TextLocTinyWorldLoader")
     out = {
         i: copy.deepcopy(n) for i, n in graph.items() if n["class_type"] not in ("TextLocTrain", "TextLocApplyAdapter")
@@ -107,7 +117,12 @@ def base_model_graph(graph: dict) -> dict:
         word = TOKEN.search(inputs["prompt"])
         if word is None:
             raise ValueError(f"preview prompt {inputs['prompt']!r} names no identifier token")
-        inputs.update(model=[loader, 0], clip=[loader, 1], prompt=TOKEN.sub(r"\1", inputs["prompt"]), tokens=word[1])
+        prompt = TOKEN.sub(r"\1", inputs["prompt"])
+        if concept is not None:
+            from textloc_core.tinyworld.world import with_article
+
+            prompt = re.sub(rf"^a {word[1]}\b", with_article(concept.kind.phrase()), prompt)
+        inputs.update(model=[loader, 0], clip=[loader, 1], prompt=prompt, tokens=word[1])
     return out
 
 
@@ -172,8 +187,9 @@ def _share(samples: list[dict], key) -> str:
 def table(previews: list[dict]) -> str:
     """The markdown table of a check: per preview prompt, samples with each thing present."""
     lines = [
-        "| preview prompt | background | other object | background and other | concept (colour+shape) | map on concept |",
-        "|---|---|---|---|---|---|",
+        "| preview prompt | background | other object | background and other | concept (colour+shape) "
+        "| concept and other | map on concept |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in previews:
         s, named = p["samples"], p["samples"][0]["other"] is not None
@@ -184,7 +200,9 @@ def table(previews: list[dict]) -> str:
                 if named
                 else "– | –"
             )
-            + f" | {_share(s, lambda x: x['concept'])} | {_share(s, lambda x: x['map_on_concept'])} |"
+            + f" | {_share(s, lambda x: x['concept'])} | "
+            + (_share(s, lambda x: x["concept"] and x["other"]) if named else "–")
+            + f" | {_share(s, lambda x: x['map_on_concept'])} |"
         )
     return "\n".join(lines)
 
@@ -196,22 +214,22 @@ def contact_sheet(images: torch.Tensor, maps: torch.Tensor, path: Path) -> None:
 
 
 def run_check(
-    comfy: Path, images: int, timeout: float, sheets: Path | None = None, base_model: bool = False
+    comfy: Path, images: int, timeout: float, sheets: Path | None = None, base_model: str | None = None
 ) -> tuple[list[dict], dict]:
     """Run the demo graph with ``images`` samples per preview and score every preview; with
-    ``sheets``, write each preview's contact sheet there; with ``base_model``, the previews
-    sample the base model (``base_model_graph``)."""
+    ``sheets``, write each preview's contact sheet there; with ``base_model`` (one of
+    ``BASE_PROMPTS``), the previews sample the base model (``base_model_graph``)."""
     from textloc_core import tinyworld
     from textloc_core.tinyworld.world import held_out_concept
 
     workflow = load_workflow(WORKFLOW)
     graph, previews = checked_graph(workflow, images)
-    if base_model:
-        graph = base_model_graph(graph)
-        for preview_id, preview in previews.items():
-            preview["prompt"] = graph[preview_id]["inputs"]["prompt"]
     concept_node = next(n for n in workflow.values() if n["class_type"] == "TextLocTinyWorldConceptSet")
     concept = held_out_concept(concept_node["inputs"]["concept"])
+    if base_model:
+        graph = base_model_graph(graph, concept if base_model == "concept-words" else None)
+        for preview_id, preview in previews.items():
+            preview["prompt"] = graph[preview_id]["inputs"]["prompt"]
     with tempfile.TemporaryDirectory(prefix="textloc-demo-check-") as work:
         with ComfyServer(comfy, ComfyLayout.create(work)) as server:
             history = server.client.run(graph, timeout=timeout)
@@ -236,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument(
         "--base-model",
-        action="store_true",
-        help="sample the previews' prompts on the base model (class word for the token, no training)",
+        nargs="?",
+        const="class-word",
+        choices=BASE_PROMPTS,
+        help="sample the previews' prompts on the base model, no training: the class word in place of the "
+        "token (class-word, the default) or the concept in words (concept-words)",
     )
     add_comfyui_option(parser)
     args = parser.parse_args(argv)
@@ -253,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     both = sum(s["background"] and s["other"] for s in named)
     on = sum(s["map_on_concept"] for p in scored for s in p["samples"])
     present = sum(s["concept"] for p in scored for s in p["samples"])
+    together = sum(s["concept"] and s["other"] for s in named)
     print(f"\npreviews naming another object: background and that object in {both}/{len(named)} samples")
+    print(f"the concept and that object together in {together}/{len(named)}")
     print(f"map on the concept in {on} of the {present} samples that show it")
     if args.record:
         train = next(n for n in workflow.values() if n["class_type"] == "TextLocTrain")["inputs"]
@@ -263,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": round(time.time() - began, 1),
             "images_per_preview": args.images,
-            "model": "base" if args.base_model else "trained",
+            "model": {None: "trained", "class-word": "base", "concept-words": "base, concept in words"}[
+                args.base_model
+            ],
             "train_widgets": None if args.base_model else {k: v for k, v in train.items() if not isinstance(v, list)},
             "peak_reach": PEAK_REACH,
             "previews": scored,

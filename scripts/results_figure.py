@@ -7,7 +7,7 @@ Two panels, single-concept runs: the judge's target colour+shape against prompt 
 and CLIP-I against CLIP-T. One point per (method, recipe, phase), the mean over its runs;
 development runs (seeds 0-2) hollow, held-out runs filled, each labelled with its recipe and [runs]; a method's line joins its development
 points that no other of its points beats on both axes (its trade-off curve); the base model
-(class word, no training) as a black cross. Drawn with PIL, as
+as a cross: given the class word (black), told the concept in words (amber). Drawn with PIL, as
 the bench's example figure is.
 """
 
@@ -30,6 +30,9 @@ PANELS = (
     ("clip_t", "clip_i", "CLIP-T (editability)", "CLIP-I (fidelity)"),
 )
 COLOURS = {"none": (110, 110, 110), "hard": (200, 40, 40), "soft": (40, 90, 200)}
+UNTRAINED = {"base": (0, 0, 0), "words": (150, 110, 0)}
+"""The base model's points (crosses): given the class word, and told the concept in words."""
+BASE_LABELS = {"base": "base model", "words": "base model, words"}
 SIZE, MARGIN = 420, 60
 
 
@@ -89,25 +92,20 @@ def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
     d.text((MARGIN + SIZE // 2 - 80, MARGIN + SIZE + 24), xlabel, fill="black", font=font)
     d.text((6, MARGIN - 30), ylabel, fill="black", font=font)
     for method in sorted({p["method"] for p in pts}):
-        colour = (0, 0, 0) if method == "base" else COLOURS.get(method.split("@")[0], (40, 150, 60))
+        colour = UNTRAINED.get(method) or COLOURS.get(method.split("@")[0], (40, 150, 60))
         front = frontier([p for p in pts if p["method"] == method and p["phase"] == "dev"])
         if len(front) > 1:
             d.line([at(p["x"], p["y"]) for p in front], fill=colour, width=1)
         for p in (q for q in pts if q["method"] == method):
             cx, cy = at(p["x"], p["y"])
-            if method == "base":
+            if method in UNTRAINED:
                 d.line([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour, width=2)
                 d.line([cx - 5, cy + 5, cx + 5, cy - 5], fill=colour, width=2)
             elif p["phase"].startswith("heldout"):
                 d.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
             else:
                 d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2)
-            d.text(
-                (cx + 6, cy - 5),
-                "base model" if method == "base" else f"{p['recipe']} [{p['n']}]",
-                fill=colour,
-                font=font,
-            )
+            d.text((cx + 6, cy - 5), BASE_LABELS.get(method) or f"{p['recipe']} [{p['n']}]", fill=colour, font=font)
     return img
 
 

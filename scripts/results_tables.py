@@ -46,7 +46,7 @@ PAIRED = (
     ("clip_i", "CLIP-I"),
     ("clip_t", "CLIP-T"),
 )
-CONTEXT = {"base": "base model, class word (context)", "renders": "real renders (context)"}
+CONTEXT = records.CONTEXT_ROWS
 TARGETS = {
     "fidelity_cs": 0.60,
     "leakage": 0.30,

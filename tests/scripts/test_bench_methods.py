@@ -43,6 +43,20 @@ def test_plan_scores_the_right_objects(bench):
     assert all(len(e.targets) == 2 for _, e in multi)
     base = bench.generation_plan(concept, "single", tokens=False)
     assert all("<" not in p for p, _ in base)
+    # told in words: the same scenes and judgements, the concept described where its token was
+    words = bench.generation_plan(concept, "single", tokens="words")
+    assert [e for _, e in words] == [e for _, e in single]
+    for (prompt, _), (with_token, _) in zip(words, single):
+        assert prompt == with_token.replace("a <dotstar> star", "an orange dotted star")
+    multi_words = bench.generation_plan(concept, "multi", tokens="words")
+    assert all(p.startswith("an orange dotted star and a blue circle on ") for p, _ in multi_words)
+
+
+def test_context_rows_are_chosen_by_name(bench):
+    assert bench._context_rows("base,words") == ("base", "words")
+    assert bench._context_rows("") == ()
+    with pytest.raises(Exception, match="unknown context rows"):
+        bench._context_rows("base,oracle")
 
 
 def test_single_setting_leaves_the_companion_unnamed(bench):

@@ -46,6 +46,25 @@ def test_the_base_model_graph_samples_the_same_prompts_without_training(check):
         assert all(v[0] in base for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2)
 
 
+def test_the_concept_words_graph_names_the_concept_in_words(check):
+    """With the concept given, the base model's prompts describe it ("an orange dotted star")
+    where the trained graph has its token, the rest of each prompt unchanged and still readable."""
+    from textloc_core.tinyworld.world import held_out_concept
+
+    workflow = json.loads(check.WORKFLOW.read_text())
+    graph, previews = check.checked_graph(workflow, images=4)
+    concept = held_out_concept("dotstar")
+    base = check.base_model_graph(graph, concept)
+    for node_id in previews:
+        prompt, shipped = base[node_id]["inputs"]["prompt"], workflow[node_id]["inputs"]["prompt"]
+        assert prompt.startswith("an orange dotted star ") and "<" not in prompt
+        assert prompt.split(" star ", 1)[1] == shipped.split(" star ", 1)[1]
+        parsed = check.PROMPT.match(prompt)
+        assert parsed and parsed["background"] == shipped.rsplit(" ", 1)[1]
+        assert base[node_id]["inputs"]["tokens"] == "star"
+    assert check.PROMPT.match("an orange dotted star and a red triangle on night")["shape"] == "triangle"
+
+
 def _scene(objects, background, seed):
     from textloc_core import tinyworld
 

@@ -81,7 +81,7 @@ class SceneSpec:
     def caption(self, order: tuple[int, ...] | None = None) -> str:
         """'a red star and a blue dotted ring on grass'; ``order`` permutes the objects named."""
         order = tuple(range(len(self.objects))) if order is None else order
-        phrases = [_with_article(self.objects[i].kind.phrase()) for i in order]
+        phrases = [with_article(self.objects[i].kind.phrase()) for i in order]
         if len(phrases) == 1:
             listed = phrases[0]
         else:
@@ -89,7 +89,8 @@ class SceneSpec:
         return f"{listed} on {self.background}"
 
 
-def _with_article(phrase: str) -> str:
+def with_article(phrase: str) -> str:
+    """``phrase`` with its indefinite article: "an orange dotted star", "a <tw1> star"."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
