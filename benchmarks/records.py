@@ -128,6 +128,8 @@ def recipe_name(protocol) -> str:
         parts.append(f"preserve {protocol.preservation_weight:g}")
     if protocol.outside_preservation_weight:
         parts.append(f"outside {protocol.outside_preservation_weight:g}")
+    if protocol.other_object_rate:
+        parts.append(f"objects {protocol.other_object_rate:g}")
     if protocol.token_warmup_steps:
         parts.append(f"warm-up {protocol.token_warmup_steps} @ {protocol.token_warmup_lr:g}")
     if not protocol.train_keys:

@@ -69,6 +69,8 @@ class Protocol:
     """TrainConfig.preservation_weight: the text-preservation term's weight (0: off)."""
     outside_preservation_weight: float = 0.0
     """TrainConfig.outside_preservation_weight: the outside-preservation term's weight (0: off)."""
+    other_object_rate: float = 0.0
+    """TrainConfig.other_object_rate: share of instance prompts that also name another object."""
     token_warmup_steps: int = 0
     """TrainConfig.token_warmup_steps: steps (of ``steps``) that train only the tokens."""
     token_warmup_lr: float = TrainConfig.token_warmup_learning_rate
@@ -208,6 +210,7 @@ def train_config(p: Protocol, spec: str, seed: int) -> TrainConfig:
         unmasked_weight=p.unmasked_weight,
         preservation_weight=p.preservation_weight,
         outside_preservation_weight=p.outside_preservation_weight,
+        other_object_rate=p.other_object_rate,
         token_warmup_steps=p.token_warmup_steps,
         token_warmup_learning_rate=p.token_warmup_lr,
         train_keys=p.train_keys,

@@ -132,8 +132,8 @@ def generation_plan(concept, setting: str, tokens: bool | str = True):
     """(prompt, expected scene) pairs for one setting. ``tokens=False``: the class-word prompts
     the base model gets (context row); ``tokens="words"``: each concept described in words
     ("orange dotted star") where its token and class word would be."""
+    from textloc_core.data.concepts import with_article
     from textloc_core.tinyworld import BACKGROUNDS
-    from textloc_core.tinyworld.world import with_article
 
     target, companion = concept.kind, concept.companion
     if tokens == "words":
@@ -572,6 +572,12 @@ PROTOCOL_OPTIONS = (
         "outside_preservation_weight",
         float,
         "weight of the outside-preservation term (TrainConfig.outside_preservation_weight; 0: off)",
+    ),
+    (
+        "--other-object-rate",
+        "other_object_rate",
+        float,
+        "share of instance prompts that also name an object the photo does not show (TrainConfig.other_object_rate)",
     ),
     (
         "--token-warmup-steps",

@@ -49,7 +49,7 @@ where the token was; "in words" describes the concept ("an orange dotted star").
 
 def prompt_for(concept, token: str, naming: str, other, background: str = "night") -> str:
     """The two-object prompt with the concept named as ``naming`` says (see ``CONDITIONS``)."""
-    from textloc_core.tinyworld.world import with_article
+    from textloc_core.data.concepts import with_article
 
     first = {
         "token": f"{token} {concept.class_word}",

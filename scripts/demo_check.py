@@ -119,7 +119,7 @@ def base_model_graph(graph: dict, concept=None) -> dict:
             raise ValueError(f"preview prompt {inputs['prompt']!r} names no identifier token")
         prompt = TOKEN.sub(r"\1", inputs["prompt"])
         if concept is not None:
-            from textloc_core.tinyworld.world import with_article
+            from textloc_core.data.concepts import with_article
 
             prompt = re.sub(rf"^a {word[1]}\b", with_article(concept.kind.phrase()), prompt)
         inputs.update(model=[loader, 0], clip=[loader, 1], prompt=prompt, tokens=word[1])

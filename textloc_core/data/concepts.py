@@ -11,6 +11,12 @@ from .imaging import fit_pair
 from .masks import to_binary_mask
 
 
+def with_article(phrase: str) -> str:
+    """``phrase`` with its indefinite article, as prompts name things: "an orange dotted star",
+    "a <tw1> star"."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
 @dataclass(frozen=True)
 class Concept:
     """One target to learn.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.concepts import with_article
 from .shapes import IMAGE_SIZE, object_coverage
 
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond")
@@ -87,11 +88,6 @@ class SceneSpec:
         else:
             listed = ", ".join(phrases[:-1]) + " and " + phrases[-1]
         return f"{listed} on {self.background}"
-
-
-def with_article(phrase: str) -> str:
-    """``phrase`` with its indefinite article: "an orange dotted star", "a <tw1> star"."""
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 @dataclass(frozen=True)

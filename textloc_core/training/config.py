@@ -111,6 +111,11 @@ class TrainConfig:
     its concept (no second copy, no companion). 0: off; costs one forward without gradient a
     step. The default, 3, is both methods' chosen recipe on TinyWorld's third held-out round
     (docs/results.md); saved settings of versions before the term read as 0."""
+    other_object_rate: float = 0.0
+    """Share of instance rows whose prompt also names an object the photo does not show ("a
+    <tw1> star and a red triangle", ``other_objects``), so that outside preservation teaches the
+    adapter to leave a second named object as the base model draws it. 0: off; needs
+    ``outside_preservation_weight`` > 0."""
     token_warmup_steps: int = 0
     """Two-phase schedule (Break-A-Scene): the first this many of ``steps`` train only the
     identifier tokens, at ``token_warmup_learning_rate``; the K/V deltas are frozen until then.
@@ -204,6 +209,13 @@ class TrainConfig:
             raise ValueError(
                 f"outside_preservation_weight: {self.outside_preservation_weight!r} must be a number >= 0 (0 turns "
                 "the outside preservation off)"
+            )
+        if not (isinstance(self.other_object_rate, (int, float)) and 0 <= self.other_object_rate <= 1):
+            raise ValueError(f"other_object_rate: {self.other_object_rate!r} must be a share from 0 (off) to 1")
+        if self.other_object_rate > 0 and not self.outside_preservation_weight > 0:
+            raise ValueError(
+                f"other_object_rate: {self.other_object_rate!r} needs outside preservation to hold the other "
+                "object to the base model's drawing: set outside_preservation_weight above 0, or the rate to 0"
             )
         if not (isinstance(self.unmasked_weight, (int, float)) and 0 <= self.unmasked_weight <= 1):
             raise ValueError(

@@ -25,20 +25,19 @@ import torch
 
 from ..data.concepts import ConceptSet
 
-COMMON_WORDS = (
-    # colours
-    "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey",
-    # shapes and patterns
-    "circle", "square", "triangle", "star", "ring", "heart", "cross", "dots", "stripes", "checkered",
-    # scenes and backgrounds
+COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey")
+SHAPE_WORDS = ("circle", "square", "triangle", "star", "ring", "heart", "cross")
+PATTERN_WORDS = ("dots", "stripes", "checkered")
+SCENE_WORDS = (
     "grass", "sand", "water", "sky", "night", "snow", "forest", "beach", "street", "room", "table",
     "mountain", "city", "field", "garden", "kitchen", "desert", "river", "sunset", "wall",
-    # common subjects
+)  # fmt: skip
+SUBJECT_WORDS = (
     "person", "man", "woman", "child", "dog", "cat", "bird", "horse", "car", "house", "tree", "flower",
     "cup", "chair", "book", "ball", "toy", "doll", "bucket", "bottle", "hat", "bag", "shoe",
-    # style words
-    "photo", "painting", "drawing", "cartoon", "sketch", "watercolor", "picture",
 )  # fmt: skip
+STYLE_WORDS = ("photo", "painting", "drawing", "cartoon", "sketch", "watercolor", "picture")
+COMMON_WORDS = COLOUR_WORDS + SHAPE_WORDS + PATTERN_WORDS + SCENE_WORDS + SUBJECT_WORDS + STYLE_WORDS
 """Generic caption words the anchors are made of: the everyday vocabulary of prompts (colours,
 shapes, backgrounds, subjects, styles), not any one model's or data set's."""
 

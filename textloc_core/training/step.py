@@ -29,6 +29,7 @@ from ..attention.maps import slot_layout, token_maps
 from ..data.masks import mask_to_grid
 from ..sampling import schedule
 from . import phases
+from .other_objects import draw_other_objects, with_other_objects
 from .outside_preservation import base_prediction, outside_loss
 from .setup import TrainingRun, optimizer_class
 from .union import draw_subsets, subset_rows, union_active
@@ -58,9 +59,10 @@ def epoch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
 
 
 def draw(run: TrainingRun, step: int):
-    """(instance rows, prior rows or None, timesteps, noise, concept subsets or None) of
-    ``step``, from (seed, step) alone; the subsets (``union.draw_subsets``) are drawn last, only
-    with union sampling, so runs without it draw exactly what they always did."""
+    """(instance rows, prior rows or None, timesteps, noise, concept subsets or None, other
+    objects or None) of ``step``, from (seed, step) alone; the subsets (``union.draw_subsets``)
+    and then the other objects (``other_objects``) are drawn last, each only when its lever is
+    on, so runs without them draw exactly what they always did."""
     config = run.config
     g = step_generator(config.seed, step)
     inst = epoch_indices(config.seed, step, len(run.latents), config.instance_batch)
@@ -71,15 +73,18 @@ def draw(run: TrainingRun, step: int):
     timesteps = torch.randint(0, schedule.TRAIN_TIMESTEPS, (total,), generator=g)
     noise = torch.randn((total, *run.latents.shape[1:]), generator=g)
     subsets = draw_subsets(run, inst, g) if union_active(run) else None
-    return inst, prior, timesteps, noise, subsets
+    rate = config.other_object_rate
+    others = draw_other_objects(rate, len(inst), g) if rate > 0 else None
+    return inst, prior, timesteps, noise, subsets, others
 
 
 def losses(
-    run: TrainingRun, inst, prior, timesteps, noise, subsets=None
+    run: TrainingRun, inst, prior, timesteps, noise, subsets=None, others=None
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """The loss terms of one forward over [instance rows ``inst``; prior rows ``prior``],
     and the instance rows' (B, K, h, w) token maps (None when not guided). ``subsets``: the
-    concepts each instance row names (union sampling), else every concept its photo shows."""
+    concepts each instance row names (union sampling), else every concept its photo shows;
+    ``others``: the object each row's prompt also names, or None (``other_objects``)."""
     config, dtype, dev = run.config, run.bundle.compute_dtype, run.device
     denoiser = run.bundle.denoiser
     n_inst = len(inst)
@@ -87,6 +92,8 @@ def losses(
         prompts, masks = [run.prompts[i] for i in inst.tolist()], run.masks[inst]
     else:
         prompts, masks = subset_rows(run, inst, subsets)
+    if others is not None:
+        prompts = with_other_objects(prompts, others)
     unique = list(dict.fromkeys(prompts))  # encode each distinct prompt once per step
     with torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
         encoded = run.bundle.text.encode(unique, run.trainables.token_embeddings)
