@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,15 +75,15 @@ def counts(judgements, concept, other) -> dict[str, int]:
     return tally
 
 
-def run(name: str, seed: int, images: int) -> list[dict]:
-    """Train ``name`` at ``RECIPE`` and judge every (other object, condition)."""
+def run(name: str, seed: int, images: int, recipe: Protocol = RECIPE) -> list[dict]:
+    """Train ``name`` at ``recipe`` and judge every (other object, condition)."""
     from textloc_core.tinyworld import ObjectKind
     from textloc_core.tinyworld.world import held_out_concept
 
     w = world(random_weights=False)
     concept = held_out_concept(name)
     concept_set = concept_set_for(name, seed, "single")
-    adapter = api.train(w["bundle"], concept_set, train_config(RECIPE, "hard@cal", seed))
+    adapter = api.train(w["bundle"], concept_set, train_config(recipe, "hard@cal", seed))
     token = concept_set.concepts[0].token
     rows = []
     for shape, colour in OTHERS:
@@ -95,8 +95,8 @@ def run(name: str, seed: int, images: int) -> list[dict]:
                 w["bundle"],
                 prompt,
                 num_images=images,
-                steps=RECIPE.sample_steps,
-                guidance_scale=RECIPE.guidance_scale,
+                steps=recipe.sample_steps,
+                guidance_scale=recipe.guidance_scale,
                 seed=seed,
                 **applied,
             )
@@ -121,10 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concept", default="dotstar", help="TinyWorld held-out concept")
     parser.add_argument("--seed", type=int, default=0, help="training data and sampling seed")
     parser.add_argument("--images", type=int, default=16, help="images a prompt and condition")
+    parser.add_argument(
+        "--other-object-rate",
+        type=float,
+        default=RECIPE.other_object_rate,
+        help="TrainConfig.other_object_rate of the trained adapter (the recipe's otherwise)",
+    )
     parser.add_argument("--record", type=Path, default=None, help="append the check's JSON line to this file")
     args = parser.parse_args(argv)
     began = time.time()
-    rows = run(args.concept, args.seed, args.images)
+    recipe = replace(RECIPE, other_object_rate=args.other_object_rate)
+    rows = run(args.concept, args.seed, args.images, recipe)
     print(table(rows))
     if args.record:
         records.append_record(
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(time.time() - began, 1),
                 "concept": args.concept,
                 "seed": args.seed,
-                "config": asdict(train_config(RECIPE, "hard@cal", args.seed)),
+                "config": asdict(train_config(recipe, "hard@cal", args.seed)),
                 "rows": rows,
             },
         )

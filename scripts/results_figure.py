@@ -5,9 +5,10 @@ every recipe tried, drawn from the committed run records (benchmarks/records/).
 
 Two panels, single-concept runs: the judge's target colour+shape against prompt alignment,
 and CLIP-I against CLIP-T. One point per (method, recipe, phase), the mean over its runs;
-development runs (seeds 0-2) hollow, held-out runs filled, each labelled with its recipe and [runs]; a method's line joins its development
+development runs (seeds 0-2) hollow, held-out runs filled; a method's line joins its development
 points that no other of its points beats on both axes (its trade-off curve); the base model
-as a cross: given the class word (black), told the concept in words (amber). Drawn with PIL, as
+as a cross: given the class word (black), told the concept in words (amber). The points on
+the curves and the held-out points carry their recipe and [runs]. Drawn with PIL, as
 the bench's example figure is.
 """
 
@@ -105,7 +106,10 @@ def _panel(pts: list[dict], xlabel: str, ylabel: str, font) -> Image.Image:
                 d.rectangle([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour)
             else:
                 d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], outline=colour, width=2)
-            d.text((cx + 6, cy - 5), BASE_LABELS.get(method) or f"{p['recipe']} [{p['n']}]", fill=colour, font=font)
+            # only the curve's points and the held-out ones are named: the rest would bury them
+            if method in UNTRAINED or p in front or p["phase"] != "dev":
+                label = BASE_LABELS.get(method) or f"{p['recipe']} [{p['n']}]"
+                d.text((cx + 6, cy - 5), label, fill=colour, font=font)
     return img
 
 
@@ -124,7 +128,8 @@ def figure(recs: list[dict]) -> Image.Image:
         x += 70
     d.text(
         (x, 12),
-        "hollow: dev seeds 0-2 (line: each method's trade-off curve); filled: held-out seeds; label: recipe [runs]; single-concept means",
+        "hollow: dev seeds 0-2 (line: each method's trade-off curve); filled: held-out seeds; "
+        "labels (recipe [runs]) on the curves and held-out points; single-concept means",
         fill="black",
         font=font,
     )

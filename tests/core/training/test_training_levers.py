@@ -116,8 +116,8 @@ def test_union_sampling_names_random_subsets_with_their_masks(tiny_bundle, two_c
     try:
         seen = set()
         for step in range(12):
-            *same, none = draw(plain, step)
-            *also, subsets = draw(union, step)
+            *same, none, _ = draw(plain, step)
+            *also, subsets, _ = draw(union, step)
             assert none is None
             # the subsets are drawn last: batch, timesteps and noise stay those of a plain run
             assert all(torch.equal(a, b) for a, b in zip(same, also) if a is not None)
