@@ -29,7 +29,9 @@ the companion's colour or shape appears on anything, although only the target an
 other colours and shapes are prompted; multi: attribute bleed, the target's texture on the
 companion's shape or the companion's colour on the target's shape), prompt alignment
 (prompted background and other objects present).
-Context rows: the base model prompted with the class word (no training), and fresh renders.
+Context rows (``--context-rows``; ``records.CONTEXT_ROWS``): the base model prompted with the
+class word (no training), the base model told the concept in words (``words``: the most a
+token could add on this base model), and fresh renders.
 Every method is also compared with ``none`` run by run (``benchmarks.paired``: bootstrap 95% CI
 of the mean difference, exact sign test).
 
