@@ -132,6 +132,19 @@ def kind_spec(kind, with_texture: bool = True) -> dict[str, str]:
     return spec
 
 
+NAMINGS = ("token", "class word", "words")
+"""How a prompt can name a concept (``concept_words``)."""
+
+
+def concept_words(kind, token: str, class_word: str, naming: str) -> str:
+    """The words a prompt names a concept of look ``kind`` with: its identifier token and class
+    word ("<dotstar> star"), the class word alone ("star", what the base model is asked for), or
+    its look in words ("orange dotted star", the most a token could add on the base model)."""
+    if naming not in NAMINGS:
+        raise ValueError(f"naming {naming!r}: expected one of {NAMINGS}")
+    return {"token": f"{token} {class_word}", "class word": class_word, "words": kind.phrase()}[naming]
+
+
 def judgement_of(verdict) -> judge_scores.Judgement:
     """The TinyWorld judge's pairwise verdict as partial detections (see judge_scores.object_present)."""
     objects = [{"colour": c, "shape": s} for c, s in sorted(verdict.objects)]

@@ -70,6 +70,7 @@ from benchmarks.tinyworld_protocol import (  # noqa: E402
     TABLE_METHODS,
     Protocol,
     concept_set_for,
+    concept_words,
     judgement_of,
     kind_spec,
     method_label,
@@ -138,12 +139,9 @@ def generation_plan(concept, setting: str, tokens: bool | str = True):
     from textloc_core.tinyworld import BACKGROUNDS
 
     target, companion = concept.kind, concept.companion
-    if tokens == "words":
-        t_word, c_word = target.phrase(), companion.phrase()
-    elif tokens:
-        t_word, c_word = f"<{concept.name}> {concept.class_word}", f"<{concept.companion_name}> {companion.shape}"
-    else:
-        t_word, c_word = concept.class_word, companion.shape
+    naming = "words" if tokens == "words" else "token" if tokens else "class word"
+    t_word = concept_words(target, f"<{concept.name}>", concept.class_word, naming)
+    c_word = concept_words(companion, f"<{concept.companion_name}>", companion.shape, naming)
     plan = []
     if setting == "single":
         # the companion, or its colour or shape on anything: nothing else prompted has either

@@ -25,8 +25,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks import records  # noqa: E402
-from benchmarks.tinyworld_protocol import Protocol, concept_set_for, judgement_of, kind_spec, train_config, world  # noqa: E402
+from benchmarks.tinyworld_protocol import (  # noqa: E402
+    Protocol,
+    concept_set_for,
+    concept_words,
+    judgement_of,
+    kind_spec,
+    train_config,
+    world,
+)
 from textloc_core import api  # noqa: E402
+from textloc_core.data.concepts import with_article  # noqa: E402
 from textloc_core.evaluation import judge_scores  # noqa: E402
 
 RECIPE = Protocol(
@@ -49,13 +58,7 @@ where the token was; "in words" describes the concept ("an orange dotted star").
 
 def prompt_for(concept, token: str, naming: str, other, background: str = "night") -> str:
     """The two-object prompt with the concept named as ``naming`` says (see ``CONDITIONS``)."""
-    from textloc_core.data.concepts import with_article
-
-    first = {
-        "token": f"{token} {concept.class_word}",
-        "class word": concept.class_word,
-        "words": concept.kind.phrase(),
-    }[naming]
+    first = concept_words(concept.kind, token, concept.class_word, naming)
     return f"{with_article(first)} and {with_article(other.phrase())} on {background}"
 
 

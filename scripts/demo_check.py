@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import records  # noqa: E402
 from benchmarks.tinyworld_protocol import judgement_of, kind_spec  # noqa: E402
+from textloc_core.data.concepts import with_article  # noqa: E402
 from textloc_core.evaluation import judge_scores  # noqa: E402
 from textloc_harness.comfy_launcher import (  # noqa: E402
     ComfyLayout,
@@ -119,8 +120,6 @@ def base_model_graph(graph: dict, concept=None) -> dict:
             raise ValueError(f"preview prompt {inputs['prompt']!r} names no identifier token")
         prompt = TOKEN.sub(r"\1", inputs["prompt"])
         if concept is not None:
-            from textloc_core.data.concepts import with_article
-
             prompt = re.sub(rf"^a {word[1]}\b", with_article(concept.kind.phrase()), prompt)
         inputs.update(model=[loader, 0], clip=[loader, 1], prompt=prompt, tokens=word[1])
     return out
